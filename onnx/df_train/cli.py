@@ -1,0 +1,118 @@
+"""`df-train`: datagen, train, export, bench."""
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from .train import TrainConfig
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "extra":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        required = f.default is dataclasses.MISSING
+        kind = {"bool": lambda s: s.lower() in ("1", "true", "yes")}.get(f.type if isinstance(f.type, str) else f.type.__name__, None)
+        ftype = kind or (f.type if not isinstance(f.type, str) else {"int": int, "float": float, "str": str}[f.type])
+        p.add_argument(flag, dest=f.name, type=ftype, required=required,
+                       default=None if required else f.default, help=f"(default: {f.default})" if not required else None)
+
+
+def cmd_datagen(a) -> None:
+    from .data import save_dataset
+
+    if a.task == "pointmass":
+        from .datagen import pointmass
+
+        arrays = pointmass.generate(a.episodes, a.length, a.seed)
+        manifest = {"generator": "pointmass", "episodes": a.episodes, "length": a.length, "seed": a.seed,
+                    "observation_dim": pointmass.OBS_DIM, "action_dim": pointmass.ACTION_DIM}
+    save_dataset(Path(a.out), arrays, manifest)
+    print(Path(a.out).with_suffix(".json").read_text())
+
+
+def cmd_train(a) -> None:
+    from .train import train
+
+    cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "extra"})
+    path = train(cfg, progress=not a.quiet)
+    print(f"checkpoint: {path}")
+
+
+def cmd_export(a) -> None:
+    from .export import export, load_model
+    from .golden import write_golden
+
+    report = export(Path(a.checkpoint), Path(a.out))
+    if a.golden:
+        model, cfg, _ = load_model(Path(a.checkpoint))
+        report["golden"] = [str(p) for p in write_golden(model, cfg, Path(a.golden), a.out)]
+    print(json.dumps(report, indent=2))
+
+
+def cmd_bench(a) -> None:
+    """Median latency of one PyTorch denoise call, to compare with `df_planner bench`."""
+    import torch
+
+    from .export import load_model
+
+    torch.set_num_threads(a.threads)
+    model, cfg, _ = load_model(Path(a.checkpoint))
+    x = torch.randn(a.batch, cfg.tokens, cfg.layout.token_dim)
+    k = torch.randint(0, cfg.timesteps, (a.batch, cfg.tokens))
+    times = []
+    with torch.inference_mode():
+        for i in range(a.warmup + a.iters):
+            start = time.perf_counter()
+            model(x, k)
+            if i >= a.warmup:
+                times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    print(json.dumps({"backend": "pytorch", "threads": a.threads, "batch": a.batch, "tokens": cfg.tokens,
+                      "iters": a.iters, "median_ms": statistics.median(times),
+                      "p99_ms": times[int(0.99 * (len(times) - 1))]}))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="df-train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("datagen", help="generate a dataset of episodes (.npz + manifest)")
+    p.add_argument("task", choices=["pointmass"])
+    p.add_argument("--episodes", type=int, default=400)
+    p.add_argument("--length", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_datagen)
+
+    p = sub.add_parser("train", help="train a Diffusion Forcing model; resumes from <out>/checkpoint.pt")
+    _add_train_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (denoise + denoise_vjp) with metadata")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="path of the denoise graph, e.g. onnx/models/pointmass.onnx")
+    p.add_argument("--golden", help="also write golden vectors for the Rust parity test into this folder")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="PyTorch denoise latency (median of many calls)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--iters", type=int, default=500)
+    p.set_defaults(func=cmd_bench)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

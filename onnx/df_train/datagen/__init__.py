@@ -1,0 +1,1 @@
+"""Dataset generators. Each writes an .npz of concatenated episodes plus a JSON manifest."""

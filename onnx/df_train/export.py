@@ -1,0 +1,143 @@
+"""Export a trained checkpoint to the two ONNX graphs of the contract (see CONTRACT.md).
+
+- `<name>.onnx`: graph *denoise*, (x_t, k) -> (x0, eps).
+- `<name>.vjp.onnx`: graph *denoise_vjp*, (x_t, k, cotangent) -> (x0, eps, grad_x_t), where
+  grad_x_t = (d x0 / d x_t)^T cotangent through the network. The backward pass is traced into
+  a plain aten graph (make_fx over torch.autograd.grad, symbolic shapes) and that graph is
+  exported, because the exporters reject autograd inside forward.
+Both files carry the same contract JSON under the metadata key `df_planner.contract`.
+"""
+
+import datetime
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import onnx
+import torch
+from torch._decomp import core_aten_decompositions
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from . import CONTRACT_VERSION
+from .model import DFTransformer
+from .train import TrainConfig, build_model, load_checkpoint
+
+METADATA_KEY = "df_planner.contract"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def load_model(checkpoint: Path) -> tuple[DFTransformer, TrainConfig, dict]:
+    """The EMA weights of a checkpoint, in eval mode."""
+    ckpt = load_checkpoint(checkpoint)
+    cfg = TrainConfig(**ckpt["config"])
+    model = build_model(cfg)
+    model.load_state_dict(ckpt["ema"])
+    return model.eval(), cfg, ckpt
+
+
+def contract(cfg: TrainConfig, ckpt: dict, model: DFTransformer, name: str) -> dict:
+    return {
+        "contract_version": CONTRACT_VERSION,
+        "graphs": {"denoise": f"{name}.onnx", "denoise_vjp": f"{name}.vjp.onnx"},
+        "layout": cfg.layout.to_dict(),
+        "normalization": ckpt["normalization"],
+        "diffusion": {
+            "timesteps": cfg.timesteps,
+            "schedule": cfg.schedule,
+            "alphas_cumprod": [float(a) for a in model.alphas_cumprod.double()],
+            "parameterization": cfg.parameterization,
+            "stabilization_level": cfg.stabilization_level,
+            "noise_clip": cfg.noise_clip,
+        },
+        "max_tokens": cfg.tokens,
+        "causal": True,
+        "cond_dim": 0,
+        "provenance": {
+            "dataset_sha256": ckpt["dataset_sha256"],
+            "train_steps": ckpt["step"],
+            "git_commit": git_commit(),
+            "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__,
+        },
+    }
+
+
+class _VjpGraph(torch.nn.Module):
+    """Holds a traced VJP graph and its weights so that torch.onnx.export sees a module."""
+
+    def __init__(self, traced: torch.fx.GraphModule, weights: list[torch.Tensor]):
+        super().__init__()
+        self.traced = traced
+        for i, w in enumerate(weights):
+            self.register_buffer(f"w{i}", w)
+        self.count = len(weights)
+
+    def forward(self, x_t, k, cotangent):
+        return self.traced(x_t, k, cotangent, *[getattr(self, f"w{i}") for i in range(self.count)])
+
+
+def trace_vjp(model: DFTransformer, example: tuple) -> _VjpGraph:
+    state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    names = list(state)
+
+    def vjp(x_t, k, cotangent, *weights):
+        x = x_t.detach().requires_grad_(True)
+        with torch.enable_grad():
+            x0, eps = torch.func.functional_call(model, dict(zip(names, weights)), (x, k))
+            (grad,) = torch.autograd.grad(x0, x, cotangent)
+        return x0.detach(), eps.detach(), grad
+
+    weights = [w.detach() for w in state.values()]
+    traced = make_fx(vjp, decomposition_table=core_aten_decompositions(), tracing_mode="symbolic")(*example, *weights)
+    return _VjpGraph(traced, weights).eval()
+
+
+def _attach(path: Path, meta: dict) -> None:
+    m = onnx.load(str(path))
+    del m.metadata_props[:]
+    m.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
+    m.producer_name = "df_train"
+    onnx.save(m, str(path))
+
+
+def export(checkpoint: Path, out: Path) -> dict:
+    """Write out (denoise) and its .vjp.onnx sibling; returns timings and sizes."""
+    model, cfg, ckpt = load_model(checkpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    name = out.name.removesuffix(".onnx")
+    meta = contract(cfg, ckpt, model, name)
+    b, t, d = 2, cfg.tokens, cfg.layout.token_dim
+    x = torch.randn(b, t, d)
+    k = torch.randint(0, cfg.timesteps, (b, t))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    tokens = torch.export.Dim("tokens", min=1, max=cfg.tokens)
+    dyn = {0: batch, 1: tokens}
+    report = {}
+    start = time.perf_counter()
+    torch.onnx.export(
+        model, (x, k), str(out), dynamo=True, external_data=False, verbose=False,
+        input_names=["x_t", "k"], output_names=["x0", "eps"], dynamic_shapes=(dyn, dyn),
+    )
+    report["denoise_export_s"] = time.perf_counter() - start
+    vjp_path = out.with_name(meta["graphs"]["denoise_vjp"])
+    start = time.perf_counter()
+    graph = trace_vjp(model, (x, k, torch.randn(b, t, d)))
+    torch.onnx.export(
+        graph, (x, k, torch.randn(b, t, d)), str(vjp_path), dynamo=True, external_data=False, verbose=False,
+        input_names=["x_t", "k", "cotangent"], output_names=["x0", "eps", "grad_x_t"],
+        dynamic_shapes=(dyn, dyn, dyn),
+    )
+    report["vjp_export_s"] = time.perf_counter() - start
+    for path in (out, vjp_path):
+        _attach(path, meta)
+    report["denoise_bytes"] = out.stat().st_size
+    report["vjp_bytes"] = vjp_path.stat().st_size
+    return report

@@ -1,0 +1,65 @@
+"""Golden vectors: the reference sampler's every input, noise draw and intermediate state.
+
+One JSON file per (matrix kind, guided or not). The Rust parity test replays the recorded noise
+through the ONNX graphs and must reproduce every row within the stated tolerance.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import matrices
+from .reference_sampler import ReferenceSampler, SamplerSettings, quadratic_target_cotangent, timestep_rows
+
+CASE_KINDS = {"pyramid": 1.5, "autoregressive": 0.0, "full_sequence": 0.0, "trapezoid": 1.5}
+TOLERANCE = 1e-4
+
+
+def _floats(t) -> list:
+    return [float(f"{v:.9g}") for v in np.asarray(t, dtype=np.float32).ravel()]
+
+
+def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
+                 context_tokens: int = 1, horizon: int = 6, sampling_steps: int = 8) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    d = cfg.layout.token_dim
+    t = context_tokens + horizon
+    written = []
+    for case, (kind, u) in enumerate(CASE_KINDS.items()):
+        for guided in (False, True):
+            gen = torch.Generator().manual_seed(seed * 1000 + case * 2 + int(guided))
+            batch = 3 if guided else 2
+            settings = SamplerSettings(
+                eta=0.5,
+                stabilization_level=cfg.stabilization_level,
+                noise_clip=cfg.noise_clip,
+                guidance_scale=1.0 if guided else 0.0,
+                shared_tokens=context_tokens + 2 if guided else 0,
+            )
+            rows = timestep_rows(matrices.build(kind, horizon, sampling_steps, u), context_tokens, cfg.timesteps, sampling_steps)
+            x = torch.randn(batch, t, d, generator=gen)
+            x[:, :context_tokens] = 0.5 * torch.randn(1, context_tokens, d, generator=gen)
+            noise = torch.randn(len(rows) - 1, batch, t, d, generator=gen)
+            target = 0.5 * torch.randn(d, generator=gen)
+            weights = torch.ones(d)
+            cot = quadratic_target_cotangent(target, weights) if guided else None
+            states = ReferenceSampler(model, model.alphas_cumprod.double().numpy(), settings).sample(x, rows, noise, cot)
+            doc = {
+                "model": model_path,
+                "tolerance": TOLERANCE,
+                "matrix": {"kind": kind, "uncertainty": u, "sampling_steps": sampling_steps, "horizon": horizon},
+                "context_tokens": context_tokens,
+                "shape": [batch, t, d],
+                "settings": settings.__dict__,
+                "guidance": {"kind": "quadratic_target", "target": _floats(target), "weights": _floats(weights)} if guided else None,
+                "timestep_rows": rows.tolist(),
+                "x_init": _floats(x),
+                "noise": [_floats(n) for n in noise],
+                "states": [_floats(s) for s in states],
+            }
+            path = out_dir / f"{kind}_{'guided' if guided else 'plain'}.json"
+            path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+            written.append(path)
+    return written

@@ -1,0 +1,175 @@
+"""Diffusion Forcing training: every token gets its own, independent noise level.
+
+Checkpoints are written atomically every `checkpoint_every` steps and training resumes from
+the last one after an interruption, with optimizer, EMA and RNG state restored.
+"""
+
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import schedule
+from .data import TokenWindows, dataset_hash
+from .layout import TokenLayout
+from .model import DFTransformer, ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    observation_dim: int
+    action_dim: int
+    frame_stack: int = 4
+    reward: bool = False
+    tokens: int = 8
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    parameterization: str = "v"
+    schedule: str = "cosine"
+    timesteps: int = 1000
+    stabilization_level: int = 10
+    noise_clip: float = 6.0
+    steps: int = 5000
+    batch: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup: int = 200
+    ema_decay: float = 0.999
+    min_snr_gamma: float = 5.0
+    seed: int = 0
+    checkpoint_every: int = 500
+    threads: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def layout(self) -> TokenLayout:
+        return TokenLayout(self.observation_dim, self.action_dim, self.frame_stack, self.reward)
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(
+            token_dim=self.layout.token_dim,
+            max_tokens=self.tokens,
+            width=self.width,
+            depth=self.depth,
+            heads=self.heads,
+            parameterization=self.parameterization,
+        )
+
+
+def loss_weight(snr: torch.Tensor, parameterization: str, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weighting (Hang et al., 2023), expressed for each prediction target."""
+    clipped = snr.clamp(max=gamma)
+    if parameterization == "eps":
+        return clipped / snr
+    if parameterization == "x0":
+        return clipped
+    return clipped / (snr + 1)
+
+
+def diffusion_loss(model: DFTransformer, x0: torch.Tensor, mask: torch.Tensor, gamma: float, gen: torch.Generator):
+    b, t, _ = x0.shape
+    k_max = len(model.alphas_cumprod)
+    k = torch.randint(0, k_max, (b, t), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    ab = model.alphas_cumprod[k][..., None]
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    out = model.network(x_t, k)
+    p = model.cfg.parameterization
+    target = {"x0": x0, "eps": noise, "v": ab.sqrt() * noise - (1 - ab).sqrt() * x0}[p]
+    snr = ab[..., 0] / (1 - ab[..., 0])
+    per_token = ((out - target) ** 2).mean(dim=-1) * loss_weight(snr, p, gamma)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def build_model(cfg: TrainConfig) -> DFTransformer:
+    return DFTransformer(cfg.model_config(), schedule.alphas_cumprod(cfg.schedule, cfg.timesteps))
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    windows = TokenWindows(Path(cfg.data), cfg.layout, cfg.tokens)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    if ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt["config"] != asdict(cfg) | {"steps": ckpt["config"]["steps"]}:
+            raise ValueError(f"{ckpt_path}: written with a different config; use another --out or delete it")
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        rng.bit_generator.state = ckpt["numpy_rng"]
+        gen.set_state(ckpt["torch_rng"])
+        step = ckpt["step"]
+    log_path = out / "log.jsonl"
+
+    def checkpoint():
+        _save_atomic(
+            {
+                "config": asdict(cfg),
+                "model": model.state_dict(),
+                "ema": ema.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "numpy_rng": rng.bit_generator.state,
+                "torch_rng": gen.get_state(),
+                "step": step,
+                "normalization": {"mean": windows.mean.tolist(), "std": windows.std.tolist()},
+                "dataset_sha256": dataset_hash(Path(cfg.data)),
+            },
+            ckpt_path,
+        )
+
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train")
+    running = None
+    with log_path.open("a") as log:
+        while step < cfg.steps:
+            x0, mask = windows.sample(rng, cfg.batch)
+            loss = diffusion_loss(model, torch.from_numpy(x0), torch.from_numpy(mask).float(), cfg.min_snr_gamma, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm, 1 - cfg.ema_decay)
+            step += 1
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4f}")
+            if step % 50 == 0 or step == cfg.steps:
+                log.write(json.dumps({"step": step, "loss": running, "lr": sched.get_last_lr()[0]}) + "\n")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                log.flush()
+                checkpoint()
+    bar.close()
+    return ckpt_path

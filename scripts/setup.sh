@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what df_planner needs on a fresh machine (Debian 12, Rust toolchain, Python 3.10+):
+# - a Python virtualenv OUTSIDE the clone (torch from PyPI is ~3 GB; reused across clones),
+#   DF_VENV overrides its place, with the df_train package (onnx/) installed editable;
+# - ONNX Runtime's shared library, taken from that venv's PyPI `onnxruntime` wheel, and
+#   .cargo/config.toml pointing ORT_DYLIB_PATH at it for `cargo run` and `cargo test`.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${DF_VENV:-$HOME/.cache/df_planner/venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating virtualenv $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+fi
+stamp="$VENV/.df_planner_deps"
+want="$(sha256sum onnx/pyproject.toml | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$VENV/bin/python" -c "import df_train, torch, onnxruntime" 2>/dev/null; then
+  echo "setup: installing df_train and its dependencies into $VENV (first time: several minutes)"
+  "$VENV/bin/pip" install -q -e "onnx[test]"
+  echo "$want" > "$stamp"
+fi
+
+lib="$("$VENV/bin/python" - <<'PY'
+import glob, os, onnxruntime
+caps = os.path.join(os.path.dirname(onnxruntime.__file__), "capi")
+libs = sorted(glob.glob(os.path.join(caps, "libonnxruntime.so*")))
+print(libs[-1] if libs else "")
+PY
+)"
+if [ -z "$lib" ]; then
+  echo "setup: the onnxruntime wheel in $VENV has no libonnxruntime.so" >&2
+  exit 1
+fi
+mkdir -p .cargo
+cat > .cargo/config.toml <<TOML
+# Written by scripts/setup.sh for this machine; not committed.
+[env]
+ORT_DYLIB_PATH = "$lib"
+DF_VENV = "$VENV"
+TOML
+for component in clippy rustfmt; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    rustup component add "$component"
+  fi
+done
+echo "setup: ok (venv $VENV, ORT_DYLIB_PATH=$lib)"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Every test: formatting, lints, Rust unit/integration tests (parity included), Python tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+VENV="${DF_VENV:-$HOME/.cache/df_planner/venv}"
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+cargo test
+"$VENV/bin/python" -m pytest onnx/tests -q

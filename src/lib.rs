@@ -1,0 +1,7 @@
+//! df_planner: Diffusion Forcing planning on a robot.
+//!
+//! The crate reads like the pipeline: `model` (ONNX session and its contract) feeds
+//! `diffusion` (schedules, scheduling matrices, the DDIM sampler over per-token noise levels).
+
+pub mod diffusion;
+pub mod model;

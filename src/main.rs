@@ -1,0 +1,360 @@
+//! `df_planner`: Diffusion Forcing planning controller.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use df_planner::diffusion::{Denoiser, MatrixKind, Sampler, SamplerSettings, SchedulingMatrix, SeededNoise};
+use df_planner::model::{available_providers, Field, ModelContract, OnnxDenoiser, Provider, RuntimeConfig};
+use ndarray::{Array2, Array3};
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+use serde_json::json;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "df_planner",
+    version,
+    about = "Diffusion Forcing planning controller (ONNX Runtime, Monte Carlo Guidance)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a model's contract: token layout, schedule, parameterization, max tokens, providers.
+    Inspect {
+        /// The denoise graph (its .vjp.onnx sibling is found from the metadata).
+        model: PathBuf,
+        /// Print the raw contract JSON instead of the summary.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+    /// Sample a token sequence from noise along a scheduling matrix and write it as JSON.
+    Sample(SampleArgs),
+    /// Measure denoise / denoise_vjp latency and a full sample (median, p99, max over many calls).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct RuntimeArgs {
+    /// Execution providers in order of preference (tensorrt, cuda, cpu).
+    #[arg(long, value_delimiter = ',', default_value = "tensorrt,cuda,cpu")]
+    providers: Vec<Provider>,
+    /// Fail when a listed provider cannot be registered, instead of falling back.
+    #[arg(long)]
+    require_providers: bool,
+    /// libonnxruntime.so to load (default: $ORT_DYLIB_PATH).
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+    /// ORT intra-op threads (0 = ORT default).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+impl RuntimeArgs {
+    fn config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            onnxruntime_library: self.ort_lib.clone(),
+            providers: self.providers.clone(),
+            require_providers: self.require_providers,
+            intra_threads: self.threads,
+        }
+    }
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// pyramid, autoregressive, full_sequence or trapezoid.
+    #[arg(long, default_value = "pyramid")]
+    matrix: String,
+    /// Pyramid / trapezoid slope u: token t starts floor(u·t) rows late.
+    #[arg(long, default_value_t = 1.0)]
+    uncertainty: f64,
+    /// Sampling steps S (levels per token).
+    #[arg(long, default_value_t = 20)]
+    steps: u32,
+    /// Tokens to sample (default: the model's max_tokens).
+    #[arg(long)]
+    horizon: Option<usize>,
+    /// Independent samples.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// DDIM η (0 = deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Window length (default: the model's max_tokens).
+    #[arg(long)]
+    tokens: Option<usize>,
+    #[arg(long, default_value_t = 500)]
+    iters: usize,
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::Inspect { model, json, runtime } => inspect(model, json, &runtime.config()),
+        Command::Sample(args) => sample(args),
+        Command::Bench(args) => bench(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn inspect(path: PathBuf, json: bool, runtime: &RuntimeConfig) -> Result<()> {
+    let model = OnnxDenoiser::load(&path, runtime)?;
+    let c = model.contract();
+    if json {
+        println!("{}", serde_json::to_string_pretty(c)?);
+        return Ok(());
+    }
+    let l = &c.layout;
+    let fields: Vec<String> = l
+        .field_order
+        .iter()
+        .map(|&f| format!("{} {}", field_name(f), l.width(f)))
+        .collect();
+    let d = &c.diffusion;
+    let ab = &d.alphas_cumprod;
+    println!("model        {} (contract {})", path.display(), c.contract_version);
+    println!(
+        "graphs       denoise {}, denoise_vjp {}",
+        c.graphs.denoise,
+        match (&c.graphs.denoise_vjp, model.has_vjp()) {
+            (Some(name), true) => format!("{name} (loaded)"),
+            (Some(name), false) => format!("{name} (MISSING: guidance unavailable)"),
+            (None, _) => "none (guidance unavailable)".into(),
+        }
+    );
+    println!(
+        "layout       frame [{}] = {} floats; {} frames per token = token_dim {}",
+        fields.join(", "),
+        l.frame_dim,
+        l.frame_stack,
+        l.token_dim
+    );
+    println!(
+        "tokens       max_tokens {}, causal {}, cond_dim {}",
+        c.max_tokens, c.causal, c.cond_dim
+    );
+    println!(
+        "diffusion    K {}, schedule {}, parameterization {}, stabilization level {}, noise clip {}",
+        d.timesteps,
+        serde_json::to_value(d.schedule)?,
+        serde_json::to_value(d.parameterization)?,
+        d.stabilization_level,
+        d.noise_clip
+    );
+    println!(
+        "alpha_bar    [0] {:.6}, [K/2] {:.6}, [K-1] {:.3e}",
+        ab[0],
+        ab[ab.len() / 2],
+        ab[ab.len() - 1]
+    );
+    println!("normalize    mean {:?}", round(&c.normalization.mean));
+    println!("             std  {:?}", round(&c.normalization.std));
+    let p = &c.provenance;
+    println!(
+        "provenance   dataset {}, {} train steps, commit {}, exported {}, torch {}",
+        short(&p.dataset_sha256),
+        p.train_steps,
+        short(&p.git_commit),
+        p.exported_at,
+        p.torch
+    );
+    for s in available_providers(runtime)? {
+        let state = match (s.compiled, s.in_runtime) {
+            (true, true) => "available",
+            (false, true) => "in the runtime, not compiled in (cargo feature)",
+            (true, false) => "compiled in, not in the loaded runtime",
+            (false, false) => "unavailable",
+        };
+        println!("provider     {:<9} {state}", s.provider.to_string());
+    }
+    Ok(())
+}
+
+fn field_name(f: Field) -> &'static str {
+    match f {
+        Field::Action => "action",
+        Field::Observation => "observation",
+        Field::Reward => "reward",
+    }
+}
+
+fn round(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|x| (x * 1e4).round() / 1e4).collect()
+}
+
+fn short(s: &str) -> &str {
+    &s[..s.len().min(12)]
+}
+
+fn sample(a: SampleArgs) -> Result<()> {
+    let mut model = OnnxDenoiser::load(&a.model, &a.runtime.config())?;
+    let c = model.contract().clone();
+    let horizon = a.horizon.unwrap_or(c.max_tokens);
+    if horizon > c.max_tokens {
+        bail!(
+            "--horizon: expected at most max_tokens = {}, got {horizon}",
+            c.max_tokens
+        );
+    }
+    if a.batch == 0 {
+        bail!("--batch: expected >= 1, got 0");
+    }
+    let kind = MatrixKind::from_name(&a.matrix, a.uncertainty)?;
+    let rows = SchedulingMatrix::build(kind, horizon, a.steps)?.to_timesteps(0, c.diffusion.timesteps);
+    let settings = SamplerSettings {
+        eta: a.eta,
+        stabilization_level: c.diffusion.stabilization_level,
+        noise_clip: c.diffusion.noise_clip,
+        guidance_scale: 0.0,
+        shared_tokens: 0,
+    };
+    let shape = (a.batch, horizon, c.layout.token_dim);
+    let mut sampler = Sampler::new(settings, c.alpha_bar()?, shape)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
+    let mut x = Array3::from_shape_simple_fn(shape, || StandardNormal.sample(&mut rng));
+    let mut noise = SeededNoise::new(a.seed.wrapping_add(1));
+    let start = Instant::now();
+    sampler.run(&mut model, &mut x, &rows, None, &mut noise, |_, _| {})?;
+    let elapsed_ms = start.elapsed().as_secs_f64() * 1e3;
+
+    let frames = denormalized_frames(&c, &x);
+    let samples: Vec<_> = frames
+        .outer_iter()
+        .map(|sample| {
+            sample
+                .outer_iter()
+                .map(|frame| {
+                    let mut obj = serde_json::Map::new();
+                    for &f in &c.layout.field_order {
+                        let off = c.layout.offset(f).expect("field from the layout");
+                        let vals: Vec<f32> = frame.iter().skip(off).take(c.layout.width(f)).copied().collect();
+                        obj.insert(field_name(f).into(), json!(vals));
+                    }
+                    serde_json::Value::Object(obj)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let doc = json!({
+        "model": a.model, "matrix": kind.to_string(), "steps": a.steps, "rows": rows.rows(), "seed": a.seed,
+        "eta": a.eta, "horizon_tokens": horizon, "frame_stack": c.layout.frame_stack, "sample_ms": elapsed_ms,
+        "tokens_normalized": x.outer_iter().map(|s| s.outer_iter().map(|t| t.to_vec()).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        "frames": samples,
+    });
+    std::fs::write(&a.out, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    println!(
+        "wrote {} ({} samples x {} tokens, {} rows of {}, {:.1} ms)",
+        a.out.display(),
+        a.batch,
+        horizon,
+        rows.rows(),
+        kind,
+        elapsed_ms
+    );
+    Ok(())
+}
+
+/// Tokens [B, T, D] -> frames [B, T·frame_stack, frame_dim] in physical units.
+fn denormalized_frames(c: &ModelContract, x: &Array3<f32>) -> Array3<f32> {
+    let (b, t, _) = x.dim();
+    let fd = c.layout.frame_dim;
+    let mut frames = x
+        .to_owned()
+        .into_shape_with_order((b, t * c.layout.frame_stack, fd))
+        .expect("token_dim = frame_stack * frame_dim");
+    for mut frame in frames.rows_mut() {
+        for (i, v) in frame.iter_mut().enumerate() {
+            *v = (f64::from(*v) * c.normalization.std[i] + c.normalization.mean[i]) as f32;
+        }
+    }
+    frames
+}
+
+fn percentiles(mut ms: Vec<f64>) -> serde_json::Value {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    json!({"median_ms": at(0.5), "p99_ms": at(0.99), "max_ms": ms[ms.len() - 1], "iters": ms.len()})
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let mut model = OnnxDenoiser::load(&a.model, &a.runtime.config())?;
+    let c = model.contract().clone();
+    let t = a.tokens.unwrap_or(c.max_tokens);
+    let shape = (a.batch, t, c.layout.token_dim);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let x = Array3::from_shape_simple_fn(shape, || StandardNormal.sample(&mut rng));
+    let k = Array2::from_elem((a.batch, t), (c.diffusion.timesteps / 2) as i64);
+    let (mut x0, mut eps, mut grad) = (Array3::zeros(shape), Array3::zeros(shape), Array3::zeros(shape));
+    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<serde_json::Value> {
+        let mut ms = Vec::with_capacity(a.iters);
+        for i in 0..a.warmup + a.iters {
+            let start = Instant::now();
+            f()?;
+            if i >= a.warmup {
+                ms.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        Ok(percentiles(ms))
+    };
+    let denoise = time(&mut || Ok(model.denoise(x.view(), k.view(), x0.view_mut(), eps.view_mut())?))?;
+    let vjp = if model.has_vjp() {
+        Some(time(&mut || {
+            Ok(model.denoise_vjp(
+                x.view(),
+                k.view(),
+                x.view(),
+                x0.view_mut(),
+                eps.view_mut(),
+                grad.view_mut(),
+            )?)
+        })?)
+    } else {
+        None
+    };
+    println!(
+        "{}",
+        json!({"backend": "onnxruntime", "model": a.model, "threads": a.runtime.threads, "batch": a.batch, "tokens": t,
+               "denoise": denoise, "denoise_vjp": vjp})
+    );
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! The ONNX contract (onnx/CONTRACT.md): what a Diffusion Forcing model tells the controller
+//! about itself, parsed from the model's `df_planner.contract` metadata and validated.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::diffusion::{AlphaBar, ScheduleError};
+
+/// The metadata_props key that holds the contract JSON.
+pub const METADATA_KEY: &str = "df_planner.contract";
+/// Contract major version this build understands.
+pub const CONTRACT_MAJOR: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum ContractError {
+    #[error("{METADATA_KEY}: not valid contract JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{field}: expected {expected}, got {got}")]
+    Invalid {
+        field: &'static str,
+        expected: String,
+        got: String,
+    },
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Parameterization {
+    X0,
+    Eps,
+    V,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleName {
+    Linear,
+    Cosine,
+    Sigmoid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Field {
+    Action,
+    Observation,
+    Reward,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Graphs {
+    pub denoise: String,
+    pub denoise_vjp: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenLayout {
+    pub observation_dim: usize,
+    pub action_dim: usize,
+    pub frame_stack: usize,
+    pub reward: bool,
+    pub field_order: Vec<Field>,
+    pub frame_dim: usize,
+    pub token_dim: usize,
+}
+
+impl TokenLayout {
+    /// Offset of `field` inside a frame, if the layout has it.
+    pub fn offset(&self, field: Field) -> Option<usize> {
+        let mut offset = 0;
+        for &f in &self.field_order {
+            if f == field {
+                return Some(offset);
+            }
+            offset += self.width(f);
+        }
+        None
+    }
+
+    pub fn width(&self, field: Field) -> usize {
+        match field {
+            Field::Action => self.action_dim,
+            Field::Observation => self.observation_dim,
+            Field::Reward => usize::from(self.reward),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Normalization {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffusionSpec {
+    pub timesteps: usize,
+    pub schedule: ScheduleName,
+    pub alphas_cumprod: Vec<f64>,
+    pub parameterization: Parameterization,
+    pub stabilization_level: i64,
+    pub noise_clip: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    pub dataset_sha256: String,
+    pub train_steps: u64,
+    pub git_commit: String,
+    pub exported_at: String,
+    pub torch: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelContract {
+    pub contract_version: String,
+    pub graphs: Graphs,
+    pub layout: TokenLayout,
+    pub normalization: Normalization,
+    pub diffusion: DiffusionSpec,
+    pub max_tokens: usize,
+    pub causal: bool,
+    pub cond_dim: usize,
+    pub provenance: Provenance,
+}
+
+impl ModelContract {
+    pub fn from_json(text: &str) -> Result<Self, ContractError> {
+        let contract: Self = serde_json::from_str(text)?;
+        contract.validate()?;
+        Ok(contract)
+    }
+
+    pub fn alpha_bar(&self) -> Result<AlphaBar, ScheduleError> {
+        AlphaBar::new(self.diffusion.alphas_cumprod.clone())
+    }
+
+    fn validate(&self) -> Result<(), ContractError> {
+        let major = self
+            .contract_version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse::<u32>().ok());
+        if major != Some(CONTRACT_MAJOR) {
+            return Err(invalid(
+                "contract_version",
+                format!("{CONTRACT_MAJOR}.x"),
+                &self.contract_version,
+            ));
+        }
+        let l = &self.layout;
+        let mut order = l.field_order.clone();
+        order.sort_by_key(|f| *f as u8);
+        order.dedup();
+        if order.len() != l.field_order.len()
+            || !l.field_order.contains(&Field::Action)
+            || !l.field_order.contains(&Field::Observation)
+        {
+            return Err(invalid(
+                "layout.field_order",
+                "action and observation once each, reward at most once",
+                format!("{:?}", l.field_order),
+            ));
+        }
+        if l.field_order.contains(&Field::Reward) != l.reward {
+            return Err(invalid(
+                "layout.field_order",
+                format!("reward listed iff layout.reward = {}", l.reward),
+                format!("{:?}", l.field_order),
+            ));
+        }
+        let frame_dim = l.action_dim + l.observation_dim + usize::from(l.reward);
+        if l.frame_dim != frame_dim {
+            return Err(invalid("layout.frame_dim", frame_dim, l.frame_dim));
+        }
+        if l.frame_stack == 0 {
+            return Err(invalid("layout.frame_stack", ">= 1", 0));
+        }
+        if l.token_dim != l.frame_stack * frame_dim {
+            return Err(invalid("layout.token_dim", l.frame_stack * frame_dim, l.token_dim));
+        }
+        for (field, v) in [
+            ("normalization.mean", &self.normalization.mean),
+            ("normalization.std", &self.normalization.std),
+        ] {
+            if v.len() != frame_dim {
+                return Err(invalid(
+                    field,
+                    format!("{frame_dim} values (one per frame field)"),
+                    v.len(),
+                ));
+            }
+        }
+        if let Some(i) = self.normalization.std.iter().position(|s| !(*s > 0.0 && s.is_finite())) {
+            return Err(invalid(
+                "normalization.std",
+                "finite values > 0",
+                format!("{} at index {i}", self.normalization.std[i]),
+            ));
+        }
+        if let Some(i) = self.normalization.mean.iter().position(|m| !m.is_finite()) {
+            return Err(invalid(
+                "normalization.mean",
+                "finite values",
+                format!("{} at index {i}", self.normalization.mean[i]),
+            ));
+        }
+        let d = &self.diffusion;
+        if d.alphas_cumprod.len() != d.timesteps {
+            return Err(invalid(
+                "diffusion.alphas_cumprod",
+                format!("{} entries (diffusion.timesteps)", d.timesteps),
+                d.alphas_cumprod.len(),
+            ));
+        }
+        AlphaBar::new(d.alphas_cumprod.clone())?;
+        if !(0..d.timesteps as i64).contains(&d.stabilization_level) {
+            return Err(invalid(
+                "diffusion.stabilization_level",
+                format!("0..{}", d.timesteps),
+                d.stabilization_level,
+            ));
+        }
+        if d.noise_clip.is_nan() || d.noise_clip <= 0.0 {
+            return Err(invalid("diffusion.noise_clip", "> 0", d.noise_clip));
+        }
+        if self.max_tokens == 0 {
+            return Err(invalid("max_tokens", ">= 1", 0));
+        }
+        if !self.causal {
+            return Err(invalid(
+                "causal",
+                "true (the planner relies on causal attention)",
+                false,
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(field: &'static str, expected: impl ToString, got: impl ToString) -> ContractError {
+    ContractError::Invalid {
+        field,
+        expected: expected.to_string(),
+        got: got.to_string(),
+    }
+}
