@@ -15,6 +15,8 @@ pub const CONTRACT_MAJOR: u32 = 1;
 pub enum ContractError {
     #[error("{METADATA_KEY}: not valid contract JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("{METADATA_KEY}: field `{path}`: {message}")]
+    Field { path: String, message: String },
     #[error("{field}: expected {expected}, got {got}")]
     Invalid {
         field: &'static str,
@@ -134,7 +136,11 @@ pub struct ModelContract {
 
 impl ModelContract {
     pub fn from_json(text: &str) -> Result<Self, ContractError> {
-        let contract: Self = serde_json::from_str(text)?;
+        let value: serde_json::Value = serde_json::from_str(text)?;
+        let contract: Self = serde_path_to_error::deserialize(value).map_err(|e| ContractError::Field {
+            path: e.path().to_string(),
+            message: e.inner().to_string(),
+        })?;
         contract.validate()?;
         Ok(contract)
     }
@@ -251,5 +257,131 @@ fn invalid(field: &'static str, expected: impl ToString, got: impl ToString) -> 
         field,
         expected: expected.to_string(),
         got: got.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn valid() -> Value {
+        json!({
+            "contract_version": "1.0",
+            "graphs": {"denoise": "m.onnx", "denoise_vjp": "m.vjp.onnx"},
+            "layout": {"observation_dim": 4, "action_dim": 2, "frame_stack": 2, "reward": false,
+                       "field_order": ["action", "observation"], "frame_dim": 6, "token_dim": 12},
+            "normalization": {"mean": vec![0.0; 6], "std": vec![1.0; 6]},
+            "diffusion": {"timesteps": 3, "schedule": "cosine", "alphas_cumprod": [0.9, 0.5, 0.1],
+                          "parameterization": "v", "stabilization_level": 1, "noise_clip": 6.0},
+            "max_tokens": 8, "causal": true, "cond_dim": 0,
+            "provenance": {"dataset_sha256": "ab", "train_steps": 1, "git_commit": "c", "exported_at": "t", "torch": "2"}
+        })
+    }
+
+    fn error_with(path: &[&str], value: Value) -> String {
+        let mut v = valid();
+        let (last, parents) = path.split_last().unwrap();
+        let mut cursor = &mut v;
+        for p in parents {
+            cursor = &mut cursor[*p];
+        }
+        cursor[*last] = value;
+        ModelContract::from_json(&v.to_string()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_valid_contract_parses_and_locates_fields() {
+        let c = ModelContract::from_json(&valid().to_string()).unwrap();
+        assert_eq!(c.layout.offset(Field::Action), Some(0));
+        assert_eq!(c.layout.offset(Field::Observation), Some(2));
+        assert_eq!(c.layout.offset(Field::Reward), None);
+        assert_eq!(c.alpha_bar().unwrap().timesteps(), 3);
+    }
+
+    #[test]
+    fn each_bad_field_is_named_with_the_expected_value() {
+        let cases: Vec<(&[&str], Value, &str)> = vec![
+            (
+                &["diffusion", "parameterization"],
+                json!("score"),
+                "field `diffusion.parameterization`: unknown variant `score`, expected one of `x0`, `eps`, `v`",
+            ),
+            (
+                &["diffusion", "schedule"],
+                json!("quadratic"),
+                "field `diffusion.schedule`: unknown variant `quadratic`",
+            ),
+            (
+                &["contract_version"],
+                json!("2.0"),
+                "contract_version: expected 1.x, got 2.0",
+            ),
+            (
+                &["layout", "token_dim"],
+                json!(13),
+                "layout.token_dim: expected 12, got 13",
+            ),
+            (
+                &["layout", "frame_dim"],
+                json!(5),
+                "layout.frame_dim: expected 6, got 5",
+            ),
+            (
+                &["normalization", "std"],
+                json!([1.0, 1.0]),
+                "normalization.std: expected 6 values (one per frame field), got 2",
+            ),
+            (
+                &["normalization", "std"],
+                json!([1.0, 1.0, 0.0, 1.0, 1.0, 1.0]),
+                "normalization.std: expected finite values > 0, got 0 at index 2",
+            ),
+            (
+                &["diffusion", "alphas_cumprod"],
+                json!([0.9, 0.5]),
+                "diffusion.alphas_cumprod: expected 3 entries (diffusion.timesteps), got 2",
+            ),
+            (
+                &["diffusion", "alphas_cumprod"],
+                json!([0.9, 0.95, 0.1]),
+                "diffusion.alphas_cumprod[1]: expected strictly decreasing values",
+            ),
+            (
+                &["diffusion", "stabilization_level"],
+                json!(3),
+                "diffusion.stabilization_level: expected 0..3, got 3",
+            ),
+            (
+                &["diffusion", "noise_clip"],
+                json!(0.0),
+                "diffusion.noise_clip: expected > 0, got 0",
+            ),
+            (&["max_tokens"], json!(0), "max_tokens: expected >= 1, got 0"),
+            (&["causal"], json!(false), "causal: expected true"),
+            (
+                &["layout", "field_order"],
+                json!(["action", "action"]),
+                "layout.field_order: expected action and observation once each",
+            ),
+            (
+                &["layout", "surprise"],
+                json!(1),
+                "field `layout.surprise`: unknown field `surprise`, expected one of `observation_dim`",
+            ),
+        ];
+        for (path, value, expected) in cases {
+            let msg = error_with(path, value);
+            assert!(
+                msg.contains(expected),
+                "{path:?}: {msg:?} does not contain {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_json_is_reported_as_such() {
+        let msg = ModelContract::from_json("{not json").unwrap_err().to_string();
+        assert!(msg.starts_with("df_planner.contract: not valid contract JSON"), "{msg}");
     }
 }

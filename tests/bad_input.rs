@@ -1,0 +1,219 @@
+//! Bad input gets a clear error naming the field and the expected value, never a panic.
+//! Fixture models come from onnx/tests/make_bad_models.py.
+
+mod common;
+
+use std::path::Path;
+
+use df_planner::diffusion::{
+    MatrixKind, QuadraticTarget, SampleError, Sampler, SamplerSettings, SchedulingMatrix, SeededNoise,
+};
+use df_planner::model::{ModelError, OnnxDenoiser, Provider, RuntimeConfig};
+use ndarray::Array3;
+
+fn load_err(name: &str) -> String {
+    let path = common::repo().join("tests/fixtures/models").join(name);
+    match OnnxDenoiser::load(&path, &common::cpu()) {
+        Ok(_) => panic!("{name} loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_contains(msg: &str, expected: &str) {
+    assert!(msg.contains(expected), "{msg:?}\n  does not contain {expected:?}");
+}
+
+#[test]
+fn missing_model_file() {
+    assert_contains(&load_err("absent.onnx"), "absent.onnx: not found");
+}
+
+#[test]
+fn model_without_metadata() {
+    assert_contains(
+        &load_err("no_metadata.onnx"),
+        "no `df_planner.contract` metadata; export the model with `df-train export`",
+    );
+}
+
+#[test]
+fn malformed_metadata() {
+    assert_contains(
+        &load_err("malformed_metadata.onnx"),
+        "df_planner.contract: not valid contract JSON",
+    );
+}
+
+#[test]
+fn graph_shape_disagrees_with_metadata() {
+    let msg = load_err("shape_mismatch.onnx");
+    assert_contains(
+        &msg,
+        "graph input `x_t`: expected Float32 of rank 3 with last axis 12, got Float32 with shape [-1, -1, 10]",
+    );
+}
+
+#[test]
+fn graph_with_other_input_names() {
+    assert_contains(
+        &load_err("wrong_inputs.onnx"),
+        r#"graph inputs: expected ["x_t", "k"], got ["x", "t"]"#,
+    );
+}
+
+#[test]
+fn unknown_parameterization() {
+    let msg = load_err("unknown_parameterization.onnx");
+    assert_contains(
+        &msg,
+        "field `diffusion.parameterization`: unknown variant `score`, expected one of `x0`, `eps`, `v`",
+    );
+}
+
+#[test]
+fn required_gpu_provider_that_is_missing_is_an_error() {
+    if cfg!(feature = "cuda") {
+        return; // on a CUDA build the provider may be there; this checks the CPU-only build
+    }
+    let runtime = RuntimeConfig {
+        providers: vec![Provider::Cuda, Provider::Cpu],
+        require_providers: true,
+        ..common::cpu()
+    };
+    let err = OnnxDenoiser::load(&common::repo().join("tests/fixtures/models/stand_in.onnx"), &runtime)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            ModelError::Provider {
+                provider: Provider::Cuda,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_contains(
+        &err.to_string(),
+        "execution provider cuda: not compiled into this binary (build with `--features cuda`)",
+    );
+}
+
+fn settings() -> SamplerSettings {
+    SamplerSettings {
+        eta: 0.0,
+        stabilization_level: 1,
+        noise_clip: 6.0,
+        guidance_scale: 0.0,
+        shared_tokens: 0,
+    }
+}
+
+fn sample(model: &str, tokens: usize, guidance: bool, x_init: f32) -> Result<(), SampleError> {
+    let mut den = common::load(Path::new("tests/fixtures/models").join(model).as_path());
+    let c = den.contract().clone();
+    let rows = SchedulingMatrix::build(MatrixKind::Pyramid { uncertainty: 1.0 }, tokens, 3)
+        .unwrap()
+        .to_timesteps(0, c.diffusion.timesteps);
+    let shape = (2, tokens, c.layout.token_dim);
+    let mut x = Array3::from_elem(shape, x_init);
+    let reward = QuadraticTarget {
+        target: vec![0.0; shape.2],
+        weights: vec![1.0; shape.2],
+    };
+    let settings = SamplerSettings {
+        guidance_scale: if guidance { 1.0 } else { 0.0 },
+        ..settings()
+    };
+    Sampler::new(settings, c.alpha_bar().unwrap(), shape)?.run(
+        &mut den,
+        &mut x,
+        &rows,
+        Some(&reward),
+        &mut SeededNoise::new(0),
+        |_, _| {},
+    )
+}
+
+#[test]
+fn stand_in_model_samples() {
+    sample("stand_in.onnx", 4, false, 0.3).unwrap();
+}
+
+#[test]
+fn window_longer_than_max_tokens() {
+    let err = sample("stand_in.onnx", 5, false, 0.3).unwrap_err();
+    assert_eq!(err.to_string(), "window of 5 tokens exceeds the model's max_tokens = 4");
+}
+
+#[test]
+fn nan_in_the_input_tokens() {
+    let err = sample("stand_in.onnx", 4, false, f32::NAN).unwrap_err();
+    assert_contains(
+        &err.to_string(),
+        "input token is not finite at sample 0, token 0 (row 0); expected finite values",
+    );
+}
+
+#[test]
+fn nan_from_the_network() {
+    let err = sample("nan_output.onnx", 4, false, 0.3).unwrap_err();
+    assert_contains(
+        &err.to_string(),
+        "network output is not finite at sample 0, token 0 (row 0)",
+    );
+}
+
+#[test]
+fn guidance_without_a_vjp_graph() {
+    let err = sample("stand_in.onnx", 4, true, 0.3).unwrap_err();
+    assert_contains(
+        &err.to_string(),
+        "guidance needs the denoise_vjp graph, which this model does not provide",
+    );
+}
+
+#[test]
+fn vjp_named_in_metadata_but_absent_on_disk_loads_without_guidance() {
+    let den = common::load(Path::new("tests/fixtures/models/missing_vjp.onnx"));
+    assert!(!den.has_vjp());
+}
+
+#[test]
+fn sampler_settings_are_checked() {
+    let ab = df_planner::diffusion::AlphaBar::new(vec![0.9, 0.5, 0.1]).unwrap();
+    let bad = [
+        (
+            SamplerSettings {
+                stabilization_level: 3,
+                ..settings()
+            },
+            "stabilization_level: expected 0..3, got 3",
+        ),
+        (
+            SamplerSettings {
+                noise_clip: 0.0,
+                ..settings()
+            },
+            "noise_clip: expected > 0, got 0",
+        ),
+        (
+            SamplerSettings {
+                eta: -1.0,
+                ..settings()
+            },
+            "eta: expected >= 0, got -1",
+        ),
+        (
+            SamplerSettings {
+                shared_tokens: 9,
+                ..settings()
+            },
+            "shared_tokens: expected <= 4 tokens, got 9",
+        ),
+    ];
+    for (s, expected) in bad {
+        let err = Sampler::new(s, ab.clone(), (1, 4, 12)).err().unwrap();
+        assert_eq!(err.to_string(), expected);
+    }
+}

@@ -1,0 +1,128 @@
+//! The binary as a user runs it: inspect and sample on the shipped model.
+
+mod common;
+
+use std::process::Command;
+
+fn df_planner(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_df_planner"))
+        .args(args)
+        .current_dir(common::repo())
+        .output()
+        .expect("df_planner runs")
+}
+
+#[test]
+fn inspect_prints_the_contract() {
+    let out = df_planner(&["inspect", "onnx/models/pointmass.onnx", "--providers", "cpu"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for expected in [
+        "frame [action 2, observation 4] = 6 floats; 4 frames per token = token_dim 24",
+        "max_tokens 8, causal true",
+        "parameterization \"v\"",
+        "denoise_vjp pointmass.vjp.onnx (loaded)",
+        "provider     cpu       available",
+    ] {
+        assert!(text.contains(expected), "{text}\n  lacks {expected:?}");
+    }
+}
+
+#[test]
+fn sample_writes_a_plan_per_matrix() {
+    let dir = std::env::temp_dir().join(format!("df_planner_cli_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for matrix in ["pyramid", "autoregressive", "full_sequence", "trapezoid"] {
+        let out_path = dir.join(format!("{matrix}.json"));
+        let out = df_planner(&[
+            "sample",
+            "--model",
+            "onnx/models/pointmass.onnx",
+            "--matrix",
+            matrix,
+            "--steps",
+            "5",
+            "--seed",
+            "3",
+            "--batch",
+            "2",
+            "--horizon",
+            "6",
+            "--providers",
+            "cpu",
+            "--out",
+            out_path.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{matrix}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+        let frames = plan["frames"].as_array().unwrap();
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].as_array().unwrap().len(), 6 * 4, "6 tokens of 4 frames");
+        assert_eq!(frames[0][0]["action"].as_array().unwrap().len(), 2);
+        assert_eq!(frames[0][0]["observation"].as_array().unwrap().len(), 4);
+    }
+    // Same seed, same plan.
+    let again = dir.join("again.json");
+    let args = |p: &str| {
+        vec![
+            "sample",
+            "--model",
+            "onnx/models/pointmass.onnx",
+            "--seed",
+            "3",
+            "--eta",
+            "1",
+            "--providers",
+            "cpu",
+            "--out",
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain([p.to_string()])
+        .collect::<Vec<_>>()
+    };
+    for p in [dir.join("first.json"), again.clone()] {
+        let a: Vec<String> = args(p.to_str().unwrap());
+        assert!(df_planner(&a.iter().map(String::as_str).collect::<Vec<_>>())
+            .status
+            .success());
+    }
+    let tokens = |p: &std::path::Path| {
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(p).unwrap()).unwrap()["tokens_normalized"]
+            .clone()
+    };
+    assert_eq!(tokens(&dir.join("first.json")), tokens(&again));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_arguments_fail_with_a_message() {
+    let out = df_planner(&[
+        "sample",
+        "--model",
+        "onnx/models/pointmass.onnx",
+        "--horizon",
+        "9",
+        "--out",
+        "/dev/null",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--horizon: expected at most max_tokens = 8, got 9"));
+    let out = df_planner(&[
+        "sample",
+        "--model",
+        "onnx/models/pointmass.onnx",
+        "--matrix",
+        "zigzag",
+        "--out",
+        "/dev/null",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("matrix.kind: unknown \"zigzag\""));
+    let out = df_planner(&["inspect", "tests/fixtures/models/no_metadata.onnx"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no `df_planner.contract` metadata"));
+}
