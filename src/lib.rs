@@ -3,5 +3,10 @@
 //! The crate reads like the pipeline: `model` (ONNX session and its contract) feeds
 //! `diffusion` (schedules, scheduling matrices, the DDIM sampler over per-token noise levels).
 
+pub mod config;
+pub mod control;
 pub mod diffusion;
+pub mod frames;
 pub mod model;
+pub mod planner;
+pub mod replay;

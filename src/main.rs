@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use df_planner::config::NodeConfig;
 use df_planner::diffusion::{Denoiser, MatrixKind, Sampler, SamplerSettings, SchedulingMatrix, SeededNoise};
 use df_planner::model::{available_providers, Field, ModelContract, OnnxDenoiser, Provider, RuntimeConfig};
 use ndarray::{Array2, Array3};
@@ -41,6 +42,28 @@ enum Command {
     Sample(SampleArgs),
     /// Measure denoise / denoise_vjp latency and a full sample (median, p99, max over many calls).
     Bench(BenchArgs),
+    /// Replay a ROS 2 bag (MCAP file, .db3, or rosbag2 folder) through the control loop on the
+    /// bag's clock; write actions, plans and diagnostics to an MCAP file and print a summary.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// The bag: a .mcap file, a .db3 file or a rosbag2 folder.
+    #[arg(long)]
+    bag: PathBuf,
+    /// Node configuration (YAML), e.g. config/pointmass.yaml.
+    #[arg(long)]
+    config: PathBuf,
+    /// Output MCAP file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Pace the replay at this multiple of real time (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -126,6 +149,7 @@ fn main() -> ExitCode {
         Command::Inspect { model, json, runtime } => inspect(model, json, &runtime.config()),
         Command::Sample(args) => sample(args),
         Command::Bench(args) => bench(args),
+        Command::Replay(args) => replay(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -356,5 +380,72 @@ fn bench(a: BenchArgs) -> Result<()> {
         json!({"backend": "onnxruntime", "model": a.model, "threads": a.runtime.threads, "batch": a.batch, "tokens": t,
                "denoise": denoise, "denoise_vjp": vjp})
     );
+    Ok(())
+}
+
+fn replay(a: ReplayArgs) -> Result<()> {
+    if let Some(rate) = a.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("--rate: expected a number > 0, got {rate}");
+        }
+    }
+    let cfg = NodeConfig::load(&a.config)?;
+    let s = df_planner::replay::replay(&cfg, &a.bag, &a.out, a.rate)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!("bag          {} ({})", s.bag, s.storage);
+    if let Some(e) = &s.bag_read_error {
+        println!("bag damage   {e}");
+    }
+    if s.reordered_by_log_time > 0 {
+        println!(
+            "reordered    {} messages were out of log-time order in storage",
+            s.reordered_by_log_time
+        );
+    }
+    for (topic, c) in &s.topics {
+        println!("topic        {topic}: read {}, used {}", c.read, c.used);
+        for (reason, n) in &c.skipped {
+            println!("  skipped    {n} x {reason}");
+        }
+    }
+    let d = &s.diagnostics;
+    println!(
+        "ticks        {} in {:.3} s wall ({:.0} ticks/s); {} plans, {} plan errors",
+        s.ticks, s.wall_s, s.ticks_per_s, d.plans, d.plan_errors
+    );
+    println!(
+        "actions      from plan {}, hold {}, stop {}; clipped {}, rate-limited {}, late dropped {}",
+        s.ticks - d.hold - d.stop,
+        d.hold,
+        d.stop,
+        d.clipped,
+        d.rate_limited,
+        d.late_actions_dropped
+    );
+    let faults: Vec<String> = d.faults.iter().map(|(n, c)| format!("{n} {c}")).collect();
+    println!("faults       {}", faults.join(", "));
+    let f = &d.frames;
+    println!("frames       received {}, delivered {}, superseded {}, dropped {}, rejected: encoding {}, size {}, malformed {}, out of order {}, duplicate {}",
+        f.received, f.delivered, f.superseded, f.dropped_full, f.rejected_encoding, f.rejected_size, f.rejected_malformed, f.rejected_out_of_order, f.rejected_duplicate);
+    for (name, l) in [("tick latency", s.tick_latency), ("plan latency", s.plan_latency)] {
+        println!(
+            "{name:<12} p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} samples)",
+            l.p50_ms, l.p99_ms, l.max_ms, l.count
+        );
+    }
+    match &s.planned_vs_recorded {
+        Some(e) => println!(
+            "vs recorded  {} actions compared: RMSE {:.4}, max abs {:.4}",
+            e.compared, e.rmse, e.max_abs
+        ),
+        None => println!("vs recorded  no recorded actions in the bag"),
+    }
+    if let Some(e) = &s.last_plan_error {
+        println!("plan error   {e}");
+    }
+    println!("wrote        {}", a.out.display());
     Ok(())
 }

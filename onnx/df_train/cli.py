@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import datetime
 import json
 import statistics
 import sys
@@ -9,6 +10,9 @@ import time
 from pathlib import Path
 
 from .train import TrainConfig
+
+# Sizes of D4RL's maze2d-{umaze,medium,large}-v1 datasets.
+MAZE2D_STEPS = {"umaze": 1_000_000, "medium": 2_000_000, "large": 4_000_000}
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -32,6 +36,19 @@ def cmd_datagen(a) -> None:
         arrays = pointmass.generate(a.episodes, a.length, a.seed)
         manifest = {"generator": "pointmass", "episodes": a.episodes, "length": a.length, "seed": a.seed,
                     "observation_dim": pointmass.OBS_DIM, "action_dim": pointmass.ACTION_DIM}
+    elif a.task == "maze2d":
+        from .datagen import maze2d
+        from .envs.maze2d import ACTION_DIM, OBS_DIM
+
+        steps = a.steps or MAZE2D_STEPS[a.maze]
+        start = time.perf_counter()
+        arrays = maze2d.generate(a.maze, steps, a.seed)
+        seconds = time.perf_counter() - start
+        manifest = {"generator": "maze2d", "maze": a.maze, "seed": a.seed, "env": f"maze2d-{a.maze}-v1",
+                    "segments": len(arrays["episode_starts"]),
+                    "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "generation_seconds": round(seconds, 2),
+                    "steps_per_second": round(steps / seconds), "observation_dim": OBS_DIM, "action_dim": ACTION_DIM}
     save_dataset(Path(a.out), arrays, manifest)
     print(Path(a.out).with_suffix(".json").read_text())
 
@@ -83,9 +100,12 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("datagen", help="generate a dataset of episodes (.npz + manifest)")
-    p.add_argument("task", choices=["pointmass"])
-    p.add_argument("--episodes", type=int, default=400)
-    p.add_argument("--length", type=int, default=200)
+    p.add_argument("task", choices=["pointmass", "maze2d"])
+    p.add_argument("--episodes", type=int, default=400, help="pointmass")
+    p.add_argument("--length", type=int, default=200, help="pointmass")
+    p.add_argument("--maze", choices=list(MAZE2D_STEPS), default="umaze", help="maze2d")
+    p.add_argument("--steps", type=int, help="maze2d (default: D4RL's size, " +
+                   ", ".join(f"{k} {v:_}" for k, v in MAZE2D_STEPS.items()) + ")")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_datagen)

@@ -1,0 +1,1 @@
+"""Simulated tasks the planner is evaluated on."""

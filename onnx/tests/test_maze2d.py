@@ -1,0 +1,140 @@
+import json
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mujoco")
+
+from df_train import cli  # noqa: E402
+from df_train.datagen import maze2d as gen  # noqa: E402
+from df_train.envs import maze2d as env_mod  # noqa: E402
+from df_train.envs.maze2d import (  # noqa: E402
+    MAZES, Maze2DEnv, cell_to_xy, empty_cells, goal_cell, in_free_space, normalized_score, wall_grid, xy_to_cell)
+
+DIRECTIONS = [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1)]
+
+
+def test_layouts():
+    sizes = {"umaze": (5, 5), "medium": (8, 8), "large": (9, 12)}
+    goals = {"umaze": (1, 1), "medium": (6, 6), "large": (7, 9)}
+    for maze in MAZES:
+        walls = wall_grid(maze)
+        assert walls.shape == sizes[maze] and walls.dtype == bool
+        assert walls[0].all() and walls[-1].all() and walls[:, 0].all() and walls[:, -1].all()
+        assert goal_cell(maze) == goals[maze] and goals[maze] in empty_cells(maze)
+        assert len(empty_cells(maze)) == (~walls).sum()
+
+
+def test_cell_xy_round_trip():
+    rng = np.random.default_rng(0)
+    for maze in MAZES:
+        for cell in empty_cells(maze):
+            xy = cell_to_xy(cell)
+            assert xy_to_cell(xy) == cell
+            assert in_free_space(maze, xy, margin=0.1)
+            centre = xy - env_mod.CELL_SHIFT  # anywhere in the cell's square maps back to the cell
+            assert all(xy_to_cell(centre + d) == cell for d in rng.uniform(-0.49, 0.49, (20, 2)))
+        for cell in map(tuple, np.argwhere(wall_grid(maze))):
+            assert not in_free_space(maze, cell_to_xy(cell))
+    assert not in_free_space("umaze", (-5.0, 1.0)) and not in_free_space("umaze", (1.0, 40.0))
+    # Vectorized, with the 0.2 shift: the ball's centre reaches [i - 0.6, i + 0.2] in an open row.
+    np.testing.assert_array_equal(in_free_space("umaze", [[1.0, 0.41], [1.0, 0.39], [1.0, 3.19], [1.0, 3.21]], 0.1),
+                                  [True, False, True, False])
+
+
+def test_ball_cannot_pass_walls():
+    for maze in MAZES:
+        env = Maze2DEnv(maze, seed=1)
+        for cell in empty_cells(maze):
+            for direction in DIRECTIONS:
+                env.reset(cell)
+                path = np.array([env.step(direction)[0][:2] for _ in range(200)])
+                # Contacts are soft: at full speed the ball sinks < 0.05 into a wall, never through.
+                assert in_free_space(maze, path, margin=0.05).all(), (maze, cell, direction)
+
+
+def test_sparse_reward_radius():
+    env = Maze2DEnv("umaze", seed=0)
+    for offset, expected in [((0.0, 0.0), 1.0), ((0.45, 0.0), 1.0), ((0.3, 0.35), 1.0), ((0.55, 0.0), 0.0),
+                             ((0.0, 0.6), 0.0), ((0.4, 0.4), 0.0)]:
+        env.reset()
+        env.data.qpos[:] = env.goal + offset
+        env.data.qvel[:] = 0.0
+        assert env.step([0.0, 0.0])[1] == expected, offset
+
+
+def test_episode_length_and_goals():
+    for maze in MAZES:
+        env = Maze2DEnv(maze, seed=0)
+        env.reset()
+        dones = [env.step([0.0, 0.0])[2] for _ in range(env.max_episode_steps)]
+        assert dones.index(True) == {"umaze": 300, "medium": 600, "large": 800}[maze] - 1
+        np.testing.assert_array_equal(env.goal, goal_cell(maze))
+    env = Maze2DEnv("large", seed=0, multi_goal=True)
+    goals = []
+    for _ in range(10):
+        env.reset()
+        goals.append(env.goal.copy())
+    assert len({xy_to_cell(g) for g in goals}) > 3
+    assert all(in_free_space("large", g, margin=0.1) for g in goals)
+
+
+def test_normalized_score():
+    for maze in MAZES:
+        low, high = env_mod.REF_SCORES[maze]
+        assert normalized_score(maze, low) == pytest.approx(0.0)
+        assert normalized_score(maze, high) == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("maze", MAZES)
+def test_expert_reaches_goal_from_every_cell(maze):
+    """Q-iteration routes + waypoint controller + dynamics: the goal is reached from every start cell."""
+    env = Maze2DEnv(maze, seed=2)
+    for cell in empty_cells(maze):
+        total, solved_at = gen.expert_episode(env, cell)
+        assert solved_at is not None and solved_at < env.max_episode_steps, (maze, cell)
+        assert total >= env.max_episode_steps - solved_at - 1, (maze, cell, total, solved_at)
+
+
+def test_datagen_deterministic_and_segmented(monkeypatch):
+    a, b = gen.generate("umaze", 5000, seed=3), gen.generate("umaze", 5000, seed=3)
+    assert set(a) == {"observations", "actions", "rewards", "episode_starts", "goals"}
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert not np.array_equal(a["observations"], gen.generate("umaze", 5000, seed=4)["observations"])
+    assert a["observations"].shape == (5000, 4) and a["actions"].shape == (5000, 2)
+    assert a["observations"].dtype == np.float32 and a["episode_starts"].dtype == np.int64
+    assert np.abs(a["actions"]).max() <= 1.0
+    # One continuous run: no teleports, across segment boundaries too.
+    assert np.abs(np.diff(a["observations"][:, :2], axis=0)).max() < 0.06
+    goal = env_mod.goal_xy("umaze")
+    np.testing.assert_array_equal(a["rewards"], np.linalg.norm(a["observations"][:, :2] - goal, axis=1) <= 0.5)
+
+    # A short time limit forces timeouts: segments end when the target cell is reached or after limit + 1 steps.
+    monkeypatch.setitem(env_mod.MAX_EPISODE_STEPS, "umaze", 40)
+    data = gen.generate("umaze", 5000, seed=3)
+    starts = list(data["episode_starts"])
+    assert starts[0] == 0
+    lengths = np.diff(starts + [5000])
+    assert lengths.max() <= 41 and (lengths == 41).sum() > 5
+    for s, n in zip(starts, lengths):
+        goals = data["goals"][s:s + n]
+        assert (goals == goals[0]).all()
+        if s + n < 5000 and n < 41:  # ended by reaching the target's cell
+            assert np.linalg.norm(data["observations"][s + n - 1, :2] - np.round(goals[0])) < gen.SOLVE_THRESH
+
+
+def test_cli_datagen_maze2d(tmp_path, capsys):
+    out = tmp_path / "m.npz"
+    cli.main(["datagen", "maze2d", "--maze", "medium", "--steps", "3000", "--seed", "5", "--out", str(out)])
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["generator"] == "maze2d" and manifest["maze"] == "medium" and manifest["seed"] == 5
+    assert manifest["steps"] == 3000 and len(manifest["sha256"]) == 64 and manifest["generation_seconds"] > 0
+    np.testing.assert_array_equal(np.load(out)["observations"], gen.generate("medium", 3000, 5)["observations"])
+
+
+def test_datagen_speed():
+    start = time.perf_counter()
+    gen.generate("large", 20000, seed=0)
+    print(f"maze2d datagen: {20000 / (time.perf_counter() - start):,.0f} steps/s")

@@ -1,0 +1,326 @@
+//! The node's YAML configuration. Every field is documented here, with its default; unknown
+//! fields are errors so that a typo cannot silently fall back to a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::diffusion::MatrixKind;
+use crate::model::RuntimeConfig;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("config {path}: field `{field}`: {message}")]
+    Field {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    #[error("config {path}: `{field}`: expected {expected}, got {got}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        expected: String,
+        got: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub model: ModelSection,
+    #[serde(default)]
+    pub planner: PlannerSection,
+    pub control: ControlSection,
+    pub safety: SafetySection,
+    #[serde(default)]
+    pub camera: CameraSection,
+    #[serde(default)]
+    pub topics: TopicsSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// The denoise graph; relative paths are resolved against the config file's folder's parent
+    /// (the package root), so `onnx/models/x.onnx` works from a checkout and an install.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlannerSection {
+    /// Scheduling matrix over the planned tokens (default pyramid, u = 1).
+    pub matrix: MatrixKind,
+    /// Sampling steps S per token (default 10).
+    pub sampling_steps: u32,
+    /// Planned tokens after the context token (default: max_tokens - 1).
+    pub horizon_tokens: Option<usize>,
+    /// Monte Carlo Guidance samples N; 1 = plain guidance (default 1).
+    pub samples: usize,
+    /// Guidance strength (default 0: no guidance).
+    pub guidance_scale: f64,
+    /// DDIM η (default 0).
+    pub eta: f64,
+    /// Replan every this many model steps (default 1).
+    pub replan_every: usize,
+    /// Seed of the sampler's noise; replay is byte-identical for a seed (default 0).
+    pub seed: u64,
+}
+
+impl Default for PlannerSection {
+    fn default() -> Self {
+        Self {
+            matrix: MatrixKind::Pyramid { uncertainty: 1.0 },
+            sampling_steps: 10,
+            horizon_tokens: None,
+            samples: 1,
+            guidance_scale: 0.0,
+            eta: 0.0,
+            replan_every: 1,
+            seed: 0,
+        }
+    }
+}
+
+/// What a tick publishes when the plan cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// Repeat the last published action.
+    Hold,
+    /// Publish `control.stop_action`.
+    Stop,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// Control ticks per second; one action is published per tick.
+    pub rate_hz: f64,
+    /// Time between consecutive planned actions: the model's step (seconds).
+    pub action_dt_s: f64,
+    /// Hold or stop when the plan is missing, exhausted, stale or invalid.
+    pub fallback: Fallback,
+    /// The action published by `stop` and before any plan exists.
+    pub stop_action: Vec<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetySection {
+    /// Per-dimension lower limits of the published action.
+    pub action_min: Vec<f64>,
+    /// Per-dimension upper limits.
+    pub action_max: Vec<f64>,
+    /// Per-dimension maximum change per second (rate limit).
+    pub max_rate: Vec<f64>,
+    /// A camera frame older than this is stale (seconds); ignored when the camera is not required.
+    pub camera_timeout_s: f64,
+    /// A robot state older than this is stale (seconds).
+    pub state_timeout_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CameraSection {
+    /// Whether planning needs camera frames (a stale camera is then a fault).
+    pub required: bool,
+    /// Expected image size; other sizes are rejected and counted.
+    pub width: u32,
+    pub height: u32,
+    /// Frames the ring buffer holds between the camera callback and the planner.
+    pub ring_capacity: usize,
+}
+
+impl Default for CameraSection {
+    fn default() -> Self {
+        Self {
+            required: false,
+            width: 32,
+            height: 32,
+            ring_capacity: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionType {
+    /// std_msgs/Float64MultiArray: the action of the tick.
+    Float64MultiArray,
+    /// trajectory_msgs/JointTrajectory: the remaining plan as a time-stamped chunk ending at rest.
+    JointTrajectory,
+    /// geometry_msgs/PoseStamped: the action as an end-effector position (x, y[, z]).
+    PoseStamped,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsSection {
+    /// sensor_msgs/Image input.
+    pub image: String,
+    /// sensor_msgs/JointState input: the observation is position then velocity.
+    pub state: String,
+    /// Action output.
+    pub action: String,
+    pub action_type: ActionType,
+    /// Joint names for JointTrajectory output (one per action dimension).
+    pub joint_names: Vec<String>,
+    /// Frame id for PoseStamped output.
+    pub frame_id: String,
+    /// diagnostic_msgs/DiagnosticArray output.
+    pub diagnostics: String,
+    /// Plans' first tokens (std_msgs/Float64MultiArray), for inspection.
+    pub plan: String,
+    /// Replay only: recorded actions (std_msgs/Float64MultiArray) to compare with.
+    pub recorded_action: Option<String>,
+}
+
+impl Default for TopicsSection {
+    fn default() -> Self {
+        Self {
+            image: "/camera/image_raw".into(),
+            state: "/joint_states".into(),
+            action: "/df_planner/action".into(),
+            action_type: ActionType::Float64MultiArray,
+            joint_names: Vec::new(),
+            frame_id: "base_link".into(),
+            diagnostics: "/diagnostics".into(),
+            plan: "/df_planner/plan".into(),
+            recorded_action: None,
+        }
+    }
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let mut cfg = Self::parse(&text, path)?;
+        if cfg.model.path.is_relative() {
+            let root = path.parent().and_then(Path::parent).unwrap_or(Path::new("."));
+            cfg.model.path = root.join(&cfg.model.path);
+        }
+        Ok(cfg)
+    }
+
+    /// Parse and validate; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let cfg: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let message = e.into_inner().to_string();
+            // serde_yaml_ng starts its message with the path (or its parent's).
+            let message = match message.split_once(": ") {
+                Some((head, rest)) if field.starts_with(head) => rest.to_owned(),
+                _ => message,
+            };
+            if field == "." {
+                ConfigError::Read {
+                    path: path.to_owned(),
+                    message,
+                }
+            } else {
+                ConfigError::Field {
+                    path: path.to_owned(),
+                    field,
+                    message,
+                }
+            }
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Action dimension, as the limits give it.
+    pub fn action_dim(&self) -> usize {
+        self.safety.action_min.len()
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |field, expected: String, got: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            expected,
+            got,
+        };
+        let n = self.action_dim();
+        for (field, v) in [
+            ("safety.action_max", &self.safety.action_max),
+            ("safety.max_rate", &self.safety.max_rate),
+            ("control.stop_action", &self.control.stop_action),
+        ] {
+            if v.len() != n {
+                return Err(bad(
+                    field,
+                    format!("{n} values (as safety.action_min)"),
+                    format!("{}", v.len()),
+                ));
+            }
+        }
+        if n == 0 {
+            return Err(bad("safety.action_min", "at least one dimension".into(), "[]".into()));
+        }
+        for i in 0..n {
+            let (lo, hi) = (self.safety.action_min[i], self.safety.action_max[i]);
+            if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+                return Err(bad(
+                    "safety.action_max",
+                    format!("finite and >= action_min[{i}] = {lo}"),
+                    format!("{hi}"),
+                ));
+            }
+            if self.safety.max_rate[i].is_nan() || self.safety.max_rate[i] <= 0.0 {
+                return Err(bad(
+                    "safety.max_rate",
+                    "values > 0".into(),
+                    format!("{}", self.safety.max_rate[i]),
+                ));
+            }
+            let stop = self.control.stop_action[i];
+            if !(lo..=hi).contains(&stop) {
+                return Err(bad(
+                    "control.stop_action",
+                    format!("within [{lo}, {hi}] at index {i}"),
+                    format!("{stop}"),
+                ));
+            }
+        }
+        let positive = |field, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(bad(field, "a finite number > 0".into(), format!("{v}")))
+            }
+        };
+        positive("control.rate_hz", self.control.rate_hz)?;
+        positive("control.action_dt_s", self.control.action_dt_s)?;
+        positive("safety.camera_timeout_s", self.safety.camera_timeout_s)?;
+        positive("safety.state_timeout_s", self.safety.state_timeout_s)?;
+        if self.planner.samples == 0 {
+            return Err(bad("planner.samples", ">= 1".into(), "0".into()));
+        }
+        if self.planner.replan_every == 0 {
+            return Err(bad("planner.replan_every", ">= 1".into(), "0".into()));
+        }
+        if self.camera.ring_capacity == 0 {
+            return Err(bad("camera.ring_capacity", ">= 1".into(), "0".into()));
+        }
+        if self.topics.action_type == ActionType::JointTrajectory && self.topics.joint_names.len() != n {
+            return Err(bad(
+                "topics.joint_names",
+                format!("{n} names for joint_trajectory output"),
+                format!("{}", self.topics.joint_names.len()),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,236 @@
+//! One control tick, as pure logic over time given as an argument: choose the plan action
+//! meant for now, check every input is fresh and every value finite, fall back to hold or
+//! stop otherwise, and pass the result through the safety filter. Every tick yields an
+//! action and a report of what it did. No allocation, no locks, no I/O.
+
+use crate::config::Fallback;
+use crate::planner::Plan;
+
+use super::safety::{Safety, SafetyEvents};
+
+/// Why a tick could not publish the plan's action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Fault {
+    /// No plan has arrived yet.
+    NoPlan = 0,
+    /// The plan's last action is in the past (the watchdog: no fresh plan in time).
+    PlanExhausted = 1,
+    /// The newest camera frame is older than the camera timeout.
+    CameraStale = 2,
+    /// The newest robot state is older than the state timeout.
+    StateStale = 3,
+    /// The plan's action has NaN or Inf.
+    NonFinite = 4,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 5] = [
+        Fault::NoPlan,
+        Fault::PlanExhausted,
+        Fault::CameraStale,
+        Fault::StateStale,
+        Fault::NonFinite,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::NoPlan => "no_plan",
+            Fault::PlanExhausted => "plan_exhausted",
+            Fault::CameraStale => "camera_stale",
+            Fault::StateStale => "state_stale",
+            Fault::NonFinite => "non_finite_action",
+        }
+    }
+}
+
+/// A set of faults (bit i = Fault with discriminant i).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults(u8);
+
+impl Faults {
+    pub fn insert(&mut self, f: Fault) {
+        self.0 |= 1 << f as u8;
+    }
+    pub fn contains(self, f: Fault) -> bool {
+        self.0 & (1 << f as u8) != 0
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    pub fn iter(self) -> impl Iterator<Item = Fault> {
+        Fault::ALL.into_iter().filter(move |f| self.contains(*f))
+    }
+}
+
+/// Where the published action came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Plan,
+    Hold,
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TickReport {
+    pub now_ns: i64,
+    pub source: Source,
+    pub faults: Faults,
+    /// Index of the plan action used (Source::Plan only).
+    pub plan_index: Option<usize>,
+    pub safety: SafetyEvents,
+    /// Plan actions skipped because their time had passed.
+    pub late_dropped: u64,
+}
+
+/// What the tick knows about its inputs' freshness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TickInputs {
+    pub now_ns: i64,
+    /// Stamp of the newest camera frame, if any.
+    pub frame_ns: Option<i64>,
+    /// Stamp of the newest robot state, if any.
+    pub state_ns: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlParams {
+    pub fallback: Fallback,
+    pub stop_action: Vec<f64>,
+    pub camera_required: bool,
+    pub camera_timeout_ns: i64,
+    pub state_timeout_ns: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub ticks: u64,
+    pub faults: [u64; Fault::ALL.len()],
+    pub hold: u64,
+    pub stop: u64,
+    pub clipped: u64,
+    pub rate_limited: u64,
+    pub late_dropped: u64,
+    pub plans_installed: u64,
+}
+
+pub struct ControlCore {
+    params: ControlParams,
+    safety: Safety,
+    current: Option<Box<Plan>>,
+    pending: Option<Box<Plan>>,
+    /// Last plan index published from `current`.
+    last_index: Option<usize>,
+    last_output: Vec<f64>,
+    counters: Counters,
+}
+
+impl ControlCore {
+    pub fn new(params: ControlParams, safety: Safety) -> Self {
+        let mut last_output = params.stop_action.clone();
+        safety.clip(&params.stop_action, &mut last_output);
+        Self {
+            params,
+            safety,
+            current: None,
+            pending: None,
+            last_index: None,
+            last_output,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn current_plan(&self) -> Option<&Plan> {
+        self.current.as_deref()
+    }
+
+    /// Queue a new plan; it takes over once its first action is due. Returns a plan that is
+    /// no longer needed, for recycling.
+    pub fn install(&mut self, plan: Box<Plan>) -> Option<Box<Plan>> {
+        self.counters.plans_installed += 1;
+        self.pending.replace(plan)
+    }
+
+    /// One tick: writes the action to publish into `out` (action_dim values). Returns a plan
+    /// that was retired this tick, for recycling.
+    pub fn tick(&mut self, inputs: TickInputs, out: &mut [f64]) -> (TickReport, Option<Box<Plan>>) {
+        let now = inputs.now_ns;
+        let mut retired = None;
+        if self.pending.as_ref().is_some_and(|p| p.t0_ns <= now) {
+            retired = std::mem::replace(&mut self.current, self.pending.take());
+            self.last_index = None;
+        }
+        let mut faults = Faults::default();
+        let mut late_dropped = 0;
+        let mut chosen = None;
+        match self.current.as_deref() {
+            None => faults.insert(Fault::NoPlan),
+            Some(plan) => {
+                let index = ((now - plan.t0_ns).max(0) / plan.dt_ns) as usize;
+                if index >= plan.len() {
+                    faults.insert(Fault::PlanExhausted);
+                } else {
+                    let next_unused = self.last_index.map_or(0, |i| i + 1);
+                    late_dropped = index.saturating_sub(next_unused) as u64;
+                    if plan.action(index).iter().all(|v| v.is_finite()) {
+                        chosen = Some(index);
+                    } else {
+                        faults.insert(Fault::NonFinite);
+                    }
+                }
+            }
+        }
+        let stale = |stamp: Option<i64>, timeout: i64| stamp.is_none_or(|s| now - s > timeout);
+        if self.params.camera_required && stale(inputs.frame_ns, self.params.camera_timeout_ns) {
+            faults.insert(Fault::CameraStale);
+        }
+        if stale(inputs.state_ns, self.params.state_timeout_ns) {
+            faults.insert(Fault::StateStale);
+        }
+
+        let mut safety = SafetyEvents::default();
+        let source = match chosen {
+            Some(index) if faults.is_empty() => {
+                let plan = self.current.as_deref().expect("chosen implies a plan");
+                safety = self.safety.filter(plan.action(index), &self.last_output, out);
+                self.last_index = Some(index);
+                Source::Plan
+            }
+            _ => match self.params.fallback {
+                Fallback::Hold => {
+                    out.copy_from_slice(&self.last_output);
+                    Source::Hold
+                }
+                Fallback::Stop => {
+                    self.safety.clip(&self.params.stop_action, out);
+                    Source::Stop
+                }
+            },
+        };
+        self.last_output.copy_from_slice(out);
+
+        let c = &mut self.counters;
+        c.ticks += 1;
+        for f in faults.iter() {
+            c.faults[f as usize] += 1;
+        }
+        c.hold += u64::from(source == Source::Hold);
+        c.stop += u64::from(source == Source::Stop);
+        c.clipped += u64::from(safety.clipped);
+        c.rate_limited += u64::from(safety.rate_limited);
+        c.late_dropped += late_dropped;
+        let report = TickReport {
+            now_ns: now,
+            source,
+            faults,
+            plan_index: chosen.filter(|_| source == Source::Plan),
+            safety,
+            late_dropped,
+        };
+        (report, retired)
+    }
+}

@@ -1,0 +1,98 @@
+//! What the node reports, and the output port every adapter (ROS, replay, tests) implements.
+
+use serde::Serialize;
+
+use crate::frames::FrameStatsSnapshot;
+use crate::planner::Plan;
+
+use super::core::{Counters, Fault, TickReport};
+use super::histogram::LatencySummary;
+
+/// Where ticks, plans and diagnostics go: r2r publishers, an MCAP file, a test recorder.
+pub trait ActionSink {
+    /// One per tick: the action published and what the tick did. `plan` is the plan in force.
+    fn action(&mut self, report: &TickReport, action: &[f64], plan: Option<&Plan>);
+    /// Each new plan.
+    fn plan(&mut self, plan: &Plan);
+    /// Periodically (once per second of loop time).
+    fn diagnostics(&mut self, now_ns: i64, diag: &Diagnostics);
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Diagnostics {
+    pub ticks: u64,
+    pub faults: Vec<(&'static str, u64)>,
+    pub hold: u64,
+    pub stop: u64,
+    pub clipped: u64,
+    pub rate_limited: u64,
+    pub late_actions_dropped: u64,
+    pub plans: u64,
+    pub plan_errors: u64,
+    pub deadline_misses: u64,
+    pub tick_latency: LatencySummary,
+    pub tick_jitter: LatencySummary,
+    pub plan_latency: LatencySummary,
+    pub frames: FrameStatsView,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FrameStatsView {
+    pub received: u64,
+    pub delivered: u64,
+    pub superseded: u64,
+    pub dropped_full: u64,
+    pub rejected_encoding: u64,
+    pub rejected_size: u64,
+    pub rejected_malformed: u64,
+    pub rejected_out_of_order: u64,
+    pub rejected_duplicate: u64,
+}
+
+impl From<FrameStatsSnapshot> for FrameStatsView {
+    fn from(s: FrameStatsSnapshot) -> Self {
+        Self {
+            received: s.received,
+            delivered: s.delivered,
+            superseded: s.superseded,
+            dropped_full: s.dropped_full,
+            rejected_encoding: s.rejected_encoding,
+            rejected_size: s.rejected_size,
+            rejected_malformed: s.rejected_malformed,
+            rejected_out_of_order: s.rejected_out_of_order,
+            rejected_duplicate: s.rejected_duplicate,
+        }
+    }
+}
+
+pub(crate) struct DiagnosticInputs<'a> {
+    pub counters: &'a Counters,
+    pub plan_errors: u64,
+    pub deadline_misses: u64,
+    pub tick_latency: LatencySummary,
+    pub tick_jitter: LatencySummary,
+    pub plan_latency: LatencySummary,
+    pub frames: FrameStatsSnapshot,
+}
+
+impl Diagnostics {
+    pub(crate) fn collect(i: DiagnosticInputs) -> Self {
+        let c = i.counters;
+        Self {
+            ticks: c.ticks,
+            faults: Fault::ALL.iter().map(|f| (f.name(), c.faults[*f as usize])).collect(),
+            hold: c.hold,
+            stop: c.stop,
+            clipped: c.clipped,
+            rate_limited: c.rate_limited,
+            late_actions_dropped: c.late_dropped,
+            plans: c.plans_installed,
+            plan_errors: i.plan_errors,
+            deadline_misses: i.deadline_misses,
+            tick_latency: i.tick_latency,
+            tick_jitter: i.tick_jitter,
+            plan_latency: i.plan_latency,
+            frames: i.frames.into(),
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! The loop on a real clock, in three threads:
+//! - planner: every model step, record history and (every `replan_every` steps) plan; it owns
+//!   the ORT session and may take as long as inference takes;
+//! - control: at the fixed rate, one tick (`ControlTick::run`): take a new plan if one arrived,
+//!   choose and filter the action, hand the result to the publisher. Nothing in a tick
+//!   allocates, blocks or logs per element (tests/realtime.rs counts allocations);
+//! - publisher: the only thread that does I/O (ROS publishers, files) through the sink.
+//!
+//! Plans cycle planner → control → planner through bounded crossbeam channels; tick records
+//! go control → publisher through a preallocated SPSC ring.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use parking_lot::Mutex;
+use ringbuf::traits::{Consumer, Producer, Split};
+use ringbuf::{HeapCons, HeapProd, HeapRb};
+
+use crate::diffusion::Guidance;
+use crate::frames::{FrameReader, FrameStats};
+use crate::planner::{Plan, PlannerTask, StepOutcome};
+
+use super::core::{ControlCore, Counters, TickInputs, TickReport};
+use super::diagnostics::{ActionSink, DiagnosticInputs, Diagnostics};
+use super::histogram::Histogram;
+use super::state::{StateCell, StateSample};
+
+/// The node's notion of now (ROS time, sim time, or the system clock), in nanoseconds.
+pub trait Clock: Send + Sync {
+    fn now_ns(&self) -> i64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ns(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64)
+    }
+}
+
+/// Largest action dimension a tick record carries.
+pub const MAX_ACTION_DIM: usize = 16;
+
+/// One tick's result on its way to the publisher.
+#[derive(Debug, Clone, Copy)]
+pub struct TickRecord {
+    pub report: TickReport,
+    pub action: [f64; MAX_ACTION_DIM],
+    pub dim: usize,
+    pub plan_seq: Option<u64>,
+}
+
+/// Statistics the control thread shares with the publisher (copied in, never allocated).
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    pub counters: Counters,
+    pub tick_latency: Histogram,
+    pub tick_jitter: Histogram,
+    pub deadline_misses: u64,
+    pub records_dropped: u64,
+}
+
+impl Clone for LiveStats {
+    fn clone(&self) -> Self {
+        let mut copy = Self::default();
+        copy.clone_from(self);
+        copy
+    }
+
+    fn clone_from(&mut self, s: &Self) {
+        self.counters.clone_from(&s.counters);
+        self.tick_latency.clone_from(&s.tick_latency);
+        self.tick_jitter.clone_from(&s.tick_jitter);
+        self.deadline_misses = s.deadline_misses;
+        self.records_dropped = s.records_dropped;
+    }
+}
+
+/// The control thread's state: everything one tick touches, allocated up front.
+pub struct ControlTick {
+    core: ControlCore,
+    plans: Receiver<Box<Plan>>,
+    recycle: Sender<Box<Plan>>,
+    frame_stats: Arc<FrameStats>,
+    state: Arc<StateCell>,
+    last_state: Option<StateSample>,
+    executed: Arc<Mutex<Vec<f64>>>,
+    records: HeapProd<TickRecord>,
+    clock: Arc<dyn Clock>,
+    out: Vec<f64>,
+    stats: LiveStats,
+    shared: Arc<Mutex<LiveStats>>,
+}
+
+impl ControlTick {
+    /// One tick. `late_by` is how far past its deadline the thread woke.
+    pub fn run(&mut self, late_by: Duration, period: Duration) {
+        let start = Instant::now();
+        while let Ok(plan) = self.plans.try_recv() {
+            if let Some(old) = self.core.install(plan) {
+                let _ = self.recycle.try_send(old);
+            }
+        }
+        if let Some(sample) = self.state.try_read() {
+            self.last_state = sample;
+        }
+        let newest_frame = self.frame_stats.newest_stamp_ns.load(Ordering::Acquire);
+        let inputs = TickInputs {
+            now_ns: self.clock.now_ns(),
+            frame_ns: (newest_frame != i64::MIN).then_some(newest_frame),
+            state_ns: self.last_state.map(|s| s.stamp_ns),
+        };
+        let (report, retired) = self.core.tick(inputs, &mut self.out);
+        if let Some(old) = retired {
+            let _ = self.recycle.try_send(old);
+        }
+        let mut record = TickRecord {
+            report,
+            action: [0.0; MAX_ACTION_DIM],
+            dim: self.out.len(),
+            plan_seq: self.core.current_plan().map(|p| p.seq),
+        };
+        record.action[..self.out.len()].copy_from_slice(&self.out);
+        if self.records.try_push(record).is_err() {
+            self.stats.records_dropped += 1;
+        }
+        if let Some(mut executed) = self.executed.try_lock() {
+            executed.copy_from_slice(&self.out);
+        }
+        let took = start.elapsed();
+        self.stats.tick_latency.record(took.as_nanos() as u64);
+        self.stats.tick_jitter.record(late_by.as_nanos() as u64);
+        if took + late_by > period {
+            self.stats.deadline_misses += 1;
+        }
+        self.stats.counters.clone_from(self.core.counters());
+        if let Some(mut shared) = self.shared.try_lock() {
+            shared.clone_from(&self.stats);
+        }
+    }
+}
+
+pub struct LiveNode {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    shared: Arc<Mutex<LiveStats>>,
+    plan_latency: Arc<Mutex<Histogram>>,
+}
+
+impl LiveNode {
+    /// Control statistics so far (tick latency, jitter, misses, counters) and plan latency.
+    pub fn stats(&self) -> (LiveStats, Histogram) {
+        (self.shared.lock().clone(), self.plan_latency.lock().clone())
+    }
+
+    /// Stop every thread and wait for them.
+    pub fn stop(mut self) -> (LiveStats, Histogram) {
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.stats()
+    }
+}
+
+pub struct LiveParts {
+    pub task: PlannerTask,
+    pub core: ControlCore,
+    pub frames: FrameReader,
+    pub frame_stats: Arc<FrameStats>,
+    pub state: Arc<StateCell>,
+    pub sink: Box<dyn ActionSink + Send>,
+    pub clock: Arc<dyn Clock>,
+    pub guidance: Option<Box<dyn Guidance + Send>>,
+    pub tick: Duration,
+    pub step: Duration,
+}
+
+/// Sleep until `deadline`; returns how late the wake-up was.
+fn sleep_until(deadline: Instant) -> Duration {
+    let now = Instant::now();
+    if deadline > now {
+        std::thread::sleep(deadline - now);
+    }
+    Instant::now().saturating_duration_since(deadline)
+}
+
+pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (plan_tx, plan_rx) = bounded::<Box<Plan>>(4);
+    let (recycle_tx, recycle_rx) = bounded::<Box<Plan>>(8);
+    let (copy_tx, copy_rx) = bounded::<Box<Plan>>(4);
+    let (records_tx, records_rx) = HeapRb::<TickRecord>::new(1024).split();
+    let shared = Arc::new(Mutex::new(LiveStats::default()));
+    let plan_latency = Arc::new(Mutex::new(Histogram::default()));
+    let plan_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let action_dim = p.task.planner().contract().layout.action_dim;
+    let executed = Arc::new(Mutex::new(vec![0.0; action_dim]));
+    let frame_stats = p.frame_stats.clone();
+    let control_clock = p.clock.clone();
+
+    let mut control = ControlTick {
+        core: p.core,
+        plans: plan_rx,
+        recycle: recycle_tx,
+        frame_stats: p.frame_stats,
+        state: p.state.clone(),
+        last_state: None,
+        executed: executed.clone(),
+        records: records_tx,
+        clock: p.clock.clone(),
+        out: vec![0.0; action_dim],
+        stats: LiveStats::default(),
+        shared: shared.clone(),
+    };
+    let mut threads = Vec::new();
+    let (tick, step) = (p.tick, p.step);
+
+    let s = stop.clone();
+    threads.push(std::thread::Builder::new().name("df_control".into()).spawn(move || {
+        let mut deadline = Instant::now() + tick;
+        while !s.load(Ordering::Acquire) {
+            let late = sleep_until(deadline);
+            control.run(late, tick);
+            deadline += tick;
+        }
+    })?);
+
+    let s = stop.clone();
+    let (mut task, mut frames, state, clock, guidance) = (p.task, p.frames, p.state, p.clock, p.guidance);
+    let (latency, errors) = (plan_latency.clone(), plan_errors.clone());
+    threads.push(std::thread::Builder::new().name("df_planner".into()).spawn(move || {
+        let mut deadline = Instant::now();
+        let mut executed_now = vec![0.0; action_dim];
+        let mut last_error: Option<String> = None;
+        while !s.load(Ordering::Acquire) {
+            sleep_until(deadline);
+            deadline += step;
+            frames.latest();
+            executed_now.copy_from_slice(&executed.lock());
+            let mut plan = recycle_rx.try_recv().unwrap_or_else(|_| Box::new(task.new_plan()));
+            let sample = state.read();
+            match task.step(
+                clock.now_ns(),
+                sample.as_ref(),
+                &executed_now,
+                guidance.as_deref().map(|g| g as &dyn Guidance),
+                &mut plan,
+            ) {
+                Ok(StepOutcome::Planned) => {
+                    latency.lock().clone_from(task.latency());
+                    let _ = copy_tx.try_send(plan.clone());
+                    let _ = plan_tx.try_send(plan);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    let msg = e.to_string();
+                    if last_error.as_deref() != Some(&msg) {
+                        tracing::warn!(error = %msg, "planning failed; the control loop falls back");
+                        last_error = Some(msg);
+                    }
+                }
+            }
+        }
+    })?);
+
+    let s = stop.clone();
+    let (mut sink, stats, latency) = (p.sink, shared.clone(), plan_latency.clone());
+    let publish_clock = control_clock;
+    threads.push(std::thread::Builder::new().name("df_publish".into()).spawn(move || {
+        let sources = StatSources {
+            stats: &stats,
+            plan_latency: &latency,
+            plan_errors: &plan_errors,
+            frames: &frame_stats,
+        };
+        publisher(records_rx, copy_rx, &mut *sink, &s, &sources, &*publish_clock)
+    })?);
+    Ok(LiveNode {
+        stop,
+        threads,
+        shared,
+        plan_latency,
+    })
+}
+
+struct StatSources<'a> {
+    stats: &'a Mutex<LiveStats>,
+    plan_latency: &'a Mutex<Histogram>,
+    plan_errors: &'a std::sync::atomic::AtomicU64,
+    frames: &'a FrameStats,
+}
+
+fn publisher(
+    mut records: HeapCons<TickRecord>,
+    plans: Receiver<Box<Plan>>,
+    sink: &mut dyn ActionSink,
+    stop: &AtomicBool,
+    sources: &StatSources,
+    clock: &dyn Clock,
+) {
+    let mut latest: Option<Box<Plan>> = None;
+    let mut next_diag = Instant::now() + Duration::from_secs(1);
+    while !stop.load(Ordering::Acquire) {
+        while let Ok(plan) = plans.try_recv() {
+            sink.plan(&plan);
+            latest = Some(plan);
+        }
+        let mut idle = true;
+        while let Some(r) = records.try_pop() {
+            idle = false;
+            let plan = latest.as_deref().filter(|p| Some(p.seq) == r.plan_seq);
+            sink.action(&r.report, &r.action[..r.dim], plan);
+        }
+        if Instant::now() >= next_diag {
+            next_diag += Duration::from_secs(1);
+            let s = sources.stats.lock().clone();
+            let diag = Diagnostics::collect(DiagnosticInputs {
+                counters: &s.counters,
+                plan_errors: sources.plan_errors.load(Ordering::Relaxed),
+                deadline_misses: s.deadline_misses,
+                tick_latency: s.tick_latency.summary_ms(),
+                tick_jitter: s.tick_jitter.summary_ms(),
+                plan_latency: sources.plan_latency.lock().summary_ms(),
+                frames: sources.frames.snapshot(),
+            });
+            sink.diagnostics(clock.now_ns(), &diag);
+        }
+        if idle {
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+}

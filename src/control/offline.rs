@@ -1,0 +1,194 @@
+//! The loop on a virtual clock, single-threaded and deterministic: the planner task runs at
+//! every model step and the control tick at every control period, in time order, between
+//! the inputs fed in. Replay and the simulator bridge drive the robot's code through this.
+
+use std::time::Instant;
+
+use thiserror::Error;
+
+use crate::diffusion::Guidance;
+use crate::frames::{frame_ring, FrameError, FrameReader, FrameWriter, ImageView};
+use crate::planner::{Plan, PlannerTask, StepOutcome};
+
+use super::core::{ControlCore, TickInputs};
+use super::diagnostics::{ActionSink, DiagnosticInputs, Diagnostics};
+use super::histogram::Histogram;
+use super::state::StateSample;
+
+#[derive(Debug, Error)]
+pub enum OfflineError {
+    #[error("input at {t_ns} ns is before the loop's time {now_ns} ns")]
+    TimeWentBack { t_ns: i64, now_ns: i64 },
+}
+
+pub struct OfflineLoop {
+    task: PlannerTask,
+    core: ControlCore,
+    frames_in: FrameWriter,
+    frames: FrameReader,
+    state: Option<StateSample>,
+    tick_ns: i64,
+    step_ns: i64,
+    now_ns: Option<i64>,
+    next_tick_ns: i64,
+    next_step_ns: i64,
+    next_diag_ns: i64,
+    /// The action executed during the current step: our own output, or what the robot was
+    /// recorded doing (replay).
+    executed: Vec<f64>,
+    executed_override: Option<Vec<f64>>,
+    out: Vec<f64>,
+    spare: Option<Box<Plan>>,
+    plan_errors: u64,
+    last_plan_error: Option<String>,
+    tick_latency: Histogram,
+}
+
+impl OfflineLoop {
+    pub fn new(task: PlannerTask, core: ControlCore, tick_ns: i64, step_ns: i64, camera: (usize, u32, u32)) -> Self {
+        let (frames_in, frames) = frame_ring(camera.0, camera.1, camera.2);
+        let action_dim = task.planner().contract().layout.action_dim;
+        let spare = Some(Box::new(task.new_plan()));
+        Self {
+            task,
+            core,
+            frames_in,
+            frames,
+            state: None,
+            tick_ns,
+            step_ns,
+            now_ns: None,
+            next_tick_ns: 0,
+            next_step_ns: 0,
+            next_diag_ns: 0,
+            executed: vec![0.0; action_dim],
+            executed_override: None,
+            out: vec![0.0; action_dim],
+            spare,
+            plan_errors: 0,
+            last_plan_error: None,
+            tick_latency: Histogram::default(),
+        }
+    }
+
+    pub fn core(&self) -> &ControlCore {
+        &self.core
+    }
+
+    pub fn plan_errors(&self) -> (u64, Option<&str>) {
+        (self.plan_errors, self.last_plan_error.as_deref())
+    }
+
+    fn start_at(&mut self, t_ns: i64) {
+        if self.now_ns.is_none() {
+            self.now_ns = Some(t_ns);
+            self.next_tick_ns = t_ns;
+            self.next_step_ns = t_ns;
+            self.next_diag_ns = t_ns + 1_000_000_000;
+        }
+    }
+
+    /// Run every planner step and tick due strictly before `t_ns`, then hold the clock at it.
+    pub fn advance_to(
+        &mut self,
+        t_ns: i64,
+        guidance: Option<&dyn Guidance>,
+        sink: &mut dyn ActionSink,
+    ) -> Result<(), OfflineError> {
+        self.start_at(t_ns);
+        let now = self.now_ns.expect("started");
+        if t_ns < now {
+            return Err(OfflineError::TimeWentBack { t_ns, now_ns: now });
+        }
+        loop {
+            let next = self.next_step_ns.min(self.next_tick_ns);
+            if next >= t_ns {
+                break;
+            }
+            // At equal times the planner step goes first, so a plan for now is used now.
+            if self.next_step_ns <= self.next_tick_ns {
+                self.planner_step(self.next_step_ns, guidance, sink);
+                self.next_step_ns += self.step_ns;
+            } else {
+                self.tick(self.next_tick_ns, sink);
+                self.next_tick_ns += self.tick_ns;
+            }
+        }
+        self.now_ns = Some(t_ns);
+        Ok(())
+    }
+
+    pub fn ingest_image(&mut self, img: &ImageView) -> Result<(), FrameError> {
+        self.start_at(img.stamp_ns);
+        self.frames_in.write(img)
+    }
+
+    pub fn ingest_state(&mut self, sample: StateSample) {
+        self.start_at(sample.stamp_ns);
+        self.state = Some(sample);
+    }
+
+    /// Replay: use the robot's recorded action as the executed action in the history.
+    pub fn ingest_executed_action(&mut self, action: &[f64]) {
+        match &mut self.executed_override {
+            Some(v) if v.len() == action.len() => v.copy_from_slice(action),
+            slot => *slot = Some(action.to_vec()),
+        }
+    }
+
+    fn planner_step(&mut self, t_ns: i64, guidance: Option<&dyn Guidance>, sink: &mut dyn ActionSink) {
+        let _span = tracing::trace_span!("plan", t_ns).entered();
+        self.frames.latest();
+        let mut plan = self.spare.take().unwrap_or_else(|| Box::new(self.task.new_plan()));
+        let executed = self.executed_override.as_deref().unwrap_or(&self.executed);
+        match self.task.step(t_ns, self.state.as_ref(), executed, guidance, &mut plan) {
+            Ok(StepOutcome::Planned) => {
+                sink.plan(&plan);
+                self.spare = self.core.install(plan);
+            }
+            Ok(_) => self.spare = Some(plan),
+            Err(e) => {
+                self.plan_errors += 1;
+                let msg = e.to_string();
+                if self.last_plan_error.as_deref() != Some(&msg) {
+                    tracing::warn!(error = %msg, "planning failed; the control loop falls back");
+                }
+                self.last_plan_error = Some(msg);
+                self.spare = Some(plan);
+            }
+        }
+    }
+
+    fn tick(&mut self, t_ns: i64, sink: &mut dyn ActionSink) {
+        let _span = tracing::trace_span!("tick", t_ns).entered();
+        let start = Instant::now();
+        let inputs = TickInputs {
+            now_ns: t_ns,
+            frame_ns: self.frames.latest().map(|f| f.stamp_ns),
+            state_ns: self.state.map(|s| s.stamp_ns),
+        };
+        let (report, retired) = self.core.tick(inputs, &mut self.out);
+        if let Some(plan) = retired {
+            self.spare.get_or_insert(plan);
+        }
+        self.executed.copy_from_slice(&self.out);
+        self.tick_latency.record(start.elapsed().as_nanos() as u64);
+        sink.action(&report, &self.out, self.core.current_plan());
+        if t_ns >= self.next_diag_ns {
+            sink.diagnostics(t_ns, &self.diagnostics());
+            self.next_diag_ns += 1_000_000_000;
+        }
+    }
+
+    pub fn diagnostics(&self) -> Diagnostics {
+        Diagnostics::collect(DiagnosticInputs {
+            counters: self.core.counters(),
+            plan_errors: self.plan_errors,
+            deadline_misses: 0,
+            tick_latency: self.tick_latency.summary_ms(),
+            tick_jitter: Histogram::default().summary_ms(),
+            plan_latency: self.task.latency().summary_ms(),
+            frames: self.frames_in.stats().snapshot(),
+        })
+    }
+}

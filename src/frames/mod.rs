@@ -1,0 +1,8 @@
+//! Camera frames into the planner: decoding of `sensor_msgs/Image` encodings into RGB8 and a
+//! ring buffer of preallocated frames between the camera callback and the planner.
+
+mod decode;
+mod ring;
+
+pub use decode::{decode_into, Encoding, Frame, FrameError, ImageView};
+pub use ring::{frame_ring, FrameReader, FrameStats, FrameStatsSnapshot, FrameWriter};

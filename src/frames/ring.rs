@@ -1,0 +1,296 @@
+//! A single-producer / single-consumer ring of preallocated frames between the camera
+//! callback (writer) and the planner (reader). Frames cycle through two lock-free rings:
+//! `free` (reader → writer) and `filled` (writer → reader), so nothing is allocated after
+//! start-up. Newest wins: the reader drains `filled` and keeps only the newest frame, handing
+//! the older ones back and counting them as dropped. If the reader stalls until no free frame
+//! is left, incoming frames are dropped and counted instead (and the stale-camera watchdog
+//! fires).
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use ringbuf::traits::{Consumer, Producer, Split};
+use ringbuf::{HeapCons, HeapProd, HeapRb};
+
+use super::decode::{decode_into, Frame, FrameError, ImageView};
+
+/// Counters shared by writer and reader. Every frame received ends up counted once as
+/// delivered (handed to the planner), superseded (replaced by a newer one before the planner
+/// looked), dropped_full, or rejected_*; up to ring capacity + 1 may still be in flight.
+#[derive(Debug, Default)]
+pub struct FrameStats {
+    pub received: AtomicU64,
+    pub superseded: AtomicU64,
+    pub dropped_full: AtomicU64,
+    pub rejected_encoding: AtomicU64,
+    pub rejected_size: AtomicU64,
+    pub rejected_malformed: AtomicU64,
+    pub rejected_out_of_order: AtomicU64,
+    pub rejected_duplicate: AtomicU64,
+    pub delivered: AtomicU64,
+    /// Stamp of the newest frame accepted by the writer (i64::MIN before the first).
+    pub newest_stamp_ns: AtomicI64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameStatsSnapshot {
+    pub received: u64,
+    pub superseded: u64,
+    pub dropped_full: u64,
+    pub rejected_encoding: u64,
+    pub rejected_size: u64,
+    pub rejected_malformed: u64,
+    pub rejected_out_of_order: u64,
+    pub rejected_duplicate: u64,
+    pub delivered: u64,
+}
+
+impl FrameStats {
+    pub fn snapshot(&self) -> FrameStatsSnapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        FrameStatsSnapshot {
+            received: r(&self.received),
+            superseded: r(&self.superseded),
+            dropped_full: r(&self.dropped_full),
+            rejected_encoding: r(&self.rejected_encoding),
+            rejected_size: r(&self.rejected_size),
+            rejected_malformed: r(&self.rejected_malformed),
+            rejected_out_of_order: r(&self.rejected_out_of_order),
+            rejected_duplicate: r(&self.rejected_duplicate),
+            delivered: r(&self.delivered),
+        }
+    }
+}
+
+pub struct FrameWriter {
+    free: HeapCons<Box<Frame>>,
+    filled: HeapProd<Box<Frame>>,
+    /// A frame taken from `free` and not yet filled: kept across decode errors so that no
+    /// frame leaves the pool.
+    spare: Option<Box<Frame>>,
+    last_stamp_ns: Option<i64>,
+    stats: Arc<FrameStats>,
+}
+
+pub struct FrameReader {
+    free: HeapProd<Box<Frame>>,
+    filled: HeapCons<Box<Frame>>,
+    current: Option<Box<Frame>>,
+    /// Whether `current` was handed to the planner (else replacing it counts as superseded).
+    current_seen: bool,
+    stats: Arc<FrameStats>,
+}
+
+/// A ring holding up to `capacity` undelivered frames of `width` x `height`.
+pub fn frame_ring(capacity: usize, width: u32, height: u32) -> (FrameWriter, FrameReader) {
+    // capacity in flight + the reader's current frame + the one being written.
+    let pool = capacity + 2;
+    let (mut free_prod, free_cons) = HeapRb::<Box<Frame>>::new(pool).split();
+    let (filled_prod, filled_cons) = HeapRb::<Box<Frame>>::new(pool).split();
+    for _ in 0..pool {
+        let _ = free_prod.try_push(Box::new(Frame::new(width, height)));
+    }
+    let stats = Arc::new(FrameStats {
+        newest_stamp_ns: AtomicI64::new(i64::MIN),
+        ..FrameStats::default()
+    });
+    (
+        FrameWriter {
+            free: free_cons,
+            filled: filled_prod,
+            spare: None,
+            last_stamp_ns: None,
+            stats: stats.clone(),
+        },
+        FrameReader {
+            free: free_prod,
+            filled: filled_cons,
+            current: None,
+            current_seen: false,
+            stats,
+        },
+    )
+}
+
+impl FrameWriter {
+    /// Decode one image into the ring. Errors are counted and returned; the ring is unchanged.
+    pub fn write(&mut self, img: &ImageView) -> Result<(), FrameError> {
+        let s = &self.stats;
+        s.received.fetch_add(1, Ordering::Relaxed);
+        if let Some(prev) = self.last_stamp_ns {
+            if img.stamp_ns < prev {
+                s.rejected_out_of_order.fetch_add(1, Ordering::Relaxed);
+                return Err(FrameError::OutOfOrder {
+                    stamp_ns: img.stamp_ns,
+                    previous_ns: prev,
+                });
+            }
+            if img.stamp_ns == prev {
+                s.rejected_duplicate.fetch_add(1, Ordering::Relaxed);
+                return Err(FrameError::Duplicate { stamp_ns: img.stamp_ns });
+            }
+        }
+        if self.spare.is_none() {
+            self.spare = self.free.try_pop();
+        }
+        let Some(frame) = self.spare.as_mut() else {
+            s.dropped_full.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        };
+        if let Err(e) = decode_into(img, frame) {
+            let counter = match e {
+                FrameError::Encoding { .. } => &s.rejected_encoding,
+                FrameError::Size { .. } => &s.rejected_size,
+                _ => &s.rejected_malformed,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        self.last_stamp_ns = Some(img.stamp_ns);
+        s.newest_stamp_ns.store(img.stamp_ns, Ordering::Release);
+        let frame = self.spare.take().expect("checked above");
+        if self.filled.try_push(frame).is_err() {
+            unreachable!("the pool never holds more frames than `filled` can take");
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> &Arc<FrameStats> {
+        &self.stats
+    }
+}
+
+impl FrameReader {
+    /// The newest frame received so far (older undelivered ones are returned to the pool).
+    pub fn latest(&mut self) -> Option<&Frame> {
+        while let Some(frame) = self.filled.try_pop() {
+            if let Some(old) = self.current.replace(frame) {
+                if !self.current_seen {
+                    self.stats.superseded.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = self.free.try_push(old);
+            }
+            self.current_seen = false;
+        }
+        if self.current.is_some() && !self.current_seen {
+            self.current_seen = true;
+            self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        self.current.as_deref()
+    }
+
+    pub fn stats(&self) -> &Arc<FrameStats> {
+        &self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(stamp_ns: i64, value: u8, data: &mut Vec<u8>) -> ImageView<'_> {
+        data.clear();
+        data.resize(2 * 2 * 3, value);
+        ImageView {
+            encoding: "rgb8",
+            width: 2,
+            height: 2,
+            step: 6,
+            data,
+            stamp_ns,
+        }
+    }
+
+    #[test]
+    fn newest_wins_and_older_frames_are_counted_as_superseded() {
+        let (mut w, mut r) = frame_ring(4, 2, 2);
+        let mut buf = Vec::new();
+        assert!(r.latest().is_none());
+        for i in 0..3 {
+            w.write(&img(i, i as u8, &mut buf)).unwrap();
+        }
+        let f = r.latest().unwrap();
+        assert_eq!((f.stamp_ns, f.rgb[0]), (2, 2));
+        // Asking again without new frames returns the same frame and counts nothing new.
+        assert_eq!(r.latest().unwrap().stamp_ns, 2);
+        let s = w.stats().snapshot();
+        assert_eq!((s.received, s.delivered, s.superseded, s.dropped_full), (3, 1, 2, 0));
+    }
+
+    #[test]
+    fn a_stalled_reader_drops_incoming_frames_and_the_pool_survives() {
+        let (mut w, mut r) = frame_ring(2, 2, 2);
+        let mut buf = Vec::new();
+        for i in 0..10 {
+            w.write(&img(i, 0, &mut buf)).unwrap();
+        }
+        let s = w.stats().snapshot();
+        assert_eq!(s.dropped_full, 10 - 4, "pool = capacity + 2 frames");
+        assert_eq!(r.latest().unwrap().stamp_ns, 3);
+        // After draining, every frame but the reader's current one is free again.
+        for i in 10..13 {
+            w.write(&img(i, 0, &mut buf)).unwrap();
+        }
+        assert_eq!(w.stats().snapshot().dropped_full, 6);
+        assert_eq!(r.latest().unwrap().stamp_ns, 12);
+    }
+
+    #[test]
+    fn rejected_frames_are_counted_by_kind_and_lose_no_buffer() {
+        let (mut w, mut r) = frame_ring(1, 2, 2);
+        let mut buf = Vec::new();
+        w.write(&img(5, 0, &mut buf)).unwrap();
+        assert!(matches!(
+            w.write(&img(4, 0, &mut buf)),
+            Err(FrameError::OutOfOrder { .. })
+        ));
+        assert!(matches!(
+            w.write(&img(5, 0, &mut buf)),
+            Err(FrameError::Duplicate { .. })
+        ));
+        let bad = ImageView {
+            encoding: "yuv422",
+            width: 2,
+            height: 2,
+            step: 4,
+            data: &[0; 8],
+            stamp_ns: 6,
+        };
+        assert!(w.write(&bad).is_err());
+        let small = ImageView {
+            encoding: "rgb8",
+            width: 1,
+            height: 1,
+            step: 3,
+            data: &[0; 3],
+            stamp_ns: 7,
+        };
+        assert!(w.write(&small).is_err());
+        for _ in 0..20 {
+            let truncated = ImageView {
+                encoding: "rgb8",
+                width: 2,
+                height: 2,
+                step: 6,
+                data: &[0; 5],
+                stamp_ns: 8,
+            };
+            assert!(w.write(&truncated).is_err());
+        }
+        let s = w.stats().snapshot();
+        assert_eq!(
+            (
+                s.rejected_out_of_order,
+                s.rejected_duplicate,
+                s.rejected_encoding,
+                s.rejected_size,
+                s.rejected_malformed
+            ),
+            (1, 1, 1, 1, 20)
+        );
+        assert_eq!(r.latest().unwrap().stamp_ns, 5);
+        w.write(&img(9, 0, &mut buf)).unwrap();
+        assert_eq!(r.latest().unwrap().stamp_ns, 9);
+        assert_eq!(w.stats().snapshot().dropped_full, 0);
+    }
+}

@@ -1,0 +1,253 @@
+//! The Diffusion Forcing planner over interleaved action–observation tokens.
+//!
+//! Frame i holds (action that led into observation i, observation i); a token stacks
+//! `frame_stack` frames (onnx/CONTRACT.md). The window is one clean context token — the last
+//! frame_stack frames of history, ending with the current observation — followed by
+//! `horizon` planned tokens sampled along the scheduling matrix. Planned token 1's first
+//! frame holds the action to execute now.
+
+use ndarray::{s, Array3};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use thiserror::Error;
+
+use crate::diffusion::{
+    Denoiser, Guidance, MatrixError, MatrixKind, SampleError, Sampler, SamplerSettings, ScheduleError,
+    SchedulingMatrix, SeededNoise, TimestepRows,
+};
+use crate::model::{Field, ModelContract};
+
+use super::plan::Plan;
+
+#[derive(Debug, Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Sample(#[from] SampleError),
+    #[error(transparent)]
+    Matrix(#[from] MatrixError),
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    #[error("{field}: expected {expected}, got {got}")]
+    Invalid {
+        field: &'static str,
+        expected: String,
+        got: String,
+    },
+    #[error("no observation yet: the planner needs at least one frame of history")]
+    NoHistory,
+}
+
+fn invalid(field: &'static str, expected: impl ToString, got: impl ToString) -> PlanError {
+    PlanError::Invalid {
+        field,
+        expected: expected.to_string(),
+        got: got.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannerSettings {
+    pub matrix: MatrixKind,
+    pub sampling_steps: u32,
+    /// Planned tokens after the context token (None: max_tokens - 1).
+    pub horizon_tokens: Option<usize>,
+    /// MCG samples N (1 = plain guidance).
+    pub samples: usize,
+    pub guidance_scale: f64,
+    pub eta: f64,
+    /// Planned tokens, after the context, that all samples share (MCG): those covering the
+    /// actions executed before the next replan.
+    pub shared_tokens: usize,
+    pub seed: u64,
+}
+
+pub struct DfPlanner {
+    model: Box<dyn Denoiser + Send>,
+    contract: ModelContract,
+    sampler: Sampler,
+    rows: TimestepRows,
+    horizon: usize,
+    x: Array3<f32>,
+    noise: SeededNoise,
+    init_rng: ChaCha8Rng,
+    /// Normalized frames, oldest first; always frame_stack long once the first frame arrived.
+    history: Vec<f32>,
+    frames_seen: usize,
+    frame: Vec<f64>,
+}
+
+impl DfPlanner {
+    pub fn new(
+        model: Box<dyn Denoiser + Send>,
+        contract: ModelContract,
+        s: &PlannerSettings,
+    ) -> Result<Self, PlanError> {
+        let max_horizon = contract.max_tokens.saturating_sub(1);
+        let horizon = s.horizon_tokens.unwrap_or(max_horizon);
+        if horizon == 0 || horizon > max_horizon {
+            return Err(invalid(
+                "planner.horizon_tokens",
+                format!("1..={max_horizon} (max_tokens - 1)"),
+                horizon,
+            ));
+        }
+        if s.samples == 0 {
+            return Err(invalid("planner.samples", ">= 1", 0));
+        }
+        let rows =
+            SchedulingMatrix::build(s.matrix, horizon, s.sampling_steps)?.to_timesteps(1, contract.diffusion.timesteps);
+        let tokens = horizon + 1;
+        let settings = SamplerSettings {
+            eta: s.eta,
+            stabilization_level: contract.diffusion.stabilization_level,
+            noise_clip: contract.diffusion.noise_clip,
+            guidance_scale: s.guidance_scale,
+            shared_tokens: if s.samples > 1 {
+                (1 + s.shared_tokens).min(tokens)
+            } else {
+                0
+            },
+        };
+        let d = contract.layout.token_dim;
+        let sampler = Sampler::new(settings, contract.alpha_bar()?, (s.samples, tokens, d))?;
+        let fd = contract.layout.frame_dim;
+        Ok(Self {
+            model,
+            sampler,
+            rows,
+            horizon,
+            x: Array3::zeros((s.samples, tokens, d)),
+            noise: SeededNoise::new(s.seed),
+            init_rng: ChaCha8Rng::seed_from_u64(s.seed ^ 0x9e37_79b9_7f4a_7c15),
+            history: vec![0.0; contract.layout.frame_stack * fd],
+            frames_seen: 0,
+            frame: vec![0.0; fd],
+            contract,
+        })
+    }
+
+    pub fn contract(&self) -> &ModelContract {
+        &self.contract
+    }
+
+    pub fn horizon_tokens(&self) -> usize {
+        self.horizon
+    }
+
+    /// Actions in a full plan: horizon tokens × frame_stack.
+    pub fn plan_len(&self) -> usize {
+        self.horizon * self.contract.layout.frame_stack
+    }
+
+    pub fn reset_history(&mut self) {
+        self.frames_seen = 0;
+    }
+
+    /// Append one frame: the action executed during the last step and the observation now.
+    pub fn push_frame(&mut self, prev_action: &[f64], observation: &[f64]) -> Result<(), PlanError> {
+        let l = &self.contract.layout;
+        if prev_action.len() != l.action_dim {
+            return Err(invalid(
+                "action",
+                format!("{} values (layout.action_dim)", l.action_dim),
+                prev_action.len(),
+            ));
+        }
+        if observation.len() != l.observation_dim {
+            return Err(invalid(
+                "observation",
+                format!("{} values (layout.observation_dim)", l.observation_dim),
+                observation.len(),
+            ));
+        }
+        if let Some(i) = prev_action.iter().chain(observation).position(|v| !v.is_finite()) {
+            return Err(invalid(
+                "observation/action",
+                "finite values",
+                format!("non-finite value at index {i}"),
+            ));
+        }
+        self.frame.iter_mut().for_each(|v| *v = 0.0);
+        for (field, values) in [(Field::Action, prev_action), (Field::Observation, observation)] {
+            let off = l.offset(field).expect("layout has action and observation");
+            self.frame[off..off + values.len()].copy_from_slice(values);
+        }
+        let fd = l.frame_dim;
+        let n = &self.contract.normalization;
+        let normalized = self
+            .frame
+            .iter()
+            .enumerate()
+            .map(|(i, v)| ((v - n.mean[i]) / n.std[i]) as f32);
+        if self.frames_seen == 0 {
+            // Before frame_stack frames exist the context repeats the first one.
+            let first: Vec<f32> = normalized.collect();
+            for chunk in self.history.chunks_mut(fd) {
+                chunk.copy_from_slice(&first);
+            }
+        } else {
+            self.history.copy_within(fd.., 0);
+            let len = self.history.len();
+            for (dst, v) in self.history[len - fd..].iter_mut().zip(normalized) {
+                *dst = v;
+            }
+        }
+        self.frames_seen += 1;
+        Ok(())
+    }
+
+    /// Sample a plan from the current history into `plan` (actions in physical units).
+    pub fn plan(&mut self, guidance: Option<&dyn Guidance>, plan: &mut Plan) -> Result<(), PlanError> {
+        if self.frames_seen == 0 {
+            return Err(PlanError::NoHistory);
+        }
+        let l = &self.contract.layout;
+        if plan.action_dim != l.action_dim || plan.capacity() < self.plan_len() {
+            return Err(invalid(
+                "plan buffer",
+                format!("{} actions of {}", self.plan_len(), l.action_dim),
+                format!("{} of {}", plan.capacity(), plan.action_dim),
+            ));
+        }
+        for mut sample in self.x.outer_iter_mut() {
+            for (dst, &v) in sample.slice_mut(s![0, ..]).iter_mut().zip(&self.history) {
+                *dst = v;
+            }
+            for v in sample.slice_mut(s![1.., ..]).iter_mut() {
+                *v = StandardNormal.sample(&mut self.init_rng);
+            }
+        }
+        let span = tracing::trace_span!("infer");
+        let _enter = span.enter();
+        self.sampler.run(
+            self.model.as_mut(),
+            &mut self.x,
+            &self.rows,
+            guidance,
+            &mut self.noise,
+            |_, _| {},
+        )?;
+        drop(_enter);
+
+        let (fs, fd) = (l.frame_stack, l.frame_dim);
+        let off = l.offset(Field::Action).expect("layout has an action");
+        let n = &self.contract.normalization;
+        let best = self.x.slice(s![0, .., ..]);
+        for token in 0..self.horizon {
+            for f in 0..fs {
+                let frame_start = f * fd;
+                let a = plan.action_mut(token * fs + f);
+                for (j, dst) in a.iter_mut().enumerate() {
+                    let v = f64::from(best[[token + 1, frame_start + off + j]]);
+                    *dst = v * n.std[off + j] + n.mean[off + j];
+                }
+            }
+        }
+        plan.set_len(self.plan_len());
+        for (dst, &v) in plan.first_token.iter_mut().zip(best.slice(s![1, ..])) {
+            *dst = v;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,69 @@
+//! A plan as the control loop consumes it: actions stamped with the absolute time each is
+//! meant for. Plans are preallocated and recycled between planner and control threads.
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Time of `action(0)`, nanoseconds on the loop's clock.
+    pub t0_ns: i64,
+    /// Time between consecutive actions.
+    pub dt_ns: i64,
+    pub action_dim: usize,
+    len: usize,
+    actions: Vec<f64>,
+    /// The first planned token (normalized), for inspection and replay output.
+    pub first_token: Vec<f32>,
+    /// Planner sequence number.
+    pub seq: u64,
+    /// Wall time the planner took.
+    pub latency_ns: u64,
+}
+
+impl Plan {
+    pub fn with_capacity(max_actions: usize, action_dim: usize, token_dim: usize) -> Self {
+        Self {
+            t0_ns: 0,
+            dt_ns: 1,
+            action_dim,
+            len: 0,
+            actions: vec![0.0; max_actions * action_dim],
+            first_token: vec![0.0; token_dim],
+            seq: 0,
+            latency_ns: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.actions.len() / self.action_dim
+    }
+
+    /// Set how many actions are valid (at most the capacity).
+    pub fn set_len(&mut self, len: usize) {
+        assert!(
+            len <= self.capacity(),
+            "plan of {len} actions exceeds its capacity {}",
+            self.capacity()
+        );
+        self.len = len;
+    }
+
+    pub fn action(&self, i: usize) -> &[f64] {
+        &self.actions[i * self.action_dim..(i + 1) * self.action_dim]
+    }
+
+    pub fn action_mut(&mut self, i: usize) -> &mut [f64] {
+        &mut self.actions[i * self.action_dim..(i + 1) * self.action_dim]
+    }
+
+    /// The time `action(i)` is meant for.
+    pub fn time_of(&self, i: usize) -> i64 {
+        self.t0_ns + i as i64 * self.dt_ns
+    }
+}

@@ -1,0 +1,101 @@
+//! The planner as a periodic task: once per model step it records a history frame (the
+//! action executed during the step, the observation now) and every `replan_every` steps it
+//! samples a new plan stamped for now. The live planner thread and the offline (replay,
+//! bridge) loop both drive this same task.
+
+use std::time::Instant;
+
+use crate::control::{Histogram, StateSample};
+use crate::diffusion::Guidance;
+
+use super::df::{DfPlanner, PlanError};
+use super::plan::Plan;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// No robot state yet: nothing recorded.
+    NoState,
+    /// A history frame was recorded; no plan this step.
+    Recorded,
+    /// A new plan was written.
+    Planned,
+}
+
+pub struct PlannerTask {
+    planner: DfPlanner,
+    replan_every: usize,
+    step_ns: i64,
+    steps: usize,
+    seq: u64,
+    observation: Vec<f64>,
+    latency: Histogram,
+}
+
+impl PlannerTask {
+    pub fn new(planner: DfPlanner, replan_every: usize, step_ns: i64) -> Self {
+        let obs_dim = planner.contract().layout.observation_dim;
+        Self {
+            planner,
+            replan_every,
+            step_ns,
+            steps: 0,
+            seq: 0,
+            observation: vec![0.0; obs_dim],
+            latency: Histogram::default(),
+        }
+    }
+
+    pub fn planner(&self) -> &DfPlanner {
+        &self.planner
+    }
+
+    pub fn latency(&self) -> &Histogram {
+        &self.latency
+    }
+
+    /// A plan buffer sized for this planner.
+    pub fn new_plan(&self) -> Plan {
+        let l = &self.planner.contract().layout;
+        Plan::with_capacity(self.planner.plan_len(), l.action_dim, l.token_dim)
+    }
+
+    pub fn step(
+        &mut self,
+        now_ns: i64,
+        state: Option<&StateSample>,
+        executed_action: &[f64],
+        guidance: Option<&dyn Guidance>,
+        plan: &mut Plan,
+    ) -> Result<StepOutcome, PlanError> {
+        let Some(state) = state else {
+            return Ok(StepOutcome::NoState);
+        };
+        if 2 * state.joints != self.observation.len() {
+            return Err(PlanError::Invalid {
+                field: "robot state",
+                expected: format!(
+                    "{} joints (observation_dim / 2: positions then velocities)",
+                    self.observation.len() / 2
+                ),
+                got: format!("{} joints", state.joints),
+            });
+        }
+        state.observation(&mut self.observation);
+        self.planner.push_frame(executed_action, &self.observation)?;
+        let due = self.steps.is_multiple_of(self.replan_every);
+        self.steps += 1;
+        if !due {
+            return Ok(StepOutcome::Recorded);
+        }
+        let start = Instant::now();
+        self.planner.plan(guidance, plan)?;
+        let latency_ns = start.elapsed().as_nanos() as u64;
+        self.latency.record(latency_ns);
+        self.seq += 1;
+        plan.seq = self.seq;
+        plan.t0_ns = now_ns;
+        plan.dt_ns = self.step_ns;
+        plan.latency_ns = latency_ns;
+        Ok(StepOutcome::Planned)
+    }
+}

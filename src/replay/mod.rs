@@ -1,0 +1,309 @@
+//! Offline replay of a ROS 2 bag (MCAP or sqlite3) through the robot's own loop on the
+//! bag's clock: decode the configured topics, feed the same frame ring, state cell, planner
+//! task and control core as the live node, write what it published to an MCAP file.
+//! Deterministic for a seed: the planner runs synchronously on virtual time.
+
+mod bag;
+pub mod msgs;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+use thiserror::Error;
+
+pub use bag::{read_bag, BagContents, BagError, BagMessage};
+pub use writer::{diagnostic_array, McapSink};
+
+use crate::config::NodeConfig;
+use crate::control::{control_from_config, ActionSink, Diagnostics, LatencySummary, OfflineLoop, StateSample};
+use crate::frames::ImageView;
+use crate::model::{ModelError, OnnxDenoiser};
+use crate::planner::{DfPlanner, PlanError, PlannerSettings, PlannerTask};
+
+#[derive(Debug, Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Bag(#[from] BagError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("config topics.{field} = {topic:?}: not in the bag (its topics: {available})")]
+    MissingTopic {
+        field: &'static str,
+        topic: String,
+        available: String,
+    },
+    #[error("config topics.{field} = {topic:?}: the bag has type {got}, expected {expected}")]
+    WrongType {
+        field: &'static str,
+        topic: String,
+        got: String,
+        expected: &'static str,
+    },
+    #[error("output {0}")]
+    Output(String),
+    #[error("bag has no messages on the configured topics")]
+    Empty,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct TopicCount {
+    pub read: u64,
+    pub used: u64,
+    /// Reason → count.
+    pub skipped: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionError {
+    pub compared: usize,
+    pub rmse: f64,
+    pub max_abs: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplaySummary {
+    pub bag: String,
+    pub storage: &'static str,
+    pub bag_read_error: Option<String>,
+    pub reordered_by_log_time: u64,
+    pub topics: BTreeMap<String, TopicCount>,
+    pub ticks: u64,
+    pub ticks_per_s: f64,
+    pub wall_s: f64,
+    pub diagnostics: Diagnostics,
+    pub tick_latency: LatencySummary,
+    pub plan_latency: LatencySummary,
+    pub planned_vs_recorded: Option<ActionError>,
+    pub last_plan_error: Option<String>,
+}
+
+/// The planner settings of a node config.
+pub fn planner_settings(cfg: &NodeConfig, frame_stack: usize) -> PlannerSettings {
+    let p = &cfg.planner;
+    PlannerSettings {
+        matrix: p.matrix,
+        sampling_steps: p.sampling_steps,
+        horizon_tokens: p.horizon_tokens,
+        samples: p.samples,
+        guidance_scale: p.guidance_scale,
+        eta: p.eta,
+        shared_tokens: p.replan_every.div_ceil(frame_stack),
+        seed: p.seed,
+    }
+}
+
+/// Model, planner task and control core for a config: the same pieces the live node uses.
+pub fn build_loop(cfg: &NodeConfig) -> Result<OfflineLoop, ReplayError> {
+    let model = OnnxDenoiser::load(&cfg.model.path, &cfg.model.runtime)?;
+    let contract = model.contract().clone();
+    if contract.layout.action_dim != cfg.action_dim() {
+        return Err(PlanError::Invalid {
+            field: "safety.action_min",
+            expected: format!("{} values (the model's action_dim)", contract.layout.action_dim),
+            got: cfg.action_dim().to_string(),
+        }
+        .into());
+    }
+    let settings = planner_settings(cfg, contract.layout.frame_stack);
+    let planner = DfPlanner::new(Box::new(model), contract, &settings)?;
+    let step_ns = (cfg.control.action_dt_s * 1e9).round() as i64;
+    let task = PlannerTask::new(planner, cfg.planner.replan_every, step_ns);
+    let tick_ns = (1e9 / cfg.control.rate_hz).round() as i64;
+    let camera = (cfg.camera.ring_capacity, cfg.camera.width, cfg.camera.height);
+    Ok(OfflineLoop::new(
+        task,
+        control_from_config(cfg),
+        tick_ns,
+        step_ns,
+        camera,
+    ))
+}
+
+const IMAGE: &str = "sensor_msgs/msg/Image";
+const JOINT_STATE: &str = "sensor_msgs/msg/JointState";
+const ARRAY: &str = "std_msgs/msg/Float64MultiArray";
+
+pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) -> Result<ReplaySummary, ReplayError> {
+    let mut bag = read_bag(bag_path)?;
+    if let Some(e) = &bag.read_error {
+        tracing::warn!(error = %e, "bag ends early; replaying the messages read before the damage");
+    }
+    let t = &cfg.topics;
+    let available = bag
+        .topics
+        .iter()
+        .map(|(t, ty)| format!("{t} [{ty}]"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut wanted: Vec<(&'static str, &str, &'static str)> = vec![("state", &t.state, JOINT_STATE)];
+    if cfg.camera.required || bag.topics.iter().any(|(name, _)| *name == t.image) {
+        wanted.push(("image", &t.image, IMAGE));
+    }
+    if let Some(rec) = &t.recorded_action {
+        wanted.push(("recorded_action", rec, ARRAY));
+    }
+    for &(field, topic, expected) in &wanted {
+        match bag.topics.iter().find(|(name, _)| name == topic) {
+            None => {
+                return Err(ReplayError::MissingTopic {
+                    field,
+                    topic: topic.into(),
+                    available: available.clone(),
+                })
+            }
+            Some((_, ty)) if ty != expected => {
+                return Err(ReplayError::WrongType {
+                    field,
+                    topic: topic.into(),
+                    got: ty.clone(),
+                    expected,
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    let reordered = bag
+        .messages
+        .windows(2)
+        .filter(|w| w[1].log_time_ns < w[0].log_time_ns)
+        .count() as u64;
+    bag.messages.sort_by_key(|m| m.log_time_ns);
+
+    let mut lp = build_loop(cfg)?;
+    let mut sink = McapSink::create(out, cfg).map_err(ReplayError::Output)?;
+    let mut topics: BTreeMap<String, TopicCount> = BTreeMap::new();
+    let mut recorded: Vec<(i64, Vec<f64>)> = Vec::new();
+    let mut last_state_stamp = i64::MIN;
+    let start = Instant::now();
+    let first_ns = bag
+        .messages
+        .iter()
+        .find(|m| wanted.iter().any(|w| w.1 == m.topic))
+        .map(|m| m.log_time_ns);
+    let first_ns = first_ns.ok_or(ReplayError::Empty)?;
+    for m in &bag.messages {
+        let Some(&(field, _, _)) = wanted.iter().find(|w| w.1 == m.topic) else {
+            continue;
+        };
+        let count = topics.entry(m.topic.clone()).or_default();
+        count.read += 1;
+        let mut skip = |reason: String| *count.skipped.entry(reason).or_default() += 1;
+        if let Some(rate) = rate {
+            let due = (m.log_time_ns - first_ns) as f64 / 1e9 / rate;
+            let now = start.elapsed().as_secs_f64();
+            if due > now {
+                std::thread::sleep(std::time::Duration::from_secs_f64(due - now));
+            }
+        }
+        lp.advance_to(m.log_time_ns, None, &mut sink)
+            .expect("messages are sorted by log time");
+        match field {
+            "image" => match msgs::from_cdr::<msgs::Image>(&m.data) {
+                Err(e) => skip(format!("undecodable: {e}")),
+                Ok(img) => {
+                    let view = ImageView {
+                        encoding: &img.encoding,
+                        width: img.width,
+                        height: img.height,
+                        step: img.step,
+                        data: &img.data,
+                        stamp_ns: img.header.stamp.to_ns(),
+                    };
+                    match lp.ingest_image(&view) {
+                        Ok(()) => count.used += 1,
+                        Err(e) => skip(e.to_string()),
+                    }
+                }
+            },
+            "state" => match msgs::from_cdr::<msgs::JointState>(&m.data) {
+                Err(e) => skip(format!("undecodable: {e}")),
+                Ok(js) => {
+                    let stamp = js.header.stamp.to_ns();
+                    if stamp <= last_state_stamp {
+                        skip(
+                            if stamp == last_state_stamp {
+                                "duplicate stamp"
+                            } else {
+                                "stamp out of order"
+                            }
+                            .into(),
+                        );
+                    } else {
+                        match StateSample::new(stamp, &js.position, &js.velocity) {
+                            None => skip(format!(
+                                "{} positions / {} velocities: expected equal counts, at most {}",
+                                js.position.len(),
+                                js.velocity.len(),
+                                crate::control::MAX_JOINTS
+                            )),
+                            Some(sample) => {
+                                last_state_stamp = stamp;
+                                lp.ingest_state(sample);
+                                count.used += 1;
+                            }
+                        }
+                    }
+                }
+            },
+            _ => match msgs::from_cdr::<msgs::Float64MultiArray>(&m.data) {
+                Err(e) => skip(format!("undecodable: {e}")),
+                Ok(a) if a.data.len() != cfg.action_dim() => {
+                    skip(format!("{} values, expected {}", a.data.len(), cfg.action_dim()))
+                }
+                Ok(a) => {
+                    lp.ingest_executed_action(&a.data);
+                    recorded.push((m.log_time_ns, a.data));
+                    count.used += 1;
+                }
+            },
+        }
+    }
+    let wall_s = start.elapsed().as_secs_f64();
+    let diagnostics = lp.diagnostics();
+    sink.diagnostics(bag.messages.last().map_or(0, |m| m.log_time_ns), &diagnostics);
+    let planned_vs_recorded = compare(&sink.actions, &recorded);
+    sink.finish().map_err(ReplayError::Output)?;
+    Ok(ReplaySummary {
+        bag: bag_path.display().to_string(),
+        storage: bag.storage,
+        bag_read_error: bag.read_error,
+        reordered_by_log_time: reordered,
+        topics,
+        ticks: diagnostics.ticks,
+        ticks_per_s: diagnostics.ticks as f64 / wall_s.max(1e-9),
+        wall_s,
+        tick_latency: diagnostics.tick_latency,
+        plan_latency: diagnostics.plan_latency,
+        last_plan_error: lp.plan_errors().1.map(str::to_owned),
+        diagnostics,
+        planned_vs_recorded,
+    })
+}
+
+/// Each recorded action against the action we published at the latest tick at or before it.
+fn compare(published: &[(i64, Vec<f64>)], recorded: &[(i64, Vec<f64>)]) -> Option<ActionError> {
+    let (mut sum_sq, mut max_abs, mut n, mut count) = (0.0, 0.0_f64, 0usize, 0usize);
+    for (t, rec) in recorded {
+        let idx = published.partition_point(|(pt, _)| pt <= t);
+        let Some((_, ours)) = idx.checked_sub(1).map(|i| &published[i]) else {
+            continue;
+        };
+        for (a, b) in ours.iter().zip(rec) {
+            let d = a - b;
+            sum_sq += d * d;
+            max_abs = max_abs.max(d.abs());
+            n += 1;
+        }
+        count += 1;
+    }
+    (count > 0).then(|| ActionError {
+        compared: count,
+        rmse: (sum_sq / n as f64).sqrt(),
+        max_abs,
+    })
+}

@@ -1,0 +1,210 @@
+//! The ROS 2 messages replay reads and writes, as CDR-serializable structs, and the ros2msg
+//! schema texts MCAP readers (Foxglove, the mcap tools) need to decode what we write.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Time {
+    pub sec: i32,
+    pub nanosec: u32,
+}
+
+impl Time {
+    pub fn from_ns(ns: i64) -> Self {
+        Self {
+            sec: ns.div_euclid(1_000_000_000) as i32,
+            nanosec: ns.rem_euclid(1_000_000_000) as u32,
+        }
+    }
+    pub fn to_ns(self) -> i64 {
+        i64::from(self.sec) * 1_000_000_000 + i64::from(self.nanosec)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub stamp: Time,
+    pub frame_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Image {
+    pub header: Header,
+    pub height: u32,
+    pub width: u32,
+    pub encoding: String,
+    pub is_bigendian: u8,
+    pub step: u32,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JointState {
+    pub header: Header,
+    pub name: Vec<String>,
+    pub position: Vec<f64>,
+    pub velocity: Vec<f64>,
+    pub effort: Vec<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MultiArrayDimension {
+    pub label: String,
+    pub size: u32,
+    pub stride: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MultiArrayLayout {
+    pub dim: Vec<MultiArrayDimension>,
+    pub data_offset: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Float64MultiArray {
+    pub layout: MultiArrayLayout,
+    pub data: Vec<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JointTrajectoryPoint {
+    pub positions: Vec<f64>,
+    pub velocities: Vec<f64>,
+    pub accelerations: Vec<f64>,
+    pub effort: Vec<f64>,
+    pub time_from_start: Time,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JointTrajectory {
+    pub header: Header,
+    pub joint_names: Vec<String>,
+    pub points: Vec<JointTrajectoryPoint>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    pub x: f64,
+    pub y: f64,
+    pub z: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Quaternion {
+    pub x: f64,
+    pub y: f64,
+    pub z: f64,
+    pub w: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Pose {
+    pub position: Point,
+    pub orientation: Quaternion,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoseStamped {
+    pub header: Header,
+    pub pose: Pose,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiagnosticStatus {
+    pub level: u8,
+    pub name: String,
+    pub message: String,
+    pub hardware_id: String,
+    pub values: Vec<KeyValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiagnosticArray {
+    pub header: Header,
+    pub status: Vec<DiagnosticStatus>,
+}
+
+/// Serialize as little-endian CDR with the encapsulation header, as ROS 2 does.
+pub fn to_cdr<T: Serialize>(msg: &T) -> Vec<u8> {
+    cdr::serialize::<_, _, cdr::CdrLe>(msg, cdr::Infinite).expect("our message types serialize")
+}
+
+pub fn from_cdr<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    cdr::deserialize::<T>(bytes).map_err(|e| e.to_string())
+}
+
+const SEP: &str = "================================================================================\n";
+
+fn definition(parts: &[&str]) -> String {
+    parts.join(SEP)
+}
+
+const HEADER: &str = "MSG: std_msgs/Header\nbuiltin_interfaces/Time stamp\nstring frame_id\n";
+const TIME: &str = "MSG: builtin_interfaces/Time\nint32 sec\nuint32 nanosec\n";
+
+/// (ROS type name, ros2msg definition) of each message we write.
+pub fn schema(type_name: &str) -> Option<String> {
+    Some(match type_name {
+        "std_msgs/msg/Float64MultiArray" => definition(&[
+            "MultiArrayLayout layout\nfloat64[] data\n",
+            "MSG: std_msgs/MultiArrayLayout\nMultiArrayDimension[] dim\nuint32 data_offset\n",
+            "MSG: std_msgs/MultiArrayDimension\nstring label\nuint32 size\nuint32 stride\n",
+        ]),
+        "diagnostic_msgs/msg/DiagnosticArray" => definition(&[
+            "std_msgs/Header header\nDiagnosticStatus[] status\n",
+            HEADER,
+            TIME,
+            "MSG: diagnostic_msgs/DiagnosticStatus\nbyte OK=0\nbyte WARN=1\nbyte ERROR=2\nbyte STALE=3\nbyte level\n\
+             string name\nstring message\nstring hardware_id\nKeyValue[] values\n",
+            "MSG: diagnostic_msgs/KeyValue\nstring key\nstring value\n",
+        ]),
+        "trajectory_msgs/msg/JointTrajectory" => definition(&[
+            "std_msgs/Header header\nstring[] joint_names\nJointTrajectoryPoint[] points\n",
+            HEADER,
+            TIME,
+            "MSG: trajectory_msgs/JointTrajectoryPoint\nfloat64[] positions\nfloat64[] velocities\n\
+             float64[] accelerations\nfloat64[] effort\nbuiltin_interfaces/Duration time_from_start\n",
+            "MSG: builtin_interfaces/Duration\nint32 sec\nuint32 nanosec\n",
+        ]),
+        "geometry_msgs/msg/PoseStamped" => definition(&[
+            "std_msgs/Header header\nPose pose\n",
+            HEADER,
+            TIME,
+            "MSG: geometry_msgs/Pose\nPoint position\nQuaternion orientation\n",
+            "MSG: geometry_msgs/Point\nfloat64 x\nfloat64 y\nfloat64 z\n",
+            "MSG: geometry_msgs/Quaternion\nfloat64 x 0\nfloat64 y 0\nfloat64 z 0\nfloat64 w 1\n",
+        ]),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cdr_round_trip_and_time_conversion() {
+        let msg = Float64MultiArray {
+            layout: MultiArrayLayout::default(),
+            data: vec![1.5, -2.0],
+        };
+        let bytes = to_cdr(&msg);
+        assert_eq!(&bytes[..4], &[0, 1, 0, 0], "little-endian CDR encapsulation header");
+        assert_eq!(from_cdr::<Float64MultiArray>(&bytes).unwrap(), msg);
+        assert_eq!(Time::from_ns(-1).to_ns(), -1);
+        assert_eq!(
+            Time::from_ns(1_500_000_000),
+            Time {
+                sec: 1,
+                nanosec: 500_000_000
+            }
+        );
+    }
+}
