@@ -8,5 +8,6 @@ pub mod control;
 pub mod diffusion;
 pub mod frames;
 pub mod model;
+pub mod node;
 pub mod planner;
 pub mod replay;

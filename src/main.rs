@@ -6,9 +6,17 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use std::sync::Arc;
+use std::time::Duration;
+
 use df_planner::config::NodeConfig;
+use df_planner::control::live::{self, Clock, LiveParts, SystemClock};
+use df_planner::control::{ActionSink, Diagnostics, Fault, StateCell, StateSample, TickReport};
 use df_planner::diffusion::{Denoiser, MatrixKind, Sampler, SamplerSettings, SchedulingMatrix, SeededNoise};
+use df_planner::frames::{frame_ring, ImageView};
 use df_planner::model::{available_providers, Field, ModelContract, OnnxDenoiser, Provider, RuntimeConfig};
+use df_planner::node::node_parts;
+use df_planner::planner::Plan;
 use ndarray::{Array2, Array3};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -124,9 +132,20 @@ struct SampleArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["model", "config"])))]
 struct BenchArgs {
+    /// Benchmark one model's denoise / denoise_vjp calls.
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
+    /// Benchmark the live control loop of this node config (planner busy, synthetic inputs).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Control loop benchmark: tick rate (overrides control.rate_hz).
+    #[arg(long)]
+    rate_hz: Option<f64>,
+    /// Control loop benchmark: how long to run.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
     #[arg(long, default_value_t = 1)]
     batch: usize,
     /// Window length (default: the model's max_tokens).
@@ -341,7 +360,10 @@ fn percentiles(mut ms: Vec<f64>) -> serde_json::Value {
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
-    let mut model = OnnxDenoiser::load(&a.model, &a.runtime.config())?;
+    let Some(model_path) = a.model.clone() else {
+        return bench_control(&a);
+    };
+    let mut model = OnnxDenoiser::load(&model_path, &a.runtime.config())?;
     let c = model.contract().clone();
     let t = a.tokens.unwrap_or(c.max_tokens);
     let shape = (a.batch, t, c.layout.token_dim);
@@ -377,7 +399,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     };
     println!(
         "{}",
-        json!({"backend": "onnxruntime", "model": a.model, "threads": a.runtime.threads, "batch": a.batch, "tokens": t,
+        json!({"backend": "onnxruntime", "model": model_path, "threads": a.runtime.threads, "batch": a.batch, "tokens": t,
                "denoise": denoise, "denoise_vjp": vjp})
     );
     Ok(())
@@ -447,5 +469,80 @@ fn replay(a: ReplayArgs) -> Result<()> {
         println!("plan error   {e}");
     }
     println!("wrote        {}", a.out.display());
+    Ok(())
+}
+
+/// Output port that only counts: the benchmark measures the loop, not a transport.
+struct CountingSink {
+    actions: u64,
+}
+
+impl ActionSink for CountingSink {
+    fn action(&mut self, _: &TickReport, _: &[f64], _: Option<&Plan>) {
+        self.actions += 1;
+    }
+    fn plan(&mut self, _: &Plan) {}
+    fn diagnostics(&mut self, _: i64, _: &Diagnostics) {}
+}
+
+/// The live loop with its real planner, fed synthetic state (100 Hz) and camera frames (30 Hz).
+fn bench_control(a: &BenchArgs) -> Result<()> {
+    let mut cfg = NodeConfig::load(a.config.as_ref().expect("clap requires model or config"))?;
+    if let Some(hz) = a.rate_hz {
+        cfg.control.rate_hz = hz;
+    }
+    let (task, core) = node_parts(&cfg)?;
+    let obs_dim = task.planner().contract().layout.observation_dim;
+    let (mut frames_in, frames) = frame_ring(cfg.camera.ring_capacity, cfg.camera.width, cfg.camera.height);
+    let state = Arc::new(StateCell::default());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let parts = LiveParts {
+        task,
+        core,
+        frames,
+        frame_stats: frames_in.stats().clone(),
+        state: state.clone(),
+        sink: Box::new(CountingSink { actions: 0 }),
+        clock: clock.clone(),
+        guidance: None,
+        tick: Duration::from_secs_f64(1.0 / cfg.control.rate_hz),
+        step: Duration::from_secs_f64(cfg.control.action_dt_s),
+    };
+    let node = live::spawn(parts)?;
+    let (w, h) = (cfg.camera.width, cfg.camera.height);
+    let pixels = vec![128u8; (w * h * 3) as usize];
+    let joints = vec![0.1; obs_dim / 2];
+    let end = Instant::now() + Duration::from_secs_f64(a.seconds);
+    let mut next_frame = Instant::now();
+    while Instant::now() < end {
+        let now = clock.now_ns();
+        state.publish(StateSample::new(now, &joints, &joints).context("state sample")?);
+        if Instant::now() >= next_frame {
+            let img = ImageView {
+                encoding: "rgb8",
+                width: w,
+                height: h,
+                step: w * 3,
+                data: &pixels,
+                stamp_ns: now,
+            };
+            frames_in.write(&img)?;
+            next_frame += Duration::from_millis(33);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (stats, plan_latency) = node.stop();
+    let c = &stats.counters;
+    println!(
+        "{}",
+        json!({
+            "rate_hz": cfg.control.rate_hz, "seconds": a.seconds, "ticks": c.ticks,
+            "deadline_misses": stats.deadline_misses, "records_dropped": stats.records_dropped,
+            "tick_latency": stats.tick_latency.summary_ms(), "tick_jitter": stats.tick_jitter.summary_ms(),
+            "plan_latency": plan_latency.summary_ms(), "plans": c.plans_installed, "hold": c.hold, "stop": c.stop,
+            "late_actions_dropped": c.late_dropped,
+            "faults": Fault::ALL.iter().map(|f| (f.name(), c.faults[*f as usize])).collect::<std::collections::BTreeMap<_, _>>(),
+        })
+    );
     Ok(())
 }

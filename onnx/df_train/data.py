@@ -27,9 +27,12 @@ def dataset_hash(path: Path) -> str:
 class TokenWindows:
     """Random windows of `tokens` tokens from a set of episodes."""
 
-    def __init__(self, path: Path, layout: TokenLayout, tokens: int):
+    def __init__(self, path: Path, layout: TokenLayout, tokens: int, continuous: bool = False):
+        """`continuous`: one run, ignoring episode_starts (D4RL maze2d never resets; its
+        segments only mark reached targets, so windows may span them)."""
         data = np.load(path)
-        starts = list(data["episode_starts"]) + [len(data["actions"])]
+        starts = [0] if continuous else list(data["episode_starts"])
+        starts = starts + [len(data["actions"])]
         rewards = data["rewards"] if "rewards" in data else None
         self.layout = layout
         self.tokens = tokens

@@ -47,6 +47,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     threads: int = 0
+    continuous: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -109,7 +110,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     ckpt_path = out / "checkpoint.pt"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    windows = TokenWindows(Path(cfg.data), cfg.layout, cfg.tokens)
+    windows = TokenWindows(Path(cfg.data), cfg.layout, cfg.tokens, cfg.continuous)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
     ema = copy.deepcopy(model).requires_grad_(False)

@@ -56,3 +56,16 @@ def test_loss_decreases_on_a_fixed_batch(tmp_path):
         loss().backward()
         opt.step()
     assert loss().item() < 0.7 * first
+
+
+def test_continuous_windows_span_episode_boundaries(tmp_path):
+    import numpy as np
+
+    from df_train.data import TokenWindows
+
+    cfg = tiny_config(tmp_path)
+    split = TokenWindows(cfg.data, cfg.layout, cfg.tokens)
+    whole = TokenWindows(cfg.data, cfg.layout, cfg.tokens, continuous=True)
+    assert len(split.episodes) == 12 and len(whole.episodes) == 1
+    _, mask = whole.sample(np.random.default_rng(0), 64)
+    assert mask.mean() > 0.9, "windows of a continuous run are rarely cut"

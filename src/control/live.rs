@@ -190,34 +190,74 @@ fn sleep_until(deadline: Instant) -> Duration {
     Instant::now().saturating_duration_since(deadline)
 }
 
+/// The other ends of a control tick's channels.
+pub struct ControlPorts {
+    /// Planner → control: new plans.
+    pub plans: Sender<Box<Plan>>,
+    /// Control → planner: plans no longer needed.
+    pub recycled: Receiver<Box<Plan>>,
+    /// Control → publisher: one record per tick.
+    pub records: HeapCons<TickRecord>,
+    /// The action published last (the planner's history reads it).
+    pub executed: Arc<Mutex<Vec<f64>>>,
+    /// The tick's statistics, copied in every tick when uncontended.
+    pub stats: Arc<Mutex<LiveStats>>,
+}
+
+impl ControlTick {
+    pub fn new(
+        core: ControlCore,
+        frame_stats: Arc<FrameStats>,
+        state: Arc<StateCell>,
+        clock: Arc<dyn Clock>,
+        action_dim: usize,
+    ) -> (Self, ControlPorts) {
+        let (plan_tx, plan_rx) = bounded::<Box<Plan>>(4);
+        let (recycle_tx, recycle_rx) = bounded::<Box<Plan>>(8);
+        let (records_tx, records_rx) = HeapRb::<TickRecord>::new(1024).split();
+        let executed = Arc::new(Mutex::new(vec![0.0; action_dim]));
+        let shared = Arc::new(Mutex::new(LiveStats::default()));
+        let tick = Self {
+            core,
+            plans: plan_rx,
+            recycle: recycle_tx,
+            frame_stats,
+            state,
+            last_state: None,
+            executed: executed.clone(),
+            records: records_tx,
+            clock,
+            out: vec![0.0; action_dim],
+            stats: LiveStats::default(),
+            shared: shared.clone(),
+        };
+        let ports = ControlPorts {
+            plans: plan_tx,
+            recycled: recycle_rx,
+            records: records_rx,
+            executed,
+            stats: shared,
+        };
+        (tick, ports)
+    }
+}
+
 pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
     let stop = Arc::new(AtomicBool::new(false));
-    let (plan_tx, plan_rx) = bounded::<Box<Plan>>(4);
-    let (recycle_tx, recycle_rx) = bounded::<Box<Plan>>(8);
     let (copy_tx, copy_rx) = bounded::<Box<Plan>>(4);
-    let (records_tx, records_rx) = HeapRb::<TickRecord>::new(1024).split();
-    let shared = Arc::new(Mutex::new(LiveStats::default()));
     let plan_latency = Arc::new(Mutex::new(Histogram::default()));
     let plan_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let action_dim = p.task.planner().contract().layout.action_dim;
-    let executed = Arc::new(Mutex::new(vec![0.0; action_dim]));
     let frame_stats = p.frame_stats.clone();
     let control_clock = p.clock.clone();
-
-    let mut control = ControlTick {
-        core: p.core,
-        plans: plan_rx,
-        recycle: recycle_tx,
-        frame_stats: p.frame_stats,
-        state: p.state.clone(),
-        last_state: None,
-        executed: executed.clone(),
-        records: records_tx,
-        clock: p.clock.clone(),
-        out: vec![0.0; action_dim],
-        stats: LiveStats::default(),
-        shared: shared.clone(),
-    };
+    let (mut control, ports) = ControlTick::new(p.core, p.frame_stats, p.state.clone(), p.clock.clone(), action_dim);
+    let ControlPorts {
+        plans: plan_tx,
+        recycled: recycle_rx,
+        records: records_rx,
+        executed,
+        stats: shared,
+    } = ports;
     let mut threads = Vec::new();
     let (tick, step) = (p.tick, p.step);
 

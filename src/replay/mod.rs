@@ -18,19 +18,16 @@ pub use bag::{read_bag, BagContents, BagError, BagMessage};
 pub use writer::{diagnostic_array, McapSink};
 
 use crate::config::NodeConfig;
-use crate::control::{control_from_config, ActionSink, Diagnostics, LatencySummary, OfflineLoop, StateSample};
+use crate::control::{ActionSink, Diagnostics, LatencySummary, OfflineLoop, StateSample};
 use crate::frames::ImageView;
-use crate::model::{ModelError, OnnxDenoiser};
-use crate::planner::{DfPlanner, PlanError, PlannerSettings, PlannerTask};
+use crate::node::{node_parts, NodeError};
 
 #[derive(Debug, Error)]
 pub enum ReplayError {
     #[error(transparent)]
     Bag(#[from] BagError),
     #[error(transparent)]
-    Model(#[from] ModelError),
-    #[error(transparent)]
-    Plan(#[from] PlanError),
+    Node(#[from] NodeError),
     #[error("config topics.{field} = {topic:?}: not in the bag (its topics: {available})")]
     MissingTopic {
         field: &'static str,
@@ -82,46 +79,13 @@ pub struct ReplaySummary {
     pub last_plan_error: Option<String>,
 }
 
-/// The planner settings of a node config.
-pub fn planner_settings(cfg: &NodeConfig, frame_stack: usize) -> PlannerSettings {
-    let p = &cfg.planner;
-    PlannerSettings {
-        matrix: p.matrix,
-        sampling_steps: p.sampling_steps,
-        horizon_tokens: p.horizon_tokens,
-        samples: p.samples,
-        guidance_scale: p.guidance_scale,
-        eta: p.eta,
-        shared_tokens: p.replan_every.div_ceil(frame_stack),
-        seed: p.seed,
-    }
-}
-
-/// Model, planner task and control core for a config: the same pieces the live node uses.
+/// The loop of a config on the bag's clock.
 pub fn build_loop(cfg: &NodeConfig) -> Result<OfflineLoop, ReplayError> {
-    let model = OnnxDenoiser::load(&cfg.model.path, &cfg.model.runtime)?;
-    let contract = model.contract().clone();
-    if contract.layout.action_dim != cfg.action_dim() {
-        return Err(PlanError::Invalid {
-            field: "safety.action_min",
-            expected: format!("{} values (the model's action_dim)", contract.layout.action_dim),
-            got: cfg.action_dim().to_string(),
-        }
-        .into());
-    }
-    let settings = planner_settings(cfg, contract.layout.frame_stack);
-    let planner = DfPlanner::new(Box::new(model), contract, &settings)?;
-    let step_ns = (cfg.control.action_dt_s * 1e9).round() as i64;
-    let task = PlannerTask::new(planner, cfg.planner.replan_every, step_ns);
+    let (task, core) = node_parts(cfg)?;
     let tick_ns = (1e9 / cfg.control.rate_hz).round() as i64;
+    let step_ns = (cfg.control.action_dt_s * 1e9).round() as i64;
     let camera = (cfg.camera.ring_capacity, cfg.camera.width, cfg.camera.height);
-    Ok(OfflineLoop::new(
-        task,
-        control_from_config(cfg),
-        tick_ns,
-        step_ns,
-        camera,
-    ))
+    Ok(OfflineLoop::new(task, core, tick_ns, step_ns, camera))
 }
 
 const IMAGE: &str = "sensor_msgs/msg/Image";

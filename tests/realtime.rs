@@ -1,0 +1,271 @@
+//! Real-time discipline of the control tick: once running, a tick allocates nothing (counted
+//! by a global allocator around it), and every tick publishes a safe action whatever the plan
+//! and inputs do.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use df_planner::config::Fallback;
+use df_planner::control::live::{Clock, ControlTick};
+use df_planner::control::{ControlCore, ControlParams, Fault, Safety, Source, StateCell, StateSample, TickInputs};
+use df_planner::frames::{frame_ring, ImageView};
+use df_planner::planner::Plan;
+use ringbuf::traits::Consumer;
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// A clock the test moves by hand.
+struct ManualClock(AtomicU64);
+
+impl Clock for ManualClock {
+    fn now_ns(&self) -> i64 {
+        self.0.load(Ordering::Relaxed) as i64
+    }
+}
+
+const MS: i64 = 1_000_000;
+
+fn core(fallback: Fallback, camera_required: bool) -> ControlCore {
+    core_with_rate(fallback, camera_required, 100.0)
+}
+
+fn core_with_rate(fallback: Fallback, camera_required: bool, max_rate: f64) -> ControlCore {
+    let params = ControlParams {
+        fallback,
+        stop_action: vec![0.0, 0.0],
+        camera_required,
+        camera_timeout_ns: 200 * MS,
+        state_timeout_ns: 200 * MS,
+    };
+    ControlCore::new(
+        params,
+        Safety::new(vec![-1.0; 2], vec![1.0; 2], &[max_rate, max_rate], 0.02),
+    )
+}
+
+fn plan(t0_ns: i64, actions: &[[f64; 2]]) -> Box<Plan> {
+    let mut p = Plan::with_capacity(actions.len(), 2, 4);
+    p.set_len(actions.len());
+    p.t0_ns = t0_ns;
+    p.dt_ns = 100 * MS;
+    for (i, a) in actions.iter().enumerate() {
+        p.action_mut(i).copy_from_slice(a);
+    }
+    Box::new(p)
+}
+
+#[test]
+fn a_running_control_tick_does_not_allocate() {
+    let (mut frames_in, _frames_out) = frame_ring(2, 2, 2);
+    let state = Arc::new(StateCell::default());
+    let clock = Arc::new(ManualClock(AtomicU64::new(1_000 * MS as u64)));
+    let (mut tick, mut ports) = ControlTick::new(
+        core(Fallback::Hold, true),
+        frames_in.stats().clone(),
+        state.clone(),
+        clock.clone(),
+        2,
+    );
+    let image = ImageView {
+        encoding: "rgb8",
+        width: 2,
+        height: 2,
+        step: 6,
+        data: &[0; 12],
+        stamp_ns: 1_000 * MS,
+    };
+    frames_in.write(&image).unwrap();
+    state.publish(StateSample::new(1_000 * MS, &[0.1, 0.2], &[0.0, 0.0]).unwrap());
+    // Plans are made (and allocated) by the planner thread, before the ticks we count.
+    let plans: Vec<Box<Plan>> = (0..5)
+        .map(|k| plan(1_000 * MS + k * 400 * MS, &[[0.1, 0.1]; 8]))
+        .collect();
+    let period = Duration::from_millis(20);
+    tick.run(Duration::ZERO, period); // first tick: warm-up outside the count
+
+    COUNTING.store(true, Ordering::SeqCst);
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let mut plans = plans.into_iter();
+    for i in 0..1_000u64 {
+        if i % 20 == 0 {
+            if let Some(p) = plans.next() {
+                // Moving a preallocated plan through the bounded channel is part of the tick.
+                ports.plans.try_send(p).unwrap();
+            }
+        }
+        clock.0.fetch_add(20 * MS as u64, Ordering::Relaxed);
+        tick.run(Duration::from_micros(50), period);
+        // Drain what the publisher thread would take, and recycle as the planner would.
+        while ports.records.try_pop().is_some() {}
+        while let Ok(p) = ports.recycled.try_recv() {
+            std::mem::forget(p); // freeing is the planner thread's business, not the tick's
+        }
+    }
+    let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
+    COUNTING.store(false, Ordering::SeqCst);
+    println!("allocations in 1000 control ticks: {allocations}");
+    assert_eq!(allocations, 0);
+    let stats = ports.stats.lock();
+    assert_eq!(stats.counters.ticks, 1_001);
+    assert!(
+        stats.counters.faults[Fault::StateStale as usize] > 0,
+        "state went stale as the clock ran"
+    );
+}
+
+fn tick(
+    core: &mut ControlCore,
+    now_ns: i64,
+    frame_ns: Option<i64>,
+    state_ns: Option<i64>,
+) -> (Source, Vec<Fault>, [f64; 2]) {
+    let mut out = [0.0; 2];
+    let (r, _) = core.tick(
+        TickInputs {
+            now_ns,
+            frame_ns,
+            state_ns,
+        },
+        &mut out,
+    );
+    (r.source, r.faults.iter().collect(), out)
+}
+
+#[test]
+fn every_fault_falls_back_and_is_counted() {
+    let fresh = |t| Some(t - 10 * MS);
+    for fallback in [Fallback::Hold, Fallback::Stop] {
+        let expected_source = if fallback == Fallback::Hold {
+            Source::Hold
+        } else {
+            Source::Stop
+        };
+        let mut c = core(fallback, true);
+        // No plan yet.
+        let (src, faults, out) = tick(&mut c, 0, fresh(0), fresh(0));
+        assert_eq!((src, faults, out), (expected_source, vec![Fault::NoPlan], [0.0, 0.0]));
+        // A plan: actions are used at their time.
+        c.install(plan(100 * MS, &[[0.5, -0.5], [0.6, -0.6], [f64::NAN, 0.0]]));
+        let (src, faults, out) = tick(&mut c, 100 * MS, fresh(100 * MS), fresh(100 * MS));
+        assert_eq!((src, faults.len(), out), (Source::Plan, 0, [0.5, -0.5]));
+        // Camera stale.
+        let (src, faults, _) = tick(&mut c, 150 * MS, Some(-500 * MS), fresh(150 * MS));
+        assert_eq!((src, faults), (expected_source, vec![Fault::CameraStale]));
+        // State stale.
+        let (src, faults, _) = tick(&mut c, 160 * MS, fresh(160 * MS), Some(-500 * MS));
+        assert_eq!((src, faults), (expected_source, vec![Fault::StateStale]));
+        // A NaN action is never published.
+        let (src, faults, out) = tick(&mut c, 300 * MS, fresh(300 * MS), fresh(300 * MS));
+        assert_eq!((src, faults), (expected_source, vec![Fault::NonFinite]));
+        assert!(out.iter().all(|v| v.is_finite()));
+        // The watchdog: the plan ran out and no new one came.
+        let (src, faults, _) = tick(&mut c, 400 * MS, fresh(400 * MS), fresh(400 * MS));
+        assert_eq!((src, faults), (expected_source, vec![Fault::PlanExhausted]));
+        let counts = &c.counters().faults;
+        assert_eq!(counts.iter().sum::<u64>(), 5);
+        assert!(Fault::ALL.iter().all(|f| counts[*f as usize] == 1), "{counts:?}");
+    }
+}
+
+#[test]
+fn hold_repeats_the_last_safe_action_and_stop_publishes_the_stop_action() {
+    let mut c = core(Fallback::Hold, false);
+    c.install(plan(0, &[[0.3, 0.3]]));
+    assert_eq!(tick(&mut c, 0, None, Some(0)).2, [0.3, 0.3]);
+    assert_eq!(
+        tick(&mut c, 500 * MS, None, Some(500 * MS)),
+        (Source::Hold, vec![Fault::PlanExhausted], [0.3, 0.3])
+    );
+    let mut c = core(Fallback::Stop, false);
+    c.install(plan(0, &[[0.3, 0.3]]));
+    tick(&mut c, 0, None, Some(0));
+    assert_eq!(tick(&mut c, 500 * MS, None, Some(500 * MS)).2, [0.0, 0.0]);
+}
+
+#[test]
+fn actions_whose_time_has_passed_are_dropped_and_counted() {
+    let mut c = core(Fallback::Hold, false);
+    c.install(plan(0, &[[0.1, 0.0], [0.2, 0.0], [0.3, 0.0], [0.4, 0.0]]));
+    let mut out = [0.0; 2];
+    let (r, _) = c.tick(
+        TickInputs {
+            now_ns: 250 * MS,
+            frame_ns: None,
+            state_ns: Some(250 * MS),
+        },
+        &mut out,
+    );
+    assert_eq!((r.plan_index, r.late_dropped, out[0]), (Some(2), 2, 0.3));
+    assert_eq!(c.counters().late_dropped, 2);
+}
+
+#[test]
+fn a_new_plan_takes_over_only_when_its_first_action_is_due() {
+    let mut c = core(Fallback::Hold, false);
+    c.install(plan(0, &[[0.1, 0.0]; 10]));
+    tick(&mut c, 0, None, Some(0));
+    c.install(plan(300 * MS, &[[0.9, 0.0]; 10]));
+    assert_eq!(tick(&mut c, 200 * MS, None, Some(200 * MS)).2[0], 0.1);
+    assert!((tick(&mut c, 300 * MS, None, Some(300 * MS)).2[0] - 0.9).abs() < 1e-12);
+}
+
+#[test]
+fn the_safety_filter_clips_and_rate_limits_plan_actions() {
+    // 10 units/s at 50 Hz: at most 0.2 per tick.
+    let mut c = core_with_rate(Fallback::Hold, false, 10.0);
+    c.install(plan(0, &[[5.0, -0.1]]));
+    let mut out = [0.0; 2];
+    let (r, _) = c.tick(
+        TickInputs {
+            now_ns: 0,
+            frame_ns: None,
+            state_ns: Some(0),
+        },
+        &mut out,
+    );
+    assert!(r.safety.clipped && r.safety.rate_limited);
+    assert!((out[0] - 0.2).abs() < 1e-12 && (out[1] + 0.1).abs() < 1e-12, "{out:?}");
+    let (r, _) = c.tick(
+        TickInputs {
+            now_ns: 20 * MS,
+            frame_ns: None,
+            state_ns: Some(20 * MS),
+        },
+        &mut out,
+    );
+    assert!(
+        (out[0] - 0.4).abs() < 1e-12,
+        "ramps towards the clipped target: {out:?}"
+    );
+    assert_eq!((c.counters().clipped, c.counters().rate_limited), (2, 2));
+    assert_eq!(r.source, Source::Plan);
+}
