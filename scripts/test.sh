@@ -6,5 +6,7 @@ bash scripts/setup.sh
 VENV="${DF_VENV:-$HOME/.cache/df_planner/venv}"
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
+# The ROS adapter, type-checked and linted without ROS (r2r's doc-only stubs).
+cargo clippy --features ros,r2r/doc-only --all-targets -- -D warnings
 cargo test
 "$VENV/bin/python" -m pytest onnx/tests -q

@@ -8,6 +8,9 @@ pub mod control;
 pub mod diffusion;
 pub mod frames;
 pub mod model;
+pub mod msgs;
 pub mod node;
 pub mod planner;
 pub mod replay;
+#[cfg(feature = "ros")]
+pub mod ros;

@@ -50,9 +50,38 @@ enum Command {
     Sample(SampleArgs),
     /// Measure denoise / denoise_vjp latency and a full sample (median, p99, max over many calls).
     Bench(BenchArgs),
+    /// Run as a ROS 2 node (needs a build with `--features ros` in a sourced ROS 2 workspace).
+    ///
+    /// Subscribes sensor_msgs/Image on topics.image (rgb8, bgr8, rgba8, bgra8, mono8; other
+    /// encodings and sizes are rejected and counted) and sensor_msgs/JointState on
+    /// topics.state (positions then velocities form the observation). Publishes one action per
+    /// control tick on topics.action as topics.action_type (float64_multi_array,
+    /// joint_trajectory: the rest of the plan ending at rest, or pose_stamped), each plan's
+    /// first token on topics.plan, and diagnostic_msgs/DiagnosticArray on topics.diagnostics
+    /// once a second (latency p50/p99/max, fault counters, frame counters).
+    ///
+    /// ROS parameters: `config` (path of the node YAML, used when --config is not given) and
+    /// `use_sim_time` (stamps and staleness follow /clock). Every YAML field is documented in
+    /// config/pointmass.yaml and src/config.rs: model (path, runtime providers),
+    /// planner (matrix, sampling_steps, horizon_tokens, samples, guidance_scale, eta,
+    /// replan_every, seed), control (rate_hz, action_dt_s, fallback hold|stop, stop_action),
+    /// safety (action_min, action_max, max_rate, camera_timeout_s, state_timeout_s),
+    /// camera (required, width, height, ring_capacity), topics (image, state, action,
+    /// action_type, joint_names, frame_id, diagnostics, plan, recorded_action).
+    Run(RunArgs),
     /// Replay a ROS 2 bag (MCAP file, .db3, or rosbag2 folder) through the control loop on the
     /// bag's clock; write actions, plans and diagnostics to an MCAP file and print a summary.
     Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Node configuration (YAML); default: the `config` ROS parameter.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Arguments for ROS (`--ros-args ...`), passed through by `ros2 launch` / `ros2 run`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    ros_args: Vec<String>,
 }
 
 #[derive(Args)]
@@ -169,6 +198,7 @@ fn main() -> ExitCode {
         Command::Sample(args) => sample(args),
         Command::Bench(args) => bench(args),
         Command::Replay(args) => replay(args),
+        Command::Run(args) => run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -545,4 +575,22 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
         })
     );
     Ok(())
+}
+
+#[cfg(feature = "ros")]
+fn run(a: RunArgs) -> Result<()> {
+    // r2r reads the ROS arguments from the process command line itself.
+    let _ = a.ros_args;
+    df_planner::ros::run(a.config.as_deref())
+}
+
+#[cfg(not(feature = "ros"))]
+fn run(a: RunArgs) -> Result<()> {
+    if let Some(config) = &a.config {
+        NodeConfig::load(config)?;
+    }
+    bail!(
+        "this df_planner was built without the `ros` feature: build it in a sourced ROS 2 workspace \
+         (colcon build, see README) or with `cargo build --features ros`; offline, use `df_planner replay`"
+    )
 }

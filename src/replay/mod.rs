@@ -4,7 +4,6 @@
 //! Deterministic for a seed: the planner runs synchronously on virtual time.
 
 mod bag;
-pub mod msgs;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -15,11 +14,12 @@ use serde::Serialize;
 use thiserror::Error;
 
 pub use bag::{read_bag, BagContents, BagError, BagMessage};
-pub use writer::{diagnostic_array, McapSink};
+pub use writer::McapSink;
 
 use crate::config::NodeConfig;
 use crate::control::{ActionSink, Diagnostics, LatencySummary, OfflineLoop, StateSample};
 use crate::frames::ImageView;
+use crate::msgs;
 use crate::node::{node_parts, NodeError};
 
 #[derive(Debug, Error)]

@@ -8,10 +8,10 @@ use std::io::BufWriter;
 use std::path::Path;
 
 use crate::config::{ActionType, NodeConfig};
-use crate::control::{trajectory_chunk, ActionSink, Diagnostics, TickReport};
+use crate::control::{ActionSink, Diagnostics, TickReport};
 use crate::planner::Plan;
 
-use super::msgs::*;
+use crate::msgs::{action_message, diagnostic_array, float64_array, schema, to_cdr, ActionMessage, Header, Time};
 
 pub struct McapSink {
     writer: Option<mcap::Writer<BufWriter<File>>>,
@@ -89,134 +89,37 @@ impl McapSink {
         }
         self.error.take().map_or(Ok(()), Err)
     }
-
-    fn header(&self, t_ns: i64) -> Header {
-        Header {
-            stamp: Time::from_ns(t_ns),
-            frame_id: self.frame_id.clone(),
-        }
-    }
-}
-
-fn array(data: &[f64]) -> Float64MultiArray {
-    Float64MultiArray {
-        layout: MultiArrayLayout::default(),
-        data: data.to_vec(),
-    }
 }
 
 impl ActionSink for McapSink {
     fn action(&mut self, report: &TickReport, action: &[f64], plan: Option<&Plan>) {
         let now = report.now_ns;
         self.actions.push((now, action.to_vec()));
-        let bytes = match self.action_type {
-            ActionType::Float64MultiArray => to_cdr(&array(action)),
-            ActionType::JointTrajectory => {
-                let points = trajectory_chunk(action, plan, report.plan_index, now)
-                    .into_iter()
-                    .map(|p| JointTrajectoryPoint {
-                        positions: p.positions,
-                        velocities: p.velocities,
-                        accelerations: Vec::new(),
-                        effort: Vec::new(),
-                        time_from_start: Time::from_ns(p.time_from_start_ns),
-                    })
-                    .collect();
-                to_cdr(&JointTrajectory {
-                    header: self.header(now),
-                    joint_names: self.joint_names.clone(),
-                    points,
-                })
-            }
-            ActionType::PoseStamped => {
-                let c = |i: usize| action.get(i).copied().unwrap_or(0.0);
-                let pose = Pose {
-                    position: Point {
-                        x: c(0),
-                        y: c(1),
-                        z: c(2),
-                    },
-                    orientation: Quaternion {
-                        x: 0.0,
-                        y: 0.0,
-                        z: 0.0,
-                        w: 1.0,
-                    },
-                };
-                to_cdr(&PoseStamped {
-                    header: self.header(now),
-                    pose,
-                })
-            }
+        let bytes = match action_message(
+            self.action_type,
+            report,
+            action,
+            plan,
+            &self.joint_names,
+            &self.frame_id,
+        ) {
+            ActionMessage::Array(m) => to_cdr(&m),
+            ActionMessage::Trajectory(m) => to_cdr(&m),
+            ActionMessage::Pose(m) => to_cdr(&m),
         };
         self.write(self.action_channel, now, &bytes);
     }
 
     fn plan(&mut self, plan: &Plan) {
         let token: Vec<f64> = plan.first_token.iter().map(|&v| f64::from(v)).collect();
-        self.write(self.plan_channel, plan.t0_ns, &to_cdr(&array(&token)));
+        self.write(self.plan_channel, plan.t0_ns, &to_cdr(&float64_array(&token)));
     }
 
     fn diagnostics(&mut self, now_ns: i64, diag: &Diagnostics) {
-        let msg = diagnostic_array(self.header(now_ns), diag);
-        self.write(self.diag_channel, now_ns, &to_cdr(&msg));
-    }
-}
-
-/// One DiagnosticStatus, level WARN while any fault count is non-zero in this report.
-pub fn diagnostic_array(header: Header, d: &Diagnostics) -> DiagnosticArray {
-    let kv = |key: &str, value: String| KeyValue { key: key.into(), value };
-    let mut values = vec![
-        kv("ticks", d.ticks.to_string()),
-        kv("plans", d.plans.to_string()),
-        kv("plan_errors", d.plan_errors.to_string()),
-        kv("hold", d.hold.to_string()),
-        kv("stop", d.stop.to_string()),
-        kv("clipped", d.clipped.to_string()),
-        kv("rate_limited", d.rate_limited.to_string()),
-        kv("late_actions_dropped", d.late_actions_dropped.to_string()),
-        kv("deadline_misses", d.deadline_misses.to_string()),
-    ];
-    for (name, count) in &d.faults {
-        values.push(kv(&format!("fault.{name}"), count.to_string()));
-    }
-    for (name, s) in [
-        ("tick_latency", d.tick_latency),
-        ("tick_jitter", d.tick_jitter),
-        ("plan_latency", d.plan_latency),
-    ] {
-        values.push(kv(&format!("{name}.p50_ms"), format!("{:.4}", s.p50_ms)));
-        values.push(kv(&format!("{name}.p99_ms"), format!("{:.4}", s.p99_ms)));
-        values.push(kv(&format!("{name}.max_ms"), format!("{:.4}", s.max_ms)));
-    }
-    let f = d.frames;
-    for (name, v) in [
-        ("frames.received", f.received),
-        ("frames.delivered", f.delivered),
-        ("frames.superseded", f.superseded),
-        ("frames.dropped_full", f.dropped_full),
-        ("frames.rejected_encoding", f.rejected_encoding),
-        ("frames.rejected_size", f.rejected_size),
-        ("frames.rejected_malformed", f.rejected_malformed),
-        ("frames.rejected_out_of_order", f.rejected_out_of_order),
-        ("frames.rejected_duplicate", f.rejected_duplicate),
-    ] {
-        values.push(kv(name, v.to_string()));
-    }
-    let faulty = d.faults.iter().any(|(_, c)| *c > 0) || d.plan_errors > 0;
-    let status = DiagnosticStatus {
-        level: u8::from(faulty),
-        name: "df_planner".into(),
-        message: if faulty {
-            "faults seen: acting on fallback at times".into()
-        } else {
-            "ok".into()
-        },
-        hardware_id: String::new(),
-        values,
-    };
-    DiagnosticArray {
-        header,
-        status: vec![status],
+        let header = Header {
+            stamp: Time::from_ns(now_ns),
+            frame_id: self.frame_id.clone(),
+        };
+        self.write(self.diag_channel, now_ns, &to_cdr(&diagnostic_array(header, diag)));
     }
 }

@@ -1,7 +1,12 @@
-//! The ROS 2 messages replay reads and writes, as CDR-serializable structs, and the ros2msg
-//! schema texts MCAP readers (Foxglove, the mcap tools) need to decode what we write.
+//! ROS 2 messages without ROS: the types the node reads and writes as plain serde structs
+//! (CDR for bags), the ros2msg schema texts MCAP readers need, and what the node publishes
+//! for a tick (shared by the replay writer and the r2r adapter, which converts these).
 
 use serde::{Deserialize, Serialize};
+
+use crate::config::ActionType;
+use crate::control::{trajectory_chunk, Diagnostics, TickReport};
+use crate::planner::Plan;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Time {
@@ -183,6 +188,132 @@ pub fn schema(type_name: &str) -> Option<String> {
         ]),
         _ => return None,
     })
+}
+
+/// The action message of one tick, in the configured type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActionMessage {
+    Array(Float64MultiArray),
+    Trajectory(JointTrajectory),
+    Pose(PoseStamped),
+}
+
+/// What the node publishes for a tick. JointTrajectory carries the rest of the plan, ending
+/// at rest; PoseStamped reads the action as (x, y[, z]).
+pub fn action_message(
+    kind: ActionType,
+    report: &TickReport,
+    action: &[f64],
+    plan: Option<&Plan>,
+    joint_names: &[String],
+    frame_id: &str,
+) -> ActionMessage {
+    let header = Header {
+        stamp: Time::from_ns(report.now_ns),
+        frame_id: frame_id.to_owned(),
+    };
+    match kind {
+        ActionType::Float64MultiArray => ActionMessage::Array(float64_array(action)),
+        ActionType::JointTrajectory => {
+            let points = trajectory_chunk(action, plan, report.plan_index, report.now_ns)
+                .into_iter()
+                .map(|p| JointTrajectoryPoint {
+                    positions: p.positions,
+                    velocities: p.velocities,
+                    accelerations: Vec::new(),
+                    effort: Vec::new(),
+                    time_from_start: Time::from_ns(p.time_from_start_ns),
+                })
+                .collect();
+            ActionMessage::Trajectory(JointTrajectory {
+                header,
+                joint_names: joint_names.to_vec(),
+                points,
+            })
+        }
+        ActionType::PoseStamped => {
+            let c = |i: usize| action.get(i).copied().unwrap_or(0.0);
+            let pose = Pose {
+                position: Point {
+                    x: c(0),
+                    y: c(1),
+                    z: c(2),
+                },
+                orientation: Quaternion {
+                    x: 0.0,
+                    y: 0.0,
+                    z: 0.0,
+                    w: 1.0,
+                },
+            };
+            ActionMessage::Pose(PoseStamped { header, pose })
+        }
+    }
+}
+
+pub fn float64_array(data: &[f64]) -> Float64MultiArray {
+    Float64MultiArray {
+        layout: MultiArrayLayout::default(),
+        data: data.to_vec(),
+    }
+}
+
+/// One DiagnosticStatus named `df_planner`; level WARN once any fault or plan error was seen.
+pub fn diagnostic_array(header: Header, d: &Diagnostics) -> DiagnosticArray {
+    let kv = |key: &str, value: String| KeyValue { key: key.into(), value };
+    let mut values = vec![
+        kv("ticks", d.ticks.to_string()),
+        kv("plans", d.plans.to_string()),
+        kv("plan_errors", d.plan_errors.to_string()),
+        kv("hold", d.hold.to_string()),
+        kv("stop", d.stop.to_string()),
+        kv("clipped", d.clipped.to_string()),
+        kv("rate_limited", d.rate_limited.to_string()),
+        kv("late_actions_dropped", d.late_actions_dropped.to_string()),
+        kv("deadline_misses", d.deadline_misses.to_string()),
+    ];
+    for (name, count) in &d.faults {
+        values.push(kv(&format!("fault.{name}"), count.to_string()));
+    }
+    for (name, s) in [
+        ("tick_latency", d.tick_latency),
+        ("tick_jitter", d.tick_jitter),
+        ("plan_latency", d.plan_latency),
+    ] {
+        values.push(kv(&format!("{name}.p50_ms"), format!("{:.4}", s.p50_ms)));
+        values.push(kv(&format!("{name}.p99_ms"), format!("{:.4}", s.p99_ms)));
+        values.push(kv(&format!("{name}.max_ms"), format!("{:.4}", s.max_ms)));
+    }
+    let f = d.frames;
+    for (name, v) in [
+        ("frames.received", f.received),
+        ("frames.delivered", f.delivered),
+        ("frames.superseded", f.superseded),
+        ("frames.dropped_full", f.dropped_full),
+        ("frames.rejected_encoding", f.rejected_encoding),
+        ("frames.rejected_size", f.rejected_size),
+        ("frames.rejected_malformed", f.rejected_malformed),
+        ("frames.rejected_out_of_order", f.rejected_out_of_order),
+        ("frames.rejected_duplicate", f.rejected_duplicate),
+    ] {
+        values.push(kv(name, v.to_string()));
+    }
+    let faulty = d.faults.iter().any(|(_, c)| *c > 0) || d.plan_errors > 0;
+    let status = DiagnosticStatus {
+        level: u8::from(faulty),
+        name: "df_planner".into(),
+        message: if faulty {
+            "faults seen: acting on fallback at times".into()
+        } else {
+            "ok".into()
+        },
+        hardware_id: String::new(),
+        values,
+    };
+    DiagnosticArray {
+        header,
+        status: vec![status],
+    }
 }
 
 #[cfg(test)]

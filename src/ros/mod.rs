@@ -1,0 +1,298 @@
+//! The ROS 2 adapter (cargo feature `ros`): a thin r2r shell around the live loop.
+//!
+//! - `sensor_msgs/Image` on `topics.image` → the frame ring (decoded in the spin thread);
+//! - `sensor_msgs/JointState` on `topics.state` → the state cell (positions, then velocities);
+//! - the publisher thread sends each tick's action as `topics.action_type` on `topics.action`,
+//!   plans' first tokens on `topics.plan`, and `diagnostic_msgs/DiagnosticArray` once a second;
+//! - ROS parameters: `config` (path of the node YAML) and `use_sim_time` (stamps and
+//!   staleness then follow `/clock`).
+//!
+//! It is type-checked without ROS (`cargo clippy --features ros,r2r/doc-only`) and built for
+//! real in a sourced ROS 2 workspace (colcon + cargo-ament-build).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::executor::LocalPool;
+use futures::task::LocalSpawnExt;
+use futures::{future, StreamExt};
+use r2r::{builtin_interfaces, diagnostic_msgs, geometry_msgs, sensor_msgs, std_msgs, trajectory_msgs, QosProfile};
+
+use crate::config::{ActionType, NodeConfig};
+use crate::control::live::{self, Clock, LiveParts, SystemClock};
+use crate::control::{ActionSink, Diagnostics, StateCell, StateSample, TickReport};
+use crate::frames::{frame_ring, ImageView};
+use crate::msgs::{self, action_message, diagnostic_array, ActionMessage};
+use crate::node::node_parts;
+use crate::planner::Plan;
+
+/// ROS time as the loop sees it under `use_sim_time`: the spin thread stores `/clock` time
+/// here, so the control tick reads an atomic instead of locking r2r's clock.
+struct SimClock(AtomicI64);
+
+impl Clock for SimClock {
+    fn now_ns(&self) -> i64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+fn stamp_ns(t: &builtin_interfaces::msg::Time) -> i64 {
+    i64::from(t.sec) * 1_000_000_000 + i64::from(t.nanosec)
+}
+
+fn ros_time(t: msgs::Time) -> builtin_interfaces::msg::Time {
+    builtin_interfaces::msg::Time {
+        sec: t.sec,
+        nanosec: t.nanosec,
+    }
+}
+
+fn ros_header(h: msgs::Header) -> std_msgs::msg::Header {
+    std_msgs::msg::Header {
+        stamp: ros_time(h.stamp),
+        frame_id: h.frame_id,
+    }
+}
+
+fn ros_array(a: msgs::Float64MultiArray) -> std_msgs::msg::Float64MultiArray {
+    let layout = std_msgs::msg::MultiArrayLayout {
+        dim: Vec::new(),
+        data_offset: a.layout.data_offset,
+    };
+    std_msgs::msg::Float64MultiArray { layout, data: a.data }
+}
+
+enum ActionPublisher {
+    Array(r2r::Publisher<std_msgs::msg::Float64MultiArray>),
+    Trajectory(r2r::Publisher<trajectory_msgs::msg::JointTrajectory>),
+    Pose(r2r::Publisher<geometry_msgs::msg::PoseStamped>),
+}
+
+/// The output port on r2r publishers (runs in the live loop's publisher thread).
+struct RosSink {
+    action: ActionPublisher,
+    plan: r2r::Publisher<std_msgs::msg::Float64MultiArray>,
+    diagnostics: r2r::Publisher<diagnostic_msgs::msg::DiagnosticArray>,
+    action_type: ActionType,
+    joint_names: Vec<String>,
+    frame_id: String,
+    failures: u64,
+}
+
+impl RosSink {
+    fn check(&mut self, what: &str, result: r2r::Result<()>) {
+        if let Err(e) = result {
+            self.failures += 1;
+            if self.failures.is_power_of_two() {
+                tracing::error!(%what, error = %e, failures = self.failures, "publish failed");
+            }
+        }
+    }
+}
+
+impl ActionSink for RosSink {
+    fn action(&mut self, report: &TickReport, action: &[f64], plan: Option<&Plan>) {
+        let msg = action_message(
+            self.action_type,
+            report,
+            action,
+            plan,
+            &self.joint_names,
+            &self.frame_id,
+        );
+        let result = match (&self.action, msg) {
+            (ActionPublisher::Array(p), ActionMessage::Array(m)) => p.publish(&ros_array(m)),
+            (ActionPublisher::Trajectory(p), ActionMessage::Trajectory(m)) => {
+                let points = m
+                    .points
+                    .into_iter()
+                    .map(|q| trajectory_msgs::msg::JointTrajectoryPoint {
+                        positions: q.positions,
+                        velocities: q.velocities,
+                        accelerations: q.accelerations,
+                        effort: q.effort,
+                        time_from_start: builtin_interfaces::msg::Duration {
+                            sec: q.time_from_start.sec,
+                            nanosec: q.time_from_start.nanosec,
+                        },
+                    })
+                    .collect();
+                let header = ros_header(m.header);
+                p.publish(&trajectory_msgs::msg::JointTrajectory {
+                    header,
+                    joint_names: m.joint_names,
+                    points,
+                })
+            }
+            (ActionPublisher::Pose(p), ActionMessage::Pose(m)) => {
+                let (pos, o) = (m.pose.position, m.pose.orientation);
+                let pose = geometry_msgs::msg::Pose {
+                    position: geometry_msgs::msg::Point {
+                        x: pos.x,
+                        y: pos.y,
+                        z: pos.z,
+                    },
+                    orientation: geometry_msgs::msg::Quaternion {
+                        x: o.x,
+                        y: o.y,
+                        z: o.z,
+                        w: o.w,
+                    },
+                };
+                p.publish(&geometry_msgs::msg::PoseStamped {
+                    header: ros_header(m.header),
+                    pose,
+                })
+            }
+            _ => unreachable!("the publisher is created for the configured action type"),
+        };
+        self.check("action", result);
+    }
+
+    fn plan(&mut self, plan: &Plan) {
+        let token: Vec<f64> = plan.first_token.iter().map(|&v| f64::from(v)).collect();
+        let result = self.plan.publish(&ros_array(msgs::float64_array(&token)));
+        self.check("plan", result);
+    }
+
+    fn diagnostics(&mut self, now_ns: i64, d: &Diagnostics) {
+        let header = msgs::Header {
+            stamp: msgs::Time::from_ns(now_ns),
+            frame_id: self.frame_id.clone(),
+        };
+        let array = diagnostic_array(header, d);
+        let status = array
+            .status
+            .into_iter()
+            .map(|s| diagnostic_msgs::msg::DiagnosticStatus {
+                level: s.level,
+                name: s.name,
+                message: s.message,
+                hardware_id: s.hardware_id,
+                values: s
+                    .values
+                    .into_iter()
+                    .map(|kv| diagnostic_msgs::msg::KeyValue {
+                        key: kv.key,
+                        value: kv.value,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let result = self.diagnostics.publish(&diagnostic_msgs::msg::DiagnosticArray {
+            header: ros_header(array.header),
+            status,
+        });
+        self.check("diagnostics", result);
+    }
+}
+
+/// Run the node until the process is stopped. `config` overrides the `config` parameter.
+pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
+    let ctx = r2r::Context::create()?;
+    let mut node = r2r::Node::create(ctx, "df_planner", "")?;
+    let config_path: PathBuf = match config {
+        Some(p) => p.to_owned(),
+        None => PathBuf::from(
+            node.get_parameter::<String>("config")
+                .map_err(|e| anyhow::anyhow!("parameter `config`: expected the path of the node YAML ({e})"))?,
+        ),
+    };
+    let cfg = NodeConfig::load(&config_path)?;
+    // The parameter services (ros2 param list/get); r2r also switches its clock to /clock here
+    // when use_sim_time is set.
+    let mut pool = LocalPool::new();
+    let spawner = pool.spawner();
+    let (parameter_services, _changes) = node.make_parameter_handler()?;
+    spawner.spawn_local(parameter_services)?;
+    let use_sim_time = node.get_parameter::<bool>("use_sim_time").unwrap_or(false);
+    let sim_clock = Arc::new(SimClock(AtomicI64::new(0)));
+    let clock: Arc<dyn Clock> = if use_sim_time {
+        sim_clock.clone()
+    } else {
+        Arc::new(SystemClock)
+    };
+    let ros_clock = node.get_ros_clock();
+
+    let t = &cfg.topics;
+    let qos = QosProfile::default();
+    let action = match t.action_type {
+        ActionType::Float64MultiArray => ActionPublisher::Array(node.create_publisher(&t.action, qos.clone())?),
+        ActionType::JointTrajectory => ActionPublisher::Trajectory(node.create_publisher(&t.action, qos.clone())?),
+        ActionType::PoseStamped => ActionPublisher::Pose(node.create_publisher(&t.action, qos.clone())?),
+    };
+    let sink = RosSink {
+        action,
+        plan: node.create_publisher(&t.plan, qos.clone())?,
+        diagnostics: node.create_publisher(&t.diagnostics, qos)?,
+        action_type: t.action_type,
+        joint_names: t.joint_names.clone(),
+        frame_id: t.frame_id.clone(),
+        failures: 0,
+    };
+
+    let (task, core) = node_parts(&cfg)?;
+    let (mut frames_in, frames) = frame_ring(cfg.camera.ring_capacity, cfg.camera.width, cfg.camera.height);
+    let state = Arc::new(StateCell::default());
+
+    let images = node.subscribe::<sensor_msgs::msg::Image>(&t.image, QosProfile::sensor_data())?;
+    spawner.spawn_local(images.for_each(move |img| {
+        let view = ImageView {
+            encoding: &img.encoding,
+            width: img.width,
+            height: img.height,
+            step: img.step,
+            data: &img.data,
+            stamp_ns: stamp_ns(&img.header.stamp),
+        };
+        if let Err(e) = frames_in.write(&view) {
+            // Counted in the diagnostics; logged at debug to keep a bad camera from flooding.
+            tracing::debug!(error = %e, "camera frame rejected");
+        }
+        future::ready(())
+    }))?;
+    let state_in = state.clone();
+    let joints = node.subscribe::<sensor_msgs::msg::JointState>(&t.state, QosProfile::sensor_data())?;
+    spawner.spawn_local(joints.for_each(move |js| {
+        match StateSample::new(stamp_ns(&js.header.stamp), &js.position, &js.velocity) {
+            Some(sample) => state_in.publish(sample),
+            None => tracing::warn!(
+                positions = js.position.len(),
+                velocities = js.velocity.len(),
+                "joint state rejected: expected equal counts of positions and velocities, at most 16"
+            ),
+        }
+        future::ready(())
+    }))?;
+
+    let frame_stats = frames.stats().clone();
+    let parts = LiveParts {
+        task,
+        core,
+        frames,
+        frame_stats,
+        state,
+        sink: Box::new(sink),
+        clock,
+        guidance: None,
+        tick: Duration::from_secs_f64(1.0 / cfg.control.rate_hz),
+        step: Duration::from_secs_f64(cfg.control.action_dt_s),
+    };
+    let _loop = live::spawn(parts)?;
+    tracing::info!(config = %config_path.display(), use_sim_time, "df_planner node running");
+    loop {
+        node.spin_once(Duration::from_millis(2));
+        pool.run_until_stalled();
+        if use_sim_time {
+            if let Ok(now) = ros_clock
+                .lock()
+                .map_err(|e| e.to_string())
+                .and_then(|mut c| c.get_now().map_err(|e| e.to_string()))
+            {
+                sim_clock.0.store(now.as_nanos() as i64, Ordering::Release);
+            }
+        }
+    }
+}
