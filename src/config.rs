@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use crate::diffusion::MatrixKind;
 use crate::model::RuntimeConfig;
+use crate::planner::GoalRewardConfig;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -40,6 +41,9 @@ pub struct NodeConfig {
     pub camera: CameraSection,
     #[serde(default)]
     pub topics: TopicsSection,
+    /// `df_planner serve` only: how plans are executed between replans.
+    #[serde(default)]
+    pub serve: Option<crate::serve::ServeSection>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -71,6 +75,11 @@ pub struct PlannerSection {
     pub replan_every: usize,
     /// Seed of the sampler's noise; replay is byte-identical for a seed (default 0).
     pub seed: u64,
+    /// Warm start: re-noise the previous plan (shifted by the executed tokens) to this matrix
+    /// level instead of starting from pure noise (default: none, always cold).
+    pub warm_start_level: Option<u32>,
+    /// Goal reward for guidance (default: none).
+    pub goal: Option<GoalRewardConfig>,
 }
 
 impl Default for PlannerSection {
@@ -84,6 +93,8 @@ impl Default for PlannerSection {
             eta: 0.0,
             replan_every: 1,
             seed: 0,
+            warm_start_level: None,
+            goal: None,
         }
     }
 }

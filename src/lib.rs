@@ -14,3 +14,4 @@ pub mod planner;
 pub mod replay;
 #[cfg(feature = "ros")]
 pub mod ros;
+pub mod serve;

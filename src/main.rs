@@ -17,6 +17,7 @@ use df_planner::frames::{frame_ring, ImageView};
 use df_planner::model::{available_providers, Field, ModelContract, OnnxDenoiser, Provider, RuntimeConfig};
 use df_planner::node::node_parts;
 use df_planner::planner::Plan;
+use df_planner::serve::Server;
 use ndarray::{Array2, Array3};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -69,6 +70,10 @@ enum Command {
     /// camera (required, width, height, ring_capacity), topics (image, state, action,
     /// action_type, joint_names, frame_id, diagnostics, plan, recorded_action).
     Run(RunArgs),
+    /// Serve plans over a line protocol on stdin/stdout (JSON per line: reset, step, stats) for
+    /// a simulator that steps the world itself; see src/serve.rs for the protocol. The flags
+    /// override the config, for ablations.
+    Serve(ServeArgs),
     /// Replay a ROS 2 bag (MCAP file, .db3, or rosbag2 folder) through the control loop on the
     /// bag's clock; write actions, plans and diagnostics to an MCAP file and print a summary.
     Replay(ReplayArgs),
@@ -82,6 +87,31 @@ struct RunArgs {
     /// Arguments for ROS (`--ros-args ...`), passed through by `ros2 launch` / `ros2 run`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
     ros_args: Vec<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Node configuration (YAML), e.g. config/maze2d_umaze.yaml.
+    #[arg(long)]
+    config: PathBuf,
+    /// Override planner.samples (Monte Carlo Guidance samples; 1 = no MCG).
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Override planner.guidance_scale (0 = no guidance).
+    #[arg(long)]
+    guidance_scale: Option<f64>,
+    /// Override the matrix kind (pyramid, autoregressive, full_sequence, trapezoid).
+    #[arg(long)]
+    matrix: Option<String>,
+    /// Override planner.warm_start_level; `none` for cold starts.
+    #[arg(long)]
+    warm_start_level: Option<String>,
+    /// Override serve.execute (diffused_actions or pd_controller).
+    #[arg(long)]
+    execute: Option<String>,
+    /// Override planner.seed.
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Args)]
@@ -199,6 +229,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args),
         Command::Replay(args) => replay(args),
         Command::Run(args) => run(args),
+        Command::Serve(args) => serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -593,4 +624,45 @@ fn run(a: RunArgs) -> Result<()> {
         "this df_planner was built without the `ros` feature: build it in a sourced ROS 2 workspace \
          (colcon build, see README) or with `cargo build --features ros`; offline, use `df_planner replay`"
     )
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    let mut cfg = NodeConfig::load(&a.config)?;
+    let p = &mut cfg.planner;
+    if let Some(n) = a.samples {
+        p.samples = n;
+    }
+    if let Some(g) = a.guidance_scale {
+        p.guidance_scale = g;
+    }
+    if let Some(m) = &a.matrix {
+        let u = match p.matrix {
+            MatrixKind::Pyramid { uncertainty } | MatrixKind::Trapezoid { uncertainty } => uncertainty,
+            _ => 1.0,
+        };
+        p.matrix = MatrixKind::from_name(m, u)?;
+    }
+    if let Some(w) = &a.warm_start_level {
+        p.warm_start_level = match w.as_str() {
+            "none" => None,
+            level => Some(
+                level
+                    .parse()
+                    .with_context(|| format!("--warm-start-level: expected a level or none, got {level}"))?,
+            ),
+        };
+    }
+    if let Some(seed) = a.seed {
+        p.seed = seed;
+    }
+    if let Some(e) = &a.execute {
+        let execute = serde_json::from_value(json!(e))
+            .with_context(|| format!("--execute: expected diffused_actions or pd_controller, got {e}"))?;
+        cfg.serve.get_or_insert_with(Default::default).execute = execute;
+    }
+    let planner = df_planner::node::planner(&cfg)?;
+    let mut server = Server::new(&cfg, planner).map_err(anyhow::Error::msg)?;
+    let stdin = std::io::stdin();
+    df_planner::serve::run(&mut server, stdin.lock(), std::io::stdout().lock())?;
+    Ok(())
 }

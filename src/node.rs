@@ -33,6 +33,12 @@ pub fn planner_settings(cfg: &NodeConfig, frame_stack: usize) -> PlannerSettings
         guidance_scale: p.guidance_scale,
         eta: p.eta,
         shared_tokens: p.replan_every.div_ceil(frame_stack),
+        warm_start_level: p.warm_start_level,
+        warm_shift_tokens: if p.replan_every.is_multiple_of(frame_stack) {
+            p.replan_every / frame_stack
+        } else {
+            0
+        },
         seed: p.seed,
     }
 }
@@ -56,8 +62,8 @@ pub fn control_core(cfg: &NodeConfig) -> ControlCore {
     ControlCore::new(params, safety)
 }
 
-/// Load the model and build the planner task and control core.
-pub fn node_parts(cfg: &NodeConfig) -> Result<(PlannerTask, ControlCore), NodeError> {
+/// Load the model and build the planner.
+pub fn planner(cfg: &NodeConfig) -> Result<DfPlanner, NodeError> {
     let model = OnnxDenoiser::load(&cfg.model.path, &cfg.model.runtime)?;
     let contract = model.contract().clone();
     if contract.layout.action_dim != cfg.action_dim() {
@@ -68,10 +74,14 @@ pub fn node_parts(cfg: &NodeConfig) -> Result<(PlannerTask, ControlCore), NodeEr
         });
     }
     let settings = planner_settings(cfg, contract.layout.frame_stack);
-    let planner = DfPlanner::new(Box::new(model), contract, &settings)?;
+    Ok(DfPlanner::new(Box::new(model), contract, &settings)?)
+}
+
+/// The planner task and control core.
+pub fn node_parts(cfg: &NodeConfig) -> Result<(PlannerTask, ControlCore), NodeError> {
     let step_ns = (cfg.control.action_dt_s * 1e9).round() as i64;
     Ok((
-        PlannerTask::new(planner, cfg.planner.replan_every, step_ns),
+        PlannerTask::new(planner(cfg)?, cfg.planner.replan_every, step_ns),
         control_core(cfg),
     ))
 }

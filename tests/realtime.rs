@@ -77,7 +77,7 @@ fn core_with_rate(fallback: Fallback, camera_required: bool, max_rate: f64) -> C
 }
 
 fn plan(t0_ns: i64, actions: &[[f64; 2]]) -> Box<Plan> {
-    let mut p = Plan::with_capacity(actions.len(), 2, 4);
+    let mut p = Plan::with_capacity(actions.len(), 2, 2, 4);
     p.set_len(actions.len());
     p.t0_ns = t0_ns;
     p.dt_ns = 100 * MS;

@@ -158,13 +158,30 @@ impl LiveNode {
         (self.shared.lock().clone(), self.plan_latency.lock().clone())
     }
 
-    /// Stop every thread and wait for them.
+    /// Stop every thread, wait for them, and log the latency summary.
     pub fn stop(mut self) -> (LiveStats, Histogram) {
         self.stop.store(true, Ordering::Release);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        self.stats()
+        let (stats, plan) = self.stats();
+        let (tick, jitter, plan_ms) = (
+            stats.tick_latency.summary_ms(),
+            stats.tick_jitter.summary_ms(),
+            plan.summary_ms(),
+        );
+        tracing::info!(
+            ticks = stats.counters.ticks,
+            deadline_misses = stats.deadline_misses,
+            tick_p50_ms = tick.p50_ms,
+            tick_p99_ms = tick.p99_ms,
+            tick_max_ms = tick.max_ms,
+            jitter_p99_ms = jitter.p99_ms,
+            plan_p50_ms = plan_ms.p50_ms,
+            plan_p99_ms = plan_ms.p99_ms,
+            "control loop stopped"
+        );
+        (stats, plan)
     }
 }
 
@@ -265,7 +282,11 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
     threads.push(std::thread::Builder::new().name("df_control".into()).spawn(move || {
         let mut deadline = Instant::now() + tick;
         while !s.load(Ordering::Acquire) {
-            let late = sleep_until(deadline);
+            let late = {
+                let _wait = tracing::trace_span!("wait").entered();
+                sleep_until(deadline)
+            };
+            let _tick = tracing::trace_span!("tick").entered();
             control.run(late, tick);
             deadline += tick;
         }
@@ -281,6 +302,7 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
         while !s.load(Ordering::Acquire) {
             sleep_until(deadline);
             deadline += step;
+            let _plan = tracing::trace_span!("plan").entered();
             frames.latest();
             executed_now.copy_from_slice(&executed.lock());
             let mut plan = recycle_rx.try_recv().unwrap_or_else(|_| Box::new(task.new_plan()));
@@ -354,6 +376,7 @@ fn publisher(
         }
         let mut idle = true;
         while let Some(r) = records.try_pop() {
+            let _publish = tracing::trace_span!("publish").entered();
             idle = false;
             let plan = latest.as_deref().filter(|p| Some(p.seq) == r.plan_seq);
             sink.action(&r.report, &r.action[..r.dim], plan);

@@ -60,7 +60,7 @@ mod tests {
 
     #[test]
     fn chunk_covers_the_rest_of_the_plan_and_ends_at_rest() {
-        let mut plan = Plan::with_capacity(4, 1, 1);
+        let mut plan = Plan::with_capacity(4, 1, 1, 1);
         plan.set_len(4);
         plan.t0_ns = 1_000;
         plan.dt_ns = 100;

@@ -126,6 +126,31 @@ impl SchedulingMatrix {
         &self.levels[r * self.horizon..(r + 1) * self.horizon]
     }
 
+    /// The same schedule for a warm start: tokens [0, carried) begin at `level` (they are
+    /// re-noised previous plans), so their levels are capped there; rows that change nothing
+    /// are dropped.
+    pub fn capped(&self, carried: usize, level: u32) -> Self {
+        let h = self.horizon;
+        let mut levels: Vec<u32> = Vec::with_capacity(self.levels.len());
+        for r in 0..self.rows() {
+            let start = levels.len();
+            levels.extend(
+                self.row(r)
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &l)| if t < carried { l.min(level) } else { l }),
+            );
+            if start > 0 && levels[start - h..start] == levels[start..] {
+                levels.truncate(start);
+            }
+        }
+        Self {
+            horizon: h,
+            steps: self.steps,
+            levels,
+        }
+    }
+
     /// Timesteps for a window of `context` clean tokens followed by this matrix's horizon.
     pub fn to_timesteps(&self, context: usize, timesteps: usize) -> TimestepRows {
         let tokens = context + self.horizon;
@@ -259,6 +284,18 @@ mod tests {
         assert_eq!(ar.rows(), 4 * 5 + 1);
         let fs = SchedulingMatrix::build(MatrixKind::FullSequence, 4, 5).unwrap();
         assert_eq!(fs.rows(), 6);
+    }
+
+    #[test]
+    fn capped_matrix_starts_carried_tokens_at_the_warm_level() {
+        let m = SchedulingMatrix::build(MatrixKind::Pyramid { uncertainty: 1.0 }, 3, 4).unwrap();
+        let w = m.capped(2, 2);
+        assert_eq!(w.row(0), &[2, 2, 4]);
+        assert_eq!(w.row(w.rows() - 1), &[0, 0, 0]);
+        for r in 1..w.rows() {
+            assert!(w.row(r).iter().zip(w.row(r - 1)).all(|(a, b)| a <= b) && w.row(r) != w.row(r - 1));
+        }
+        assert!(w.rows() < m.rows());
     }
 
     #[test]

@@ -59,6 +59,11 @@ pub struct PlannerSettings {
     /// Planned tokens, after the context, that all samples share (MCG): those covering the
     /// actions executed before the next replan.
     pub shared_tokens: usize,
+    /// Warm start: begin from the previous plan shifted by `warm_shift_tokens` and re-noised
+    /// to this matrix level (0..=S), instead of from pure noise. None: always cold.
+    pub warm_start_level: Option<u32>,
+    /// Tokens executed between plans (replan_every / frame_stack, whole tokens only).
+    pub warm_shift_tokens: usize,
     pub seed: u64,
 }
 
@@ -67,8 +72,14 @@ pub struct DfPlanner {
     contract: ModelContract,
     sampler: Sampler,
     rows: TimestepRows,
+    /// Rows for a warm start, and the timestep the carried-over tokens are re-noised to.
+    warm: Option<(TimestepRows, i64)>,
+    warm_shift: usize,
     horizon: usize,
     x: Array3<f32>,
+    /// The previous plan's final state, for warm starts.
+    previous: Array3<f32>,
+    has_previous: bool,
     noise: SeededNoise,
     init_rng: ChaCha8Rng,
     /// Normalized frames, oldest first; always frame_stack long once the first frame arrived.
@@ -95,8 +106,38 @@ impl DfPlanner {
         if s.samples == 0 {
             return Err(invalid("planner.samples", ">= 1", 0));
         }
-        let rows =
-            SchedulingMatrix::build(s.matrix, horizon, s.sampling_steps)?.to_timesteps(1, contract.diffusion.timesteps);
+        let matrix = SchedulingMatrix::build(s.matrix, horizon, s.sampling_steps)?;
+        let rows = matrix.to_timesteps(1, contract.diffusion.timesteps);
+        let warm = match s.warm_start_level {
+            None => None,
+            Some(level) if level > s.sampling_steps => {
+                return Err(invalid(
+                    "planner.warm_start_level",
+                    format!("0..={}", s.sampling_steps),
+                    level,
+                ));
+            }
+            Some(_) if s.warm_shift_tokens == 0 || s.warm_shift_tokens >= horizon => {
+                return Err(invalid(
+                    "planner.replan_every",
+                    format!(
+                        "a whole number of tokens (frame_stack = {}) below the horizon",
+                        contract.layout.frame_stack
+                    ),
+                    format!("{} tokens", s.warm_shift_tokens),
+                ));
+            }
+            Some(level) => {
+                let carried = horizon - s.warm_shift_tokens;
+                let t = crate::diffusion::level_to_timestep(level, contract.diffusion.timesteps, s.sampling_steps);
+                Some((
+                    matrix
+                        .capped(carried, level)
+                        .to_timesteps(1, contract.diffusion.timesteps),
+                    t,
+                ))
+            }
+        };
         let tokens = horizon + 1;
         let settings = SamplerSettings {
             eta: s.eta,
@@ -116,8 +157,12 @@ impl DfPlanner {
             model,
             sampler,
             rows,
+            warm,
+            warm_shift: s.warm_shift_tokens,
             horizon,
             x: Array3::zeros((s.samples, tokens, d)),
+            previous: Array3::zeros((s.samples, tokens, d)),
+            has_previous: false,
             noise: SeededNoise::new(s.seed),
             init_rng: ChaCha8Rng::seed_from_u64(s.seed ^ 0x9e37_79b9_7f4a_7c15),
             history: vec![0.0; contract.layout.frame_stack * fd],
@@ -140,8 +185,10 @@ impl DfPlanner {
         self.horizon * self.contract.layout.frame_stack
     }
 
-    pub fn reset_history(&mut self) {
+    /// Forget the history and the previous plan (a new episode).
+    pub fn reset(&mut self) {
         self.frames_seen = 0;
+        self.has_previous = false;
     }
 
     /// Append one frame: the action executed during the last step and the observation now.
@@ -210,37 +257,67 @@ impl DfPlanner {
                 format!("{} of {}", plan.capacity(), plan.action_dim),
             ));
         }
-        for mut sample in self.x.outer_iter_mut() {
+        let warm = self.warm.as_ref().filter(|_| self.has_previous);
+        let carried = if warm.is_some() {
+            self.horizon - self.warm_shift
+        } else {
+            0
+        };
+        // Carried-over tokens are re-noised as √ᾱ·x + √(1 − ᾱ)·ε at the warm level.
+        let (a, b) = match warm {
+            Some(&(_, t)) if t >= 0 => {
+                let ab = self.contract.diffusion.alphas_cumprod[t as usize];
+                (ab.sqrt() as f32, (1.0 - ab).sqrt() as f32)
+            }
+            Some(_) => (1.0, 0.0),
+            None => (0.0, 1.0),
+        };
+        let shift = self.warm_shift;
+        for (mut sample, prev) in self.x.outer_iter_mut().zip(self.previous.outer_iter()) {
             for (dst, &v) in sample.slice_mut(s![0, ..]).iter_mut().zip(&self.history) {
                 *dst = v;
             }
-            for v in sample.slice_mut(s![1.., ..]).iter_mut() {
+            let shifted = prev.slice(s![1 + shift..1 + shift + carried, ..]);
+            for (dst, &v) in sample.slice_mut(s![1..1 + carried, ..]).iter_mut().zip(shifted.iter()) {
+                let eps: f32 = StandardNormal.sample(&mut self.init_rng);
+                *dst = a * v + b * eps;
+            }
+            for v in sample.slice_mut(s![1 + carried.., ..]).iter_mut() {
                 *v = StandardNormal.sample(&mut self.init_rng);
             }
         }
+        let rows = warm.map_or(&self.rows, |(rows, _)| rows);
         let span = tracing::trace_span!("infer");
         let _enter = span.enter();
         self.sampler.run(
             self.model.as_mut(),
             &mut self.x,
-            &self.rows,
+            rows,
             guidance,
             &mut self.noise,
             |_, _| {},
         )?;
         drop(_enter);
+        self.previous.assign(&self.x);
+        self.has_previous = true;
 
         let (fs, fd) = (l.frame_stack, l.frame_dim);
-        let off = l.offset(Field::Action).expect("layout has an action");
+        let act = l.offset(Field::Action).expect("layout has an action");
+        let obs = l.offset(Field::Observation).expect("layout has an observation");
         let n = &self.contract.normalization;
         let best = self.x.slice(s![0, .., ..]);
+        let value = |token: usize, frame: usize, field: usize| {
+            f64::from(best[[token + 1, frame * fd + field]]) * n.std[field] + n.mean[field]
+        };
+        // Planned frame k holds (a_{t+k}, o_{t+k+1}): the action and where it should lead.
         for token in 0..self.horizon {
             for f in 0..fs {
-                let frame_start = f * fd;
-                let a = plan.action_mut(token * fs + f);
-                for (j, dst) in a.iter_mut().enumerate() {
-                    let v = f64::from(best[[token + 1, frame_start + off + j]]);
-                    *dst = v * n.std[off + j] + n.mean[off + j];
+                let k = token * fs + f;
+                for (j, dst) in plan.action_mut(k).iter_mut().enumerate() {
+                    *dst = value(token, f, act + j);
+                }
+                for (j, dst) in plan.observation_mut(k).iter_mut().enumerate() {
+                    *dst = value(token, f, obs + j);
                 }
             }
         }

@@ -3,8 +3,10 @@
 
 mod df;
 mod plan;
+mod reward;
 mod task;
 
 pub use df::{DfPlanner, PlanError, PlannerSettings};
 pub use plan::Plan;
+pub use reward::{GoalReward, GoalRewardConfig};
 pub use task::{PlannerTask, StepOutcome};

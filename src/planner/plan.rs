@@ -10,6 +10,9 @@ pub struct Plan {
     pub action_dim: usize,
     len: usize,
     actions: Vec<f64>,
+    /// The observation each action is expected to lead to (physical units).
+    pub observation_dim: usize,
+    observations: Vec<f64>,
     /// The first planned token (normalized), for inspection and replay output.
     pub first_token: Vec<f32>,
     /// Planner sequence number.
@@ -19,13 +22,15 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn with_capacity(max_actions: usize, action_dim: usize, token_dim: usize) -> Self {
+    pub fn with_capacity(max_actions: usize, action_dim: usize, observation_dim: usize, token_dim: usize) -> Self {
         Self {
             t0_ns: 0,
             dt_ns: 1,
             action_dim,
             len: 0,
             actions: vec![0.0; max_actions * action_dim],
+            observation_dim,
+            observations: vec![0.0; max_actions * observation_dim],
             first_token: vec![0.0; token_dim],
             seq: 0,
             latency_ns: 0,
@@ -60,6 +65,15 @@ impl Plan {
 
     pub fn action_mut(&mut self, i: usize) -> &mut [f64] {
         &mut self.actions[i * self.action_dim..(i + 1) * self.action_dim]
+    }
+
+    /// The observation expected after `action(i)`.
+    pub fn observation(&self, i: usize) -> &[f64] {
+        &self.observations[i * self.observation_dim..(i + 1) * self.observation_dim]
+    }
+
+    pub fn observation_mut(&mut self, i: usize) -> &mut [f64] {
+        &mut self.observations[i * self.observation_dim..(i + 1) * self.observation_dim]
     }
 
     /// The time `action(i)` is meant for.

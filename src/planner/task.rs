@@ -56,7 +56,7 @@ impl PlannerTask {
     /// A plan buffer sized for this planner.
     pub fn new_plan(&self) -> Plan {
         let l = &self.planner.contract().layout;
-        Plan::with_capacity(self.planner.plan_len(), l.action_dim, l.token_dim)
+        Plan::with_capacity(self.planner.plan_len(), l.action_dim, l.observation_dim, l.token_dim)
     }
 
     pub fn step(

@@ -1,0 +1,227 @@
+//! `df_planner serve`: the planner behind a line protocol on stdin/stdout, for simulators
+//! that step the world themselves (the Maze2D evaluation in `df-train eval`).
+//!
+//! One JSON object per line in, one per line out:
+//! - `{"op": "reset", "goal": [x, y]}` (goal may be null: no guidance) → `{"ok": true}`
+//! - `{"op": "step", "obs": [...]}` → `{"ok": true, "action": [...], "replanned": bool,
+//!   "plan_ms": f (when replanned), "plan": [[x, y], ...] (planned positions, when replanned)}`
+//! - `{"op": "stats"}` → `{"ok": true, "plans": n, "replan_ms_p50": f, "replan_ms_p99": f, "replan_ms_max": f}`
+//!
+//! A malformed line or a bad request is answered `{"ok": false, "error": "..."}` and logged;
+//! the server keeps its state and waits for the next line.
+
+use std::io::{BufRead, Write};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::config::NodeConfig;
+use crate::control::Histogram;
+use crate::planner::{DfPlanner, GoalReward, Plan};
+
+/// How a plan becomes actions between replans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Execute {
+    /// The plan's own (diffused) actions, the paper's way.
+    DiffusedActions,
+    /// A PD controller tracking the plan's positions, Diffuser's way.
+    PdController,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeSection {
+    /// diffused_actions (default) or pd_controller.
+    pub execute: Execute,
+    /// Observation indices of the position tracked by the PD controller (default [0, 1]);
+    /// the velocity is taken from the same indices + 2.
+    pub position_dims: [usize; 2],
+    /// PD gains: action = kp·(target − position) + kd·velocity (D4RL's waypoint controller: 10, −1).
+    pub kp: f64,
+    pub kd: f64,
+    /// Goals outside [[x_min, y_min], [x_max, y_max]] are refused (default: no bounds).
+    pub goal_bounds: Option<[[f64; 2]; 2]>,
+}
+
+impl Default for ServeSection {
+    fn default() -> Self {
+        Self {
+            execute: Execute::DiffusedActions,
+            position_dims: [0, 1],
+            kp: 10.0,
+            kd: -1.0,
+            goal_bounds: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum Request {
+    Reset { goal: Option<[f64; 2]> },
+    Step { obs: Vec<f64> },
+    Stats,
+}
+
+pub struct Server {
+    planner: DfPlanner,
+    reward: Option<GoalReward>,
+    guided: bool,
+    serve: ServeSection,
+    replan_every: usize,
+    action_min: Vec<f64>,
+    action_max: Vec<f64>,
+    plan: Plan,
+    since_plan: Option<usize>,
+    last_action: Vec<f64>,
+    latency: Histogram,
+}
+
+impl Server {
+    pub fn new(cfg: &NodeConfig, planner: DfPlanner) -> Result<Self, String> {
+        let c = planner.contract();
+        let l = &c.layout;
+        if cfg.action_dim() != l.action_dim {
+            return Err(format!(
+                "safety.action_min: expected {} values (the model's action_dim), got {}",
+                l.action_dim,
+                cfg.action_dim()
+            ));
+        }
+        let serve = cfg.serve.clone().unwrap_or_default();
+        // The PD controller reads velocity at position index + 2.
+        if serve.position_dims.iter().any(|&d| d + 2 >= l.observation_dim) {
+            return Err(format!(
+                "serve.position_dims: expected indices < observation_dim - 2 = {}, got {:?}",
+                l.observation_dim.saturating_sub(2),
+                serve.position_dims
+            ));
+        }
+        let reward = match &cfg.planner.goal {
+            Some(goal) => Some(GoalReward::new(goal.clone(), c, [0.0, 0.0])?),
+            None => None,
+        };
+        Ok(Self {
+            plan: Plan::with_capacity(planner.plan_len(), l.action_dim, l.observation_dim, l.token_dim),
+            last_action: vec![0.0; l.action_dim],
+            reward,
+            guided: false,
+            serve,
+            replan_every: cfg.planner.replan_every.min(planner.plan_len()),
+            action_min: cfg.safety.action_min.clone(),
+            action_max: cfg.safety.action_max.clone(),
+            since_plan: None,
+            latency: Histogram::default(),
+            planner,
+        })
+    }
+
+    /// Answer one request line; never panics on input.
+    pub fn handle(&mut self, line: &str) -> Value {
+        let request: Request = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(format!(
+                    "malformed request: {e}; expected {{\"op\": \"reset\" | \"step\" | \"stats\", ...}}"
+                ))
+            }
+        };
+        match request {
+            Request::Reset { goal } => self.reset(goal),
+            Request::Step { obs } => self.step(&obs).unwrap_or_else(error),
+            Request::Stats => {
+                let s = self.latency.summary_ms();
+                json!({"ok": true, "plans": s.count, "replan_ms_p50": s.p50_ms, "replan_ms_p99": s.p99_ms, "replan_ms_max": s.max_ms})
+            }
+        }
+    }
+
+    fn reset(&mut self, goal: Option<[f64; 2]>) -> Value {
+        if let Some(g) = goal {
+            if !g.iter().all(|v| v.is_finite()) {
+                return error(format!("goal: expected two finite numbers, got {g:?}"));
+            }
+            if let Some([lo, hi]) = self.serve.goal_bounds {
+                if (0..2).any(|i| g[i] < lo[i] || g[i] > hi[i]) {
+                    return error(format!(
+                        "goal {g:?}: outside the workspace, expected within {lo:?}..{hi:?} (serve.goal_bounds)"
+                    ));
+                }
+            }
+            match self.reward.as_mut() {
+                Some(r) => r.set_goal(g),
+                None => return error("goal given, but the config has no planner.goal reward".into()),
+            }
+        }
+        self.guided = goal.is_some();
+        self.planner.reset();
+        self.since_plan = None;
+        self.last_action.iter_mut().for_each(|a| *a = 0.0);
+        json!({"ok": true})
+    }
+
+    fn step(&mut self, obs: &[f64]) -> Result<Value, String> {
+        self.planner
+            .push_frame(&self.last_action, obs)
+            .map_err(|e| e.to_string())?;
+        let due = self.since_plan.is_none_or(|k| k >= self.replan_every);
+        let mut response = json!({"ok": true, "replanned": due});
+        if due {
+            let start = std::time::Instant::now();
+            let guidance = self
+                .reward
+                .as_ref()
+                .filter(|_| self.guided)
+                .map(|r| r as &dyn crate::diffusion::Guidance);
+            self.planner.plan(guidance, &mut self.plan).map_err(|e| e.to_string())?;
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            self.latency.record((ms * 1e6) as u64);
+            self.since_plan = Some(0);
+            let [px, py] = self.serve.position_dims;
+            let positions: Vec<[f64; 2]> = (0..self.plan.len())
+                .map(|k| [self.plan.observation(k)[px], self.plan.observation(k)[py]])
+                .collect();
+            response["plan_ms"] = json!(ms);
+            response["plan"] = json!(positions);
+        }
+        let k = self.since_plan.expect("a plan exists");
+        let mut action = match self.serve.execute {
+            Execute::DiffusedActions => self.plan.action(k).to_vec(),
+            Execute::PdController => {
+                let target = self.plan.observation(k);
+                self.serve
+                    .position_dims
+                    .iter()
+                    .map(|&d| self.serve.kp * (target[d] - obs[d]) + self.serve.kd * obs[d + 2])
+                    .collect()
+            }
+        };
+        for (i, a) in action.iter_mut().enumerate() {
+            *a = a.clamp(self.action_min[i], self.action_max[i]);
+        }
+        self.last_action.copy_from_slice(&action);
+        self.since_plan = Some(k + 1);
+        response["action"] = json!(action);
+        Ok(response)
+    }
+}
+
+fn error(message: String) -> Value {
+    tracing::warn!(%message, "serve: request rejected");
+    json!({"ok": false, "error": message})
+}
+
+/// Serve requests from `input` until it closes.
+pub fn run(server: &mut Server, input: impl BufRead, mut output: impl Write) -> std::io::Result<()> {
+    for line in input.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let response = server.handle(&line);
+        writeln!(output, "{response}")?;
+        output.flush()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! The serve line protocol on the shipped point-mass model: requests, bad input that leaves
+//! the server running, guidance towards the goal, and both execution modes.
+
+mod common;
+
+use df_planner::config::NodeConfig;
+use df_planner::serve::Server;
+use serde_json::{json, Value};
+
+fn config(extra: &str) -> NodeConfig {
+    let text = std::fs::read_to_string(common::repo().join("config/pointmass.yaml")).unwrap();
+    let text = text
+        .replace(
+            "  seed: 0\n",
+            &format!("  seed: 0\n  goal: {{position_dims: [0, 1], sigma: 2.0, temperature: 0.1}}\n{extra}"),
+        )
+        .replace("replan_every: 2 ", "replan_every: 4 ");
+    let mut cfg = NodeConfig::parse(&text, std::path::Path::new("test.yaml")).unwrap();
+    cfg.model.path = common::repo().join("onnx/models/pointmass.onnx");
+    cfg.model.runtime = common::cpu();
+    cfg
+}
+
+fn server(cfg: &NodeConfig) -> Server {
+    Server::new(cfg, df_planner::node::planner(cfg).unwrap()).unwrap()
+}
+
+fn ask(s: &mut Server, v: Value) -> Value {
+    s.handle(&v.to_string())
+}
+
+#[test]
+fn protocol_round_trip_and_replanning_cadence() {
+    let mut s = server(&config(""));
+    assert_eq!(
+        ask(&mut s, json!({"op": "reset", "goal": [1.0, 1.0]})),
+        json!({"ok": true})
+    );
+    let mut replans = 0;
+    for k in 0..9 {
+        let r = ask(&mut s, json!({"op": "step", "obs": [0.1 * k as f64, 0.0, 0.0, 0.0]}));
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["action"].as_array().unwrap().len(), 2);
+        if r["replanned"] == true {
+            replans += 1;
+            assert_eq!(r["plan"].as_array().unwrap().len(), 7 * 4, "7 tokens x 4 frames");
+        }
+    }
+    assert_eq!(replans, 3, "every 4 steps: at 0, 4, 8");
+    let stats = ask(&mut s, json!({"op": "stats"}));
+    assert_eq!(stats["plans"], 3);
+    assert!(stats["replan_ms_p99"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bad_requests_are_answered_and_the_server_keeps_going() {
+    let mut cfg = config("");
+    cfg.serve = Some(df_planner::serve::ServeSection {
+        goal_bounds: Some([[-2.0, -2.0], [2.0, 2.0]]),
+        ..Default::default()
+    });
+    let mut s = server(&cfg);
+    let cases = [
+        ("not json".to_string(), "malformed request"),
+        (
+            json!({"op": "fly"}).to_string(),
+            "malformed request: unknown variant `fly`",
+        ),
+        (
+            json!({"op": "step", "obs": [1.0]}).to_string(),
+            "observation: expected 4 values (layout.observation_dim), got 1",
+        ),
+        (
+            json!({"op": "step", "obs": [0.0, f64::NAN, 0.0, 0.0]}).to_string(),
+            "malformed request",
+        ),
+        (
+            json!({"op": "reset", "goal": [5.0, 0.0]}).to_string(),
+            "outside the workspace, expected within [-2.0, -2.0]..[2.0, 2.0]",
+        ),
+    ];
+    for (line, expected) in cases {
+        let r = s.handle(&line);
+        assert_eq!(r["ok"], false);
+        assert!(r["error"].as_str().unwrap().contains(expected), "{line}: {r}");
+    }
+    assert_eq!(ask(&mut s, json!({"op": "reset", "goal": [1.0, 1.0]}))["ok"], true);
+    assert_eq!(
+        ask(&mut s, json!({"op": "step", "obs": [0.0, 0.0, 0.0, 0.0]}))["ok"],
+        true
+    );
+}
+
+#[test]
+fn a_goal_without_a_goal_reward_is_refused() {
+    let mut cfg = config("");
+    cfg.planner.goal = None;
+    let mut s = server(&cfg);
+    let r = ask(&mut s, json!({"op": "reset", "goal": [1.0, 1.0]}));
+    assert_eq!(r["error"], "goal given, but the config has no planner.goal reward");
+    assert_eq!(ask(&mut s, json!({"op": "reset", "goal": null}))["ok"], true);
+}
+
+/// Mean distance of the planned positions' closest approach to the goal, over seeds.
+fn closest_approach(guidance_scale: f64, samples: usize) -> f64 {
+    let goal = [1.2, -1.0];
+    let mut total = 0.0;
+    for seed in 0..6 {
+        let mut cfg = config("");
+        cfg.planner.guidance_scale = guidance_scale;
+        cfg.planner.samples = samples;
+        cfg.planner.seed = seed;
+        let mut s = server(&cfg);
+        ask(&mut s, json!({"op": "reset", "goal": goal}));
+        let r = ask(&mut s, json!({"op": "step", "obs": [-0.5, 0.5, 0.0, 0.0]}));
+        let best = r["plan"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| ((p[0].as_f64().unwrap() - goal[0]).powi(2) + (p[1].as_f64().unwrap() - goal[1]).powi(2)).sqrt())
+            .fold(f64::INFINITY, f64::min);
+        total += best;
+    }
+    total / 6.0
+}
+
+#[test]
+fn guidance_brings_plans_closer_to_the_goal() {
+    let plain = closest_approach(0.0, 1);
+    let guided = closest_approach(30.0, 1);
+    let mcg = closest_approach(30.0, 4);
+    println!("closest approach: plain {plain:.3}, guided {guided:.3}, MCG(4) {mcg:.3}");
+    assert!(guided < 0.5 * plain, "guided {guided} vs plain {plain}");
+    assert!(mcg < 0.5 * plain, "mcg {mcg} vs plain {plain}");
+}
+
+#[test]
+fn pd_controller_tracks_the_planned_positions() {
+    let mut cfg = config("");
+    cfg.serve = Some(df_planner::serve::ServeSection {
+        execute: df_planner::serve::Execute::PdController,
+        ..Default::default()
+    });
+    let mut s = server(&cfg);
+    ask(&mut s, json!({"op": "reset", "goal": null}));
+    let obs = [0.3, -0.2, 0.05, 0.0];
+    let r = ask(&mut s, json!({"op": "step", "obs": obs}));
+    let target = &r["plan"][0];
+    for i in 0..2 {
+        let expected = (10.0 * (target[i].as_f64().unwrap() - obs[i]) - obs[i + 2]).clamp(-1.0, 1.0);
+        assert!((r["action"][i].as_f64().unwrap() - expected).abs() < 1e-9, "{r}");
+    }
+}
+
+#[test]
+fn warm_start_is_accepted_only_for_whole_tokens() {
+    let mut cfg = config("");
+    cfg.planner.warm_start_level = Some(5);
+    let mut s = server(&cfg);
+    ask(&mut s, json!({"op": "reset", "goal": [1.0, 1.0]}));
+    for k in 0..8 {
+        assert_eq!(
+            ask(&mut s, json!({"op": "step", "obs": [0.05 * k as f64, 0.0, 0.0, 0.0]}))["ok"],
+            true
+        );
+    }
+    cfg.planner.replan_every = 3;
+    let err = df_planner::node::planner(&cfg).err().unwrap().to_string();
+    assert!(
+        err.contains("planner.replan_every: expected a whole number of tokens (frame_stack = 4)"),
+        "{err}"
+    );
+}
