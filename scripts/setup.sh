@@ -16,7 +16,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.df_planner_deps"
 want="$(sha256sum onnx/pyproject.toml | cut -d' ' -f1)"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$VENV/bin/python" -c "import df_train, torch, onnxruntime" 2>/dev/null; then
+# Reinstall when the dependencies changed, or when df_train in the venv is another checkout's
+# (the venv is shared by every clone on this machine, CI's included).
+here="$(pwd)/onnx/df_train"
+installed="$(cd / && "$VENV/bin/python" -c "import df_train, torch, onnxruntime, os; print(os.path.dirname(df_train.__file__))" 2>/dev/null || true)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ "$installed" != "$here" ]; then
   echo "setup: installing df_train and its dependencies into $VENV (first time: several minutes)"
   "$VENV/bin/pip" install -q -e "onnx[test]"
   echo "$want" > "$stamp"

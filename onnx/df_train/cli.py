@@ -1,4 +1,4 @@
-"""`df-train`: datagen, train, export, bench."""
+"""`df-train`: datagen, train, export, eval, bench."""
 
 import argparse
 import dataclasses
@@ -72,6 +72,16 @@ def cmd_export(a) -> None:
     print(json.dumps(report, indent=2))
 
 
+def cmd_eval(a) -> None:
+    from .eval.maze2d import ABLATIONS, evaluate
+
+    configs = a.configs.split(",") if a.configs else list(ABLATIONS)
+    unknown = [c for c in configs if c not in ABLATIONS]
+    if unknown:
+        raise SystemExit(f"--configs: unknown {unknown}, expected some of {list(ABLATIONS)}")
+    evaluate(a.maze, a.episodes, a.planner, a.config, a.out, configs, a.seed, a.multi_goal, a.workers)
+
+
 def cmd_bench(a) -> None:
     """Median latency of one PyTorch denoise call, to compare with `df_planner bench`."""
     import torch
@@ -120,6 +130,20 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="path of the denoise graph, e.g. onnx/models/pointmass.onnx")
     p.add_argument("--golden", help="also write golden vectors for the Rust parity test into this folder")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("eval", help="closed-loop evaluation with the Rust planner (df_planner serve) in the loop")
+    p.add_argument("task", choices=["maze2d"])
+    p.add_argument("--maze", required=True, choices=["umaze", "medium", "large"])
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--planner", required=True, help="path of the df_planner binary")
+    p.add_argument("--config", required=True, help="node config, e.g. config/maze2d_umaze.yaml")
+    p.add_argument("--out", required=True, help="results.json (a .png of planned vs executed paths is written beside it)")
+    p.add_argument("--configs", help="comma-separated subset of: df_mcg, no_mcg, no_guidance, full_sequence, "
+                                     "cold_start, pd_controller (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--multi-goal", action="store_true", help="Multi2D: a random goal every episode")
+    p.add_argument("--workers", type=int, default=1, help="planner processes running episodes in parallel")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="PyTorch denoise latency (median of many calls)")
     p.add_argument("--checkpoint", required=True)

@@ -1,0 +1,1 @@
+"""Closed-loop evaluations with the Rust planner in the loop."""

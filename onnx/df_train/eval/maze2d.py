@@ -1,0 +1,164 @@
+"""`df-train eval maze2d`: D4RL Maze2D episodes (MuJoCo, in Python) driven by the Rust planner
+(`df_planner serve`, a JSON line protocol on stdin/stdout), with the ablations of the paper's
+Table 1 run side by side, normalized as D4RL does.
+"""
+
+import json
+import statistics
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ..envs.maze2d import Maze2DEnv, in_free_space, normalized_score, wall_grid, CELL_SHIFT
+
+# Chen et al. 2024, Table 1 (normalized score, mean ± std): for the README's comparison.
+PAPER = {
+    "umaze": {"df_mcg": (116.7, 2.0), "no_mcg": (110.1, 3.9), "diffuser_pd": (113.9, 3.1), "multi_goal_df": 119.1},
+    "medium": {"df_mcg": (149.4, 7.5), "no_mcg": (136.1, 10.2), "diffuser_pd": (121.5, 2.7), "multi_goal_df": 152.3},
+    "large": {"df_mcg": (159.0, 2.7), "no_mcg": (142.8, 5.6), "diffuser_pd": (123.0, 6.4), "multi_goal_df": 167.1},
+}
+
+# Each configuration is the config file plus these `df_planner serve` overrides.
+ABLATIONS = {
+    "df_mcg": [],
+    "no_mcg": ["--samples", "1"],
+    "no_guidance": ["--guidance-scale", "0"],
+    "full_sequence": ["--matrix", "full_sequence"],
+    "cold_start": ["--warm-start-level", "none"],
+    "pd_controller": ["--execute", "pd_controller"],
+}
+
+
+class Planner:
+    """One `df_planner serve` process."""
+
+    def __init__(self, binary: str, config: str, args: list[str]):
+        self.cmd = [binary, "serve", "--config", config, *args]
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def ask(self, request: dict) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{' '.join(self.cmd)} exited with code {self.proc.wait()}")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise RuntimeError(f"planner refused {request.get('op')}: {reply.get('error')}")
+        return reply
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def run_episode(planner: Planner, env: Maze2DEnv, record: bool = False) -> dict:
+    obs = env.reset()
+    if not in_free_space(env.maze, env.goal):
+        raise ValueError(f"goal {env.goal.tolist()} is outside the free space of maze {env.maze}")
+    planner.ask({"op": "reset", "goal": env.goal.tolist()})
+    total, first_reach, trajectory, plans = 0.0, None, [obs[:2].tolist()], []
+    for t in range(env.max_episode_steps):
+        reply = planner.ask({"op": "step", "obs": obs.tolist()})
+        if record and reply["replanned"]:
+            plans.append((t, reply["plan"]))
+        obs, reward, _ = env.step(np.asarray(reply["action"]))
+        total += reward
+        if reward > 0 and first_reach is None:
+            first_reach = t + 1
+        if record:
+            trajectory.append(obs[:2].tolist())
+    return {"total_reward": total, "normalized_score": normalized_score(env.maze, total), "first_reach": first_reach,
+            "goal": env.goal.tolist(), "trajectory": trajectory, "plans": plans}
+
+
+def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, workers, record) -> tuple[dict, list]:
+    """Episodes split over `workers` planner processes; episode i uses env seed `seed + i`."""
+    def worker(w: int):
+        planner = Planner(binary, config, [*args, "--seed", str(seed * 1000 + w)])
+        try:
+            done = []
+            for i in range(w, episodes, workers):
+                env = Maze2DEnv(maze, seed=seed + i, multi_goal=multi_goal)
+                done.append((i, run_episode(planner, env, record=record and i < 4)))
+            stats = planner.ask({"op": "stats"})
+        finally:
+            planner.close()
+        return done, stats
+
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(worker, range(workers)))
+    results = sorted((e for done, _ in parts for e in done), key=lambda e: e[0])
+    scores = [r["normalized_score"] for _, r in results]
+    reaches = [r["first_reach"] for _, r in results if r["first_reach"] is not None]
+    stats = [s for _, s in parts]
+    summary = {
+        "maze": maze,
+        "multi_goal": multi_goal,
+        "episodes": len(scores),
+        "normalized_score_mean": statistics.fmean(scores),
+        "normalized_score_std": statistics.pstdev(scores),
+        "normalized_score_sem": statistics.pstdev(scores) / len(scores) ** 0.5,
+        "success_rate": len(reaches) / len(scores),
+        "time_to_first_reach_mean": statistics.fmean(reaches) if reaches else None,
+        # Worst worker's percentiles: conservative when episodes run in parallel processes.
+        "replan_ms_p50": max(s["replan_ms_p50"] for s in stats),
+        "replan_ms_p99": max(s["replan_ms_p99"] for s in stats),
+        "replan_ms_max": max(s["replan_ms_max"] for s in stats),
+        "plans": sum(s["plans"] for s in stats),
+        "env_seeds": [seed, seed + episodes - 1],
+        "planner_seeds": [seed * 1000 + w for w in range(workers)],
+        "serve_args": args,
+        "config": config,
+    }
+    return summary, [r for _, r in results if r["plans"]]
+
+
+def plot(maze: str, recorded: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(recorded), figsize=(4 * len(recorded), 4), squeeze=False)
+    walls = wall_grid(maze)
+    for ax, ep in zip(axes[0], recorded):
+        for (i, j), wall in np.ndenumerate(walls):
+            if wall:
+                ax.add_patch(plt.Rectangle((i - 0.5 - CELL_SHIFT, j - 0.5 - CELL_SHIFT), 1, 1, color="0.3"))
+        for k, (t, plan) in enumerate(ep["plans"][:: max(1, len(ep["plans"]) // 6)]):
+            p = np.asarray(plan)
+            ax.plot(p[:, 0], p[:, 1], "-", color=plt.cm.viridis(k / 6), lw=1, alpha=0.8, label="plan" if k == 0 else None)
+        tr = np.asarray(ep["trajectory"])
+        ax.plot(tr[:, 0], tr[:, 1], "r-", lw=2, label="executed")
+        ax.plot(*tr[0], "ko", label="start")
+        ax.plot(*ep["goal"], "g*", ms=15, label="goal")
+        ax.set_aspect("equal")
+        ax.set_xlim(-0.7 - CELL_SHIFT, walls.shape[0] - 0.3 - CELL_SHIFT)
+        ax.set_ylim(-0.7 - CELL_SHIFT, walls.shape[1] - 0.3 - CELL_SHIFT)
+        ax.set_title(f"score {ep['normalized_score']:.0f}, first reach {ep['first_reach']}")
+    axes[0][0].legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate(maze, episodes, binary, config, out, configs=None, seed=0, multi_goal=False, workers=1) -> dict:
+    results = {}
+    for name in configs or list(ABLATIONS):
+        start = time.perf_counter()
+        summary, recorded = evaluate_config(maze, episodes, binary, config, ABLATIONS[name], seed, multi_goal, workers,
+                                            record=(name == (configs or list(ABLATIONS))[0]))
+        summary["wall_s"] = time.perf_counter() - start
+        summary["paper"] = PAPER[maze].get(name)
+        results[name] = summary
+        print(f"{maze} {name}: {summary['normalized_score_mean']:.1f} ± {summary['normalized_score_std']:.1f} "
+              f"(success {summary['success_rate']:.2f}, replan p50 {summary['replan_ms_p50']:.1f} ms, "
+              f"{summary['wall_s']:.0f} s)", flush=True)
+        if recorded:
+            plot(maze, recorded, Path(out).with_suffix(".png"))
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(results, indent=2) + "\n")
+    return results
