@@ -33,36 +33,7 @@ pub struct Diagnostics {
     pub tick_latency: LatencySummary,
     pub tick_jitter: LatencySummary,
     pub plan_latency: LatencySummary,
-    pub frames: FrameStatsView,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct FrameStatsView {
-    pub received: u64,
-    pub delivered: u64,
-    pub superseded: u64,
-    pub dropped_full: u64,
-    pub rejected_encoding: u64,
-    pub rejected_size: u64,
-    pub rejected_malformed: u64,
-    pub rejected_out_of_order: u64,
-    pub rejected_duplicate: u64,
-}
-
-impl From<FrameStatsSnapshot> for FrameStatsView {
-    fn from(s: FrameStatsSnapshot) -> Self {
-        Self {
-            received: s.received,
-            delivered: s.delivered,
-            superseded: s.superseded,
-            dropped_full: s.dropped_full,
-            rejected_encoding: s.rejected_encoding,
-            rejected_size: s.rejected_size,
-            rejected_malformed: s.rejected_malformed,
-            rejected_out_of_order: s.rejected_out_of_order,
-            rejected_duplicate: s.rejected_duplicate,
-        }
-    }
+    pub frames: FrameStatsSnapshot,
 }
 
 pub(crate) struct DiagnosticInputs<'a> {
@@ -92,7 +63,7 @@ impl Diagnostics {
             tick_latency: i.tick_latency,
             tick_jitter: i.tick_jitter,
             plan_latency: i.plan_latency,
-            frames: i.frames.into(),
+            frames: i.frames,
         }
     }
 }

@@ -32,7 +32,7 @@ pub struct FrameStats {
     pub newest_stamp_ns: AtomicI64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FrameStatsSnapshot {
     pub received: u64,
     pub superseded: u64,

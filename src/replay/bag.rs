@@ -61,6 +61,11 @@ pub fn read_bag(path: &Path) -> Result<BagContents, BagError> {
     }
 }
 
+/// Where and why reading stopped early.
+fn stopped(path: &Path, messages: usize, e: impl std::fmt::Display) -> String {
+    format!("{}: stopped after {messages} messages: {e}", path.display())
+}
+
 fn read_mcap(path: &Path) -> Result<BagContents, BagError> {
     let bytes = std::fs::read(path).map_err(|e| BagError::Open {
         path: path.to_owned(),
@@ -89,11 +94,7 @@ fn read_mcap(path: &Path) -> Result<BagContents, BagError> {
                 });
             }
             Err(e) => {
-                out.read_error = Some(format!(
-                    "{}: stopped after {} messages: {e}",
-                    path.display(),
-                    out.messages.len()
-                ));
+                out.read_error = Some(stopped(path, out.messages.len(), e));
                 break;
             }
         }
@@ -139,11 +140,7 @@ fn read_sqlite(path: &Path) -> Result<BagContents, BagError> {
         match row {
             Ok(m) => out.messages.push(m),
             Err(e) => {
-                out.read_error = Some(format!(
-                    "{}: stopped after {} messages: {e}",
-                    path.display(),
-                    out.messages.len()
-                ));
+                out.read_error = Some(stopped(path, out.messages.len(), e));
                 break;
             }
         }
