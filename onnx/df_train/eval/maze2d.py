@@ -4,6 +4,7 @@ Table 1 run side by side, normalized as D4RL does.
 """
 
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -37,7 +38,9 @@ class Planner:
 
     def __init__(self, binary: str, config: str, args: list[str]):
         self.cmd = [binary, "serve", "--config", config, *args]
-        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        # The planner logs to stderr; by default only errors, so episodes do not flood the terminal.
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "error")}
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
 
     def ask(self, request: dict) -> dict:
         self.proc.stdin.write(json.dumps(request) + "\n")
