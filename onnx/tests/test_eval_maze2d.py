@@ -42,6 +42,8 @@ def test_results_have_every_key_for_every_configuration(setup, tmp_path):
         assert r["plans"] == 2 * (300 // 8 + 1), "one plan every 8 steps of each 300-step episode"
     assert results["no_mcg"]["serve_args"] == ["--samples", "1"]
     assert out.with_suffix(".png").stat().st_size > 10_000, "planned vs executed plot"
+    table = out.with_suffix(".md").read_text()
+    assert "| umaze df_mcg |" in table and "116.7 ± 2.0" in table and table.count("\n") == 5
 
 
 def test_the_planner_refuses_a_goal_outside_the_maze_and_keeps_serving(setup):

@@ -15,11 +15,13 @@ import numpy as np
 
 from ..envs.maze2d import Maze2DEnv, in_free_space, normalized_score, wall_grid, CELL_SHIFT
 
-# Chen et al. 2024, Table 1 (normalized score, mean ± std): for the README's comparison.
+# Chen et al. 2024, Table 1 (normalized score, mean ± std): for the README's comparison. The
+# paper's "Diffuser*" row (Diffuser planning, PD controller executing) is set beside our
+# pd_controller ablation; the multi-goal row has no spread in the paper.
 PAPER = {
-    "umaze": {"df_mcg": (116.7, 2.0), "no_mcg": (110.1, 3.9), "diffuser_pd": (113.9, 3.1), "multi_goal_df": 119.1},
-    "medium": {"df_mcg": (149.4, 7.5), "no_mcg": (136.1, 10.2), "diffuser_pd": (121.5, 2.7), "multi_goal_df": 152.3},
-    "large": {"df_mcg": (159.0, 2.7), "no_mcg": (142.8, 5.6), "diffuser_pd": (123.0, 6.4), "multi_goal_df": 167.1},
+    "umaze": {"df_mcg": (116.7, 2.0), "no_mcg": (110.1, 3.9), "pd_controller": (113.9, 3.1), "multi_goal_df": (119.1, None)},
+    "medium": {"df_mcg": (149.4, 7.5), "no_mcg": (136.1, 10.2), "pd_controller": (121.5, 2.7), "multi_goal_df": (152.3, None)},
+    "large": {"df_mcg": (159.0, 2.7), "no_mcg": (142.8, 5.6), "pd_controller": (123.0, 6.4), "multi_goal_df": (167.1, None)},
 }
 
 # Each configuration is the config file plus these `df_planner serve` overrides.
@@ -148,6 +150,23 @@ def plot(maze: str, recorded: list, path: Path) -> None:
     plt.close(fig)
 
 
+def table(results: dict) -> str:
+    """The README table: each configuration beside the paper's number for it, if any."""
+    rows = ["| configuration | normalized score | success | first reach (steps) | replan p50 / p99 (ms) | episodes | paper |",
+            "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        paper = r.get("paper")
+        if isinstance(paper, (list, tuple)):
+            paper = f"{paper[0]}" + (f" ± {paper[1]}" if paper[1] is not None else "")
+        else:
+            paper = "—"
+        reach = f"{r['time_to_first_reach_mean']:.0f}" if r["time_to_first_reach_mean"] is not None else "—"
+        rows.append(f"| {r['maze']}{' multi-goal' if r['multi_goal'] else ''} {name} | "
+                    f"{r['normalized_score_mean']:.1f} ± {r['normalized_score_std']:.1f} | {r['success_rate']:.2f} | {reach} | "
+                    f"{r['replan_ms_p50']:.1f} / {r['replan_ms_p99']:.1f} | {r['episodes']} | {paper} |")
+    return "\n".join(rows) + "\n"
+
+
 def evaluate(maze, episodes, binary, config, out, configs=None, seed=0, multi_goal=False, workers=1) -> dict:
     results = {}
     for name in configs or list(ABLATIONS):
@@ -155,7 +174,7 @@ def evaluate(maze, episodes, binary, config, out, configs=None, seed=0, multi_go
         summary, recorded = evaluate_config(maze, episodes, binary, config, ABLATIONS[name], seed, multi_goal, workers,
                                             record=(name == (configs or list(ABLATIONS))[0]))
         summary["wall_s"] = time.perf_counter() - start
-        summary["paper"] = PAPER[maze].get(name)
+        summary["paper"] = PAPER[maze].get("multi_goal_df" if multi_goal and name == "df_mcg" else name)
         results[name] = summary
         print(f"{maze} {name}: {summary['normalized_score_mean']:.1f} ± {summary['normalized_score_std']:.1f} "
               f"(success {summary['success_rate']:.2f}, replan p50 {summary['replan_ms_p50']:.1f} ms, "
@@ -164,4 +183,5 @@ def evaluate(maze, episodes, binary, config, out, configs=None, seed=0, multi_go
             plot(maze, recorded, Path(out).with_suffix(".png"))
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(results, indent=2) + "\n")
+        Path(out).with_suffix(".md").write_text(table(results))
     return results
