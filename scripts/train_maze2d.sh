@@ -9,5 +9,5 @@ RUN="runs/maze2d"
 [ -f "$RUN/$maze.npz" ] || "$VENV/bin/df-train" datagen maze2d --maze "$maze" --seed 0 --out "$RUN/$maze.npz"
 "$VENV/bin/df-train" train --data "$RUN/$maze.npz" --out "$RUN/$maze" --observation-dim 4 --action-dim 2 \
   --frame-stack 10 --tokens 16 --width 128 --depth 4 --heads 4 --steps 40000 --batch 64 --seed 0 \
-  --continuous true --checkpoint-every 1000 "$@"
+  --continuous true --checkpoint-every 1000 --snapshot-every 4000 "$@"
 "$VENV/bin/df-train" export --checkpoint "$RUN/$maze/checkpoint.pt" --out "onnx/models/maze2d_$maze.onnx"

@@ -5,6 +5,7 @@ the last one after an interruption, with optimizer, EMA and RNG state restored.
 """
 
 import copy
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,8 @@ class TrainConfig:
     min_snr_gamma: float = 5.0
     seed: int = 0
     checkpoint_every: int = 500
+    # Keep the EMA weights every this many steps (runs/<out>/snapshots/), for learning curves.
+    snapshot_every: int = 0
     threads: int = 0
     continuous: bool = False
     extra: dict = field(default_factory=dict)
@@ -90,6 +93,18 @@ def diffusion_loss(model: DFTransformer, x0: torch.Tensor, mask: torch.Tensor, g
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
+# Fields that may change when a run is resumed: they do not change what is trained.
+OPERATIONAL = {"steps", "checkpoint_every", "snapshot_every", "threads"}
+
+
+def same_run(saved: dict, wanted: dict) -> bool:
+    """Whether a checkpoint's config describes the run `wanted` continues (fields added since
+    it was written count as their defaults)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    keys = (saved.keys() | wanted.keys()) - OPERATIONAL
+    return all(saved.get(k, defaults.get(k)) == wanted.get(k, defaults.get(k)) for k in keys)
+
+
 def build_model(cfg: TrainConfig) -> DFTransformer:
     return DFTransformer(cfg.model_config(), schedule.alphas_cumprod(cfg.schedule, cfg.timesteps))
 
@@ -121,7 +136,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     step = 0
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
-        if ckpt["config"] != asdict(cfg) | {"steps": ckpt["config"]["steps"]}:
+        if not same_run(ckpt["config"], asdict(cfg)):
             raise ValueError(f"{ckpt_path}: written with a different config; use another --out or delete it")
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
@@ -132,22 +147,27 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         step = ckpt["step"]
     log_path = out / "log.jsonl"
 
+    dataset_sha256 = dataset_hash(Path(cfg.data))
+
+    def exportable() -> dict:
+        """What export needs: a snapshot is exactly this."""
+        return {
+            "config": asdict(cfg),
+            "ema": ema.state_dict(),
+            "step": step,
+            "normalization": {"mean": windows.mean.tolist(), "std": windows.std.tolist()},
+            "dataset_sha256": dataset_sha256,
+        }
+
     def checkpoint():
-        _save_atomic(
-            {
-                "config": asdict(cfg),
-                "model": model.state_dict(),
-                "ema": ema.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "numpy_rng": rng.bit_generator.state,
-                "torch_rng": gen.get_state(),
-                "step": step,
-                "normalization": {"mean": windows.mean.tolist(), "std": windows.std.tolist()},
-                "dataset_sha256": dataset_hash(Path(cfg.data)),
-            },
-            ckpt_path,
-        )
+        state = exportable() | {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "numpy_rng": rng.bit_generator.state,
+            "torch_rng": gen.get_state(),
+        }
+        _save_atomic(state, ckpt_path)
 
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train")
     running = None
@@ -172,5 +192,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 log.flush()
                 checkpoint()
+            if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+                (out / "snapshots").mkdir(exist_ok=True)
+                _save_atomic(exportable(), out / "snapshots" / f"step{step:07d}.pt")
     bar.close()
     return ckpt_path

@@ -69,3 +69,25 @@ def test_continuous_windows_span_episode_boundaries(tmp_path):
     assert len(split.episodes) == 12 and len(whole.episodes) == 1
     _, mask = whole.sample(np.random.default_rng(0), 64)
     assert mask.mean() > 0.9, "windows of a continuous run are rarely cut"
+
+
+def test_snapshots_export_like_checkpoints(tmp_path):
+    from df_train.export import load_model
+
+    cfg = tiny_config(tmp_path, steps=20, snapshot_every=10)
+    train(cfg, progress=False)
+    snaps = sorted((tmp_path / "run" / "snapshots").glob("*.pt"))
+    assert [p.name for p in snaps] == ["step0000010.pt", "step0000020.pt"]
+    model, _, meta = load_model(snaps[0])
+    assert meta["step"] == 10 and "optimizer" not in meta
+    final, _, _ = load_model(tmp_path / "run" / "checkpoint.pt")
+    assert all(torch.equal(a, b) for a, b in zip(load_model(snaps[1])[0].state_dict().values(), final.state_dict().values()))
+
+
+def test_resuming_accepts_operational_changes_and_refuses_others(tmp_path):
+    import pytest
+
+    train(tiny_config(tmp_path, steps=10), progress=False)
+    train(tiny_config(tmp_path, steps=12, checkpoint_every=5, snapshot_every=6, threads=2), progress=False)
+    with pytest.raises(ValueError, match="written with a different config"):
+        train(tiny_config(tmp_path, steps=14, lr=1e-3), progress=False)
