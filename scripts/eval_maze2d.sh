@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Closed-loop Maze2D results for the README: bash scripts/eval_maze2d.sh [episodes] [workers]
+# Needs the exported models (scripts/train_maze2d.sh) and writes runs/eval/<maze>{,_multigoal}.{json,md,png}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+episodes="${1:-100}"; workers="${2:-2}"
+VENV="${DF_VENV:-$HOME/.cache/df_planner/venv}"
+cargo build --release --quiet
+for maze in umaze medium large; do
+  "$VENV/bin/df-train" eval maze2d --maze "$maze" --episodes "$episodes" --workers "$workers" \
+    --planner target/release/df_planner --config "config/maze2d_$maze.yaml" --out "runs/eval/$maze.json"
+  "$VENV/bin/df-train" eval maze2d --maze "$maze" --episodes "$episodes" --workers "$workers" --multi-goal \
+    --configs df_mcg,no_mcg --planner target/release/df_planner --config "config/maze2d_$maze.yaml" \
+    --out "runs/eval/${maze}_multigoal.json"
+done
+cat runs/eval/*.md
