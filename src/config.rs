@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::diffusion::MatrixKind;
+use crate::diffusion::{GuidanceForm, MatrixKind};
 use crate::model::RuntimeConfig;
 use crate::planner::GoalRewardConfig;
 
@@ -69,6 +69,8 @@ pub struct PlannerSection {
     pub samples: usize,
     /// Guidance strength (default 0: no guidance).
     pub guidance_scale: f64,
+    /// {form: mean_shift} (default) or {form: score, max_gain: G}; see onnx/CONTRACT.md.
+    pub guidance_form: GuidanceForm,
     /// DDIM η (default 0).
     pub eta: f64,
     /// Replan every this many model steps (default 1).
@@ -90,6 +92,7 @@ impl Default for PlannerSection {
             horizon_tokens: None,
             samples: 1,
             guidance_scale: 0.0,
+            guidance_form: GuidanceForm::MeanShift,
             eta: 0.0,
             replan_every: 1,
             seed: 0,

@@ -349,6 +349,7 @@ fn sample(a: SampleArgs) -> Result<()> {
         stabilization_level: c.diffusion.stabilization_level,
         noise_clip: c.diffusion.noise_clip,
         guidance_scale: 0.0,
+        guidance_form: Default::default(),
         shared_tokens: 0,
     };
     let shape = (a.batch, horizon, c.layout.token_dim);

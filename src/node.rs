@@ -31,6 +31,7 @@ pub fn planner_settings(cfg: &NodeConfig, frame_stack: usize) -> PlannerSettings
         horizon_tokens: p.horizon_tokens,
         samples: p.samples,
         guidance_scale: p.guidance_scale,
+        guidance_form: p.guidance_form,
         eta: p.eta,
         shared_tokens: p.replan_every.div_ceil(frame_stack),
         warm_start_level: p.warm_start_level,

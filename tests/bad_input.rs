@@ -105,6 +105,7 @@ fn settings() -> SamplerSettings {
         stabilization_level: 1,
         noise_clip: 6.0,
         guidance_scale: 0.0,
+        guidance_form: Default::default(),
         shared_tokens: 0,
     }
 }

@@ -6,7 +6,9 @@ mod common;
 
 use std::path::Path;
 
-use df_planner::diffusion::{MatrixKind, QuadraticTarget, RecordedNoise, Sampler, SamplerSettings, SchedulingMatrix};
+use df_planner::diffusion::{
+    GuidanceForm, MatrixKind, QuadraticTarget, RecordedNoise, Sampler, SamplerSettings, SchedulingMatrix,
+};
 use ndarray::Array3;
 use serde::Deserialize;
 
@@ -35,6 +37,8 @@ struct GoldenMatrix {
 
 #[derive(Deserialize)]
 struct GoldenSettings {
+    guidance_form: String,
+    max_gain: f64,
     eta: f64,
     stabilization_level: i64,
     noise_clip: f32,
@@ -46,6 +50,14 @@ struct GoldenSettings {
 struct GoldenGuidance {
     target: Vec<f32>,
     weights: Vec<f32>,
+}
+
+fn form(s: &GoldenSettings) -> GuidanceForm {
+    match s.guidance_form.as_str() {
+        "mean_shift" => GuidanceForm::MeanShift,
+        "score" => GuidanceForm::Score { max_gain: s.max_gain },
+        other => panic!("golden guidance_form {other:?}"),
+    }
 }
 
 fn array(shape: [usize; 3], data: &[f32]) -> Array3<f32> {
@@ -77,6 +89,7 @@ fn replay(name: &str) -> f32 {
         stabilization_level: s.stabilization_level,
         noise_clip: s.noise_clip,
         guidance_scale: s.guidance_scale,
+        guidance_form: form(s),
         shared_tokens: s.shared_tokens,
     };
     let shape = (golden.shape[0], golden.shape[1], golden.shape[2]);
@@ -132,6 +145,7 @@ parity! {
     full_sequence_guided_mcg => "full_sequence_guided",
     trapezoid_plain => "trapezoid_plain",
     trapezoid_guided_mcg => "trapezoid_guided",
+    pyramid_guided_score_form => "pyramid_guided_score",
 }
 
 /// The guided goldens must exercise guidance: replaying them without it misses by far more
@@ -159,6 +173,7 @@ fn guided_goldens_depend_on_guidance_and_share_tokens() {
         stabilization_level: s.stabilization_level,
         noise_clip: s.noise_clip,
         guidance_scale: 0.0,
+        guidance_form: form(s),
         shared_tokens: s.shared_tokens,
     };
     let shape = (golden.shape[0], golden.shape[1], golden.shape[2]);

@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", required=True, help="node config, e.g. config/maze2d_umaze.yaml")
     p.add_argument("--out", required=True, help="results.json (a .png of planned vs executed paths is written beside it)")
     p.add_argument("--configs", help="comma-separated subset of: df_mcg, no_mcg, no_guidance, full_sequence, "
-                                     "cold_start, pd_controller (default: all)")
+                                     "warm_start, pd_controller (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--multi-goal", action="store_true", help="Multi2D: a random goal every episode")
     p.add_argument("--workers", type=int, default=1, help="planner processes running episodes in parallel")

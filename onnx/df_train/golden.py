@@ -27,39 +27,43 @@ def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
     d = cfg.layout.token_dim
     t = context_tokens + horizon
     written = []
-    for case, (kind, u) in enumerate(CASE_KINDS.items()):
-        for guided in (False, True):
-            gen = torch.Generator().manual_seed(seed * 1000 + case * 2 + int(guided))
-            batch = 3 if guided else 2
-            settings = SamplerSettings(
-                eta=0.5,
-                stabilization_level=cfg.stabilization_level,
-                noise_clip=cfg.noise_clip,
-                guidance_scale=1.0 if guided else 0.0,
-                shared_tokens=context_tokens + 2 if guided else 0,
-            )
-            rows = timestep_rows(matrices.build(kind, horizon, sampling_steps, u), context_tokens, cfg.timesteps, sampling_steps)
-            x = torch.randn(batch, t, d, generator=gen)
-            x[:, :context_tokens] = 0.5 * torch.randn(1, context_tokens, d, generator=gen)
-            noise = torch.randn(len(rows) - 1, batch, t, d, generator=gen)
-            target = 0.5 * torch.randn(d, generator=gen)
-            weights = torch.ones(d)
-            cot = quadratic_target_cotangent(target, weights) if guided else None
-            states = ReferenceSampler(model, model.alphas_cumprod.double().numpy(), settings).sample(x, rows, noise, cot)
-            doc = {
-                "model": model_path,
-                "tolerance": TOLERANCE,
-                "matrix": {"kind": kind, "uncertainty": u, "sampling_steps": sampling_steps, "horizon": horizon},
-                "context_tokens": context_tokens,
-                "shape": [batch, t, d],
-                "settings": settings.__dict__,
-                "guidance": {"kind": "quadratic_target", "target": _floats(target), "weights": _floats(weights)} if guided else None,
-                "timestep_rows": rows.tolist(),
-                "x_init": _floats(x),
-                "noise": [_floats(n) for n in noise],
-                "states": [_floats(s) for s in states],
-            }
-            path = out_dir / f"{kind}_{'guided' if guided else 'plain'}.json"
-            path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
-            written.append(path)
+    cases = [(kind, u, guided, "mean_shift") for kind, u in CASE_KINDS.items() for guided in (False, True)]
+    cases.append(("pyramid", CASE_KINDS["pyramid"], True, "score"))
+    for case, (kind, u, guided, form) in enumerate(cases):
+        gen = torch.Generator().manual_seed(seed * 1000 + case)
+        batch = 3 if guided else 2
+        settings = SamplerSettings(
+            eta=0.5,
+            stabilization_level=cfg.stabilization_level,
+            noise_clip=cfg.noise_clip,
+            guidance_scale=1.0 if guided else 0.0,
+            guidance_form=form,
+            max_gain=20.0,
+            shared_tokens=context_tokens + 2 if guided else 0,
+        )
+        rows = timestep_rows(matrices.build(kind, horizon, sampling_steps, u), context_tokens, cfg.timesteps, sampling_steps)
+        x = torch.randn(batch, t, d, generator=gen)
+        x[:, :context_tokens] = 0.5 * torch.randn(1, context_tokens, d, generator=gen)
+        noise = torch.randn(len(rows) - 1, batch, t, d, generator=gen)
+        target = 0.5 * torch.randn(d, generator=gen)
+        weights = torch.ones(d)
+        cot = quadratic_target_cotangent(target, weights) if guided else None
+        states = ReferenceSampler(model, model.alphas_cumprod.double().numpy(), settings).sample(x, rows, noise, cot)
+        doc = {
+            "model": model_path,
+            "tolerance": TOLERANCE,
+            "matrix": {"kind": kind, "uncertainty": u, "sampling_steps": sampling_steps, "horizon": horizon},
+            "context_tokens": context_tokens,
+            "shape": [batch, t, d],
+            "settings": settings.__dict__,
+            "guidance": {"kind": "quadratic_target", "target": _floats(target), "weights": _floats(weights)} if guided else None,
+            "timestep_rows": rows.tolist(),
+            "x_init": _floats(x),
+            "noise": [_floats(n) for n in noise],
+            "states": [_floats(s) for s in states],
+        }
+        suffix = ("guided" if guided else "plain") + ("_score" if form == "score" else "")
+        path = out_dir / f"{kind}_{suffix}.json"
+        path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+        written.append(path)
     return written

@@ -20,6 +20,9 @@ class SamplerSettings:
     stabilization_level: int = 10
     noise_clip: float = 6.0
     guidance_scale: float = 0.0
+    # "mean_shift": gain 1 - ab_t; "score": min((1 - ab_t) / sqrt(ab_t), max_gain) (CONTRACT.md).
+    guidance_form: str = "mean_shift"
+    max_gain: float = 100.0
     # Tokens [0, shared_tokens) are shared by all samples of the batch: MCG averages their
     # guidance gradient over the batch and gives them one noise draw.
     shared_tokens: int = 0
@@ -75,9 +78,10 @@ class ReferenceSampler:
             return torch.as_tensor(np.where(changed, v, 0.0), dtype=torch.float32)[None, :, None]
 
         if grad is not None:
-            # Guidance shifts the clean estimate by scale * (1 - alpha_bar_t) * grad: Diffuser's
-            # posterior-mean shift (variance times reward gradient); eps stays the network's.
-            x0 = x0 + per_token(s.guidance_scale * (1 - a_t)) * grad
+            # Guidance shifts the clean estimate by scale * gain(alpha_bar_t) * grad; eps stays
+            # the network's.
+            gain = (1 - a_t) if s.guidance_form == "mean_shift" else np.minimum((1 - a_t) / np.sqrt(a_t), s.max_gain)
+            x0 = x0 + per_token(s.guidance_scale * gain) * grad
         with np.errstate(divide="ignore", invalid="ignore"):
             sigma = s.eta * np.sqrt((1 - a_n) / (1 - a_t)) * np.sqrt(1 - a_t / a_n)
         sigma = np.where(changed, sigma, 0.0)

@@ -3,6 +3,29 @@
 
 use ndarray::{ArrayView3, ArrayViewMut3, Axis};
 
+/// How the reward gradient g = ∂r/∂x_t (through the network) moves the clean estimate:
+/// x̂0 = x0 + scale · gain(ᾱ_t) · g.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(tag = "form", rename_all = "snake_case", deny_unknown_fields)]
+pub enum GuidanceForm {
+    /// gain = 1 − ᾱ_t: Diffuser's mean shift (variance times gradient). Weak at high noise,
+    /// where the network barely depends on x_t.
+    #[default]
+    MeanShift,
+    /// gain = min((1 − ᾱ_t)/√ᾱ_t, max_gain): classifier guidance on the score (ε̂ − √(1−ᾱ)·g),
+    /// capped because 1/√ᾱ explodes at the noisiest levels of a cosine schedule.
+    Score { max_gain: f64 },
+}
+
+impl GuidanceForm {
+    pub fn gain(self, ab_t: f64) -> f64 {
+        match self {
+            Self::MeanShift => 1.0 - ab_t,
+            Self::Score { max_gain } => ((1.0 - ab_t) / ab_t.sqrt()).min(max_gain),
+        }
+    }
+}
+
 pub trait Guidance {
     /// Writes ∂r/∂x0 for a reward r to maximize; `out` has the shape of `x0`.
     fn cotangent(&self, x0: ArrayView3<f32>, out: ArrayViewMut3<f32>);

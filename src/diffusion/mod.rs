@@ -13,7 +13,7 @@ mod schedule;
 
 pub use ddim::{ddim_coefficients, DdimCoefficients};
 pub use denoiser::{DenoiseError, Denoiser};
-pub use guidance::{Guidance, QuadraticTarget};
+pub use guidance::{Guidance, GuidanceForm, QuadraticTarget};
 pub use matrix::{MatrixError, MatrixKind, SchedulingMatrix, TimestepRows};
 pub use noise::{NoiseSource, RecordedNoise, SeededNoise};
 pub use sampler::{SampleError, Sampler, SamplerSettings};

@@ -9,14 +9,14 @@
 //!    common to every sample of the batch; their g is the batch mean (the expected reward
 //!    over the sampled futures) and their noise draw is sample 0's.
 //! 3. Tokens whose level falls take a DDIM step with ε̂ = clamp(ε, ±noise_clip) and
-//!    x̂0 = x0 + scale·(1 − ᾱ_t)·g; tokens whose level stays are not touched.
+//!    x̂0 = x0 + scale·gain(ᾱ_t)·g (`GuidanceForm`); tokens whose level stays are not touched.
 
 use ndarray::{s, Array2, Array3, ArrayView3, Axis};
 use thiserror::Error;
 
 use super::ddim::ddim_coefficients;
 use super::denoiser::{DenoiseError, Denoiser};
-use super::guidance::Guidance;
+use super::guidance::{Guidance, GuidanceForm};
 use super::matrix::TimestepRows;
 use super::noise::NoiseSource;
 use super::schedule::AlphaBar;
@@ -66,6 +66,8 @@ pub struct SamplerSettings {
     pub noise_clip: f32,
     /// Guidance strength; 0 turns guidance off even when a reward is given.
     pub guidance_scale: f64,
+    /// How the guidance gradient scales with the noise level.
+    pub guidance_form: GuidanceForm,
     /// Tokens [0, shared_tokens) are shared by all samples (Monte Carlo Guidance).
     pub shared_tokens: usize,
 }
@@ -102,6 +104,11 @@ impl Sampler {
         }
         if !(settings.eta.is_finite() && settings.eta >= 0.0) {
             return Err(mismatch("eta", ">= 0", settings.eta));
+        }
+        if let GuidanceForm::Score { max_gain } = settings.guidance_form {
+            if max_gain.is_nan() || max_gain <= 0.0 {
+                return Err(mismatch("guidance_form.max_gain", "> 0", max_gain));
+            }
         }
         if !settings.guidance_scale.is_finite() {
             return Err(mismatch("guidance_scale", "a finite number", settings.guidance_scale));
@@ -254,7 +261,7 @@ impl Sampler {
             let ab_t = self.alpha_bar.at(t);
             let c = ddim_coefficients(ab_t, self.alpha_bar.at(t_next), s.eta);
             let shift = if guidance.is_some() {
-                (s.guidance_scale * (1.0 - ab_t)) as f32
+                (s.guidance_scale * s.guidance_form.gain(ab_t)) as f32
             } else {
                 0.0
             };

@@ -13,7 +13,7 @@ use rand_distr::{Distribution, StandardNormal};
 use thiserror::Error;
 
 use crate::diffusion::{
-    Denoiser, Guidance, MatrixError, MatrixKind, SampleError, Sampler, SamplerSettings, ScheduleError,
+    Denoiser, Guidance, GuidanceForm, MatrixError, MatrixKind, SampleError, Sampler, SamplerSettings, ScheduleError,
     SchedulingMatrix, SeededNoise, TimestepRows,
 };
 use crate::model::{Field, ModelContract};
@@ -55,6 +55,7 @@ pub struct PlannerSettings {
     /// MCG samples N (1 = plain guidance).
     pub samples: usize,
     pub guidance_scale: f64,
+    pub guidance_form: GuidanceForm,
     pub eta: f64,
     /// Planned tokens, after the context, that all samples share (MCG): those covering the
     /// actions executed before the next replan.
@@ -144,6 +145,7 @@ impl DfPlanner {
             stabilization_level: contract.diffusion.stabilization_level,
             noise_clip: contract.diffusion.noise_clip,
             guidance_scale: s.guidance_scale,
+            guidance_form: s.guidance_form,
             shared_tokens: if s.samples > 1 {
                 (1 + s.shared_tokens).min(tokens)
             } else {

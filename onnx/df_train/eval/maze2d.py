@@ -30,7 +30,7 @@ ABLATIONS = {
     "no_mcg": ["--samples", "1"],
     "no_guidance": ["--guidance-scale", "0"],
     "full_sequence": ["--matrix", "full_sequence"],
-    "cold_start": ["--warm-start-level", "none"],
+    "warm_start": ["--warm-start-level", "5"],
     "pd_controller": ["--execute", "pd_controller"],
 }
 
