@@ -73,7 +73,11 @@ def cmd_export(a) -> None:
 
 
 def cmd_eval(a) -> None:
-    from .eval.maze2d import ABLATIONS, evaluate
+    from .eval.maze2d import ABLATIONS, evaluate, learning_curve
+
+    if a.curve:
+        learning_curve(a.maze, a.episodes, a.planner, a.config, a.curve, a.out, a.seed, a.workers)
+        return
 
     configs = a.configs.split(",") if a.configs else list(ABLATIONS)
     unknown = [c for c in configs if c not in ABLATIONS]
@@ -143,6 +147,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--multi-goal", action="store_true", help="Multi2D: a random goal every episode")
     p.add_argument("--workers", type=int, default=1, help="planner processes running episodes in parallel")
+    p.add_argument("--curve", metavar="RUN_DIR", help="learning curve instead: evaluate df_mcg with every snapshot "
+                                                      "in RUN_DIR/snapshots (written by train --snapshot-every)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="PyTorch denoise latency (median of many calls)")

@@ -57,3 +57,19 @@ def test_the_planner_refuses_a_goal_outside_the_maze_and_keeps_serving(setup):
         assert len(reply["action"]) == 2 and reply["replanned"]
     finally:
         planner.close()
+
+
+def test_learning_curve_over_snapshots(setup, tmp_path):
+    from df_train.eval.maze2d import learning_curve
+
+    from .conftest import tiny_config
+    from df_train.train import train
+
+    binary, config = setup
+    cfg = tiny_config(tmp_path, steps=20, snapshot_every=10, tokens=8)  # the config plans 7 tokens
+    train(cfg, progress=False)
+    out = tmp_path / "curve.json"
+    points = learning_curve("umaze", 1, binary, config, cfg.out, out)
+    assert [p["step"] for p in points] == [10, 20]
+    assert json.loads(out.read_text()) == points
+    assert out.with_suffix(".png").exists()

@@ -185,3 +185,49 @@ def evaluate(maze, episodes, binary, config, out, configs=None, seed=0, multi_go
         Path(out).write_text(json.dumps(results, indent=2) + "\n")
         Path(out).with_suffix(".md").write_text(table(results))
     return results
+
+
+def learning_curve(maze, episodes, binary, config, run_dir, out, seed=0, workers=1) -> list[dict]:
+    """Score vs training steps: export every snapshot in run_dir/snapshots and evaluate the
+    tuned configuration (df_mcg) with it. Writes out (.json) and a .png beside it."""
+    import yaml
+
+    from ..export import export
+
+    points = []
+    for snap in sorted(Path(run_dir, "snapshots").glob("step*.pt")):
+        model = snap.with_suffix(".onnx")
+        if not model.exists():
+            export(snap, model)
+        cfg = yaml.safe_load(Path(config).read_text())
+        cfg["model"]["path"] = str(model.resolve())
+        snap_config = snap.with_suffix(".yaml")
+        snap_config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        summary, _ = evaluate_config(maze, episodes, binary, str(snap_config), ABLATIONS["df_mcg"], seed, False, workers,
+                                     record=False)
+        step = int(snap.stem.removeprefix("step"))
+        points.append({"step": step, **{k: summary[k] for k in ("normalized_score_mean", "normalized_score_std",
+                                                                 "success_rate", "episodes")}})
+        print(f"{maze} step {step}: {summary['normalized_score_mean']:.1f} ± {summary['normalized_score_std']:.1f}",
+              flush=True)
+        Path(out).write_text(json.dumps(points, indent=2) + "\n")
+    if points:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        steps = [p["step"] for p in points]
+        mean = np.array([p["normalized_score_mean"] for p in points])
+        sem = np.array([p["normalized_score_std"] / p["episodes"] ** 0.5 for p in points])
+        ax.errorbar(steps, mean, yerr=sem, marker="o", capsize=3)
+        ax.axhline(PAPER[maze]["df_mcg"][0], color="g", ls="--", label="paper (DF with MCG)")
+        ax.set_xlabel("training steps")
+        ax.set_ylabel("normalized score")
+        ax.set_title(f"maze2d-{maze}: {points[-1]['episodes']} episodes per point")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(Path(out).with_suffix(".png"), dpi=100)
+        plt.close(fig)
+    return points
