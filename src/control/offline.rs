@@ -71,10 +71,6 @@ impl OfflineLoop {
         }
     }
 
-    pub fn core(&self) -> &ControlCore {
-        &self.core
-    }
-
     pub fn plan_errors(&self) -> (u64, Option<&str>) {
         (self.plan_errors, self.last_plan_error.as_deref())
     }

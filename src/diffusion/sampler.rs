@@ -133,10 +133,6 @@ impl Sampler {
         })
     }
 
-    pub fn settings(&self) -> &SamplerSettings {
-        &self.settings
-    }
-
     /// Denoise `x` [B, T, D] in place along `rows`; `on_row(r, x)` sees the state after row r
     /// (r = 0 is the initial state, whose shared tokens are made sample 0's).
     pub fn run(

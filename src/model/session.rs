@@ -116,10 +116,6 @@ impl OnnxDenoiser {
         &self.contract
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn has_vjp(&self) -> bool {
         self.vjp.is_some()
     }

@@ -178,10 +178,6 @@ impl DfPlanner {
         &self.contract
     }
 
-    pub fn horizon_tokens(&self) -> usize {
-        self.horizon
-    }
-
     /// Actions in a full plan: horizon tokens × frame_stack.
     pub fn plan_len(&self) -> usize {
         self.horizon * self.contract.layout.frame_stack
