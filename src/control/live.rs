@@ -147,7 +147,10 @@ impl ControlTick {
 
 pub struct LiveNode {
     stop: Arc<AtomicBool>,
+    /// Stopped last, after the other threads, so that every tick record is published.
+    stop_publisher: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    publisher: Option<JoinHandle<()>>,
     shared: Arc<Mutex<LiveStats>>,
     plan_latency: Arc<Mutex<Histogram>>,
 }
@@ -163,6 +166,10 @@ impl LiveNode {
         self.stop.store(true, Ordering::Release);
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        self.stop_publisher.store(true, Ordering::Release);
+        if let Some(p) = self.publisher.take() {
+            let _ = p.join();
         }
         let (stats, plan) = self.stats();
         let (tick, jitter, plan_ms) = (
@@ -332,10 +339,11 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
         }
     })?);
 
-    let s = stop.clone();
+    let stop_publisher = Arc::new(AtomicBool::new(false));
+    let s = stop_publisher.clone();
     let (mut sink, stats, latency) = (p.sink, shared.clone(), plan_latency.clone());
     let publish_clock = control_clock;
-    threads.push(std::thread::Builder::new().name("df_publish".into()).spawn(move || {
+    let publisher_thread = std::thread::Builder::new().name("df_publish".into()).spawn(move || {
         let sources = StatSources {
             stats: &stats,
             plan_latency: &latency,
@@ -343,10 +351,12 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
             frames: &frame_stats,
         };
         publisher(records_rx, copy_rx, &mut *sink, &s, &sources, &*publish_clock)
-    })?);
+    })?;
     Ok(LiveNode {
         stop,
+        stop_publisher,
         threads,
+        publisher: Some(publisher_thread),
         shared,
         plan_latency,
     })
@@ -369,7 +379,9 @@ fn publisher(
 ) {
     let mut latest: Option<Box<Plan>> = None;
     let mut next_diag = Instant::now() + Duration::from_secs(1);
-    while !stop.load(Ordering::Acquire) {
+    loop {
+        // Read the flag first: once it is set no tick is left to come, so one more pass drains all.
+        let stopping = stop.load(Ordering::Acquire);
         while let Ok(plan) = plans.try_recv() {
             sink.plan(&plan);
             latest = Some(plan);
@@ -394,6 +406,9 @@ fn publisher(
                 frames: sources.frames.snapshot(),
             });
             sink.diagnostics(clock.now_ns(), &diag);
+        }
+        if stopping {
+            return;
         }
         if idle {
             std::thread::sleep(Duration::from_micros(500));

@@ -1,0 +1,79 @@
+//! The live loop's wiring with its three threads: plans flow from the planner to the control
+//! tick, every tick reaches the sink, and a stalled robot state makes the loop fall back.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use df_planner::config::NodeConfig;
+use df_planner::control::live::{self, Clock, LiveParts, SystemClock};
+use df_planner::control::{ActionSink, Diagnostics, Fault, Source, StateCell, StateSample, TickReport};
+use df_planner::frames::frame_ring;
+use df_planner::node::node_parts;
+use df_planner::planner::Plan;
+
+#[derive(Default)]
+struct Seen {
+    actions: Vec<(Source, Vec<f64>)>,
+    plans: usize,
+}
+
+struct Recorder(Arc<Mutex<Seen>>);
+
+impl ActionSink for Recorder {
+    fn action(&mut self, report: &TickReport, action: &[f64], _: Option<&Plan>) {
+        self.0.lock().unwrap().actions.push((report.source, action.to_vec()));
+    }
+    fn plan(&mut self, _: &Plan) {
+        self.0.lock().unwrap().plans += 1;
+    }
+    fn diagnostics(&mut self, _: i64, _: &Diagnostics) {}
+}
+
+#[test]
+fn plans_reach_the_tick_and_every_tick_reaches_the_sink() {
+    let mut cfg = NodeConfig::load(&common::repo().join("config/pointmass.yaml")).unwrap();
+    cfg.model.runtime = common::cpu();
+    cfg.camera.required = false;
+    let (task, core) = node_parts(&cfg).unwrap();
+    let (frames_in, frames) = frame_ring(2, cfg.camera.width, cfg.camera.height);
+    let state = Arc::new(StateCell::default());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let node = live::spawn(LiveParts {
+        task,
+        core,
+        frames,
+        frame_stats: frames_in.stats().clone(),
+        state: state.clone(),
+        sink: Box::new(Recorder(seen.clone())),
+        clock: clock.clone(),
+        guidance: None,
+        tick: Duration::from_millis(20),
+        step: Duration::from_millis(100),
+    })
+    .unwrap();
+    // A fresh state for 1 s, then none for 0.6 s (longer than state_timeout_s = 0.3).
+    for _ in 0..50 {
+        state.publish(StateSample::new(clock.now_ns(), &[0.2, -0.1], &[0.0, 0.0]).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let (stats, plan_latency) = node.stop();
+    let seen = seen.lock().unwrap();
+    let c = &stats.counters;
+    assert!(c.ticks >= 40, "{} ticks in 1.6 s at 50 Hz", c.ticks);
+    assert_eq!(seen.actions.len() as u64, c.ticks, "every tick reached the sink");
+    assert_eq!(stats.records_dropped, 0);
+    assert!(seen.plans >= 5 && plan_latency.count() >= 5, "{} plans", seen.plans);
+    assert!(
+        seen.actions.iter().any(|(s, _)| *s == Source::Plan),
+        "plans were executed"
+    );
+    assert!(
+        c.faults[Fault::StateStale as usize] > 0,
+        "the stalled state was noticed"
+    );
+    assert_eq!(seen.actions.last().unwrap().0, Source::Hold, "and the loop held");
+}
