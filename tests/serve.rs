@@ -12,7 +12,7 @@ fn config(extra: &str) -> NodeConfig {
     let text = text
         .replace(
             "  seed: 0\n",
-            &format!("  seed: 0\n  goal: {{position_dims: [0, 1], sigma: 2.0, temperature: 0.1}}\n{extra}"),
+            &format!("  seed: 0\n  goal: {{position_dims: [0, 1], squash: gaussian, sigma: 2.0, aggregate: {{kind: soft_max, temperature: 0.1}}}}\n{extra}"),
         )
         .replace("replan_every: 2 ", "replan_every: 4 ");
     let mut cfg = NodeConfig::parse(&text, std::path::Path::new("test.yaml")).unwrap();

@@ -8,5 +8,5 @@ mod task;
 
 pub use df::{DfPlanner, PlanError, PlannerSettings};
 pub use plan::Plan;
-pub use reward::{GoalReward, GoalRewardConfig};
+pub use reward::{Aggregate, GoalReward, GoalRewardConfig, Squash};
 pub use task::{PlannerTask, StepOutcome};

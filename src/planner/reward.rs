@@ -1,28 +1,47 @@
-//! The goal reward: reach the goal at any step of the plan. Its gradient with respect to the
+//! The goal reward: be at the goal during the plan. Its gradient with respect to the
 //! network's clean-token estimate is computed here (nalgebra) and pulled back through the
 //! network by the sampler (`denoise_vjp`).
 //!
-//! Per planned frame f, with position p_f (physical units, from the token's observation):
-//!   s_f = exp(−‖p_f − g‖² / 2σ²)                    (squashed distance, in (0, 1])
-//!   r   = weight · τ · ln Σ_f exp(γ^f s_f / τ)      (soft maximum over the plan's steps)
-//! so ∂r/∂p_f = weight · softmax_f(γ^f s/τ) · γ^f · s_f · (g − p_f)/σ², chained through the
+//! Per planned frame f, with position p_f (physical units, from the token's observation) and
+//! distance d_f = ‖p_f − g‖, a squashed closeness s_f in [0, 1]:
+//!   gaussian: s_f = exp(−d_f² / 2σ²)        tanh: s_f = 1 − tanh(d_f / σ)
+//! and l_f = γ^f · s_f aggregated over the plan's steps:
+//!   mean:     r = weight · (1/F) Σ_f l_f            (every step counts: get there early and
+//!                                                   stay; the official DF maze guidance is
+//!                                                   this with tanh and σ = 2)
+//!   soft_max: r = weight · τ ln Σ_f exp(l_f / τ)    (reach the goal at any one step)
+//! The gradient ∂r/∂p_f = weight · ∂r/∂l_f · γ^f · ∂s_f/∂p_f is chained through the
 //! normalization (x = (p − mean)/std) to the normalized token.
 
 use nalgebra::Vector2;
-use ndarray::{ArrayView3, ArrayViewMut3};
+use ndarray::{ArrayView2, ArrayView3, ArrayViewMut3};
 
 use crate::diffusion::Guidance;
 use crate::model::{Field, ModelContract};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Squash {
+    Gaussian,
+    Tanh,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Aggregate {
+    Mean,
+    SoftMax { temperature: f64 },
+}
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GoalRewardConfig {
     /// Observation indices of the (x, y) position.
     pub position_dims: [usize; 2],
+    pub squash: Squash,
     /// Distance scale σ of the squashing (physical units).
     pub sigma: f64,
-    /// Soft-maximum temperature τ (small: the best step dominates).
-    pub temperature: f64,
+    pub aggregate: Aggregate,
     /// Per-step discount γ (< 1 prefers reaching early).
     #[serde(default = "one")]
     pub discount: f64,
@@ -37,7 +56,7 @@ fn one() -> f64 {
 pub struct GoalReward {
     cfg: GoalRewardConfig,
     goal: Vector2<f64>,
-    /// Offsets inside a frame of x and y, frame stack and frame size.
+    /// Offsets of x and y inside a frame, and their normalization.
     offsets: [usize; 2],
     mean: [f64; 2],
     std: [f64; 2],
@@ -54,9 +73,13 @@ impl GoalReward {
                 l.observation_dim, cfg.position_dims
             ));
         }
+        let temperature = match cfg.aggregate {
+            Aggregate::SoftMax { temperature } => temperature,
+            Aggregate::Mean => 1.0,
+        };
         for (name, v) in [
             ("goal.sigma", cfg.sigma),
-            ("goal.temperature", cfg.temperature),
+            ("goal.aggregate.temperature", temperature),
             ("goal.discount", cfg.discount),
         ] {
             if !(v.is_finite() && v > 0.0) {
@@ -86,56 +109,75 @@ impl GoalReward {
         Vector2::new(at(0), at(1))
     }
 
-    /// The reward of one sample's planned tokens (token 0 is the context and does not count).
-    pub fn reward(&self, sample: &ndarray::ArrayView2<f32>) -> f64 {
-        let c = &self.cfg;
-        let logits: Vec<f64> = self
-            .frame_positions(sample)
-            .map(|(f, p)| c.discount.powi(f as i32) * self.squash(&p) / c.temperature)
-            .collect();
-        let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        c.weight * c.temperature * (max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln())
+    /// (s, ∂s/∂p) at position p.
+    fn squash(&self, p: &Vector2<f64>) -> (f64, Vector2<f64>) {
+        let (sigma, delta) = (self.cfg.sigma, self.goal - p);
+        let d = delta.norm();
+        match self.cfg.squash {
+            Squash::Gaussian => {
+                let s = (-d * d / (2.0 * sigma * sigma)).exp();
+                (s, delta * (s / (sigma * sigma)))
+            }
+            Squash::Tanh => {
+                let t = (d / sigma).tanh();
+                let slope = if d > 0.0 { (1.0 - t * t) / (sigma * d) } else { 0.0 };
+                (1.0 - t, delta * slope)
+            }
+        }
     }
 
-    fn squash(&self, p: &Vector2<f64>) -> f64 {
-        (-(p - self.goal).norm_squared() / (2.0 * self.cfg.sigma * self.cfg.sigma)).exp()
-    }
-
-    /// (planned frame index, position) over the planned tokens of one sample.
-    fn frame_positions<'a>(
-        &'a self,
-        sample: &'a ndarray::ArrayView2<'a, f32>,
-    ) -> impl Iterator<Item = (usize, Vector2<f64>)> + 'a {
+    /// (l_f, ∂l_f/∂p_f) for every planned frame of one sample (token 0, the context, excluded).
+    fn frames<'a>(&'a self, sample: &'a ArrayView2<'a, f32>) -> impl Iterator<Item = (f64, Vector2<f64>)> + 'a {
         sample.outer_iter().skip(1).enumerate().flat_map(move |(j, token)| {
             (0..self.frame_stack).map(move |f| {
-                (
-                    j * self.frame_stack + f,
-                    self.position(token.as_slice().expect("tokens are contiguous"), f),
-                )
+                let p = self.position(token.as_slice().expect("tokens are contiguous"), f);
+                let (s, ds) = self.squash(&p);
+                let discount = self.cfg.discount.powi((j * self.frame_stack + f) as i32);
+                (discount * s, ds * discount)
             })
         })
+    }
+
+    /// ∂r/∂l_f / weight for every frame, given all l_f (written into `weights`); returns r / weight.
+    fn aggregate(&self, logits: &[f64], weights: &mut Vec<f64>) -> f64 {
+        weights.clear();
+        match self.cfg.aggregate {
+            Aggregate::Mean => {
+                let n = logits.len() as f64;
+                weights.extend(logits.iter().map(|_| 1.0 / n));
+                logits.iter().sum::<f64>() / n
+            }
+            Aggregate::SoftMax { temperature } => {
+                let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                weights.extend(logits.iter().map(|l| ((l - max) / temperature).exp()));
+                let total: f64 = weights.iter().sum();
+                weights.iter_mut().for_each(|w| *w /= total);
+                max + temperature * total.ln()
+            }
+        }
+    }
+
+    /// The reward of one sample's planned tokens.
+    pub fn reward(&self, sample: &ArrayView2<f32>) -> f64 {
+        let logits: Vec<f64> = self.frames(sample).map(|(l, _)| l).collect();
+        self.cfg.weight * self.aggregate(&logits, &mut Vec::new())
     }
 }
 
 impl Guidance for GoalReward {
     fn cotangent(&self, x0: ArrayView3<f32>, mut out: ArrayViewMut3<f32>) {
         out.fill(0.0);
-        let c = &self.cfg;
-        let mut scores = Vec::new();
-        let mut logits = Vec::new();
+        let (mut logits, mut slopes, mut weights) = (Vec::new(), Vec::new(), Vec::new());
         for (b, sample) in x0.outer_iter().enumerate() {
-            scores.clear();
             logits.clear();
-            for (f, p) in self.frame_positions(&sample) {
-                let s = self.squash(&p);
-                scores.push((p, s));
-                logits.push(c.discount.powi(f as i32) * s / c.temperature);
+            slopes.clear();
+            for (l, dl) in self.frames(&sample) {
+                logits.push(l);
+                slopes.push(dl);
             }
-            let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let total: f64 = logits.iter().map(|l| (l - max).exp()).sum();
-            for (f, ((p, s), l)) in scores.iter().zip(&logits).enumerate() {
-                let w = ((l - max).exp() / total) * c.discount.powi(f as i32);
-                let grad_p = (self.goal - p) * (c.weight * w * s / (c.sigma * c.sigma));
+            self.aggregate(&logits, &mut weights);
+            for (f, (dl, w)) in slopes.iter().zip(&weights).enumerate() {
+                let grad_p = dl * (self.cfg.weight * w);
                 let (token, frame) = (1 + f / self.frame_stack, f % self.frame_stack);
                 for i in 0..2 {
                     out[[b, token, frame * self.frame_dim + self.offsets[i]]] = (grad_p[i] * self.std[i]) as f32;
@@ -166,57 +208,63 @@ mod tests {
         ModelContract::from_json(&json.to_string()).unwrap()
     }
 
-    #[test]
-    fn cotangent_is_the_gradient_of_the_reward() {
-        let cfg = GoalRewardConfig {
+    fn config(squash: Squash, aggregate: Aggregate) -> GoalRewardConfig {
+        GoalRewardConfig {
             position_dims: [0, 1],
+            squash,
             sigma: 0.7,
-            temperature: 0.2,
+            aggregate,
             discount: 0.9,
             weight: 2.0,
-        };
-        let reward = GoalReward::new(cfg, &contract(), [0.5, -0.8]).unwrap();
-        let mut x = Array3::<f32>::zeros((2, 3, 12));
-        for (i, v) in x.iter_mut().enumerate() {
-            *v = ((i * 37 % 23) as f32 / 23.0 - 0.5) * 1.5;
         }
-        let mut grad = Array3::<f32>::zeros(x.dim());
-        reward.cotangent(x.view(), grad.view_mut());
-        assert!(
-            grad.slice(ndarray::s![.., 0, ..]).iter().all(|&g| g == 0.0),
-            "the context token gets no gradient"
-        );
-        for b in 0..2 {
-            for idx in [(1, 2), (1, 3), (1, 8), (2, 9), (2, 0)] {
-                let h = 1e-3;
-                let at = |delta: f32| {
-                    let mut y = x.clone();
-                    y[[b, idx.0, idx.1]] += delta;
-                    reward.reward(&y.slice(ndarray::s![b, .., ..]))
-                };
-                let numeric = (at(h) - at(-h)) / (2.0 * f64::from(h));
-                let analytic = f64::from(grad[[b, idx.0, idx.1]]);
+    }
+
+    #[test]
+    fn cotangent_is_the_gradient_of_the_reward() {
+        for squash in [Squash::Gaussian, Squash::Tanh] {
+            for aggregate in [Aggregate::Mean, Aggregate::SoftMax { temperature: 0.2 }] {
+                let reward = GoalReward::new(config(squash, aggregate), &contract(), [0.5, -0.8]).unwrap();
+                let mut x = Array3::<f32>::zeros((2, 3, 12));
+                for (i, v) in x.iter_mut().enumerate() {
+                    *v = ((i * 37 % 23) as f32 / 23.0 - 0.5) * 1.5;
+                }
+                let mut grad = Array3::<f32>::zeros(x.dim());
+                reward.cotangent(x.view(), grad.view_mut());
                 assert!(
-                    (numeric - analytic).abs() < 1e-3 * (1.0 + numeric.abs()),
-                    "{b} {idx:?}: {numeric} vs {analytic}"
+                    grad.slice(ndarray::s![.., 0, ..]).iter().all(|&g| g == 0.0),
+                    "the context gets no gradient"
                 );
+                for b in 0..2 {
+                    for idx in [(1, 2), (1, 3), (1, 8), (2, 9), (2, 0)] {
+                        let h = 1e-3;
+                        let at = |delta: f32| {
+                            let mut y = x.clone();
+                            y[[b, idx.0, idx.1]] += delta;
+                            reward.reward(&y.slice(ndarray::s![b, .., ..]))
+                        };
+                        let numeric = (at(h) - at(-h)) / (2.0 * f64::from(h));
+                        let analytic = f64::from(grad[[b, idx.0, idx.1]]);
+                        assert!(
+                            (numeric - analytic).abs() < 1e-3 * (1.0 + numeric.abs()),
+                            "{squash:?} {aggregate:?} {b} {idx:?}: {numeric} vs {analytic}"
+                        );
+                    }
+                }
             }
         }
     }
 
     #[test]
     fn bad_settings_are_named() {
-        let cfg = GoalRewardConfig {
-            position_dims: [0, 4],
-            sigma: 1.0,
-            temperature: 1.0,
-            discount: 1.0,
-            weight: 1.0,
-        };
+        let mut cfg = config(Squash::Tanh, Aggregate::Mean);
+        cfg.position_dims = [0, 4];
         let err = GoalReward::new(cfg, &contract(), [0.0, 0.0]).err().unwrap();
         assert_eq!(
             err,
             "goal.position_dims: expected indices < observation_dim = 4, got [0, 4]"
         );
+        let cfg = config(Squash::Tanh, Aggregate::SoftMax { temperature: 0.0 });
+        let err = GoalReward::new(cfg, &contract(), [0.0, 0.0]).err().unwrap();
+        assert_eq!(err, "goal.aggregate.temperature: expected a finite number > 0, got 0");
     }
 }
