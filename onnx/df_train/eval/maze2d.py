@@ -179,9 +179,9 @@ def evaluate(maze, episodes, binary, config, out, configs=None, seed=0, multi_go
         print(f"{maze} {name}: {summary['normalized_score_mean']:.1f} ± {summary['normalized_score_std']:.1f} "
               f"(success {summary['success_rate']:.2f}, replan p50 {summary['replan_ms_p50']:.1f} ms, "
               f"{summary['wall_s']:.0f} s)", flush=True)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         if recorded:
             plot(maze, recorded, Path(out).with_suffix(".png"))
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(results, indent=2) + "\n")
         Path(out).with_suffix(".md").write_text(table(results))
     return results
@@ -195,6 +195,7 @@ def learning_curve(maze, episodes, binary, config, run_dir, out, seed=0, workers
     from ..export import export
 
     points = []
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     for snap in sorted(Path(run_dir, "snapshots").glob("step*.pt")):
         model = snap.with_suffix(".onnx")
         if not model.exists():
