@@ -211,7 +211,13 @@ pub(crate) fn execution_providers(cfg: &RuntimeConfig) -> Result<Vec<ExecutionPr
             if cfg.require_providers {
                 return Err(ModelError::Provider { provider, reason });
             }
-            tracing::warn!(%provider, %reason, "execution provider skipped, falling back to the next one");
+            // A provider this binary was built without is the expected case on a CPU build;
+            // one that was built in but is missing from the runtime is a misconfiguration.
+            if status.compiled {
+                tracing::warn!(%provider, %reason, "execution provider skipped, falling back to the next one");
+            } else {
+                tracing::info!(%provider, %reason, "execution provider skipped, falling back to the next one");
+            }
             continue;
         }
         let d = match provider {
