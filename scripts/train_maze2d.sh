@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Dataset + DF planner for one D4RL maze: bash scripts/train_maze2d.sh umaze|medium|large [extra train flags]
 # Resumable: rerun after an interruption and training continues from runs/maze2d/<maze>/checkpoint.pt.
+# VARIANT=_name keeps a variant's run and model apart (e.g. VARIANT=_episode ... --tokens 31).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 maze="$1"; shift
 VENV="${DF_VENV:-$HOME/.cache/df_planner/venv}"
 RUN="runs/maze2d"
+name="$maze${VARIANT:-}"
 [ -f "$RUN/$maze.npz" ] || "$VENV/bin/df-train" datagen maze2d --maze "$maze" --seed 0 --out "$RUN/$maze.npz"
-"$VENV/bin/df-train" train --data "$RUN/$maze.npz" --out "$RUN/$maze" --observation-dim 4 --action-dim 2 \
+"$VENV/bin/df-train" train --data "$RUN/$maze.npz" --out "$RUN/$name" --observation-dim 4 --action-dim 2 \
   --frame-stack 10 --tokens 16 --width 128 --depth 4 --heads 4 --steps 40000 --batch 64 --seed 0 \
   --continuous true --checkpoint-every 1000 --snapshot-every 4000 "$@"
-"$VENV/bin/df-train" export --checkpoint "$RUN/$maze/checkpoint.pt" --out "onnx/models/maze2d_$maze.onnx"
+"$VENV/bin/df-train" export --checkpoint "$RUN/$name/checkpoint.pt" --out "onnx/models/maze2d_$name.onnx"
