@@ -8,5 +8,7 @@ cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 # The ROS adapter, type-checked and linted without ROS (r2r's doc-only stubs).
 cargo clippy --features ros,r2r/doc-only --all-targets -- -D warnings
+# The GPU execution-provider paths compile and lint without a GPU (they are only run on one).
+cargo clippy --features cuda,tensorrt --all-targets -- -D warnings
 cargo test
 "$VENV/bin/python" -m pytest onnx/tests -q
