@@ -2,6 +2,7 @@
 //! fields are errors so that a typo cannot silently fall back to a default.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -123,6 +124,18 @@ pub struct ControlSection {
     pub fallback: Fallback,
     /// The action published by `stop` and before any plan exists.
     pub stop_action: Vec<f64>,
+}
+
+impl ControlSection {
+    /// Time between control ticks.
+    pub fn tick(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.rate_hz)
+    }
+
+    /// Time between planned actions (the model's step).
+    pub fn step(&self) -> Duration {
+        Duration::from_secs_f64(self.action_dt_s)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

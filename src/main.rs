@@ -567,8 +567,8 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
         sink: Box::new(CountingSink { actions: 0 }),
         clock: clock.clone(),
         guidance: None,
-        tick: Duration::from_secs_f64(1.0 / cfg.control.rate_hz),
-        step: Duration::from_secs_f64(cfg.control.action_dt_s),
+        tick: cfg.control.tick(),
+        step: cfg.control.step(),
     };
     let node = live::spawn(parts)?;
     let (w, h) = (cfg.camera.width, cfg.camera.height);

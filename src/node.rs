@@ -53,12 +53,11 @@ pub fn control_core(cfg: &NodeConfig) -> ControlCore {
         camera_timeout_ns: (cfg.safety.camera_timeout_s * 1e9) as i64,
         state_timeout_ns: (cfg.safety.state_timeout_s * 1e9) as i64,
     };
-    let period_s = 1.0 / cfg.control.rate_hz;
     let safety = Safety::new(
         cfg.safety.action_min.clone(),
         cfg.safety.action_max.clone(),
         &cfg.safety.max_rate,
-        period_s,
+        cfg.control.tick().as_secs_f64(),
     );
     ControlCore::new(params, safety)
 }
@@ -80,7 +79,7 @@ pub fn planner(cfg: &NodeConfig) -> Result<DfPlanner, NodeError> {
 
 /// The planner task and control core.
 pub fn node_parts(cfg: &NodeConfig) -> Result<(PlannerTask, ControlCore), NodeError> {
-    let step_ns = (cfg.control.action_dt_s * 1e9).round() as i64;
+    let step_ns = cfg.control.step().as_nanos() as i64;
     Ok((
         PlannerTask::new(planner(cfg)?, cfg.planner.replan_every, step_ns),
         control_core(cfg),

@@ -82,8 +82,8 @@ pub struct ReplaySummary {
 /// The loop of a config on the bag's clock.
 pub fn build_loop(cfg: &NodeConfig) -> Result<OfflineLoop, ReplayError> {
     let (task, core) = node_parts(cfg)?;
-    let tick_ns = (1e9 / cfg.control.rate_hz).round() as i64;
-    let step_ns = (cfg.control.action_dt_s * 1e9).round() as i64;
+    let tick_ns = cfg.control.tick().as_nanos() as i64;
+    let step_ns = cfg.control.step().as_nanos() as i64;
     let camera = (cfg.camera.ring_capacity, cfg.camera.width, cfg.camera.height);
     Ok(OfflineLoop::new(task, core, tick_ns, step_ns, camera))
 }

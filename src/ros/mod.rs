@@ -277,8 +277,8 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
         sink: Box::new(sink),
         clock,
         guidance: None,
-        tick: Duration::from_secs_f64(1.0 / cfg.control.rate_hz),
-        step: Duration::from_secs_f64(cfg.control.action_dt_s),
+        tick: cfg.control.tick(),
+        step: cfg.control.step(),
     };
     let _loop = live::spawn(parts)?;
     tracing::info!(config = %config_path.display(), use_sim_time, "df_planner node running");
