@@ -39,7 +39,11 @@ impl Clock for SimClock {
 }
 
 fn stamp_ns(t: &builtin_interfaces::msg::Time) -> i64 {
-    i64::from(t.sec) * 1_000_000_000 + i64::from(t.nanosec)
+    msgs::Time {
+        sec: t.sec,
+        nanosec: t.nanosec,
+    }
+    .to_ns()
 }
 
 fn ros_time(t: msgs::Time) -> builtin_interfaces::msg::Time {
