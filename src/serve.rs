@@ -37,7 +37,10 @@ pub struct ServeSection {
     /// Observation indices of the position tracked by the PD controller (default [0, 1]);
     /// the velocity is taken from the same indices + 2.
     pub position_dims: [usize; 2],
-    /// PD gains: action = kp·(target − position) + kd·velocity (D4RL's waypoint controller: 10, −1).
+    /// PD gains tracking the planned state: action = kp·(p* − p) + kd·(v* − v), with p*, v* the
+    /// position and velocity the plan expects after this action (Diffuser's controller, gains
+    /// free). On D4RL's point mass one step changes v by 0.234·action, so kd ≈ 4 matches v* in
+    /// about one step.
     pub kp: f64,
     pub kd: f64,
     /// Goals outside [[x_min, y_min], [x_max, y_max]] are refused (default: no bounds).
@@ -50,7 +53,7 @@ impl Default for ServeSection {
             execute: Execute::DiffusedActions,
             position_dims: [0, 1],
             kp: 10.0,
-            kd: -1.0,
+            kd: 4.0,
             goal_bounds: None,
         }
     }
@@ -193,7 +196,7 @@ impl Server {
                 self.serve
                     .position_dims
                     .iter()
-                    .map(|&d| self.serve.kp * (target[d] - obs[d]) + self.serve.kd * obs[d + 2])
+                    .map(|&d| self.serve.kp * (target[d] - obs[d]) + self.serve.kd * (target[d + 2] - obs[d + 2]))
                     .collect()
             }
         };
