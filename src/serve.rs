@@ -191,14 +191,7 @@ impl Server {
         let k = self.since_plan.expect("a plan exists");
         let mut action = match self.serve.execute {
             Execute::DiffusedActions => self.plan.action(k).to_vec(),
-            Execute::PdController => {
-                let target = self.plan.observation(k);
-                self.serve
-                    .position_dims
-                    .iter()
-                    .map(|&d| self.serve.kp * (target[d] - obs[d]) + self.serve.kd * (target[d + 2] - obs[d + 2]))
-                    .collect()
-            }
+            Execute::PdController => self.serve.pd_action(self.plan.observation(k), obs),
         };
         for (i, a) in action.iter_mut().enumerate() {
             *a = a.clamp(self.action_min[i], self.action_max[i]);
@@ -207,6 +200,16 @@ impl Server {
         self.since_plan = Some(k + 1);
         response["action"] = json!(action);
         Ok(response)
+    }
+}
+
+impl ServeSection {
+    /// The PD controller's action (unclipped) toward the planned observation `target` from `obs`.
+    fn pd_action(&self, target: &[f64], obs: &[f64]) -> Vec<f64> {
+        self.position_dims
+            .iter()
+            .map(|&d| self.kp * (target[d] - obs[d]) + self.kd * (target[d + 2] - obs[d + 2]))
+            .collect()
     }
 }
 
@@ -227,4 +230,23 @@ pub fn run(server: &mut Server, input: impl BufRead, mut output: impl Write) -> 
         output.flush()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pd_action_tracks_planned_position_and_velocity() {
+        let serve = ServeSection {
+            kp: 10.0,
+            kd: 4.0,
+            ..Default::default()
+        };
+        let target = [1.0, 2.0, 0.5, -0.5];
+        let obs = [0.9, 2.1, 0.25, 0.0];
+        let a = serve.pd_action(&target, &obs);
+        assert!((a[0] - (10.0 * 0.1 + 4.0 * 0.25)).abs() < 1e-12, "{a:?}");
+        assert!((a[1] - (10.0 * -0.1 + 4.0 * -0.5)).abs() < 1e-12, "{a:?}");
+    }
 }
