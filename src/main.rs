@@ -109,6 +109,9 @@ struct ServeArgs {
     /// Override serve.execute (diffused_actions or pd_controller).
     #[arg(long)]
     execute: Option<String>,
+    /// Override serve.hold_radius; `none` to execute plans as planned.
+    #[arg(long)]
+    hold_radius: Option<String>,
     /// Override planner.seed.
     #[arg(long)]
     seed: Option<u64>,
@@ -660,6 +663,16 @@ fn serve(a: ServeArgs) -> Result<()> {
         let execute = serde_json::from_value(json!(e))
             .with_context(|| format!("--execute: expected diffused_actions or pd_controller, got {e}"))?;
         cfg.serve.get_or_insert_with(Default::default).execute = execute;
+    }
+    if let Some(r) = &a.hold_radius {
+        cfg.serve.get_or_insert_with(Default::default).hold_radius = match r.as_str() {
+            "none" => None,
+            radius => Some(
+                radius
+                    .parse()
+                    .with_context(|| format!("--hold-radius: expected a distance or none, got {radius}"))?,
+            ),
+        };
     }
     let planner = df_planner::node::planner(&cfg)?;
     let mut server = Server::new(&cfg, planner).map_err(anyhow::Error::msg)?;

@@ -4,7 +4,8 @@
 //! One JSON object per line in, one per line out:
 //! - `{"op": "reset", "goal": [x, y]}` (goal may be null: no guidance) → `{"ok": true}`
 //! - `{"op": "step", "obs": [...]}` → `{"ok": true, "action": [...], "replanned": bool,
-//!   "plan_ms": f (when replanned), "plan": [[x, y], ...] (planned positions, when replanned)}`
+//!   "plan_ms": f (when replanned), "plan": [[x, y], ...] (planned positions, when replanned),
+//!   "holding": bool (holding the goal at rest, serve.hold_radius)}`
 //! - `{"op": "stats"}` → `{"ok": true, "plans": n, "replan_ms_p50": f, "replan_ms_p99": f, "replan_ms_max": f}`
 //!
 //! A malformed line or a bad request is answered `{"ok": false, "error": "..."}` and logged;
@@ -45,6 +46,11 @@ pub struct ServeSection {
     pub kd: f64,
     /// Goals outside [[x_min, y_min], [x_max, y_max]] are refused (default: no bounds).
     pub goal_bounds: Option<[[f64; 2]; 2]>,
+    /// Arrive and stay: from the first planned step within this distance of the goal, the PD
+    /// controller holds the goal at rest (p* = goal, v* = 0) instead of executing the rest of
+    /// the plan, whichever `execute` is. Diffuser gets the same by inpainting the goal as its
+    /// plan's last state. null (default): execute the plan as planned.
+    pub hold_radius: Option<f64>,
 }
 
 impl Default for ServeSection {
@@ -55,6 +61,7 @@ impl Default for ServeSection {
             kp: 10.0,
             kd: 4.0,
             goal_bounds: None,
+            hold_radius: None,
         }
     }
 }
@@ -77,6 +84,10 @@ pub struct Server {
     action_max: Vec<f64>,
     plan: Plan,
     since_plan: Option<usize>,
+    /// The goal at rest as a PD target (goal at position_dims, zero elsewhere), when guided.
+    hold_target: Vec<f64>,
+    /// First step of the current plan within serve.hold_radius of the goal.
+    arrival: Option<usize>,
     last_action: Vec<f64>,
     latency: Histogram,
 }
@@ -94,6 +105,12 @@ impl Server {
         }
         let serve = cfg.serve.clone().unwrap_or_default();
         // The PD controller reads velocity at position index + 2.
+        if serve.hold_radius.is_some_and(|r| r.is_nan() || r <= 0.0) {
+            return Err(format!(
+                "serve.hold_radius: expected a positive distance or null, got {:?}",
+                serve.hold_radius
+            ));
+        }
         if serve.position_dims.iter().any(|&d| d + 2 >= l.observation_dim) {
             return Err(format!(
                 "serve.position_dims: expected indices < observation_dim - 2 = {}, got {:?}",
@@ -115,6 +132,8 @@ impl Server {
             action_min: cfg.safety.action_min.clone(),
             action_max: cfg.safety.action_max.clone(),
             since_plan: None,
+            hold_target: vec![0.0; l.observation_dim],
+            arrival: None,
             latency: Histogram::default(),
             planner,
         })
@@ -158,6 +177,12 @@ impl Server {
             }
         }
         self.guided = goal.is_some();
+        self.hold_target.iter_mut().for_each(|v| *v = 0.0);
+        if let Some(g) = goal {
+            for (&d, v) in self.serve.position_dims.iter().zip(g) {
+                self.hold_target[d] = v;
+            }
+        }
         self.planner.reset();
         self.since_plan = None;
         self.last_action.iter_mut().for_each(|a| *a = 0.0);
@@ -185,14 +210,24 @@ impl Server {
             let positions: Vec<[f64; 2]> = (0..self.plan.len())
                 .map(|k| [self.plan.observation(k)[px], self.plan.observation(k)[py]])
                 .collect();
+            self.arrival = match self.serve.hold_radius {
+                Some(r) if self.guided => {
+                    let [gx, gy] = [self.hold_target[px], self.hold_target[py]];
+                    positions.iter().position(|p| (p[0] - gx).hypot(p[1] - gy) < r)
+                }
+                _ => None,
+            };
             response["plan_ms"] = json!(ms);
             response["plan"] = json!(positions);
         }
         let k = self.since_plan.expect("a plan exists");
+        let holding = self.arrival.is_some_and(|a| k >= a);
         let mut action = match self.serve.execute {
+            _ if holding => self.serve.pd_action(&self.hold_target, obs),
             Execute::DiffusedActions => self.plan.action(k).to_vec(),
             Execute::PdController => self.serve.pd_action(self.plan.observation(k), obs),
         };
+        response["holding"] = json!(holding);
         for (i, a) in action.iter_mut().enumerate() {
             *a = a.clamp(self.action_min[i], self.action_max[i]);
         }

@@ -155,6 +155,42 @@ fn pd_controller_tracks_the_planned_positions() {
 }
 
 #[test]
+fn hold_radius_holds_the_goal_at_rest_once_the_plan_arrives() {
+    let goal: [f64; 2] = [0.4, -0.3];
+    let obs: [f64; 4] = [0.3, -0.2, 0.05, -0.02];
+    let run = |hold_radius: Option<f64>| {
+        let mut cfg = config("");
+        cfg.serve = Some(df_planner::serve::ServeSection {
+            hold_radius,
+            ..Default::default()
+        });
+        let mut s = server(&cfg);
+        ask(&mut s, json!({"op": "reset", "goal": goal}));
+        ask(&mut s, json!({"op": "step", "obs": obs}))
+    };
+    // A radius no plan can miss: every step holds, p* = goal, v* = 0 (kp 10, kd 4).
+    let r = run(Some(100.0));
+    assert_eq!(r["holding"], true, "{r}");
+    for i in 0..2 {
+        let expected = (10.0 * (goal[i] - obs[i]) - 4.0 * obs[i + 2]).clamp(-1.0, 1.0);
+        assert!((r["action"][i].as_f64().unwrap() - expected).abs() < 1e-9, "{r}");
+    }
+    assert_eq!(run(None)["holding"], false);
+    let mut cfg = config("");
+    cfg.serve = Some(df_planner::serve::ServeSection {
+        hold_radius: Some(-1.0),
+        ..Default::default()
+    });
+    let err = Server::new(&cfg, df_planner::node::planner(&cfg).unwrap())
+        .err()
+        .unwrap();
+    assert_eq!(
+        err,
+        "serve.hold_radius: expected a positive distance or null, got Some(-1.0)"
+    );
+}
+
+#[test]
 fn warm_start_is_accepted_only_for_whole_tokens() {
     let mut cfg = config("");
     cfg.planner.warm_start_level = Some(5);

@@ -44,6 +44,18 @@ def test_results_have_every_key_for_every_configuration(setup, tmp_path):
     assert out.with_suffix(".png").stat().st_size > 10_000, "planned vs executed plot"
     table = out.with_suffix(".md").read_text()
     assert "| umaze df_mcg |" in table and "116.7 ± 2.0" in table and table.count("\n") == 5
+    scores = [results[n]["scores"] for n in ("df_mcg", "no_mcg")]
+    assert results["no_mcg"]["df_mcg_minus_this"]["mean"] == pytest.approx(sum(scores[0]) / 2 - sum(scores[1]) / 2)
+    assert "df_mcg_minus_this" not in results["df_mcg"]
+
+
+def test_paired_difference_cancels_the_shared_spread():
+    from df_train.eval.maze2d import paired_difference
+
+    d = paired_difference([10.0, 50.0, 90.0], [8.0, 47.0, 89.0])
+    assert d["mean"] == pytest.approx(2.0)
+    assert d["sem"] == pytest.approx(1.0 / 3**0.5)
+    assert d["t"] == pytest.approx(2.0 * 3**0.5)
 
 
 def test_the_planner_refuses_a_goal_outside_the_maze_and_keeps_serving(setup):

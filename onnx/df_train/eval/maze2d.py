@@ -32,6 +32,7 @@ ABLATIONS = {
     "full_sequence": ["--matrix", "full_sequence"],
     "warm_start": ["--warm-start-level", "5"],
     "pd_controller": ["--execute", "pd_controller"],
+    "no_hold": ["--hold-radius", "none"],
 }
 
 
@@ -106,6 +107,7 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
         "normalized_score_mean": statistics.fmean(scores),
         "normalized_score_std": statistics.pstdev(scores),
         "normalized_score_sem": statistics.pstdev(scores) / len(scores) ** 0.5,
+        "scores": scores,
         "success_rate": len(reaches) / len(scores),
         "time_to_first_reach_mean": statistics.fmean(reaches) if reaches else None,
         # Worst worker's percentiles: conservative when episodes run in parallel processes.
@@ -150,10 +152,20 @@ def plot(maze: str, recorded: list, path: Path) -> None:
     plt.close(fig)
 
 
+def paired_difference(reference: list[float], other: list[float]) -> dict:
+    """reference − other over the same episodes (episode i has env seed seed + i in every
+    configuration), so the start and goal spread cancels: mean, its standard error, and t."""
+    diffs = [a - b for a, b in zip(reference, other, strict=True)]
+    mean = statistics.fmean(diffs)
+    sem = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    return {"mean": mean, "sem": sem, "t": mean / sem if sem > 0 else float("nan")}
+
+
 def table(results: dict) -> str:
     """The README table: each configuration beside the paper's number for it, if any."""
-    rows = ["| configuration | normalized score | success | first reach (steps) | replan p50 / p99 (ms) | episodes | paper |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| configuration | normalized score | df_mcg − this (paired) | success | first reach (steps) | "
+            "replan p50 / p99 (ms) | episodes | paper |",
+            "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         paper = r.get("paper")
         if isinstance(paper, (list, tuple)):
@@ -161,8 +173,11 @@ def table(results: dict) -> str:
         else:
             paper = "—"
         reach = f"{r['time_to_first_reach_mean']:.0f}" if r["time_to_first_reach_mean"] is not None else "—"
+        diff = r.get("df_mcg_minus_this")
+        diff = f"{diff['mean']:+.1f} ± {diff['sem']:.1f} (t {diff['t']:.1f})" if diff else "—"
         rows.append(f"| {r['maze']}{' multi-goal' if r['multi_goal'] else ''} {name} | "
-                    f"{r['normalized_score_mean']:.1f} ± {r['normalized_score_std']:.1f} | {r['success_rate']:.2f} | {reach} | "
+                    f"{r['normalized_score_mean']:.1f} ± {r['normalized_score_std']:.1f} | {diff} | "
+                    f"{r['success_rate']:.2f} | {reach} | "
                     f"{r['replan_ms_p50']:.1f} / {r['replan_ms_p99']:.1f} | {r['episodes']} | {paper} |")
     return "\n".join(rows) + "\n"
 
@@ -175,6 +190,8 @@ def evaluate(maze, episodes, binary, config, out, configs=None, seed=0, multi_go
                                             record=(name == (configs or list(ABLATIONS))[0]))
         summary["wall_s"] = time.perf_counter() - start
         summary["paper"] = PAPER[maze].get("multi_goal_df" if multi_goal and name == "df_mcg" else name)
+        if name != "df_mcg" and "df_mcg" in results:
+            summary["df_mcg_minus_this"] = paired_difference(results["df_mcg"]["scores"], summary["scores"])
         results[name] = summary
         print(f"{maze} {name}: {summary['normalized_score_mean']:.1f} ± {summary['normalized_score_std']:.1f} "
               f"(success {summary['success_rate']:.2f}, replan p50 {summary['replan_ms_p50']:.1f} ms, "
