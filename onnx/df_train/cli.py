@@ -30,6 +30,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 def cmd_datagen(a) -> None:
     from .data import save_dataset
 
+    if a.task == "fruit-swap":
+        from .datagen import fruit_swap
+
+        manifest = fruit_swap.generate(Path(a.out), a.episodes, a.seed, storage=a.storage, distractor=a.distractor)
+        print(json.dumps({k: v for k, v in manifest.items() if k != "bags"}, indent=2))
+        return
     if a.task == "pointmass":
         from .datagen import pointmass
 
@@ -113,9 +119,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="df-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("datagen", help="generate a dataset of episodes (.npz + manifest)")
-    p.add_argument("task", choices=["pointmass", "maze2d"])
-    p.add_argument("--episodes", type=int, default=400, help="pointmass")
+    p = sub.add_parser("datagen", help="generate a dataset of episodes (.npz + manifest; fruit-swap: a folder "
+                                       "of ROS 2 bags + manifest.json)")
+    p.add_argument("task", choices=["pointmass", "maze2d", "fruit-swap"])
+    p.add_argument("--episodes", type=int, default=400, help="pointmass, fruit-swap (one bag per episode)")
+    p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap", help="fruit-swap: bag storage")
+    p.add_argument("--distractor", action="store_true", help="fruit-swap: a random occluder in the front camera")
     p.add_argument("--length", type=int, default=200, help="pointmass")
     p.add_argument("--maze", choices=list(MAZE2D_STEPS), default="umaze", help="maze2d")
     p.add_argument("--steps", type=int, help="maze2d (default: D4RL's size, " +
