@@ -68,3 +68,72 @@ class TokenWindows:
             valid[i, : len(chunk)] = True
         mask = valid.reshape(batch, t, fs).all(axis=2)
         return x.reshape(batch, t, fs * fd), mask
+
+
+class DemoWindows:
+    """Token windows from a folder of fruit-swap demonstration bags, with each token's camera
+    images (those of its last frame: what the robot sees when it plans the next token).
+
+    Each episode ends with `rest_tokens` more tokens at rest (its last state and command
+    repeated): the policy must learn to stay once the swap is done. Half of the windows start
+    at the episode's start (the whole history is in view: memory), half anywhere (a short
+    context, as a memoryless policy has). A random number of leading tokens have images (the
+    observed past and present); the rest are the future, image level `image_levels` (absent).
+    Some observed images are corrupted with Gaussian noise and tagged with their noise level.
+    """
+
+    NOISE_STD_PER_LEVEL = 0.15
+
+    def __init__(self, folder: Path, layout: TokenLayout, tokens: int, image_levels: int = 4, rest_tokens: int = 2,
+                 noisy_fraction: float = 0.3):
+        from .datagen.fruit_swap import read_demo_bag
+
+        bags = sorted(p for p in Path(folder).iterdir() if (p / "metadata.yaml").exists())
+        if not bags:
+            raise ValueError(f"{folder}: no rosbag2 folders (with metadata.yaml) in it")
+        fs = layout.frame_stack
+        self.layout, self.tokens, self.image_levels, self.noisy_fraction = layout, tokens, image_levels, noisy_fraction
+        self.episodes, self.images = [], []
+        for bag in bags:
+            demo = read_demo_bag(bag)
+            n = len(demo["action"])
+            # Token j ends with observation j·fs, as the planner's context token ends with the
+            # current observation: the first token repeats the first frame (as the planner does
+            # before it has frame_stack frames), the last ones repeat the final rest.
+            head = np.concatenate([np.zeros(fs - 1, dtype=np.int64), np.arange(n)])
+            idx = np.concatenate([head, np.full((-len(head)) % fs + rest_tokens * fs, n - 1)])
+            frames = layout.frames(demo["state"], demo["action"], None)[idx]
+            token_last = idx[fs - 1 :: fs]
+            self.episodes.append(frames)
+            self.images.append(np.stack([demo["front"][token_last], demo["wrist"][token_last]], axis=1))
+        frames = np.concatenate(self.episodes)
+        self.mean = frames.mean(axis=0)
+        self.std = np.maximum(frames.std(axis=0), 1e-2)
+        self.cameras = 2
+
+    def normalize(self, frames: np.ndarray) -> np.ndarray:
+        return (frames - self.mean) / self.std
+
+    def sample(self, rng: np.random.Generator, batch: int):
+        """Tokens [B, T, D], mask [B, T], and the camera inputs: images [B, T, 2, 32, 32, 3] in
+        [0, 1] and image_level [B, T]."""
+        fs, t, fd = self.layout.frame_stack, self.tokens, self.layout.frame_dim
+        x = np.zeros((batch, t, fs * fd), dtype=np.float32)
+        mask = np.zeros((batch, t), dtype=bool)
+        size = self.images[0].shape[2]
+        images = np.zeros((batch, t, self.cameras, size, size, 3), dtype=np.float32)
+        level = np.full((batch, t), self.image_levels, dtype=np.int64)
+        for i in range(batch):
+            e = rng.integers(len(self.episodes))
+            n_tok = len(self.episodes[e]) // fs
+            start = 0 if rng.random() < 0.5 else int(rng.integers(n_tok))
+            stop = min(start + t, n_tok)
+            x[i, : stop - start] = self.normalize(self.episodes[e][start * fs : stop * fs]).reshape(stop - start, fs * fd)
+            mask[i, : stop - start] = True
+            seen = int(rng.integers(1, stop - start + 1))
+            observed = self.images[e][start : start + seen].astype(np.float32) / 255.0
+            noisy = rng.random(seen) < self.noisy_fraction
+            level[i, :seen] = np.where(noisy, rng.integers(1, self.image_levels, seen), 0)
+            std = (level[i, :seen] * self.NOISE_STD_PER_LEVEL)[:, None, None, None, None]
+            images[i, :seen] = np.clip(observed + std * rng.standard_normal(observed.shape), 0.0, 1.0)
+        return x, mask, {"images": images, "image_level": level}

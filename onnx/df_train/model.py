@@ -25,6 +25,12 @@ class ModelConfig:
     mlp_ratio: int = 4
     causal: bool = True
     parameterization: str = "v"
+    # Camera conditioning (fruit swap): each token sees `cameras` RGB images of image_size²,
+    # tagged with an image level: 0 clean, 1..image_levels-1 increasingly noisy ("tell the model
+    # the observation is noisy", the paper's k > 0), image_levels = no image (future tokens).
+    cameras: int = 0
+    image_size: int = 32
+    image_levels: int = 4
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,6 +79,31 @@ class Block(nn.Module):
         return h + self.mlp(self.norm2(h))
 
 
+class CameraEncoder(nn.Module):
+    """Images [B, T, cameras, H, W, 3] in [0, 1] -> one width-vector per token (cameras stacked
+    as channels), plus an embedding of each token's image level."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c = 3 * cfg.cameras
+        self.conv = nn.Sequential(
+            nn.Conv2d(c, 32, 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(64, 64, 4, stride=2, padding=1), nn.SiLU(),
+        )
+        side = cfg.image_size // 8
+        self.proj = nn.Linear(64 * side * side, cfg.width)
+        self.level = nn.Embedding(cfg.image_levels + 1, cfg.width)
+        self.absent = cfg.image_levels
+
+    def forward(self, images: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        b, t, n, h, w, _ = images.shape
+        x = images.permute(0, 1, 2, 5, 3, 4).reshape(b * t, n * 3, h, w)
+        features = self.proj(self.conv(x).flatten(1)).reshape(b, t, -1)
+        present = (level < self.absent).to(features.dtype)[..., None]
+        return features * present + self.level(level)
+
+
 class DFTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig, alphas_cumprod):
         super().__init__()
@@ -84,6 +115,7 @@ class DFTransformer(nn.Module):
         self.register_buffer("alphas_cumprod", torch.as_tensor(alphas_cumprod, dtype=torch.float32))
         self.token_in = nn.Linear(cfg.token_dim, cfg.width)
         self.cond_in = nn.Linear(cfg.cond_dim, cfg.width) if cfg.cond_dim else None
+        self.cameras = CameraEncoder(cfg) if cfg.cameras else None
         self.level_mlp = nn.Sequential(nn.Linear(cfg.width, cfg.width), nn.SiLU(), nn.Linear(cfg.width, cfg.width))
         self.position = nn.Parameter(torch.zeros(cfg.max_tokens, cfg.width))
         nn.init.normal_(self.position, std=0.02)
@@ -93,19 +125,24 @@ class DFTransformer(nn.Module):
         nn.init.zeros_(self.token_out.weight)
         nn.init.zeros_(self.token_out.bias)
 
-    def network(self, x_t: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def network(self, x_t: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None,
+                images: torch.Tensor | None = None, image_level: torch.Tensor | None = None) -> torch.Tensor:
         """Raw network output in the model's parameterization."""
         t = x_t.shape[1]
         h = self.token_in(x_t) + self.level_mlp(timestep_embedding(k, self.cfg.width)) + self.position[:t]
         if self.cond_in is not None:
             h = h + self.cond_in(cond)
+        if self.cameras is not None:
+            h = h + self.cameras(images, image_level)
         for block in self.blocks:
             h = block(h)
         return self.token_out(self.norm_out(h))
 
-    def forward(self, x_t: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None):
-        """(x0, eps) for noisy tokens x_t [B,T,D] at timesteps k [B,T] in 0..K-1."""
-        out = self.network(x_t, k, cond)
+    def forward(self, x_t: torch.Tensor, k: torch.Tensor, cond: torch.Tensor | None = None,
+                images: torch.Tensor | None = None, image_level: torch.Tensor | None = None):
+        """(x0, eps) for noisy tokens x_t [B,T,D] at timesteps k [B,T] in 0..K-1 (camera models:
+        with their images and image levels)."""
+        out = self.network(x_t, k, cond, images, image_level)
         ab = self.alphas_cumprod[k][..., None]
         a, s = ab.sqrt(), (1 - ab).sqrt()
         p = self.cfg.parameterization

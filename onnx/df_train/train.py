@@ -16,17 +16,20 @@ import torch
 from tqdm import tqdm
 
 from . import schedule
-from .data import TokenWindows, dataset_hash
+from .data import DemoWindows, TokenWindows, dataset_hash
 from .layout import TokenLayout
 from .model import DFTransformer, ModelConfig
 
 
 @dataclass
 class TrainConfig:
-    data: str
     out: str
     observation_dim: int
     action_dim: int
+    # Exactly one source: an episodes .npz (`data`) or a folder of demonstration bags with camera
+    # images (`bags`, written by `df-train datagen fruit-swap`).
+    data: str = ""
+    bags: str = ""
     frame_stack: int = 4
     reward: bool = False
     tokens: int = 8
@@ -65,6 +68,7 @@ class TrainConfig:
             depth=self.depth,
             heads=self.heads,
             parameterization=self.parameterization,
+            cameras=2 if self.bags else 0,
         )
 
 
@@ -78,14 +82,16 @@ def loss_weight(snr: torch.Tensor, parameterization: str, gamma: float) -> torch
     return clipped / (snr + 1)
 
 
-def diffusion_loss(model: DFTransformer, x0: torch.Tensor, mask: torch.Tensor, gamma: float, gen: torch.Generator):
+def diffusion_loss(model: DFTransformer, x0: torch.Tensor, mask: torch.Tensor, gamma: float, gen: torch.Generator,
+                   **inputs):
+    """`inputs`: the model's other inputs (camera images and their levels), passed through."""
     b, t, _ = x0.shape
     k_max = len(model.alphas_cumprod)
     k = torch.randint(0, k_max, (b, t), generator=gen)
     noise = torch.randn(x0.shape, generator=gen)
     ab = model.alphas_cumprod[k][..., None]
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-    out = model.network(x_t, k)
+    out = model.network(x_t, k, **inputs)
     p = model.cfg.parameterization
     target = {"x0": x0, "eps": noise, "v": ab.sqrt() * noise - (1 - ab).sqrt() * x0}[p]
     snr = ab[..., 0] / (1 - ab[..., 0])
@@ -125,7 +131,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     ckpt_path = out / "checkpoint.pt"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    windows = TokenWindows(Path(cfg.data), cfg.layout, cfg.tokens, cfg.continuous)
+    if bool(cfg.data) == bool(cfg.bags):
+        raise ValueError(f"data / bags: expected exactly one training source, got data={cfg.data!r} bags={cfg.bags!r}")
+    if cfg.bags:
+        windows = DemoWindows(Path(cfg.bags), cfg.layout, cfg.tokens)
+    else:
+        windows = TokenWindows(Path(cfg.data), cfg.layout, cfg.tokens, cfg.continuous)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -147,7 +158,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         step = ckpt["step"]
     log_path = out / "log.jsonl"
 
-    dataset_sha256 = dataset_hash(Path(cfg.data))
+    dataset_sha256 = dataset_hash(Path(cfg.bags) / "manifest.json" if cfg.bags else Path(cfg.data))
 
     def exportable() -> dict:
         """What export needs: a snapshot is exactly this."""
@@ -173,8 +184,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     running = None
     with log_path.open("a") as log:
         while step < cfg.steps:
-            x0, mask = windows.sample(rng, cfg.batch)
-            loss = diffusion_loss(model, torch.from_numpy(x0), torch.from_numpy(mask).float(), cfg.min_snr_gamma, gen)
+            x0, mask, *inputs = windows.sample(rng, cfg.batch)
+            inputs = {k: torch.from_numpy(v) for k, v in (inputs[0] if inputs else {}).items()}
+            loss = diffusion_loss(model, torch.from_numpy(x0), torch.from_numpy(mask).float(), cfg.min_snr_gamma, gen,
+                                  **inputs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

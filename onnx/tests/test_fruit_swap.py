@@ -100,3 +100,58 @@ def test_a_bag_without_the_cameras_is_refused(tmp_path):
     rosbag_io.write_bag(tmp_path / "bag", records)
     with pytest.raises(ValueError, match="topics .*/camera/front/image_raw.* missing"):
         read_demo_bag(tmp_path / "bag")
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    from df_train.datagen.fruit_swap import generate
+
+    out = tmp_path_factory.mktemp("demos")
+    generate(out, 3, seed=0)
+    return out
+
+
+def test_demo_windows_hold_history_images_and_rest(demos):
+    from df_train.data import DemoWindows
+    from df_train.layout import TokenLayout
+
+    layout = TokenLayout(observation_dim=4, action_dim=4, frame_stack=15)
+    windows = DemoWindows(demos, layout, tokens=16)
+    steps = [len(read_demo_bag(demos / f"episode_{i:04d}")["action"]) for i in range(3)]
+    assert [len(e) for e in windows.episodes] == [-(-(n + 14) // 15) * 15 + 30 for n in steps], "+ 2 rest tokens"
+    demo = read_demo_bag(demos / "episode_0000")
+    assert np.array_equal(windows.images[0][2, 0], demo["front"][30]), "token j ends with observation 15 j"
+    assert np.allclose(windows.episodes[0][15 * 2 + 14, 4:], demo["state"][30])
+    rest = windows.episodes[0][-15:]
+    assert np.allclose(rest, rest[0]), "the rest tokens repeat the last state and command"
+    x, mask, inputs = windows.sample(np.random.default_rng(0), 64)
+    assert x.shape == (64, 16, 15 * 8) and mask.shape == (64, 16)
+    assert inputs["images"].shape == (64, 16, 2, 32, 32, 3) and inputs["image_level"].shape == (64, 16)
+    level = inputs["image_level"]
+    for i in range(64):
+        seen = int((level[i] < 4).sum())
+        assert seen >= 1 and np.all(level[i, :seen] < 4) and np.all(level[i, seen:] == 4), "past observed, future absent"
+        assert not inputs["images"][i, seen:].any()
+    assert (level == 0).any() and ((level > 0) & (level < 4)).any(), "clean and noisy observed images"
+
+
+def test_train_from_bags(demos, tmp_path):
+    import torch
+
+    from df_train.train import load_checkpoint
+
+    out = tmp_path / "run"
+    main(["train", "--bags", str(demos), "--out", str(out), "--observation-dim", "4", "--action-dim", "4",
+          "--frame-stack", "15", "--tokens", "16", "--width", "32", "--depth", "1", "--heads", "2", "--steps", "3",
+          "--batch", "4", "--quiet"])
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["config"]["bags"] == str(demos) and ckpt["step"] == 3
+    from df_train.train import TrainConfig, build_model
+
+    model = build_model(TrainConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    x0, eps = model(torch.zeros(1, 5, 120), torch.zeros(1, 5, dtype=torch.long),
+                    images=torch.zeros(1, 5, 2, 32, 32, 3), image_level=torch.full((1, 5), 4))
+    assert x0.shape == (1, 5, 120) and torch.isfinite(eps).all()
+    with pytest.raises(ValueError, match="data / bags: expected exactly one training source"):
+        main(["train", "--out", str(tmp_path / "none"), "--observation-dim", "4", "--action-dim", "4", "--quiet"])
