@@ -79,6 +79,15 @@ def cmd_export(a) -> None:
 
 
 def cmd_eval(a) -> None:
+    if a.task == "fruit-swap":
+        from .eval import fruit_swap
+
+        if not a.checkpoint:
+            raise SystemExit("eval fruit-swap: --checkpoint is required (the PyTorch reference policy)")
+        fruit_swap.evaluate(Path(a.checkpoint), a.episodes, Path(a.out), a.configs.split(",") if a.configs else None)
+        return
+    if not a.maze or not a.planner or not a.config:
+        raise SystemExit("eval maze2d: --maze, --planner and --config are required")
     from .eval.maze2d import ABLATIONS, evaluate, learning_curve
 
     if a.curve:
@@ -145,14 +154,17 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="closed-loop evaluation with the Rust planner (df_planner serve) in the loop")
-    p.add_argument("task", choices=["maze2d"])
-    p.add_argument("--maze", required=True, choices=["umaze", "medium", "large"])
+    p.add_argument("task", choices=["maze2d", "fruit-swap"])
+    p.add_argument("--maze", choices=["umaze", "medium", "large"], help="maze2d (required)")
     p.add_argument("--episodes", type=int, default=100)
-    p.add_argument("--planner", required=True, help="path of the df_planner binary")
-    p.add_argument("--config", required=True, help="node config, e.g. config/maze2d_umaze.yaml")
+    p.add_argument("--planner", help="maze2d (required): path of the df_planner binary")
+    p.add_argument("--config", help="maze2d (required): node config, e.g. config/maze2d_umaze.yaml")
+    p.add_argument("--checkpoint", help="fruit-swap: a camera model checkpoint, run by the PyTorch reference "
+                                        "policy (configs: memory, memoryless, distractor, distractor_k2)")
     p.add_argument("--out", required=True, help="results.json (a .png of planned vs executed paths is written beside it)")
     p.add_argument("--configs", help="comma-separated subset of: df_mcg, no_mcg, no_guidance, full_sequence, "
-                                     "warm_start, pd_controller (default: all)")
+                                     "warm_start, pd_controller, no_hold (default: all); fruit-swap: memory, "
+                                     "memoryless, distractor, distractor_k2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--multi-goal", action="store_true", help="Multi2D: a random goal every episode")
     p.add_argument("--workers", type=int, default=1, help="planner processes running episodes in parallel")

@@ -155,3 +155,32 @@ def test_train_from_bags(demos, tmp_path):
     assert x0.shape == (1, 5, 120) and torch.isfinite(eps).all()
     with pytest.raises(ValueError, match="data / bags: expected exactly one training source"):
         main(["train", "--out", str(tmp_path / "none"), "--observation-dim", "4", "--action-dim", "4", "--quiet"])
+
+
+def test_reference_policy_closed_loop(demos, tmp_path):
+    from df_train.eval import fruit_swap
+
+    out = tmp_path / "run"
+    main(["train", "--bags", str(demos), "--out", str(out), "--observation-dim", "4", "--action-dim", "4",
+          "--frame-stack", "15", "--tokens", "16", "--width", "32", "--depth", "1", "--heads", "2", "--steps", "2",
+          "--batch", "2", "--timesteps", "100", "--stabilization-level", "3", "--quiet"])
+    results_path = tmp_path / "results.json"
+    main(["eval", "fruit-swap", "--checkpoint", str(out / "checkpoint.pt"), "--episodes", "1",
+          "--configs", "memory,memoryless", "--out", str(results_path)])
+    results = json.loads(results_path.read_text())
+    assert set(results) == {"memory", "memoryless"}
+    for r in results.values():
+        assert r["episodes"] == 1 and r["plan_ms_p99"] >= r["plan_ms_p50"] > 0
+        assert r["success_rate"] in (0.0, 1.0)
+    # What the sampler is given: the whole history with memory, the present token without.
+    seen = {}
+    for memory in (True, False):
+        policy = fruit_swap.ReferencePolicy(out / "checkpoint.pt", fruit_swap.PolicySettings(memory=memory))
+        sample = policy.sampler.sample
+        policy.sampler.sample = lambda x, rows, noise, memory=memory: seen.setdefault(memory, x.shape) and sample(x, rows, noise)
+        env = FruitSwapEnv(seed=0)
+        policy.reset()
+        for _ in range(31):  # observations 0..30: three context tokens
+            policy.observe(np.zeros(4), env.observe())
+        assert policy.plan().shape == (15, 4)
+    assert seen[True][1] == 3 + 2 and seen[False][1] == 1 + 2

@@ -1,0 +1,135 @@
+"""`df-train eval fruit-swap --checkpoint C`: the fruit-swap policy in closed loop with the
+PyTorch reference sampler, the specification the Rust node's closed loop is checked against.
+
+Every `frame_stack` control steps the policy plans: the context tokens are the observed
+history (every token since the episode start with memory; only the present token without),
+each with the camera images of its last frame; the planned tokens follow, without images,
+denoised along a pyramid scheduling matrix. The first planned token's actions are executed.
+"""
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import matrices
+from ..envs.fruit_swap import FruitSwapEnv
+from ..export import load_model
+from ..reference_sampler import ReferenceSampler, SamplerSettings, timestep_rows
+
+
+@dataclass
+class PolicySettings:
+    memory: bool = True
+    # Image level given with observed images: 0 = clean; k > 0 tells the model they are noisy.
+    observation_level: int = 0
+    plan_tokens: int = 2
+    sampling_steps: int = 10
+    seed: int = 0
+
+
+class ReferencePolicy:
+    def __init__(self, checkpoint: Path, settings: PolicySettings):
+        self.model, self.cfg, ckpt = load_model(Path(checkpoint))
+        if not self.cfg.bags:
+            raise ValueError(f"{checkpoint}: not a camera model (trained without --bags)")
+        self.s = settings
+        self.mean = np.asarray(ckpt["normalization"]["mean"], dtype=np.float32)
+        self.std = np.asarray(ckpt["normalization"]["std"], dtype=np.float32)
+        layout = self.cfg.layout
+        self.fs, self.fd, self.adim = layout.frame_stack, layout.frame_dim, layout.action_dim
+        self.sampler = ReferenceSampler(self.model, self.model.alphas_cumprod.numpy(), SamplerSettings(
+            stabilization_level=self.cfg.stabilization_level, noise_clip=self.cfg.noise_clip))
+        self.max_context = self.cfg.tokens - settings.plan_tokens
+        self.gen = torch.Generator().manual_seed(settings.seed)
+
+    def reset(self) -> None:
+        self.frames: list[np.ndarray] = []  # normalized (prev action, state) per step
+        self.token_images: list[np.ndarray] = []  # [2, 32, 32, 3] in [0, 1], one per context token
+
+    def observe(self, prev_action: np.ndarray, obs: dict) -> None:
+        frame = np.concatenate([prev_action, obs["state"]]).astype(np.float32)
+        self.frames.append((frame - self.mean) / self.std)
+        if (len(self.frames) - 1) % self.fs == 0:
+            self.token_images.append(np.stack([obs["front"], obs["wrist"]]).astype(np.float32) / 255.0)
+
+    def plan(self) -> np.ndarray:
+        """The next `frame_stack` actions, after an observation at a token boundary."""
+        padded = [self.frames[0]] * (self.fs - 1) + self.frames
+        context = np.stack(padded).reshape(-1, self.fs * self.fd)
+        images = np.stack(self.token_images)
+        keep = min(len(context), self.max_context if self.s.memory else 1)
+        context, images = context[-keep:], images[-keep:]
+        c, h = len(context), self.s.plan_tokens
+        levels = np.full((1, c + h), self.model.cfg.image_levels, dtype=np.int64)  # future: absent
+        levels[0, :c] = self.s.observation_level
+        all_images = np.zeros((1, c + h, *images.shape[1:]), dtype=np.float32)
+        all_images[0, :c] = images
+        inputs = {"images": torch.from_numpy(all_images), "image_level": torch.from_numpy(levels)}
+        rows = timestep_rows(matrices.build("pyramid", h, self.s.sampling_steps), c, self.cfg.timesteps,
+                             self.s.sampling_steps)
+        x = torch.cat([torch.from_numpy(context)[None],
+                       torch.randn(1, h, self.fs * self.fd, generator=self.gen).clamp(-self.cfg.noise_clip,
+                                                                                      self.cfg.noise_clip)], dim=1)
+        noise = torch.randn(len(rows) - 1, *x.shape, generator=self.gen)
+        model = self.model
+        self.sampler.model = lambda x_in, k_in: model(x_in, k_in, images=inputs["images"], image_level=inputs["image_level"])
+        x = self.sampler.sample(x, rows, noise)[-1]
+        token = x[0, c].numpy().reshape(self.fs, self.fd) * self.std + self.mean
+        return token[:, : self.adim].astype(np.float64)
+
+
+def run_episode(policy: ReferencePolicy, seed: int, distractor: bool) -> dict:
+    env = FruitSwapEnv(seed=seed, distractor=distractor)
+    obs = env.observe()
+    policy.reset()
+    prev = np.zeros(4)
+    success, done, plan_ms = False, False, []
+    while not done:
+        policy.observe(prev, obs)
+        start = time.perf_counter()
+        actions = policy.plan()
+        plan_ms.append((time.perf_counter() - start) * 1e3)
+        for i, action in enumerate(actions):
+            obs, success, done = env.step(action)
+            prev = action
+            if done:
+                break
+            if i < len(actions) - 1:
+                policy.observe(prev, obs)
+    return {"success": success, "steps": env.t, "plan_ms": plan_ms, "start_slots": env.start_slots}
+
+
+CONFIGS = {
+    "memory": (PolicySettings(memory=True), False),
+    "memoryless": (PolicySettings(memory=False), False),
+    "distractor": (PolicySettings(memory=True), True),
+    "distractor_k2": (PolicySettings(memory=True, observation_level=2), True),
+}
+
+
+def evaluate(checkpoint: Path, episodes: int, out: Path, configs=None, seed: int = 10_000) -> dict:
+    """Success rate, time to success and plan latency per configuration; episode i uses env
+    seed `seed + i` (demonstrations use seeds from 0, so these starts are unseen draws)."""
+    results = {}
+    for name in configs or list(CONFIGS):
+        settings, distractor = CONFIGS[name]
+        policy = ReferencePolicy(checkpoint, settings)
+        runs = [run_episode(policy, seed + i, distractor) for i in range(episodes)]
+        times = [r["steps"] for r in runs if r["success"]]
+        latencies = sorted(ms for r in runs for ms in r["plan_ms"])
+        results[name] = {
+            "episodes": episodes, "success_rate": statistics.fmean(r["success"] for r in runs),
+            "time_to_success_s_mean": statistics.fmean(times) / 10.0 if times else None,
+            "plan_ms_p50": latencies[len(latencies) // 2], "plan_ms_p99": latencies[int(0.99 * (len(latencies) - 1))],
+            "memory": settings.memory, "observation_level": settings.observation_level, "distractor": distractor,
+            "successes": [bool(r["success"]) for r in runs],
+        }
+        print(f"fruit-swap {name}: success {results[name]['success_rate']:.2f} over {episodes} episodes", flush=True)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(results, indent=2) + "\n")
+    return results
