@@ -1,3 +1,3 @@
 """Diffusion Forcing training, ONNX export and reference sampling for df_planner."""
 
-CONTRACT_VERSION = "1.0"
+CONTRACT_VERSION = "1.1"

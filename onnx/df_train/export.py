@@ -20,6 +20,7 @@ from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from . import CONTRACT_VERSION
+from .data import DemoWindows
 from .model import DFTransformer
 from .train import TrainConfig, build_model, load_checkpoint
 
@@ -60,6 +61,7 @@ def contract(cfg: TrainConfig, ckpt: dict, model: DFTransformer, name: str) -> d
         "max_tokens": cfg.tokens,
         "causal": True,
         "cond_dim": 0,
+        **camera_contract(cfg, model),
         "provenance": {
             "dataset_sha256": ckpt["dataset_sha256"],
             "train_steps": ckpt["step"],
@@ -68,6 +70,23 @@ def contract(cfg: TrainConfig, ckpt: dict, model: DFTransformer, name: str) -> d
             "torch": torch.__version__,
         },
     }
+
+
+def camera_contract(cfg: TrainConfig, model: DFTransformer) -> dict:
+    """Contract 1.1: what a camera model's extra inputs are, so the node can check its frames.
+    `images` f32 [B, T, cameras, height, width, 3] in [0, 1] (RGB, the cameras in this order,
+    each token with the frames of its last observation) and `image_level` i64 [B, T]."""
+    if not model.cfg.cameras:
+        return {}
+    from .datagen.fruit_swap import TOPICS
+
+    size = model.cfg.image_size
+    return {"cameras": {
+        "inputs": [{"role": role, "topic": TOPICS[role], "encoding": "rgb8", "width": size, "height": size}
+                   for role in ("front", "wrist")][: model.cfg.cameras],
+        "image_levels": model.cfg.image_levels,
+        "noise_std_per_level": DemoWindows.NOISE_STD_PER_LEVEL,
+    }}
 
 
 class _VjpGraph(torch.nn.Module):
@@ -80,24 +99,46 @@ class _VjpGraph(torch.nn.Module):
             self.register_buffer(f"w{i}", w)
         self.count = len(weights)
 
+    def weights(self) -> list[torch.Tensor]:
+        return [getattr(self, f"w{i}") for i in range(self.count)]
+
     def forward(self, x_t, k, cotangent):
-        return self.traced(x_t, k, cotangent, *[getattr(self, f"w{i}") for i in range(self.count)])
+        return self.traced(x_t, k, cotangent, *self.weights())
+
+
+class _CameraVjpGraph(_VjpGraph):
+    def forward(self, x_t, k, cotangent, images, image_level):
+        return self.traced(x_t, k, cotangent, images, image_level, *self.weights())
 
 
 def trace_vjp(model: DFTransformer, example: tuple) -> _VjpGraph:
+    """`example`: (x_t, k, cotangent) and, for a camera model, (images, image_level)."""
     state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     names = list(state)
+    camera_count = len(example) - 3
 
-    def vjp(x_t, k, cotangent, *weights):
+    def vjp(x_t, k, cotangent, *rest):
+        camera_inputs, weights = rest[:camera_count], rest[camera_count:]
         x = x_t.detach().requires_grad_(True)
         with torch.enable_grad():
-            x0, eps = torch.func.functional_call(model, dict(zip(names, weights)), (x, k))
+            x0, eps = torch.func.functional_call(model, dict(zip(names, weights)), (x, k, None, *camera_inputs))
             (grad,) = torch.autograd.grad(x0, x, cotangent)
         return x0.detach(), eps.detach(), grad
 
     weights = [w.detach() for w in state.values()]
     traced = make_fx(vjp, decomposition_table=core_aten_decompositions(), tracing_mode="symbolic")(*example, *weights)
-    return _VjpGraph(traced, weights).eval()
+    return (_CameraVjpGraph if camera_count else _VjpGraph)(traced, weights).eval()
+
+
+class _CameraDenoise(torch.nn.Module):
+    """The denoise graph of a camera model: (x_t, k, images, image_level)."""
+
+    def __init__(self, model: DFTransformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x_t, k, images, image_level):
+        return self.model(x_t, k, None, images, image_level)
 
 
 def _attach(path: Path, meta: dict) -> None:
@@ -120,20 +161,28 @@ def export(checkpoint: Path, out: Path) -> dict:
     batch = torch.export.Dim("batch", min=1, max=4096)
     tokens = torch.export.Dim("tokens", min=1, max=cfg.tokens)
     dyn = {0: batch, 1: tokens}
+    camera_inputs, camera_names = (), []
+    if model.cfg.cameras:
+        size = model.cfg.image_size
+        camera_inputs = (torch.rand(b, t, model.cfg.cameras, size, size, 3),
+                         torch.randint(0, model.cfg.image_levels + 1, (b, t)))
+        camera_names = ["images", "image_level"]
     report = {}
     start = time.perf_counter()
     torch.onnx.export(
-        model, (x, k), str(out), dynamo=True, external_data=False, verbose=False,
-        input_names=["x_t", "k"], output_names=["x0", "eps"], dynamic_shapes=(dyn, dyn),
+        _CameraDenoise(model).eval() if camera_inputs else model, (x, k, *camera_inputs), str(out), dynamo=True, external_data=False, verbose=False,
+        input_names=["x_t", "k", *camera_names], output_names=["x0", "eps"],
+        dynamic_shapes=(dyn, dyn, *[dyn] * len(camera_inputs)),
     )
     report["denoise_export_s"] = time.perf_counter() - start
     vjp_path = out.with_name(meta["graphs"]["denoise_vjp"])
     start = time.perf_counter()
-    graph = trace_vjp(model, (x, k, torch.randn(b, t, d)))
+    example = (x, k, torch.randn(b, t, d), *camera_inputs)
+    graph = trace_vjp(model, example)
     torch.onnx.export(
-        graph, (x, k, torch.randn(b, t, d)), str(vjp_path), dynamo=True, external_data=False, verbose=False,
-        input_names=["x_t", "k", "cotangent"], output_names=["x0", "eps", "grad_x_t"],
-        dynamic_shapes=(dyn, dyn, dyn),
+        graph, example, str(vjp_path), dynamo=True, external_data=False, verbose=False,
+        input_names=["x_t", "k", "cotangent", *camera_names], output_names=["x0", "eps", "grad_x_t"],
+        dynamic_shapes=(dyn, dyn, dyn, *[dyn] * len(camera_inputs)),
     )
     report["vjp_export_s"] = time.perf_counter() - start
     for path in (out, vjp_path):

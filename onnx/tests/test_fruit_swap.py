@@ -184,3 +184,40 @@ def test_reference_policy_closed_loop(demos, tmp_path):
             policy.observe(np.zeros(4), env.observe())
         assert policy.plan().shape == (15, 4)
     assert seen[True][1] == 3 + 2 and seen[False][1] == 1 + 2
+
+
+def test_camera_model_exports_with_its_camera_contract(demos, tmp_path):
+    import onnxruntime as ort
+    import torch
+
+    from df_train.export import METADATA_KEY, export, load_model
+
+    run = tmp_path / "run"
+    main(["train", "--bags", str(demos), "--out", str(run), "--observation-dim", "4", "--action-dim", "4",
+          "--frame-stack", "15", "--tokens", "4", "--width", "32", "--depth", "1", "--heads", "2", "--steps", "2",
+          "--batch", "2", "--timesteps", "100", "--stabilization-level", "3", "--quiet"])
+    out = tmp_path / "fruit_swap.onnx"
+    export(run / "checkpoint.pt", out)
+    model, _, _ = load_model(run / "checkpoint.pt")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, 120)).astype(np.float32)
+    k = rng.integers(0, 100, (3, 2))
+    images = rng.random((3, 2, 2, 32, 32, 3)).astype(np.float32)
+    level = np.array([[0, 4], [2, 4], [0, 0]])
+    cot = rng.standard_normal((3, 2, 120)).astype(np.float32)
+    x_t = torch.from_numpy(x).requires_grad_(True)
+    x0, eps = model(x_t, torch.from_numpy(k), images=torch.from_numpy(images), image_level=torch.from_numpy(level))
+    (grad,) = torch.autograd.grad(x0, x_t, torch.from_numpy(cot))
+    feeds = {"x_t": x, "k": k, "images": images, "image_level": level}
+    denoise = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    vjp = ort.InferenceSession(str(out.with_suffix(".vjp.onnx")), providers=["CPUExecutionProvider"])
+    got = denoise.run(None, feeds)
+    np.testing.assert_allclose(got[0], x0.detach().numpy(), atol=1e-4)
+    got = vjp.run(None, {**feeds, "cotangent": cot})
+    np.testing.assert_allclose(got[2], grad.numpy(), atol=1e-4)
+    meta = json.loads(denoise.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    assert meta["contract_version"] == "1.1"
+    assert [c["role"] for c in meta["cameras"]["inputs"]] == ["front", "wrist"]
+    assert meta["cameras"]["inputs"][0] == {"role": "front", "topic": "/camera/front/image_raw", "encoding": "rgb8",
+                                            "width": 32, "height": 32}
+    assert meta["cameras"]["image_levels"] == 4
