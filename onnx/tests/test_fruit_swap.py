@@ -221,3 +221,15 @@ def test_camera_model_exports_with_its_camera_contract(demos, tmp_path):
     assert meta["cameras"]["inputs"][0] == {"role": "front", "topic": "/camera/front/image_raw", "encoding": "rgb8",
                                             "width": 32, "height": 32}
     assert meta["cameras"]["image_levels"] == 4
+    # The Rust side reads the camera contract and says plainly that it cannot feed images yet.
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    binary = root / "target" / "debug" / "df_planner"
+    if not binary.exists():
+        subprocess.run(["cargo", "build", "--quiet"], cwd=root, check=True)
+    run = subprocess.run([str(binary), "inspect", str(out)], capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "cameras: expected a model without camera inputs: this planner does not feed images to the model yet, " \
+           "got a camera model (cameras [\"front\", \"wrist\"])" in run.stderr, run.stderr

@@ -110,6 +110,28 @@ pub struct DiffusionSpec {
     pub noise_clip: f32,
 }
 
+/// One camera input of a camera model (contract 1.1): what its frames must be.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraInput {
+    pub role: String,
+    pub topic: String,
+    pub encoding: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// A camera model's extra inputs `images` [B, T, N, H, W, 3] and `image_level` [B, T]
+/// (onnx/CONTRACT.md, "Camera models").
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraSpec {
+    pub inputs: Vec<CameraInput>,
+    /// Levels 0 (clean) .. image_levels - 1 (noisy); image_levels = no image.
+    pub image_levels: i64,
+    pub noise_std_per_level: f64,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Provenance {
@@ -131,6 +153,9 @@ pub struct ModelContract {
     pub max_tokens: usize,
     pub causal: bool,
     pub cond_dim: usize,
+    /// Contract 1.1: present on models that see camera images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cameras: Option<CameraSpec>,
     pub provenance: Provenance,
 }
 
@@ -247,6 +272,26 @@ impl ModelContract {
                 "true (the planner relies on causal attention)",
                 false,
             ));
+        }
+        if let Some(cameras) = &self.cameras {
+            if cameras.inputs.is_empty() {
+                return Err(invalid("cameras.inputs", "at least one camera", "none"));
+            }
+            for c in &cameras.inputs {
+                if c.encoding != "rgb8" {
+                    return Err(invalid("cameras.inputs[].encoding", "rgb8", &c.encoding));
+                }
+                if c.width == 0 || c.height == 0 {
+                    return Err(invalid(
+                        "cameras.inputs[].width/height",
+                        "> 0",
+                        format!("{}x{}", c.width, c.height),
+                    ));
+                }
+            }
+            if cameras.image_levels < 1 {
+                return Err(invalid("cameras.image_levels", ">= 1", cameras.image_levels));
+            }
         }
         Ok(())
     }
@@ -377,6 +422,25 @@ mod tests {
                 "{path:?}: {msg:?} does not contain {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn camera_models_describe_their_inputs() {
+        let mut v = valid();
+        v["contract_version"] = json!("1.1");
+        v["cameras"] = json!({"inputs": [{"role": "front", "topic": "/camera/front/image_raw", "encoding": "rgb8",
+                                           "width": 32, "height": 32}],
+                              "image_levels": 4, "noise_std_per_level": 0.15});
+        let c = ModelContract::from_json(&v.to_string()).unwrap();
+        let cameras = c.cameras.as_ref().unwrap();
+        assert_eq!((cameras.inputs[0].width, cameras.image_levels), (32, 4));
+        assert!(ModelContract::from_json(&valid().to_string())
+            .unwrap()
+            .cameras
+            .is_none());
+        v["cameras"]["inputs"][0]["encoding"] = json!("bgr8");
+        let msg = ModelContract::from_json(&v.to_string()).unwrap_err().to_string();
+        assert_eq!(msg, "cameras.inputs[].encoding: expected rgb8, got bgr8");
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 pub use contract::{
-    ContractError, DiffusionSpec, Field, Graphs, ModelContract, Normalization, Parameterization, Provenance,
-    ScheduleName, TokenLayout, CONTRACT_MAJOR, METADATA_KEY,
+    CameraInput, CameraSpec, ContractError, DiffusionSpec, Field, Graphs, ModelContract, Normalization,
+    Parameterization, Provenance, ScheduleName, TokenLayout, CONTRACT_MAJOR, METADATA_KEY,
 };
 pub use runtime::{available_providers, Provider, ProviderStatus, RuntimeConfig};
 pub use session::OnnxDenoiser;

@@ -54,6 +54,15 @@ impl OnnxDenoiser {
         };
         let denoise = open(path)?;
         let contract = read_contract(&denoise, path)?;
+        if let Some(cameras) = &contract.cameras {
+            let roles: Vec<&str> = cameras.inputs.iter().map(|c| c.role.as_str()).collect();
+            return Err(graph_err(
+                path,
+                "cameras",
+                "a model without camera inputs: this planner does not feed images to the model yet",
+                format!("a camera model (cameras {roles:?})"),
+            ));
+        }
         let d = contract.layout.token_dim as i64;
         let f32_3 = |name| Port {
             name,
