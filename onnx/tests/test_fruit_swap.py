@@ -111,6 +111,14 @@ def demos(tmp_path_factory):
     return out
 
 
+def train_tiny(demos, out, tokens=16):
+    """A few training steps of a tiny camera model on the demonstration bags."""
+    main(["train", "--bags", str(demos), "--out", str(out), "--observation-dim", "4", "--action-dim", "4",
+          "--frame-stack", "15", "--tokens", str(tokens), "--width", "32", "--depth", "1", "--heads", "2",
+          "--steps", "3", "--batch", "4", "--timesteps", "100", "--stabilization-level", "3", "--quiet"])
+    return out / "checkpoint.pt"
+
+
 def test_demo_windows_hold_history_images_and_rest(demos):
     from df_train.data import DemoWindows
     from df_train.layout import TokenLayout
@@ -140,11 +148,7 @@ def test_train_from_bags(demos, tmp_path):
 
     from df_train.train import load_checkpoint
 
-    out = tmp_path / "run"
-    main(["train", "--bags", str(demos), "--out", str(out), "--observation-dim", "4", "--action-dim", "4",
-          "--frame-stack", "15", "--tokens", "16", "--width", "32", "--depth", "1", "--heads", "2", "--steps", "3",
-          "--batch", "4", "--quiet"])
-    ckpt = load_checkpoint(out / "checkpoint.pt")
+    ckpt = load_checkpoint(train_tiny(demos, tmp_path / "run"))
     assert ckpt["config"]["bags"] == str(demos) and ckpt["step"] == 3
     from df_train.train import TrainConfig, build_model
 
@@ -160,12 +164,9 @@ def test_train_from_bags(demos, tmp_path):
 def test_reference_policy_closed_loop(demos, tmp_path):
     from df_train.eval import fruit_swap
 
-    out = tmp_path / "run"
-    main(["train", "--bags", str(demos), "--out", str(out), "--observation-dim", "4", "--action-dim", "4",
-          "--frame-stack", "15", "--tokens", "16", "--width", "32", "--depth", "1", "--heads", "2", "--steps", "2",
-          "--batch", "2", "--timesteps", "100", "--stabilization-level", "3", "--quiet"])
+    checkpoint = train_tiny(demos, tmp_path / "run")
     results_path = tmp_path / "results.json"
-    main(["eval", "fruit-swap", "--checkpoint", str(out / "checkpoint.pt"), "--episodes", "1",
+    main(["eval", "fruit-swap", "--checkpoint", str(checkpoint), "--episodes", "1",
           "--configs", "memory,memoryless", "--out", str(results_path)])
     results = json.loads(results_path.read_text())
     assert set(results) == {"memory", "memoryless"}
@@ -175,7 +176,7 @@ def test_reference_policy_closed_loop(demos, tmp_path):
     # What the sampler is given: the whole history with memory, the present token without.
     seen = {}
     for memory in (True, False):
-        policy = fruit_swap.ReferencePolicy(out / "checkpoint.pt", fruit_swap.PolicySettings(memory=memory))
+        policy = fruit_swap.ReferencePolicy(checkpoint, fruit_swap.PolicySettings(memory=memory))
         sample = policy.sampler.sample
         policy.sampler.sample = lambda x, rows, noise, memory=memory: seen.setdefault(memory, x.shape) and sample(x, rows, noise)
         env = FruitSwapEnv(seed=0)
@@ -192,13 +193,10 @@ def test_camera_model_exports_with_its_camera_contract(demos, tmp_path):
 
     from df_train.export import METADATA_KEY, export, load_model
 
-    run = tmp_path / "run"
-    main(["train", "--bags", str(demos), "--out", str(run), "--observation-dim", "4", "--action-dim", "4",
-          "--frame-stack", "15", "--tokens", "4", "--width", "32", "--depth", "1", "--heads", "2", "--steps", "2",
-          "--batch", "2", "--timesteps", "100", "--stabilization-level", "3", "--quiet"])
+    checkpoint = train_tiny(demos, tmp_path / "run", tokens=4)
     out = tmp_path / "fruit_swap.onnx"
-    export(run / "checkpoint.pt", out)
-    model, _, _ = load_model(run / "checkpoint.pt")
+    export(checkpoint, out)
+    model, _, _ = load_model(checkpoint)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 2, 120)).astype(np.float32)
     k = rng.integers(0, 100, (3, 2))
