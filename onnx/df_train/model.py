@@ -92,8 +92,11 @@ class CameraEncoder(nn.Module):
             nn.Conv2d(64, 64, 4, stride=2, padding=1), nn.SiLU(),
         )
         side = cfg.image_size // 8
-        self.proj = nn.Linear(64 * side * side, cfg.width)
+        # Normalized features and a small level embedding: images must weigh as much as the
+        # token itself, or the network learns to ignore them (measured: it did, without).
+        self.proj = nn.Sequential(nn.Linear(64 * side * side, cfg.width), nn.LayerNorm(cfg.width))
         self.level = nn.Embedding(cfg.image_levels + 1, cfg.width)
+        nn.init.normal_(self.level.weight, std=0.02)
         self.absent = cfg.image_levels
 
     def forward(self, images: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
