@@ -83,11 +83,12 @@ def loss_weight(snr: torch.Tensor, parameterization: str, gamma: float) -> torch
 
 
 def diffusion_loss(model: DFTransformer, x0: torch.Tensor, mask: torch.Tensor, gamma: float, gen: torch.Generator,
-                   **inputs):
-    """`inputs`: the model's other inputs (camera images and their levels), passed through."""
+                   k: torch.Tensor | None = None, **inputs):
+    """`k`: the tokens' timesteps (default: independent, uniform); `inputs`: the model's other
+    inputs (camera images and their levels), passed through."""
     b, t, _ = x0.shape
-    k_max = len(model.alphas_cumprod)
-    k = torch.randint(0, k_max, (b, t), generator=gen)
+    if k is None:
+        k = torch.randint(0, len(model.alphas_cumprod), (b, t), generator=gen)
     noise = torch.randn(x0.shape, generator=gen)
     ab = model.alphas_cumprod[k][..., None]
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
@@ -134,7 +135,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if bool(cfg.data) == bool(cfg.bags):
         raise ValueError(f"data / bags: expected exactly one training source, got data={cfg.data!r} bags={cfg.bags!r}")
     if cfg.bags:
-        windows = DemoWindows(Path(cfg.bags), cfg.layout, cfg.tokens)
+        windows = DemoWindows(Path(cfg.bags), cfg.layout, cfg.tokens, cfg.timesteps)
     else:
         windows = TokenWindows(Path(cfg.data), cfg.layout, cfg.tokens, cfg.continuous)
     torch.manual_seed(cfg.seed)

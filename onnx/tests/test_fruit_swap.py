@@ -124,7 +124,7 @@ def test_demo_windows_hold_history_images_and_rest(demos):
     from df_train.layout import TokenLayout
 
     layout = TokenLayout(observation_dim=4, action_dim=4, frame_stack=15)
-    windows = DemoWindows(demos, layout, tokens=16)
+    windows = DemoWindows(demos, layout, tokens=16, timesteps=1000)
     steps = [len(read_demo_bag(demos / f"episode_{i:04d}")["action"]) for i in range(3)]
     assert [len(e) for e in windows.episodes] == [-(-(n + 14) // 15) * 15 + 30 for n in steps], "+ 2 rest tokens"
     demo = read_demo_bag(demos / "episode_0000")
@@ -141,6 +141,9 @@ def test_demo_windows_hold_history_images_and_rest(demos):
         assert seen >= 1 and np.all(level[i, :seen] < 4) and np.all(level[i, seen:] == 4), "past observed, future absent"
         assert not inputs["images"][i, seen:].any()
     assert (level == 0).any() and ((level > 0) & (level < 4)).any(), "clean and noisy observed images"
+    k = inputs["k"]
+    planning = [i for i in range(64) if np.all(np.diff(k[i, (level[i] < 4).sum():]) >= 0) and k[i, 0] < 50]
+    assert 16 < len(planning) < 56, "about half the windows look like planning: observed clean, future rising"
 
 
 def test_train_from_bags(demos, tmp_path):
