@@ -84,10 +84,15 @@ def cmd_eval(a) -> None:
 
         if not a.checkpoint:
             raise SystemExit("eval fruit-swap: --checkpoint is required (the PyTorch reference policy)")
+        if a.probe:
+            fruit_swap.arrangement_probe(Path(a.checkpoint))
+            return
+        if not a.out:
+            raise SystemExit("eval fruit-swap: --out is required")
         fruit_swap.evaluate(Path(a.checkpoint), a.episodes, Path(a.out), a.configs.split(",") if a.configs else None)
         return
-    if not a.maze or not a.planner or not a.config:
-        raise SystemExit("eval maze2d: --maze, --planner and --config are required")
+    if not a.maze or not a.planner or not a.config or not a.out:
+        raise SystemExit("eval maze2d: --maze, --planner, --config and --out are required")
     from .eval.maze2d import ABLATIONS, evaluate, learning_curve
 
     if a.curve:
@@ -161,10 +166,13 @@ def main(argv=None) -> int:
     p.add_argument("--config", help="maze2d (required): node config, e.g. config/maze2d_umaze.yaml")
     p.add_argument("--checkpoint", help="fruit-swap: a camera model checkpoint, run by the PyTorch reference "
                                         "policy (configs: memory, memoryless, distractor, distractor_k2)")
-    p.add_argument("--out", required=True, help="results.json (a .png of planned vs executed paths is written beside it)")
+    p.add_argument("--out", help="results.json, required but with --probe (maze2d: a .png of planned vs executed "
+                                 "paths is written beside it)")
     p.add_argument("--configs", help="comma-separated subset of: df_mcg, no_mcg, no_guidance, full_sequence, "
                                      "warm_start, pd_controller, no_hold (default: all); fruit-swap: memory, "
                                      "memoryless, distractor, distractor_k2")
+    p.add_argument("--probe", action="store_true", help="fruit-swap: the first planned move for each of the six "
+                                                          "arrangements (does the policy read its cameras?)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--multi-goal", action="store_true", help="Multi2D: a random goal every episode")
     p.add_argument("--workers", type=int, default=1, help="planner processes running episodes in parallel")

@@ -188,6 +188,8 @@ def test_reference_policy_closed_loop(demos, tmp_path):
             policy.observe(np.zeros(4), env.observe())
         assert policy.plan().shape == (15, 4)
     assert seen[True][1] == 3 + 2 and seen[False][1] == 1 + 2
+    rows = fruit_swap.arrangement_probe(checkpoint, seeds=1)
+    assert len(rows) == 6 and all(len(r) == 1 and len(r[0]) == 3 for r in rows.values())
 
 
 def test_camera_model_exports_with_its_camera_contract(demos, tmp_path):
