@@ -49,6 +49,14 @@ def test_results_have_every_key_for_every_configuration(setup, tmp_path):
     assert "df_mcg_minus_this" not in results["df_mcg"]
 
 
+def test_multi_goal_rows_cite_only_the_papers_multi_goal_number(setup, tmp_path):
+    binary, config = setup
+    out = tmp_path / "multi.json"
+    evaluate("umaze", 1, binary, config, out, ["df_mcg", "no_mcg"], seed=3, multi_goal=True, workers=1)
+    results = json.loads(out.read_text())
+    assert results["df_mcg"]["paper"] == [119.1, None] and results["no_mcg"]["paper"] is None
+
+
 def test_paired_difference_cancels_the_shared_spread():
     from df_train.eval.maze2d import paired_difference
 

@@ -189,7 +189,9 @@ def evaluate(maze, episodes, binary, config, out, configs=None, seed=0, multi_go
         summary, recorded = evaluate_config(maze, episodes, binary, config, ABLATIONS[name], seed, multi_goal, workers,
                                             record=(name == (configs or list(ABLATIONS))[0]))
         summary["wall_s"] = time.perf_counter() - start
-        summary["paper"] = PAPER[maze].get("multi_goal_df" if multi_goal and name == "df_mcg" else name)
+        # The paper reports multi-goal for DF with MCG only.
+        paper_key = ("multi_goal_df" if name == "df_mcg" else None) if multi_goal else name
+        summary["paper"] = PAPER[maze].get(paper_key)
         if name != "df_mcg" and "df_mcg" in results:
             summary["df_mcg_minus_this"] = paired_difference(results["df_mcg"]["scores"], summary["scores"])
         results[name] = summary
