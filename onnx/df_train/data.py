@@ -147,5 +147,9 @@ class DemoWindows:
         for i in np.flatnonzero(rng.random(batch) < self.planning_fraction):
             seen = int((level[i] < self.image_levels).sum())
             k[i, :seen] = rng.integers(0, max(1, self.timesteps // 20), seen)
-            k[i, seen:] = np.sort(rng.integers(0, self.timesteps, t - seen))
+            # The nearest future token's level is uniform (at inference it starts from pure
+            # noise with only the context to go on); further tokens are at least as noisy.
+            near = rng.integers(0, self.timesteps)
+            k[i, seen:] = np.sort(rng.integers(near, self.timesteps, t - seen))
+            k[i, seen] = near
         return x, mask, {"images": images, "image_level": level, "k": k}

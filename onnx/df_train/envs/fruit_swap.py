@@ -156,19 +156,20 @@ class FruitSwapEnv:
         img[:] = FLOOR_COLOR
         img[8:, :] = TABLE_COLOR
 
+        # Framed on the slots (x 0.05..0.55 m): each fruit spans ~8 of the 32 columns.
         def project(p):
-            col = p[0] / 0.6 * IMAGE_SIZE
-            row = 30.0 - p[1] * 40.0 - p[2] * 60.0
+            col = (p[0] - 0.05) / 0.5 * IMAGE_SIZE
+            row = 34.0 - p[1] * 56.0 - p[2] * 70.0
             scale = 1.25 - p[1]
             return row, col, scale
 
         rows, cols = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE] + 0.5
         for s in SLOTS:
             r, c, k = project([s[0], s[1], 0.0])
-            _ellipse(img, rows, cols, r, c, 2.2 * k, 3.2 * k, SLOT_COLOR)
+            _ellipse(img, rows, cols, r, c, 3.0 * k, 4.5 * k, SLOT_COLOR)
         # Painter's order: far to near.
-        things = [(self.fruit_pos[f], FRUIT_COLORS[f], 2.4) for f in (APPLE, ORANGE)]
-        things.append((self.ee, ARM_COLOR if self.gripper > 0.5 else ARM_COLOR // 2, 1.8))
+        things = [(self.fruit_pos[f], FRUIT_COLORS[f], 4.0) for f in (APPLE, ORANGE)]
+        things.append((self.ee, ARM_COLOR if self.gripper > 0.5 else ARM_COLOR // 2, 2.5))
         for p, color, radius in sorted(things, key=lambda t: -t[0][1]):
             r, c, k = project(p)
             _ellipse(img, rows, cols, r, c, radius * k, radius * k, color)
