@@ -149,7 +149,8 @@ class DemoWindows:
             k[i, :seen] = rng.integers(0, max(1, self.timesteps // 20), seen)
             # The nearest future token's level is uniform (at inference it starts from pure
             # noise with only the context to go on); further tokens are at least as noisy.
-            near = rng.integers(0, self.timesteps)
-            k[i, seen:] = np.sort(rng.integers(near, self.timesteps, t - seen))
-            k[i, seen] = near
+            if seen < t:
+                near = rng.integers(0, self.timesteps)
+                k[i, seen:] = np.sort(rng.integers(near, self.timesteps, t - seen))
+                k[i, seen] = near
         return x, mask, {"images": images, "image_level": level, "k": k}

@@ -144,6 +144,9 @@ def test_demo_windows_hold_history_images_and_rest(demos):
     k = inputs["k"]
     planning = [i for i in range(64) if np.all(np.diff(k[i, (level[i] < 4).sum():]) >= 0) and k[i, 0] < 50]
     assert 16 < len(planning) < 56, "about half the windows look like planning: observed clean, future rising"
+    short = DemoWindows(demos, layout, tokens=4, timesteps=1000)
+    _, _, inputs = short.sample(np.random.default_rng(1), 256)
+    assert (inputs["image_level"] < 4).all(axis=1).any(), "fully observed windows (no future) are sampled too"
 
 
 def test_train_from_bags(demos, tmp_path):
