@@ -630,6 +630,21 @@ fn run(a: RunArgs) -> Result<()> {
     )
 }
 
+/// An override that is either a value or `none` (unset).
+fn value_or_none<T: std::str::FromStr>(flag: &str, expected: &str, text: &str) -> Result<Option<T>>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    match text {
+        "none" => Ok(None),
+        value => {
+            Ok(Some(value.parse().with_context(|| {
+                format!("{flag}: expected {expected} or none, got {value}")
+            })?))
+        }
+    }
+}
+
 fn serve(a: ServeArgs) -> Result<()> {
     let mut cfg = NodeConfig::load(&a.config)?;
     let p = &mut cfg.planner;
@@ -647,14 +662,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         p.matrix = MatrixKind::from_name(m, u)?;
     }
     if let Some(w) = &a.warm_start_level {
-        p.warm_start_level = match w.as_str() {
-            "none" => None,
-            level => Some(
-                level
-                    .parse()
-                    .with_context(|| format!("--warm-start-level: expected a level or none, got {level}"))?,
-            ),
-        };
+        p.warm_start_level = value_or_none("--warm-start-level", "a level", w)?;
     }
     if let Some(seed) = a.seed {
         p.seed = seed;
@@ -665,14 +673,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         cfg.serve.get_or_insert_with(Default::default).execute = execute;
     }
     if let Some(r) = &a.hold_radius {
-        cfg.serve.get_or_insert_with(Default::default).hold_radius = match r.as_str() {
-            "none" => None,
-            radius => Some(
-                radius
-                    .parse()
-                    .with_context(|| format!("--hold-radius: expected a distance or none, got {radius}"))?,
-            ),
-        };
+        cfg.serve.get_or_insert_with(Default::default).hold_radius = value_or_none("--hold-radius", "a distance", r)?;
     }
     let planner = df_planner::node::planner(&cfg)?;
     let mut server = Server::new(&cfg, planner).map_err(anyhow::Error::msg)?;

@@ -104,13 +104,13 @@ impl Server {
             ));
         }
         let serve = cfg.serve.clone().unwrap_or_default();
-        // The PD controller reads velocity at position index + 2.
         if serve.hold_radius.is_some_and(|r| r.is_nan() || r <= 0.0) {
             return Err(format!(
                 "serve.hold_radius: expected a positive distance or null, got {:?}",
                 serve.hold_radius
             ));
         }
+        // The PD controller reads velocity at position index + 2.
         if serve.position_dims.iter().any(|&d| d + 2 >= l.observation_dim) {
             return Err(format!(
                 "serve.position_dims: expected indices < observation_dim - 2 = {}, got {:?}",

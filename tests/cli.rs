@@ -126,3 +126,19 @@ fn bad_arguments_fail_with_a_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no `df_planner.contract` metadata"));
 }
+
+#[test]
+fn serve_overrides_take_a_value_or_none() {
+    for (flag, expected) in [
+        ("--hold-radius", "--hold-radius: expected a distance or none, got far"),
+        (
+            "--warm-start-level",
+            "--warm-start-level: expected a level or none, got far",
+        ),
+    ] {
+        let out = df_planner(&["serve", "--config", "config/maze2d_umaze.yaml", flag, "far"]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+}

@@ -55,8 +55,9 @@ class TokenWindows:
     def normalize(self, frames: np.ndarray) -> np.ndarray:
         return (frames - self.mean) / self.std
 
-    def sample(self, rng: np.random.Generator, batch: int) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens [B, T, D] (normalized, zero-padded) and mask [B, T] of fully observed tokens."""
+    def sample(self, rng: np.random.Generator, batch: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Tokens [B, T, D] (normalized, zero-padded), mask [B, T] of fully observed tokens, and
+        the model's other inputs (none here; see DemoWindows)."""
         fs, t, fd = self.layout.frame_stack, self.tokens, self.layout.frame_dim
         x = np.zeros((batch, t * fs, fd), dtype=np.float32)
         valid = np.zeros((batch, t * fs), dtype=bool)
@@ -67,7 +68,7 @@ class TokenWindows:
             x[i, : len(chunk)] = self.normalize(chunk)
             valid[i, : len(chunk)] = True
         mask = valid.reshape(batch, t, fs).all(axis=2)
-        return x.reshape(batch, t, fs * fd), mask
+        return x.reshape(batch, t, fs * fd), mask, {}
 
 
 class DemoWindows:
@@ -121,7 +122,7 @@ class DemoWindows:
     def normalize(self, frames: np.ndarray) -> np.ndarray:
         return (frames - self.mean) / self.std
 
-    def sample(self, rng: np.random.Generator, batch: int):
+    def sample(self, rng: np.random.Generator, batch: int) -> tuple[np.ndarray, np.ndarray, dict]:
         """Tokens [B, T, D], mask [B, T], and the camera inputs: images [B, T, 2, 32, 32, 3] in
         [0, 1] and image_level [B, T]; plus the training timesteps k [B, T]."""
         fs, t, fd = self.layout.frame_stack, self.tokens, self.layout.frame_dim

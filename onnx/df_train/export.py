@@ -170,7 +170,8 @@ def export(checkpoint: Path, out: Path) -> dict:
     report = {}
     start = time.perf_counter()
     torch.onnx.export(
-        _CameraDenoise(model).eval() if camera_inputs else model, (x, k, *camera_inputs), str(out), dynamo=True, external_data=False, verbose=False,
+        _CameraDenoise(model).eval() if camera_inputs else model, (x, k, *camera_inputs), str(out), dynamo=True,
+        external_data=False, verbose=False,
         input_names=["x_t", "k", *camera_names], output_names=["x0", "eps"],
         dynamic_shapes=(dyn, dyn, *[dyn] * len(camera_inputs)),
     )

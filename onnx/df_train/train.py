@@ -185,8 +185,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     running = None
     with log_path.open("a") as log:
         while step < cfg.steps:
-            x0, mask, *inputs = windows.sample(rng, cfg.batch)
-            inputs = {k: torch.from_numpy(v) for k, v in (inputs[0] if inputs else {}).items()}
+            x0, mask, inputs = windows.sample(rng, cfg.batch)
+            inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
             loss = diffusion_loss(model, torch.from_numpy(x0), torch.from_numpy(mask).float(), cfg.min_snr_gamma, gen,
                                   **inputs)
             opt.zero_grad(set_to_none=True)

@@ -41,7 +41,8 @@ def test_loss_decreases_on_a_fixed_batch(tmp_path):
 
     cfg = tiny_config(tmp_path)
     windows = TokenWindows(cfg.data, cfg.layout, cfg.tokens)
-    x0, mask = windows.sample(np.random.default_rng(0), 16)
+    x0, mask, inputs = windows.sample(np.random.default_rng(0), 16)
+    assert inputs == {}, "episodes without cameras have no other model inputs"
     x0, mask = torch.from_numpy(x0), torch.from_numpy(mask).float()
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -67,7 +68,7 @@ def test_continuous_windows_span_episode_boundaries(tmp_path):
     split = TokenWindows(cfg.data, cfg.layout, cfg.tokens)
     whole = TokenWindows(cfg.data, cfg.layout, cfg.tokens, continuous=True)
     assert len(split.episodes) == 12 and len(whole.episodes) == 1
-    _, mask = whole.sample(np.random.default_rng(0), 64)
+    _, mask, _ = whole.sample(np.random.default_rng(0), 64)
     assert mask.mean() > 0.9, "windows of a continuous run are rarely cut"
 
 

@@ -83,9 +83,6 @@ def read_demo_bag(folder: Path) -> dict:
     """A demonstration bag as arrays, one row per control step: state [T, 4], front and wrist
     [T, 32, 32, 3] uint8, action [T, 4], stamp_ns [T]. Steps missing any topic are dropped and
     counted (a truncated recording loses its tail, not the episode)."""
-    from rosbags.typesys import Stores, get_typestore
-
-    typestore = get_typestore(Stores.ROS2_HUMBLE)
     steps: dict[int, dict] = {}
     roles = {topic: role for role, topic in TOPICS.items()}
     with Reader(folder) as reader:
@@ -94,7 +91,7 @@ def read_demo_bag(folder: Path) -> dict:
         if missing:
             raise ValueError(f"{folder}: topics {sorted(missing)} missing; a fruit-swap demonstration has {sorted(TOPICS.values())}")
         for connection, log_ns, raw in reader.messages(connections=connections):
-            msg = typestore.deserialize_cdr(raw, connection.msgtype)
+            msg = rosbag_io.TYPESTORE.deserialize_cdr(raw, connection.msgtype)
             role = roles[connection.topic]
             if role in ("front", "wrist"):
                 if msg.encoding != "rgb8":
