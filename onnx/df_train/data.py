@@ -92,7 +92,8 @@ class DemoWindows:
     NOISE_STD_PER_LEVEL = 0.15
 
     def __init__(self, folder: Path, layout: TokenLayout, tokens: int, timesteps: int, image_levels: int = 4,
-                 rest_tokens: int = 2, noisy_fraction: float = 0.3, planning_fraction: float = 0.5):
+                 rest_tokens: int = 2, noisy_fraction: float = 0.3, planning_fraction: float = 0.5,
+                 short_context: int = 1):
         from .datagen.fruit_swap import read_demo_bag
 
         bags = sorted(p for p in Path(folder).iterdir() if (p / "metadata.yaml").exists())
@@ -100,7 +101,7 @@ class DemoWindows:
             raise ValueError(f"{folder}: no rosbag2 folders (with metadata.yaml) in it")
         fs = layout.frame_stack
         self.layout, self.tokens, self.image_levels, self.noisy_fraction = layout, tokens, image_levels, noisy_fraction
-        self.timesteps, self.planning_fraction = timesteps, planning_fraction
+        self.timesteps, self.planning_fraction, self.short_context = timesteps, planning_fraction, short_context
         self.episodes, self.images = [], []
         for bag in bags:
             demo = read_demo_bag(bag)
@@ -138,7 +139,11 @@ class DemoWindows:
             stop = min(start + t, n_tok)
             x[i, : stop - start] = self.normalize(self.episodes[e][start * fs : stop * fs]).reshape(stop - start, fs * fd)
             mask[i, : stop - start] = True
-            seen = int(rng.integers(1, stop - start + 1))
+            # Half the windows see at most `short_context` tokens: planning from little history
+            # (the episode start) is where the images decide the plan; with more history the
+            # arm's motion so far mostly gives the next token away.
+            longest = stop - start if rng.random() < 0.5 else min(self.short_context, stop - start)
+            seen = int(rng.integers(1, longest + 1))
             observed = self.images[e][start : start + seen].astype(np.float32) / 255.0
             noisy = rng.random(seen) < self.noisy_fraction
             level[i, :seen] = np.where(noisy, rng.integers(1, self.image_levels, seen), 0)

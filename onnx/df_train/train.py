@@ -48,6 +48,10 @@ class TrainConfig:
     warmup: int = 200
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
+    # Lower bound of the x0-space loss weight. Min-SNR alone weighs the noisiest tokens by
+    # their SNR (~0), so what only the context can tell (which slot the arm goes to first)
+    # barely counts; a floor of 1 keeps a plain x0 error there.
+    min_snr_floor: float = 0.0
     seed: int = 0
     checkpoint_every: int = 500
     # Keep the EMA weights every this many steps (runs/<out>/snapshots/), for learning curves.
@@ -72,9 +76,10 @@ class TrainConfig:
         )
 
 
-def loss_weight(snr: torch.Tensor, parameterization: str, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma weighting (Hang et al., 2023), expressed for each prediction target."""
-    clipped = snr.clamp(max=gamma)
+def loss_weight(snr: torch.Tensor, parameterization: str, gamma: float, floor: float = 0.0) -> torch.Tensor:
+    """Min-SNR-gamma weighting (Hang et al., 2023), with an optional floor, both in x0 space,
+    expressed for each prediction target."""
+    clipped = snr.clamp(min=floor, max=gamma)
     if parameterization == "eps":
         return clipped / snr
     if parameterization == "x0":
@@ -83,7 +88,7 @@ def loss_weight(snr: torch.Tensor, parameterization: str, gamma: float) -> torch
 
 
 def diffusion_loss(model: DFTransformer, x0: torch.Tensor, mask: torch.Tensor, gamma: float, gen: torch.Generator,
-                   k: torch.Tensor | None = None, **inputs):
+                   k: torch.Tensor | None = None, floor: float = 0.0, **inputs):
     """`k`: the tokens' timesteps (default: independent, uniform); `inputs`: the model's other
     inputs (camera images and their levels), passed through."""
     b, t, _ = x0.shape
@@ -96,7 +101,7 @@ def diffusion_loss(model: DFTransformer, x0: torch.Tensor, mask: torch.Tensor, g
     p = model.cfg.parameterization
     target = {"x0": x0, "eps": noise, "v": ab.sqrt() * noise - (1 - ab).sqrt() * x0}[p]
     snr = ab[..., 0] / (1 - ab[..., 0])
-    per_token = ((out - target) ** 2).mean(dim=-1) * loss_weight(snr, p, gamma)
+    per_token = ((out - target) ** 2).mean(dim=-1) * loss_weight(snr, p, gamma, floor)
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
@@ -188,7 +193,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             x0, mask, inputs = windows.sample(rng, cfg.batch)
             inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
             loss = diffusion_loss(model, torch.from_numpy(x0), torch.from_numpy(mask).float(), cfg.min_snr_gamma, gen,
-                                  **inputs)
+                                  floor=cfg.min_snr_floor, **inputs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

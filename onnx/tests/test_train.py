@@ -2,7 +2,7 @@ import json
 
 import torch
 
-from df_train.train import load_checkpoint, train
+from df_train.train import load_checkpoint, loss_weight, train
 
 from .conftest import tiny_config
 
@@ -92,3 +92,13 @@ def test_resuming_accepts_operational_changes_and_refuses_others(tmp_path):
     train(tiny_config(tmp_path, steps=12, checkpoint_every=5, snapshot_every=6, threads=2), progress=False)
     with pytest.raises(ValueError, match="written with a different config"):
         train(tiny_config(tmp_path, steps=14, lr=1e-3), progress=False)
+
+
+def test_loss_weight_floor_keeps_the_noisiest_tokens_counting():
+    snr = torch.tensor([1e-3, 0.5, 2.0, 50.0])
+    x0_space = {"x0": lambda w: w, "eps": lambda w: w * snr, "v": lambda w: w * (snr + 1)}
+    for p, to_x0 in x0_space.items():
+        plain = to_x0(loss_weight(snr, p, 5.0))
+        assert torch.allclose(plain, torch.tensor([1e-3, 0.5, 2.0, 5.0])), "min-SNR: the SNR, clipped at gamma"
+        floored = to_x0(loss_weight(snr, p, 5.0, floor=1.0))
+        assert torch.allclose(floored, torch.tensor([1.0, 1.0, 2.0, 5.0])), p
