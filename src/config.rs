@@ -64,8 +64,14 @@ pub struct PlannerSection {
     pub matrix: MatrixKind,
     /// Sampling steps S per token (default 10).
     pub sampling_steps: u32,
-    /// Planned tokens after the context token (default: max_tokens - 1).
+    /// Planned tokens after the context (default: max_tokens - context_tokens).
     pub horizon_tokens: Option<usize>,
+    /// History tokens the window holds at most: the model's memory (default 1, the present
+    /// token only).
+    pub context_tokens: usize,
+    /// Camera models: the image level given with observed images, 0 clean (default); > 0
+    /// tells the model its images are noisy (the paper's trick for distractors).
+    pub image_level: i64,
     /// Monte Carlo Guidance samples N; 1 = plain guidance (default 1).
     pub samples: usize,
     /// Guidance strength (default 0: no guidance).
@@ -91,6 +97,8 @@ impl Default for PlannerSection {
             matrix: MatrixKind::Pyramid { uncertainty: 1.0 },
             sampling_steps: 10,
             horizon_tokens: None,
+            context_tokens: 1,
+            image_level: 0,
             samples: 1,
             guidance_scale: 0.0,
             guidance_form: GuidanceForm::MeanShift,
@@ -158,11 +166,15 @@ pub struct SafetySection {
 pub struct CameraSection {
     /// Whether planning needs camera frames (a stale camera is then a fault).
     pub required: bool,
-    /// Expected image size; other sizes are rejected and counted.
+    /// Expected image size for a model without camera inputs (a camera model's contract gives
+    /// its own); other sizes are rejected and counted.
     pub width: u32,
     pub height: u32,
     /// Frames the ring buffer holds between the camera callback and the planner.
     pub ring_capacity: usize,
+    /// Camera models: the topic of each camera role (`front: /arm/front/image_raw`), where it
+    /// is not the one the model was trained with (its contract's `cameras.inputs[].topic`).
+    pub topics: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for CameraSection {
@@ -172,6 +184,7 @@ impl Default for CameraSection {
             width: 32,
             height: 32,
             ring_capacity: 4,
+            topics: Default::default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! The crate reads like the pipeline: `model` (ONNX session and its contract) feeds
 //! `diffusion` (schedules, scheduling matrices, the DDIM sampler over per-token noise levels).
 
+pub mod bridge;
 pub mod config;
 pub mod control;
 pub mod diffusion;

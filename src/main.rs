@@ -9,11 +9,12 @@ use clap::{Args, Parser, Subcommand};
 use std::sync::Arc;
 use std::time::Duration;
 
+use df_planner::bridge::Bridge;
 use df_planner::config::NodeConfig;
 use df_planner::control::live::{self, Clock, LiveParts, SystemClock};
 use df_planner::control::{ActionSink, Diagnostics, Fault, StateCell, StateSample, TickReport};
 use df_planner::diffusion::{Denoiser, MatrixKind, Sampler, SamplerSettings, SchedulingMatrix, SeededNoise};
-use df_planner::frames::{frame_ring, ImageView};
+use df_planner::frames::ImageView;
 use df_planner::model::{available_providers, Field, ModelContract, OnnxDenoiser, Provider, RuntimeConfig};
 use df_planner::node::node_parts;
 use df_planner::planner::Plan;
@@ -64,15 +65,17 @@ enum Command {
     /// ROS parameters: `config` (path of the node YAML, used when --config is not given) and
     /// `use_sim_time` (stamps and staleness follow /clock). Every YAML field is documented in
     /// config/pointmass.yaml and src/config.rs: model (path, runtime providers),
-    /// planner (matrix, sampling_steps, horizon_tokens, samples, guidance_scale, eta,
-    /// replan_every, seed), control (rate_hz, action_dt_s, fallback hold|stop, stop_action),
+    /// planner (matrix, sampling_steps, horizon_tokens, context_tokens, image_level, samples,
+    /// guidance_scale, eta, replan_every, seed), control (rate_hz, action_dt_s, fallback hold|stop, stop_action),
     /// safety (action_min, action_max, max_rate, camera_timeout_s, state_timeout_s),
-    /// camera (required, width, height, ring_capacity), topics (image, state, action,
+    /// camera (required, width, height, ring_capacity, topics), topics (image, state, action,
     /// action_type, joint_names, frame_id, diagnostics, plan, recorded_action).
     Run(RunArgs),
     /// Serve plans over a line protocol on stdin/stdout (JSON per line: reset, step, stats) for
-    /// a simulator that steps the world itself; see src/serve.rs for the protocol. The flags
-    /// override the config, for ablations.
+    /// a simulator that steps the world itself; see src/serve.rs for the protocol. A camera
+    /// model is served through the node's own loop (frame rings, planner task, control tick)
+    /// instead: the simulator sends the state and the camera frames; see src/bridge.rs. The
+    /// flags override the config, for ablations.
     Serve(ServeArgs),
     /// Replay a ROS 2 bag (MCAP file, .db3, or rosbag2 folder) through the control loop on the
     /// bag's clock; write actions, plans and diagnostics to an MCAP file and print a summary.
@@ -115,6 +118,12 @@ struct ServeArgs {
     /// Override planner.seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// Override planner.context_tokens (memory; 1 = the present token only).
+    #[arg(long)]
+    context_tokens: Option<usize>,
+    /// Override planner.image_level (camera models: > 0 tells the model its images are noisy).
+    #[arg(long)]
+    image_level: Option<i64>,
 }
 
 #[derive(Args)]
@@ -279,6 +288,19 @@ fn inspect(path: PathBuf, json: bool, runtime: &RuntimeConfig) -> Result<()> {
         "tokens       max_tokens {}, causal {}, cond_dim {}",
         c.max_tokens, c.causal, c.cond_dim
     );
+    if let Some(cameras) = &c.cameras {
+        let inputs: Vec<String> = cameras
+            .inputs
+            .iter()
+            .map(|i| format!("{} {} {} {}x{}", i.role, i.topic, i.encoding, i.width, i.height))
+            .collect();
+        println!(
+            "cameras      {}; image levels 0..{} observed, {} absent",
+            inputs.join(", "),
+            cameras.image_levels - 1,
+            cameras.image_levels
+        );
+    }
     println!(
         "diffusion    K {}, schedule {}, parameterization {}, stabilization level {}, noise clip {}",
         d.timesteps,
@@ -558,14 +580,14 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
     }
     let (task, core) = node_parts(&cfg)?;
     let obs_dim = task.planner().contract().layout.observation_dim;
-    let (mut frames_in, frames) = frame_ring(cfg.camera.ring_capacity, cfg.camera.width, cfg.camera.height);
+    let rings = df_planner::node::camera_rings(&cfg, task.planner().contract())?;
+    let (mut frames_in, frames) = df_planner::frames::camera_rings(&rings);
     let state = Arc::new(StateCell::default());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let parts = LiveParts {
         task,
         core,
         frames,
-        frame_stats: frames_in.stats().clone(),
         state: state.clone(),
         sink: Box::new(CountingSink { actions: 0 }),
         clock: clock.clone(),
@@ -574,8 +596,10 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
         step: cfg.control.step(),
     };
     let node = live::spawn(parts)?;
-    let (w, h) = (cfg.camera.width, cfg.camera.height);
-    let pixels = vec![128u8; (w * h * 3) as usize];
+    let pixels: Vec<Vec<u8>> = rings
+        .iter()
+        .map(|r| vec![128u8; (r.width * r.height * 3) as usize])
+        .collect();
     let joints = vec![0.1; obs_dim / 2];
     let end = Instant::now() + Duration::from_secs_f64(a.seconds);
     let mut next_frame = Instant::now();
@@ -583,15 +607,16 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
         let now = clock.now_ns();
         state.publish(StateSample::new(now, &joints, &joints).context("state sample")?);
         if Instant::now() >= next_frame {
-            let img = ImageView {
-                encoding: "rgb8",
-                width: w,
-                height: h,
-                step: w * 3,
-                data: &pixels,
-                stamp_ns: now,
-            };
-            frames_in.write(&img)?;
+            for ((ring, writer), data) in rings.iter().zip(&mut frames_in).zip(&pixels) {
+                writer.write(&ImageView {
+                    encoding: "rgb8",
+                    width: ring.width,
+                    height: ring.height,
+                    step: ring.width * 3,
+                    data,
+                    stamp_ns: now,
+                })?;
+            }
             next_frame += Duration::from_millis(33);
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -675,9 +700,21 @@ fn serve(a: ServeArgs) -> Result<()> {
     if let Some(r) = &a.hold_radius {
         cfg.serve.get_or_insert_with(Default::default).hold_radius = value_or_none("--hold-radius", "a distance", r)?;
     }
+    if let Some(n) = a.context_tokens {
+        p.context_tokens = n;
+    }
+    if let Some(level) = a.image_level {
+        p.image_level = level;
+    }
     let planner = df_planner::node::planner(&cfg)?;
-    let mut server = Server::new(&cfg, planner).map_err(anyhow::Error::msg)?;
     let stdin = std::io::stdin();
-    df_planner::serve::run(&mut server, stdin.lock(), std::io::stdout().lock())?;
+    if planner.has_cameras() {
+        drop(planner);
+        let mut bridge = Bridge::new(&cfg).map_err(anyhow::Error::msg)?;
+        df_planner::serve::run(|line| bridge.handle(line), stdin.lock(), std::io::stdout().lock())?;
+    } else {
+        let mut server = Server::new(&cfg, planner).map_err(anyhow::Error::msg)?;
+        df_planner::serve::run(|line| server.handle(line), stdin.lock(), std::io::stdout().lock())?;
+    }
     Ok(())
 }

@@ -5,7 +5,8 @@ use thiserror::Error;
 
 use crate::config::NodeConfig;
 use crate::control::{ControlCore, ControlParams, Safety};
-use crate::model::{ModelError, OnnxDenoiser};
+use crate::frames::{CameraRing, MAX_CAMERAS};
+use crate::model::{ModelContract, ModelError, OnnxDenoiser};
 use crate::planner::{DfPlanner, PlanError, PlannerSettings, PlannerTask};
 
 #[derive(Debug, Error)]
@@ -29,6 +30,8 @@ pub fn planner_settings(cfg: &NodeConfig, frame_stack: usize) -> PlannerSettings
         matrix: p.matrix,
         sampling_steps: p.sampling_steps,
         horizon_tokens: p.horizon_tokens,
+        context_tokens: p.context_tokens,
+        image_level: p.image_level,
         samples: p.samples,
         guidance_scale: p.guidance_scale,
         guidance_form: p.guidance_form,
@@ -84,4 +87,51 @@ pub fn node_parts(cfg: &NodeConfig) -> Result<(PlannerTask, ControlCore), NodeEr
         PlannerTask::new(planner(cfg)?, cfg.planner.replan_every, step_ns),
         control_core(cfg),
     ))
+}
+
+/// The camera rings of a node: a camera model's inputs (their topics from the contract unless
+/// `camera.topics` maps the role elsewhere, their size from the contract), else the one
+/// camera of `topics.image` at `camera.width` × `camera.height`.
+pub fn camera_rings(cfg: &NodeConfig, contract: &ModelContract) -> Result<Vec<CameraRing>, NodeError> {
+    let capacity = cfg.camera.ring_capacity;
+    let Some(cameras) = &contract.cameras else {
+        if let Some(role) = cfg.camera.topics.keys().next() {
+            return Err(NodeError::Mismatch {
+                field: "camera.topics",
+                expected: "none: the model has no camera inputs".into(),
+                got: format!("a topic for role {role:?}"),
+            });
+        }
+        return Ok(vec![CameraRing {
+            topic: cfg.topics.image.clone(),
+            width: cfg.camera.width,
+            height: cfg.camera.height,
+            capacity,
+        }]);
+    };
+    let roles: Vec<&str> = cameras.inputs.iter().map(|c| c.role.as_str()).collect();
+    if let Some(role) = cfg.camera.topics.keys().find(|r| !roles.contains(&r.as_str())) {
+        return Err(NodeError::Mismatch {
+            field: "camera.topics",
+            expected: format!("roles among the model's cameras {roles:?}"),
+            got: format!("{role:?}"),
+        });
+    }
+    if cameras.inputs.len() > MAX_CAMERAS {
+        return Err(NodeError::Mismatch {
+            field: "cameras.inputs",
+            expected: format!("at most {MAX_CAMERAS} cameras"),
+            got: cameras.inputs.len().to_string(),
+        });
+    }
+    Ok(cameras
+        .inputs
+        .iter()
+        .map(|c| CameraRing {
+            topic: cfg.camera.topics.get(&c.role).unwrap_or(&c.topic).clone(),
+            width: c.width,
+            height: c.height,
+            capacity,
+        })
+        .collect())
 }

@@ -253,14 +253,14 @@ fn error(message: String) -> Value {
     json!({"ok": false, "error": message})
 }
 
-/// Serve requests from `input` until it closes.
-pub fn run(server: &mut Server, input: impl BufRead, mut output: impl Write) -> std::io::Result<()> {
+/// Answer requests from `input` with `handle` until it closes.
+pub fn run(mut handle: impl FnMut(&str) -> Value, input: impl BufRead, mut output: impl Write) -> std::io::Result<()> {
     for line in input.lines() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
-        let response = server.handle(&line);
+        let response = handle(&line);
         writeln!(output, "{response}")?;
         output.flush()?;
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use df_planner::config::NodeConfig;
 use df_planner::control::live::{self, Clock, LiveParts, SystemClock};
 use df_planner::control::{ActionSink, Diagnostics, Fault, Source, StateCell, StateSample, TickReport};
-use df_planner::frames::frame_ring;
+use df_planner::frames::{camera_rings, CameraRing};
 use df_planner::node::node_parts;
 use df_planner::planner::Plan;
 
@@ -37,7 +37,13 @@ fn plans_reach_the_tick_and_every_tick_reaches_the_sink() {
     cfg.model.runtime = common::cpu();
     cfg.camera.required = false;
     let (task, core) = node_parts(&cfg).unwrap();
-    let (frames_in, frames) = frame_ring(2, cfg.camera.width, cfg.camera.height);
+    let ring = CameraRing {
+        topic: cfg.topics.image.clone(),
+        width: cfg.camera.width,
+        height: cfg.camera.height,
+        capacity: 2,
+    };
+    let (_frames_in, frames) = camera_rings(&[ring]);
     let state = Arc::new(StateCell::default());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -45,7 +51,6 @@ fn plans_reach_the_tick_and_every_tick_reaches_the_sink() {
         task,
         core,
         frames,
-        frame_stats: frames_in.stats().clone(),
         state: state.clone(),
         sink: Box::new(Recorder(seen.clone())),
         clock: clock.clone(),

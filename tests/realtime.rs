@@ -11,7 +11,7 @@ use std::time::Duration;
 use df_planner::config::Fallback;
 use df_planner::control::live::{Clock, ControlTick};
 use df_planner::control::{ControlCore, ControlParams, Fault, Safety, Source, StateCell, StateSample, TickInputs};
-use df_planner::frames::{frame_ring, ImageView};
+use df_planner::frames::{camera_rings, CameraRing, ImageView};
 use df_planner::planner::Plan;
 use ringbuf::traits::Consumer;
 
@@ -89,12 +89,18 @@ fn plan(t0_ns: i64, actions: &[[f64; 2]]) -> Box<Plan> {
 
 #[test]
 fn a_running_control_tick_does_not_allocate() {
-    let (mut frames_in, _frames_out) = frame_ring(2, 2, 2);
+    let ring = CameraRing {
+        topic: "/camera".into(),
+        width: 2,
+        height: 2,
+        capacity: 2,
+    };
+    let (mut frames_in, frames_out) = camera_rings(&[ring]);
     let state = Arc::new(StateCell::default());
     let clock = Arc::new(ManualClock(AtomicU64::new(1_000 * MS as u64)));
     let (mut tick, mut ports) = ControlTick::new(
         core(Fallback::Hold, true),
-        frames_in.stats().clone(),
+        frames_out.stats(),
         state.clone(),
         clock.clone(),
         2,
@@ -107,7 +113,7 @@ fn a_running_control_tick_does_not_allocate() {
         data: &[0; 12],
         stamp_ns: 1_000 * MS,
     };
-    frames_in.write(&image).unwrap();
+    frames_in[0].write(&image).unwrap();
     state.publish(StateSample::new(1_000 * MS, &[0.1, 0.2], &[0.0, 0.0]).unwrap());
     // Plans are made (and allocated) by the planner thread, before the ticks we count.
     let plans: Vec<Box<Plan>> = (0..5)

@@ -82,14 +82,22 @@ def cmd_eval(a) -> None:
     if a.task == "fruit-swap":
         from .eval import fruit_swap
 
+        configs = a.configs.split(",") if a.configs else None
+        if a.planner or a.config:
+            if not (a.planner and a.config and a.out):
+                raise SystemExit("eval fruit-swap: --planner, --config and --out go together (the node's closed loop)")
+            fruit_swap.evaluate_node(a.planner, a.config, a.episodes, Path(a.out), configs, 10_000 + a.seed,
+                                     a.workers)
+            return
         if not a.checkpoint:
-            raise SystemExit("eval fruit-swap: --checkpoint is required (the PyTorch reference policy)")
+            raise SystemExit("eval fruit-swap: --planner and --config (the node), or --checkpoint (the PyTorch "
+                             "reference policy), are required")
         if a.probe:
             fruit_swap.arrangement_probe(Path(a.checkpoint))
             return
         if not a.out:
             raise SystemExit("eval fruit-swap: --out is required")
-        fruit_swap.evaluate(Path(a.checkpoint), a.episodes, Path(a.out), a.configs.split(",") if a.configs else None)
+        fruit_swap.evaluate(Path(a.checkpoint), a.episodes, Path(a.out), configs)
         return
     if not a.maze or not a.planner or not a.config or not a.out:
         raise SystemExit("eval maze2d: --maze, --planner, --config and --out are required")
@@ -162,8 +170,9 @@ def main(argv=None) -> int:
     p.add_argument("task", choices=["maze2d", "fruit-swap"])
     p.add_argument("--maze", choices=["umaze", "medium", "large"], help="maze2d (required)")
     p.add_argument("--episodes", type=int, default=100)
-    p.add_argument("--planner", help="maze2d (required): path of the df_planner binary")
-    p.add_argument("--config", help="maze2d (required): node config, e.g. config/maze2d_umaze.yaml")
+    p.add_argument("--planner", help="path of the df_planner binary (maze2d: required; fruit-swap: the node's "
+                                     "closed loop, with --config)")
+    p.add_argument("--config", help="node config, e.g. config/maze2d_umaze.yaml or config/fruit_swap.yaml")
     p.add_argument("--checkpoint", help="fruit-swap: a camera model checkpoint, run by the PyTorch reference "
                                         "policy (configs: memory, memoryless, distractor, distractor_k2)")
     p.add_argument("--out", help="results.json, required but with --probe (maze2d: a .png of planned vs executed "
@@ -173,7 +182,8 @@ def main(argv=None) -> int:
                                      "memoryless, distractor, distractor_k2")
     p.add_argument("--probe", action="store_true", help="fruit-swap: the first planned move for each of the six "
                                                           "arrangements (does the policy read its cameras?)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="episode i uses env seed seed + i (fruit-swap: 10000 + "
+                                                         "seed + i, unseen by the demonstrations)")
     p.add_argument("--multi-goal", action="store_true", help="Multi2D: a random goal every episode")
     p.add_argument("--workers", type=int, default=1, help="planner processes running episodes in parallel")
     p.add_argument("--curve", metavar="RUN_DIR", help="learning curve instead: evaluate df_mcg with every snapshot "

@@ -1,5 +1,5 @@
 """What the Rust node writes, read the way users read it: the replay MCAP through the Python
-`mcap` reader with ROS 2 decoding, and the launch file's documented arguments."""
+`mcap` reader with ROS 2 decoding, and the launch files' documented arguments."""
 
 import ast
 import os
@@ -46,12 +46,29 @@ def test_replay_output_opens_in_python_mcap_with_ros2_decoding(tmp_path, bag):
     assert counts["/diagnostics"] >= 1
 
 
-def test_launch_file_documents_every_argument():
-    tree = ast.parse((ROOT / "launch/maze2d.launch.py").read_text())
+@pytest.mark.parametrize("launch, arguments", [
+    ("maze2d.launch.py", {"maze", "config", "use_sim_time", "log_level"}),
+    ("fruit_swap.launch.py", {"config", "front_camera", "wrist_camera", "ee_state", "action", "use_sim_time",
+                              "log_level"}),
+])
+def test_launch_file_documents_every_argument(launch, arguments):
+    tree = ast.parse((ROOT / "launch" / launch).read_text())
     declared = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument":
             kwargs = {k.arg: k.value for k in node.keywords}
             assert "description" in kwargs, ast.unparse(node)
             declared.append(node.args[0].value)
-    assert set(declared) == {"maze", "config", "use_sim_time", "log_level"}
+    assert set(declared) == arguments
+
+
+def test_fruit_swap_launch_remaps_the_config_topics():
+    """Every topic the launch file remaps is one config/fruit_swap.yaml or the model uses."""
+    import yaml
+
+    text = (ROOT / "launch/fruit_swap.launch.py").read_text()
+    cfg = yaml.safe_load((ROOT / "config/fruit_swap.yaml").read_text())
+    used = {cfg["topics"]["state"], cfg["topics"]["action"], "/camera/front/image_raw", "/camera/wrist/image_raw"}
+    remapped = {ast.literal_eval(t.elts[0]) for node in ast.walk(ast.parse(text))
+                if isinstance(node, ast.keyword) and node.arg == "remappings" for t in node.value.elts}
+    assert remapped == used

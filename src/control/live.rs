@@ -20,7 +20,7 @@ use ringbuf::traits::{Consumer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 
 use crate::diffusion::Guidance;
-use crate::frames::{FrameReader, FrameStats};
+use crate::frames::{CameraStats, Cameras, MAX_CAMERAS};
 use crate::planner::{Plan, PlannerTask, StepOutcome};
 
 use super::core::{ControlCore, Counters, TickInputs, TickReport};
@@ -86,7 +86,7 @@ pub struct ControlTick {
     core: ControlCore,
     plans: Receiver<Box<Plan>>,
     recycle: Sender<Box<Plan>>,
-    frame_stats: Arc<FrameStats>,
+    frame_stats: CameraStats,
     state: Arc<StateCell>,
     last_state: Option<StateSample>,
     executed: Arc<Mutex<Vec<f64>>>,
@@ -109,10 +109,9 @@ impl ControlTick {
         if let Some(sample) = self.state.try_read() {
             self.last_state = sample;
         }
-        let newest_frame = self.frame_stats.newest_stamp_ns.load(Ordering::Acquire);
         let inputs = TickInputs {
             now_ns: self.clock.now_ns(),
-            frame_ns: (newest_frame != i64::MIN).then_some(newest_frame),
+            frame_ns: self.frame_stats.newest_stamp_ns(),
             state_ns: self.last_state.map(|s| s.stamp_ns),
         };
         let (report, retired) = self.core.tick(inputs, &mut self.out);
@@ -195,8 +194,7 @@ impl LiveNode {
 pub struct LiveParts {
     pub task: PlannerTask,
     pub core: ControlCore,
-    pub frames: FrameReader,
-    pub frame_stats: Arc<FrameStats>,
+    pub frames: Cameras,
     pub state: Arc<StateCell>,
     pub sink: Box<dyn ActionSink + Send>,
     pub clock: Arc<dyn Clock>,
@@ -231,7 +229,7 @@ pub struct ControlPorts {
 impl ControlTick {
     pub fn new(
         core: ControlCore,
-        frame_stats: Arc<FrameStats>,
+        frame_stats: CameraStats,
         state: Arc<StateCell>,
         clock: Arc<dyn Clock>,
         action_dim: usize,
@@ -272,9 +270,15 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
     let plan_latency = Arc::new(Mutex::new(Histogram::default()));
     let plan_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let action_dim = p.task.planner().contract().layout.action_dim;
-    let frame_stats = p.frame_stats.clone();
+    let frame_stats = p.frames.stats();
     let control_clock = p.clock.clone();
-    let (mut control, ports) = ControlTick::new(p.core, p.frame_stats, p.state.clone(), p.clock.clone(), action_dim);
+    let (mut control, ports) = ControlTick::new(
+        p.core,
+        frame_stats.clone(),
+        p.state.clone(),
+        p.clock.clone(),
+        action_dim,
+    );
     let ControlPorts {
         plans: plan_tx,
         recycled: recycle_rx,
@@ -310,7 +314,8 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
             sleep_until(deadline);
             deadline += step;
             let _plan = tracing::trace_span!("plan").entered();
-            frames.latest();
+            let mut images: [&[u8]; MAX_CAMERAS] = [&[]; MAX_CAMERAS];
+            let cameras = frames.latest(&mut images);
             executed_now.copy_from_slice(&executed.lock());
             let mut plan = recycle_rx.try_recv().unwrap_or_else(|_| Box::new(task.new_plan()));
             let sample = state.read();
@@ -318,6 +323,7 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
                 clock.now_ns(),
                 sample.as_ref(),
                 &executed_now,
+                cameras.map(|n| &images[..n]),
                 guidance.as_deref().map(|g| g as &dyn Guidance),
                 &mut plan,
             ) {
@@ -366,7 +372,7 @@ struct StatSources<'a> {
     stats: &'a Mutex<LiveStats>,
     plan_latency: &'a Mutex<Histogram>,
     plan_errors: &'a std::sync::atomic::AtomicU64,
-    frames: &'a FrameStats,
+    frames: &'a CameraStats,
 }
 
 fn publisher(

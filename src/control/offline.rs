@@ -7,7 +7,7 @@ use std::time::Instant;
 use thiserror::Error;
 
 use crate::diffusion::Guidance;
-use crate::frames::{frame_ring, FrameError, FrameReader, FrameWriter, ImageView};
+use crate::frames::{camera_rings, CameraRing, CameraStats, Cameras, FrameError, FrameWriter, ImageView, MAX_CAMERAS};
 use crate::planner::{Plan, PlannerTask, StepOutcome};
 
 use super::core::{ControlCore, TickInputs};
@@ -24,8 +24,9 @@ pub enum OfflineError {
 pub struct OfflineLoop {
     task: PlannerTask,
     core: ControlCore,
-    frames_in: FrameWriter,
-    frames: FrameReader,
+    frames_in: Vec<FrameWriter>,
+    frames: Cameras,
+    frame_stats: CameraStats,
     state: Option<StateSample>,
     tick_ns: i64,
     step_ns: i64,
@@ -45,8 +46,10 @@ pub struct OfflineLoop {
 }
 
 impl OfflineLoop {
-    pub fn new(task: PlannerTask, core: ControlCore, tick_ns: i64, step_ns: i64, camera: (usize, u32, u32)) -> Self {
-        let (frames_in, frames) = frame_ring(camera.0, camera.1, camera.2);
+    /// `cameras`: one frame ring each, fed by `ingest_image(i, ..)` in this order.
+    pub fn new(task: PlannerTask, core: ControlCore, tick_ns: i64, step_ns: i64, cameras: &[CameraRing]) -> Self {
+        let (frames_in, frames) = camera_rings(cameras);
+        let frame_stats = frames.stats();
         let action_dim = task.planner().contract().layout.action_dim;
         let spare = Some(Box::new(task.new_plan()));
         Self {
@@ -54,6 +57,7 @@ impl OfflineLoop {
             core,
             frames_in,
             frames,
+            frame_stats,
             state: None,
             tick_ns,
             step_ns,
@@ -69,6 +73,14 @@ impl OfflineLoop {
             last_plan_error: None,
             tick_latency: Histogram::default(),
         }
+    }
+
+    pub fn contract(&self) -> &crate::model::ModelContract {
+        self.task.planner().contract()
+    }
+
+    pub fn has_cameras(&self) -> bool {
+        self.task.planner().has_cameras()
     }
 
     pub fn plan_errors(&self) -> (u64, Option<&str>) {
@@ -114,9 +126,10 @@ impl OfflineLoop {
         Ok(())
     }
 
-    pub fn ingest_image(&mut self, img: &ImageView) -> Result<(), FrameError> {
+    /// A frame of camera `camera` (the index in the rings given to `new`).
+    pub fn ingest_image(&mut self, camera: usize, img: &ImageView) -> Result<(), FrameError> {
         self.start_at(img.stamp_ns);
-        self.frames_in.write(img)
+        self.frames_in[camera].write(img)
     }
 
     pub fn ingest_state(&mut self, sample: StateSample) {
@@ -134,10 +147,15 @@ impl OfflineLoop {
 
     fn planner_step(&mut self, t_ns: i64, guidance: Option<&dyn Guidance>, sink: &mut dyn ActionSink) {
         let _span = tracing::trace_span!("plan", t_ns).entered();
-        self.frames.latest();
+        let mut images: [&[u8]; MAX_CAMERAS] = [&[]; MAX_CAMERAS];
+        let cameras = self.frames.latest(&mut images);
         let mut plan = self.spare.take().unwrap_or_else(|| Box::new(self.task.new_plan()));
         let executed = self.executed_override.as_deref().unwrap_or(&self.executed);
-        match self.task.step(t_ns, self.state.as_ref(), executed, guidance, &mut plan) {
+        let images = cameras.map(|n| &images[..n]);
+        match self
+            .task
+            .step(t_ns, self.state.as_ref(), executed, images, guidance, &mut plan)
+        {
             Ok(StepOutcome::Planned) => {
                 sink.plan(&plan);
                 self.spare = self.core.install(plan);
@@ -160,7 +178,7 @@ impl OfflineLoop {
         let start = Instant::now();
         let inputs = TickInputs {
             now_ns: t_ns,
-            frame_ns: self.frames.latest().map(|f| f.stamp_ns),
+            frame_ns: self.frame_stats.newest_stamp_ns(),
             state_ns: self.state.map(|s| s.stamp_ns),
         };
         let (report, retired) = self.core.tick(inputs, &mut self.out);
@@ -184,7 +202,7 @@ impl OfflineLoop {
             tick_latency: self.tick_latency.summary_ms(),
             tick_jitter: Histogram::default().summary_ms(),
             plan_latency: self.task.latency().summary_ms(),
-            frames: self.frames_in.stats().snapshot(),
+            frames: self.frame_stats.snapshot(),
         })
     }
 }

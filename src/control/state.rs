@@ -32,11 +32,14 @@ impl StateSample {
         Some(s)
     }
 
-    /// The observation vector: positions then velocities.
+    /// The observation vector: positions then velocities, or positions only when `out` has
+    /// one value per joint (an end-effector state such as the fruit swap's).
     pub fn observation(&self, out: &mut [f64]) {
         let n = self.joints;
         out[..n].copy_from_slice(&self.position[..n]);
-        out[n..2 * n].copy_from_slice(&self.velocity[..n]);
+        if out.len() > n {
+            out[n..2 * n].copy_from_slice(&self.velocity[..n]);
+        }
     }
 }
 

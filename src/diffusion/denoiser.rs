@@ -1,6 +1,6 @@
 //! The network as the sampler sees it: a denoiser conditioned on per-token noise levels.
 
-use ndarray::{ArrayView2, ArrayView3, ArrayViewMut3};
+use ndarray::{ArrayView1, ArrayView2, ArrayView3, ArrayView5, ArrayViewMut3};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -9,6 +9,14 @@ pub enum DenoiseError {
     Backend(String),
     #[error("guidance needs the denoise_vjp graph, which this model does not provide ({0})")]
     NoVjp(String),
+    #[error("this model has no camera inputs: it takes no images")]
+    NoCameras,
+    #[error("camera inputs `{field}`: expected {expected}, got {got}")]
+    Images {
+        field: &'static str,
+        expected: String,
+        got: String,
+    },
     #[error("denoiser output `{name}`: expected shape {expected:?}, got {got:?}")]
     OutputShape {
         name: &'static str,
@@ -31,6 +39,13 @@ pub trait Denoiser {
         x0: ArrayViewMut3<f32>,
         eps: ArrayViewMut3<f32>,
     ) -> Result<(), DenoiseError>;
+    /// Camera models only: the images the window's tokens see in the calls that follow,
+    /// `images` [T, cameras, H, W, 3] in [0, 1] and their image `levels` [T] (0 clean, higher
+    /// noisier; `cameras.image_levels` for a token without images: the future).
+    fn set_images(&mut self, images: ArrayView5<f32>, levels: ArrayView1<i64>) -> Result<(), DenoiseError> {
+        let _ = (images, levels);
+        Err(DenoiseError::NoCameras)
+    }
     /// As `denoise`, plus `grad` = (∂x0/∂x_t)ᵀ · cotangent through the network.
     fn denoise_vjp(
         &mut self,

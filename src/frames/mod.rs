@@ -1,8 +1,11 @@
 //! Camera frames into the planner: decoding of `sensor_msgs/Image` encodings into RGB8 and a
-//! ring buffer of preallocated frames between the camera callback and the planner.
+//! ring buffer of preallocated frames between the camera callback and the planner, one per
+//! camera.
 
+mod cameras;
 mod decode;
 mod ring;
 
+pub use cameras::{camera_rings, CameraRing, CameraStats, Cameras, MAX_CAMERAS};
 pub use decode::{decode_into, Encoding, Frame, FrameError, ImageView};
 pub use ring::{frame_ring, FrameReader, FrameStats, FrameStatsSnapshot, FrameWriter};

@@ -45,6 +45,23 @@ pub struct FrameStatsSnapshot {
     pub delivered: u64,
 }
 
+impl std::ops::Add for FrameStatsSnapshot {
+    type Output = Self;
+    fn add(self, o: Self) -> Self {
+        Self {
+            received: self.received + o.received,
+            superseded: self.superseded + o.superseded,
+            dropped_full: self.dropped_full + o.dropped_full,
+            rejected_encoding: self.rejected_encoding + o.rejected_encoding,
+            rejected_size: self.rejected_size + o.rejected_size,
+            rejected_malformed: self.rejected_malformed + o.rejected_malformed,
+            rejected_out_of_order: self.rejected_out_of_order + o.rejected_out_of_order,
+            rejected_duplicate: self.rejected_duplicate + o.rejected_duplicate,
+            delivered: self.delivered + o.delivered,
+        }
+    }
+}
+
 impl FrameStats {
     pub fn snapshot(&self) -> FrameStatsSnapshot {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);

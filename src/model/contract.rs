@@ -305,23 +305,30 @@ fn invalid(field: &'static str, expected: impl ToString, got: impl ToString) -> 
     }
 }
 
+/// A small valid contract (frame_stack 2, action 2 + observation 4, max_tokens 8, 3
+/// timesteps) for unit tests across the crate.
+#[cfg(test)]
+pub(crate) fn example_json() -> serde_json::Value {
+    serde_json::json!({
+        "contract_version": "1.0",
+        "graphs": {"denoise": "m.onnx", "denoise_vjp": "m.vjp.onnx"},
+        "layout": {"observation_dim": 4, "action_dim": 2, "frame_stack": 2, "reward": false,
+                   "field_order": ["action", "observation"], "frame_dim": 6, "token_dim": 12},
+        "normalization": {"mean": vec![0.0; 6], "std": vec![1.0; 6]},
+        "diffusion": {"timesteps": 3, "schedule": "cosine", "alphas_cumprod": [0.9, 0.5, 0.1],
+                      "parameterization": "v", "stabilization_level": 1, "noise_clip": 6.0},
+        "max_tokens": 8, "causal": true, "cond_dim": 0,
+        "provenance": {"dataset_sha256": "ab", "train_steps": 1, "git_commit": "c", "exported_at": "t", "torch": "2"}
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::{json, Value};
 
     fn valid() -> Value {
-        json!({
-            "contract_version": "1.0",
-            "graphs": {"denoise": "m.onnx", "denoise_vjp": "m.vjp.onnx"},
-            "layout": {"observation_dim": 4, "action_dim": 2, "frame_stack": 2, "reward": false,
-                       "field_order": ["action", "observation"], "frame_dim": 6, "token_dim": 12},
-            "normalization": {"mean": vec![0.0; 6], "std": vec![1.0; 6]},
-            "diffusion": {"timesteps": 3, "schedule": "cosine", "alphas_cumprod": [0.9, 0.5, 0.1],
-                          "parameterization": "v", "stabilization_level": 1, "noise_clip": 6.0},
-            "max_tokens": 8, "causal": true, "cond_dim": 0,
-            "provenance": {"dataset_sha256": "ab", "train_steps": 1, "git_commit": "c", "exported_at": "t", "torch": "2"}
-        })
+        example_json()
     }
 
     fn error_with(path: &[&str], value: Value) -> String {

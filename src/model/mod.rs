@@ -11,6 +11,8 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+#[cfg(test)]
+pub(crate) use contract::example_json;
 pub use contract::{
     CameraInput, CameraSpec, ContractError, DiffusionSpec, Field, Graphs, ModelContract, Normalization,
     Parameterization, Provenance, ScheduleName, TokenLayout, CONTRACT_MAJOR, METADATA_KEY,

@@ -2,12 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use ndarray::{ArrayView2, ArrayView3, ArrayViewMut3, Ix3};
+use ndarray::{Array1, Array5, ArrayView1, ArrayView2, ArrayView3, ArrayView5, ArrayView6, ArrayViewMut3, Ix3};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionOutputs};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
-use super::contract::{ModelContract, METADATA_KEY};
+use super::contract::{CameraSpec, ModelContract, METADATA_KEY};
 use super::runtime::{environment, execution_providers, RuntimeConfig};
 use super::ModelError;
 use crate::diffusion::{DenoiseError, Denoiser};
@@ -19,8 +19,110 @@ pub struct OnnxDenoiser {
     path: PathBuf,
     denoise: Session,
     vjp: Option<Session>,
+    /// Camera models: the images of the window's tokens (`set_images`).
+    cameras: Option<CameraInputs>,
 }
 
+/// A camera model's `images` and `image_level` inputs: per window token as the planner sets
+/// them, and the batch-broadcast copies ORT reads (grown on the first call of the largest
+/// batch, reused after, so planning allocates nothing once warm).
+struct CameraInputs {
+    token_images: Array5<f32>,
+    token_levels: Array1<i64>,
+    /// Tokens set by the last `set_images` (0: none yet).
+    tokens: usize,
+    absent_level: i64,
+    batch_images: Vec<f32>,
+    batch_levels: Vec<i64>,
+}
+
+impl CameraInputs {
+    fn new(spec: &CameraSpec, max_tokens: usize) -> Self {
+        let first = &spec.inputs[0];
+        let shape = (
+            max_tokens,
+            spec.inputs.len(),
+            first.height as usize,
+            first.width as usize,
+            3,
+        );
+        Self {
+            token_images: Array5::zeros(shape),
+            token_levels: Array1::from_elem(max_tokens, spec.image_levels),
+            tokens: 0,
+            absent_level: spec.image_levels,
+            batch_images: Vec::new(),
+            batch_levels: Vec::new(),
+        }
+    }
+
+    fn set(&mut self, images: ArrayView5<f32>, levels: ArrayView1<i64>) -> Result<(), DenoiseError> {
+        let (_, n, h, w, c) = self.token_images.dim();
+        let (t, gn, gh, gw, gc) = images.dim();
+        let err = |field, expected: String, got: String| DenoiseError::Images { field, expected, got };
+        if t == 0 || t > self.token_images.dim().0 || (gn, gh, gw, gc) != (n, h, w, c) {
+            return Err(err(
+                "images",
+                format!("[1..={} tokens, {n} cameras, {h}, {w}, 3]", self.token_images.dim().0),
+                format!("{:?}", images.shape()),
+            ));
+        }
+        if levels.len() != t {
+            return Err(err(
+                "image_level",
+                format!("{t} levels (one per token)"),
+                levels.len().to_string(),
+            ));
+        }
+        if let Some(bad) = levels.iter().find(|&&l| !(0..=self.absent_level).contains(&l)) {
+            return Err(err(
+                "image_level",
+                format!("0..={}", self.absent_level),
+                bad.to_string(),
+            ));
+        }
+        if let Some(bad) = images.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+            return Err(err("images", "values in [0, 1]".into(), bad.to_string()));
+        }
+        self.token_images
+            .slice_mut(ndarray::s![..t, .., .., .., ..])
+            .assign(&images);
+        self.token_levels.slice_mut(ndarray::s![..t]).assign(&levels);
+        self.tokens = t;
+        Ok(())
+    }
+
+    /// The images and levels of a [b, t] window, every sample seeing the same tokens.
+    fn batch(&mut self, b: usize, t: usize) -> Result<(ArrayView6<'_, f32>, ArrayView2<'_, i64>), DenoiseError> {
+        if t != self.tokens {
+            return Err(DenoiseError::Images {
+                field: "images",
+                expected: format!("images for the window's {t} tokens (set_images before denoising)"),
+                got: format!("images for {} tokens", self.tokens),
+            });
+        }
+        let (_, n, h, w, c) = self.token_images.dim();
+        let per_sample = t * n * h * w * c;
+        if self.batch_images.len() < b * per_sample {
+            self.batch_images.resize(b * per_sample, 0.0);
+        }
+        if self.batch_levels.len() < b * t {
+            self.batch_levels.resize(b * t, 0);
+        }
+        let tokens = self.token_images.as_slice().expect("owned arrays are contiguous");
+        let levels = self.token_levels.as_slice().expect("owned arrays are contiguous");
+        for i in 0..b {
+            self.batch_images[i * per_sample..(i + 1) * per_sample].copy_from_slice(&tokens[..per_sample]);
+            self.batch_levels[i * t..(i + 1) * t].copy_from_slice(&levels[..t]);
+        }
+        let images =
+            ArrayView6::from_shape((b, t, n, h, w, c), &self.batch_images[..b * per_sample]).expect("sized above");
+        let levels = ArrayView2::from_shape((b, t), &self.batch_levels[..b * t]).expect("sized above");
+        Ok((images, levels))
+    }
+}
+
+#[derive(Clone)]
 struct Port {
     name: &'static str,
     ty: TensorElementType,
@@ -54,15 +156,6 @@ impl OnnxDenoiser {
         };
         let denoise = open(path)?;
         let contract = read_contract(&denoise, path)?;
-        if let Some(cameras) = &contract.cameras {
-            let roles: Vec<&str> = cameras.inputs.iter().map(|c| c.role.as_str()).collect();
-            return Err(graph_err(
-                path,
-                "cameras",
-                "a model without camera inputs: this planner does not feed images to the model yet",
-                format!("a camera model (cameras {roles:?})"),
-            ));
-        }
         let d = contract.layout.token_dim as i64;
         let f32_3 = |name| Port {
             name,
@@ -76,7 +169,31 @@ impl OnnxDenoiser {
             rank: 2,
             last: None,
         };
-        check_ports(&denoise, path, true, &[f32_3("x_t"), levels])?;
+        let camera_ports = || -> Vec<Port> {
+            match &contract.cameras {
+                Some(_) => vec![
+                    Port {
+                        name: "images",
+                        ty: TensorElementType::Float32,
+                        rank: 6,
+                        last: Some(3),
+                    },
+                    Port {
+                        name: "image_level",
+                        ty: TensorElementType::Int64,
+                        rank: 2,
+                        last: None,
+                    },
+                ],
+                None => Vec::new(),
+            }
+        };
+        check_ports(
+            &denoise,
+            path,
+            true,
+            &[[f32_3("x_t"), levels].as_slice(), &camera_ports()].concat(),
+        )?;
         check_ports(&denoise, path, false, &[f32_3("x0"), f32_3("eps")])?;
 
         let vjp = match &contract.graphs.denoise_vjp {
@@ -98,7 +215,13 @@ impl OnnxDenoiser {
                         rank: 2,
                         last: None,
                     };
-                    check_ports(&session, &vjp_path, true, &[f32_3("x_t"), levels, f32_3("cotangent")])?;
+                    let inputs = [f32_3("x_t"), levels, f32_3("cotangent")];
+                    check_ports(
+                        &session,
+                        &vjp_path,
+                        true,
+                        &[inputs.as_slice(), &camera_ports()].concat(),
+                    )?;
                     check_ports(
                         &session,
                         &vjp_path,
@@ -113,11 +236,16 @@ impl OnnxDenoiser {
             }
             None => None,
         };
+        let cameras = contract
+            .cameras
+            .as_ref()
+            .map(|spec| CameraInputs::new(spec, contract.max_tokens));
         Ok(Self {
             contract,
             path: path.to_owned(),
             denoise,
             vjp,
+            cameras,
         })
     }
 
@@ -238,13 +366,32 @@ impl Denoiser for OnnxDenoiser {
     ) -> Result<(), DenoiseError> {
         self.check_window(&x_t, &k)?;
         let err = backend(&self.path);
-        let inputs = ort::inputs! {
+        let (b, t, _) = x_t.dim();
+        let mut inputs = ort::inputs! {
             "x_t" => TensorRef::from_array_view(x_t).map_err(&err)?,
             "k" => TensorRef::from_array_view(k).map_err(&err)?,
         };
+        if let Some(cameras) = self.cameras.as_mut() {
+            let (images, levels) = cameras.batch(b, t)?;
+            inputs.push((
+                "images".into(),
+                TensorRef::from_array_view(images).map_err(&err)?.into(),
+            ));
+            inputs.push((
+                "image_level".into(),
+                TensorRef::from_array_view(levels).map_err(&err)?.into(),
+            ));
+        }
         let outputs = self.denoise.run(inputs).map_err(&err)?;
         copy_out(&outputs, "x0", x0)?;
         copy_out(&outputs, "eps", eps)
+    }
+
+    fn set_images(&mut self, images: ArrayView5<f32>, levels: ArrayView1<i64>) -> Result<(), DenoiseError> {
+        self.cameras
+            .as_mut()
+            .ok_or(DenoiseError::NoCameras)?
+            .set(images, levels)
     }
 
     fn denoise_vjp(
@@ -264,11 +411,23 @@ impl Denoiser for OnnxDenoiser {
                 self.path.display()
             )));
         };
-        let inputs = ort::inputs! {
+        let (b, t, _) = x_t.dim();
+        let mut inputs = ort::inputs! {
             "x_t" => TensorRef::from_array_view(x_t).map_err(&err)?,
             "k" => TensorRef::from_array_view(k).map_err(&err)?,
             "cotangent" => TensorRef::from_array_view(cotangent).map_err(&err)?,
         };
+        if let Some(cameras) = self.cameras.as_mut() {
+            let (images, levels) = cameras.batch(b, t)?;
+            inputs.push((
+                "images".into(),
+                TensorRef::from_array_view(images).map_err(&err)?.into(),
+            ));
+            inputs.push((
+                "image_level".into(),
+                TensorRef::from_array_view(levels).map_err(&err)?.into(),
+            ));
+        }
         let outputs = session.run(inputs).map_err(&err)?;
         copy_out(&outputs, "x0", x0)?;
         copy_out(&outputs, "eps", eps)?;

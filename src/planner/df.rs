@@ -1,12 +1,14 @@
 //! The Diffusion Forcing planner over interleaved action–observation tokens.
 //!
 //! Frame i holds (action that led into observation i, observation i); a token stacks
-//! `frame_stack` frames (onnx/CONTRACT.md). The window is one clean context token — the last
-//! frame_stack frames of history, ending with the current observation — followed by
-//! `horizon` planned tokens sampled along the scheduling matrix. Planned token 1's first
-//! frame holds the action to execute now.
+//! `frame_stack` frames (onnx/CONTRACT.md). The window is up to `context_tokens` clean history
+//! tokens (memory) — the last frames of history, ending with the current observation, the
+//! first frame repeated before the episode's start — followed by `horizon` planned tokens
+//! sampled along the scheduling matrix. The first planned token's first frame holds the
+//! action to execute now. Camera models also see, per history token, the camera images of
+//! its last frame; planned tokens have none (their image level says so).
 
-use ndarray::{s, Array3};
+use ndarray::{s, Array1, Array3, Array5};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -36,6 +38,8 @@ pub enum PlanError {
     },
     #[error("no observation yet: the planner needs at least one frame of history")]
     NoHistory,
+    #[error("no camera images for the frame {frames_ago} steps ago: a camera model plans from the images of every history token")]
+    NoImages { frames_ago: usize },
 }
 
 fn invalid(field: &'static str, expected: impl ToString, got: impl ToString) -> PlanError {
@@ -50,8 +54,13 @@ fn invalid(field: &'static str, expected: impl ToString, got: impl ToString) -> 
 pub struct PlannerSettings {
     pub matrix: MatrixKind,
     pub sampling_steps: u32,
-    /// Planned tokens after the context token (None: max_tokens - 1).
+    /// Planned tokens after the context (None: max_tokens - context_tokens).
     pub horizon_tokens: Option<usize>,
+    /// History tokens in the window at most (memory); 1 sees only the present token.
+    pub context_tokens: usize,
+    /// Camera models: the image level given with observed images (0 clean; > 0 tells the
+    /// model they are noisy, e.g. with distractors).
+    pub image_level: i64,
     /// MCG samples N (1 = plain guidance).
     pub samples: usize,
     pub guidance_scale: f64,
@@ -68,25 +77,46 @@ pub struct PlannerSettings {
     pub seed: u64,
 }
 
-pub struct DfPlanner {
-    model: Box<dyn Denoiser + Send>,
-    contract: ModelContract,
+/// The sampler, timestep rows and token buffer for a window with a given number of context
+/// tokens: one per context length, built up front so that planning never allocates.
+struct Window {
     sampler: Sampler,
     rows: TimestepRows,
     /// Rows for a warm start, and the timestep the carried-over tokens are re-noised to.
     warm: Option<(TimestepRows, i64)>,
+    x: Array3<f32>,
+}
+
+/// Camera models: the images seen with each history frame (rgb8, all cameras, ring-indexed
+/// like `history`) and the window's images and levels handed to the model.
+struct ImageHistory {
+    frame_bytes: usize,
+    ring: Vec<u8>,
+    present: Vec<bool>,
+    window: Array5<f32>,
+    levels: Array1<i64>,
+    observed_level: i64,
+    absent_level: i64,
+}
+
+pub struct DfPlanner {
+    model: Box<dyn Denoiser + Send>,
+    contract: ModelContract,
+    /// windows[c - 1] plans with c context tokens.
+    windows: Vec<Window>,
     warm_shift: usize,
     horizon: usize,
-    x: Array3<f32>,
-    /// The previous plan's final state, for warm starts.
+    /// The previous plan's planned tokens, for warm starts.
     previous: Array3<f32>,
     has_previous: bool,
     noise: SeededNoise,
     init_rng: ChaCha8Rng,
-    /// Normalized frames, oldest first; always frame_stack long once the first frame arrived.
+    /// Normalized frames of the last context_tokens × frame_stack steps, a ring: slot
+    /// `(frames_seen - 1 - ago) % capacity` holds the frame `ago` steps back.
     history: Vec<f32>,
     frames_seen: usize,
     frame: Vec<f64>,
+    images: Option<ImageHistory>,
 }
 
 impl DfPlanner {
@@ -95,12 +125,20 @@ impl DfPlanner {
         contract: ModelContract,
         s: &PlannerSettings,
     ) -> Result<Self, PlanError> {
-        let max_horizon = contract.max_tokens.saturating_sub(1);
+        let max_context = contract.max_tokens.saturating_sub(1);
+        if s.context_tokens == 0 || s.context_tokens > max_context {
+            return Err(invalid(
+                "planner.context_tokens",
+                format!("1..={max_context} (max_tokens - 1)"),
+                s.context_tokens,
+            ));
+        }
+        let max_horizon = contract.max_tokens - s.context_tokens;
         let horizon = s.horizon_tokens.unwrap_or(max_horizon);
         if horizon == 0 || horizon > max_horizon {
             return Err(invalid(
                 "planner.horizon_tokens",
-                format!("1..={max_horizon} (max_tokens - 1)"),
+                format!("1..={max_horizon} (max_tokens - context_tokens)"),
                 horizon,
             ));
         }
@@ -108,8 +146,7 @@ impl DfPlanner {
             return Err(invalid("planner.samples", ">= 1", 0));
         }
         let matrix = SchedulingMatrix::build(s.matrix, horizon, s.sampling_steps)?;
-        let rows = matrix.to_timesteps(1, contract.diffusion.timesteps);
-        let warm = match s.warm_start_level {
+        let warm_level = match s.warm_start_level {
             None => None,
             Some(level) if level > s.sampling_steps => {
                 return Err(invalid(
@@ -128,54 +165,86 @@ impl DfPlanner {
                     format!("{} tokens", s.warm_shift_tokens),
                 ));
             }
-            Some(level) => {
-                let carried = horizon - s.warm_shift_tokens;
-                let t = crate::diffusion::level_to_timestep(level, contract.diffusion.timesteps, s.sampling_steps);
-                Some((
-                    matrix
-                        .capped(carried, level)
-                        .to_timesteps(1, contract.diffusion.timesteps),
-                    t,
-                ))
-            }
+            Some(level) => Some(level),
         };
-        let tokens = horizon + 1;
-        let settings = SamplerSettings {
-            eta: s.eta,
-            stabilization_level: contract.diffusion.stabilization_level,
-            noise_clip: contract.diffusion.noise_clip,
-            guidance_scale: s.guidance_scale,
-            guidance_form: s.guidance_form,
-            shared_tokens: if s.samples > 1 {
-                (1 + s.shared_tokens).min(tokens)
-            } else {
-                0
-            },
-        };
+        let timesteps = contract.diffusion.timesteps;
         let d = contract.layout.token_dim;
-        let sampler = Sampler::new(settings, contract.alpha_bar()?, (s.samples, tokens, d))?;
-        let fd = contract.layout.frame_dim;
+        let mut windows = Vec::with_capacity(s.context_tokens);
+        for context in 1..=s.context_tokens {
+            let tokens = context + horizon;
+            let settings = SamplerSettings {
+                eta: s.eta,
+                stabilization_level: contract.diffusion.stabilization_level,
+                noise_clip: contract.diffusion.noise_clip,
+                guidance_scale: s.guidance_scale,
+                guidance_form: s.guidance_form,
+                shared_tokens: if s.samples > 1 {
+                    (context + s.shared_tokens).min(tokens)
+                } else {
+                    0
+                },
+            };
+            let warm = warm_level.map(|level| {
+                let carried = horizon - s.warm_shift_tokens;
+                let t = crate::diffusion::level_to_timestep(level, timesteps, s.sampling_steps);
+                (matrix.capped(carried, level).to_timesteps(context, timesteps), t)
+            });
+            windows.push(Window {
+                sampler: Sampler::new(settings, contract.alpha_bar()?, (s.samples, tokens, d))?,
+                rows: matrix.to_timesteps(context, timesteps),
+                warm,
+                x: Array3::zeros((s.samples, tokens, d)),
+            });
+        }
+        let l = &contract.layout;
+        let capacity = s.context_tokens * l.frame_stack;
+        let images = contract.cameras.as_ref().map(|cameras| {
+            let c = &cameras.inputs[0];
+            let (h, w) = (c.height as usize, c.width as usize);
+            let frame_bytes = cameras.inputs.len() * h * w * 3;
+            ImageHistory {
+                frame_bytes,
+                ring: vec![0; capacity * frame_bytes],
+                present: vec![false; capacity],
+                window: Array5::zeros((s.context_tokens + horizon, cameras.inputs.len(), h, w, 3)),
+                levels: Array1::from_elem(s.context_tokens + horizon, cameras.image_levels),
+                observed_level: s.image_level,
+                absent_level: cameras.image_levels,
+            }
+        });
+        if let Some(cameras) = &contract.cameras {
+            if !(0..cameras.image_levels).contains(&s.image_level) {
+                return Err(invalid(
+                    "planner.image_level",
+                    format!("0..{} (cameras.image_levels)", cameras.image_levels),
+                    s.image_level,
+                ));
+            }
+        }
         Ok(Self {
             model,
-            sampler,
-            rows,
-            warm,
+            windows,
             warm_shift: s.warm_shift_tokens,
             horizon,
-            x: Array3::zeros((s.samples, tokens, d)),
-            previous: Array3::zeros((s.samples, tokens, d)),
+            previous: Array3::zeros((s.samples, horizon, d)),
             has_previous: false,
             noise: SeededNoise::new(s.seed),
             init_rng: ChaCha8Rng::seed_from_u64(s.seed ^ 0x9e37_79b9_7f4a_7c15),
-            history: vec![0.0; contract.layout.frame_stack * fd],
+            history: vec![0.0; capacity * l.frame_dim],
             frames_seen: 0,
-            frame: vec![0.0; fd],
+            frame: vec![0.0; l.frame_dim],
+            images,
             contract,
         })
     }
 
     pub fn contract(&self) -> &ModelContract {
         &self.contract
+    }
+
+    /// Whether the model sees camera images (then every history frame needs them).
+    pub fn has_cameras(&self) -> bool {
+        self.images.is_some()
     }
 
     /// Actions in a full plan: horizon tokens × frame_stack.
@@ -189,7 +258,19 @@ impl DfPlanner {
         self.has_previous = false;
     }
 
+    /// History frames the ring holds.
+    fn capacity(&self) -> usize {
+        self.history.len() / self.contract.layout.frame_dim
+    }
+
+    /// The ring slot of the frame `ago` steps back; before the episode's first frame, the
+    /// first frame's (the context repeats it, as training did).
+    fn slot(&self, ago: usize) -> usize {
+        ring_slot(self.frames_seen, self.capacity(), ago)
+    }
+
     /// Append one frame: the action executed during the last step and the observation now.
+    /// Camera models then take the frame's images with `push_images`.
     pub fn push_frame(&mut self, prev_action: &[f64], observation: &[f64]) -> Result<(), PlanError> {
         let l = &self.contract.layout;
         if prev_action.len() != l.action_dim {
@@ -220,25 +301,55 @@ impl DfPlanner {
         }
         let fd = l.frame_dim;
         let n = &self.contract.normalization;
-        let normalized = self
-            .frame
-            .iter()
-            .enumerate()
-            .map(|(i, v)| ((v - n.mean[i]) / n.std[i]) as f32);
-        if self.frames_seen == 0 {
-            // Before frame_stack frames exist the context repeats the first one.
-            let first: Vec<f32> = normalized.collect();
-            for chunk in self.history.chunks_mut(fd) {
-                chunk.copy_from_slice(&first);
-            }
-        } else {
-            self.history.copy_within(fd.., 0);
-            let len = self.history.len();
-            for (dst, v) in self.history[len - fd..].iter_mut().zip(normalized) {
-                *dst = v;
-            }
-        }
         self.frames_seen += 1;
+        let slot = self.slot(0);
+        for (i, (dst, v)) in self.history[slot * fd..(slot + 1) * fd]
+            .iter_mut()
+            .zip(&self.frame)
+            .enumerate()
+        {
+            *dst = ((v - n.mean[i]) / n.std[i]) as f32;
+        }
+        if let Some(images) = self.images.as_mut() {
+            images.present[slot] = false;
+        }
+        Ok(())
+    }
+
+    /// Camera models: the images seen with the newest frame, one rgb8 buffer per camera in
+    /// the contract's order (`cameras.inputs`), each height × width × 3 bytes.
+    pub fn push_images(&mut self, cameras: &[&[u8]]) -> Result<(), PlanError> {
+        if self.frames_seen == 0 {
+            return Err(PlanError::NoHistory);
+        }
+        let slot = self.slot(0);
+        let Some(images) = self.images.as_mut() else {
+            return Err(invalid(
+                "images",
+                "none (this model has no camera inputs)",
+                cameras.len(),
+            ));
+        };
+        let per_camera = images.frame_bytes / images.window.dim().1;
+        if cameras.len() != images.window.dim().1 {
+            return Err(invalid(
+                "images",
+                format!("{} cameras (cameras.inputs)", images.window.dim().1),
+                cameras.len(),
+            ));
+        }
+        if let Some(bad) = cameras.iter().find(|c| c.len() != per_camera) {
+            return Err(invalid(
+                "images",
+                format!("{per_camera} bytes per camera (height × width × 3, rgb8)"),
+                bad.len(),
+            ));
+        }
+        let frame = &mut images.ring[slot * images.frame_bytes..(slot + 1) * images.frame_bytes];
+        for (dst, src) in frame.chunks_mut(per_camera).zip(cameras) {
+            dst.copy_from_slice(src);
+        }
+        images.present[slot] = true;
         Ok(())
     }
 
@@ -248,64 +359,77 @@ impl DfPlanner {
             return Err(PlanError::NoHistory);
         }
         let l = &self.contract.layout;
-        if plan.action_dim != l.action_dim || plan.capacity() < self.plan_len() {
+        let (fs, fd, action_dim, plan_len) = (l.frame_stack, l.frame_dim, l.action_dim, self.plan_len());
+        let act = l.offset(Field::Action).expect("layout has an action");
+        let obs = l.offset(Field::Observation).expect("layout has an observation");
+        if plan.action_dim != action_dim || plan.capacity() < plan_len {
             return Err(invalid(
                 "plan buffer",
-                format!("{} actions of {}", self.plan_len(), l.action_dim),
+                format!("{plan_len} actions of {action_dim}"),
                 format!("{} of {}", plan.capacity(), plan.action_dim),
             ));
         }
-        let warm = self.warm.as_ref().filter(|_| self.has_previous);
-        let carried = if warm.is_some() {
-            self.horizon - self.warm_shift
-        } else {
-            0
-        };
+        // Whole tokens of history, the first frame padding the first token (as in training).
+        let context = self.frames_seen.div_ceil(fs).min(self.windows.len());
+        self.window_images(context)?;
+        let warm = self.has_previous && self.windows[context - 1].warm.is_some();
+        let carried = if warm { self.horizon - self.warm_shift } else { 0 };
         // Carried-over tokens are re-noised as √ᾱ·x + √(1 − ᾱ)·ε at the warm level.
-        let (a, b) = match warm {
-            Some(&(_, t)) if t >= 0 => {
+        let (a, b) = match self.windows[context - 1].warm {
+            Some((_, t)) if warm && t >= 0 => {
                 let ab = self.contract.diffusion.alphas_cumprod[t as usize];
                 (ab.sqrt() as f32, (1.0 - ab).sqrt() as f32)
             }
-            Some(_) => (1.0, 0.0),
-            None => (0.0, 1.0),
+            Some(_) if warm => (1.0, 0.0),
+            _ => (0.0, 1.0),
         };
         let shift = self.warm_shift;
-        for (mut sample, prev) in self.x.outer_iter_mut().zip(self.previous.outer_iter()) {
-            for (dst, &v) in sample.slice_mut(s![0, ..]).iter_mut().zip(&self.history) {
-                *dst = v;
+        for i in 0..self.previous.dim().0 {
+            for token in 0..context {
+                for f in 0..fs {
+                    // Token `token` ends `(context - 1 - token) * fs` frames back.
+                    let ago = (context - 1 - token) * fs + (fs - 1 - f);
+                    let slot = self.slot(ago);
+                    let x = &mut self.windows[context - 1].x;
+                    for (j, &v) in self.history[slot * fd..(slot + 1) * fd].iter().enumerate() {
+                        x[[i, token, f * fd + j]] = v;
+                    }
+                }
             }
-            let shifted = prev.slice(s![1 + shift..1 + shift + carried, ..]);
-            for (dst, &v) in sample.slice_mut(s![1..1 + carried, ..]).iter_mut().zip(shifted.iter()) {
+            let window = &mut self.windows[context - 1];
+            let prev = self.previous.slice(s![i, shift..shift + carried, ..]);
+            let mut carried_part = window.x.slice_mut(s![i, context..context + carried, ..]);
+            for (dst, &v) in carried_part.iter_mut().zip(prev.iter()) {
                 let eps: f32 = StandardNormal.sample(&mut self.init_rng);
                 *dst = a * v + b * eps;
             }
-            for v in sample.slice_mut(s![1 + carried.., ..]).iter_mut() {
+            for v in window.x.slice_mut(s![i, context + carried.., ..]).iter_mut() {
                 *v = StandardNormal.sample(&mut self.init_rng);
             }
         }
-        let rows = warm.map_or(&self.rows, |(rows, _)| rows);
+        let window = &mut self.windows[context - 1];
+        let rows = match &window.warm {
+            Some((rows, _)) if warm => rows,
+            _ => &window.rows,
+        };
         let span = tracing::trace_span!("infer");
         let _enter = span.enter();
-        self.sampler.run(
+        window.sampler.run(
             self.model.as_mut(),
-            &mut self.x,
+            &mut window.x,
             rows,
             guidance,
             &mut self.noise,
             |_, _| {},
         )?;
         drop(_enter);
-        self.previous.assign(&self.x);
+        self.previous.assign(&window.x.slice(s![.., context.., ..]));
         self.has_previous = true;
 
-        let (fs, fd) = (l.frame_stack, l.frame_dim);
-        let act = l.offset(Field::Action).expect("layout has an action");
-        let obs = l.offset(Field::Observation).expect("layout has an observation");
         let n = &self.contract.normalization;
-        let best = self.x.slice(s![0, .., ..]);
+        let best = window.x.slice(s![0, context.., ..]);
         let value = |token: usize, frame: usize, field: usize| {
-            f64::from(best[[token + 1, frame * fd + field]]) * n.std[field] + n.mean[field]
+            f64::from(best[[token, frame * fd + field]]) * n.std[field] + n.mean[field]
         };
         // Planned frame k holds (a_{t+k}, o_{t+k+1}): the action and where it should lead.
         for token in 0..self.horizon {
@@ -319,10 +443,259 @@ impl DfPlanner {
                 }
             }
         }
-        plan.set_len(self.plan_len());
-        for (dst, &v) in plan.first_token.iter_mut().zip(best.slice(s![1, ..])) {
+        plan.set_len(plan_len);
+        for (dst, &v) in plan.first_token.iter_mut().zip(best.slice(s![0, ..])) {
             *dst = v;
         }
         Ok(())
+    }
+
+    /// Camera models: hand the model the images of the `context` history tokens (each its
+    /// last frame's) and mark the planned tokens as without images.
+    fn window_images(&mut self, context: usize) -> Result<(), PlanError> {
+        let (fs, seen, capacity) = (self.contract.layout.frame_stack, self.frames_seen, self.capacity());
+        let Some(images) = self.images.as_mut() else {
+            return Ok(());
+        };
+        for token in 0..context {
+            let ago = (context - 1 - token) * fs;
+            let slot = ring_slot(seen, capacity, ago);
+            if !images.present[slot] {
+                return Err(PlanError::NoImages {
+                    frames_ago: ago.min(seen - 1),
+                });
+            }
+            let bytes = &images.ring[slot * images.frame_bytes..(slot + 1) * images.frame_bytes];
+            for (d, &b) in images.window.slice_mut(s![token, .., .., .., ..]).iter_mut().zip(bytes) {
+                *d = f32::from(b) / 255.0;
+            }
+            images.levels[token] = images.observed_level;
+        }
+        let tokens = context + self.horizon;
+        images.levels.slice_mut(s![context..tokens]).fill(images.absent_level);
+        self.model
+            .set_images(
+                images.window.slice(s![..tokens, .., .., .., ..]),
+                images.levels.slice(s![..tokens]),
+            )
+            .map_err(SampleError::from)?;
+        Ok(())
+    }
+}
+
+/// The slot of a ring of `capacity` frames holding the frame `ago` steps before the newest of
+/// `seen`; before the first frame, the first frame's.
+fn ring_slot(seen: usize, capacity: usize, ago: usize) -> usize {
+    let newest = seen - 1;
+    (newest - ago.min(newest)) % capacity
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ndarray::{ArrayView1, ArrayView2, ArrayView3, ArrayView5, ArrayViewMut3};
+    use parking_lot::Mutex;
+    use serde_json::json;
+
+    use super::*;
+    use crate::diffusion::DenoiseError;
+
+    /// What the planner handed the model on its first call.
+    #[derive(Default)]
+    struct Seen {
+        x_t: Option<Array3<f32>>,
+        images: Option<Array5<f32>>,
+        levels: Vec<i64>,
+    }
+
+    /// A denoiser that predicts x0 = x_t and records its inputs.
+    struct Recorder(Arc<Mutex<Seen>>, bool);
+
+    impl Denoiser for Recorder {
+        fn token_dim(&self) -> usize {
+            12
+        }
+        fn max_tokens(&self) -> usize {
+            8
+        }
+        fn denoise(
+            &mut self,
+            x_t: ArrayView3<f32>,
+            _k: ArrayView2<i64>,
+            mut x0: ArrayViewMut3<f32>,
+            mut eps: ArrayViewMut3<f32>,
+        ) -> Result<(), DenoiseError> {
+            let mut seen = self.0.lock();
+            seen.x_t.get_or_insert_with(|| x_t.to_owned());
+            x0.assign(&x_t);
+            eps.fill(0.0);
+            Ok(())
+        }
+        fn set_images(&mut self, images: ArrayView5<f32>, levels: ArrayView1<i64>) -> Result<(), DenoiseError> {
+            if !self.1 {
+                return Err(DenoiseError::NoCameras);
+            }
+            let mut seen = self.0.lock();
+            seen.images.get_or_insert_with(|| images.to_owned());
+            if seen.levels.is_empty() {
+                seen.levels = levels.to_vec();
+            }
+            Ok(())
+        }
+        fn denoise_vjp(
+            &mut self,
+            _: ArrayView3<f32>,
+            _: ArrayView2<i64>,
+            _: ArrayView3<f32>,
+            _: ArrayViewMut3<f32>,
+            _: ArrayViewMut3<f32>,
+            _: ArrayViewMut3<f32>,
+        ) -> Result<(), DenoiseError> {
+            Err(DenoiseError::NoVjp("recorder".into()))
+        }
+    }
+
+    /// frame_stack 2, one 2×1 camera when `cameras`, 4 image levels.
+    fn contract(cameras: bool) -> ModelContract {
+        let mut v = crate::model::example_json();
+        if cameras {
+            v["contract_version"] = json!("1.1");
+            v["cameras"] = json!({"inputs": [{"role": "front", "topic": "/f", "encoding": "rgb8", "width": 2, "height": 1}],
+                                  "image_levels": 4, "noise_std_per_level": 0.15});
+        }
+        ModelContract::from_json(&v.to_string()).unwrap()
+    }
+
+    fn settings(context_tokens: usize) -> PlannerSettings {
+        PlannerSettings {
+            matrix: MatrixKind::Pyramid { uncertainty: 1.0 },
+            sampling_steps: 2,
+            horizon_tokens: Some(2),
+            context_tokens,
+            image_level: 0,
+            samples: 1,
+            guidance_scale: 0.0,
+            guidance_form: GuidanceForm::MeanShift,
+            eta: 0.0,
+            shared_tokens: 0,
+            warm_start_level: None,
+            warm_shift_tokens: 0,
+            seed: 0,
+        }
+    }
+
+    fn planner(cameras: bool, context_tokens: usize) -> (DfPlanner, Arc<Mutex<Seen>>) {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let model = Box::new(Recorder(seen.clone(), cameras));
+        (
+            DfPlanner::new(model, contract(cameras), &settings(context_tokens)).unwrap(),
+            seen,
+        )
+    }
+
+    /// Frame i: action (i, i), observation (i, i, i, i); its image: two pixels of byte 10·i.
+    fn push(p: &mut DfPlanner, i: usize, image: bool) {
+        let v = i as f64;
+        p.push_frame(&[v; 2], &[v; 4]).unwrap();
+        if image {
+            p.push_images(&[&[10 * i as u8; 6]]).unwrap();
+        }
+    }
+
+    #[test]
+    fn memory_windows_hold_whole_history_tokens_with_their_last_frames_images() {
+        let (mut p, seen) = planner(true, 3);
+        for i in 0..5 {
+            push(&mut p, i, true);
+        }
+        let mut plan = Plan::with_capacity(p.plan_len(), 2, 4, 12);
+        p.plan(None, &mut plan).unwrap();
+        let seen = seen.lock();
+        // Five frames of frame_stack 2: tokens (f0, f0), (f1, f2), (f3, f4) as in training,
+        // the first frame padding the first token; then the two planned tokens.
+        let x_t = seen.x_t.as_ref().unwrap();
+        assert_eq!(x_t.dim(), (1, 5, 12));
+        let stabilized = 0.5_f32.sqrt(); // clean tokens are shown at the stabilization level
+        for (token, frames) in [[0, 0], [1, 2], [3, 4]].iter().enumerate() {
+            for (f, &frame) in frames.iter().enumerate() {
+                for j in 0..6 {
+                    let got = x_t[[0, token, f * 6 + j]] / stabilized;
+                    assert!((got - frame as f32).abs() < 1e-5, "token {token} frame {f}: {got}");
+                }
+            }
+        }
+        let images = seen.images.as_ref().unwrap();
+        assert_eq!(images.dim(), (5, 1, 1, 2, 3));
+        for (token, frame) in [0u8, 2, 4].iter().enumerate() {
+            let want = f32::from(10 * frame) / 255.0;
+            assert!(images
+                .slice(s![token, .., .., .., ..])
+                .iter()
+                .all(|&v| (v - want).abs() < 1e-6));
+        }
+        assert_eq!(seen.levels, vec![0, 0, 0, 4, 4]);
+    }
+
+    #[test]
+    fn a_memoryless_window_sees_only_the_present_token() {
+        let (mut p, seen) = planner(true, 1);
+        for i in 0..5 {
+            push(&mut p, i, true);
+        }
+        let mut plan = Plan::with_capacity(p.plan_len(), 2, 4, 12);
+        p.plan(None, &mut plan).unwrap();
+        let seen = seen.lock();
+        assert_eq!(seen.x_t.as_ref().unwrap().dim(), (1, 3, 12));
+        let image = seen.images.as_ref().unwrap();
+        assert!((image[[0, 0, 0, 0, 0]] - 40.0 / 255.0).abs() < 1e-6);
+        assert_eq!(seen.levels, vec![0, 4, 4]);
+    }
+
+    #[test]
+    fn a_camera_model_refuses_to_plan_without_the_images_of_a_history_token() {
+        let (mut p, _) = planner(true, 3);
+        push(&mut p, 0, true);
+        push(&mut p, 1, true);
+        push(&mut p, 2, false);
+        let mut plan = Plan::with_capacity(p.plan_len(), 2, 4, 12);
+        let err = p.plan(None, &mut plan).unwrap_err().to_string();
+        assert!(err.contains("no camera images for the frame 0 steps ago"), "{err}");
+    }
+
+    #[test]
+    fn images_of_the_wrong_shape_or_for_a_model_without_cameras_are_refused_by_name() {
+        let (mut p, _) = planner(true, 2);
+        push(&mut p, 0, false);
+        let err = p.push_images(&[&[0; 5]]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "images: expected 6 bytes per camera (height × width × 3, rgb8), got 5"
+        );
+        let err = p.push_images(&[&[0; 6], &[0; 6]]).unwrap_err().to_string();
+        assert_eq!(err, "images: expected 1 cameras (cameras.inputs), got 2");
+        let (mut p, _) = planner(false, 1);
+        push(&mut p, 0, false);
+        let err = p.push_images(&[&[0; 6]]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("images: expected none (this model has no camera inputs)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn context_tokens_must_leave_room_for_a_plan() {
+        for bad in [0, 8] {
+            let seen = Arc::new(Mutex::new(Seen::default()));
+            let model = Box::new(Recorder(seen, false));
+            let err = DfPlanner::new(model, contract(false), &settings(bad))
+                .err()
+                .unwrap()
+                .to_string();
+            assert_eq!(
+                err,
+                format!("planner.context_tokens: expected 1..=7 (max_tokens - 1), got {bad}")
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The planner as a periodic task: once per model step it records a history frame (the
 //! action executed during the step, the observation now) and every `replan_every` steps it
-//! samples a new plan stamped for now. The live planner thread and the offline (replay,
+//! samples a new plan stamped for now. Camera models also take the cameras' newest frames
+//! with each history frame. The live planner thread and the offline (replay,
 //! bridge) loop both drive this same task.
 
 use std::time::Instant;
@@ -64,24 +65,31 @@ impl PlannerTask {
         now_ns: i64,
         state: Option<&StateSample>,
         executed_action: &[f64],
+        images: Option<&[&[u8]]>,
         guidance: Option<&dyn Guidance>,
         plan: &mut Plan,
     ) -> Result<StepOutcome, PlanError> {
         let Some(state) = state else {
             return Ok(StepOutcome::NoState);
         };
-        if 2 * state.joints != self.observation.len() {
+        let obs = self.observation.len();
+        if 2 * state.joints != obs && state.joints != obs {
             return Err(PlanError::Invalid {
                 field: "robot state",
                 expected: format!(
-                    "{} joints (observation_dim / 2: positions then velocities)",
-                    self.observation.len() / 2
+                    "{} joints (observation_dim / 2: positions then velocities) or {obs} (positions only)",
+                    obs / 2
                 ),
                 got: format!("{} joints", state.joints),
             });
         }
         state.observation(&mut self.observation);
         self.planner.push_frame(executed_action, &self.observation)?;
+        // A camera model without this step's images cannot plan from it (PlanError::NoImages):
+        // the control loop then falls back, as with any planning failure.
+        if let (Some(images), true) = (images, self.planner.has_cameras()) {
+            self.planner.push_images(images)?;
+        }
         let due = self.steps.is_multiple_of(self.replan_every);
         self.steps += 1;
         if !due {

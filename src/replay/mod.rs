@@ -20,7 +20,7 @@ use crate::config::NodeConfig;
 use crate::control::{ActionSink, Diagnostics, LatencySummary, OfflineLoop, StateSample};
 use crate::frames::ImageView;
 use crate::msgs;
-use crate::node::{node_parts, NodeError};
+use crate::node::{camera_rings, node_parts, NodeError};
 
 #[derive(Debug, Error)]
 pub enum ReplayError {
@@ -28,15 +28,15 @@ pub enum ReplayError {
     Bag(#[from] BagError),
     #[error(transparent)]
     Node(#[from] NodeError),
-    #[error("config topics.{field} = {topic:?}: not in the bag (its topics: {available})")]
+    #[error("config {field} = {topic:?}: not in the bag (its topics: {available})")]
     MissingTopic {
-        field: &'static str,
+        field: String,
         topic: String,
         available: String,
     },
-    #[error("config topics.{field} = {topic:?}: the bag has type {got}, expected {expected}")]
+    #[error("config {field} = {topic:?}: the bag has type {got}, expected {expected}")]
     WrongType {
-        field: &'static str,
+        field: String,
         topic: String,
         got: String,
         expected: &'static str,
@@ -84,11 +84,20 @@ pub fn build_loop(cfg: &NodeConfig) -> Result<OfflineLoop, ReplayError> {
     let (task, core) = node_parts(cfg)?;
     let tick_ns = cfg.control.tick().as_nanos() as i64;
     let step_ns = cfg.control.step().as_nanos() as i64;
-    let camera = (cfg.camera.ring_capacity, cfg.camera.width, cfg.camera.height);
-    Ok(OfflineLoop::new(task, core, tick_ns, step_ns, camera))
+    let cameras = camera_rings(cfg, task.planner().contract())?;
+    Ok(OfflineLoop::new(task, core, tick_ns, step_ns, &cameras))
 }
 
 const IMAGE: &str = "sensor_msgs/msg/Image";
+
+/// What a bag topic feeds.
+#[derive(Debug, Clone, Copy)]
+enum Input {
+    State,
+    /// The camera of this index among the node's camera rings.
+    Image(usize),
+    RecordedAction,
+}
 const JOINT_STATE: &str = "sensor_msgs/msg/JointState";
 const ARRAY: &str = "std_msgs/msg/Float64MultiArray";
 
@@ -104,26 +113,37 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
         .map(|(t, ty)| format!("{t} [{ty}]"))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut wanted: Vec<(&'static str, &str, &'static str)> = vec![("state", &t.state, JOINT_STATE)];
-    if cfg.camera.required || bag.topics.iter().any(|(name, _)| *name == t.image) {
-        wanted.push(("image", &t.image, IMAGE));
+    let mut lp = build_loop(cfg)?;
+    let camera_model = lp.has_cameras();
+    let rings = camera_rings(cfg, lp.contract())?;
+    let mut wanted: Vec<(Input, String, &str, &'static str)> =
+        vec![(Input::State, "topics.state".into(), &t.state, JOINT_STATE)];
+    for (i, ring) in rings.iter().enumerate() {
+        if camera_model || cfg.camera.required || bag.topics.iter().any(|(name, _)| *name == ring.topic) {
+            let field = if camera_model {
+                format!("camera topic (camera.topics or the model's cameras.inputs[{i}].topic)")
+            } else {
+                "topics.image".into()
+            };
+            wanted.push((Input::Image(i), field, &ring.topic, IMAGE));
+        }
     }
     if let Some(rec) = &t.recorded_action {
-        wanted.push(("recorded_action", rec, ARRAY));
+        wanted.push((Input::RecordedAction, "topics.recorded_action".into(), rec, ARRAY));
     }
-    for &(field, topic, expected) in &wanted {
+    for (_, field, topic, expected) in &wanted {
         match bag.topics.iter().find(|(name, _)| name == topic) {
             None => {
                 return Err(ReplayError::MissingTopic {
-                    field,
-                    topic: topic.into(),
+                    field: field.clone(),
+                    topic: topic.to_string(),
                     available: available.clone(),
                 })
             }
             Some((_, ty)) if ty != expected => {
                 return Err(ReplayError::WrongType {
-                    field,
-                    topic: topic.into(),
+                    field: field.clone(),
+                    topic: topic.to_string(),
                     got: ty.clone(),
                     expected,
                 })
@@ -138,7 +158,6 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
         .count() as u64;
     bag.messages.sort_by_key(|m| m.log_time_ns);
 
-    let mut lp = build_loop(cfg)?;
     let mut sink = McapSink::create(out, cfg).map_err(ReplayError::Output)?;
     let mut topics: BTreeMap<String, TopicCount> = BTreeMap::new();
     let mut recorded: Vec<(i64, Vec<f64>)> = Vec::new();
@@ -147,11 +166,11 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
     let first_ns = bag
         .messages
         .iter()
-        .find(|m| wanted.iter().any(|w| w.1 == m.topic))
+        .find(|m| wanted.iter().any(|w| w.2 == m.topic))
         .map(|m| m.log_time_ns);
     let first_ns = first_ns.ok_or(ReplayError::Empty)?;
     for m in &bag.messages {
-        let Some(&(field, _, _)) = wanted.iter().find(|w| w.1 == m.topic) else {
+        let Some(&(input, ..)) = wanted.iter().find(|w| w.2 == m.topic) else {
             continue;
         };
         let count = topics.entry(m.topic.clone()).or_default();
@@ -166,8 +185,8 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
         }
         lp.advance_to(m.log_time_ns, None, &mut sink)
             .expect("messages are sorted by log time");
-        match field {
-            "image" => match msgs::from_cdr::<msgs::Image>(&m.data) {
+        match input {
+            Input::Image(camera) => match msgs::from_cdr::<msgs::Image>(&m.data) {
                 Err(e) => skip(format!("undecodable: {e}")),
                 Ok(img) => {
                     let view = ImageView {
@@ -178,13 +197,13 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
                         data: &img.data,
                         stamp_ns: img.header.stamp.to_ns(),
                     };
-                    match lp.ingest_image(&view) {
+                    match lp.ingest_image(camera, &view) {
                         Ok(()) => count.used += 1,
                         Err(e) => skip(e.to_string()),
                     }
                 }
             },
-            "state" => match msgs::from_cdr::<msgs::JointState>(&m.data) {
+            Input::State => match msgs::from_cdr::<msgs::JointState>(&m.data) {
                 Err(e) => skip(format!("undecodable: {e}")),
                 Ok(js) => {
                     let stamp = js.header.stamp.to_ns();
@@ -214,7 +233,7 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
                     }
                 }
             },
-            _ => match msgs::from_cdr::<msgs::Float64MultiArray>(&m.data) {
+            Input::RecordedAction => match msgs::from_cdr::<msgs::Float64MultiArray>(&m.data) {
                 Err(e) => skip(format!("undecodable: {e}")),
                 Ok(a) if a.data.len() != cfg.action_dim() => {
                     skip(format!("{} values, expected {}", a.data.len(), cfg.action_dim()))

@@ -23,9 +23,9 @@ use r2r::{builtin_interfaces, diagnostic_msgs, geometry_msgs, sensor_msgs, std_m
 use crate::config::{ActionType, NodeConfig};
 use crate::control::live::{self, Clock, LiveParts, SystemClock};
 use crate::control::{ActionSink, Diagnostics, StateCell, StateSample, TickReport};
-use crate::frames::{frame_ring, ImageView};
+use crate::frames::ImageView;
 use crate::msgs::{self, action_message, diagnostic_array, ActionMessage};
-use crate::node::node_parts;
+use crate::node::{camera_rings, node_parts};
 use crate::planner::Plan;
 
 /// ROS time as the loop sees it under `use_sim_time`: the spin thread stores `/clock` time
@@ -238,25 +238,29 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
     };
 
     let (task, core) = node_parts(&cfg)?;
-    let (mut frames_in, frames) = frame_ring(cfg.camera.ring_capacity, cfg.camera.width, cfg.camera.height);
+    let rings = camera_rings(&cfg, task.planner().contract())?;
+    let (writers, frames) = crate::frames::camera_rings(&rings);
     let state = Arc::new(StateCell::default());
 
-    let images = node.subscribe::<sensor_msgs::msg::Image>(&t.image, QosProfile::sensor_data())?;
-    spawner.spawn_local(images.for_each(move |img| {
-        let view = ImageView {
-            encoding: &img.encoding,
-            width: img.width,
-            height: img.height,
-            step: img.step,
-            data: &img.data,
-            stamp_ns: stamp_ns(&img.header.stamp),
-        };
-        if let Err(e) = frames_in.write(&view) {
-            // Counted in the diagnostics; logged at debug to keep a bad camera from flooding.
-            tracing::debug!(error = %e, "camera frame rejected");
-        }
-        future::ready(())
-    }))?;
+    for (ring, mut frames_in) in rings.iter().zip(writers) {
+        let images = node.subscribe::<sensor_msgs::msg::Image>(&ring.topic, QosProfile::sensor_data())?;
+        let topic = ring.topic.clone();
+        spawner.spawn_local(images.for_each(move |img| {
+            let view = ImageView {
+                encoding: &img.encoding,
+                width: img.width,
+                height: img.height,
+                step: img.step,
+                data: &img.data,
+                stamp_ns: stamp_ns(&img.header.stamp),
+            };
+            if let Err(e) = frames_in.write(&view) {
+                // Counted in the diagnostics; logged at debug to keep a bad camera from flooding.
+                tracing::debug!(topic = %topic, error = %e, "camera frame rejected");
+            }
+            future::ready(())
+        }))?;
+    }
     let state_in = state.clone();
     let joints = node.subscribe::<sensor_msgs::msg::JointState>(&t.state, QosProfile::sensor_data())?;
     spawner.spawn_local(joints.for_each(move |js| {
@@ -271,12 +275,10 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
         future::ready(())
     }))?;
 
-    let frame_stats = frames.stats().clone();
     let parts = LiveParts {
         task,
         core,
         frames,
-        frame_stats,
         state,
         sink: Box::new(sink),
         clock,

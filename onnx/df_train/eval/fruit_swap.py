@@ -1,5 +1,9 @@
-"""`df-train eval fruit-swap --checkpoint C`: the fruit-swap policy in closed loop with the
-PyTorch reference sampler, the specification the Rust node's closed loop is checked against.
+"""`df-train eval fruit-swap`: the fruit-swap policy in closed loop.
+
+`--planner P --config C` drives the Rust node's own pipeline (`df_planner serve` with a camera
+model: frames into the rings, the planner task with memory, the control tick with its safety
+filter), one simulator step per request; that is the evaluation. `--checkpoint C` runs the
+PyTorch reference sampler instead, the specification the node is checked against.
 
 Every `frame_stack` control steps the policy plans: the context tokens are the observed
 history (every token since the episode start with memory; only the present token without),
@@ -10,6 +14,7 @@ denoised along a pyramid scheduling matrix. The first planned token's actions ar
 import json
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +25,7 @@ from .. import matrices
 from ..envs.fruit_swap import FruitSwapEnv
 from ..export import load_model
 from ..reference_sampler import ReferenceSampler, SamplerSettings, timestep_rows
+from .planner_process import Planner
 
 
 @dataclass
@@ -155,3 +161,75 @@ def arrangement_probe(checkpoint: Path, seeds: int = 3) -> dict:
         rows[f"apple {apple}, orange {orange}"] = ends
         print(f"apple in slot {apple}, orange in slot {orange}: end of first token {ends}", flush=True)
     return rows
+
+
+# Each node configuration: `df_planner serve` overrides of the config, and whether the front
+# camera sees a distractor (never seen in training).
+NODE_CONFIGS = {
+    "memory": ([], False),
+    "memoryless": (["--context-tokens", "1"], False),
+    "distractor": ([], True),
+    "distractor_k2": (["--image-level", "2"], True),
+}
+
+
+def run_node_episode(planner: Planner, seed: int, distractor: bool) -> dict:
+    """One episode through the node: the state and both camera frames in at every 10 Hz step,
+    the tick's action out and into the simulator."""
+    env = FruitSwapEnv(seed=seed, distractor=distractor)
+    obs = env.observe()
+    planner.ask({"op": "reset"})
+    success, done, plan_ms, fallback_ticks, placements = False, False, [], 0, 0
+    layout = tuple(env.slot_contents())
+    while not done:
+        start = time.perf_counter()
+        reply = planner.ask({"op": "step", "state": obs["state"].tolist(),
+                             "images": [obs["front"].ravel().tolist(), obs["wrist"].ravel().tolist()]})
+        if reply["replanned"]:
+            plan_ms.append((time.perf_counter() - start) * 1e3)
+        fallback_ticks += reply["source"] != "plan"
+        obs, success, done = env.step(np.asarray(reply["action"]))
+        now = tuple(env.slot_contents())
+        if env.held is None and now != layout:
+            placements += 1
+        layout = now if env.held is None else layout
+    diagnostics = planner.ask({"op": "stats"})["diagnostics"]
+    return {"success": success, "steps": env.t, "plan_ms": plan_ms, "fallback_ticks": fallback_ticks,
+            "placements": placements, "tick_ms_p99": diagnostics["tick_latency"]["p99_ms"],
+            "start_slots": env.start_slots, "end_slots": list(layout)}
+
+
+def evaluate_node(binary: str, config: str, episodes: int, out: Path, configs=None, seed: int = 10_000,
+                  workers: int = 1) -> dict:
+    """Success rate, time to success, plan and control-tick latency per configuration; episode
+    i uses env seed `seed + i` (the demonstrations use seeds from 0), split over `workers`
+    planner processes."""
+    results = {}
+    for name in configs or list(NODE_CONFIGS):
+        args, distractor = NODE_CONFIGS[name]
+
+        def worker(w: int, args=args, distractor=distractor) -> list[tuple[int, dict]]:
+            planner = Planner(binary, config, args)
+            try:
+                return [(i, run_node_episode(planner, seed + i, distractor)) for i in range(w, episodes, workers)]
+            finally:
+                planner.close()
+
+        with ThreadPoolExecutor(workers) as pool:
+            runs = [r for _, r in sorted(sum(pool.map(worker, range(workers)), []), key=lambda p: p[0])]
+        times = [r["steps"] for r in runs if r["success"]]
+        plan_ms = sorted(ms for r in runs for ms in r["plan_ms"])
+        results[name] = {
+            "episodes": episodes, "success_rate": statistics.fmean(r["success"] for r in runs),
+            "time_to_success_s_mean": statistics.fmean(times) / 10.0 if times else None,
+            "plan_ms_p50": plan_ms[len(plan_ms) // 2], "plan_ms_p99": plan_ms[int(0.99 * (len(plan_ms) - 1))],
+            "tick_ms_p99_max": max(r["tick_ms_p99"] for r in runs),
+            "fallback_ticks_mean": statistics.fmean(r["fallback_ticks"] for r in runs),
+            "placements_mean": statistics.fmean(r["placements"] for r in runs),
+            "serve_args": args, "distractor": distractor, "seed": seed,
+            "successes": [bool(r["success"]) for r in runs], "placements": [r["placements"] for r in runs],
+        }
+        print(f"fruit-swap {name}: success {results[name]['success_rate']:.2f} over {episodes} episodes", flush=True)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(results, indent=2) + "\n")
+    return results

@@ -4,15 +4,14 @@ Table 1 run side by side, normalized as D4RL does.
 """
 
 import json
-import os
 import statistics
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from .planner_process import Planner
 from ..envs.maze2d import Maze2DEnv, in_free_space, normalized_score, wall_grid, CELL_SHIFT
 
 # Chen et al. 2024, Table 1 (normalized score, mean ± std): for the README's comparison. The
@@ -34,30 +33,6 @@ ABLATIONS = {
     "pd_controller": ["--execute", "pd_controller"],
     "no_hold": ["--hold-radius", "none"],
 }
-
-
-class Planner:
-    """One `df_planner serve` process."""
-
-    def __init__(self, binary: str, config: str, args: list[str]):
-        self.cmd = [binary, "serve", "--config", config, *args]
-        # The planner logs to stderr; by default only errors, so episodes do not flood the terminal.
-        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "error")}
-        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
-
-    def ask(self, request: dict) -> dict:
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{' '.join(self.cmd)} exited with code {self.proc.wait()}")
-        reply = json.loads(line)
-        if not reply.get("ok"):
-            raise RuntimeError(f"planner refused {request.get('op')}: {reply.get('error')}")
-        return reply
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
 
 
 def run_episode(planner: Planner, env: Maze2DEnv, record: bool = False) -> dict:

@@ -1,0 +1,64 @@
+"""Launch df_planner on an arm for the fruit swap: ros2 launch df_planner fruit_swap.launch.py
+
+The node's behaviour is set by its YAML (config/fruit_swap.yaml, documented field by field
+there and in src/config.rs): the camera model with memory, its two cameras (front and wrist,
+rgb8 32x32, checked against the model's contract), the end-effector state, the commanded
+target and the safety limits. The launch arguments choose the YAML, remap the arm's topics onto
+the ones the model was trained with, and set the clock and logging.
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
+
+
+def generate_launch_description():
+    default_config = PathJoinSubstitution([FindPackageShare("df_planner"), "config", "fruit_swap.yaml"])
+    arg = LaunchConfiguration
+    return LaunchDescription([
+        DeclareLaunchArgument(
+            "config", default_value=default_config,
+            description="Node YAML: model (onnx/models/fruit_swap.onnx), planner (memory: context_tokens, "
+                        "horizon, image_level), control (10 Hz, fallback hold), safety (workspace box, rates, "
+                        "camera and state timeouts), camera (required, ring capacity), topics."),
+        DeclareLaunchArgument(
+            "front_camera", default_value="/camera/front/image_raw",
+            description="The arm's front camera (sensor_msgs/Image, rgb8 32x32), remapped onto the model's front topic."),
+        DeclareLaunchArgument(
+            "wrist_camera", default_value="/camera/wrist/image_raw",
+            description="The arm's wrist camera (sensor_msgs/Image, rgb8 32x32), remapped onto the model's wrist topic."),
+        DeclareLaunchArgument(
+            "ee_state", default_value="/ee_state",
+            description="End-effector state (sensor_msgs/JointState, positions [ee_x, ee_y, ee_z, gripper])."),
+        DeclareLaunchArgument(
+            "action", default_value="/df_planner/action",
+            description="Where the commanded [x, y, z, gripper] goes (std_msgs/Float64MultiArray)."),
+        DeclareLaunchArgument(
+            "use_sim_time", default_value="false",
+            description="Follow /clock for stamps and staleness (simulation or bag playback)."),
+        DeclareLaunchArgument(
+            "log_level", default_value="info",
+            description="RUST_LOG-style filter for the node's tracing output (e.g. info, df_planner=debug)."),
+        Node(
+            package="df_planner",
+            executable="df_planner",
+            name="df_planner",
+            arguments=["run"],
+            parameters=[{
+                "config": arg("config"),
+                "use_sim_time": ParameterValue(arg("use_sim_time"), value_type=bool),
+            }],
+            remappings=[
+                ("/camera/front/image_raw", arg("front_camera")),
+                ("/camera/wrist/image_raw", arg("wrist_camera")),
+                ("/ee_state", arg("ee_state")),
+                ("/df_planner/action", arg("action")),
+            ],
+            additional_env={"RUST_LOG": arg("log_level")},
+            output="screen",
+            emulate_tty=True,
+        ),
+    ])

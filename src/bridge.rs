@@ -1,0 +1,182 @@
+//! `df_planner serve` for camera models: a simulator drives the robot's own pipeline — camera
+//! frames into the frame rings, the end-effector state, the planner task with its memory, the
+//! control tick with its safety filter and fallbacks — on a virtual clock (`OfflineLoop`),
+//! one simulator step per request. What the arm would have been sent is what comes back.
+//!
+//! One JSON object per line in, one per line out:
+//! - `{"op": "reset"}` → `{"ok": true}`: a new episode (history, plans and clock start over).
+//! - `{"op": "step", "state": [...], "images": [[...], ...]}`: the state now (one value per
+//!   state joint, as `sensor_msgs/JointState` positions) and one rgb8 frame per camera, in the
+//!   model's `cameras.inputs` order, each height × width × 3 bytes; `images` may be null or
+//!   shorter (a camera that sent nothing this step). → `{"ok": true, "action": [...],
+//!   "source": "plan" | "hold" | "stop", "faults": [...], "replanned": bool,
+//!   "frame_errors": [...]}`. A rejected frame is counted and named in `frame_errors`; the
+//!   tick then holds or stops as the config says, as on the robot.
+//! - `{"op": "stats"}` → `{"ok": true, "diagnostics": {...}}` (the node's diagnostics: ticks,
+//!   faults, hold/stop counts, plan and tick latency, frame counters) for the current episode.
+//!
+//! A malformed line or a bad request is answered `{"ok": false, "error": "..."}` and logged.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::config::NodeConfig;
+use crate::control::{ActionSink, Diagnostics, OfflineLoop, Source, StateSample, TickReport};
+use crate::frames::ImageView;
+use crate::planner::Plan;
+use crate::replay::build_loop;
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum Request {
+    Reset,
+    Step {
+        state: Vec<f64>,
+        #[serde(default)]
+        images: Option<Vec<Vec<u8>>>,
+    },
+    Stats,
+}
+
+/// The last tick's output.
+#[derive(Default)]
+struct LastTick {
+    action: Vec<f64>,
+    source: Option<Source>,
+    faults: Vec<&'static str>,
+    plans: u64,
+}
+
+impl ActionSink for LastTick {
+    fn action(&mut self, report: &TickReport, action: &[f64], _: Option<&Plan>) {
+        self.action.clear();
+        self.action.extend_from_slice(action);
+        self.source = Some(report.source);
+        self.faults = report.faults.iter().map(|f| f.name()).collect();
+    }
+    fn plan(&mut self, _: &Plan) {
+        self.plans += 1;
+    }
+    fn diagnostics(&mut self, _: i64, _: &Diagnostics) {}
+}
+
+pub struct Bridge {
+    cfg: NodeConfig,
+    lp: OfflineLoop,
+    sink: LastTick,
+    step_ns: i64,
+    steps: i64,
+    /// Camera (height, width) in the model's order.
+    cameras: Vec<(u32, u32)>,
+}
+
+impl Bridge {
+    pub fn new(cfg: &NodeConfig) -> Result<Self, String> {
+        let lp = build_loop(cfg).map_err(|e| e.to_string())?;
+        if (cfg.control.rate_hz * cfg.control.action_dt_s - 1.0).abs() > 1e-9 {
+            return Err(format!(
+                "control.rate_hz: expected 1 / action_dt_s = {} (one tick per simulator step), got {}",
+                1.0 / cfg.control.action_dt_s,
+                cfg.control.rate_hz
+            ));
+        }
+        let cameras = lp
+            .contract()
+            .cameras
+            .as_ref()
+            .map(|c| c.inputs.iter().map(|i| (i.height, i.width)).collect())
+            .unwrap_or_default();
+        Ok(Self {
+            cfg: cfg.clone(),
+            lp,
+            sink: LastTick::default(),
+            step_ns: cfg.control.step().as_nanos() as i64,
+            steps: 0,
+            cameras,
+        })
+    }
+
+    /// Answer one request line; never panics on input.
+    pub fn handle(&mut self, line: &str) -> Value {
+        let request: Request = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(format!(
+                    "malformed request: {e}; expected {{\"op\": \"reset\" | \"step\" | \"stats\", ...}}"
+                ))
+            }
+        };
+        match request {
+            Request::Reset => match build_loop(&self.cfg) {
+                Ok(lp) => {
+                    self.lp = lp;
+                    self.steps = 0;
+                    self.sink = LastTick::default();
+                    json!({"ok": true})
+                }
+                Err(e) => error(e.to_string()),
+            },
+            Request::Step { state, images } => self.step(&state, images.as_deref().unwrap_or(&[])),
+            Request::Stats => json!({"ok": true, "diagnostics": self.lp.diagnostics()}),
+        }
+    }
+
+    fn step(&mut self, state: &[f64], images: &[Vec<u8>]) -> Value {
+        // Step k happens at (k + 1) · step: the loop's clock starts at the first input.
+        let t = (self.steps + 1) * self.step_ns;
+        let Some(sample) = StateSample::new(t, state, &[]) else {
+            return error(format!(
+                "state: expected at most {} values, got {}",
+                crate::control::MAX_JOINTS,
+                state.len()
+            ));
+        };
+        if images.len() > self.cameras.len() {
+            return error(format!(
+                "images: expected at most {} frames (the model's cameras), got {}",
+                self.cameras.len(),
+                images.len()
+            ));
+        }
+        let mut frame_errors = Vec::new();
+        for (i, (data, &(height, width))) in images.iter().zip(&self.cameras).enumerate() {
+            // Sizes are the frames' own claims: a frame of the wrong length is rejected by the
+            // ring with the reason, as a wrong sensor_msgs/Image would be.
+            let view = ImageView {
+                encoding: "rgb8",
+                width,
+                height,
+                step: width * 3,
+                data,
+                stamp_ns: t,
+            };
+            if let Err(e) = self.lp.ingest_image(i, &view) {
+                frame_errors.push(format!("camera {i}: {e}"));
+            }
+        }
+        self.lp.ingest_state(sample);
+        let plans = self.sink.plans;
+        if let Err(e) = self.lp.advance_to(t + 1, None, &mut self.sink) {
+            return error(e.to_string());
+        }
+        self.steps += 1;
+        let source = match self.sink.source {
+            Some(Source::Plan) => "plan",
+            Some(Source::Hold) => "hold",
+            Some(Source::Stop) | None => "stop",
+        };
+        json!({
+            "ok": true,
+            "action": self.sink.action,
+            "source": source,
+            "faults": self.sink.faults,
+            "replanned": self.sink.plans > plans,
+            "frame_errors": frame_errors,
+        })
+    }
+}
+
+fn error(message: String) -> Value {
+    tracing::warn!(%message, "serve: request rejected");
+    json!({"ok": false, "error": message})
+}

@@ -1,0 +1,136 @@
+//! Every camera the planner sees, one frame ring each: the callbacks write their own ring, the
+//! planner reads the newest frame of all of them together, and the control tick judges the
+//! freshness of the set by its oldest camera.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::ring::{frame_ring, FrameReader, FrameStats, FrameStatsSnapshot, FrameWriter};
+
+/// Most cameras one model may see (the planner passes their frames without allocating).
+pub const MAX_CAMERAS: usize = 4;
+
+/// One camera input: its topic and the frames it must deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CameraRing {
+    pub topic: String,
+    pub width: u32,
+    pub height: u32,
+    pub capacity: usize,
+}
+
+/// The reading side of every camera's ring.
+pub struct Cameras {
+    readers: Vec<FrameReader>,
+}
+
+/// The cameras' counters, shared with the control tick and the diagnostics.
+#[derive(Clone, Default)]
+pub struct CameraStats(Vec<Arc<FrameStats>>);
+
+/// A ring per camera, in the order given; at most `MAX_CAMERAS`.
+pub fn camera_rings(rings: &[CameraRing]) -> (Vec<FrameWriter>, Cameras) {
+    assert!(rings.len() <= MAX_CAMERAS, "at most {MAX_CAMERAS} cameras");
+    let (writers, readers) = rings.iter().map(|r| frame_ring(r.capacity, r.width, r.height)).unzip();
+    (writers, Cameras { readers })
+}
+
+impl Cameras {
+    pub fn len(&self) -> usize {
+        self.readers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.readers.is_empty()
+    }
+
+    /// The newest frame of every camera (rgb8 bytes) into `out`, and how many cameras there
+    /// are; None until every camera has delivered a frame.
+    pub fn latest<'a>(&'a mut self, out: &mut [&'a [u8]; MAX_CAMERAS]) -> Option<usize> {
+        let (n, mut complete) = (self.readers.len(), true);
+        for (slot, reader) in out.iter_mut().zip(self.readers.iter_mut()) {
+            match reader.latest() {
+                Some(frame) => *slot = &frame.rgb,
+                None => complete = false,
+            }
+        }
+        complete.then_some(n)
+    }
+
+    /// Drain every ring without using the frames (models without cameras).
+    pub fn discard(&mut self) {
+        for reader in &mut self.readers {
+            reader.latest();
+        }
+    }
+
+    pub fn stats(&self) -> CameraStats {
+        CameraStats(self.readers.iter().map(|r| r.stats().clone()).collect())
+    }
+}
+
+impl CameraStats {
+    /// The stamp of the oldest camera's newest frame: the set is as fresh as that. None when a
+    /// camera has sent nothing yet, or when there are no cameras.
+    pub fn newest_stamp_ns(&self) -> Option<i64> {
+        let mut oldest: Option<i64> = None;
+        for s in &self.0 {
+            let stamp = s.newest_stamp_ns.load(Ordering::Acquire);
+            if stamp == i64::MIN {
+                return None;
+            }
+            oldest = Some(oldest.map_or(stamp, |o| o.min(stamp)));
+        }
+        oldest
+    }
+
+    /// Counters summed over the cameras.
+    pub fn snapshot(&self) -> FrameStatsSnapshot {
+        self.0
+            .iter()
+            .fold(FrameStatsSnapshot::default(), |sum, s| sum + s.snapshot())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frames::ImageView;
+
+    fn ring(topic: &str) -> CameraRing {
+        CameraRing {
+            topic: topic.into(),
+            width: 1,
+            height: 1,
+            capacity: 2,
+        }
+    }
+
+    fn pixel(stamp_ns: i64, value: &[u8; 3]) -> ImageView<'_> {
+        ImageView {
+            encoding: "rgb8",
+            width: 1,
+            height: 1,
+            step: 3,
+            data: value,
+            stamp_ns,
+        }
+    }
+
+    #[test]
+    fn the_set_is_complete_and_as_fresh_as_its_oldest_camera() {
+        let (mut writers, mut cameras) = camera_rings(&[ring("/front"), ring("/wrist")]);
+        let stats = cameras.stats();
+        writers[0].write(&pixel(10, &[1, 2, 3])).unwrap();
+        assert_eq!(stats.newest_stamp_ns(), None, "the wrist camera has sent nothing");
+        assert_eq!(cameras.latest(&mut [&[]; MAX_CAMERAS]), None);
+        writers[1].write(&pixel(5, &[4, 5, 6])).unwrap();
+        writers[0].write(&pixel(20, &[7, 8, 9])).unwrap();
+        assert_eq!(stats.newest_stamp_ns(), Some(5));
+        let mut out: [&[u8]; MAX_CAMERAS] = [&[]; MAX_CAMERAS];
+        assert_eq!(cameras.latest(&mut out), Some(2));
+        assert_eq!((out[0], out[1]), (&[7, 8, 9][..], &[4, 5, 6][..]));
+        let sum = stats.snapshot();
+        assert_eq!((sum.received, sum.delivered, sum.superseded), (3, 3, 0));
+    }
+}

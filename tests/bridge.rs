@@ -1,0 +1,92 @@
+//! `df_planner serve` for a camera model: the shipped fruit-swap model driven through the
+//! node's own loop (frame rings, planner task with memory, control tick), and what bad camera
+//! input does: counted, named, and the arm holds.
+
+mod common;
+
+use df_planner::bridge::Bridge;
+use df_planner::config::NodeConfig;
+use serde_json::{json, Value};
+
+fn bridge() -> Bridge {
+    let path = common::repo().join("config/fruit_swap.yaml");
+    let mut cfg = NodeConfig::load(&path).unwrap();
+    cfg.model.runtime = common::cpu();
+    Bridge::new(&cfg).unwrap()
+}
+
+const REST: [f64; 4] = [0.30, 0.08, 0.20, 1.0];
+
+fn step(b: &mut Bridge, images: Value) -> Value {
+    b.handle(&json!({"op": "step", "state": REST, "images": images}).to_string())
+}
+
+fn gray(len: usize) -> Value {
+    json!(vec![128u8; len])
+}
+
+#[test]
+fn frames_and_state_in_a_planned_target_out_and_memory_across_steps() {
+    let mut b = bridge();
+    assert_eq!(b.handle(r#"{"op": "reset"}"#), json!({"ok": true}));
+    let mut replans = Vec::new();
+    for _ in 0..31 {
+        let r = step(&mut b, json!([gray(3072), gray(3072)]));
+        assert_eq!(r["ok"], json!(true), "{r}");
+        assert_eq!(r["source"], json!("plan"), "{r}");
+        assert_eq!(r["action"].as_array().unwrap().len(), 4);
+        replans.push(r["replanned"].as_bool().unwrap());
+    }
+    // One plan per token (replan_every 15), the first at the first step.
+    let at: Vec<usize> = replans.iter().enumerate().filter(|(_, &p)| p).map(|(i, _)| i).collect();
+    assert_eq!(at, vec![0, 15, 30]);
+    let d = &b.handle(r#"{"op": "stats"}"#)["diagnostics"];
+    assert_eq!(d["plans"], json!(3));
+    assert_eq!(d["frames"]["received"], json!(62));
+    assert_eq!(d["plan_errors"], json!(0));
+}
+
+#[test]
+fn a_wrong_frame_is_named_and_a_silent_camera_makes_the_arm_hold() {
+    let mut b = bridge();
+    b.handle(r#"{"op": "reset"}"#);
+    let first = step(&mut b, json!([gray(3072), gray(3072)]));
+    let held = first["action"].clone();
+    let r = step(&mut b, json!([gray(3072), gray(100)]));
+    let errors = r["frame_errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{r}");
+    assert_eq!(
+        errors[0],
+        json!("camera 1: image data: 100 bytes, expected step x height = 3072")
+    );
+    // The wrist camera then stops: after camera_timeout_s (0.5 s = 5 steps) the tick holds
+    // the last target instead of following the plan.
+    let mut last = r;
+    for _ in 0..6 {
+        last = step(&mut b, json!([gray(3072)]));
+    }
+    assert_eq!(last["source"], json!("hold"), "{last}");
+    assert!(
+        last["faults"].as_array().unwrap().contains(&json!("camera_stale")),
+        "{last}"
+    );
+    assert_eq!(last["action"].as_array().unwrap().len(), held.as_array().unwrap().len());
+    let d = &b.handle(r#"{"op": "stats"}"#)["diagnostics"];
+    assert_eq!(d["frames"]["rejected_malformed"], json!(1), "{d}");
+}
+
+#[test]
+fn bad_requests_are_refused_by_name_and_the_bridge_keeps_going() {
+    let mut b = bridge();
+    b.handle(r#"{"op": "reset"}"#);
+    let r = b.handle("{not json");
+    assert_eq!(r["ok"], json!(false));
+    assert!(r["error"].as_str().unwrap().starts_with("malformed request"), "{r}");
+    let r = step(&mut b, json!([gray(3072), gray(3072), gray(3072)]));
+    assert_eq!(
+        r["error"],
+        json!("images: expected at most 2 frames (the model's cameras), got 3")
+    );
+    let r = step(&mut b, json!([gray(3072), gray(3072)]));
+    assert_eq!(r["source"], json!("plan"), "{r}");
+}
