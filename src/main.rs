@@ -547,8 +547,8 @@ fn replay(a: ReplayArgs) -> Result<()> {
     }
     match &s.planned_vs_recorded {
         Some(e) => println!(
-            "vs recorded  {} actions compared: RMSE {:.4}, max abs {:.4}",
-            e.compared, e.rmse, e.max_abs
+            "vs recorded  {} actions compared: RMSE {:.4} (per dimension {:.4?}), max abs {:.4}",
+            e.compared, e.rmse, e.rmse_per_dim, e.max_abs
         ),
         None => println!("vs recorded  no recorded actions in the bag"),
     }

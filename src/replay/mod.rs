@@ -60,6 +60,8 @@ pub struct ActionError {
     pub compared: usize,
     pub rmse: f64,
     pub max_abs: f64,
+    /// RMSE of each action dimension (a gripper's open/close differs in scale from positions).
+    pub rmse_per_dim: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -270,23 +272,24 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
 
 /// Each recorded action against the action we published at the latest tick at or before it.
 fn compare(published: &[(i64, Vec<f64>)], recorded: &[(i64, Vec<f64>)]) -> Option<ActionError> {
-    let (mut sum_sq, mut max_abs, mut n, mut count) = (0.0, 0.0_f64, 0usize, 0usize);
+    let (mut sum_sq, mut max_abs, mut count) = (Vec::<f64>::new(), 0.0_f64, 0usize);
     for (t, rec) in recorded {
         let idx = published.partition_point(|(pt, _)| pt <= t);
         let Some((_, ours)) = idx.checked_sub(1).map(|i| &published[i]) else {
             continue;
         };
-        for (a, b) in ours.iter().zip(rec) {
+        sum_sq.resize(sum_sq.len().max(rec.len()), 0.0);
+        for (i, (a, b)) in ours.iter().zip(rec).enumerate() {
             let d = a - b;
-            sum_sq += d * d;
+            sum_sq[i] += d * d;
             max_abs = max_abs.max(d.abs());
-            n += 1;
         }
         count += 1;
     }
     (count > 0).then(|| ActionError {
         compared: count,
-        rmse: (sum_sq / n as f64).sqrt(),
+        rmse: (sum_sq.iter().sum::<f64>() / (count * sum_sq.len()) as f64).sqrt(),
         max_abs,
+        rmse_per_dim: sum_sq.iter().map(|s| (s / count as f64).sqrt()).collect(),
     })
 }
