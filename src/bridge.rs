@@ -25,6 +25,7 @@ use crate::control::{ActionSink, Diagnostics, OfflineLoop, Source, StateSample, 
 use crate::frames::ImageView;
 use crate::planner::Plan;
 use crate::replay::build_loop;
+use crate::serve::{error, parse_request};
 
 #[derive(Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -98,13 +99,9 @@ impl Bridge {
 
     /// Answer one request line; never panics on input.
     pub fn handle(&mut self, line: &str) -> Value {
-        let request: Request = match serde_json::from_str(line) {
+        let request: Request = match parse_request(line) {
             Ok(r) => r,
-            Err(e) => {
-                return error(format!(
-                    "malformed request: {e}; expected {{\"op\": \"reset\" | \"step\" | \"stats\", ...}}"
-                ))
-            }
+            Err(reply) => return reply,
         };
         match request {
             Request::Reset => match build_loop(&self.cfg) {
@@ -174,9 +171,4 @@ impl Bridge {
             "frame_errors": frame_errors,
         })
     }
-}
-
-fn error(message: String) -> Value {
-    tracing::warn!(%message, "serve: request rejected");
-    json!({"ok": false, "error": message})
 }

@@ -141,13 +141,9 @@ impl Server {
 
     /// Answer one request line; never panics on input.
     pub fn handle(&mut self, line: &str) -> Value {
-        let request: Request = match serde_json::from_str(line) {
+        let request: Request = match parse_request(line) {
             Ok(r) => r,
-            Err(e) => {
-                return error(format!(
-                    "malformed request: {e}; expected {{\"op\": \"reset\" | \"step\" | \"stats\", ...}}"
-                ))
-            }
+            Err(reply) => return reply,
         };
         match request {
             Request::Reset { goal } => self.reset(goal),
@@ -248,7 +244,17 @@ impl ServeSection {
     }
 }
 
-fn error(message: String) -> Value {
+/// A request line, or the error reply naming what is wrong with it.
+pub(crate) fn parse_request<T: serde::de::DeserializeOwned>(line: &str) -> Result<T, Value> {
+    serde_json::from_str(line).map_err(|e| {
+        error(format!(
+            "malformed request: {e}; expected {{\"op\": \"reset\" | \"step\" | \"stats\", ...}}"
+        ))
+    })
+}
+
+/// An error reply, logged.
+pub(crate) fn error(message: String) -> Value {
     tracing::warn!(%message, "serve: request rejected");
     json!({"ok": false, "error": message})
 }

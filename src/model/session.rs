@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array5, ArrayView1, ArrayView2, ArrayView3, ArrayView5, ArrayView6, ArrayViewMut3, Ix3};
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{Session, SessionOutputs};
+use ort::session::{Session, SessionInputValue, SessionOutputs};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use super::contract::{CameraSpec, ModelContract, METADATA_KEY};
@@ -89,6 +89,23 @@ impl CameraInputs {
             .assign(&images);
         self.token_levels.slice_mut(ndarray::s![..t]).assign(&levels);
         self.tokens = t;
+        Ok(())
+    }
+
+    /// Append `images` and `image_level` for a [b, t] window to a session's inputs.
+    fn push_inputs<'a>(
+        &'a mut self,
+        inputs: &mut Vec<(std::borrow::Cow<'static, str>, SessionInputValue<'a>)>,
+        b: usize,
+        t: usize,
+        err: &impl Fn(ort::Error) -> DenoiseError,
+    ) -> Result<(), DenoiseError> {
+        let (images, levels) = self.batch(b, t)?;
+        inputs.push(("images".into(), TensorRef::from_array_view(images).map_err(err)?.into()));
+        inputs.push((
+            "image_level".into(),
+            TensorRef::from_array_view(levels).map_err(err)?.into(),
+        ));
         Ok(())
     }
 
@@ -372,15 +389,7 @@ impl Denoiser for OnnxDenoiser {
             "k" => TensorRef::from_array_view(k).map_err(&err)?,
         };
         if let Some(cameras) = self.cameras.as_mut() {
-            let (images, levels) = cameras.batch(b, t)?;
-            inputs.push((
-                "images".into(),
-                TensorRef::from_array_view(images).map_err(&err)?.into(),
-            ));
-            inputs.push((
-                "image_level".into(),
-                TensorRef::from_array_view(levels).map_err(&err)?.into(),
-            ));
+            cameras.push_inputs(&mut inputs, b, t, &err)?;
         }
         let outputs = self.denoise.run(inputs).map_err(&err)?;
         copy_out(&outputs, "x0", x0)?;
@@ -418,15 +427,7 @@ impl Denoiser for OnnxDenoiser {
             "cotangent" => TensorRef::from_array_view(cotangent).map_err(&err)?,
         };
         if let Some(cameras) = self.cameras.as_mut() {
-            let (images, levels) = cameras.batch(b, t)?;
-            inputs.push((
-                "images".into(),
-                TensorRef::from_array_view(images).map_err(&err)?.into(),
-            ));
-            inputs.push((
-                "image_level".into(),
-                TensorRef::from_array_view(levels).map_err(&err)?.into(),
-            ));
+            cameras.push_inputs(&mut inputs, b, t, &err)?;
         }
         let outputs = session.run(inputs).map_err(&err)?;
         copy_out(&outputs, "x0", x0)?;

@@ -110,6 +110,17 @@ def run_episode(policy: ReferencePolicy, seed: int, distractor: bool) -> dict:
     return {"success": success, "steps": env.t, "plan_ms": plan_ms, "start_slots": env.start_slots}
 
 
+def summary(runs: list[dict]) -> dict:
+    """Success rate, mean time to success (10 Hz steps) and plan latency over episodes."""
+    times = [r["steps"] for r in runs if r["success"]]
+    plan_ms = sorted(ms for r in runs for ms in r["plan_ms"])
+    return {
+        "episodes": len(runs), "success_rate": statistics.fmean(r["success"] for r in runs),
+        "time_to_success_s_mean": statistics.fmean(times) / 10.0 if times else None,
+        "plan_ms_p50": plan_ms[len(plan_ms) // 2], "plan_ms_p99": plan_ms[int(0.99 * (len(plan_ms) - 1))],
+    }
+
+
 CONFIGS = {
     "memory": (PolicySettings(memory=True), False),
     "memoryless": (PolicySettings(memory=False), False),
@@ -126,12 +137,7 @@ def evaluate(checkpoint: Path, episodes: int, out: Path, configs=None, seed: int
         settings, distractor = CONFIGS[name]
         policy = ReferencePolicy(checkpoint, settings)
         runs = [run_episode(policy, seed + i, distractor) for i in range(episodes)]
-        times = [r["steps"] for r in runs if r["success"]]
-        latencies = sorted(ms for r in runs for ms in r["plan_ms"])
-        results[name] = {
-            "episodes": episodes, "success_rate": statistics.fmean(r["success"] for r in runs),
-            "time_to_success_s_mean": statistics.fmean(times) / 10.0 if times else None,
-            "plan_ms_p50": latencies[len(latencies) // 2], "plan_ms_p99": latencies[int(0.99 * (len(latencies) - 1))],
+        results[name] = summary(runs) | {
             "memory": settings.memory, "observation_level": settings.observation_level, "distractor": distractor,
             "successes": [bool(r["success"]) for r in runs],
         }
@@ -217,12 +223,7 @@ def evaluate_node(binary: str, config: str, episodes: int, out: Path, configs=No
 
         with ThreadPoolExecutor(workers) as pool:
             runs = [r for _, r in sorted(sum(pool.map(worker, range(workers)), []), key=lambda p: p[0])]
-        times = [r["steps"] for r in runs if r["success"]]
-        plan_ms = sorted(ms for r in runs for ms in r["plan_ms"])
-        results[name] = {
-            "episodes": episodes, "success_rate": statistics.fmean(r["success"] for r in runs),
-            "time_to_success_s_mean": statistics.fmean(times) / 10.0 if times else None,
-            "plan_ms_p50": plan_ms[len(plan_ms) // 2], "plan_ms_p99": plan_ms[int(0.99 * (len(plan_ms) - 1))],
+        results[name] = summary(runs) | {
             "tick_ms_p99_max": max(r["tick_ms_p99"] for r in runs),
             "fallback_ticks_mean": statistics.fmean(r["fallback_ticks"] for r in runs),
             "placements_mean": statistics.fmean(r["placements"] for r in runs),
