@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 use crate::config::NodeConfig;
 use crate::control::{ActionSink, Diagnostics, OfflineLoop, Source, StateSample, TickReport};
 use crate::frames::ImageView;
+use crate::node::offline_loop;
 use crate::planner::Plan;
 use crate::replay::build_loop;
 use crate::serve::{error, parse_request};
@@ -63,7 +64,8 @@ impl ActionSink for LastTick {
 
 pub struct Bridge {
     cfg: NodeConfig,
-    lp: OfflineLoop,
+    /// None only while a reset rebuilds it.
+    lp: Option<OfflineLoop>,
     sink: LastTick,
     step_ns: i64,
     steps: i64,
@@ -89,7 +91,7 @@ impl Bridge {
             .unwrap_or_default();
         Ok(Self {
             cfg: cfg.clone(),
-            lp,
+            lp: Some(lp),
             sink: LastTick::default(),
             step_ns: cfg.control.step().as_nanos() as i64,
             steps: 0,
@@ -104,18 +106,36 @@ impl Bridge {
             Err(reply) => return reply,
         };
         match request {
-            Request::Reset => match build_loop(&self.cfg) {
-                Ok(lp) => {
-                    self.lp = lp;
-                    self.steps = 0;
-                    self.sink = LastTick::default();
-                    json!({"ok": true})
-                }
-                Err(e) => error(e.to_string()),
-            },
+            Request::Reset => self.reset(),
             Request::Step { state, images } => self.step(&state, images.as_deref().unwrap_or(&[])),
-            Request::Stats => json!({"ok": true, "diagnostics": self.lp.diagnostics()}),
+            Request::Stats => json!({"ok": true, "diagnostics": self.lp().diagnostics()}),
         }
+    }
+
+    /// A new episode: the loaded model in a fresh loop (history, plans, control state, frame
+    /// rings, counters and clock start over; the planner's noise restarts from its seed).
+    fn reset(&mut self) -> Value {
+        let mut planner = self
+            .lp
+            .take()
+            .expect("the loop exists between requests")
+            .into_task()
+            .into_planner();
+        planner.reset();
+        planner.reseed(self.cfg.planner.seed);
+        match offline_loop(&self.cfg, planner) {
+            Ok(lp) => {
+                self.lp = Some(lp);
+                self.steps = 0;
+                self.sink = LastTick::default();
+                json!({"ok": true})
+            }
+            Err(e) => error(e.to_string()),
+        }
+    }
+
+    fn lp(&mut self) -> &mut OfflineLoop {
+        self.lp.as_mut().expect("the loop exists between requests")
     }
 
     fn step(&mut self, state: &[f64], images: &[Vec<u8>]) -> Value {
@@ -136,6 +156,7 @@ impl Bridge {
             ));
         }
         let mut frame_errors = Vec::new();
+        let lp = self.lp.as_mut().expect("the loop exists between requests");
         for (i, (data, &(height, width))) in images.iter().zip(&self.cameras).enumerate() {
             // Sizes are the frames' own claims: a frame of the wrong length is rejected by the
             // ring with the reason, as a wrong sensor_msgs/Image would be.
@@ -147,13 +168,13 @@ impl Bridge {
                 data,
                 stamp_ns: t,
             };
-            if let Err(e) = self.lp.ingest_image(i, &view) {
+            if let Err(e) = lp.ingest_image(i, &view) {
                 frame_errors.push(format!("camera {i}: {e}"));
             }
         }
-        self.lp.ingest_state(sample);
+        lp.ingest_state(sample);
         let plans = self.sink.plans;
-        if let Err(e) = self.lp.advance_to(t + 1, None, &mut self.sink) {
+        if let Err(e) = lp.advance_to(t + 1, None, &mut self.sink) {
             return error(e.to_string());
         }
         self.steps += 1;

@@ -4,7 +4,7 @@
 use thiserror::Error;
 
 use crate::config::NodeConfig;
-use crate::control::{ControlCore, ControlParams, Safety};
+use crate::control::{ControlCore, ControlParams, OfflineLoop, Safety};
 use crate::frames::{CameraRing, MAX_CAMERAS};
 use crate::model::{ModelContract, ModelError, OnnxDenoiser};
 use crate::planner::{DfPlanner, PlanError, PlannerSettings, PlannerTask};
@@ -87,6 +87,15 @@ pub fn node_parts(cfg: &NodeConfig) -> Result<(PlannerTask, ControlCore), NodeEr
         PlannerTask::new(planner(cfg)?, cfg.planner.replan_every, step_ns),
         control_core(cfg),
     ))
+}
+
+/// The loop on a virtual clock (replay, the simulator bridge) around a loaded planner.
+pub fn offline_loop(cfg: &NodeConfig, planner: DfPlanner) -> Result<OfflineLoop, NodeError> {
+    let cameras = camera_rings(cfg, planner.contract())?;
+    let step_ns = cfg.control.step().as_nanos() as i64;
+    let task = PlannerTask::new(planner, cfg.planner.replan_every, step_ns);
+    let tick_ns = cfg.control.tick().as_nanos() as i64;
+    Ok(OfflineLoop::new(task, control_core(cfg), tick_ns, step_ns, &cameras))
 }
 
 /// The camera rings of a node: a camera model's inputs (their topics from the contract unless

@@ -90,3 +90,19 @@ fn bad_requests_are_refused_by_name_and_the_bridge_keeps_going() {
     let r = step(&mut b, json!([gray(3072), gray(3072)]));
     assert_eq!(r["source"], json!("plan"), "{r}");
 }
+
+#[test]
+fn a_reset_starts_the_episode_over_with_the_same_noise() {
+    let mut b = bridge();
+    let mut episodes = Vec::new();
+    for _ in 0..2 {
+        b.handle(r#"{"op": "reset"}"#);
+        let actions: Vec<Value> = (0..20)
+            .map(|_| step(&mut b, json!([gray(3072), gray(3072)]))["action"].clone())
+            .collect();
+        episodes.push(actions);
+    }
+    assert_eq!(episodes[0], episodes[1]);
+    let d = &b.handle(r#"{"op": "stats"}"#)["diagnostics"];
+    assert_eq!(d["plans"], json!(2), "the counters are the second episode's");
+}

@@ -19,10 +19,10 @@ from .reference_sampler import ReferenceSampler, SamplerSettings, quadratic_targ
 CASE_KINDS = {"pyramid": 1.5, "autoregressive": 0.0, "full_sequence": 0.0, "trapezoid": 1.5}
 TOLERANCE = 1e-4
 # Guided rows of a camera model (guidance scale 0.1): ORT and PyTorch agree on one VJP to ~3e-6
-# and on the first guided row to ~5e-6, but the rows after drift, jumping 10x at one row
-# (measured: up to 1.2e-3 by row 15); a clamp flipping on a rounding difference is the suspect,
-# not yet pinned down. The first row is held to TOLERANCE, later rows to this.
-CAMERA_GUIDED_TOLERANCE = 2e-3
+# and on each row sampled from the reference's previous row to TOLERANCE (`step_tolerance`),
+# but free-running, guidance amplifies float32 rounding row after row (measured: 1e-3 to 4.5e-2
+# by the last row, depending on the checkpoint). Free-running rows are only bounded by this.
+CAMERA_GUIDED_TOLERANCE = 1e-1
 
 
 def _floats(t) -> list:
@@ -77,7 +77,7 @@ def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
         doc = {
             "model": model_path,
             "tolerance": CAMERA_GUIDED_TOLERANCE if cameras and guided else TOLERANCE,
-            "first_row_tolerance": TOLERANCE,
+            "step_tolerance": TOLERANCE,
             "matrix": {"kind": kind, "uncertainty": u, "sampling_steps": sampling_steps, "horizon": horizon},
             "context_tokens": context_tokens,
             "shape": [batch, t, d],

@@ -75,6 +75,11 @@ impl OfflineLoop {
         }
     }
 
+    /// The planner task back, the loop's other state dropped (a new episode reuses the model).
+    pub fn into_task(self) -> PlannerTask {
+        self.task
+    }
+
     pub fn contract(&self) -> &crate::model::ModelContract {
         self.task.planner().contract()
     }

@@ -218,6 +218,15 @@ impl TimestepRows {
     pub fn row(&self, r: usize) -> &[i64] {
         &self.data[r * self.tokens..(r + 1) * self.tokens]
     }
+
+    /// Rows `first..first + n`: a part of the schedule to sample on its own (parity tests
+    /// step one row from a reference state).
+    pub fn window(&self, first: usize, n: usize) -> Self {
+        Self {
+            tokens: self.tokens,
+            data: self.data[first * self.tokens..(first + n) * self.tokens].to_vec(),
+        }
+    }
 }
 
 #[cfg(test)]

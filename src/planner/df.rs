@@ -221,21 +221,23 @@ impl DfPlanner {
                 ));
             }
         }
-        Ok(Self {
+        let mut planner = Self {
             model,
             windows,
             warm_shift: s.warm_shift_tokens,
             horizon,
             previous: Array3::zeros((s.samples, horizon, d)),
             has_previous: false,
-            noise: SeededNoise::new(s.seed),
-            init_rng: ChaCha8Rng::seed_from_u64(s.seed ^ 0x9e37_79b9_7f4a_7c15),
+            noise: SeededNoise::new(0),
+            init_rng: ChaCha8Rng::seed_from_u64(0),
             history: vec![0.0; capacity * l.frame_dim],
             frames_seen: 0,
             frame: vec![0.0; l.frame_dim],
             images,
             contract,
-        })
+        };
+        planner.reseed(s.seed);
+        Ok(planner)
     }
 
     pub fn contract(&self) -> &ModelContract {
@@ -256,6 +258,13 @@ impl DfPlanner {
     pub fn reset(&mut self) {
         self.frames_seen = 0;
         self.has_previous = false;
+    }
+
+    /// Restart the noise streams, as a planner built with `seed` starts: episodes then sample
+    /// the same whatever ran before them.
+    pub fn reseed(&mut self, seed: u64) {
+        self.noise = SeededNoise::new(seed);
+        self.init_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
     }
 
     /// History frames the ring holds.

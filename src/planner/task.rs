@@ -46,6 +46,10 @@ impl PlannerTask {
         }
     }
 
+    pub fn into_planner(self) -> DfPlanner {
+        self.planner
+    }
+
     pub fn planner(&self) -> &DfPlanner {
         &self.planner
     }

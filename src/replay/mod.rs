@@ -20,7 +20,7 @@ use crate::config::NodeConfig;
 use crate::control::{ActionSink, Diagnostics, LatencySummary, OfflineLoop, StateSample};
 use crate::frames::ImageView;
 use crate::msgs;
-use crate::node::{camera_rings, node_parts, NodeError};
+use crate::node::{camera_rings, offline_loop, planner, NodeError};
 
 #[derive(Debug, Error)]
 pub enum ReplayError {
@@ -83,11 +83,7 @@ pub struct ReplaySummary {
 
 /// The loop of a config on the bag's clock.
 pub fn build_loop(cfg: &NodeConfig) -> Result<OfflineLoop, ReplayError> {
-    let (task, core) = node_parts(cfg)?;
-    let tick_ns = cfg.control.tick().as_nanos() as i64;
-    let step_ns = cfg.control.step().as_nanos() as i64;
-    let cameras = camera_rings(cfg, task.planner().contract())?;
-    Ok(OfflineLoop::new(task, core, tick_ns, step_ns, &cameras))
+    Ok(offline_loop(cfg, planner(cfg)?)?)
 }
 
 const IMAGE: &str = "sensor_msgs/msg/Image";
