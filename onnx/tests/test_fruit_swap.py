@@ -268,3 +268,24 @@ def test_node_closed_loop_through_the_shipped_model(tmp_path):
 def test_eval_fruit_swap_needs_planner_and_config_together():
     with pytest.raises(SystemExit, match="--planner, --config and --out go together"):
         main(["eval", "fruit-swap", "--planner", "df_planner", "--episodes", "1"])
+
+
+def test_replay_of_a_demonstration_bag_reports_planned_vs_recorded(demos, tmp_path):
+    """`df_planner replay` on a recorded demonstration: both cameras and the end-effector state
+    through the node's loop, the planned targets compared with the expert's commands."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run(["cargo", "build", "--quiet"], cwd=root, check=True)
+    run = subprocess.run([str(root / "target/debug/df_planner"), "replay", "--config", str(root / "config/fruit_swap.yaml"),
+                          "--bag", str(demos / "episode_0000"), "--out", str(tmp_path / "out.mcap"), "--json"],
+                         capture_output=True, text=True, check=True)
+    summary = json.loads(run.stdout)
+    steps = len(read_demo_bag(demos / "episode_0000")["action"])
+    for topic in ("/camera/front/image_raw", "/camera/wrist/image_raw", "/ee_state", "/commanded_action"):
+        assert summary["topics"][topic]["used"] == steps, topic
+    error = summary["planned_vs_recorded"]
+    assert error["compared"] == steps and len(error["rmse_per_dim"]) == 4
+    assert summary["diagnostics"]["plan_errors"] == 0 and summary["diagnostics"]["plans"] >= steps // 15
