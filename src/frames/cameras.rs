@@ -36,14 +36,6 @@ pub fn camera_rings(rings: &[CameraRing]) -> (Vec<FrameWriter>, Cameras) {
 }
 
 impl Cameras {
-    pub fn len(&self) -> usize {
-        self.readers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.readers.is_empty()
-    }
-
     /// The newest frame of every camera (rgb8 bytes) into `out`, and how many cameras there
     /// are; None until every camera has delivered a frame.
     pub fn latest<'a>(&'a mut self, out: &mut [&'a [u8]; MAX_CAMERAS]) -> Option<usize> {
@@ -55,13 +47,6 @@ impl Cameras {
             }
         }
         complete.then_some(n)
-    }
-
-    /// Drain every ring without using the frames (models without cameras).
-    pub fn discard(&mut self) {
-        for reader in &mut self.readers {
-            reader.latest();
-        }
     }
 
     pub fn stats(&self) -> CameraStats {
