@@ -132,6 +132,15 @@ pub struct CameraSpec {
     pub noise_std_per_level: f64,
 }
 
+impl CameraSpec {
+    /// (cameras, height, width) of one token's images: every camera has the same size (a
+    /// validated contract says so).
+    pub fn frame_shape(&self) -> (usize, usize, usize) {
+        let first = &self.inputs[0];
+        (self.inputs.len(), first.height as usize, first.width as usize)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Provenance {
@@ -289,6 +298,19 @@ impl ModelContract {
                     ));
                 }
             }
+            let first = &cameras.inputs[0];
+            if let Some(c) = cameras
+                .inputs
+                .iter()
+                .find(|c| (c.width, c.height) != (first.width, first.height))
+            {
+                // The graph stacks the cameras into one [B, T, N, H, W, 3] tensor.
+                return Err(invalid(
+                    "cameras.inputs[].width/height",
+                    format!("{}x{} for every camera (the first camera's)", first.width, first.height),
+                    format!("{}x{} for {}", c.width, c.height, c.role),
+                ));
+            }
             if cameras.image_levels < 1 {
                 return Err(invalid("cameras.image_levels", ">= 1", cameras.image_levels));
             }
@@ -441,6 +463,7 @@ mod tests {
         let c = ModelContract::from_json(&v.to_string()).unwrap();
         let cameras = c.cameras.as_ref().unwrap();
         assert_eq!((cameras.inputs[0].width, cameras.image_levels), (32, 4));
+        assert_eq!(cameras.frame_shape(), (1, 32, 32));
         assert!(ModelContract::from_json(&valid().to_string())
             .unwrap()
             .cameras
@@ -448,6 +471,14 @@ mod tests {
         v["cameras"]["inputs"][0]["encoding"] = json!("bgr8");
         let msg = ModelContract::from_json(&v.to_string()).unwrap_err().to_string();
         assert_eq!(msg, "cameras.inputs[].encoding: expected rgb8, got bgr8");
+        v["cameras"]["inputs"][0]["encoding"] = json!("rgb8");
+        let wrist = json!({"role": "wrist", "topic": "/w", "encoding": "rgb8", "width": 64, "height": 32});
+        v["cameras"]["inputs"].as_array_mut().unwrap().push(wrist);
+        let msg = ModelContract::from_json(&v.to_string()).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "cameras.inputs[].width/height: expected 32x32 for every camera (the first camera's), got 64x32 for wrist"
+        );
     }
 
     #[test]

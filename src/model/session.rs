@@ -38,14 +38,8 @@ struct CameraInputs {
 
 impl CameraInputs {
     fn new(spec: &CameraSpec, max_tokens: usize) -> Self {
-        let first = &spec.inputs[0];
-        let shape = (
-            max_tokens,
-            spec.inputs.len(),
-            first.height as usize,
-            first.width as usize,
-            3,
-        );
+        let (n, h, w) = spec.frame_shape();
+        let shape = (max_tokens, n, h, w, 3);
         Self {
             token_images: Array5::zeros(shape),
             token_levels: Array1::from_elem(max_tokens, spec.image_levels),

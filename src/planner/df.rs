@@ -199,14 +199,13 @@ impl DfPlanner {
         let l = &contract.layout;
         let capacity = s.context_tokens * l.frame_stack;
         let images = contract.cameras.as_ref().map(|cameras| {
-            let c = &cameras.inputs[0];
-            let (h, w) = (c.height as usize, c.width as usize);
-            let frame_bytes = cameras.inputs.len() * h * w * 3;
+            let (n, h, w) = cameras.frame_shape();
+            let frame_bytes = n * h * w * 3;
             ImageHistory {
                 frame_bytes,
                 ring: vec![0; capacity * frame_bytes],
                 present: vec![false; capacity],
-                window: Array5::zeros((s.context_tokens + horizon, cameras.inputs.len(), h, w, 3)),
+                window: Array5::zeros((s.context_tokens + horizon, n, h, w, 3)),
                 levels: Array1::from_elem(s.context_tokens + horizon, cameras.image_levels),
                 observed_level: s.image_level,
                 absent_level: cameras.image_levels,
