@@ -2,7 +2,9 @@
 //! that step the world themselves (the Maze2D evaluation in `df-train eval`).
 //!
 //! One JSON object per line in, one per line out:
-//! - `{"op": "reset", "goal": [x, y]}` (goal may be null: no guidance) → `{"ok": true}`
+//! - `{"op": "reset", "goal": [x, y], "seed": n}` (goal may be null: no guidance; seed is
+//!   optional: the planner's noise restarts from it, so an episode samples the same whichever
+//!   process runs it and whatever ran before) → `{"ok": true}`
 //! - `{"op": "step", "obs": [...]}` → `{"ok": true, "action": [...], "replanned": bool,
 //!   "plan_ms": f (when replanned), "plan": [[x, y], ...] (planned positions, when replanned),
 //!   "holding": bool (holding the goal at rest, serve.hold_radius)}`
@@ -69,8 +71,14 @@ impl Default for ServeSection {
 #[derive(Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 enum Request {
-    Reset { goal: Option<[f64; 2]> },
-    Step { obs: Vec<f64> },
+    Reset {
+        goal: Option<[f64; 2]>,
+        #[serde(default)]
+        seed: Option<u64>,
+    },
+    Step {
+        obs: Vec<f64>,
+    },
     Stats,
 }
 
@@ -146,7 +154,7 @@ impl Server {
             Err(reply) => return reply,
         };
         match request {
-            Request::Reset { goal } => self.reset(goal),
+            Request::Reset { goal, seed } => self.reset(goal, seed),
             Request::Step { obs } => self.step(&obs).unwrap_or_else(error),
             Request::Stats => {
                 let s = self.latency.summary_ms();
@@ -155,7 +163,7 @@ impl Server {
         }
     }
 
-    fn reset(&mut self, goal: Option<[f64; 2]>) -> Value {
+    fn reset(&mut self, goal: Option<[f64; 2]>, seed: Option<u64>) -> Value {
         if let Some(g) = goal {
             if !g.iter().all(|v| v.is_finite()) {
                 return error(format!("goal: expected two finite numbers, got {g:?}"));
@@ -180,6 +188,9 @@ impl Server {
             }
         }
         self.planner.reset();
+        if let Some(seed) = seed {
+            self.planner.reseed(seed);
+        }
         self.since_plan = None;
         self.last_action.iter_mut().for_each(|a| *a = 0.0);
         json!({"ok": true})

@@ -209,3 +209,23 @@ fn warm_start_is_accepted_only_for_whole_tokens() {
         "{err}"
     );
 }
+
+#[test]
+fn a_seeded_reset_makes_the_episode_independent_of_what_ran_before() {
+    let cfg = config("");
+    let episode = |s: &mut Server, reset: Value| {
+        ask(s, reset);
+        (0..6)
+            .map(|k| ask(s, json!({"op": "step", "obs": [0.1 * k as f64, 0.0, 0.0, 0.0]}))["action"].clone())
+            .collect::<Vec<_>>()
+    };
+    let reset = |seed: Option<u64>| json!({"op": "reset", "goal": [1.0, 1.0], "seed": seed});
+    let (mut fresh, mut used) = (server(&cfg), server(&cfg));
+    episode(&mut used, reset(None));
+    assert_ne!(
+        episode(&mut fresh, reset(None)),
+        episode(&mut used, reset(None)),
+        "without a seed the noise stream runs on across episodes"
+    );
+    assert_eq!(episode(&mut fresh, reset(Some(7))), episode(&mut used, reset(Some(7))));
+}

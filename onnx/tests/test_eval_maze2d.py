@@ -49,6 +49,17 @@ def test_results_have_every_key_for_every_configuration(setup, tmp_path):
     assert "df_mcg_minus_this" not in results["df_mcg"]
 
 
+def test_an_episode_scores_the_same_whichever_worker_runs_it(setup):
+    from df_train.eval.maze2d import ABLATIONS, evaluate_config
+
+    binary, config = setup
+    runs = [evaluate_config("umaze", 2, binary, config, ABLATIONS["df_mcg"], 5, False, workers, record=True)
+            for workers in (1, 2)]
+    (one, one_paths), (two, two_paths) = runs
+    assert one["scores"] == two["scores"] and one["planner_seeds"] == [5, 6]
+    assert [p["trajectory"] for p in one_paths] == [p["trajectory"] for p in two_paths]
+
+
 def test_multi_goal_rows_cite_only_the_papers_multi_goal_number(setup, tmp_path):
     binary, config = setup
     out = tmp_path / "multi.json"

@@ -35,11 +35,11 @@ ABLATIONS = {
 }
 
 
-def run_episode(planner: Planner, env: Maze2DEnv, record: bool = False) -> dict:
+def run_episode(planner: Planner, env: Maze2DEnv, planner_seed: int, record: bool = False) -> dict:
     obs = env.reset()
     if not in_free_space(env.maze, env.goal):
         raise ValueError(f"goal {env.goal.tolist()} is outside the free space of maze {env.maze}")
-    planner.ask({"op": "reset", "goal": env.goal.tolist()})
+    planner.ask({"op": "reset", "goal": env.goal.tolist(), "seed": planner_seed})
     total, first_reach, trajectory, plans = 0.0, None, [obs[:2].tolist()], []
     for t in range(env.max_episode_steps):
         reply = planner.ask({"op": "step", "obs": obs.tolist()})
@@ -56,14 +56,15 @@ def run_episode(planner: Planner, env: Maze2DEnv, record: bool = False) -> dict:
 
 
 def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, workers, record) -> tuple[dict, list]:
-    """Episodes split over `workers` planner processes; episode i uses env seed `seed + i`."""
+    """Episodes split over `workers` planner processes; episode i uses env seed and planner
+    seed `seed + i`, so its result does not depend on the split."""
     def worker(w: int):
-        planner = Planner(binary, config, [*args, "--seed", str(seed * 1000 + w)])
+        planner = Planner(binary, config, args)
         try:
             done = []
             for i in range(w, episodes, workers):
                 env = Maze2DEnv(maze, seed=seed + i, multi_goal=multi_goal)
-                done.append((i, run_episode(planner, env, record=record and i < 4)))
+                done.append((i, run_episode(planner, env, seed + i, record=record and i < 4)))
             stats = planner.ask({"op": "stats"})
         finally:
             planner.close()
@@ -91,7 +92,7 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
         "replan_ms_max": max(s["replan_ms_max"] for s in stats),
         "plans": sum(s["plans"] for s in stats),
         "env_seeds": [seed, seed + episodes - 1],
-        "planner_seeds": [seed * 1000 + w for w in range(workers)],
+        "planner_seeds": [seed, seed + episodes - 1],
         "serve_args": args,
         "config": config,
     }
