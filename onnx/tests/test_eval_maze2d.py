@@ -90,6 +90,17 @@ def test_the_planner_refuses_a_goal_outside_the_maze_and_keeps_serving(setup):
         planner.close()
 
 
+def test_a_planner_that_cannot_start_is_one_clear_error(setup, tmp_path, capfd):
+    binary, config = setup
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(Path(config).read_text().replace("pointmass.onnx", "missing.onnx"))
+    planner = Planner(binary, str(broken), [])
+    with pytest.raises(RuntimeError, match="exited with code 1"):
+        planner.ask({"op": "reset", "goal": [1.0, 1.0]})
+    planner.close()
+    assert "missing.onnx: not found" in capfd.readouterr().err
+
+
 def test_learning_curve_over_snapshots(setup, tmp_path):
     from df_train.eval.maze2d import learning_curve
 

@@ -16,9 +16,13 @@ class Planner:
         self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
 
     def ask(self, request: dict) -> dict:
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        line = self.proc.stdout.readline()
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            line = self.proc.stdout.readline()
+        except BrokenPipeError:
+            line = ""
         if not line:
+            # Its own error message is on stderr, above.
             raise RuntimeError(f"{' '.join(self.cmd)} exited with code {self.proc.wait()}")
         reply = json.loads(line)
         if not reply.get("ok"):
@@ -26,5 +30,8 @@ class Planner:
         return reply
 
     def close(self) -> None:
-        self.proc.stdin.close()
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it has already exited; ask() said so
         self.proc.wait(timeout=30)
