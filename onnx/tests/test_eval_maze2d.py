@@ -32,7 +32,7 @@ def setup(tmp_path_factory):
 def test_results_have_every_key_for_every_configuration(setup, tmp_path):
     binary, config = setup
     out = tmp_path / "new" / "folder" / "results.json"
-    evaluate("umaze", 2, binary, config, out, ["df_mcg", "no_mcg", "pd_controller"], seed=3, workers=2)
+    evaluate("umaze", 2, binary, config, out, ["no_mcg", "df_mcg", "pd_controller"], seed=3, workers=2)
     results = json.loads(out.read_text())
     assert set(results) == {"df_mcg", "no_mcg", "pd_controller"}
     for name, r in results.items():

@@ -168,9 +168,11 @@ def evaluate(maze, episodes, binary, config, out, configs=None, seed=0, multi_go
         # The paper reports multi-goal for DF with MCG only.
         paper_key = ("multi_goal_df" if name == "df_mcg" else None) if multi_goal else name
         summary["paper"] = PAPER[maze].get(paper_key)
-        if name != "df_mcg" and "df_mcg" in results:
-            summary["df_mcg_minus_this"] = paired_difference(results["df_mcg"]["scores"], summary["scores"])
         results[name] = summary
+        if "df_mcg" in results:  # whichever order the configurations ran in
+            for other, r in results.items():
+                if other != "df_mcg":
+                    r["df_mcg_minus_this"] = paired_difference(results["df_mcg"]["scores"], r["scores"])
         print(f"{maze} {name}: {summary['normalized_score_mean']:.1f} ± {summary['normalized_score_std']:.1f} "
               f"(success {summary['success_rate']:.2f}, replan p50 {summary['replan_ms_p50']:.1f} ms, "
               f"{summary['wall_s']:.0f} s)", flush=True)
