@@ -13,4 +13,7 @@ for maze in umaze medium large; do
     --configs df_mcg,no_mcg --planner target/release/df_planner --config "config/maze2d_$maze.yaml" \
     --out "runs/eval/${maze}_multigoal.json"
 done
+# Medium with the long-horizon model (VARIANT=_long bash scripts/train_maze2d.sh medium --tokens 32 --threads 2).
+"$VENV/bin/df-train" eval maze2d --maze medium --episodes "$episodes" --workers "$workers" --configs df_mcg,no_mcg \
+  --planner target/release/df_planner --config config/maze2d_medium_long.yaml --out runs/eval/medium_long.json
 cat runs/eval/*.md
