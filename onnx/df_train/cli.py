@@ -99,6 +99,16 @@ def cmd_eval(a) -> None:
             raise SystemExit("eval fruit-swap: --out is required")
         fruit_swap.evaluate(Path(a.checkpoint), a.episodes, Path(a.out), configs)
         return
+    if a.merge:
+        if not a.out:
+            raise SystemExit("eval maze2d --merge: --out is required")
+        from .eval.maze2d import merge, table
+
+        try:
+            print(table(merge(a.merge, a.out)), end="")
+        except ValueError as e:
+            raise SystemExit(f"eval maze2d --merge: {e}") from None
+        return
     if not a.maze or not a.planner or not a.config or not a.out:
         raise SystemExit("eval maze2d: --maze, --planner, --config and --out are required")
     from .eval.maze2d import ABLATIONS, evaluate, learning_curve
@@ -186,6 +196,8 @@ def main(argv=None) -> int:
                                                          "seed + i, unseen by the demonstrations)")
     p.add_argument("--multi-goal", action="store_true", help="Multi2D: a random goal every episode")
     p.add_argument("--workers", type=int, default=1, help="planner processes running episodes in parallel")
+    p.add_argument("--merge", nargs="+", metavar="RESULTS", help="maze2d: pool results.json files of one evaluation "
+                   "over adjacent env seed ranges into --out (scores concatenated, statistics recomputed)")
     p.add_argument("--curve", metavar="RUN_DIR", help="learning curve instead: evaluate df_mcg with every snapshot "
                                                       "in RUN_DIR/snapshots (written by train --snapshot-every)")
     p.set_defaults(func=cmd_eval)

@@ -3,6 +3,7 @@ in the loop. The shipped point-mass model stands in for a maze model (same obser
 action layout), so this checks the plumbing and the results format, not the scores."""
 
 import json
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -66,6 +67,73 @@ def test_multi_goal_rows_cite_only_the_papers_multi_goal_number(setup, tmp_path)
     evaluate("umaze", 1, binary, config, out, ["df_mcg", "no_mcg"], seed=3, multi_goal=True, workers=1)
     results = json.loads(out.read_text())
     assert results["df_mcg"]["paper"] == [119.1, None] and results["no_mcg"]["paper"] is None
+
+
+def run_file(path, seed, per_config, multi_goal=False):
+    """A results.json as `evaluate` writes it: {config: (scores, first reaches or None)}."""
+    results = {}
+    for name, (scores, reaches) in per_config.items():
+        reached = [r for r in reaches if r is not None]
+        results[name] = {
+            "maze": "medium", "multi_goal": multi_goal, "episodes": len(scores),
+            "normalized_score_mean": statistics.fmean(scores), "normalized_score_std": statistics.pstdev(scores),
+            "normalized_score_sem": 0.0, "scores": scores, "success_rate": len(reached) / len(scores),
+            "time_to_first_reach_mean": statistics.fmean(reached) if reached else None,
+            "replan_ms_p50": 50.0 + seed, "replan_ms_p99": 80.0 + seed, "replan_ms_max": 90.0 + seed,
+            "plans": 10 * len(scores), "env_seeds": [seed, seed + len(scores) - 1],
+            "planner_seeds": [seed, seed + len(scores) - 1], "serve_args": [] if name == "df_mcg" else ["--samples", "1"],
+            "config": "config/maze2d_medium.yaml", "paper": None, "wall_s": 1.0,
+        }
+    path.write_text(json.dumps(results))
+    return path
+
+
+def test_runs_over_adjacent_seeds_merge_into_one_run_over_all_of_them(tmp_path):
+    from df_train.eval.maze2d import merge, paired_difference
+
+    mcg = ([100.0, 0.0, 250.0, 40.0, 3.0], [120, None, 1, 300, None])
+    plain = ([90.0, 10.0, 240.0, 0.0, 5.0], [150, 400, 2, None, None])
+    late = run_file(tmp_path / "late.json", 12, {"df_mcg": (mcg[0][2:], mcg[1][2:]), "no_mcg": (plain[0][2:], plain[1][2:])})
+    early = run_file(tmp_path / "early.json", 10, {"df_mcg": (mcg[0][:2], mcg[1][:2]), "no_mcg": (plain[0][:2], plain[1][:2])})
+    merged = merge([late, early], tmp_path / "merged.json")
+    assert json.loads((tmp_path / "merged.json").read_text()) == merged
+    for name, (scores, reaches) in {"df_mcg": mcg, "no_mcg": plain}.items():
+        r = merged[name]
+        assert r["scores"] == scores and r["episodes"] == 5 and r["env_seeds"] == [10, 14]
+        assert r["normalized_score_mean"] == pytest.approx(statistics.fmean(scores))
+        assert r["normalized_score_std"] == pytest.approx(statistics.pstdev(scores))
+        reached = [x for x in reaches if x is not None]
+        assert r["success_rate"] == pytest.approx(len(reached) / 5)
+        assert r["time_to_first_reach_mean"] == pytest.approx(statistics.fmean(reached))
+        assert r["replan_ms_p99"] == 92.0 and r["plans"] == 50
+        assert r["merged_from"] == [str(early), str(late)]
+        assert KEYS <= set(r)
+    assert merged["no_mcg"]["df_mcg_minus_this"] == pytest.approx(paired_difference(mcg[0], plain[0]))
+    assert (tmp_path / "merged.md").read_text().count("| medium ") == 2
+
+
+def test_merge_refuses_overlapping_seeds_gaps_and_different_evaluations(tmp_path):
+    from df_train.eval.maze2d import merge
+
+    a = run_file(tmp_path / "a.json", 0, {"no_mcg": ([1.0, 2.0], [None, 5])})
+    with pytest.raises(ValueError, match=r"env seeds \[0, 1\] .* then \[0, 1\] .*adjacent seed ranges"):
+        merge([a, a], tmp_path / "out.json")
+    gap = run_file(tmp_path / "gap.json", 3, {"no_mcg": ([1.0], [None])})
+    with pytest.raises(ValueError, match=r"adjacent seed ranges, without overlap or gap"):
+        merge([a, gap], tmp_path / "out.json")
+    multi = run_file(tmp_path / "multi.json", 2, {"no_mcg": ([1.0], [None])}, multi_goal=True)
+    with pytest.raises(ValueError, match=r"no_mcg\.multi_goal is True, expected False"):
+        merge([a, multi], tmp_path / "out.json")
+    other = run_file(tmp_path / "other.json", 2, {"df_mcg": ([1.0], [None])})
+    with pytest.raises(ValueError, match=r"configurations \['df_mcg'\], expected \['no_mcg'\]"):
+        merge([a, other], tmp_path / "out.json")
+    (tmp_path / "truncated.json").write_text(a.read_text()[:-20])
+    with pytest.raises(ValueError, match=r"truncated.json: cannot read a results.json"):
+        merge([a, tmp_path / "truncated.json"], tmp_path / "out.json")
+    (tmp_path / "fruit.json").write_text(json.dumps({"memory": {"success_rate": 1.0}}))
+    with pytest.raises(ValueError, match=r"fruit.json: memory has no \['maze', .*not a results.json of df-train"):
+        merge([tmp_path / "fruit.json", a], tmp_path / "out.json")
+    assert not (tmp_path / "out.json").exists()
 
 
 def test_paired_difference_cancels_the_shared_spread():

@@ -79,11 +79,7 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
     summary = {
         "maze": maze,
         "multi_goal": multi_goal,
-        "episodes": len(scores),
-        "normalized_score_mean": statistics.fmean(scores),
-        "normalized_score_std": statistics.pstdev(scores),
-        "normalized_score_sem": statistics.pstdev(scores) / len(scores) ** 0.5,
-        "scores": scores,
+        **score_summary(scores),
         "success_rate": len(reaches) / len(scores),
         "time_to_first_reach_mean": statistics.fmean(reaches) if reaches else None,
         # Worst worker's percentiles: conservative when episodes run in parallel processes.
@@ -128,6 +124,24 @@ def plot(maze: str, recorded: list, path: Path) -> None:
     plt.close(fig)
 
 
+def score_summary(scores: list[float]) -> dict:
+    return {
+        "episodes": len(scores),
+        "normalized_score_mean": statistics.fmean(scores),
+        "normalized_score_std": statistics.pstdev(scores),
+        "normalized_score_sem": statistics.pstdev(scores) / len(scores) ** 0.5,
+        "scores": scores,
+    }
+
+
+def fill_paired_differences(results: dict) -> None:
+    """df_mcg − each other configuration, whichever order the configurations ran in."""
+    if "df_mcg" in results:
+        for other, r in results.items():
+            if other != "df_mcg":
+                r["df_mcg_minus_this"] = paired_difference(results["df_mcg"]["scores"], r["scores"])
+
+
 def paired_difference(reference: list[float], other: list[float]) -> dict:
     """reference − other over the same episodes (episode i has env seed seed + i in every
     configuration), so the start and goal spread cancels: mean, its standard error, and t."""
@@ -169,18 +183,84 @@ def evaluate(maze, episodes, binary, config, out, configs=None, seed=0, multi_go
         paper_key = ("multi_goal_df" if name == "df_mcg" else None) if multi_goal else name
         summary["paper"] = PAPER[maze].get(paper_key)
         results[name] = summary
-        if "df_mcg" in results:  # whichever order the configurations ran in
-            for other, r in results.items():
-                if other != "df_mcg":
-                    r["df_mcg_minus_this"] = paired_difference(results["df_mcg"]["scores"], r["scores"])
+        fill_paired_differences(results)
         print(f"{maze} {name}: {summary['normalized_score_mean']:.1f} ± {summary['normalized_score_std']:.1f} "
               f"(success {summary['success_rate']:.2f}, replan p50 {summary['replan_ms_p50']:.1f} ms, "
               f"{summary['wall_s']:.0f} s)", flush=True)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         if recorded:
             plot(maze, recorded, Path(out).with_suffix(".png"))
-        Path(out).write_text(json.dumps(results, indent=2) + "\n")
-        Path(out).with_suffix(".md").write_text(table(results))
+        write_results(results, out)
+    return results
+
+
+def write_results(results: dict, out) -> None:
+    """results.json and the README table beside it (.md)."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(results, indent=2) + "\n")
+    Path(out).with_suffix(".md").write_text(table(results))
+
+
+# What merge reads from each configuration of each results.json.
+MERGED_FIELDS = ("maze", "multi_goal", "episodes", "scores", "success_rate", "time_to_first_reach_mean",
+                 "replan_ms_p50", "replan_ms_p99", "replan_ms_max", "plans", "env_seeds", "planner_seeds",
+                 "serve_args", "config", "paper", "wall_s")
+
+
+def read_results(path) -> dict:
+    try:
+        results = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read a results.json ({e})") from None
+    for name, summary in results.items():
+        missing = [f for f in MERGED_FIELDS if f not in summary]
+        if missing:
+            raise ValueError(f"{path}: {name} has no {missing}: not a results.json of df-train eval maze2d")
+    return results
+
+
+def merge(paths: list, out) -> dict:
+    """Pool runs of one evaluation over adjacent env seed ranges (`--seed 0 --episodes 100`,
+    `--seed 100 --episodes 200`, ...) into one results file, as if it had run in one go: the
+    per-episode scores are concatenated in seed order and every statistic over episodes,
+    paired differences included, is recomputed. Replan percentiles cannot be pooled from
+    percentiles, so the worst run's are kept (conservative, like the worst worker's in a run)."""
+    runs = [(str(p), read_results(p)) for p in paths]
+    first_path, first = runs[0]
+    results = {}
+    for path, run in runs[1:]:
+        if list(run) != list(first):
+            raise ValueError(f"{path}: configurations {list(run)}, expected {list(first)} as in {first_path}")
+    for name in first:
+        parts = sorted(((path, run[name]) for path, run in runs), key=lambda part: part[1]["env_seeds"][0])
+        for path, part in parts:
+            for field in ("maze", "multi_goal", "config", "serve_args"):
+                if part[field] != first[name][field]:
+                    raise ValueError(f"{path}: {name}.{field} is {part[field]!r}, expected {first[name][field]!r} "
+                                     f"as in {first_path}: only runs of the same evaluation can be pooled")
+        for (path_a, a), (path_b, b) in zip(parts, parts[1:]):
+            if b["env_seeds"][0] != a["env_seeds"][1] + 1:
+                raise ValueError(f"{name}: env seeds {a['env_seeds']} ({path_a}) then {b['env_seeds']} ({path_b}); "
+                                 f"runs must cover adjacent seed ranges, without overlap or gap")
+        summaries = [part for _, part in parts]
+        scores = [s for part in summaries for s in part["scores"]]
+        reached = [round(part["success_rate"] * part["episodes"]) for part in summaries]
+        reach_steps = sum(n * part["time_to_first_reach_mean"] for n, part in zip(reached, summaries) if n)
+        results[name] = {
+            **{k: first[name][k] for k in ("maze", "multi_goal")},
+            **score_summary(scores),
+            "success_rate": sum(reached) / len(scores),
+            "time_to_first_reach_mean": reach_steps / sum(reached) if sum(reached) else None,
+            **{k: max(part[k] for part in summaries) for k in ("replan_ms_p50", "replan_ms_p99", "replan_ms_max")},
+            "plans": sum(part["plans"] for part in summaries),
+            "env_seeds": [summaries[0]["env_seeds"][0], summaries[-1]["env_seeds"][1]],
+            "planner_seeds": [summaries[0]["planner_seeds"][0], summaries[-1]["planner_seeds"][1]],
+            **{k: first[name][k] for k in ("serve_args", "config", "paper")},
+            "wall_s": sum(part["wall_s"] for part in summaries),
+            "merged_from": [path for path, _ in parts],
+        }
+    fill_paired_differences(results)
+    write_results(results, out)
     return results
 
 
