@@ -80,6 +80,8 @@ def cmd_export(a) -> None:
 
 def cmd_eval(a) -> None:
     if a.task == "fruit-swap":
+        if a.merge:
+            raise SystemExit("eval fruit-swap: --merge pools maze2d results only")
         from .eval import fruit_swap
 
         configs = a.configs.split(",") if a.configs else None
