@@ -187,10 +187,9 @@ def evaluate(maze, episodes, binary, config, out, configs=None, seed=0, multi_go
         print(f"{maze} {name}: {summary['normalized_score_mean']:.1f} ± {summary['normalized_score_std']:.1f} "
               f"(success {summary['success_rate']:.2f}, replan p50 {summary['replan_ms_p50']:.1f} ms, "
               f"{summary['wall_s']:.0f} s)", flush=True)
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_results(results, out)  # makes the output folder the plot goes into
         if recorded:
             plot(maze, recorded, Path(out).with_suffix(".png"))
-        write_results(results, out)
     return results
 
 
