@@ -7,7 +7,9 @@
 //!   process runs it and whatever ran before) → `{"ok": true}`
 //! - `{"op": "step", "obs": [...]}` → `{"ok": true, "action": [...], "replanned": bool,
 //!   "plan_ms": f (when replanned), "plan": [[x, y], ...] (planned positions, when replanned),
-//!   "holding": bool (holding the goal at rest, serve.hold_radius)}`
+//!   "holding": bool (holding the goal at rest, serve.hold_radius), "mcg_shift": f (when
+//!   replanned with MCG: how much averaging over the sampled futures changed the executed
+//!   tokens' guidance, ‖ḡ − g₀‖ / ‖g₀‖)}`
 //! - `{"op": "stats"}` → `{"ok": true, "plans": n, "replan_ms_p50": f, "replan_ms_p99": f, "replan_ms_max": f}`
 //!
 //! A malformed line or a bad request is answered `{"ok": false, "error": "..."}` and logged;
@@ -226,6 +228,9 @@ impl Server {
             };
             response["plan_ms"] = json!(ms);
             response["plan"] = json!(positions);
+            if let Some(shift) = self.plan.mcg_shift {
+                response["mcg_shift"] = json!(shift);
+            }
         }
         let k = self.since_plan.expect("a plan exists");
         let holding = self.arrival.is_some_and(|a| k >= a);

@@ -42,6 +42,7 @@ def test_results_have_every_key_for_every_configuration(setup, tmp_path):
         assert r["replan_ms_p99"] >= r["replan_ms_p50"] > 0
         assert r["plans"] == 2 * (300 // 8 + 1), "one plan every 8 steps of each 300-step episode"
     assert results["no_mcg"]["serve_args"] == ["--samples", "1"]
+    assert 0 < results["df_mcg"]["mcg_shift_mean"] < 10 and results["no_mcg"]["mcg_shift_mean"] is None
     assert out.with_suffix(".png").stat().st_size > 10_000, "planned vs executed plot"
     table = out.with_suffix(".md").read_text()
     assert "| umaze df_mcg |" in table and "116.7 ± 2.0" in table and table.count("\n") == 5
@@ -80,7 +81,8 @@ def run_file(path, seed, per_config, multi_goal=False):
             "normalized_score_sem": 0.0, "scores": scores, "success_rate": len(reached) / len(scores),
             "time_to_first_reach_mean": statistics.fmean(reached) if reached else None,
             "replan_ms_p50": 50.0 + seed, "replan_ms_p99": 80.0 + seed, "replan_ms_max": 90.0 + seed,
-            "plans": 10 * len(scores), "env_seeds": [seed, seed + len(scores) - 1],
+            "plans": 10 * len(scores), "mcg_shift_mean": 0.1 * len(scores) if name == "df_mcg" else None,
+            "env_seeds": [seed, seed + len(scores) - 1],
             "planner_seeds": [seed, seed + len(scores) - 1], "serve_args": [] if name == "df_mcg" else ["--samples", "1"],
             "config": "config/maze2d_medium.yaml", "paper": None, "wall_s": 1.0,
         }
@@ -108,6 +110,8 @@ def test_runs_over_adjacent_seeds_merge_into_one_run_over_all_of_them(tmp_path):
         assert r["replan_ms_p99"] == 92.0 and r["plans"] == 50
         assert r["merged_from"] == [str(early), str(late)]
         assert KEYS <= set(r)
+    # Plans-weighted: 20 plans at 0.2, 30 at 0.3.
+    assert merged["df_mcg"]["mcg_shift_mean"] == pytest.approx(0.26) and merged["no_mcg"]["mcg_shift_mean"] is None
     assert merged["no_mcg"]["df_mcg_minus_this"] == pytest.approx(paired_difference(mcg[0], plain[0]))
     assert (tmp_path / "merged.md").read_text().count("| medium ") == 2
 

@@ -83,6 +83,9 @@ pub struct Sampler {
     grad: Array3<f32>,
     cotangent: Array3<f32>,
     z: Array3<f32>,
+    /// Over the last run: Σ‖ḡ − g₀‖² and Σ‖g₀‖² on the shared tokens (`mcg_shift`).
+    mcg_moved: f64,
+    mcg_own: f64,
 }
 
 impl Sampler {
@@ -130,6 +133,8 @@ impl Sampler {
             grad: Array3::zeros(shape),
             cotangent: Array3::zeros(shape),
             z: Array3::zeros(shape),
+            mcg_moved: 0.0,
+            mcg_own: 0.0,
         })
     }
 
@@ -145,7 +150,8 @@ impl Sampler {
         mut on_row: impl FnMut(usize, ArrayView3<f32>),
     ) -> Result<(), SampleError> {
         self.check(denoiser, x, rows)?;
-        share_across_batch(x, self.settings.shared_tokens, Share::First);
+        share_first_sample(x, self.settings.shared_tokens);
+        (self.mcg_moved, self.mcg_own) = (0.0, 0.0);
         on_row(0, x.view());
         let guidance = guidance.filter(|_| self.settings.guidance_scale != 0.0);
         for r in 0..rows.rows() - 1 {
@@ -153,6 +159,14 @@ impl Sampler {
             on_row(r + 1, x.view());
         }
         Ok(())
+    }
+
+    /// How much Monte Carlo Guidance changed the guidance of the tokens all samples share,
+    /// over the last run: ‖ḡ − g₀‖ / ‖g₀‖, the batch mean ḡ against sample 0's own gradient
+    /// g₀ (what plain guidance would have used). Near 0, the sampled futures agree and MCG
+    /// is plain guidance at N times the cost. None without MCG or guidance.
+    pub fn mcg_shift(&self) -> Option<f64> {
+        (self.mcg_own > 0.0).then(|| (self.mcg_moved / self.mcg_own).sqrt())
     }
 
     fn check(&self, denoiser: &dyn Denoiser, x: &Array3<f32>, rows: &TimestepRows) -> Result<(), SampleError> {
@@ -244,10 +258,12 @@ impl Sampler {
                 self.eps.view_mut(),
                 self.grad.view_mut(),
             )?;
-            share_across_batch(&mut self.grad, s.shared_tokens, Share::Mean);
+            let (moved, own) = average_shared_guidance(&mut self.grad, s.shared_tokens, |t| cur[t] != next[t]);
+            self.mcg_moved += moved;
+            self.mcg_own += own;
         }
         noise.fill(row, self.z.view_mut());
-        share_across_batch(&mut self.z, s.shared_tokens, Share::First);
+        share_first_sample(&mut self.z, s.shared_tokens);
 
         let batch = x.dim().0;
         for (token, (&t, &t_next)) in cur.iter().zip(next).enumerate() {
@@ -286,28 +302,38 @@ impl Sampler {
     }
 }
 
-enum Share {
-    Mean,
-    First,
-}
-
-/// Make tokens [0, n) identical across the batch: their mean, or sample 0's value.
-fn share_across_batch(a: &mut Array3<f32>, n: usize, how: Share) {
-    let batch = a.dim().0;
-    if n == 0 || batch < 2 {
-        return;
-    }
-    let (mut head, mut rest) = a.view_mut().split_at(Axis(0), 1);
-    let mut first = head.slice_mut(s![0, ..n, ..]);
-    if let Share::Mean = how {
-        for other in rest.outer_iter() {
-            first += &other.slice(s![..n, ..]);
-        }
-        first.mapv_inplace(|v| v / batch as f32);
-    }
+/// Make tokens [0, n) identical across the batch: sample 0's value.
+fn share_first_sample(a: &mut Array3<f32>, n: usize) {
+    let (head, mut rest) = a.view_mut().split_at(Axis(0), 1);
+    let first = head.slice(s![0, ..n, ..]);
     for mut other in rest.outer_iter_mut() {
         other.slice_mut(s![..n, ..]).assign(&first);
     }
+}
+
+/// Monte Carlo Guidance: the guidance of tokens [0, n) becomes its batch mean, the gradient of
+/// the reward expected over the sampled futures. Returns Σ‖ḡ − g₀‖² and Σ‖g₀‖² over the
+/// `stepping` tokens: how far averaging moved sample 0's own gradient.
+fn average_shared_guidance(grad: &mut Array3<f32>, n: usize, stepping: impl Fn(usize) -> bool) -> (f64, f64) {
+    let (batch, _, dim) = grad.dim();
+    let (mut moved, mut own) = (0.0, 0.0);
+    if batch < 2 {
+        return (moved, own);
+    }
+    for token in 0..n {
+        for d in 0..dim {
+            let g0 = grad[[0, token, d]];
+            let mean = (0..batch).map(|b| grad[[b, token, d]]).sum::<f32>() / batch as f32;
+            for b in 0..batch {
+                grad[[b, token, d]] = mean;
+            }
+            if stepping(token) {
+                moved += f64::from(mean - g0).powi(2);
+                own += f64::from(g0).powi(2);
+            }
+        }
+    }
+    (moved, own)
 }
 
 fn check_finite(what: &'static str, x: ArrayView3<f32>, row: usize) -> Result<(), SampleError> {
@@ -329,5 +355,28 @@ fn mismatch(field: &'static str, expected: impl ToString, got: impl ToString) ->
         field,
         expected: expected.to_string(),
         got: got.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mcg_averages_the_shared_guidance_and_measures_how_far_it_moved_sample_zero() {
+        // Two samples, two shared tokens of one dimension, a third token per sample.
+        let mut grad = Array3::from_shape_vec((2, 3, 1), vec![1.0, 2.0, 5.0, 3.0, 2.0, 7.0]).unwrap();
+        let (moved, own) = average_shared_guidance(&mut grad, 2, |_| true);
+        assert_eq!(grad.into_raw_vec_and_offset().0, vec![2.0, 2.0, 5.0, 2.0, 2.0, 7.0]);
+        // Token 0: sample 0 had 1, the mean is 2; token 1: both 2.
+        assert_eq!((moved, own), (1.0, 1.0 + 4.0));
+
+        // Tokens that do not step this row (clean context) are averaged but not measured.
+        let mut grad = Array3::from_shape_vec((2, 2, 1), vec![1.0, 0.0, 3.0, 0.0]).unwrap();
+        assert_eq!(average_shared_guidance(&mut grad, 2, |t| t == 1), (0.0, 0.0));
+
+        // Identical futures: MCG changes nothing.
+        let mut grad = Array3::from_elem((4, 2, 3), 0.5_f32);
+        assert_eq!(average_shared_guidance(&mut grad, 2, |_| true).0, 0.0);
     }
 }

@@ -452,6 +452,7 @@ impl DfPlanner {
             }
         }
         plan.set_len(plan_len);
+        plan.mcg_shift = window.sampler.mcg_shift();
         for (dst, &v) in plan.first_token.iter_mut().zip(best.slice(s![0, ..])) {
             *dst = v;
         }

@@ -19,6 +19,8 @@ pub struct Plan {
     pub seq: u64,
     /// Wall time the planner took.
     pub latency_ns: u64,
+    /// How much Monte Carlo Guidance changed the executed tokens' guidance (`Sampler::mcg_shift`).
+    pub mcg_shift: Option<f64>,
 }
 
 impl Plan {
@@ -34,6 +36,7 @@ impl Plan {
             first_token: vec![0.0; token_dim],
             seq: 0,
             latency_ns: 0,
+            mcg_shift: None,
         }
     }
 

@@ -3,8 +3,10 @@
 //! network by the sampler (`denoise_vjp`).
 //!
 //! Per planned frame f, with position p_f (physical units, from the token's observation) and
-//! distance d_f = ‖p_f − g‖, a squashed closeness s_f in [0, 1]:
+//! distance d_f = ‖p_f − g‖, a closeness s_f, squashed into [0, 1] or not:
 //!   gaussian: s_f = exp(−d_f² / 2σ²)        tanh: s_f = 1 − tanh(d_f / σ)
+//!   linear:   s_f = −d_f / σ                (the paper branch of the official code: its pull
+//!                                           does not fade with distance)
 //! and l_f = γ^f · s_f aggregated over the plan's steps:
 //!   mean:     r = weight · (1/F) Σ_f l_f            (every step counts: get there early and
 //!                                                   stay; the official DF maze guidance is
@@ -24,6 +26,7 @@ use crate::model::{Field, ModelContract};
 pub enum Squash {
     Gaussian,
     Tanh,
+    Linear,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
@@ -38,6 +41,7 @@ pub enum Aggregate {
 pub struct GoalRewardConfig {
     /// Observation indices of the (x, y) position.
     pub position_dims: [usize; 2],
+    /// gaussian, tanh or linear (the formulas above).
     pub squash: Squash,
     /// Distance scale σ of the squashing (physical units).
     pub sigma: f64,
@@ -122,6 +126,10 @@ impl GoalReward {
                 let t = (d / sigma).tanh();
                 let slope = if d > 0.0 { (1.0 - t * t) / (sigma * d) } else { 0.0 };
                 (1.0 - t, delta * slope)
+            }
+            Squash::Linear => {
+                let slope = if d > 0.0 { 1.0 / (sigma * d) } else { 0.0 };
+                (-d / sigma, delta * slope)
             }
         }
     }
@@ -221,7 +229,7 @@ mod tests {
 
     #[test]
     fn cotangent_is_the_gradient_of_the_reward() {
-        for squash in [Squash::Gaussian, Squash::Tanh] {
+        for squash in [Squash::Gaussian, Squash::Tanh, Squash::Linear] {
             for aggregate in [Aggregate::Mean, Aggregate::SoftMax { temperature: 0.2 }] {
                 let reward = GoalReward::new(config(squash, aggregate), &contract(), [0.5, -0.8]).unwrap();
                 let mut x = Array3::<f32>::zeros((2, 3, 12));

@@ -40,11 +40,13 @@ def run_episode(planner: Planner, env: Maze2DEnv, planner_seed: int, record: boo
     if not in_free_space(env.maze, env.goal):
         raise ValueError(f"goal {env.goal.tolist()} is outside the free space of maze {env.maze}")
     planner.ask({"op": "reset", "goal": env.goal.tolist(), "seed": planner_seed})
-    total, first_reach, trajectory, plans = 0.0, None, [obs[:2].tolist()], []
+    total, first_reach, trajectory, plans, mcg_shifts = 0.0, None, [obs[:2].tolist()], [], []
     for t in range(env.max_episode_steps):
         reply = planner.ask({"op": "step", "obs": obs.tolist()})
         if record and reply["replanned"]:
             plans.append((t, reply["plan"]))
+        if "mcg_shift" in reply:
+            mcg_shifts.append(reply["mcg_shift"])
         obs, reward, _ = env.step(np.asarray(reply["action"]))
         total += reward
         if reward > 0 and first_reach is None:
@@ -52,7 +54,7 @@ def run_episode(planner: Planner, env: Maze2DEnv, planner_seed: int, record: boo
         if record:
             trajectory.append(obs[:2].tolist())
     return {"total_reward": total, "normalized_score": normalized_score(env.maze, total), "first_reach": first_reach,
-            "goal": env.goal.tolist(), "trajectory": trajectory, "plans": plans}
+            "goal": env.goal.tolist(), "trajectory": trajectory, "plans": plans, "mcg_shifts": mcg_shifts}
 
 
 def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, workers, record) -> tuple[dict, list]:
@@ -75,6 +77,7 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
     results = sorted((e for done, _ in parts for e in done), key=lambda e: e[0])
     scores = [r["normalized_score"] for _, r in results]
     reaches = [r["first_reach"] for _, r in results if r["first_reach"] is not None]
+    mcg_shifts = [v for _, r in results for v in r["mcg_shifts"]]
     stats = [s for _, s in parts]
     summary = {
         "maze": maze,
@@ -87,6 +90,9 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
         "replan_ms_p99": max(s["replan_ms_p99"] for s in stats),
         "replan_ms_max": max(s["replan_ms_max"] for s in stats),
         "plans": sum(s["plans"] for s in stats),
+        # How much averaging over the sampled futures changed the executed tokens' guidance
+        # (serve's mcg_shift), mean over plans; None without MCG.
+        "mcg_shift_mean": statistics.fmean(mcg_shifts) if mcg_shifts else None,
         "env_seeds": [seed, seed + episodes - 1],
         "planner_seeds": [seed, seed + episodes - 1],
         "serve_args": args,
@@ -252,6 +258,7 @@ def merge(paths: list, out) -> dict:
             "time_to_first_reach_mean": reach_steps / sum(reached) if sum(reached) else None,
             **{k: max(part[k] for part in summaries) for k in ("replan_ms_p50", "replan_ms_p99", "replan_ms_max")},
             "plans": sum(part["plans"] for part in summaries),
+            "mcg_shift_mean": pooled_mcg_shift(summaries),
             "env_seeds": [summaries[0]["env_seeds"][0], summaries[-1]["env_seeds"][1]],
             "planner_seeds": [summaries[0]["planner_seeds"][0], summaries[-1]["planner_seeds"][1]],
             **{k: first[name][k] for k in ("serve_args", "config", "paper")},
@@ -261,6 +268,13 @@ def merge(paths: list, out) -> dict:
     fill_paired_differences(results)
     write_results(results, out)
     return results
+
+
+def pooled_mcg_shift(summaries: list) -> float | None:
+    """The plans-weighted mean of the runs' mcg_shift_mean; None if any run lacks it."""
+    if any(part.get("mcg_shift_mean") is None for part in summaries):
+        return None
+    return sum(part["mcg_shift_mean"] * part["plans"] for part in summaries) / sum(part["plans"] for part in summaries)
 
 
 def learning_curve(maze, episodes, binary, config, run_dir, out, seed=0, workers=1) -> list[dict]:
