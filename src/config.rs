@@ -9,7 +9,7 @@ use thiserror::Error;
 
 use crate::diffusion::{GuidanceForm, MatrixKind};
 use crate::model::RuntimeConfig;
-use crate::planner::GoalRewardConfig;
+use crate::planner::{GoalRewardConfig, McgForm};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -74,6 +74,9 @@ pub struct PlannerSection {
     pub image_level: i64,
     /// Monte Carlo Guidance samples N; 1 = plain guidance (default 1).
     pub samples: usize,
+    /// What the N samples are: `futures` (default; N futures share the executed tokens) or
+    /// `redraws` (N draws of one plan's x0, the official code's form); see planner::McgForm.
+    pub mcg: McgForm,
     /// Guidance strength (default 0: no guidance).
     pub guidance_scale: f64,
     /// {form: mean_shift} (default) or {form: score, max_gain: G}; see onnx/CONTRACT.md.
@@ -100,6 +103,7 @@ impl Default for PlannerSection {
             context_tokens: 1,
             image_level: 0,
             samples: 1,
+            mcg: McgForm::Futures,
             guidance_scale: 0.0,
             guidance_form: GuidanceForm::MeanShift,
             eta: 0.0,

@@ -100,6 +100,9 @@ struct ServeArgs {
     /// Override planner.samples (Monte Carlo Guidance samples; 1 = no MCG).
     #[arg(long)]
     samples: Option<usize>,
+    /// Override planner.mcg (futures or redraws).
+    #[arg(long)]
+    mcg: Option<String>,
     /// Override planner.guidance_scale (0 = no guidance).
     #[arg(long)]
     guidance_scale: Option<f64>,
@@ -376,6 +379,7 @@ fn sample(a: SampleArgs) -> Result<()> {
         guidance_scale: 0.0,
         guidance_form: Default::default(),
         shared_tokens: 0,
+        redraws: 0,
     };
     let shape = (a.batch, horizon, c.layout.token_dim);
     let mut sampler = Sampler::new(settings, c.alpha_bar()?, shape)?;
@@ -675,6 +679,10 @@ fn serve(a: ServeArgs) -> Result<()> {
     let p = &mut cfg.planner;
     if let Some(n) = a.samples {
         p.samples = n;
+    }
+    if let Some(m) = &a.mcg {
+        p.mcg =
+            serde_json::from_value(json!(m)).with_context(|| format!("--mcg: expected futures or redraws, got {m}"))?;
     }
     if let Some(g) = a.guidance_scale {
         p.guidance_scale = g;

@@ -33,6 +33,7 @@ pub fn planner_settings(cfg: &NodeConfig, frame_stack: usize) -> PlannerSettings
         context_tokens: p.context_tokens,
         image_level: p.image_level,
         samples: p.samples,
+        mcg: p.mcg,
         guidance_scale: p.guidance_scale,
         guidance_form: p.guidance_form,
         eta: p.eta,

@@ -107,6 +107,7 @@ fn settings() -> SamplerSettings {
         guidance_scale: 0.0,
         guidance_form: Default::default(),
         shared_tokens: 0,
+        redraws: 0,
     }
 }
 
@@ -217,4 +218,10 @@ fn sampler_settings_are_checked() {
         let err = Sampler::new(s, ab.clone(), (1, 4, 12)).err().unwrap();
         assert_eq!(err.to_string(), expected);
     }
+    let redraws = SamplerSettings {
+        redraws: 3,
+        ..settings()
+    };
+    let err = Sampler::new(redraws, ab.clone(), (2, 4, 12)).err().unwrap();
+    assert_eq!(err.to_string(), "redraws: batch of samples: expected 1, got 2");
 }

@@ -108,6 +108,7 @@ fn replay(dir: &str, name: &str) -> f32 {
         guidance_scale: s.guidance_scale,
         guidance_form: form(s),
         shared_tokens: s.shared_tokens,
+        redraws: 0,
     };
     let shape = (golden.shape[0], golden.shape[1], golden.shape[2]);
     let mut sampler = Sampler::new(settings.clone(), contract.alpha_bar().unwrap(), shape).unwrap();
@@ -240,6 +241,7 @@ fn unguided_final_state(golden: &Golden, model: &mut df_planner::model::OnnxDeno
         guidance_scale: 0.0,
         guidance_form: form(s),
         shared_tokens: s.shared_tokens,
+        redraws: 0,
     };
     let shape = (golden.shape[0], golden.shape[1], golden.shape[2]);
     let kind = MatrixKind::from_name(&golden.matrix.kind, golden.matrix.uncertainty).unwrap();

@@ -198,6 +198,10 @@ fn malformed_configs_are_named() {
             text.replace("kind: pyramid", "kind: zigzag"),
             "field `planner.matrix.kind`: unknown variant `zigzag`",
         ),
+        (
+            text.replace("  seed: 0", "  seed: 0\n  mcg: repeats"),
+            "field `planner.mcg`: unknown variant `repeats`, expected `futures` or `redraws`",
+        ),
         ("model: [".to_string(), "config x.yaml:"),
     ];
     for (yaml, expected) in cases {

@@ -4,6 +4,7 @@
 mod common;
 
 use df_planner::config::NodeConfig;
+use df_planner::planner::McgForm;
 use df_planner::serve::Server;
 use serde_json::{json, Value};
 
@@ -134,22 +135,29 @@ fn guidance_brings_plans_closer_to_the_goal() {
     assert!(mcg < 0.5 * plain, "mcg {mcg} vs plain {plain}");
 }
 
-/// MCG reports how much averaging over the futures moved the executed tokens' guidance;
-/// plain guidance and unguided plans report nothing.
+/// MCG, either form, reports how much averaging over its samples moved the guidance; plain
+/// guidance and unguided plans report nothing.
 #[test]
 fn mcg_shift_is_reported_with_mcg_only() {
-    let first_plan = |samples: usize, goal: Value| {
+    let first_plan = |samples: usize, mcg: McgForm, goal: Value| {
         let mut cfg = config("");
         cfg.planner.guidance_scale = 30.0;
         cfg.planner.samples = samples;
+        cfg.planner.mcg = mcg;
         let mut s = server(&cfg);
         ask(&mut s, json!({"op": "reset", "goal": goal}));
         ask(&mut s, json!({"op": "step", "obs": [-0.5, 0.5, 0.0, 0.0]}))
     };
-    let shift = first_plan(4, json!([1.2, -1.0]))["mcg_shift"].as_f64().unwrap();
-    assert!(shift > 0.0 && shift.is_finite(), "mcg_shift {shift}");
-    assert!(first_plan(1, json!([1.2, -1.0])).get("mcg_shift").is_none());
-    assert!(first_plan(4, Value::Null).get("mcg_shift").is_none());
+    let goal = json!([1.2, -1.0]);
+    for mcg in [McgForm::Futures, McgForm::Redraws] {
+        let reply = first_plan(4, mcg, goal.clone());
+        let shift = reply["mcg_shift"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{mcg:?}: {reply}"));
+        assert!(shift > 0.0 && shift.is_finite(), "{mcg:?}: mcg_shift {shift}");
+        assert!(first_plan(1, mcg, goal.clone()).get("mcg_shift").is_none());
+        assert!(first_plan(4, mcg, Value::Null).get("mcg_shift").is_none());
+    }
 }
 
 #[test]

@@ -7,7 +7,11 @@
 //! 2. Guidance: cotangent c = ∂r/∂x0 at the network's x0, pulled back through the network
 //!    with `denoise_vjp` to g = (∂x0/∂x_t)ᵀc. Monte Carlo Guidance: tokens [0, shared) are
 //!    common to every sample of the batch; their g is the batch mean (the expected reward
-//!    over the sampled futures) and their noise draw is sample 0's.
+//!    over the sampled futures) and their noise draw is sample 0's. Redraws (the official
+//!    code's `ddim_repeats`) instead average the reward over R extra x0 draws of the same
+//!    plan: every noisy token re-noised from x0 to its level t, x_t' = √ᾱ_t·x0 + √(1−ᾱ_t)·ε,
+//!    and denoised again; the cotangent on x0 becomes (c(x0) + Σ_r √ᾱ_t·(∂x0'_r/∂x_t')ᵀc(x0'_r))
+//!    / (R + 1) before the pull-back.
 //! 3. Tokens whose level falls take a DDIM step with ε̂ = clamp(ε, ±noise_clip) and
 //!    x̂0 = x0 + scale·gain(ᾱ_t)·g (`GuidanceForm`); tokens whose level stays are not touched.
 
@@ -70,6 +74,8 @@ pub struct SamplerSettings {
     pub guidance_form: GuidanceForm,
     /// Tokens [0, shared_tokens) are shared by all samples (Monte Carlo Guidance).
     pub shared_tokens: usize,
+    /// Extra x0 draws R per row whose reward is averaged in (0: none; see the module doc).
+    pub redraws: usize,
 }
 
 /// Preallocated buffers for one window shape; reuse it across plans.
@@ -86,6 +92,18 @@ pub struct Sampler {
     /// Over the last run: Σ‖ḡ − g₀‖² and Σ‖g₀‖² on the shared tokens (`mcg_shift`).
     mcg_moved: f64,
     mcg_own: f64,
+    redraw: Option<Redraw>,
+}
+
+/// Buffers of the R redrawn windows [R, T, D].
+struct Redraw {
+    x_in: Array3<f32>,
+    k_in: Array2<i64>,
+    eps_draw: Array3<f32>,
+    x0: Array3<f32>,
+    eps: Array3<f32>,
+    cotangent: Array3<f32>,
+    grad: Array3<f32>,
 }
 
 impl Sampler {
@@ -123,8 +141,10 @@ impl Sampler {
                 settings.shared_tokens,
             ));
         }
+        if settings.redraws > 0 && shape.0 != 1 {
+            return Err(mismatch("redraws: batch of samples", 1, shape.0));
+        }
         Ok(Self {
-            settings,
             alpha_bar,
             x_in: Array3::zeros(shape),
             k_in: Array2::zeros((shape.0, shape.1)),
@@ -135,6 +155,19 @@ impl Sampler {
             z: Array3::zeros(shape),
             mcg_moved: 0.0,
             mcg_own: 0.0,
+            redraw: (settings.redraws > 0).then(|| {
+                let shape = (settings.redraws, shape.1, shape.2);
+                Redraw {
+                    x_in: Array3::zeros(shape),
+                    k_in: Array2::zeros((shape.0, shape.1)),
+                    eps_draw: Array3::zeros(shape),
+                    x0: Array3::zeros(shape),
+                    eps: Array3::zeros(shape),
+                    cotangent: Array3::zeros(shape),
+                    grad: Array3::zeros(shape),
+                }
+            }),
+            settings,
         })
     }
 
@@ -161,10 +194,11 @@ impl Sampler {
         Ok(())
     }
 
-    /// How much Monte Carlo Guidance changed the guidance of the tokens all samples share,
-    /// over the last run: ‖ḡ − g₀‖ / ‖g₀‖, the batch mean ḡ against sample 0's own gradient
-    /// g₀ (what plain guidance would have used). Near 0, the sampled futures agree and MCG
-    /// is plain guidance at N times the cost. None without MCG or guidance.
+    /// How much Monte Carlo Guidance changed the guidance over the last run: ‖ḡ − g₀‖ / ‖g₀‖,
+    /// the average over samples ḡ against what plain guidance would have used, g₀. Futures:
+    /// the pulled-back gradient of the shared tokens (sample 0's own); redraws: the cotangent
+    /// on x0 of the stepping tokens (the plan's own). Near 0, the draws agree and MCG is
+    /// plain guidance at N times the cost. None without MCG or guidance.
     pub fn mcg_shift(&self) -> Option<f64> {
         (self.mcg_own > 0.0).then(|| (self.mcg_moved / self.mcg_own).sqrt())
     }
@@ -250,6 +284,11 @@ impl Sampler {
         )?;
         if let Some(g) = guidance {
             g.cotangent(self.x0.view(), self.cotangent.view_mut());
+            if self.redraw.is_some() {
+                let (moved, own) = self.average_over_redraws(denoiser, cur, next, row, g, noise)?;
+                self.mcg_moved += moved;
+                self.mcg_own += own;
+            }
             denoiser.denoise_vjp(
                 self.x_in.view(),
                 self.k_in.view(),
@@ -258,10 +297,12 @@ impl Sampler {
                 self.eps.view_mut(),
                 self.grad.view_mut(),
             )?;
-            let (moved, own) = average_shared_guidance(&mut self.grad, s.shared_tokens, |t| cur[t] != next[t]);
+            let shared = self.settings.shared_tokens;
+            let (moved, own) = average_shared_guidance(&mut self.grad, shared, |t| cur[t] != next[t]);
             self.mcg_moved += moved;
             self.mcg_own += own;
         }
+        let s = &self.settings;
         noise.fill(row, self.z.view_mut());
         share_first_sample(&mut self.z, s.shared_tokens);
 
@@ -299,6 +340,68 @@ impl Sampler {
             }
         }
         check_finite("sampled token", x.view(), row + 1)
+    }
+}
+
+impl Sampler {
+    /// Redraws: the cotangent on x0 becomes its average over the plan's own x0 and R redrawn
+    /// ones (module doc). Returns Σ‖c̄ − c‖² and Σ‖c‖² over the stepping tokens.
+    fn average_over_redraws(
+        &mut self,
+        denoiser: &mut dyn Denoiser,
+        cur: &[i64],
+        next: &[i64],
+        row: usize,
+        guidance: &dyn Guidance,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<(f64, f64), SampleError> {
+        let re = self.redraw.as_mut().expect("redraw buffers");
+        noise.fill(row, re.eps_draw.view_mut());
+        let (draws, _, dim) = re.x_in.dim();
+        for (token, &t) in cur.iter().enumerate() {
+            re.k_in.column_mut(token).fill(self.k_in[[0, token]]);
+            // Clean context is shown as it is; noisy tokens are re-noised from x0 to level t.
+            let ab = if t < 0 { None } else { Some(self.alpha_bar.at(t)) };
+            for r in 0..draws {
+                for d in 0..dim {
+                    re.x_in[[r, token, d]] = match ab {
+                        None => self.x_in[[0, token, d]],
+                        Some(ab) => {
+                            ab.sqrt() as f32 * self.x0[[0, token, d]]
+                                + (1.0 - ab).sqrt() as f32 * re.eps_draw[[r, token, d]]
+                        }
+                    };
+                }
+            }
+        }
+        denoiser.denoise(re.x_in.view(), re.k_in.view(), re.x0.view_mut(), re.eps.view_mut())?;
+        guidance.cotangent(re.x0.view(), re.cotangent.view_mut());
+        denoiser.denoise_vjp(
+            re.x_in.view(),
+            re.k_in.view(),
+            re.cotangent.view(),
+            re.x0.view_mut(),
+            re.eps.view_mut(),
+            re.grad.view_mut(),
+        )?;
+        let (mut moved, mut own) = (0.0, 0.0);
+        for (token, &t) in cur.iter().enumerate() {
+            if t < 0 {
+                continue;
+            }
+            let a = self.alpha_bar.at(t).sqrt() as f32;
+            for d in 0..dim {
+                let c = self.cotangent[[0, token, d]];
+                let sum = (0..draws).map(|r| re.grad[[r, token, d]]).sum::<f32>();
+                let mean = (c + a * sum) / (draws + 1) as f32;
+                self.cotangent[[0, token, d]] = mean;
+                if t != next[token] {
+                    moved += f64::from(mean - c).powi(2);
+                    own += f64::from(c).powi(2);
+                }
+            }
+        }
+        Ok((moved, own))
     }
 }
 
@@ -361,6 +464,113 @@ fn mismatch(field: &'static str, expected: impl ToString, got: impl ToString) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diffusion::{MatrixKind, QuadraticTarget, SchedulingMatrix};
+    use ndarray::{ArrayView2, ArrayViewMut3};
+
+    /// x0 = x_t, ε = 0: its vector-Jacobian product is the cotangent itself.
+    struct Identity;
+
+    impl Denoiser for Identity {
+        fn token_dim(&self) -> usize {
+            2
+        }
+        fn max_tokens(&self) -> usize {
+            4
+        }
+        fn denoise(
+            &mut self,
+            x_t: ArrayView3<f32>,
+            _: ArrayView2<i64>,
+            mut x0: ArrayViewMut3<f32>,
+            mut eps: ArrayViewMut3<f32>,
+        ) -> Result<(), DenoiseError> {
+            x0.assign(&x_t);
+            eps.fill(0.0);
+            Ok(())
+        }
+        fn denoise_vjp(
+            &mut self,
+            x_t: ArrayView3<f32>,
+            k: ArrayView2<i64>,
+            cotangent: ArrayView3<f32>,
+            x0: ArrayViewMut3<f32>,
+            eps: ArrayViewMut3<f32>,
+            mut grad: ArrayViewMut3<f32>,
+        ) -> Result<(), DenoiseError> {
+            grad.assign(&cotangent);
+            self.denoise(x_t, k, x0, eps)
+        }
+    }
+
+    /// Draws 0.5, 1.0, 1.5, ... in order, whatever the shape asked for.
+    struct Counting(f32);
+
+    impl NoiseSource for Counting {
+        fn fill(&mut self, _: usize, mut out: ArrayViewMut3<f32>) {
+            for v in out.iter_mut() {
+                self.0 += 0.5;
+                *v = self.0;
+            }
+        }
+    }
+
+    #[test]
+    fn redraws_average_the_reward_over_the_plan_and_its_renoised_draws() {
+        let alpha_bar = AlphaBar::new(vec![0.9, 0.5, 0.1]).unwrap();
+        let rows = SchedulingMatrix::build(MatrixKind::FullSequence, 1, 1)
+            .unwrap()
+            .to_timesteps(0, 3);
+        let (t, t_next) = (rows.row(0)[0], rows.row(1)[0]);
+        let (ab, ab_next) = (alpha_bar.at(t), alpha_bar.at(t_next));
+        let settings = SamplerSettings {
+            eta: 0.0,
+            stabilization_level: 0,
+            noise_clip: 6.0,
+            guidance_scale: 2.0,
+            guidance_form: GuidanceForm::MeanShift,
+            shared_tokens: 0,
+            redraws: 2,
+        };
+        let mut sampler = Sampler::new(settings, alpha_bar, (1, 1, 2)).unwrap();
+        let x_init = [0.4_f32, -1.2];
+        let mut x = Array3::from_shape_vec((1, 1, 2), x_init.to_vec()).unwrap();
+        let reward = QuadraticTarget {
+            target: vec![0.0; 2],
+            weights: vec![1.0; 2],
+        };
+        sampler
+            .run(
+                &mut Identity,
+                &mut x,
+                &rows,
+                Some(&reward),
+                &mut Counting(0.0),
+                |_, _| {},
+            )
+            .unwrap();
+
+        // Draws r = 0, 1 re-noise x0 with ε = 0.5, 1.0 (dim 0) and 1.5, 2.0 (dim 1), stored
+        // [r][d]: ε[0] = (0.5, 1.0), ε[1] = (1.5, 2.0). c(x) = −x; each draw's pull-back is
+        // √ᾱ·c(x0'_r).
+        let eps = [[0.5, 1.0], [1.5, 2.0]];
+        let (a, b) = (ab.sqrt(), (1.0 - ab).sqrt());
+        let (mut moved, mut own) = (0.0, 0.0);
+        for d in 0..2 {
+            let x0 = f64::from(x_init[d]);
+            let redrawn: f64 = eps.iter().map(|e| -a * (a * x0 + b * e[d])).sum();
+            let cotangent = (-x0 + redrawn) / 3.0;
+            let expected = ab_next.sqrt() * (x0 + 2.0 * (1.0 - ab) * cotangent);
+            assert!(
+                (f64::from(x[[0, 0, d]]) - expected).abs() < 1e-5,
+                "dim {d}: {} vs {expected}",
+                x[[0, 0, d]]
+            );
+            moved += (cotangent + x0).powi(2);
+            own += x0.powi(2);
+        }
+        // How far averaging moved the plan's own cotangent c = −x0.
+        assert!((sampler.mcg_shift().unwrap() - (moved / own).sqrt()).abs() < 1e-5);
+    }
 
     #[test]
     fn mcg_averages_the_shared_guidance_and_measures_how_far_it_moved_sample_zero() {

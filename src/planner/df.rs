@@ -63,6 +63,8 @@ pub struct PlannerSettings {
     pub image_level: i64,
     /// MCG samples N (1 = plain guidance).
     pub samples: usize,
+    /// What the N samples are.
+    pub mcg: McgForm,
     pub guidance_scale: f64,
     pub guidance_form: GuidanceForm,
     pub eta: f64,
@@ -75,6 +77,30 @@ pub struct PlannerSettings {
     /// Tokens executed between plans (replan_every / frame_stack, whole tokens only).
     pub warm_shift_tokens: usize,
     pub seed: u64,
+}
+
+/// Monte Carlo Guidance: what its N samples are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum McgForm {
+    /// N sampled futures in one batch share the executed tokens, whose guidance is averaged
+    /// over them; far tokens are independent per sample (the paper's description).
+    #[default]
+    Futures,
+    /// One plan; at every row the reward is averaged over its own x0 and N − 1 redraws of it,
+    /// each noisy token re-noised to its level and denoised again (the official code's
+    /// `ddim_repeats`; `Sampler` module doc).
+    Redraws,
+}
+
+impl PlannerSettings {
+    /// Plans in the sampler's batch.
+    fn batch(&self) -> usize {
+        match self.mcg {
+            McgForm::Futures => self.samples,
+            McgForm::Redraws => 1,
+        }
+    }
 }
 
 /// The sampler, timestep rows and token buffer for a window with a given number of context
@@ -178,10 +204,14 @@ impl DfPlanner {
                 noise_clip: contract.diffusion.noise_clip,
                 guidance_scale: s.guidance_scale,
                 guidance_form: s.guidance_form,
-                shared_tokens: if s.samples > 1 {
+                shared_tokens: if s.batch() > 1 {
                     (context + s.shared_tokens).min(tokens)
                 } else {
                     0
+                },
+                redraws: match s.mcg {
+                    McgForm::Futures => 0,
+                    McgForm::Redraws => s.samples - 1,
                 },
             };
             let warm = warm_level.map(|level| {
@@ -190,10 +220,10 @@ impl DfPlanner {
                 (matrix.capped(carried, level).to_timesteps(context, timesteps), t)
             });
             windows.push(Window {
-                sampler: Sampler::new(settings, contract.alpha_bar()?, (s.samples, tokens, d))?,
+                sampler: Sampler::new(settings, contract.alpha_bar()?, (s.batch(), tokens, d))?,
                 rows: matrix.to_timesteps(context, timesteps),
                 warm,
-                x: Array3::zeros((s.samples, tokens, d)),
+                x: Array3::zeros((s.batch(), tokens, d)),
             });
         }
         let l = &contract.layout;
@@ -225,7 +255,7 @@ impl DfPlanner {
             windows,
             warm_shift: s.warm_shift_tokens,
             horizon,
-            previous: Array3::zeros((s.samples, horizon, d)),
+            previous: Array3::zeros((s.batch(), horizon, d)),
             has_previous: false,
             noise: SeededNoise::new(0),
             init_rng: ChaCha8Rng::seed_from_u64(0),
@@ -584,6 +614,7 @@ mod tests {
             context_tokens,
             image_level: 0,
             samples: 1,
+            mcg: McgForm::Futures,
             guidance_scale: 0.0,
             guidance_form: GuidanceForm::MeanShift,
             eta: 0.0,

@@ -6,7 +6,7 @@ mod plan;
 mod reward;
 mod task;
 
-pub use df::{DfPlanner, PlanError, PlannerSettings};
+pub use df::{DfPlanner, McgForm, PlanError, PlannerSettings};
 pub use plan::Plan;
 pub use reward::{Aggregate, GoalReward, GoalRewardConfig, Squash};
 pub use task::{PlannerTask, StepOutcome};

@@ -27,6 +27,7 @@ PAPER = {
 ABLATIONS = {
     "df_mcg": [],
     "no_mcg": ["--samples", "1"],
+    "mcg_redraws": ["--mcg", "redraws"],
     "no_guidance": ["--guidance-scale", "0"],
     "full_sequence": ["--matrix", "full_sequence"],
     "warm_start": ["--warm-start-level", "5"],
