@@ -674,6 +674,11 @@ where
     }
 }
 
+/// An override naming a variant of a config enum, spelled as in the YAML.
+fn variant<T: serde::de::DeserializeOwned>(flag: &str, expected: &str, text: &str) -> Result<T> {
+    serde_json::from_value(json!(text)).with_context(|| format!("{flag}: expected {expected}, got {text}"))
+}
+
 fn serve(a: ServeArgs) -> Result<()> {
     let mut cfg = NodeConfig::load(&a.config)?;
     let p = &mut cfg.planner;
@@ -681,8 +686,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         p.samples = n;
     }
     if let Some(m) = &a.mcg {
-        p.mcg =
-            serde_json::from_value(json!(m)).with_context(|| format!("--mcg: expected futures or redraws, got {m}"))?;
+        p.mcg = variant("--mcg", "futures or redraws", m)?;
     }
     if let Some(g) = a.guidance_scale {
         p.guidance_scale = g;
@@ -701,9 +705,8 @@ fn serve(a: ServeArgs) -> Result<()> {
         p.seed = seed;
     }
     if let Some(e) = &a.execute {
-        let execute = serde_json::from_value(json!(e))
-            .with_context(|| format!("--execute: expected diffused_actions or pd_controller, got {e}"))?;
-        cfg.serve.get_or_insert_with(Default::default).execute = execute;
+        cfg.serve.get_or_insert_with(Default::default).execute =
+            variant("--execute", "diffused_actions or pd_controller", e)?;
     }
     if let Some(r) = &a.hold_radius {
         cfg.serve.get_or_insert_with(Default::default).hold_radius = value_or_none("--hold-radius", "a distance", r)?;

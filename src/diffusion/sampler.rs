@@ -89,7 +89,8 @@ pub struct Sampler {
     grad: Array3<f32>,
     cotangent: Array3<f32>,
     z: Array3<f32>,
-    /// Over the last run: Σ‖ḡ − g₀‖² and Σ‖g₀‖² on the shared tokens (`mcg_shift`).
+    /// Over the last run: Σ‖ḡ − g₀‖² and Σ‖g₀‖², MCG's average against plain guidance
+    /// (`mcg_shift`).
     mcg_moved: f64,
     mcg_own: f64,
     redraw: Option<Redraw>,
@@ -285,9 +286,8 @@ impl Sampler {
         if let Some(g) = guidance {
             g.cotangent(self.x0.view(), self.cotangent.view_mut());
             if self.redraw.is_some() {
-                let (moved, own) = self.average_over_redraws(denoiser, cur, next, row, g, noise)?;
-                self.mcg_moved += moved;
-                self.mcg_own += own;
+                let shift = self.average_over_redraws(denoiser, cur, next, row, g, noise)?;
+                self.record_mcg_shift(shift);
             }
             denoiser.denoise_vjp(
                 self.x_in.view(),
@@ -298,9 +298,8 @@ impl Sampler {
                 self.grad.view_mut(),
             )?;
             let shared = self.settings.shared_tokens;
-            let (moved, own) = average_shared_guidance(&mut self.grad, shared, |t| cur[t] != next[t]);
-            self.mcg_moved += moved;
-            self.mcg_own += own;
+            let shift = average_shared_guidance(&mut self.grad, shared, |t| cur[t] != next[t]);
+            self.record_mcg_shift(shift);
         }
         let s = &self.settings;
         noise.fill(row, self.z.view_mut());
@@ -341,9 +340,12 @@ impl Sampler {
         }
         check_finite("sampled token", x.view(), row + 1)
     }
-}
 
-impl Sampler {
+    fn record_mcg_shift(&mut self, (moved, own): (f64, f64)) {
+        self.mcg_moved += moved;
+        self.mcg_own += own;
+    }
+
     /// Redraws: the cotangent on x0 becomes its average over the plan's own x0 and R redrawn
     /// ones (module doc). Returns Σ‖c̄ − c‖² and Σ‖c‖² over the stepping tokens.
     fn average_over_redraws(
@@ -361,15 +363,15 @@ impl Sampler {
         for (token, &t) in cur.iter().enumerate() {
             re.k_in.column_mut(token).fill(self.k_in[[0, token]]);
             // Clean context is shown as it is; noisy tokens are re-noised from x0 to level t.
-            let ab = if t < 0 { None } else { Some(self.alpha_bar.at(t)) };
+            let renoise = (t >= 0).then(|| {
+                let ab = self.alpha_bar.at(t);
+                (ab.sqrt() as f32, (1.0 - ab).sqrt() as f32)
+            });
             for r in 0..draws {
                 for d in 0..dim {
-                    re.x_in[[r, token, d]] = match ab {
+                    re.x_in[[r, token, d]] = match renoise {
                         None => self.x_in[[0, token, d]],
-                        Some(ab) => {
-                            ab.sqrt() as f32 * self.x0[[0, token, d]]
-                                + (1.0 - ab).sqrt() as f32 * re.eps_draw[[r, token, d]]
-                        }
+                        Some((a, b)) => a * self.x0[[0, token, d]] + b * re.eps_draw[[r, token, d]],
                     };
                 }
             }
