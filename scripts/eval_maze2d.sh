@@ -16,4 +16,8 @@ done
 # Medium with the long-horizon model (VARIANT=_long bash scripts/train_maze2d.sh medium --tokens 32 --threads 2).
 "$VENV/bin/df-train" eval maze2d --maze medium --episodes "$episodes" --workers "$workers" --configs df_mcg,no_mcg \
   --planner target/release/df_planner --config config/maze2d_medium_long.yaml --out runs/eval/medium_long.json
+# Medium with the whole-episode model (VARIANT=_episode bash scripts/train_maze2d.sh medium --tokens 61 --steps 20000 --threads 2);
+# its df_mcg replans take ~1.2 s here, so 100 episodes take about 1.3 h.
+"$VENV/bin/df-train" eval maze2d --maze medium --episodes "$episodes" --workers "$workers" --configs df_mcg,no_mcg \
+  --planner target/release/df_planner --config config/maze2d_medium_episode.yaml --out runs/eval/medium_episode.json
 cat runs/eval/*.md
