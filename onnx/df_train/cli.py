@@ -189,9 +189,9 @@ def main(argv=None) -> int:
                                         "policy (configs: memory, memoryless, distractor, distractor_k2)")
     p.add_argument("--out", help="results.json, required but with --probe (maze2d: a .png of planned vs executed "
                                  "paths is written beside it)")
-    p.add_argument("--configs", help="comma-separated subset of: df_mcg, no_mcg, no_guidance, full_sequence, "
-                                     "warm_start, pd_controller, no_hold (default: all); fruit-swap: memory, "
-                                     "memoryless, distractor, distractor_k2")
+    p.add_argument("--configs", help="comma-separated subset of: df_mcg, no_mcg, mcg_redraws, no_guidance, "
+                                     "full_sequence, warm_start, pd_controller, no_hold (default: all); "
+                                     "fruit-swap: memory, memoryless, distractor, distractor_k2")
     p.add_argument("--probe", action="store_true", help="fruit-swap: the first planned move for each of the six "
                                                           "arrangements (does the policy read its cameras?)")
     p.add_argument("--seed", type=int, default=0, help="episode i uses env seed seed + i (fruit-swap: 10000 + "
