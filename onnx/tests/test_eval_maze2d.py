@@ -11,7 +11,8 @@ import pytest
 
 pytest.importorskip("mujoco")
 
-from df_train.eval.maze2d import Planner, evaluate  # noqa: E402
+from df_train.cli import main  # noqa: E402
+from df_train.eval.maze2d import ABLATIONS, Planner, evaluate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {"normalized_score_mean", "normalized_score_std", "success_rate", "episodes", "replan_ms_p50", "replan_ms_p99"}
@@ -138,6 +139,14 @@ def test_merge_refuses_overlapping_seeds_gaps_and_different_evaluations(tmp_path
     with pytest.raises(ValueError, match=r"fruit.json: memory has no \['maze', .*not a results.json of df-train"):
         merge([tmp_path / "fruit.json", a], tmp_path / "out.json")
     assert not (tmp_path / "out.json").exists()
+
+
+def test_eval_help_names_every_configuration(capsys):
+    # The CLI imports the evaluation lazily (MuJoCo), so its help lists the names by hand.
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert all(name in help_text for name in ABLATIONS), help_text
 
 
 def test_paired_difference_cancels_the_shared_spread():
