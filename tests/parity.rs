@@ -1,7 +1,8 @@
 //! Parity: the Rust sampler over the ONNX graphs reproduces the PyTorch reference sampler
 //! (onnx/df_train/reference_sampler.py) row by row, for every scheduling matrix, with and
-//! without guidance through denoise_vjp and Monte Carlo Guidance, and for the camera model
-//! with the images of its history tokens. Keep this test forever.
+//! without guidance through denoise_vjp and Monte Carlo Guidance (both forms: futures sharing
+//! the near tokens, and redraws), and for the camera model with the images of its history
+//! tokens. Keep this test forever.
 
 mod common;
 
@@ -29,6 +30,9 @@ struct Golden {
     timestep_rows: Vec<Vec<i64>>,
     x_init: Vec<f32>,
     noise: Vec<Vec<f32>>,
+    /// MCG redraws: per row, the redrawn windows' draw [redraws, T, D].
+    #[serde(default)]
+    redraw_noise: Vec<Vec<f32>>,
     states: Vec<Vec<f32>>,
     /// Camera models: the window's images [T, N, H, W, 3] and image levels [T].
     #[serde(default)]
@@ -56,6 +60,8 @@ struct GoldenSettings {
     noise_clip: f32,
     guidance_scale: f64,
     shared_tokens: usize,
+    #[serde(default)]
+    redraws: usize,
 }
 
 #[derive(Deserialize)]
@@ -74,6 +80,21 @@ fn form(s: &GoldenSettings) -> GuidanceForm {
 
 fn array(shape: [usize; 3], data: &[f32]) -> Array3<f32> {
     Array3::from_shape_vec((shape[0], shape[1], shape[2]), data.to_vec()).expect("golden array has its shape")
+}
+
+/// The recorded draws of `rows`, in the order the sampler takes them: per row the redrawn
+/// windows' draw (when `redrawing`: guided, with redraws), then the step's.
+fn recorded_noise(golden: &Golden, rows: std::ops::Range<usize>, redrawing: bool) -> RecordedNoise {
+    let [_, tokens, dim] = golden.shape;
+    let redraw_shape = [golden.settings.redraws, tokens, dim];
+    let mut draws = Vec::new();
+    for r in rows {
+        if redrawing {
+            draws.push(array(redraw_shape, &golden.redraw_noise[r]));
+        }
+        draws.push(array(golden.shape, &golden.noise[r]));
+    }
+    RecordedNoise::new(draws)
 }
 
 /// Max abs error over all rows for one golden file.
@@ -108,13 +129,12 @@ fn replay(dir: &str, name: &str) -> f32 {
         guidance_scale: s.guidance_scale,
         guidance_form: form(s),
         shared_tokens: s.shared_tokens,
-        redraws: 0,
+        redraws: s.redraws,
     };
     let shape = (golden.shape[0], golden.shape[1], golden.shape[2]);
     let mut sampler = Sampler::new(settings.clone(), contract.alpha_bar().unwrap(), shape).unwrap();
-    let mut noise = RecordedNoise {
-        draws: golden.noise.iter().map(|n| array(golden.shape, n)).collect(),
-    };
+    let redrawing = golden.guidance.is_some() && s.redraws > 0;
+    let mut noise = recorded_noise(&golden, 0..golden.noise.len(), redrawing);
     let guidance = golden.guidance.as_ref().map(|g| QuadraticTarget {
         target: g.target.clone(),
         weights: g.weights.clone(),
@@ -145,9 +165,7 @@ fn replay(dir: &str, name: &str) -> f32 {
         let mut worst_step = 0.0_f32;
         for r in 0..rows.rows() - 1 {
             let mut x = array(golden.shape, &golden.states[r]);
-            let mut noise = RecordedNoise {
-                draws: vec![array(golden.shape, &golden.noise[r])],
-            };
+            let mut noise = recorded_noise(&golden, r..r + 1, redrawing);
             let mut sampler = Sampler::new(settings.clone(), contract.alpha_bar().unwrap(), shape).unwrap();
             sampler
                 .run(
@@ -194,6 +212,7 @@ parity! {
     trapezoid_plain => "trapezoid_plain",
     trapezoid_guided_mcg => "trapezoid_guided",
     pyramid_guided_score_form => "pyramid_guided_score",
+    pyramid_guided_mcg_redraws => "pyramid_guided_redraws",
 }
 
 parity! {
@@ -221,7 +240,7 @@ fn guided_goldens_depend_on_guidance_and_share_tokens() {
     }
 
     let mut model = common::load(Path::new(&golden.model));
-    let x = unguided_final_state(&golden, &mut model);
+    let x = resampled_final_state(&golden, &mut model, false, 0);
     let diff = (&x - &final_state).mapv(f32::abs).fold(0.0_f32, |a, &v| a.max(v));
     assert!(
         diff > 100.0 * golden.tolerance,
@@ -229,32 +248,46 @@ fn guided_goldens_depend_on_guidance_and_share_tokens() {
     );
 }
 
-/// A golden's final state sampled again without guidance (its recorded noise, its model as
-/// given: the caller may have set other images).
-fn unguided_final_state(golden: &Golden, model: &mut df_planner::model::OnnxDenoiser) -> Array3<f32> {
+/// A golden's final state sampled again from its recorded noise and its model as given (the
+/// caller may have set other images), without guidance or with it and `redraws` redraws.
+fn resampled_final_state(
+    golden: &Golden,
+    model: &mut df_planner::model::OnnxDenoiser,
+    guided: bool,
+    redraws: usize,
+) -> Array3<f32> {
     let contract = model.contract().clone();
     let s = &golden.settings;
     let settings = SamplerSettings {
         eta: s.eta,
         stabilization_level: s.stabilization_level,
         noise_clip: s.noise_clip,
-        guidance_scale: 0.0,
+        guidance_scale: if guided { s.guidance_scale } else { 0.0 },
         guidance_form: form(s),
         shared_tokens: s.shared_tokens,
-        redraws: 0,
+        redraws,
     };
+    let guidance = golden.guidance.as_ref().filter(|_| guided).map(|g| QuadraticTarget {
+        target: g.target.clone(),
+        weights: g.weights.clone(),
+    });
     let shape = (golden.shape[0], golden.shape[1], golden.shape[2]);
     let kind = MatrixKind::from_name(&golden.matrix.kind, golden.matrix.uncertainty).unwrap();
     let rows = SchedulingMatrix::build(kind, golden.matrix.horizon, golden.matrix.sampling_steps)
         .unwrap()
         .to_timesteps(golden.context_tokens, contract.diffusion.timesteps);
-    let mut noise = RecordedNoise {
-        draws: golden.noise.iter().map(|n| array(golden.shape, n)).collect(),
-    };
+    let mut noise = recorded_noise(golden, 0..golden.noise.len(), guided && redraws > 0);
     let mut x = array(golden.shape, &golden.x_init);
     Sampler::new(settings, contract.alpha_bar().unwrap(), shape)
         .unwrap()
-        .run(model, &mut x, &rows, None, &mut noise, |_, _| {})
+        .run(
+            model,
+            &mut x,
+            &rows,
+            guidance.as_ref().map(|g| g as _),
+            &mut noise,
+            |_, _| {},
+        )
         .unwrap();
     x
 }
@@ -274,11 +307,28 @@ fn camera_goldens_depend_on_their_images() {
             ArrayView1::from(&golden.image_level),
         )
         .unwrap();
-    let x = unguided_final_state(&golden, &mut model);
+    let x = resampled_final_state(&golden, &mut model, false, 0);
     let expected = array(golden.shape, golden.states.last().unwrap());
     let diff = (&x - &expected).mapv(f32::abs).fold(0.0_f32, |a, &v| a.max(v));
     assert!(
         diff > 100.0 * golden.tolerance,
         "blank images changed the plan by only {diff}"
+    );
+}
+
+/// The redraws golden must exercise the redraws: plain guidance from the same recorded start
+/// and step noise misses its plan by far more than the tolerance.
+#[test]
+fn redraws_golden_depends_on_the_redrawn_x0() {
+    let path = common::repo().join("onnx/golden/pointmass/pyramid_guided_redraws.json");
+    let golden: Golden = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(golden.settings.redraws > 0 && golden.guidance.is_some());
+    let mut model = common::load(Path::new(&golden.model));
+    let expected = array(golden.shape, golden.states.last().unwrap());
+    let plain = resampled_final_state(&golden, &mut model, true, 0);
+    let diff = (&plain - &expected).mapv(f32::abs).fold(0.0_f32, |a, &v| a.max(v));
+    assert!(
+        diff > 100.0 * golden.tolerance,
+        "the redraws changed the plan by only {diff}"
     );
 }

@@ -4,7 +4,8 @@ One JSON file per (matrix kind, guided or not). The Rust parity test replays the
 through the ONNX graphs and must reproduce every row within the stated tolerance. Camera models
 get the pyramid cases only, planned from two history tokens with their (random) images, one of
 them tagged noisy, and the planned tokens without images, as the planner hands them over; their
-guided cases use a guidance scale of 0.1 (the fruit swap plans without guidance).
+guided cases use a guidance scale of 0.1 (the fruit swap plans without guidance). Models without
+cameras also get MCG's redraws form (one plan, `REDRAWS` redrawn x0 per row, with their noise).
 """
 
 import json
@@ -23,6 +24,8 @@ TOLERANCE = 1e-4
 # but free-running, guidance amplifies float32 rounding row after row (measured: 1e-3 to 4.5e-2
 # by the last row, depending on the checkpoint). Free-running rows are only bounded by this.
 CAMERA_GUIDED_TOLERANCE = 1e-1
+# MCG's redraws form (the official code's `ddim_repeats`), for models without cameras.
+REDRAWS = 2
 
 
 def _floats(t) -> list:
@@ -39,12 +42,14 @@ def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
     if cameras:
         context_tokens = 2
         t = context_tokens + horizon
-    cases = [(kind, u, guided, "mean_shift") for kind, u in CASE_KINDS.items() for guided in (False, True)
+    cases = [(kind, u, guided, "mean_shift", 0) for kind, u in CASE_KINDS.items() for guided in (False, True)
              if not cameras or kind == "pyramid"]
-    cases.append(("pyramid", CASE_KINDS["pyramid"], True, "score"))
-    for case, (kind, u, guided, form) in enumerate(cases):
+    cases.append(("pyramid", CASE_KINDS["pyramid"], True, "score", 0))
+    if not cameras:
+        cases.append(("pyramid", CASE_KINDS["pyramid"], True, "mean_shift", REDRAWS))
+    for case, (kind, u, guided, form, redraws) in enumerate(cases):
         gen = torch.Generator().manual_seed(seed * 1000 + case)
-        batch = 3 if guided else 2
+        batch = 1 if redraws else 3 if guided else 2
         settings = SamplerSettings(
             eta=0.5,
             stabilization_level=cfg.stabilization_level,
@@ -52,12 +57,14 @@ def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
             guidance_scale=(0.1 if cameras else 1.0) if guided else 0.0,
             guidance_form=form,
             max_gain=20.0,
-            shared_tokens=context_tokens + 2 if guided else 0,
+            shared_tokens=context_tokens + 2 if guided and not redraws else 0,
+            redraws=redraws,
         )
         rows = timestep_rows(matrices.build(kind, horizon, sampling_steps, u), context_tokens, cfg.timesteps, sampling_steps)
         x = torch.randn(batch, t, d, generator=gen)
         x[:, :context_tokens] = 0.5 * torch.randn(1, context_tokens, d, generator=gen)
         noise = torch.randn(len(rows) - 1, batch, t, d, generator=gen)
+        redraw_noise = torch.randn(len(rows) - 1, redraws, t, d, generator=gen) if redraws else None
         target = 0.5 * torch.randn(d, generator=gen)
         weights = torch.ones(d)
         cot = quadratic_target_cotangent(target, weights) if guided else None
@@ -73,7 +80,7 @@ def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
                 b = x_in.shape[0]
                 return model(x_in, k_in, images=images.expand(b, *images.shape), image_level=levels.expand(b, t))
             camera_doc = {"image_shape": list(images.shape), "images": _floats(images), "image_level": levels.tolist()}
-        states = ReferenceSampler(net, model.alphas_cumprod.double().numpy(), settings).sample(x, rows, noise, cot)
+        states = ReferenceSampler(net, model.alphas_cumprod.double().numpy(), settings).sample(x, rows, noise, cot, redraw_noise)
         doc = {
             "model": model_path,
             "tolerance": CAMERA_GUIDED_TOLERANCE if cameras and guided else TOLERANCE,
@@ -88,7 +95,10 @@ def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
             "noise": [_floats(n) for n in noise],
             "states": [_floats(s) for s in states],
         } | camera_doc
-        suffix = ("guided" if guided else "plain") + ("_score" if form == "score" else "")
+        if redraws:
+            # Per row, the redrawn windows' draw [redraws, T, D]; the sampler takes it before the step's.
+            doc["redraw_noise"] = [_floats(n) for n in redraw_noise]
+        suffix = ("guided" if guided else "plain") + ("_score" if form == "score" else "") + ("_redraws" if redraws else "")
         path = out_dir / f"{kind}_{suffix}.json"
         path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
         written.append(path)

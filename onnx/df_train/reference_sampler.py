@@ -26,6 +26,10 @@ class SamplerSettings:
     # Tokens [0, shared_tokens) are shared by all samples of the batch: MCG averages their
     # guidance gradient over the batch and gives them one noise draw.
     shared_tokens: int = 0
+    # Redraws R (the official code's `ddim_repeats`; batch of 1): at every row the reward is
+    # averaged over the plan's x0 and R redrawn ones, each noisy token re-noised from x0 to its
+    # level and denoised again. The context is the same in every draw.
+    redraws: int = 0
 
 
 def timestep_rows(matrix: np.ndarray, context_tokens: int, timesteps: int, sampling_steps: int) -> np.ndarray:
@@ -50,7 +54,7 @@ class ReferenceSampler:
     def alpha_bar(self, t: np.ndarray) -> np.ndarray:
         return np.where(t < 0, 1.0, self.ab[np.clip(t, 0, None)])
 
-    def step(self, x, cur, nxt, z, cotangent=None):
+    def step(self, x, cur, nxt, z, cotangent=None, redraw_noise=None):
         s = self.s
         if np.any(nxt > cur):
             raise ValueError(f"scheduling matrix: a level rises from {cur} to {nxt}")
@@ -66,7 +70,11 @@ class ReferenceSampler:
             x_in = x_in.detach().requires_grad_(True)
             with torch.enable_grad():
                 x0, eps = self.model(x_in, k_in)
-                (grad,) = torch.autograd.grad(x0, x_in, cotangent(x0.detach()))
+                outputs = [x0]
+                if s.redraws:
+                    outputs.append(self.redrawn_x0(x_in, k_in, x0, cur, redraw_noise))
+                grad = sum(torch.autograd.grad(outputs, x_in, [cotangent(o.detach()) for o in outputs]))
+                grad = grad / (1 + s.redraws)
             x0, eps = x0.detach(), eps.detach()
             n = s.shared_tokens
             grad[:, :n] = grad[:, :n].mean(dim=0, keepdim=True)
@@ -94,8 +102,23 @@ class ReferenceSampler:
         )
         return torch.where(torch.as_tensor(changed)[None, :, None], x_next, x)
 
-    def sample(self, x: torch.Tensor, rows: np.ndarray, noise: torch.Tensor, cotangent=None) -> list[torch.Tensor]:
-        """Walk the timestep rows [R, T] from state x [B, T, D]; noise [R-1, B, T, D].
+    def redrawn_x0(self, x_in, k_in, x0, cur, noise):
+        """The R redrawn x0 [R, T, D] of a plan (batch 1), differentiable in x0: noisy tokens
+        re-noised from x0 with `noise` and denoised again; clean ones are the plan's own."""
+        if x0.shape[0] != 1 or noise is None or noise.shape[0] != self.s.redraws:
+            raise ValueError(f"redraws need a plan of batch 1 and {self.s.redraws} noise draws per row")
+        noisy = torch.as_tensor(cur >= 0)[None, :, None]
+        a = self.alpha_bar(cur)
+        renoised = (torch.as_tensor(np.sqrt(a), dtype=torch.float32)[None, :, None] * x0
+                    + torch.as_tensor(np.sqrt(1 - a), dtype=torch.float32)[None, :, None] * noise)
+        x_draw = torch.where(noisy, renoised, x_in.detach())
+        x0_draw, _ = self.model(x_draw, k_in.expand(self.s.redraws, -1))
+        return torch.where(noisy, x0_draw, x0)
+
+    def sample(self, x: torch.Tensor, rows: np.ndarray, noise: torch.Tensor, cotangent=None,
+               redraw_noise=None) -> list[torch.Tensor]:
+        """Walk the timestep rows [R, T] from state x [B, T, D]; noise [R-1, B, T, D];
+        redraw_noise [R-1, redraws, T, D] when redraws are on.
 
         Returns the state after every row (index 0 = the initial state, whose shared tokens
         are sample 0's).
@@ -105,6 +128,7 @@ class ReferenceSampler:
         x[:, :n] = x[:1, :n]
         states = [x]
         for r in range(len(rows) - 1):
-            x = self.step(x, rows[r], rows[r + 1], noise[r], cotangent)
+            x = self.step(x, rows[r], rows[r + 1], noise[r], cotangent,
+                          None if redraw_noise is None else redraw_noise[r])
             states.append(x)
         return states

@@ -59,3 +59,32 @@ def test_eta_zero_ignores_the_noise_draws(trained):
     other_noise = torch.randn(len(rows) - 1, *a[0].shape, generator=torch.Generator().manual_seed(99))
     c = ReferenceSampler(model, model.alphas_cumprod.double().numpy(), settings).sample(a[0], rows, other_noise)
     np.testing.assert_allclose(c[-1].numpy(), a[-1].numpy(), atol=1e-6)
+
+
+class Doubler(torch.nn.Module):
+    """x0 = 2 x_in, eps = 0: every guidance term has a closed form."""
+
+    def forward(self, x_in, k_in):
+        return 2 * x_in, torch.zeros_like(x_in)
+
+
+def test_redraws_average_the_reward_over_the_plan_and_its_renoised_x0():
+    ab = np.linspace(0.99, 0.05, 10)
+    settings = SamplerSettings(eta=0.0, stabilization_level=0, guidance_scale=0.5, redraws=2)
+    cur, nxt = np.array([-1, 5]), np.array([-1, 3])
+    gen = torch.Generator().manual_seed(0)
+    x, redraw_noise = torch.randn(1, 2, 3, generator=gen), torch.randn(2, 2, 3, generator=gen)
+    target = torch.tensor([1.0, -1.0, 0.5])
+    cot = quadratic_target_cotangent(target, torch.ones(3))
+    got = ReferenceSampler(Doubler(), ab, settings).step(x, cur, nxt, torch.zeros_like(x), cot, redraw_noise)
+
+    a = ab[5]
+    x0 = 2 * x[0, 1]
+    redrawn = 2 * (np.sqrt(a) * x0 + np.sqrt(1 - a) * redraw_noise[:, 1])
+    # d x0 / d x_in = 2; d x0' / d x_in = 2 sqrt(a) * 2 through the re-noised x0.
+    grad = (2 * cot(x0) + 4 * np.sqrt(a) * cot(redrawn).sum(0)) / 3
+    expected = np.sqrt(ab[3]) * (x0 + 0.5 * (1 - a) * grad)
+    torch.testing.assert_close(got[0, 1], expected.float())
+    assert torch.equal(got[0, 0], x[0, 0])
+    plain = ReferenceSampler(Doubler(), ab, SamplerSettings(eta=0.0, stabilization_level=0, guidance_scale=0.5))
+    assert not torch.allclose(plain.step(x, cur, nxt, torch.zeros_like(x), cot)[0, 1], got[0, 1])

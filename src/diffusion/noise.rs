@@ -7,7 +7,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 pub trait NoiseSource {
-    /// Fill `out` [B, T, D] with standard normal draws for the step leaving row `row`.
+    /// Fill `out` [B, T, D] with standard normal draws for the step leaving row `row` (or,
+    /// with MCG redraws, [R, T, D] for that row's redrawn windows).
     fn fill(&mut self, row: usize, out: ArrayViewMut3<f32>);
 }
 
@@ -29,13 +30,28 @@ impl NoiseSource for SeededNoise {
     }
 }
 
-/// One recorded [B, T, D] draw per step.
+/// Recorded draws, served in the order the sampler asks for them: per row, the redrawn
+/// windows' [R, T, D] (MCG redraws only), then the step's [B, T, D].
 pub struct RecordedNoise {
-    pub draws: Vec<Array3<f32>>,
+    draws: std::vec::IntoIter<Array3<f32>>,
+}
+
+impl RecordedNoise {
+    pub fn new(draws: Vec<Array3<f32>>) -> Self {
+        Self {
+            draws: draws.into_iter(),
+        }
+    }
 }
 
 impl NoiseSource for RecordedNoise {
     fn fill(&mut self, row: usize, mut out: ArrayViewMut3<f32>) {
-        out.assign(&self.draws[row]);
+        let draw = self
+            .draws
+            .next()
+            .unwrap_or_else(|| panic!("recorded noise: no draw left for row {row}"));
+        // `assign` would broadcast a [1, T, D] draw into [R, T, D]: a draw out of order.
+        assert_eq!(draw.dim(), out.dim(), "recorded noise: draw shape at row {row}");
+        out.assign(&draw);
     }
 }
