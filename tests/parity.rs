@@ -10,8 +10,9 @@ use std::path::Path;
 
 use df_planner::diffusion::{
     Denoiser, GuidanceForm, MatrixKind, QuadraticTarget, RecordedNoise, Sampler, SamplerSettings, SchedulingMatrix,
+    TimestepRows,
 };
-use ndarray::{Array3, ArrayView1, ArrayView5};
+use ndarray::{Array3, ArrayView, ArrayView1, ArrayView5, Dimension};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -97,13 +98,49 @@ fn recorded_noise(golden: &Golden, rows: std::ops::Range<usize>, redrawing: bool
     RecordedNoise::new(draws)
 }
 
-/// Max abs error over all rows for one golden file.
-fn replay(dir: &str, name: &str) -> f32 {
+fn load_golden(dir: &str, name: &str) -> Golden {
     let path = common::repo()
         .join("onnx/golden")
         .join(dir)
         .join(format!("{name}.json"));
-    let golden: Golden = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// The golden's sampler settings, at `guidance_scale` and with `redraws` redraws.
+fn sampler_settings(golden: &Golden, guidance_scale: f64, redraws: usize) -> SamplerSettings {
+    let s = &golden.settings;
+    SamplerSettings {
+        eta: s.eta,
+        stabilization_level: s.stabilization_level,
+        noise_clip: s.noise_clip,
+        guidance_scale,
+        guidance_form: form(s),
+        shared_tokens: s.shared_tokens,
+        redraws,
+    }
+}
+
+fn quadratic_target(golden: &Golden) -> Option<QuadraticTarget> {
+    golden.guidance.as_ref().map(|g| QuadraticTarget {
+        target: g.target.clone(),
+        weights: g.weights.clone(),
+    })
+}
+
+fn timestep_rows(golden: &Golden, timesteps: usize) -> TimestepRows {
+    let kind = MatrixKind::from_name(&golden.matrix.kind, golden.matrix.uncertainty).unwrap();
+    SchedulingMatrix::build(kind, golden.matrix.horizon, golden.matrix.sampling_steps)
+        .unwrap()
+        .to_timesteps(golden.context_tokens, timesteps)
+}
+
+fn max_abs_diff<D: Dimension>(a: ArrayView<f32, D>, b: ArrayView<f32, D>) -> f32 {
+    (&a - &b).mapv(f32::abs).fold(0.0_f32, |m, &v| m.max(v))
+}
+
+/// Max abs error over all rows for one golden file.
+fn replay(dir: &str, name: &str) -> f32 {
+    let golden = load_golden(dir, name);
     let mut model = common::load(Path::new(&golden.model));
     if let Some(shape) = golden.image_shape {
         let images = ArrayView5::from_shape(shape, &golden.images).expect("golden images have their shape");
@@ -111,9 +148,7 @@ fn replay(dir: &str, name: &str) -> f32 {
     }
     let contract = model.contract().clone();
 
-    let kind = MatrixKind::from_name(&golden.matrix.kind, golden.matrix.uncertainty).unwrap();
-    let matrix = SchedulingMatrix::build(kind, golden.matrix.horizon, golden.matrix.sampling_steps).unwrap();
-    let rows = matrix.to_timesteps(golden.context_tokens, contract.diffusion.timesteps);
+    let rows = timestep_rows(&golden, contract.diffusion.timesteps);
     let expected_rows: Vec<i64> = golden.timestep_rows.concat();
     let got_rows: Vec<i64> = (0..rows.rows()).flat_map(|r| rows.row(r).to_vec()).collect();
     assert_eq!(
@@ -122,23 +157,12 @@ fn replay(dir: &str, name: &str) -> f32 {
     );
 
     let s = &golden.settings;
-    let settings = SamplerSettings {
-        eta: s.eta,
-        stabilization_level: s.stabilization_level,
-        noise_clip: s.noise_clip,
-        guidance_scale: s.guidance_scale,
-        guidance_form: form(s),
-        shared_tokens: s.shared_tokens,
-        redraws: s.redraws,
-    };
+    let settings = sampler_settings(&golden, s.guidance_scale, s.redraws);
     let shape = (golden.shape[0], golden.shape[1], golden.shape[2]);
     let mut sampler = Sampler::new(settings.clone(), contract.alpha_bar().unwrap(), shape).unwrap();
     let redrawing = golden.guidance.is_some() && s.redraws > 0;
     let mut noise = recorded_noise(&golden, 0..golden.noise.len(), redrawing);
-    let guidance = golden.guidance.as_ref().map(|g| QuadraticTarget {
-        target: g.target.clone(),
-        weights: g.weights.clone(),
-    });
+    let guidance = quadratic_target(&golden);
     let mut x = array(golden.shape, &golden.x_init);
     let mut worst = 0.0_f32;
     sampler
@@ -150,7 +174,7 @@ fn replay(dir: &str, name: &str) -> f32 {
             &mut noise,
             |r, state| {
                 let expected = array(golden.shape, &golden.states[r]);
-                let err = (&state - &expected).mapv(f32::abs).fold(0.0_f32, |a, &b| a.max(b));
+                let err = max_abs_diff(state, expected.view());
                 assert!(
                     err <= golden.tolerance,
                     "{name}: row {r}: max abs error {err} > {}",
@@ -178,7 +202,7 @@ fn replay(dir: &str, name: &str) -> f32 {
                 )
                 .unwrap();
             let expected = array(golden.shape, &golden.states[r + 1]);
-            let err = (&x - &expected).mapv(f32::abs).fold(0.0_f32, |a, &b| a.max(b));
+            let err = max_abs_diff(x.view(), expected.view());
             assert!(
                 err <= step_tolerance,
                 "{name}: row {r} -> {}: max abs error {err} > {step_tolerance} (from the reference's row {r})",
@@ -226,22 +250,21 @@ parity! {
 /// than the tolerance, and MCG leaves the shared tokens identical across samples.
 #[test]
 fn guided_goldens_depend_on_guidance_and_share_tokens() {
-    let path = common::repo().join("onnx/golden/pointmass/pyramid_guided.json");
-    let golden: Golden = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let golden = load_golden("pointmass", "pyramid_guided");
     let final_state = array(golden.shape, golden.states.last().unwrap());
     let shared = golden.settings.shared_tokens;
     assert!(shared > 0);
     for b in 1..golden.shape[0] {
-        let diff = (&final_state.slice(ndarray::s![b, ..shared, ..])
-            - &final_state.slice(ndarray::s![0, ..shared, ..]))
-            .mapv(f32::abs)
-            .fold(0.0_f32, |a, &v| a.max(v));
+        let diff = max_abs_diff(
+            final_state.slice(ndarray::s![b, ..shared, ..]),
+            final_state.slice(ndarray::s![0, ..shared, ..]),
+        );
         assert_eq!(diff, 0.0, "shared tokens differ between sample 0 and sample {b}");
     }
 
     let mut model = common::load(Path::new(&golden.model));
     let x = resampled_final_state(&golden, &mut model, false, 0);
-    let diff = (&x - &final_state).mapv(f32::abs).fold(0.0_f32, |a, &v| a.max(v));
+    let diff = max_abs_diff(x.view(), final_state.view());
     assert!(
         diff > 100.0 * golden.tolerance,
         "guidance changed the plan by only {diff}"
@@ -257,25 +280,11 @@ fn resampled_final_state(
     redraws: usize,
 ) -> Array3<f32> {
     let contract = model.contract().clone();
-    let s = &golden.settings;
-    let settings = SamplerSettings {
-        eta: s.eta,
-        stabilization_level: s.stabilization_level,
-        noise_clip: s.noise_clip,
-        guidance_scale: if guided { s.guidance_scale } else { 0.0 },
-        guidance_form: form(s),
-        shared_tokens: s.shared_tokens,
-        redraws,
-    };
-    let guidance = golden.guidance.as_ref().filter(|_| guided).map(|g| QuadraticTarget {
-        target: g.target.clone(),
-        weights: g.weights.clone(),
-    });
+    let scale = if guided { golden.settings.guidance_scale } else { 0.0 };
+    let settings = sampler_settings(golden, scale, redraws);
+    let guidance = quadratic_target(golden).filter(|_| guided);
     let shape = (golden.shape[0], golden.shape[1], golden.shape[2]);
-    let kind = MatrixKind::from_name(&golden.matrix.kind, golden.matrix.uncertainty).unwrap();
-    let rows = SchedulingMatrix::build(kind, golden.matrix.horizon, golden.matrix.sampling_steps)
-        .unwrap()
-        .to_timesteps(golden.context_tokens, contract.diffusion.timesteps);
+    let rows = timestep_rows(golden, contract.diffusion.timesteps);
     let mut noise = recorded_noise(golden, 0..golden.noise.len(), guided && redraws > 0);
     let mut x = array(golden.shape, &golden.x_init);
     Sampler::new(settings, contract.alpha_bar().unwrap(), shape)
@@ -296,8 +305,7 @@ fn resampled_final_state(
 /// the recorded plan by far more than the tolerance.
 #[test]
 fn camera_goldens_depend_on_their_images() {
-    let path = common::repo().join("onnx/golden/fruit_swap/pyramid_plain.json");
-    let golden: Golden = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let golden = load_golden("fruit_swap", "pyramid_plain");
     let shape = golden.image_shape.expect("a camera golden has images");
     let mut model = common::load(Path::new(&golden.model));
     let blank = vec![0.0_f32; golden.images.len()];
@@ -309,7 +317,7 @@ fn camera_goldens_depend_on_their_images() {
         .unwrap();
     let x = resampled_final_state(&golden, &mut model, false, 0);
     let expected = array(golden.shape, golden.states.last().unwrap());
-    let diff = (&x - &expected).mapv(f32::abs).fold(0.0_f32, |a, &v| a.max(v));
+    let diff = max_abs_diff(x.view(), expected.view());
     assert!(
         diff > 100.0 * golden.tolerance,
         "blank images changed the plan by only {diff}"
@@ -320,13 +328,12 @@ fn camera_goldens_depend_on_their_images() {
 /// and step noise misses its plan by far more than the tolerance.
 #[test]
 fn redraws_golden_depends_on_the_redrawn_x0() {
-    let path = common::repo().join("onnx/golden/pointmass/pyramid_guided_redraws.json");
-    let golden: Golden = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let golden = load_golden("pointmass", "pyramid_guided_redraws");
     assert!(golden.settings.redraws > 0 && golden.guidance.is_some());
     let mut model = common::load(Path::new(&golden.model));
     let expected = array(golden.shape, golden.states.last().unwrap());
     let plain = resampled_final_state(&golden, &mut model, true, 0);
-    let diff = (&plain - &expected).mapv(f32::abs).fold(0.0_f32, |a, &v| a.max(v));
+    let diff = max_abs_diff(plain.view(), expected.view());
     assert!(
         diff > 100.0 * golden.tolerance,
         "the redraws changed the plan by only {diff}"
