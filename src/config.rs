@@ -74,8 +74,9 @@ pub struct PlannerSection {
     pub image_level: i64,
     /// Monte Carlo Guidance samples N; 1 = plain guidance (default 1).
     pub samples: usize,
-    /// What the N samples are: `futures` (default; N futures share the executed tokens) or
-    /// `redraws` (N draws of one plan's x0, the official code's form); see planner::McgForm.
+    /// What the N samples are: `futures` (default; N futures share the executed tokens),
+    /// `prior_futures` (the same, with only the executed tokens guided) or `redraws` (N draws
+    /// of one plan's x0, the official code's form); see planner::McgForm.
     pub mcg: McgForm,
     /// Guidance strength (default 0: no guidance).
     pub guidance_scale: f64,

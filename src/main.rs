@@ -100,7 +100,7 @@ struct ServeArgs {
     /// Override planner.samples (Monte Carlo Guidance samples; 1 = no MCG).
     #[arg(long)]
     samples: Option<usize>,
-    /// Override planner.mcg (futures or redraws).
+    /// Override planner.mcg (futures, prior_futures or redraws).
     #[arg(long)]
     mcg: Option<String>,
     /// Override planner.guidance_scale (0 = no guidance).
@@ -380,6 +380,7 @@ fn sample(a: SampleArgs) -> Result<()> {
         guidance_form: Default::default(),
         shared_tokens: 0,
         redraws: 0,
+        guided_tokens: None,
     };
     let shape = (a.batch, horizon, c.layout.token_dim);
     let mut sampler = Sampler::new(settings, c.alpha_bar()?, shape)?;
@@ -686,7 +687,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         p.samples = n;
     }
     if let Some(m) = &a.mcg {
-        p.mcg = variant("--mcg", "futures or redraws", m)?;
+        p.mcg = variant("--mcg", "futures, prior_futures or redraws", m)?;
     }
     if let Some(g) = a.guidance_scale {
         p.guidance_scale = g;

@@ -108,6 +108,7 @@ fn settings() -> SamplerSettings {
         guidance_form: Default::default(),
         shared_tokens: 0,
         redraws: 0,
+        guided_tokens: None,
     }
 }
 
@@ -212,6 +213,13 @@ fn sampler_settings_are_checked() {
                 ..settings()
             },
             "shared_tokens: expected <= 4 tokens, got 9",
+        ),
+        (
+            SamplerSettings {
+                guided_tokens: Some(5),
+                ..settings()
+            },
+            "guided_tokens: expected <= 4 tokens, got 5",
         ),
     ];
     for (s, expected) in bad {

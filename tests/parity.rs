@@ -1,7 +1,7 @@
 //! Parity: the Rust sampler over the ONNX graphs reproduces the PyTorch reference sampler
 //! (onnx/df_train/reference_sampler.py) row by row, for every scheduling matrix, with and
-//! without guidance through denoise_vjp and Monte Carlo Guidance (both forms: futures sharing
-//! the near tokens, and redraws), and for the camera model with the images of its history
+//! without guidance through denoise_vjp and Monte Carlo Guidance (its forms: futures sharing
+//! the near tokens, the same with only those guided, and redraws), and for the camera model with the images of its history
 //! tokens. Keep this test forever.
 
 mod common;
@@ -63,6 +63,8 @@ struct GoldenSettings {
     shared_tokens: usize,
     #[serde(default)]
     redraws: usize,
+    #[serde(default)]
+    guided_tokens: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -117,6 +119,7 @@ fn sampler_settings(golden: &Golden, guidance_scale: f64, redraws: usize) -> Sam
         guidance_form: form(s),
         shared_tokens: s.shared_tokens,
         redraws,
+        guided_tokens: s.guided_tokens,
     }
 }
 
@@ -237,6 +240,7 @@ parity! {
     trapezoid_guided_mcg => "trapezoid_guided",
     pyramid_guided_score_form => "pyramid_guided_score",
     pyramid_guided_mcg_redraws => "pyramid_guided_redraws",
+    pyramid_guided_mcg_prior_futures => "pyramid_guided_prior",
 }
 
 parity! {
@@ -263,7 +267,7 @@ fn guided_goldens_depend_on_guidance_and_share_tokens() {
     }
 
     let mut model = common::load(Path::new(&golden.model));
-    let x = resampled_final_state(&golden, &mut model, false, 0);
+    let x = resampled_final_state(&golden, &mut model, sampler_settings(&golden, 0.0, 0));
     let diff = max_abs_diff(x.view(), final_state.view());
     assert!(
         diff > 100.0 * golden.tolerance,
@@ -272,16 +276,15 @@ fn guided_goldens_depend_on_guidance_and_share_tokens() {
 }
 
 /// A golden's final state sampled again from its recorded noise and its model as given (the
-/// caller may have set other images), without guidance or with it and `redraws` redraws.
+/// caller may have set other images), with other settings (guided when guidance_scale != 0).
 fn resampled_final_state(
     golden: &Golden,
     model: &mut df_planner::model::OnnxDenoiser,
-    guided: bool,
-    redraws: usize,
+    settings: SamplerSettings,
 ) -> Array3<f32> {
     let contract = model.contract().clone();
-    let scale = if guided { golden.settings.guidance_scale } else { 0.0 };
-    let settings = sampler_settings(golden, scale, redraws);
+    let guided = settings.guidance_scale != 0.0;
+    let redraws = settings.redraws;
     let guidance = quadratic_target(golden).filter(|_| guided);
     let shape = (golden.shape[0], golden.shape[1], golden.shape[2]);
     let rows = timestep_rows(golden, contract.diffusion.timesteps);
@@ -315,7 +318,7 @@ fn camera_goldens_depend_on_their_images() {
             ArrayView1::from(&golden.image_level),
         )
         .unwrap();
-    let x = resampled_final_state(&golden, &mut model, false, 0);
+    let x = resampled_final_state(&golden, &mut model, sampler_settings(&golden, 0.0, 0));
     let expected = array(golden.shape, golden.states.last().unwrap());
     let diff = max_abs_diff(x.view(), expected.view());
     assert!(
@@ -332,10 +335,37 @@ fn redraws_golden_depends_on_the_redrawn_x0() {
     assert!(golden.settings.redraws > 0 && golden.guidance.is_some());
     let mut model = common::load(Path::new(&golden.model));
     let expected = array(golden.shape, golden.states.last().unwrap());
-    let plain = resampled_final_state(&golden, &mut model, true, 0);
+    let plain = resampled_final_state(
+        &golden,
+        &mut model,
+        sampler_settings(&golden, golden.settings.guidance_scale, 0),
+    );
     let diff = max_abs_diff(plain.view(), expected.view());
     assert!(
         diff > 100.0 * golden.tolerance,
         "the redraws changed the plan by only {diff}"
+    );
+}
+
+/// The prior-futures golden must guide only its shared tokens: guiding every token from the
+/// same recorded noise misses its plan by far more than the tolerance.
+#[test]
+fn prior_futures_golden_guides_only_the_shared_tokens() {
+    let golden = load_golden("pointmass", "pyramid_guided_prior");
+    let s = &golden.settings;
+    assert!(s.shared_tokens > 0 && s.guided_tokens == Some(s.shared_tokens) && golden.guidance.is_some());
+    let mut model = common::load(Path::new(&golden.model));
+    let expected = array(golden.shape, golden.states.last().unwrap());
+    let all_guided = SamplerSettings {
+        guided_tokens: None,
+        ..sampler_settings(&golden, s.guidance_scale, 0)
+    };
+    let diff = max_abs_diff(
+        resampled_final_state(&golden, &mut model, all_guided).view(),
+        expected.view(),
+    );
+    assert!(
+        diff > 100.0 * golden.tolerance,
+        "guiding the far tokens too changed the plan by only {diff}"
     );
 }

@@ -200,7 +200,7 @@ fn malformed_configs_are_named() {
         ),
         (
             text.replace("  seed: 0", "  seed: 0\n  mcg: repeats"),
-            "field `planner.mcg`: unknown variant `repeats`, expected `futures` or `redraws`",
+            "field `planner.mcg`: unknown variant `repeats`, expected one of `futures`, `prior_futures`, `redraws`",
         ),
         ("model: [".to_string(), "config x.yaml:"),
     ];

@@ -149,7 +149,7 @@ fn mcg_shift_is_reported_with_mcg_only() {
         ask(&mut s, json!({"op": "step", "obs": [-0.5, 0.5, 0.0, 0.0]}))
     };
     let goal = json!([1.2, -1.0]);
-    for mcg in [McgForm::Futures, McgForm::Redraws] {
+    for mcg in [McgForm::Futures, McgForm::PriorFutures, McgForm::Redraws] {
         let reply = first_plan(4, mcg, goal.clone());
         let shift = reply["mcg_shift"]
             .as_f64()

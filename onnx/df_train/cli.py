@@ -113,17 +113,18 @@ def cmd_eval(a) -> None:
         return
     if not a.maze or not a.planner or not a.config or not a.out:
         raise SystemExit("eval maze2d: --maze, --planner, --config and --out are required")
-    from .eval.maze2d import ABLATIONS, evaluate, learning_curve
+    from .eval.maze2d import ABLATIONS, DEFAULT_CONFIGS, evaluate, learning_curve
 
-    if a.curve:
-        learning_curve(a.maze, a.episodes, a.planner, a.config, a.curve, a.out, a.seed, a.workers)
-        return
-
-    configs = a.configs.split(",") if a.configs else list(ABLATIONS)
-    unknown = [c for c in configs if c not in ABLATIONS]
+    configs = a.configs.split(",") if a.configs else None
+    unknown = [c for c in configs or [] if c not in ABLATIONS]
     if unknown:
         raise SystemExit(f"--configs: unknown {unknown}, expected some of {list(ABLATIONS)}")
-    evaluate(a.maze, a.episodes, a.planner, a.config, a.out, configs, a.seed, a.multi_goal, a.workers)
+    if a.curve:
+        learning_curve(a.maze, a.episodes, a.planner, a.config, a.curve, a.out, a.seed, a.workers,
+                       configs or ["df_mcg"])
+        return
+    evaluate(a.maze, a.episodes, a.planner, a.config, a.out, configs or DEFAULT_CONFIGS, a.seed, a.multi_goal,
+             a.workers)
 
 
 def cmd_bench(a) -> None:
@@ -190,7 +191,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="results.json, required but with --probe (maze2d: a .png of planned vs executed "
                                  "paths is written beside it)")
     p.add_argument("--configs", help="comma-separated subset of: df_mcg, no_mcg, mcg_redraws, no_guidance, "
-                                     "full_sequence, warm_start, pd_controller, no_hold (default: all); "
+                                     "full_sequence, warm_start, pd_controller, no_hold (default: these), and the probe "
+                                     "mcg_prior, no_mcg_prior; "
                                      "fruit-swap: memory, memoryless, distractor, distractor_k2")
     p.add_argument("--probe", action="store_true", help="fruit-swap: the first planned move for each of the six "
                                                           "arrangements (does the policy read its cameras?)")
@@ -200,8 +202,10 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1, help="planner processes running episodes in parallel")
     p.add_argument("--merge", nargs="+", metavar="RESULTS", help="maze2d: pool results.json files of one evaluation "
                    "over adjacent env seed ranges into --out (scores concatenated, statistics recomputed)")
-    p.add_argument("--curve", metavar="RUN_DIR", help="learning curve instead: evaluate df_mcg with every snapshot "
-                                                      "in RUN_DIR/snapshots (written by train --snapshot-every)")
+    p.add_argument("--curve", metavar="RUN_DIR", help="learning curve instead: evaluate --configs (default df_mcg) "
+                                                      "with every snapshot in RUN_DIR/snapshots (written by train "
+                                                      "--snapshot-every); with df_mcg,no_mcg also their paired "
+                                                      "difference per snapshot")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="PyTorch denoise latency (median of many calls)")

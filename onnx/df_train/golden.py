@@ -5,7 +5,8 @@ through the ONNX graphs and must reproduce every row within the stated tolerance
 get the pyramid cases only, planned from two history tokens with their (random) images, one of
 them tagged noisy, and the planned tokens without images, as the planner hands them over; their
 guided cases use a guidance scale of 0.1 (the fruit swap plans without guidance). Models without
-cameras also get MCG's redraws form (one plan, `REDRAWS` redrawn x0 per row, with their noise).
+cameras also get MCG's redraws form (one plan, `REDRAWS` redrawn x0 per row, with their noise)
+and its prior-futures probe (only the shared tokens guided).
 """
 
 import json
@@ -42,12 +43,15 @@ def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
     if cameras:
         context_tokens = 2
         t = context_tokens + horizon
-    cases = [(kind, u, guided, "mean_shift", 0) for kind, u in CASE_KINDS.items() for guided in (False, True)
+    # (matrix kind, uncertainty, guided, guidance form, redraws, only the shared tokens guided);
+    # new cases go last, as a case's index seeds its draws.
+    cases = [(kind, u, guided, "mean_shift", 0, False) for kind, u in CASE_KINDS.items() for guided in (False, True)
              if not cameras or kind == "pyramid"]
-    cases.append(("pyramid", CASE_KINDS["pyramid"], True, "score", 0))
+    cases.append(("pyramid", CASE_KINDS["pyramid"], True, "score", 0, False))
     if not cameras:
-        cases.append(("pyramid", CASE_KINDS["pyramid"], True, "mean_shift", REDRAWS))
-    for case, (kind, u, guided, form, redraws) in enumerate(cases):
+        cases.append(("pyramid", CASE_KINDS["pyramid"], True, "mean_shift", REDRAWS, False))
+        cases.append(("pyramid", CASE_KINDS["pyramid"], True, "mean_shift", 0, True))
+    for case, (kind, u, guided, form, redraws, prior) in enumerate(cases):
         gen = torch.Generator().manual_seed(seed * 1000 + case)
         batch = 1 if redraws else 3 if guided else 2
         settings = SamplerSettings(
@@ -59,6 +63,7 @@ def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
             max_gain=20.0,
             shared_tokens=context_tokens + 2 if guided and not redraws else 0,
             redraws=redraws,
+            guided_tokens=context_tokens + 2 if prior else None,
         )
         rows = timestep_rows(matrices.build(kind, horizon, sampling_steps, u), context_tokens, cfg.timesteps, sampling_steps)
         x = torch.randn(batch, t, d, generator=gen)
@@ -98,7 +103,7 @@ def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
         if redraws:
             # Per row, the redrawn windows' draw [redraws, T, D]; the sampler takes it before the step's.
             doc["redraw_noise"] = [_floats(n) for n in redraw_noise]
-        suffix = ("guided" if guided else "plain") + ("_score" if form == "score" else "") + ("_redraws" if redraws else "")
+        suffix = ("guided" if guided else "plain") + ("_score" if form == "score" else "") + ("_redraws" if redraws else "") + ("_prior" if prior else "")
         path = out_dir / f"{kind}_{suffix}.json"
         path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
         written.append(path)

@@ -30,6 +30,9 @@ class SamplerSettings:
     # averaged over the plan's x0 and R redrawn ones, each noisy token re-noised from x0 to its
     # level and denoised again. The context is the same in every draw.
     redraws: int = 0
+    # Only tokens [0, guided_tokens) take the guidance shift (None: every token); the others
+    # follow the model unguided while the reward still reads them (MCG over prior futures).
+    guided_tokens: int | None = None
 
 
 def timestep_rows(matrix: np.ndarray, context_tokens: int, timesteps: int, sampling_steps: int) -> np.ndarray:
@@ -78,6 +81,8 @@ class ReferenceSampler:
             x0, eps = x0.detach(), eps.detach()
             n = s.shared_tokens
             grad[:, :n] = grad[:, :n].mean(dim=0, keepdim=True)
+            if s.guided_tokens is not None:
+                grad[:, s.guided_tokens:] = 0.0
         eps = eps.clamp(-s.noise_clip, s.noise_clip)
         a_t, a_n = self.alpha_bar(cur), self.alpha_bar(nxt)
         changed = nxt != cur

@@ -171,6 +171,17 @@ def test_the_planner_refuses_a_goal_outside_the_maze_and_keeps_serving(setup):
         planner.close()
 
 
+def test_serve_takes_every_configuration_s_overrides(setup):
+    binary, config = setup
+    for name, args in ABLATIONS.items():
+        planner = Planner(binary, config, args)
+        try:
+            planner.ask({"op": "reset", "goal": [1.0, 1.0]})
+            assert planner.ask({"op": "step", "obs": [1.0, 2.0, 0.0, 0.0]})["replanned"], name
+        finally:
+            planner.close()
+
+
 def test_a_planner_that_cannot_start_is_one_clear_error(setup, tmp_path, capfd):
     binary, config = setup
     broken = tmp_path / "broken.yaml"
@@ -183,7 +194,7 @@ def test_a_planner_that_cannot_start_is_one_clear_error(setup, tmp_path, capfd):
 
 
 def test_learning_curve_over_snapshots(setup, tmp_path):
-    from df_train.eval.maze2d import learning_curve
+    from df_train.eval.maze2d import learning_curve, paired_difference
 
     from .conftest import tiny_config
     from df_train.train import train
@@ -192,7 +203,14 @@ def test_learning_curve_over_snapshots(setup, tmp_path):
     cfg = tiny_config(tmp_path, steps=20, snapshot_every=10, tokens=8)  # the config plans 7 tokens
     train(cfg, progress=False)
     out = tmp_path / "curve.json"
-    points = learning_curve("umaze", 1, binary, config, cfg.out, out)
+    points = learning_curve("umaze", 2, binary, config, cfg.out, out, configs=("df_mcg", "no_mcg"))
     assert [p["step"] for p in points] == [10, 20]
     assert json.loads(out.read_text()) == points
     assert out.with_suffix(".png").exists()
+    for p in points:
+        snapshot = json.loads((Path(cfg.out) / "snapshots" / f"step{p['step']:07d}.json").read_text())
+        assert list(p["configs"]) == list(snapshot) == ["df_mcg", "no_mcg"]
+        for name, summary in p["configs"].items():
+            assert summary["normalized_score_mean"] == snapshot[name]["normalized_score_mean"]
+            assert summary["episodes"] == 2
+        assert p["df_mcg_minus_no_mcg"] == paired_difference(snapshot["df_mcg"]["scores"], snapshot["no_mcg"]["scores"])

@@ -6,7 +6,7 @@ from df_train.export import load_model
 from df_train.reference_sampler import ReferenceSampler, SamplerSettings, quadratic_target_cotangent, timestep_rows
 
 
-def run(trained, guided, scale=1.0, shared=0, eta=0.5, kind="pyramid", seed=0, batch=3):
+def run(trained, guided, scale=1.0, shared=0, eta=0.5, kind="pyramid", seed=0, batch=3, guided_tokens=None):
     ckpt = trained[1]
     model, cfg, _ = load_model(ckpt)
     d = cfg.layout.token_dim
@@ -16,7 +16,8 @@ def run(trained, guided, scale=1.0, shared=0, eta=0.5, kind="pyramid", seed=0, b
     noise = torch.randn(len(rows) - 1, batch, 6, d, generator=gen)
     target = torch.full((d,), 1.5)
     settings = SamplerSettings(eta=eta, stabilization_level=cfg.stabilization_level, noise_clip=cfg.noise_clip,
-                               guidance_scale=scale if guided else 0.0, shared_tokens=shared)
+                               guidance_scale=scale if guided else 0.0, shared_tokens=shared,
+                               guided_tokens=guided_tokens)
     cot = quadratic_target_cotangent(target, torch.ones(d)) if guided else None
     states = ReferenceSampler(model, model.alphas_cumprod.double().numpy(), settings).sample(x, rows, noise, cot)
     return states, rows, target
@@ -34,6 +35,16 @@ def test_mcg_shares_near_tokens_and_leaves_far_ones_independent(trained):
     final = states[-1]
     assert torch.equal(final[0, :3], final[1, :3]) and torch.equal(final[0, :3], final[2, :3])
     assert not torch.allclose(final[0, 3:], final[1, 3:])
+
+
+def test_guided_tokens_limits_the_guidance_to_the_first_tokens(trained):
+    plain, _, _ = run(trained, guided=False)
+    # Only the context token may be guided, and it never steps: the plan is the unguided one.
+    context_only, _, _ = run(trained, guided=True, guided_tokens=1)
+    assert torch.equal(context_only[-1], plain[-1])
+    near, _, _ = run(trained, guided=True, shared=3, guided_tokens=3)
+    everything, _, _ = run(trained, guided=True, shared=3)
+    assert not torch.allclose(near[-1], plain[-1]) and not torch.allclose(near[-1], everything[-1])
 
 
 def test_tokens_whose_level_stays_are_untouched(trained):

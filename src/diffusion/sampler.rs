@@ -13,7 +13,8 @@
 //!    and denoised again; the cotangent on x0 becomes (c(x0) + Σ_r √ᾱ_t·(∂x0'_r/∂x_t')ᵀc(x0'_r))
 //!    / (R + 1) before the pull-back.
 //! 3. Tokens whose level falls take a DDIM step with ε̂ = clamp(ε, ±noise_clip) and
-//!    x̂0 = x0 + scale·gain(ᾱ_t)·g (`GuidanceForm`); tokens whose level stays are not touched.
+//!    x̂0 = x0 + scale·gain(ᾱ_t)·g (`GuidanceForm`), for the guided tokens only when
+//!    `guided_tokens` limits them; tokens whose level stays are not touched.
 
 use ndarray::{s, Array2, Array3, ArrayView3, Axis};
 use thiserror::Error;
@@ -76,6 +77,9 @@ pub struct SamplerSettings {
     pub shared_tokens: usize,
     /// Extra x0 draws R per row whose reward is averaged in (0: none; see the module doc).
     pub redraws: usize,
+    /// Only tokens [0, n) take the guidance shift (None: every token). The others follow the
+    /// model unguided, while the reward still reads them (MCG over prior futures).
+    pub guided_tokens: Option<usize>,
 }
 
 /// Preallocated buffers for one window shape; reuse it across plans.
@@ -141,6 +145,9 @@ impl Sampler {
                 format!("<= {} tokens", shape.1),
                 settings.shared_tokens,
             ));
+        }
+        if let Some(n) = settings.guided_tokens.filter(|&n| n > shape.1) {
+            return Err(mismatch("guided_tokens", format!("<= {} tokens", shape.1), n));
         }
         if settings.redraws > 0 && shape.0 != 1 {
             return Err(mismatch("redraws: batch of samples", 1, shape.0));
@@ -312,7 +319,7 @@ impl Sampler {
             }
             let ab_t = self.alpha_bar.at(t);
             let c = ddim_coefficients(ab_t, self.alpha_bar.at(t_next), s.eta);
-            let shift = if guidance.is_some() {
+            let shift = if guidance.is_some() && s.guided_tokens.is_none_or(|n| token < n) {
                 (s.guidance_scale * s.guidance_form.gain(ab_t)) as f32
             } else {
                 0.0
@@ -532,6 +539,7 @@ mod tests {
             guidance_form: GuidanceForm::MeanShift,
             shared_tokens: 0,
             redraws: 2,
+            guided_tokens: None,
         };
         let mut sampler = Sampler::new(settings, alpha_bar, (1, 1, 2)).unwrap();
         let x_init = [0.4_f32, -1.2];
@@ -572,6 +580,48 @@ mod tests {
         }
         // How far averaging moved the plan's own cotangent c = −x0.
         assert!((sampler.mcg_shift().unwrap() - (moved / own).sqrt()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn guided_tokens_limits_the_guidance_shift_to_the_first_tokens() {
+        let alpha_bar = AlphaBar::new(vec![0.9, 0.5, 0.1]).unwrap();
+        let rows = SchedulingMatrix::build(MatrixKind::FullSequence, 2, 2)
+            .unwrap()
+            .to_timesteps(0, 3);
+        let reward = QuadraticTarget {
+            target: vec![1.0; 2],
+            weights: vec![1.0; 2],
+        };
+        let run = |guidance_scale: f64, guided_tokens: Option<usize>| {
+            let settings = SamplerSettings {
+                eta: 0.0,
+                stabilization_level: 0,
+                noise_clip: 6.0,
+                guidance_scale,
+                guidance_form: GuidanceForm::MeanShift,
+                shared_tokens: 0,
+                redraws: 0,
+                guided_tokens,
+            };
+            let mut sampler = Sampler::new(settings, alpha_bar.clone(), (1, 2, 2)).unwrap();
+            let mut x = Array3::from_shape_vec((1, 2, 2), vec![0.4, -1.2, -0.3, 0.8]).unwrap();
+            sampler
+                .run(
+                    &mut Identity,
+                    &mut x,
+                    &rows,
+                    Some(&reward),
+                    &mut Counting(0.0),
+                    |_, _| {},
+                )
+                .unwrap();
+            x
+        };
+        let (all, first, none) = (run(2.0, None), run(2.0, Some(1)), run(0.0, None));
+        // Identity's tokens do not see each other, so each token is guided or not on its own.
+        assert_eq!(first.slice(s![.., 0, ..]), all.slice(s![.., 0, ..]));
+        assert_eq!(first.slice(s![.., 1, ..]), none.slice(s![.., 1, ..]));
+        assert_ne!(all.slice(s![.., 1, ..]), none.slice(s![.., 1, ..]));
     }
 
     #[test]

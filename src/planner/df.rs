@@ -87,6 +87,10 @@ pub enum McgForm {
     /// over them; far tokens are independent per sample (the paper's description).
     #[default]
     Futures,
+    /// As `Futures`, but only the executed tokens take the guidance: each sample's far
+    /// tokens follow the model unguided, so the executed tokens are steered by the reward
+    /// expected over the model's own futures. With N = 1, one such future.
+    PriorFutures,
     /// One plan; at every row the reward is averaged over its own x0 and N − 1 redraws of it,
     /// each noisy token re-noised to its level and denoised again (the official code's
     /// `ddim_repeats`; `Sampler` module doc).
@@ -97,7 +101,7 @@ impl PlannerSettings {
     /// Plans in the sampler's batch.
     fn batch(&self) -> usize {
         match self.mcg {
-            McgForm::Futures => self.samples,
+            McgForm::Futures | McgForm::PriorFutures => self.samples,
             McgForm::Redraws => 1,
         }
     }
@@ -210,9 +214,10 @@ impl DfPlanner {
                     0
                 },
                 redraws: match s.mcg {
-                    McgForm::Futures => 0,
+                    McgForm::Futures | McgForm::PriorFutures => 0,
                     McgForm::Redraws => s.samples - 1,
                 },
+                guided_tokens: (s.mcg == McgForm::PriorFutures).then_some((context + s.shared_tokens).min(tokens)),
             };
             let warm = warm_level.map(|level| {
                 let carried = horizon - s.warm_shift_tokens;

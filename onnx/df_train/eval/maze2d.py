@@ -33,7 +33,13 @@ ABLATIONS = {
     "warm_start": ["--warm-start-level", "5"],
     "pd_controller": ["--execute", "pd_controller"],
     "no_hold": ["--hold-radius", "none"],
+    # A probe of why MCG does not help here (docs/maze2d.md): only the executed tokens are
+    # guided, so each sample's far tokens are the model's own, unguided future.
+    "mcg_prior": ["--mcg", "prior_futures"],
+    "no_mcg_prior": ["--mcg", "prior_futures", "--samples", "1"],
 }
+# What an eval runs unless --configs names others: all but the probe.
+DEFAULT_CONFIGS = [name for name in ABLATIONS if name not in ("mcg_prior", "no_mcg_prior")]
 
 
 def run_episode(planner: Planner, env: Maze2DEnv, planner_seed: int, record: bool = False) -> dict:
@@ -181,10 +187,11 @@ def table(results: dict) -> str:
 
 def evaluate(maze, episodes, binary, config, out, configs=None, seed=0, multi_goal=False, workers=1) -> dict:
     results = {}
-    for name in configs or list(ABLATIONS):
+    configs = configs or DEFAULT_CONFIGS
+    for name in configs:
         start = time.perf_counter()
         summary, recorded = evaluate_config(maze, episodes, binary, config, ABLATIONS[name], seed, multi_goal, workers,
-                                            record=(name == (configs or list(ABLATIONS))[0]))
+                                            record=(name == configs[0]))
         summary["wall_s"] = time.perf_counter() - start
         # The paper reports multi-goal for DF with MCG only.
         paper_key = ("multi_goal_df" if name == "df_mcg" else None) if multi_goal else name
@@ -278,9 +285,11 @@ def pooled_mcg_shift(summaries: list) -> float | None:
     return sum(part["mcg_shift_mean"] * part["plans"] for part in summaries) / sum(part["plans"] for part in summaries)
 
 
-def learning_curve(maze, episodes, binary, config, run_dir, out, seed=0, workers=1) -> list[dict]:
+def learning_curve(maze, episodes, binary, config, run_dir, out, seed=0, workers=1, configs=("df_mcg",)) -> list[dict]:
     """Score vs training steps: export every snapshot in run_dir/snapshots and evaluate the
-    tuned configuration (df_mcg) with it. Writes out (.json) and a .png beside it."""
+    configurations with it (each snapshot's results.json beside it). With df_mcg and no_mcg,
+    each point also has their paired difference, to see whether MCG's effect grows with
+    training. Writes out (.json) and a .png beside it."""
     import yaml
 
     from ..export import export
@@ -295,13 +304,16 @@ def learning_curve(maze, episodes, binary, config, run_dir, out, seed=0, workers
         cfg["model"]["path"] = str(model.resolve())
         snap_config = snap.with_suffix(".yaml")
         snap_config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        summary, _ = evaluate_config(maze, episodes, binary, str(snap_config), ABLATIONS["df_mcg"], seed, False, workers,
-                                     record=False)
         step = int(snap.stem.removeprefix("step"))
-        points.append({"step": step, **{k: summary[k] for k in ("normalized_score_mean", "normalized_score_std",
-                                                                 "success_rate", "episodes")}})
-        print(f"{maze} step {step}: {summary['normalized_score_mean']:.1f} ± {summary['normalized_score_std']:.1f}",
-              flush=True)
+        print(f"{maze} snapshot at step {step}:", flush=True)
+        results = evaluate(maze, episodes, binary, str(snap_config), snap.with_suffix(".json"), list(configs), seed,
+                           False, workers)
+        point = {"step": step,
+                 "configs": {name: {k: r[k] for k in ("normalized_score_mean", "normalized_score_std", "success_rate",
+                                                      "episodes")} for name, r in results.items()}}
+        if "no_mcg" in results and "df_mcg" in results:
+            point["df_mcg_minus_no_mcg"] = results["no_mcg"]["df_mcg_minus_this"]
+        points.append(point)
         Path(out).write_text(json.dumps(points, indent=2) + "\n")
     if points:
         import matplotlib
@@ -311,13 +323,15 @@ def learning_curve(maze, episodes, binary, config, run_dir, out, seed=0, workers
 
         fig, ax = plt.subplots(figsize=(5, 3.5))
         steps = [p["step"] for p in points]
-        mean = np.array([p["normalized_score_mean"] for p in points])
-        sem = np.array([p["normalized_score_std"] / p["episodes"] ** 0.5 for p in points])
-        ax.errorbar(steps, mean, yerr=sem, marker="o", capsize=3)
+        for name in configs:
+            mean = np.array([p["configs"][name]["normalized_score_mean"] for p in points])
+            sem = np.array([p["configs"][name]["normalized_score_std"] / p["configs"][name]["episodes"] ** 0.5
+                            for p in points])
+            ax.errorbar(steps, mean, yerr=sem, marker="o", capsize=3, label=name)
         ax.axhline(PAPER[maze]["df_mcg"][0], color="g", ls="--", label="paper (DF with MCG)")
         ax.set_xlabel("training steps")
         ax.set_ylabel("normalized score")
-        ax.set_title(f"maze2d-{maze}: {points[-1]['episodes']} episodes per point")
+        ax.set_title(f"maze2d-{maze}: {episodes} episodes per point")
         ax.legend()
         fig.tight_layout()
         fig.savefig(Path(out).with_suffix(".png"), dpi=100)
