@@ -193,7 +193,7 @@ def test_a_planner_that_cannot_start_is_one_clear_error(setup, tmp_path, capfd):
     assert "missing.onnx: not found" in capfd.readouterr().err
 
 
-def test_learning_curve_over_snapshots(setup, tmp_path):
+def test_learning_curve_over_snapshots(setup, tmp_path, monkeypatch):
     from df_train.eval.maze2d import learning_curve, paired_difference
 
     from .conftest import tiny_config
@@ -214,3 +214,22 @@ def test_learning_curve_over_snapshots(setup, tmp_path):
             assert summary["normalized_score_mean"] == snapshot[name]["normalized_score_mean"]
             assert summary["episodes"] == 2
         assert p["df_mcg_minus_no_mcg"] == paired_difference(snapshot["df_mcg"]["scores"], snapshot["no_mcg"]["scores"])
+
+    # A rerun (more snapshots written meanwhile) reuses what was measured; other episodes are not that.
+    import df_train.eval.maze2d as maze2d
+
+    def evaluate(*args, **kwargs):
+        raise AssertionError("evaluated again")
+
+    monkeypatch.setattr(maze2d, "evaluate", evaluate)
+    assert learning_curve("umaze", 2, binary, config, cfg.out, out, configs=("df_mcg", "no_mcg")) == points
+    with pytest.raises(AssertionError, match="evaluated again"):
+        learning_curve("umaze", 1, binary, config, cfg.out, out, configs=("df_mcg", "no_mcg"))
+    import yaml
+
+    other = yaml.safe_load(Path(config).read_text())
+    other["planner"]["seed"] += 1
+    other_config = tmp_path / "other.yaml"
+    other_config.write_text(yaml.safe_dump(other))
+    with pytest.raises(AssertionError, match="evaluated again"):
+        learning_curve("umaze", 2, binary, str(other_config), cfg.out, out, configs=("df_mcg", "no_mcg"))

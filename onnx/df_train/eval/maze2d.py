@@ -285,11 +285,26 @@ def pooled_mcg_shift(summaries: list) -> float | None:
     return sum(part["mcg_shift_mean"] * part["plans"] for part in summaries) / sum(part["plans"] for part in summaries)
 
 
+def _earlier_results(path: Path, maze, episodes, seed, configs) -> dict | None:
+    """A snapshot's results from an earlier curve run, if they are what this run would measure
+    (same configurations, episodes and seeds; the caller checks the config file), so that a
+    curve can be extended while training still writes snapshots."""
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+    for name in configs:
+        r = results.get(name)
+        if (r is None or r["maze"] != maze or r["multi_goal"] or r["episodes"] != episodes
+                or r["env_seeds"] != [seed, seed + episodes - 1] or r["serve_args"] != ABLATIONS[name]):
+            return None
+    return results
+
+
 def learning_curve(maze, episodes, binary, config, run_dir, out, seed=0, workers=1, configs=("df_mcg",)) -> list[dict]:
     """Score vs training steps: export every snapshot in run_dir/snapshots and evaluate the
-    configurations with it (each snapshot's results.json beside it). With df_mcg and no_mcg,
-    each point also has their paired difference, to see whether MCG's effect grows with
-    training. Writes out (.json) and a .png beside it."""
+    configurations with it (each snapshot's results.json beside it; a rerun reuses those that
+    match). With df_mcg and no_mcg, each point also has their paired difference, to see
+    whether MCG's effect grows with training. Writes out (.json) and a .png beside it."""
     import yaml
 
     from ..export import export
@@ -302,17 +317,23 @@ def learning_curve(maze, episodes, binary, config, run_dir, out, seed=0, workers
             export(snap, model)
         cfg = yaml.safe_load(Path(config).read_text())
         cfg["model"]["path"] = str(model.resolve())
-        snap_config = snap.with_suffix(".yaml")
-        snap_config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        snap_config, snap_results = snap.with_suffix(".yaml"), snap.with_suffix(".json")
+        text = yaml.safe_dump(cfg, sort_keys=False)
+        same_config = snap_config.exists() and snap_config.read_text() == text
+        snap_config.write_text(text)
         step = int(snap.stem.removeprefix("step"))
-        print(f"{maze} snapshot at step {step}:", flush=True)
-        results = evaluate(maze, episodes, binary, str(snap_config), snap.with_suffix(".json"), list(configs), seed,
-                           False, workers)
+        results = _earlier_results(snap_results, maze, episodes, seed, configs) if same_config else None
+        if results is None:
+            print(f"{maze} snapshot at step {step}:", flush=True)
+            results = evaluate(maze, episodes, binary, str(snap_config), snap_results, list(configs), seed, False,
+                               workers)
+        else:
+            print(f"{maze} snapshot at step {step}: evaluated before ({snap_results})", flush=True)
         point = {"step": step,
-                 "configs": {name: {k: r[k] for k in ("normalized_score_mean", "normalized_score_std", "success_rate",
-                                                      "episodes")} for name, r in results.items()}}
-        if "no_mcg" in results and "df_mcg" in results:
-            point["df_mcg_minus_no_mcg"] = results["no_mcg"]["df_mcg_minus_this"]
+                 "configs": {name: {k: results[name][k] for k in ("normalized_score_mean", "normalized_score_std",
+                                                                  "success_rate", "episodes")} for name in configs}}
+        if "df_mcg" in configs and "no_mcg" in configs:
+            point["df_mcg_minus_no_mcg"] = paired_difference(results["df_mcg"]["scores"], results["no_mcg"]["scores"])
         points.append(point)
         Path(out).write_text(json.dumps(points, indent=2) + "\n")
     if points:
