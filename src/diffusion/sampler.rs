@@ -473,7 +473,7 @@ fn mismatch(field: &'static str, expected: impl ToString, got: impl ToString) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diffusion::{MatrixKind, QuadraticTarget, SchedulingMatrix};
+    use crate::diffusion::{MatrixKind, QuadraticTarget, SchedulingMatrix, TimestepRows};
     use ndarray::{ArrayView2, ArrayViewMut3};
 
     /// x0 = x_t, ε = 0: its vector-Jacobian product is the cotangent itself.
@@ -523,6 +523,40 @@ mod tests {
         }
     }
 
+    fn settings(guidance_scale: f64, redraws: usize, guided_tokens: Option<usize>) -> SamplerSettings {
+        SamplerSettings {
+            eta: 0.0,
+            stabilization_level: 0,
+            noise_clip: 6.0,
+            guidance_scale,
+            guidance_form: GuidanceForm::MeanShift,
+            shared_tokens: 0,
+            redraws,
+            guided_tokens,
+        }
+    }
+
+    /// Sample `x` through `Identity` with the `Counting` draws, guided towards `target` in
+    /// every dimension; returns the sampler (for `mcg_shift`).
+    fn sample_identity(
+        settings: SamplerSettings,
+        alpha_bar: &AlphaBar,
+        rows: &TimestepRows,
+        x: &mut Array3<f32>,
+        target: f32,
+    ) -> Sampler {
+        let dim = x.dim().2;
+        let reward = QuadraticTarget {
+            target: vec![target; dim],
+            weights: vec![1.0; dim],
+        };
+        let mut sampler = Sampler::new(settings, alpha_bar.clone(), x.dim()).unwrap();
+        sampler
+            .run(&mut Identity, x, rows, Some(&reward), &mut Counting(0.0), |_, _| {})
+            .unwrap();
+        sampler
+    }
+
     #[test]
     fn redraws_average_the_reward_over_the_plan_and_its_renoised_draws() {
         let alpha_bar = AlphaBar::new(vec![0.9, 0.5, 0.1]).unwrap();
@@ -531,33 +565,9 @@ mod tests {
             .to_timesteps(0, 3);
         let (t, t_next) = (rows.row(0)[0], rows.row(1)[0]);
         let (ab, ab_next) = (alpha_bar.at(t), alpha_bar.at(t_next));
-        let settings = SamplerSettings {
-            eta: 0.0,
-            stabilization_level: 0,
-            noise_clip: 6.0,
-            guidance_scale: 2.0,
-            guidance_form: GuidanceForm::MeanShift,
-            shared_tokens: 0,
-            redraws: 2,
-            guided_tokens: None,
-        };
-        let mut sampler = Sampler::new(settings, alpha_bar, (1, 1, 2)).unwrap();
         let x_init = [0.4_f32, -1.2];
         let mut x = Array3::from_shape_vec((1, 1, 2), x_init.to_vec()).unwrap();
-        let reward = QuadraticTarget {
-            target: vec![0.0; 2],
-            weights: vec![1.0; 2],
-        };
-        sampler
-            .run(
-                &mut Identity,
-                &mut x,
-                &rows,
-                Some(&reward),
-                &mut Counting(0.0),
-                |_, _| {},
-            )
-            .unwrap();
+        let sampler = sample_identity(settings(2.0, 2, None), &alpha_bar, &rows, &mut x, 0.0);
 
         // Draws r = 0, 1 re-noise x0 with ε = 0.5, 1.0 (dim 0) and 1.5, 2.0 (dim 1), stored
         // [r][d]: ε[0] = (0.5, 1.0), ε[1] = (1.5, 2.0). c(x) = −x; each draw's pull-back is
@@ -588,33 +598,10 @@ mod tests {
         let rows = SchedulingMatrix::build(MatrixKind::FullSequence, 2, 2)
             .unwrap()
             .to_timesteps(0, 3);
-        let reward = QuadraticTarget {
-            target: vec![1.0; 2],
-            weights: vec![1.0; 2],
-        };
         let run = |guidance_scale: f64, guided_tokens: Option<usize>| {
-            let settings = SamplerSettings {
-                eta: 0.0,
-                stabilization_level: 0,
-                noise_clip: 6.0,
-                guidance_scale,
-                guidance_form: GuidanceForm::MeanShift,
-                shared_tokens: 0,
-                redraws: 0,
-                guided_tokens,
-            };
-            let mut sampler = Sampler::new(settings, alpha_bar.clone(), (1, 2, 2)).unwrap();
             let mut x = Array3::from_shape_vec((1, 2, 2), vec![0.4, -1.2, -0.3, 0.8]).unwrap();
-            sampler
-                .run(
-                    &mut Identity,
-                    &mut x,
-                    &rows,
-                    Some(&reward),
-                    &mut Counting(0.0),
-                    |_, _| {},
-                )
-                .unwrap();
+            let settings = settings(guidance_scale, 0, guided_tokens);
+            sample_identity(settings, &alpha_bar, &rows, &mut x, 1.0);
             x
         };
         let (all, first, none) = (run(2.0, None), run(2.0, Some(1)), run(0.0, None));
