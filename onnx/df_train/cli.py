@@ -191,8 +191,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="results.json, required but with --probe (maze2d: a .png of planned vs executed "
                                  "paths is written beside it)")
     p.add_argument("--configs", help="comma-separated subset of: df_mcg, no_mcg, mcg_redraws, no_guidance, "
-                                     "full_sequence, warm_start, pd_controller, no_hold (default: these), and the probe "
-                                     "mcg_prior, no_mcg_prior; "
+                                     "full_sequence, warm_start, pd_controller, no_hold, straight_to_goal (no planner: PD "
+                                     "straight at the goal) (default: these), and the probe mcg_prior, "
+                                     "no_mcg_prior; "
                                      "fruit-swap: memory, memoryless, distractor, distractor_k2")
     p.add_argument("--probe", action="store_true", help="fruit-swap: the first planned move for each of the six "
                                                           "arrangements (does the policy read its cameras?)")

@@ -13,6 +13,7 @@ pytest.importorskip("mujoco")
 
 from df_train.cli import main  # noqa: E402
 from df_train.eval.maze2d import ABLATIONS, Planner, evaluate  # noqa: E402
+from df_train.envs.maze2d import Maze2DEnv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {"normalized_score_mean", "normalized_score_std", "success_rate", "episodes", "replan_ms_p50", "replan_ms_p99"}
@@ -174,12 +175,41 @@ def test_the_planner_refuses_a_goal_outside_the_maze_and_keeps_serving(setup):
 def test_serve_takes_every_configuration_s_overrides(setup):
     binary, config = setup
     for name, args in ABLATIONS.items():
+        if args is None:
+            continue  # a baseline without the planner
         planner = Planner(binary, config, args)
         try:
             planner.ask({"op": "reset", "goal": [1.0, 1.0]})
             assert planner.ask({"op": "step", "obs": [1.0, 2.0, 0.0, 0.0]})["replanned"], name
         finally:
             planner.close()
+
+
+def test_straight_to_goal_reaches_the_goal_only_along_an_open_straight_line(setup, tmp_path):
+    from df_train.eval.maze2d import StraightToGoal, run_episode
+
+    binary, config = setup
+    # U-Maze, goal in cell (1, 1): open along row 1 from (1, 3); the wall cell (2, 1) lies
+    # between (3, 1) and the goal.
+    baseline = StraightToGoal(config)
+    assert run_episode(baseline, ReachFrom((1, 3)), 0)["first_reach"] is not None
+    assert run_episode(baseline, ReachFrom((3, 1)), 0)["total_reward"] == 0.0
+    out = tmp_path / "baseline.json"
+    results = evaluate("umaze", 2, binary, config, out, ["df_mcg", "straight_to_goal"], seed=3)
+    r = results["straight_to_goal"]
+    assert r["serve_args"] is None and r["plans"] == 0 and r["replan_ms_p50"] is None
+    assert "df_mcg_minus_this" in r and "straight_to_goal" in out.with_suffix(".md").read_text()
+
+
+class ReachFrom(Maze2DEnv):
+    """U-Maze episodes that start in one cell."""
+
+    def __init__(self, cell):
+        super().__init__("umaze", seed=0)
+        self.cell = cell
+
+    def reset(self, cell=None):
+        return super().reset(self.cell)
 
 
 def test_a_planner_that_cannot_start_is_one_clear_error(setup, tmp_path, capfd):

@@ -37,12 +37,43 @@ ABLATIONS = {
     # guided, so each sample's far tokens are the model's own, unguided future.
     "mcg_prior": ["--mcg", "prior_futures"],
     "no_mcg_prior": ["--mcg", "prior_futures", "--samples", "1"],
+    # No planner: serve's PD controller aimed straight at the goal (StraightToGoal).
+    "straight_to_goal": None,
 }
 # What an eval runs unless --configs names others: all but the probe.
 DEFAULT_CONFIGS = [name for name in ABLATIONS if name not in ("mcg_prior", "no_mcg_prior")]
 
 
-def run_episode(planner: Planner, env: Maze2DEnv, planner_seed: int, record: bool = False) -> dict:
+class StraightToGoal:
+    """The `straight_to_goal` baseline, answering as `df_planner serve` does but with no model:
+    serve's PD controller (the config's gains) aimed straight at the goal, at rest. It ignores
+    the walls, so it reaches the goal exactly from the starts with an open straight path: the
+    floor a planner must beat to show that it plans around walls."""
+
+    def __init__(self, config: str):
+        import yaml
+
+        serve = yaml.safe_load(Path(config).read_text()).get("serve") or {}
+        self.kp, self.kd = serve.get("kp", 10.0), serve.get("kd", 4.0)
+        self.goal = None
+
+    def ask(self, request: dict) -> dict:
+        if request["op"] == "reset":
+            self.goal = np.asarray(request["goal"], dtype=np.float64)
+            return {"ok": True}
+        if request["op"] == "step":
+            obs = np.asarray(request["obs"], dtype=np.float64)
+            action = np.clip(self.kp * (self.goal - obs[:2]) - self.kd * obs[2:4], -1.0, 1.0)
+            return {"ok": True, "action": action.tolist(), "replanned": False}
+        if request["op"] == "stats":
+            return {"ok": True, "plans": 0, "replan_ms_p50": None, "replan_ms_p99": None, "replan_ms_max": None}
+        raise ValueError(f"straight_to_goal: unknown op {request['op']!r}")
+
+    def close(self) -> None:
+        pass
+
+
+def run_episode(planner: Planner | StraightToGoal, env: Maze2DEnv, planner_seed: int, record: bool = False) -> dict:
     obs = env.reset()
     if not in_free_space(env.maze, env.goal):
         raise ValueError(f"goal {env.goal.tolist()} is outside the free space of maze {env.maze}")
@@ -68,7 +99,7 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
     """Episodes split over `workers` planner processes; episode i uses env seed and planner
     seed `seed + i`, so its result does not depend on the split."""
     def worker(w: int):
-        planner = Planner(binary, config, args)
+        planner = Planner(binary, config, args) if args is not None else StraightToGoal(config)
         try:
             done = []
             for i in range(w, episodes, workers):
@@ -93,9 +124,7 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
         "success_rate": len(reaches) / len(scores),
         "time_to_first_reach_mean": statistics.fmean(reaches) if reaches else None,
         # Worst worker's percentiles: conservative when episodes run in parallel processes.
-        "replan_ms_p50": max(s["replan_ms_p50"] for s in stats),
-        "replan_ms_p99": max(s["replan_ms_p99"] for s in stats),
-        "replan_ms_max": max(s["replan_ms_max"] for s in stats),
+        **worst_replan_ms(stats),
         "plans": sum(s["plans"] for s in stats),
         # How much averaging over the sampled futures changed the executed tokens' guidance
         # (serve's mcg_shift), mean over plans; None without MCG.
@@ -181,7 +210,7 @@ def table(results: dict) -> str:
         rows.append(f"| {r['maze']}{' multi-goal' if r['multi_goal'] else ''} {name} | "
                     f"{r['normalized_score_mean']:.1f} ± {r['normalized_score_std']:.1f} | {diff} | "
                     f"{r['success_rate']:.2f} | {reach} | "
-                    f"{r['replan_ms_p50']:.1f} / {r['replan_ms_p99']:.1f} | {r['episodes']} | {paper} |")
+                    f"{_ms(r['replan_ms_p50'])} / {_ms(r['replan_ms_p99'])} | {r['episodes']} | {paper} |")
     return "\n".join(rows) + "\n"
 
 
@@ -199,7 +228,7 @@ def evaluate(maze, episodes, binary, config, out, configs=None, seed=0, multi_go
         results[name] = summary
         fill_paired_differences(results)
         print(f"{maze} {name}: {summary['normalized_score_mean']:.1f} ± {summary['normalized_score_std']:.1f} "
-              f"(success {summary['success_rate']:.2f}, replan p50 {summary['replan_ms_p50']:.1f} ms, "
+              f"(success {summary['success_rate']:.2f}, replan p50 {_ms(summary['replan_ms_p50'])} ms, "
               f"{summary['wall_s']:.0f} s)", flush=True)
         write_results(results, out)  # makes the output folder the plot goes into
         if recorded:
@@ -264,7 +293,7 @@ def merge(paths: list, out) -> dict:
             **score_summary(scores),
             "success_rate": sum(reached) / len(scores),
             "time_to_first_reach_mean": reach_steps / sum(reached) if sum(reached) else None,
-            **{k: max(part[k] for part in summaries) for k in ("replan_ms_p50", "replan_ms_p99", "replan_ms_max")},
+            **worst_replan_ms(summaries),
             "plans": sum(part["plans"] for part in summaries),
             "mcg_shift_mean": pooled_mcg_shift(summaries),
             "env_seeds": [summaries[0]["env_seeds"][0], summaries[-1]["env_seeds"][1]],
@@ -276,6 +305,18 @@ def merge(paths: list, out) -> dict:
     fill_paired_differences(results)
     write_results(results, out)
     return results
+
+
+def worst_replan_ms(parts: list) -> dict:
+    """The worst part's replan percentiles; None for a baseline, which never plans."""
+    keys = ("replan_ms_p50", "replan_ms_p99", "replan_ms_max")
+    if any(part[k] is None for part in parts for k in keys):
+        return dict.fromkeys(keys)
+    return {k: max(part[k] for part in parts) for k in keys}
+
+
+def _ms(value) -> str:
+    return "—" if value is None else f"{value:.1f}"
 
 
 def pooled_mcg_shift(summaries: list) -> float | None:
