@@ -82,6 +82,7 @@ def run_file(path, seed, per_config, multi_goal=False):
             "normalized_score_mean": statistics.fmean(scores), "normalized_score_std": statistics.pstdev(scores),
             "normalized_score_sem": 0.0, "scores": scores, "success_rate": len(reached) / len(scores),
             "time_to_first_reach_mean": statistics.fmean(reached) if reached else None,
+            "reached": [r is not None for r in reaches],
             "replan_ms_p50": 50.0 + seed, "replan_ms_p99": 80.0 + seed, "replan_ms_max": 90.0 + seed,
             "plans": 10 * len(scores), "mcg_shift_mean": 0.1 * len(scores) if name == "df_mcg" else None,
             "env_seeds": [seed, seed + len(scores) - 1],
@@ -109,6 +110,7 @@ def test_runs_over_adjacent_seeds_merge_into_one_run_over_all_of_them(tmp_path):
         reached = [x for x in reaches if x is not None]
         assert r["success_rate"] == pytest.approx(len(reached) / 5)
         assert r["time_to_first_reach_mean"] == pytest.approx(statistics.fmean(reached))
+        assert r["reached"] == [x is not None for x in reaches]
         assert r["replan_ms_p99"] == 92.0 and r["plans"] == 50
         assert r["merged_from"] == [str(early), str(late)]
         assert KEYS <= set(r)
@@ -186,7 +188,7 @@ def test_serve_takes_every_configuration_s_overrides(setup):
 
 
 def test_straight_to_goal_reaches_the_goal_only_along_an_open_straight_line(setup, tmp_path):
-    from df_train.eval.maze2d import StraightToGoal, run_episode
+    from df_train.eval.maze2d import StraightToGoal, paired_difference, run_episode
 
     binary, config = setup
     # U-Maze, goal in cell (1, 1): open along row 1 from (1, 3); the wall cell (2, 1) lies
@@ -199,6 +201,12 @@ def test_straight_to_goal_reaches_the_goal_only_along_an_open_straight_line(setu
     r = results["straight_to_goal"]
     assert r["serve_args"] is None and r["plans"] == 0 and r["replan_ms_p50"] is None
     assert "df_mcg_minus_this" in r and "straight_to_goal" in out.with_suffix(".md").read_text()
+    planner = results["df_mcg"]
+    against = planner["against_straight_to_goal"]
+    assert against["this_minus_straight"] == pytest.approx(paired_difference(planner["scores"], r["scores"]), nan_ok=True)
+    both = list(zip(planner["reached"], r["reached"]))
+    assert against["reached_where_straight_did_not"] == sum(a and not b for a, b in both)
+    assert len(both) == 2 and "against_straight_to_goal" not in r
 
 
 class ReachFrom(Maze2DEnv):

@@ -123,6 +123,7 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
         **score_summary(scores),
         "success_rate": len(reaches) / len(scores),
         "time_to_first_reach_mean": statistics.fmean(reaches) if reaches else None,
+        "reached": [r["first_reach"] is not None for _, r in results],
         # Worst worker's percentiles: conservative when episodes run in parallel processes.
         **worst_replan_ms(stats),
         "plans": sum(s["plans"] for s in stats),
@@ -177,11 +178,25 @@ def score_summary(scores: list[float]) -> dict:
 
 
 def fill_paired_differences(results: dict) -> None:
-    """df_mcg − each other configuration, whichever order the configurations ran in."""
+    """df_mcg − each other configuration, whichever order the configurations ran in; and each
+    configuration against the straight_to_goal baseline: the paired difference, and in how
+    many episodes one reached the goal and the other did not (does the planner route around
+    walls?)."""
     if "df_mcg" in results:
         for other, r in results.items():
             if other != "df_mcg":
                 r["df_mcg_minus_this"] = paired_difference(results["df_mcg"]["scores"], r["scores"])
+    straight = results.get("straight_to_goal")
+    if straight is None or "reached" not in straight:
+        return
+    for name, r in results.items():
+        if name != "straight_to_goal" and "reached" in r:
+            pairs = list(zip(r["reached"], straight["reached"], strict=True))
+            r["against_straight_to_goal"] = {
+                "this_minus_straight": paired_difference(r["scores"], straight["scores"]),
+                "reached_where_straight_did_not": sum(a and not b for a, b in pairs),
+                "straight_reached_where_this_did_not": sum(b and not a for a, b in pairs),
+            }
 
 
 def paired_difference(reference: list[float], other: list[float]) -> dict:
@@ -293,6 +308,9 @@ def merge(paths: list, out) -> dict:
             **score_summary(scores),
             "success_rate": sum(reached) / len(scores),
             "time_to_first_reach_mean": reach_steps / sum(reached) if sum(reached) else None,
+            # Per episode, when every run has it (results written before it was added do not).
+            **({"reached": [v for part in summaries for v in part["reached"]]}
+               if all("reached" in part for part in summaries) else {}),
             **worst_replan_ms(summaries),
             "plans": sum(part["plans"] for part in summaries),
             "mcg_shift_mean": pooled_mcg_shift(summaries),
