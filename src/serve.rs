@@ -11,6 +11,9 @@
 //!   replanned with MCG: how much averaging over the sampled futures changed the executed
 //!   tokens' guidance, ‖ḡ − g₀‖ / ‖g₀‖)}`
 //! - `{"op": "stats"}` → `{"ok": true, "plans": n, "replan_ms_p50": f, "replan_ms_p99": f, "replan_ms_max": f}`
+//! - `{"op": "score_path", "positions": [[x, y], ...]}` → `{"ok": true, "reward": f}`: the
+//!   goal reward the planner maximizes, of any path (one position per step, as planned
+//!   frames), for the current goal: what guidance prefers among paths it did not plan
 //!
 //! A malformed line or a bad request is answered `{"ok": false, "error": "..."}` and logged;
 //! the server keeps its state and waits for the next line.
@@ -82,6 +85,9 @@ enum Request {
         obs: Vec<f64>,
     },
     Stats,
+    ScorePath {
+        positions: Vec<[f64; 2]>,
+    },
 }
 
 pub struct Server {
@@ -162,6 +168,7 @@ impl Server {
                 let s = self.latency.summary_ms();
                 json!({"ok": true, "plans": s.count, "replan_ms_p50": s.p50_ms, "replan_ms_p99": s.p99_ms, "replan_ms_max": s.max_ms})
             }
+            Request::ScorePath { positions } => self.score_path(&positions).unwrap_or_else(error),
         }
     }
 
@@ -196,6 +203,21 @@ impl Server {
         self.since_plan = None;
         self.last_action.iter_mut().for_each(|a| *a = 0.0);
         json!({"ok": true})
+    }
+
+    fn score_path(&self, positions: &[[f64; 2]]) -> Result<Value, String> {
+        let reward = self
+            .reward
+            .as_ref()
+            .filter(|_| self.guided)
+            .ok_or("score_path: no goal; reset with a goal first")?;
+        if positions.is_empty() || positions.iter().flatten().any(|v| !v.is_finite()) {
+            return Err(format!(
+                "positions: expected one or more [x, y] of finite numbers, got {} positions",
+                positions.len()
+            ));
+        }
+        Ok(json!({"ok": true, "reward": reward.path_reward(positions)}))
     }
 
     fn step(&mut self, obs: &[f64]) -> Result<Value, String> {
@@ -264,7 +286,7 @@ impl ServeSection {
 pub(crate) fn parse_request<T: serde::de::DeserializeOwned>(line: &str) -> Result<T, Value> {
     serde_json::from_str(line).map_err(|e| {
         error(format!(
-            "malformed request: {e}; expected {{\"op\": \"reset\" | \"step\" | \"stats\", ...}}"
+            "malformed request: {e}; expected {{\"op\": \"reset\" | \"step\" | \"stats\" | \"score_path\", ...}}"
         ))
     })
 }

@@ -255,3 +255,25 @@ fn a_seeded_reset_makes_the_episode_independent_of_what_ran_before() {
     );
     assert_eq!(episode(&mut fresh, reset(Some(7))), episode(&mut used, reset(Some(7))));
 }
+
+#[test]
+fn score_path_scores_any_path_with_the_goal_reward() {
+    let mut s = server(&config(""));
+    let score = |s: &mut Server, positions: Value| ask(s, json!({"op": "score_path", "positions": positions}));
+    let refused = score(&mut s, json!([[0.0, 0.0]]));
+    assert_eq!(refused["error"], "score_path: no goal; reset with a goal first");
+    ask(&mut s, json!({"op": "reset", "goal": [1.0, 1.0]}));
+    let at_goal = score(&mut s, json!([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]));
+    let away = score(&mut s, json!([[0.0, 0.0], [-1.0, -1.0], [-1.0, -1.0]]));
+    assert!(
+        at_goal["reward"].as_f64().unwrap() > away["reward"].as_f64().unwrap(),
+        "{at_goal} vs {away}"
+    );
+    let bad = score(&mut s, json!([]));
+    assert_eq!(
+        bad["error"],
+        "positions: expected one or more [x, y] of finite numbers, got 0 positions"
+    );
+    // The server keeps serving.
+    assert_eq!(score(&mut s, json!([[1.0, 1.0]]))["ok"], true);
+}

@@ -119,6 +119,12 @@ def cmd_eval(a) -> None:
     unknown = [c for c in configs or [] if c not in ABLATIONS]
     if unknown:
         raise SystemExit(f"--configs: unknown {unknown}, expected some of {list(ABLATIONS)}")
+    if a.objective_check:
+        from .eval.objective import objective_check
+
+        horizons = [int(h) for h in a.objective_check.split(",")]
+        objective_check(a.maze, a.episodes, a.planner, a.config, horizons, a.out, a.seed)
+        return
     if a.curve:
         learning_curve(a.maze, a.episodes, a.planner, a.config, a.curve, a.out, a.seed, a.workers,
                        configs or ["df_mcg"])
@@ -207,6 +213,9 @@ def main(argv=None) -> int:
                                                       "with every snapshot in RUN_DIR/snapshots (written by train "
                                                       "--snapshot-every); with df_mcg,no_mcg also their paired "
                                                       "difference per snapshot")
+    p.add_argument("--objective-check", metavar="H,...", help="instead: over plans of H steps, does the config's "
+                                                               "goal reward prefer pressing straight at the goal or "
+                                                               "the route around the walls, from each start?")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="PyTorch denoise latency (median of many calls)")

@@ -85,6 +85,7 @@ def run_file(path, seed, per_config, multi_goal=False):
             "reached": [r is not None for r in reaches],
             "replan_ms_p50": 50.0 + seed, "replan_ms_p99": 80.0 + seed, "replan_ms_max": 90.0 + seed,
             "plans": 10 * len(scores), "mcg_shift_mean": 0.1 * len(scores) if name == "df_mcg" else None,
+            "plans_through_walls_rate": 0.1 * len(scores),
             "env_seeds": [seed, seed + len(scores) - 1],
             "planner_seeds": [seed, seed + len(scores) - 1], "serve_args": [] if name == "df_mcg" else ["--samples", "1"],
             "config": "config/maze2d_medium.yaml", "paper": None, "wall_s": 1.0,
@@ -116,6 +117,7 @@ def test_runs_over_adjacent_seeds_merge_into_one_run_over_all_of_them(tmp_path):
         assert KEYS <= set(r)
     # Plans-weighted: 20 plans at 0.2, 30 at 0.3.
     assert merged["df_mcg"]["mcg_shift_mean"] == pytest.approx(0.26) and merged["no_mcg"]["mcg_shift_mean"] is None
+    assert merged["no_mcg"]["plans_through_walls_rate"] == pytest.approx(0.26)
     assert merged["no_mcg"]["df_mcg_minus_this"] == pytest.approx(paired_difference(mcg[0], plain[0]))
     assert (tmp_path / "merged.md").read_text().count("| medium ") == 2
 
@@ -207,6 +209,44 @@ def test_straight_to_goal_reaches_the_goal_only_along_an_open_straight_line(setu
     both = list(zip(planner["reached"], r["reached"]))
     assert against["reached_where_straight_did_not"] == sum(a and not b for a, b in both)
     assert len(both) == 2 and "against_straight_to_goal" not in r
+    assert r["plans_through_walls_rate"] is None and 0.0 <= planner["plans_through_walls_rate"] <= 1.0
+
+
+class FixedPlan:
+    """A planner that replans every step with the same plan and stands still."""
+
+    def __init__(self, plan):
+        self.plan = plan
+
+    def ask(self, request):
+        return {"ok": True, "action": [0.0, 0.0], "replanned": True, "plan": self.plan}
+
+
+def test_plans_through_walls_are_counted():
+    from df_train.eval.maze2d import run_episode
+
+    # U-Maze: cell (2, 1) is a wall between (1, 1) and (3, 1); (1, 1) -> (1, 3) is open.
+    through = run_episode(FixedPlan([[3.0, 1.0], [2.0, 1.0], [1.0, 1.0]]), ReachFrom((3, 1)), 0)
+    along = run_episode(FixedPlan([[1.0, 1.0], [1.0, 2.0], [1.0, 3.0]]), ReachFrom((3, 1)), 0)
+    assert through["replans"] == along["replans"] == 300
+    assert through["plans_through_walls"] == 300 and along["plans_through_walls"] == 0
+
+
+def test_objective_check_scores_both_paths_from_every_start(setup, tmp_path):
+    from df_train.eval.objective import objective_check
+
+    binary, config = setup
+    out = tmp_path / "objective.json"
+    summary = objective_check("umaze", 3, binary, config, [20, 300], out)
+    assert json.loads(out.read_text())["straight_blocked"] == summary["straight_blocked"]
+    blocked = [r for r in summary["starts"] if not r["straight_reaches"]]
+    assert summary["straight_blocked"] == len(blocked)
+    for h in (20, 300):
+        assert summary["prefers_straight_where_blocked"][h] == sum(
+            r["straight_reward"][h] > r["route_reward"][h] for r in blocked)
+    for r in summary["starts"]:
+        # D4RL's waypoint controller reaches every U-Maze goal within an episode.
+        assert r["route_reaches"] and set(r["route_reward"]) == {20, 300}
 
 
 class ReachFrom(Maze2DEnv):

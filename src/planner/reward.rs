@@ -170,6 +170,15 @@ impl GoalReward {
         let logits: Vec<f64> = self.frames(sample).map(|(l, _)| l).collect();
         self.cfg.weight * self.aggregate(&logits, &mut Vec::new())
     }
+
+    /// The reward of a path the planner did not plan: one position (physical units) per
+    /// frame, as if they were a plan's planned frames (`serve`'s score_path).
+    pub fn path_reward(&self, positions: &[[f64; 2]]) -> f64 {
+        let logits: Vec<f64> = (0..positions.len())
+            .map(|f| self.cfg.discount.powi(f as i32) * self.squash(&Vector2::from(positions[f])).0)
+            .collect();
+        self.cfg.weight * self.aggregate(&logits, &mut Vec::new())
+    }
 }
 
 impl Guidance for GoalReward {
@@ -258,6 +267,31 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_path_scores_as_the_plan_through_its_positions() {
+        let contract = contract();
+        for squash in [Squash::Gaussian, Squash::Tanh, Squash::Linear] {
+            for aggregate in [Aggregate::Mean, Aggregate::SoftMax { temperature: 0.2 }] {
+                let reward = GoalReward::new(config(squash, aggregate), &contract, [0.5, -0.8]).unwrap();
+                let mut x = Array3::<f32>::zeros((1, 3, 12));
+                for (i, v) in x.iter_mut().enumerate() {
+                    *v = ((i * 37 % 23) as f32 / 23.0 - 0.5) * 1.5;
+                }
+                let sample = x.slice(ndarray::s![0, .., ..]);
+                // The planned frames' positions, context token excluded.
+                let positions: Vec<[f64; 2]> = (1..3)
+                    .flat_map(|token| (0..2).map(move |f| (token, f)))
+                    .map(|(token, f)| {
+                        let p = reward.position(sample.row(token).as_slice().unwrap(), f);
+                        [p.x, p.y]
+                    })
+                    .collect();
+                let (path, plan) = (reward.path_reward(&positions), reward.reward(&sample));
+                assert!((path - plan).abs() < 1e-9, "{squash:?} {aggregate:?}: {path} vs {plan}");
             }
         }
     }

@@ -79,10 +79,14 @@ def run_episode(planner: Planner | StraightToGoal, env: Maze2DEnv, planner_seed:
         raise ValueError(f"goal {env.goal.tolist()} is outside the free space of maze {env.maze}")
     planner.ask({"op": "reset", "goal": env.goal.tolist(), "seed": planner_seed})
     total, first_reach, trajectory, plans, mcg_shifts = 0.0, None, [obs[:2].tolist()], [], []
+    replans = through_walls = 0
     for t in range(env.max_episode_steps):
         reply = planner.ask({"op": "step", "obs": obs.tolist()})
-        if record and reply["replanned"]:
-            plans.append((t, reply["plan"]))
+        if reply["replanned"]:
+            replans += 1
+            through_walls += not np.all(in_free_space(env.maze, np.asarray(reply["plan"])))
+            if record:
+                plans.append((t, reply["plan"]))
         if "mcg_shift" in reply:
             mcg_shifts.append(reply["mcg_shift"])
         obs, reward, _ = env.step(np.asarray(reply["action"]))
@@ -92,7 +96,8 @@ def run_episode(planner: Planner | StraightToGoal, env: Maze2DEnv, planner_seed:
         if record:
             trajectory.append(obs[:2].tolist())
     return {"total_reward": total, "normalized_score": normalized_score(env.maze, total), "first_reach": first_reach,
-            "goal": env.goal.tolist(), "trajectory": trajectory, "plans": plans, "mcg_shifts": mcg_shifts}
+            "goal": env.goal.tolist(), "trajectory": trajectory, "plans": plans, "mcg_shifts": mcg_shifts,
+            "replans": replans, "plans_through_walls": through_walls}
 
 
 def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, workers, record) -> tuple[dict, list]:
@@ -116,6 +121,8 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
     scores = [r["normalized_score"] for _, r in results]
     reaches = [r["first_reach"] for _, r in results if r["first_reach"] is not None]
     mcg_shifts = [v for _, r in results for v in r["mcg_shifts"]]
+    replans = sum(r["replans"] for _, r in results)
+    through_walls = sum(r["plans_through_walls"] for _, r in results)
     stats = [s for _, s in parts]
     summary = {
         "maze": maze,
@@ -130,6 +137,9 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
         # How much averaging over the sampled futures changed the executed tokens' guidance
         # (serve's mcg_shift), mean over plans; None without MCG.
         "mcg_shift_mean": statistics.fmean(mcg_shifts) if mcg_shifts else None,
+        # Plans with a planned position inside a wall: how far the model's prior keeps guided
+        # plans to the corridors. None for a baseline.
+        "plans_through_walls_rate": through_walls / replans if replans else None,
         "env_seeds": [seed, seed + episodes - 1],
         "planner_seeds": [seed, seed + episodes - 1],
         "serve_args": args,
@@ -313,7 +323,8 @@ def merge(paths: list, out) -> dict:
                if all("reached" in part for part in summaries) else {}),
             **worst_replan_ms(summaries),
             "plans": sum(part["plans"] for part in summaries),
-            "mcg_shift_mean": pooled_mcg_shift(summaries),
+            "mcg_shift_mean": pooled_per_plan(summaries, "mcg_shift_mean"),
+            "plans_through_walls_rate": pooled_per_plan(summaries, "plans_through_walls_rate"),
             "env_seeds": [summaries[0]["env_seeds"][0], summaries[-1]["env_seeds"][1]],
             "planner_seeds": [summaries[0]["planner_seeds"][0], summaries[-1]["planner_seeds"][1]],
             **{k: first[name][k] for k in ("serve_args", "config", "paper")},
@@ -337,11 +348,11 @@ def _ms(value) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
-def pooled_mcg_shift(summaries: list) -> float | None:
-    """The plans-weighted mean of the runs' mcg_shift_mean; None if any run lacks it."""
-    if any(part.get("mcg_shift_mean") is None for part in summaries):
+def pooled_per_plan(summaries: list, key: str) -> float | None:
+    """The plans-weighted mean of the runs' per-plan mean `key`; None if any run lacks it."""
+    if any(part.get(key) is None for part in summaries):
         return None
-    return sum(part["mcg_shift_mean"] * part["plans"] for part in summaries) / sum(part["plans"] for part in summaries)
+    return sum(part[key] * part["plans"] for part in summaries) / sum(part["plans"] for part in summaries)
 
 
 def _earlier_results(path: Path, maze, episodes, seed, configs) -> dict | None:
