@@ -47,8 +47,8 @@ DEFAULT_CONFIGS = [name for name in ABLATIONS if name not in ("mcg_prior", "no_m
 class StraightToGoal:
     """The `straight_to_goal` baseline, answering as `df_planner serve` does but with no model:
     serve's PD controller (the config's gains) aimed straight at the goal, at rest. It ignores
-    the walls, so it reaches the goal exactly from the starts with an open straight path: the
-    floor a planner must beat to show that it plans around walls."""
+    the walls: it reaches the goal only where pulling straight at it (sliding along a wall at
+    most) gets there. The floor a planner must beat to show that it plans around walls."""
 
     def __init__(self, config: str):
         import yaml
