@@ -420,6 +420,7 @@ def learning_curve(maze, episodes, binary, config, run_dir, out, seed=0, workers
                             for p in points])
             ax.errorbar(steps, mean, yerr=sem, marker="o", capsize=3, label=name)
         ax.axhline(PAPER[maze]["df_mcg"][0], color="g", ls="--", label="paper (DF with MCG)")
+        ax.xaxis.set_major_formatter(lambda steps, _: f"{steps / 1000:g}k")
         ax.set_xlabel("training steps")
         ax.set_ylabel("normalized score")
         ax.set_title(f"maze2d-{maze}: {episodes} episodes per point")
