@@ -202,22 +202,20 @@ impl DfPlanner {
         let mut windows = Vec::with_capacity(s.context_tokens);
         for context in 1..=s.context_tokens {
             let tokens = context + horizon;
+            // The context and the tokens executed before the next replan.
+            let executed = (context + s.shared_tokens).min(tokens);
             let settings = SamplerSettings {
                 eta: s.eta,
                 stabilization_level: contract.diffusion.stabilization_level,
                 noise_clip: contract.diffusion.noise_clip,
                 guidance_scale: s.guidance_scale,
                 guidance_form: s.guidance_form,
-                shared_tokens: if s.batch() > 1 {
-                    (context + s.shared_tokens).min(tokens)
-                } else {
-                    0
-                },
+                shared_tokens: if s.batch() > 1 { executed } else { 0 },
                 redraws: match s.mcg {
                     McgForm::Futures | McgForm::PriorFutures => 0,
                     McgForm::Redraws => s.samples - 1,
                 },
-                guided_tokens: (s.mcg == McgForm::PriorFutures).then_some((context + s.shared_tokens).min(tokens)),
+                guided_tokens: (s.mcg == McgForm::PriorFutures).then_some(executed),
             };
             let warm = warm_level.map(|level| {
                 let carried = horizon - s.warm_shift_tokens;

@@ -139,11 +139,16 @@ impl GoalReward {
         sample.outer_iter().skip(1).enumerate().flat_map(move |(j, token)| {
             (0..self.frame_stack).map(move |f| {
                 let p = self.position(token.as_slice().expect("tokens are contiguous"), f);
-                let (s, ds) = self.squash(&p);
-                let discount = self.cfg.discount.powi((j * self.frame_stack + f) as i32);
-                (discount * s, ds * discount)
+                self.frame(j * self.frame_stack + f, &p)
             })
         })
+    }
+
+    /// (l_f, ∂l_f/∂p_f) of planned frame f at position p.
+    fn frame(&self, f: usize, p: &Vector2<f64>) -> (f64, Vector2<f64>) {
+        let (s, ds) = self.squash(p);
+        let discount = self.cfg.discount.powi(f as i32);
+        (discount * s, ds * discount)
     }
 
     /// ∂r/∂l_f / weight for every frame, given all l_f (written into `weights`); returns r / weight.
@@ -174,8 +179,10 @@ impl GoalReward {
     /// The reward of a path the planner did not plan: one position (physical units) per
     /// frame, as if they were a plan's planned frames (`serve`'s score_path).
     pub fn path_reward(&self, positions: &[[f64; 2]]) -> f64 {
-        let logits: Vec<f64> = (0..positions.len())
-            .map(|f| self.cfg.discount.powi(f as i32) * self.squash(&Vector2::from(positions[f])).0)
+        let logits: Vec<f64> = positions
+            .iter()
+            .enumerate()
+            .map(|(f, &p)| self.frame(f, &Vector2::from(p)).0)
             .collect();
         self.cfg.weight * self.aggregate(&logits, &mut Vec::new())
     }

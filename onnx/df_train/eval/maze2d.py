@@ -381,11 +381,11 @@ def learning_curve(maze, episodes, binary, config, run_dir, out, seed=0, workers
 
     points = []
     Path(out).parent.mkdir(parents=True, exist_ok=True)
+    cfg = yaml.safe_load(Path(config).read_text())
     for snap in sorted(Path(run_dir, "snapshots").glob("step*.pt")):
         model = snap.with_suffix(".onnx")
         if not model.exists():
             export(snap, model)
-        cfg = yaml.safe_load(Path(config).read_text())
         cfg["model"]["path"] = str(model.resolve())
         snap_config, snap_results = snap.with_suffix(".yaml"), snap.with_suffix(".json")
         text = yaml.safe_dump(cfg, sort_keys=False)
