@@ -125,9 +125,11 @@ def cmd_eval(a) -> None:
         horizons = [int(h) for h in a.objective_check.split(",")]
         objective_check(a.maze, a.episodes, a.planner, a.config, horizons, a.out, a.seed)
         return
+    if a.curve_every and not a.curve:
+        raise SystemExit("--curve-every: only with --curve")
     if a.curve:
         learning_curve(a.maze, a.episodes, a.planner, a.config, a.curve, a.out, a.seed, a.workers,
-                       configs or ["df_mcg"])
+                       configs or ["df_mcg"], a.curve_every)
         return
     evaluate(a.maze, a.episodes, a.planner, a.config, a.out, configs or DEFAULT_CONFIGS, a.seed, a.multi_goal,
              a.workers)
@@ -213,6 +215,8 @@ def main(argv=None) -> int:
                                                       "with every snapshot in RUN_DIR/snapshots (written by train "
                                                       "--snapshot-every); with df_mcg,no_mcg also their paired "
                                                       "difference per snapshot")
+    p.add_argument("--curve-every", type=int, metavar="STEPS", help="--curve: evaluate only snapshots at "
+                   "multiples of STEPS (those evaluated before stay on the curve)")
     p.add_argument("--objective-check", metavar="H,...", help="instead: over plans of H steps, does the config's "
                                                                "goal reward prefer pressing straight at the goal or "
                                                                "the route around the walls, from each start?")

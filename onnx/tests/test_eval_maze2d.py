@@ -281,8 +281,18 @@ def test_learning_curve_over_snapshots(setup, tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, steps=20, snapshot_every=10, tokens=8)  # the config plans 7 tokens
     train(cfg, progress=False)
     out = tmp_path / "curve.json"
+    import df_train.eval.maze2d as maze2d
+
+    evaluated = []
+    real_evaluate = maze2d.evaluate
+    monkeypatch.setattr(maze2d, "evaluate", lambda *args: evaluated.append(args[4]) or real_evaluate(*args))
+    thinned = learning_curve("umaze", 2, binary, config, cfg.out, out, configs=("df_mcg", "no_mcg"), every=20)
+    assert [p["step"] for p in thinned] == [20]
+    assert not (Path(cfg.out) / "snapshots" / "step0000010.onnx").exists()  # skipped, not even exported
+    # Without the thinning the skipped snapshot is evaluated; the one measured before is reused.
     points = learning_curve("umaze", 2, binary, config, cfg.out, out, configs=("df_mcg", "no_mcg"))
     assert [p["step"] for p in points] == [10, 20]
+    assert [Path(p).name for p in evaluated] == ["step0000020.json", "step0000010.json"]
     assert json.loads(out.read_text()) == points
     assert out.with_suffix(".png").exists()
     for p in points:
@@ -294,8 +304,6 @@ def test_learning_curve_over_snapshots(setup, tmp_path, monkeypatch):
         assert p["df_mcg_minus_no_mcg"] == paired_difference(snapshot["df_mcg"]["scores"], snapshot["no_mcg"]["scores"])
 
     # A rerun (more snapshots written meanwhile) reuses what was measured; other episodes are not that.
-    import df_train.eval.maze2d as maze2d
-
     def evaluate(*args, **kwargs):
         raise AssertionError("evaluated again")
 

@@ -370,11 +370,14 @@ def _earlier_results(path: Path, maze, episodes, seed, configs) -> dict | None:
     return results
 
 
-def learning_curve(maze, episodes, binary, config, run_dir, out, seed=0, workers=1, configs=("df_mcg",)) -> list[dict]:
+def learning_curve(maze, episodes, binary, config, run_dir, out, seed=0, workers=1, configs=("df_mcg",),
+                   every=None) -> list[dict]:
     """Score vs training steps: export every snapshot in run_dir/snapshots and evaluate the
     configurations with it (each snapshot's results.json beside it; a rerun reuses those that
-    match). With df_mcg and no_mcg, each point also has their paired difference, to see
-    whether MCG's effect grows with training. Writes out (.json) and a .png beside it."""
+    match). With `every`, only snapshots at multiples of that many steps are evaluated anew;
+    those measured before stay on the curve. With df_mcg and no_mcg, each point also has their
+    paired difference, to see whether MCG's effect grows with training. Writes out (.json)
+    and a .png beside it."""
     import yaml
 
     from ..export import export
@@ -384,16 +387,18 @@ def learning_curve(maze, episodes, binary, config, run_dir, out, seed=0, workers
     cfg = yaml.safe_load(Path(config).read_text())
     for snap in sorted(Path(run_dir, "snapshots").glob("step*.pt")):
         model = snap.with_suffix(".onnx")
-        if not model.exists():
-            export(snap, model)
         cfg["model"]["path"] = str(model.resolve())
         snap_config, snap_results = snap.with_suffix(".yaml"), snap.with_suffix(".json")
         text = yaml.safe_dump(cfg, sort_keys=False)
         same_config = snap_config.exists() and snap_config.read_text() == text
-        snap_config.write_text(text)
         step = int(snap.stem.removeprefix("step"))
         results = _earlier_results(snap_results, maze, episodes, seed, configs) if same_config else None
+        if results is None and every and step % every:
+            continue
+        snap_config.write_text(text)
         if results is None:
+            if not model.exists():
+                export(snap, model)
             print(f"{maze} snapshot at step {step}:", flush=True)
             results = evaluate(maze, episodes, binary, str(snap_config), snap_results, list(configs), seed, False,
                                workers)
