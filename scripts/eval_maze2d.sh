@@ -20,4 +20,8 @@ done
 # its df_mcg replans take ~1.2 s here, so 100 episodes take about 1.3 h.
 "$VENV/bin/df-train" eval maze2d --maze medium --episodes "$episodes" --workers "$workers" --configs df_mcg,no_mcg \
   --planner target/release/df_planner --config config/maze2d_medium_episode.yaml --out runs/eval/medium_episode.json
+# Medium with the wide model (width 256, guidance scale 10:
+# VARIANT=_wide bash scripts/train_maze2d.sh medium --width 256 --threads 2 --steps 32000).
+"$VENV/bin/df-train" eval maze2d --maze medium --episodes "$episodes" --workers "$workers" --configs df_mcg,no_mcg \
+  --planner target/release/df_planner --config config/maze2d_medium_wide.yaml --out runs/eval/medium_wide.json
 cat runs/eval/*.md
