@@ -13,15 +13,13 @@ for maze in umaze medium large; do
     --configs df_mcg,no_mcg --planner target/release/df_planner --config "config/maze2d_$maze.yaml" \
     --out "runs/eval/${maze}_multigoal.json"
 done
-# Medium with the long-horizon model (VARIANT=_long bash scripts/train_maze2d.sh medium --tokens 32 --threads 2).
-"$VENV/bin/df-train" eval maze2d --maze medium --episodes "$episodes" --workers "$workers" --configs df_mcg,no_mcg \
-  --planner target/release/df_planner --config config/maze2d_medium_long.yaml --out runs/eval/medium_long.json
-# Medium with the whole-episode model (VARIANT=_episode bash scripts/train_maze2d.sh medium --tokens 61 --steps 20000 --threads 2);
-# its df_mcg replans take ~1.2 s here, so 100 episodes take about 1.3 h.
-"$VENV/bin/df-train" eval maze2d --maze medium --episodes "$episodes" --workers "$workers" --configs df_mcg,no_mcg \
-  --planner target/release/df_planner --config config/maze2d_medium_episode.yaml --out runs/eval/medium_episode.json
-# Medium with the wide model (width 256, guidance scale 10:
-# VARIANT=_wide bash scripts/train_maze2d.sh medium --width 256 --threads 2 --steps 32000).
-"$VENV/bin/df-train" eval maze2d --maze medium --episodes "$episodes" --workers "$workers" --configs df_mcg,no_mcg \
-  --planner target/release/df_planner --config config/maze2d_medium_wide.yaml --out runs/eval/medium_wide.json
+# The Medium model variants, MCG against no MCG (each trained by scripts/train_maze2d.sh with VARIANT=_name):
+#   long     32 tokens (plans 310 steps):  --tokens 32 --threads 2
+#   episode  61 tokens (the whole episode): --tokens 61 --steps 20000 --threads 2; its df_mcg replans take
+#            ~1.2 s here, so 100 episodes take about 1.3 h
+#   wide     width 256, guidance scale 10: --width 256 --steps 32000 --threads 2
+for variant in long episode wide; do
+  "$VENV/bin/df-train" eval maze2d --maze medium --episodes "$episodes" --workers "$workers" --configs df_mcg,no_mcg \
+    --planner target/release/df_planner --config "config/maze2d_medium_$variant.yaml" --out "runs/eval/medium_$variant.json"
+done
 cat runs/eval/*.md
