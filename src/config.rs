@@ -78,6 +78,11 @@ pub struct PlannerSection {
     /// `prior_futures` (the same, with only the executed tokens guided) or `redraws` (N draws
     /// of one plan's x0, the official code's form); see planner::McgForm.
     pub mcg: McgForm,
+    /// MCG's average over the futures: none (default) weights them evenly, the expected
+    /// reward; τ > 0 weights each future's guidance by softmax(its reward / τ) at each row,
+    /// towards the futures the planner can choose (sampler::SamplerSettings). A probe: it did
+    /// not help on Medium (docs/maze2d.md, "Futures weighted by their reward").
+    pub mcg_temperature: Option<f64>,
     /// Guidance strength (default 0: no guidance).
     pub guidance_scale: f64,
     /// {form: mean_shift} (default) or {form: score, max_gain: G}; see onnx/CONTRACT.md.
@@ -105,6 +110,7 @@ impl Default for PlannerSection {
             image_level: 0,
             samples: 1,
             mcg: McgForm::Futures,
+            mcg_temperature: None,
             guidance_scale: 0.0,
             guidance_form: GuidanceForm::MeanShift,
             eta: 0.0,

@@ -103,6 +103,9 @@ struct ServeArgs {
     /// Override planner.mcg (futures, prior_futures or redraws).
     #[arg(long)]
     mcg: Option<String>,
+    /// Override planner.mcg_temperature; `none` for an even average.
+    #[arg(long)]
+    mcg_temperature: Option<String>,
     /// Override planner.guidance_scale (0 = no guidance).
     #[arg(long)]
     guidance_scale: Option<f64>,
@@ -381,6 +384,7 @@ fn sample(a: SampleArgs) -> Result<()> {
         shared_tokens: 0,
         redraws: 0,
         guided_tokens: None,
+        mcg_temperature: None,
     };
     let shape = (a.batch, horizon, c.layout.token_dim);
     let mut sampler = Sampler::new(settings, c.alpha_bar()?, shape)?;
@@ -688,6 +692,9 @@ fn serve(a: ServeArgs) -> Result<()> {
     }
     if let Some(m) = &a.mcg {
         p.mcg = variant("--mcg", "futures, prior_futures or redraws", m)?;
+    }
+    if let Some(t) = &a.mcg_temperature {
+        p.mcg_temperature = value_or_none("--mcg-temperature", "a temperature", t)?;
     }
     if let Some(g) = a.guidance_scale {
         p.guidance_scale = g;

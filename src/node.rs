@@ -34,6 +34,7 @@ pub fn planner_settings(cfg: &NodeConfig, frame_stack: usize) -> PlannerSettings
         image_level: p.image_level,
         samples: p.samples,
         mcg: p.mcg,
+        mcg_temperature: p.mcg_temperature,
         guidance_scale: p.guidance_scale,
         guidance_form: p.guidance_form,
         eta: p.eta,

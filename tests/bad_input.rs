@@ -109,6 +109,7 @@ fn settings() -> SamplerSettings {
         shared_tokens: 0,
         redraws: 0,
         guided_tokens: None,
+        mcg_temperature: None,
     }
 }
 
@@ -220,6 +221,13 @@ fn sampler_settings_are_checked() {
                 ..settings()
             },
             "guided_tokens: expected <= 4 tokens, got 5",
+        ),
+        (
+            SamplerSettings {
+                mcg_temperature: Some(0.0),
+                ..settings()
+            },
+            "mcg_temperature: expected a finite number > 0, got 0",
         ),
     ];
     for (s, expected) in bad {

@@ -1,8 +1,9 @@
 //! Parity: the Rust sampler over the ONNX graphs reproduces the PyTorch reference sampler
 //! (onnx/df_train/reference_sampler.py) row by row, for every scheduling matrix, with and
 //! without guidance through denoise_vjp and Monte Carlo Guidance (its forms: futures sharing
-//! the near tokens, the same with only those guided, and redraws), and for the camera model with the images of its history
-//! tokens. Keep this test forever.
+//! the near tokens, the same with only those guided or weighted by their rewards, and
+//! redraws), and for the camera model with the images of its history tokens. Keep this test
+//! forever.
 
 mod common;
 
@@ -65,6 +66,8 @@ struct GoldenSettings {
     redraws: usize,
     #[serde(default)]
     guided_tokens: Option<usize>,
+    #[serde(default)]
+    mcg_temperature: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +123,7 @@ fn sampler_settings(golden: &Golden, guidance_scale: f64, redraws: usize) -> Sam
         shared_tokens: s.shared_tokens,
         redraws,
         guided_tokens: s.guided_tokens,
+        mcg_temperature: s.mcg_temperature,
     }
 }
 
@@ -241,6 +245,7 @@ parity! {
     pyramid_guided_score_form => "pyramid_guided_score",
     pyramid_guided_mcg_redraws => "pyramid_guided_redraws",
     pyramid_guided_mcg_prior_futures => "pyramid_guided_prior",
+    pyramid_guided_mcg_softmax => "pyramid_guided_softmax",
 }
 
 parity! {
@@ -327,24 +332,23 @@ fn camera_goldens_depend_on_their_images() {
     );
 }
 
+/// How far a golden's final state moves, in multiples of its tolerance, when it is sampled
+/// again from its recorded noise with other `settings`.
+fn moved_by(golden: &Golden, settings: SamplerSettings) -> f32 {
+    let mut model = common::load(Path::new(&golden.model));
+    let expected = array(golden.shape, golden.states.last().unwrap());
+    let x = resampled_final_state(golden, &mut model, settings);
+    max_abs_diff(x.view(), expected.view()) / golden.tolerance
+}
+
 /// The redraws golden must exercise the redraws: plain guidance from the same recorded start
 /// and step noise misses its plan by far more than the tolerance.
 #[test]
 fn redraws_golden_depends_on_the_redrawn_x0() {
     let golden = load_golden("pointmass", "pyramid_guided_redraws");
     assert!(golden.settings.redraws > 0 && golden.guidance.is_some());
-    let mut model = common::load(Path::new(&golden.model));
-    let expected = array(golden.shape, golden.states.last().unwrap());
-    let plain = resampled_final_state(
-        &golden,
-        &mut model,
-        sampler_settings(&golden, golden.settings.guidance_scale, 0),
-    );
-    let diff = max_abs_diff(plain.view(), expected.view());
-    assert!(
-        diff > 100.0 * golden.tolerance,
-        "the redraws changed the plan by only {diff}"
-    );
+    let moved = moved_by(&golden, sampler_settings(&golden, golden.settings.guidance_scale, 0));
+    assert!(moved > 100.0, "the redraws changed the plan by only {moved} tolerances");
 }
 
 /// The prior-futures golden must guide only its shared tokens: guiding every token from the
@@ -354,18 +358,31 @@ fn prior_futures_golden_guides_only_the_shared_tokens() {
     let golden = load_golden("pointmass", "pyramid_guided_prior");
     let s = &golden.settings;
     assert!(s.shared_tokens > 0 && s.guided_tokens == Some(s.shared_tokens) && golden.guidance.is_some());
-    let mut model = common::load(Path::new(&golden.model));
-    let expected = array(golden.shape, golden.states.last().unwrap());
     let all_guided = SamplerSettings {
         guided_tokens: None,
         ..sampler_settings(&golden, s.guidance_scale, 0)
     };
-    let diff = max_abs_diff(
-        resampled_final_state(&golden, &mut model, all_guided).view(),
-        expected.view(),
-    );
+    let moved = moved_by(&golden, all_guided);
     assert!(
-        diff > 100.0 * golden.tolerance,
-        "guiding the far tokens too changed the plan by only {diff}"
+        moved > 100.0,
+        "guiding the far tokens too changed the plan by only {moved} tolerances"
+    );
+}
+
+/// The softmax golden must weight its futures: an even average from the same recorded noise
+/// misses its plan by far more than the tolerance.
+#[test]
+fn softmax_golden_weights_the_futures_by_their_rewards() {
+    let golden = load_golden("pointmass", "pyramid_guided_softmax");
+    let s = &golden.settings;
+    assert!(s.shared_tokens > 0 && s.mcg_temperature.is_some() && golden.guidance.is_some());
+    let even = SamplerSettings {
+        mcg_temperature: None,
+        ..sampler_settings(&golden, s.guidance_scale, 0)
+    };
+    let moved = moved_by(&golden, even);
+    assert!(
+        moved > 100.0,
+        "weighting the futures changed the plan by only {moved} tolerances"
     );
 }

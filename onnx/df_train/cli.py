@@ -125,6 +125,15 @@ def cmd_eval(a) -> None:
         horizons = [int(h) for h in a.objective_check.split(",")]
         objective_check(a.maze, a.episodes, a.planner, a.config, horizons, a.out, a.seed)
         return
+    if a.action_spread is not None:
+        from .eval.action_spread import action_spread
+
+        try:
+            action_spread(a.maze, a.episodes, a.planner, a.config, configs or ["df_mcg", "no_mcg", "no_guidance"],
+                          a.action_spread, a.out, a.seed)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+        return
     if a.curve_every and not a.curve:
         raise SystemExit("--curve-every: only with --curve")
     if a.curve:
@@ -220,6 +229,10 @@ def main(argv=None) -> int:
     p.add_argument("--objective-check", metavar="H,...", help="instead: over plans of H steps, does the config's "
                                                                "goal reward prefer pressing straight at the goal or "
                                                                "the route around the walls, from each start?")
+    p.add_argument("--action-spread", type=int, metavar="K", help="instead: from each start, one plan per planner "
+                   "seed 0..K-1 under each of --configs (default df_mcg,no_mcg,no_guidance): how its executed "
+                   "actions vary across seeds and how far the configurations' mean executed actions lie apart "
+                   "(--out: a JSON, and the actions as .npz beside it)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="PyTorch denoise latency (median of many calls)")

@@ -6,7 +6,8 @@ get the pyramid cases only, planned from two history tokens with their (random) 
 them tagged noisy, and the planned tokens without images, as the planner hands them over; their
 guided cases use a guidance scale of 0.1 (the fruit swap plans without guidance). Models without
 cameras also get MCG's redraws form (one plan, `REDRAWS` redrawn x0 per row, with their noise)
-and its prior-futures probe (only the shared tokens guided).
+its prior-futures probe (only the shared tokens guided) and the futures weighted by the softmax
+of their rewards (`MCG_TEMPERATURE`).
 """
 
 import json
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from . import matrices
-from .reference_sampler import ReferenceSampler, SamplerSettings, quadratic_target_cotangent, timestep_rows
+from .reference_sampler import QuadraticTarget, ReferenceSampler, SamplerSettings, timestep_rows
 
 CASE_KINDS = {"pyramid": 1.5, "autoregressive": 0.0, "full_sequence": 0.0, "trapezoid": 1.5}
 TOLERANCE = 1e-4
@@ -27,6 +28,9 @@ TOLERANCE = 1e-4
 CAMERA_GUIDED_TOLERANCE = 1e-1
 # MCG's redraws form (the official code's `ddim_repeats`), for models without cameras.
 REDRAWS = 2
+# MCG's futures weighted by softmax(reward / tau): a tau at which the golden's weights are
+# uneven (the quadratic rewards of its samples differ by a few units).
+MCG_TEMPERATURE = 2.0
 
 
 def _floats(t) -> list:
@@ -43,15 +47,16 @@ def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
     if cameras:
         context_tokens = 2
         t = context_tokens + horizon
-    # (matrix kind, uncertainty, guided, guidance form, redraws, only the shared tokens guided);
-    # new cases go last, as a case's index seeds its draws.
-    cases = [(kind, u, guided, "mean_shift", 0, False) for kind, u in CASE_KINDS.items() for guided in (False, True)
-             if not cameras or kind == "pyramid"]
-    cases.append(("pyramid", CASE_KINDS["pyramid"], True, "score", 0, False))
+    # (matrix kind, uncertainty, guided, guidance form, redraws, only the shared tokens guided,
+    # MCG temperature); new cases go last, as a case's index seeds its draws.
+    cases = [(kind, u, guided, "mean_shift", 0, False, None) for kind, u in CASE_KINDS.items()
+             for guided in (False, True) if not cameras or kind == "pyramid"]
+    cases.append(("pyramid", CASE_KINDS["pyramid"], True, "score", 0, False, None))
     if not cameras:
-        cases.append(("pyramid", CASE_KINDS["pyramid"], True, "mean_shift", REDRAWS, False))
-        cases.append(("pyramid", CASE_KINDS["pyramid"], True, "mean_shift", 0, True))
-    for case, (kind, u, guided, form, redraws, prior) in enumerate(cases):
+        cases.append(("pyramid", CASE_KINDS["pyramid"], True, "mean_shift", REDRAWS, False, None))
+        cases.append(("pyramid", CASE_KINDS["pyramid"], True, "mean_shift", 0, True, None))
+        cases.append(("pyramid", CASE_KINDS["pyramid"], True, "mean_shift", 0, False, MCG_TEMPERATURE))
+    for case, (kind, u, guided, form, redraws, prior, temperature) in enumerate(cases):
         gen = torch.Generator().manual_seed(seed * 1000 + case)
         batch = 1 if redraws else 3 if guided else 2
         settings = SamplerSettings(
@@ -64,6 +69,7 @@ def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
             shared_tokens=context_tokens + 2 if guided and not redraws else 0,
             redraws=redraws,
             guided_tokens=context_tokens + 2 if prior else None,
+            mcg_temperature=temperature,
         )
         rows = timestep_rows(matrices.build(kind, horizon, sampling_steps, u), context_tokens, cfg.timesteps, sampling_steps)
         x = torch.randn(batch, t, d, generator=gen)
@@ -72,7 +78,7 @@ def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
         redraw_noise = torch.randn(len(rows) - 1, redraws, t, d, generator=gen) if redraws else None
         target = 0.5 * torch.randn(d, generator=gen)
         weights = torch.ones(d)
-        cot = quadratic_target_cotangent(target, weights) if guided else None
+        reward = QuadraticTarget(target, weights) if guided else None
         net, camera_doc = model, {}
         if cameras:
             size = model.cfg.image_size
@@ -85,7 +91,7 @@ def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
                 b = x_in.shape[0]
                 return model(x_in, k_in, images=images.expand(b, *images.shape), image_level=levels.expand(b, t))
             camera_doc = {"image_shape": list(images.shape), "images": _floats(images), "image_level": levels.tolist()}
-        states = ReferenceSampler(net, model.alphas_cumprod.double().numpy(), settings).sample(x, rows, noise, cot, redraw_noise)
+        states = ReferenceSampler(net, model.alphas_cumprod.double().numpy(), settings).sample(x, rows, noise, reward, redraw_noise)
         doc = {
             "model": model_path,
             "tolerance": CAMERA_GUIDED_TOLERANCE if cameras and guided else TOLERANCE,
@@ -103,7 +109,7 @@ def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
         if redraws:
             # Per row, the redrawn windows' draw [redraws, T, D]; the sampler takes it before the step's.
             doc["redraw_noise"] = [_floats(n) for n in redraw_noise]
-        suffix = ("guided" if guided else "plain") + ("_score" if form == "score" else "") + ("_redraws" if redraws else "") + ("_prior" if prior else "")
+        suffix = ("guided" if guided else "plain") + ("_score" if form == "score" else "") + ("_redraws" if redraws else "") + ("_prior" if prior else "") + ("_softmax" if temperature else "")
         path = out_dir / f"{kind}_{suffix}.json"
         path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
         written.append(path)

@@ -6,8 +6,6 @@ for clarity, straight from the equations in CONTRACT.md, not for speed.
 """
 
 from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 import torch
 
@@ -33,6 +31,9 @@ class SamplerSettings:
     # Only tokens [0, guided_tokens) take the guidance shift (None: every token); the others
     # follow the model unguided while the reward still reads them (MCG over prior futures).
     guided_tokens: int | None = None
+    # MCG's weighting of the samples in that average: None evenly; tau > 0 by
+    # softmax(reward(x0_b) / tau), each sample's own reward at the row's x0.
+    mcg_temperature: float | None = None
 
 
 def timestep_rows(matrix: np.ndarray, context_tokens: int, timesteps: int, sampling_steps: int) -> np.ndarray:
@@ -43,9 +44,19 @@ def timestep_rows(matrix: np.ndarray, context_tokens: int, timesteps: int, sampl
     return np.concatenate([context, body], axis=1)
 
 
-def quadratic_target_cotangent(target: torch.Tensor, weights: torch.Tensor) -> Callable:
-    """d/dx0 of r(x0) = -1/2 sum w (x0 - target)^2, a reward to maximize."""
-    return lambda x0: -weights * (x0 - target)
+@dataclass
+class QuadraticTarget:
+    """r(x0) = -1/2 sum w (x0 - target)^2 per sample, a reward to maximize."""
+    target: torch.Tensor
+    weights: torch.Tensor
+
+    def cotangent(self, x0: torch.Tensor) -> torch.Tensor:
+        """dr/dx0."""
+        return -self.weights * (x0 - self.target)
+
+    def reward(self, x0: torch.Tensor) -> torch.Tensor:
+        """r of each sample of x0 [B, T, D] -> [B]."""
+        return (-0.5 * self.weights * (x0 - self.target) ** 2).sum(dim=(1, 2))
 
 
 class ReferenceSampler:
@@ -57,7 +68,7 @@ class ReferenceSampler:
     def alpha_bar(self, t: np.ndarray) -> np.ndarray:
         return np.where(t < 0, 1.0, self.ab[np.clip(t, 0, None)])
 
-    def step(self, x, cur, nxt, z, cotangent=None, redraw_noise=None):
+    def step(self, x, cur, nxt, z, guidance=None, redraw_noise=None):
         s = self.s
         if np.any(nxt > cur):
             raise ValueError(f"scheduling matrix: a level rises from {cur} to {nxt}")
@@ -65,7 +76,7 @@ class ReferenceSampler:
         k_in = torch.as_tensor(np.where(clean, s.stabilization_level, cur))[None].expand(x.shape[0], -1)
         in_scale = np.where(clean, np.sqrt(self.ab[s.stabilization_level]), 1.0)
         x_in = x * torch.as_tensor(in_scale, dtype=torch.float32)[None, :, None]
-        if cotangent is None:
+        if guidance is None:
             with torch.no_grad():
                 x0, eps = self.model(x_in, k_in)
             grad = None
@@ -76,11 +87,15 @@ class ReferenceSampler:
                 outputs = [x0]
                 if s.redraws:
                     outputs.append(self.redrawn_x0(x_in, k_in, x0, cur, redraw_noise))
-                grad = sum(torch.autograd.grad(outputs, x_in, [cotangent(o.detach()) for o in outputs]))
+                grad = sum(torch.autograd.grad(outputs, x_in, [guidance.cotangent(o.detach()) for o in outputs]))
                 grad = grad / (1 + s.redraws)
             x0, eps = x0.detach(), eps.detach()
             n = s.shared_tokens
-            grad[:, :n] = grad[:, :n].mean(dim=0, keepdim=True)
+            if s.mcg_temperature is None:
+                weights = torch.full((x.shape[0],), 1.0 / x.shape[0])
+            else:
+                weights = torch.softmax(guidance.reward(x0).double() / s.mcg_temperature, dim=0).float()
+            grad[:, :n] = (weights[:, None, None] * grad[:, :n]).sum(dim=0, keepdim=True)
             if s.guided_tokens is not None:
                 grad[:, s.guided_tokens:] = 0.0
         eps = eps.clamp(-s.noise_clip, s.noise_clip)
@@ -120,9 +135,10 @@ class ReferenceSampler:
         x0_draw, _ = self.model(x_draw, k_in.expand(self.s.redraws, -1))
         return torch.where(noisy, x0_draw, x0)
 
-    def sample(self, x: torch.Tensor, rows: np.ndarray, noise: torch.Tensor, cotangent=None,
+    def sample(self, x: torch.Tensor, rows: np.ndarray, noise: torch.Tensor, guidance=None,
                redraw_noise=None) -> list[torch.Tensor]:
         """Walk the timestep rows [R, T] from state x [B, T, D]; noise [R-1, B, T, D];
+        guidance: a reward with `cotangent(x0)` and `reward(x0)` (QuadraticTarget), or None;
         redraw_noise [R-1, redraws, T, D] when redraws are on.
 
         Returns the state after every row (index 0 = the initial state, whose shared tokens
@@ -133,7 +149,7 @@ class ReferenceSampler:
         x[:, :n] = x[:1, :n]
         states = [x]
         for r in range(len(rows) - 1):
-            x = self.step(x, rows[r], rows[r + 1], noise[r], cotangent,
+            x = self.step(x, rows[r], rows[r + 1], noise[r], guidance,
                           None if redraw_noise is None else redraw_noise[r])
             states.append(x)
         return states

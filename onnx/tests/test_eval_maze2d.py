@@ -7,6 +7,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("mujoco")
@@ -319,3 +320,41 @@ def test_learning_curve_over_snapshots(setup, tmp_path, monkeypatch):
     other_config.write_text(yaml.safe_dump(other))
     with pytest.raises(AssertionError, match="evaluated again"):
         learning_curve("umaze", 2, binary, str(other_config), cfg.out, out, configs=("df_mcg", "no_mcg"))
+
+
+def test_action_spread_compares_the_executed_actions_across_planner_seeds(setup, tmp_path):
+    binary, config = setup
+    out = tmp_path / "spread.json"
+    main(["eval", "maze2d", "--maze", "umaze", "--episodes", "2", "--planner", binary, "--config", config,
+          "--action-spread", "2", "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert r["executed_steps"] == 8 and r["planner_seeds"] == 2 and r["env_seeds"] == [0, 1]
+    assert set(r["configurations"]) == {"df_mcg", "no_mcg", "no_guidance"}
+    for c in r["configurations"].values():
+        assert c["seed_std"] > 0.0 and 0.0 <= c["saturated_rate"] <= 1.0
+    # Guidance moves the executed actions: the unguided plans' mean action is elsewhere.
+    assert r["mean_action_distance"]["no_mcg - no_guidance"]["measured"] > 0.0
+    assert np.load(tmp_path / "spread.npz")["df_mcg"].shape == (2, 2, 8, 2)
+    with pytest.raises(SystemExit, match="at least 2 planner seeds"):
+        main(["eval", "maze2d", "--maze", "umaze", "--episodes", "1", "--planner", binary, "--config", config,
+              "--action-spread", "1", "--out", str(out)])
+    with pytest.raises(SystemExit, match="straight_to_goal has no planner"):
+        main(["eval", "maze2d", "--maze", "umaze", "--episodes", "1", "--planner", binary, "--config", config,
+              "--action-spread", "2", "--configs", "no_mcg,straight_to_goal", "--out", str(out)])
+
+
+def test_chance_distance_is_the_distance_of_sign_flipped_seed_differences():
+    from df_train.eval.action_spread import chance_distance, mean_distance
+
+    rng = np.random.default_rng(1)
+    same = rng.normal(size=(30, 16, 3, 2)), rng.normal(size=(30, 16, 3, 2))
+    shifted = same[0], same[1] + 1.0
+    # Two samples of one distribution lie about as far apart as chance puts them; a shift of 1
+    # in both dimensions (√2 apart) stands far out of it.
+    assert mean_distance(*same) == pytest.approx(chance_distance(*same, rng), rel=0.15)
+    assert mean_distance(*shifted) > 1.2 > 2 * chance_distance(*shifted, rng)
+    # Paired seeds (the same noise in both, a little of their own): a shift of 0.1 in both
+    # dimensions stands out, though unpaired, the noise would hide it.
+    paired = same[0], same[0] + 0.1 + 0.01 * rng.normal(size=same[0].shape)
+    assert mean_distance(*paired) > 0.13 > 3 * chance_distance(*paired, rng)
+    assert chance_distance(*paired, rng) < 0.5 * mean_distance(same[0], same[1] + 0.1)

@@ -3,10 +3,11 @@ import torch
 
 from df_train import matrices
 from df_train.export import load_model
-from df_train.reference_sampler import ReferenceSampler, SamplerSettings, quadratic_target_cotangent, timestep_rows
+from df_train.reference_sampler import QuadraticTarget, ReferenceSampler, SamplerSettings, timestep_rows
 
 
-def run(trained, guided, scale=1.0, shared=0, eta=0.5, kind="pyramid", seed=0, batch=3, guided_tokens=None):
+def run(trained, guided, scale=1.0, shared=0, eta=0.5, kind="pyramid", seed=0, batch=3, guided_tokens=None,
+        mcg_temperature=None):
     ckpt = trained[1]
     model, cfg, _ = load_model(ckpt)
     d = cfg.layout.token_dim
@@ -17,9 +18,9 @@ def run(trained, guided, scale=1.0, shared=0, eta=0.5, kind="pyramid", seed=0, b
     target = torch.full((d,), 1.5)
     settings = SamplerSettings(eta=eta, stabilization_level=cfg.stabilization_level, noise_clip=cfg.noise_clip,
                                guidance_scale=scale if guided else 0.0, shared_tokens=shared,
-                               guided_tokens=guided_tokens)
-    cot = quadratic_target_cotangent(target, torch.ones(d)) if guided else None
-    states = ReferenceSampler(model, model.alphas_cumprod.double().numpy(), settings).sample(x, rows, noise, cot)
+                               guided_tokens=guided_tokens, mcg_temperature=mcg_temperature)
+    reward = QuadraticTarget(target, torch.ones(d)) if guided else None
+    states = ReferenceSampler(model, model.alphas_cumprod.double().numpy(), settings).sample(x, rows, noise, reward)
     return states, rows, target
 
 
@@ -86,8 +87,9 @@ def test_redraws_average_the_reward_over_the_plan_and_its_renoised_x0():
     gen = torch.Generator().manual_seed(0)
     x, redraw_noise = torch.randn(1, 2, 3, generator=gen), torch.randn(2, 2, 3, generator=gen)
     target = torch.tensor([1.0, -1.0, 0.5])
-    cot = quadratic_target_cotangent(target, torch.ones(3))
-    got = ReferenceSampler(Doubler(), ab, settings).step(x, cur, nxt, torch.zeros_like(x), cot, redraw_noise)
+    reward = QuadraticTarget(target, torch.ones(3))
+    cot = reward.cotangent
+    got = ReferenceSampler(Doubler(), ab, settings).step(x, cur, nxt, torch.zeros_like(x), reward, redraw_noise)
 
     a = ab[5]
     x0 = 2 * x[0, 1]
@@ -98,4 +100,35 @@ def test_redraws_average_the_reward_over_the_plan_and_its_renoised_x0():
     torch.testing.assert_close(got[0, 1], expected.float())
     assert torch.equal(got[0, 0], x[0, 0])
     plain = ReferenceSampler(Doubler(), ab, SamplerSettings(eta=0.0, stabilization_level=0, guidance_scale=0.5))
-    assert not torch.allclose(plain.step(x, cur, nxt, torch.zeros_like(x), cot)[0, 1], got[0, 1])
+    assert not torch.allclose(plain.step(x, cur, nxt, torch.zeros_like(x), reward)[0, 1], got[0, 1])
+
+
+class Causal(torch.nn.Module):
+    """x0_t = 2 x_in_t + x_in_(t-1), eps = 0: a far token's reward reaches the token before it."""
+
+    def forward(self, x_in, k_in):
+        x0 = 2 * x_in
+        x0[:, 1:] = x0[:, 1:] + x_in[:, :-1]
+        return x0, torch.zeros_like(x_in)
+
+
+def test_mcg_temperature_weights_the_futures_by_the_softmax_of_their_rewards():
+    ab = np.linspace(0.99, 0.05, 10)
+    cur, nxt = np.array([-1, 5, 5]), np.array([-1, 3, 3])
+    x = torch.randn(3, 3, 2, generator=torch.Generator().manual_seed(0))
+    x[1:, :2] = x[0, :2]  # the context and the near token are shared; the far token differs
+    reward = QuadraticTarget(torch.zeros(2), torch.ones(2))
+
+    def near_token(x, temperature):
+        s = SamplerSettings(eta=0.0, stabilization_level=0, guidance_scale=0.5, shared_tokens=2,
+                            mcg_temperature=temperature)
+        return ReferenceSampler(Causal(), ab, s).step(x, cur, nxt, torch.zeros_like(x), reward)[:, 1]
+
+    even = near_token(x, None)
+    torch.testing.assert_close(near_token(x, 1e6), even)
+    # Cold: the near token follows the best future alone, as if every sample were that one.
+    x_in = x.clone()
+    x_in[:, 0] *= np.sqrt(ab[0])
+    best = int(reward.reward(Causal()(x_in, None)[0]).argmax())
+    torch.testing.assert_close(near_token(x, 1e-6), near_token(x[best].expand(3, -1, -1).clone(), None))
+    assert not torch.allclose(near_token(x, 1e-6), even)

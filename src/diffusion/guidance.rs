@@ -1,7 +1,7 @@
 //! Reward guidance as the sampler sees it: the gradient of a reward with respect to the
 //! clean-token estimate x0. The sampler pulls it back to x_t through `denoise_vjp`.
 
-use ndarray::{ArrayView3, ArrayViewMut3, Axis};
+use ndarray::{ArrayView2, ArrayView3, ArrayViewMut3, Axis};
 
 /// How the reward gradient g = ∂r/∂x_t (through the network) moves the clean estimate:
 /// x̂0 = x0 + scale · gain(ᾱ_t) · g.
@@ -29,6 +29,8 @@ impl GuidanceForm {
 pub trait Guidance {
     /// Writes ∂r/∂x0 for a reward r to maximize; `out` has the shape of `x0`.
     fn cotangent(&self, x0: ArrayView3<f32>, out: ArrayViewMut3<f32>);
+    /// The reward r of one sample's tokens [T, D].
+    fn reward(&self, sample: ArrayView2<f32>) -> f64;
 }
 
 /// r(x0) = −½ Σ_tokens Σ_d w_d (x0_d − target_d)², in normalized token space.
@@ -45,5 +47,14 @@ impl Guidance for QuadraticTarget {
                 *o = -self.weights[d] * (x - self.target[d]);
             }
         }
+    }
+
+    fn reward(&self, sample: ArrayView2<f32>) -> f64 {
+        sample
+            .lanes(Axis(1))
+            .into_iter()
+            .flat_map(|lane| lane.into_iter().enumerate())
+            .map(|(d, x)| -0.5 * f64::from(self.weights[d] * (x - self.target[d]).powi(2)))
+            .sum()
     }
 }

@@ -7,7 +7,8 @@
 //! 2. Guidance: cotangent c = ∂r/∂x0 at the network's x0, pulled back through the network
 //!    with `denoise_vjp` to g = (∂x0/∂x_t)ᵀc. Monte Carlo Guidance: tokens [0, shared) are
 //!    common to every sample of the batch; their g is the batch mean (the expected reward
-//!    over the sampled futures) and their noise draw is sample 0's. Redraws (the official
+//!    over the sampled futures), or with `mcg_temperature` τ the mean weighted by
+//!    softmax(r_b / τ) of each sample's reward, and their noise draw is sample 0's. Redraws (the official
 //!    code's `ddim_repeats`) instead average the reward over R extra x0 draws of the same
 //!    plan: every noisy token re-noised from x0 to its level t, x_t' = √ᾱ_t·x0 + √(1−ᾱ_t)·ε,
 //!    and denoised again; the cotangent on x0 becomes (c(x0) + Σ_r √ᾱ_t·(∂x0'_r/∂x_t')ᵀc(x0'_r))
@@ -80,6 +81,10 @@ pub struct SamplerSettings {
     /// Only tokens [0, n) take the guidance shift (None: every token). The others follow the
     /// model unguided, while the reward still reads them (MCG over prior futures).
     pub guided_tokens: Option<usize>,
+    /// MCG weighting of the futures: None averages their guidance evenly (the expected
+    /// reward); Some(τ) weights future b by softmax(r_b / τ) of its own reward at that row,
+    /// the gradient of τ·ln E[exp(r / τ)]: the futures the planner can choose, not endure.
+    pub mcg_temperature: Option<f64>,
 }
 
 /// Preallocated buffers for one window shape; reuse it across plans.
@@ -97,6 +102,8 @@ pub struct Sampler {
     /// (`mcg_shift`).
     mcg_moved: f64,
     mcg_own: f64,
+    /// Per row, each sample's weight in the average of the shared guidance.
+    future_weights: Vec<f64>,
     redraw: Option<Redraw>,
 }
 
@@ -149,6 +156,9 @@ impl Sampler {
         if let Some(n) = settings.guided_tokens.filter(|&n| n > shape.1) {
             return Err(mismatch("guided_tokens", format!("<= {} tokens", shape.1), n));
         }
+        if let Some(t) = settings.mcg_temperature.filter(|t| !(t.is_finite() && *t > 0.0)) {
+            return Err(mismatch("mcg_temperature", "a finite number > 0", t));
+        }
         if settings.redraws > 0 && shape.0 != 1 {
             return Err(mismatch("redraws: batch of samples", 1, shape.0));
         }
@@ -163,6 +173,7 @@ impl Sampler {
             z: Array3::zeros(shape),
             mcg_moved: 0.0,
             mcg_own: 0.0,
+            future_weights: vec![1.0 / shape.0 as f64; shape.0],
             redraw: (settings.redraws > 0).then(|| {
                 let shape = (settings.redraws, shape.1, shape.2);
                 Redraw {
@@ -304,8 +315,11 @@ impl Sampler {
                 self.eps.view_mut(),
                 self.grad.view_mut(),
             )?;
+            if let Some(temperature) = self.settings.mcg_temperature {
+                softmax_of_rewards(g, self.x0.view(), temperature, &mut self.future_weights);
+            }
             let shared = self.settings.shared_tokens;
-            let shift = average_shared_guidance(&mut self.grad, shared, |t| cur[t] != next[t]);
+            let shift = average_shared_guidance(&mut self.grad, shared, &self.future_weights, |t| cur[t] != next[t]);
             self.record_mcg_shift(shift);
         }
         let s = &self.settings;
@@ -423,10 +437,27 @@ fn share_first_sample(a: &mut Array3<f32>, n: usize) {
     }
 }
 
-/// Monte Carlo Guidance: the guidance of tokens [0, n) becomes its batch mean, the gradient of
-/// the reward expected over the sampled futures. Returns Σ‖ḡ − g₀‖² and Σ‖g₀‖² over the
-/// `stepping` tokens: how far averaging moved sample 0's own gradient.
-fn average_shared_guidance(grad: &mut Array3<f32>, n: usize, stepping: impl Fn(usize) -> bool) -> (f64, f64) {
+/// `weights` = softmax(r_b / τ) over the samples b of each sample's reward at x0.
+fn softmax_of_rewards(guidance: &dyn Guidance, x0: ArrayView3<f32>, temperature: f64, weights: &mut [f64]) {
+    for (w, sample) in weights.iter_mut().zip(x0.outer_iter()) {
+        *w = guidance.reward(sample) / temperature;
+    }
+    let max = weights.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    weights.iter_mut().for_each(|w| *w = (*w - max).exp());
+    let total: f64 = weights.iter().sum();
+    weights.iter_mut().for_each(|w| *w /= total);
+}
+
+/// Monte Carlo Guidance: the guidance of tokens [0, n) becomes its batch average with the
+/// samples' `weights` (summing to 1; even weights: the gradient of the reward expected over
+/// the sampled futures). Returns Σ‖ḡ − g₀‖² and Σ‖g₀‖² over the `stepping` tokens: how far
+/// averaging moved sample 0's own gradient.
+fn average_shared_guidance(
+    grad: &mut Array3<f32>,
+    n: usize,
+    weights: &[f64],
+    stepping: impl Fn(usize) -> bool,
+) -> (f64, f64) {
     let (batch, _, dim) = grad.dim();
     let (mut moved, mut own) = (0.0, 0.0);
     if batch < 2 {
@@ -435,7 +466,7 @@ fn average_shared_guidance(grad: &mut Array3<f32>, n: usize, stepping: impl Fn(u
     for token in 0..n {
         for d in 0..dim {
             let g0 = grad[[0, token, d]];
-            let mean = (0..batch).map(|b| grad[[b, token, d]]).sum::<f32>() / batch as f32;
+            let mean = (0..batch).map(|b| weights[b] as f32 * grad[[b, token, d]]).sum::<f32>();
             for b in 0..batch {
                 grad[[b, token, d]] = mean;
             }
@@ -533,6 +564,7 @@ mod tests {
             shared_tokens: 0,
             redraws,
             guided_tokens,
+            mcg_temperature: None,
         }
     }
 
@@ -615,17 +647,44 @@ mod tests {
     fn mcg_averages_the_shared_guidance_and_measures_how_far_it_moved_sample_zero() {
         // Two samples, two shared tokens of one dimension, a third token per sample.
         let mut grad = Array3::from_shape_vec((2, 3, 1), vec![1.0, 2.0, 5.0, 3.0, 2.0, 7.0]).unwrap();
-        let (moved, own) = average_shared_guidance(&mut grad, 2, |_| true);
+        let (moved, own) = average_shared_guidance(&mut grad, 2, &[0.5, 0.5], |_| true);
         assert_eq!(grad.into_raw_vec_and_offset().0, vec![2.0, 2.0, 5.0, 2.0, 2.0, 7.0]);
         // Token 0: sample 0 had 1, the mean is 2; token 1: both 2.
         assert_eq!((moved, own), (1.0, 1.0 + 4.0));
 
         // Tokens that do not step this row (clean context) are averaged but not measured.
         let mut grad = Array3::from_shape_vec((2, 2, 1), vec![1.0, 0.0, 3.0, 0.0]).unwrap();
-        assert_eq!(average_shared_guidance(&mut grad, 2, |t| t == 1), (0.0, 0.0));
+        assert_eq!(
+            average_shared_guidance(&mut grad, 2, &[0.5, 0.5], |t| t == 1),
+            (0.0, 0.0)
+        );
 
         // Identical futures: MCG changes nothing.
         let mut grad = Array3::from_elem((4, 2, 3), 0.5_f32);
-        assert_eq!(average_shared_guidance(&mut grad, 2, |_| true).0, 0.0);
+        assert_eq!(average_shared_guidance(&mut grad, 2, &[0.25; 4], |_| true).0, 0.0);
+
+        // Weighted: sample 1 counts three times as much as sample 0.
+        let mut grad = Array3::from_shape_vec((2, 1, 1), vec![1.0, 5.0]).unwrap();
+        average_shared_guidance(&mut grad, 1, &[0.25, 0.75], |_| true);
+        assert_eq!(grad.into_raw_vec_and_offset().0, vec![4.0, 4.0]);
+    }
+
+    #[test]
+    fn future_weights_are_the_softmax_of_the_samples_rewards() {
+        // r_b = −½ Σ (x − 0)² per sample: sample 0 at 0 (r 0), sample 1 at 1 in 2 values (r −1).
+        let reward = QuadraticTarget {
+            target: vec![0.0],
+            weights: vec![1.0],
+        };
+        let x0 = Array3::from_shape_vec((2, 2, 1), vec![0.0, 0.0, 1.0, 1.0]).unwrap();
+        let mut weights = [0.0; 2];
+        softmax_of_rewards(&reward, x0.view(), 0.5, &mut weights);
+        let e = (-2.0_f64).exp();
+        assert!((weights[0] - 1.0 / (1.0 + e)).abs() < 1e-12 && (weights[1] - e / (1.0 + e)).abs() < 1e-12);
+        // A hot temperature weighs them nearly evenly; a cold one picks the best.
+        softmax_of_rewards(&reward, x0.view(), 1e6, &mut weights);
+        assert!((weights[0] - 0.5).abs() < 1e-6);
+        softmax_of_rewards(&reward, x0.view(), 1e-3, &mut weights);
+        assert_eq!(weights, [1.0, 0.0]);
     }
 }

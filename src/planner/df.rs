@@ -65,6 +65,8 @@ pub struct PlannerSettings {
     pub samples: usize,
     /// What the N samples are.
     pub mcg: McgForm,
+    /// How the futures' guidance is averaged: None evenly, Some(τ) by softmax(reward / τ).
+    pub mcg_temperature: Option<f64>,
     pub guidance_scale: f64,
     pub guidance_form: GuidanceForm,
     pub eta: f64,
@@ -216,6 +218,7 @@ impl DfPlanner {
                     McgForm::Redraws => s.samples - 1,
                 },
                 guided_tokens: (s.mcg == McgForm::PriorFutures).then_some(executed),
+                mcg_temperature: s.mcg_temperature.filter(|_| s.batch() > 1),
             };
             let warm = warm_level.map(|level| {
                 let carried = horizon - s.warm_shift_tokens;
@@ -618,6 +621,7 @@ mod tests {
             image_level: 0,
             samples: 1,
             mcg: McgForm::Futures,
+            mcg_temperature: None,
             guidance_scale: 0.0,
             guidance_form: GuidanceForm::MeanShift,
             eta: 0.0,

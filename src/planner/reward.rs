@@ -170,12 +170,6 @@ impl GoalReward {
         }
     }
 
-    /// The reward of one sample's planned tokens.
-    pub fn reward(&self, sample: &ArrayView2<f32>) -> f64 {
-        let logits: Vec<f64> = self.frames(sample).map(|(l, _)| l).collect();
-        self.cfg.weight * self.aggregate(&logits, &mut Vec::new())
-    }
-
     /// The reward of a path the planner did not plan: one position (physical units) per
     /// frame, as if they were a plan's planned frames (`serve`'s score_path).
     pub fn path_reward(&self, positions: &[[f64; 2]]) -> f64 {
@@ -189,6 +183,12 @@ impl GoalReward {
 }
 
 impl Guidance for GoalReward {
+    /// The reward of one sample's planned tokens.
+    fn reward(&self, sample: ArrayView2<f32>) -> f64 {
+        let logits: Vec<f64> = self.frames(&sample).map(|(l, _)| l).collect();
+        self.cfg.weight * self.aggregate(&logits, &mut Vec::new())
+    }
+
     fn cotangent(&self, x0: ArrayView3<f32>, mut out: ArrayViewMut3<f32>) {
         out.fill(0.0);
         let (mut logits, mut slopes, mut weights) = (Vec::new(), Vec::new(), Vec::new());
@@ -264,7 +264,7 @@ mod tests {
                         let at = |delta: f32| {
                             let mut y = x.clone();
                             y[[b, idx.0, idx.1]] += delta;
-                            reward.reward(&y.slice(ndarray::s![b, .., ..]))
+                            reward.reward(y.slice(ndarray::s![b, .., ..]))
                         };
                         let numeric = (at(h) - at(-h)) / (2.0 * f64::from(h));
                         let analytic = f64::from(grad[[b, idx.0, idx.1]]);
@@ -297,7 +297,7 @@ mod tests {
                         [p.x, p.y]
                     })
                     .collect();
-                let (path, plan) = (reward.path_reward(&positions), reward.reward(&sample));
+                let (path, plan) = (reward.path_reward(&positions), reward.reward(sample.view()));
                 assert!((path - plan).abs() < 1e-9, "{squash:?} {aggregate:?}: {path} vs {plan}");
             }
         }
