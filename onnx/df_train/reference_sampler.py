@@ -6,6 +6,7 @@ for clarity, straight from the equations in CONTRACT.md, not for speed.
 """
 
 from dataclasses import dataclass
+
 import numpy as np
 import torch
 

@@ -6,8 +6,7 @@ from df_train.export import load_model
 from df_train.reference_sampler import QuadraticTarget, ReferenceSampler, SamplerSettings, timestep_rows
 
 
-def run(trained, guided, scale=1.0, shared=0, eta=0.5, kind="pyramid", seed=0, batch=3, guided_tokens=None,
-        mcg_temperature=None):
+def run(trained, guided, scale=1.0, shared=0, eta=0.5, kind="pyramid", seed=0, batch=3, guided_tokens=None):
     ckpt = trained[1]
     model, cfg, _ = load_model(ckpt)
     d = cfg.layout.token_dim
@@ -18,7 +17,7 @@ def run(trained, guided, scale=1.0, shared=0, eta=0.5, kind="pyramid", seed=0, b
     target = torch.full((d,), 1.5)
     settings = SamplerSettings(eta=eta, stabilization_level=cfg.stabilization_level, noise_clip=cfg.noise_clip,
                                guidance_scale=scale if guided else 0.0, shared_tokens=shared,
-                               guided_tokens=guided_tokens, mcg_temperature=mcg_temperature)
+                               guided_tokens=guided_tokens)
     reward = QuadraticTarget(target, torch.ones(d)) if guided else None
     states = ReferenceSampler(model, model.alphas_cumprod.double().numpy(), settings).sample(x, rows, noise, reward)
     return states, rows, target
