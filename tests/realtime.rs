@@ -9,23 +9,37 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use df_planner::config::Fallback;
+use df_planner::config::NodeConfig;
 use df_planner::control::live::{Clock, ControlTick};
 use df_planner::control::{ControlCore, ControlParams, Fault, Safety, Source, StateCell, StateSample, TickInputs};
+use df_planner::diffusion::{DenoiseError, Denoiser};
 use df_planner::frames::{camera_rings, CameraRing, ImageView};
-use df_planner::planner::Plan;
+use df_planner::node::planner_settings;
+use df_planner::planner::{DfPlanner, GoalReward, Plan};
+use ndarray::{ArrayView2, ArrayView3, ArrayViewMut3};
 use ringbuf::traits::Consumer;
+
+mod common;
 
 struct Counting;
 
 thread_local! {
     // Per thread, so that other tests running in parallel do not count.
     static COUNTING: Cell<bool> = const { Cell::new(false) };
+    // Inside an ONNX Runtime call: counted apart (`InsideRuntime`).
+    static IN_RUNTIME: Cell<bool> = const { Cell::new(false) };
 }
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static RUNTIME_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
 fn note() {
     if COUNTING.with(Cell::get) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        let counter = if IN_RUNTIME.with(Cell::get) {
+            &RUNTIME_ALLOCATIONS
+        } else {
+            &ALLOCATIONS
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -278,4 +292,84 @@ fn the_safety_filter_clips_and_rate_limits_plan_actions() {
     );
     assert_eq!((c.counters().clipped, c.counters().rate_limited), (2, 2));
     assert_eq!(r.source, Source::Plan);
+}
+
+/// A denoiser whose calls count their allocations apart: the `ort` binding allocates its
+/// input list and output map on every run, which is outside the planner's own code.
+struct InsideRuntime<D>(D);
+
+impl<D: Denoiser> InsideRuntime<D> {
+    fn call<T>(&mut self, f: impl FnOnce(&mut D) -> T) -> T {
+        IN_RUNTIME.with(|c| c.set(true));
+        let out = f(&mut self.0);
+        IN_RUNTIME.with(|c| c.set(false));
+        out
+    }
+}
+
+impl<D: Denoiser> Denoiser for InsideRuntime<D> {
+    fn token_dim(&self) -> usize {
+        self.0.token_dim()
+    }
+    fn max_tokens(&self) -> usize {
+        self.0.max_tokens()
+    }
+    fn denoise(
+        &mut self,
+        x_t: ArrayView3<f32>,
+        k: ArrayView2<i64>,
+        x0: ArrayViewMut3<f32>,
+        eps: ArrayViewMut3<f32>,
+    ) -> Result<(), DenoiseError> {
+        self.call(|d| d.denoise(x_t, k, x0, eps))
+    }
+    fn denoise_vjp(
+        &mut self,
+        x_t: ArrayView3<f32>,
+        k: ArrayView2<i64>,
+        cotangent: ArrayView3<f32>,
+        x0: ArrayViewMut3<f32>,
+        eps: ArrayViewMut3<f32>,
+        grad: ArrayViewMut3<f32>,
+    ) -> Result<(), DenoiseError> {
+        self.call(|d| d.denoise_vjp(x_t, k, cotangent, x0, eps, grad))
+    }
+}
+
+/// The planner thread keeps the same discipline: once warm, a Maze2D plan with goal guidance
+/// and Monte Carlo Guidance over futures weighted by their rewards makes no allocation of
+/// its own (tokens, schedule, reward and its gradient, MCG weights, the plan).
+#[test]
+fn a_warm_guided_mcg_plan_does_not_allocate() {
+    let mut cfg = NodeConfig::load(&common::repo().join("config/maze2d_medium.yaml")).unwrap();
+    cfg.planner.mcg_temperature = Some(0.05);
+    assert!(cfg.planner.samples > 1, "the config plans with MCG");
+    let model = common::load(&cfg.model.path);
+    let contract = model.contract().clone();
+    let settings = planner_settings(&cfg, contract.layout.frame_stack);
+    let mut planner = DfPlanner::new(Box::new(InsideRuntime(model)), contract, &settings).unwrap();
+    let reward = GoalReward::new(cfg.planner.goal.clone().unwrap(), planner.contract(), [6.0, 6.0]).unwrap();
+    let l = &planner.contract().layout;
+    let mut plan = Plan::with_capacity(planner.plan_len(), l.action_dim, l.observation_dim, l.token_dim);
+    let mut observation = [1.0, 1.0, 0.0, 0.0];
+    for step in 0..3 {
+        planner.push_frame(&[0.0, 0.0], &observation).unwrap();
+        COUNTING.with(|c| c.set(step > 0));
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        planner.plan(Some(&reward), &mut plan).unwrap();
+        let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        COUNTING.with(|c| c.set(false));
+        assert!(plan.mcg_shift.is_some(), "plan {step} averaged over futures");
+        if step > 0 {
+            assert_eq!(
+                allocations, 0,
+                "plan {step} allocated {allocations} times outside ONNX Runtime"
+            );
+        }
+        observation[0] += 0.01;
+    }
+    assert!(
+        RUNTIME_ALLOCATIONS.load(Ordering::Relaxed) > 0,
+        "the runtime's calls were counted apart"
+    );
 }

@@ -25,7 +25,9 @@ pub struct OnnxDenoiser {
 
 /// A camera model's `images` and `image_level` inputs: per window token as the planner sets
 /// them, and the batch-broadcast copies ORT reads (grown on the first call of the largest
-/// batch, reused after, so planning allocates nothing once warm).
+/// batch, reused after). The `ort` run itself allocates its input list and output map on every
+/// call (22 allocations per call with the Maze2D model; tests/realtime.rs counts them apart from
+/// the planner's own).
 struct CameraInputs {
     token_images: Array5<f32>,
     token_levels: Array1<i64>,

@@ -110,7 +110,8 @@ impl PlannerSettings {
 }
 
 /// The sampler, timestep rows and token buffer for a window with a given number of context
-/// tokens: one per context length, built up front so that planning never allocates.
+/// tokens: one per context length, built up front so that the planner's own code never
+/// allocates while planning (tests/realtime.rs; the `ort` run allocates apart from it).
 struct Window {
     sampler: Sampler,
     rows: TimestepRows,

@@ -135,7 +135,7 @@ impl GoalReward {
     }
 
     /// (l_f, ∂l_f/∂p_f) for every planned frame of one sample (token 0, the context, excluded).
-    fn frames<'a>(&'a self, sample: &'a ArrayView2<'a, f32>) -> impl Iterator<Item = (f64, Vector2<f64>)> + 'a {
+    fn frames<'a>(&'a self, sample: &'a ArrayView2<'a, f32>) -> impl Iterator<Item = (f64, Vector2<f64>)> + Clone + 'a {
         sample.outer_iter().skip(1).enumerate().flat_map(move |(j, token)| {
             (0..self.frame_stack).map(move |f| {
                 let p = self.position(token.as_slice().expect("tokens are contiguous"), f);
@@ -151,21 +151,22 @@ impl GoalReward {
         (discount * s, ds * discount)
     }
 
-    /// ∂r/∂l_f / weight for every frame, given all l_f (written into `weights`); returns r / weight.
-    fn aggregate(&self, logits: &[f64], weights: &mut Vec<f64>) -> f64 {
-        weights.clear();
+    /// The aggregate of the logits l_f, in passes over them (`logits` is iterated once more
+    /// for the soft max's normalizer) so that neither the reward nor its gradient allocates.
+    fn aggregated(&self, logits: impl Iterator<Item = f64> + Clone) -> Aggregated {
         match self.cfg.aggregate {
             Aggregate::Mean => {
-                let n = logits.len() as f64;
-                weights.extend(logits.iter().map(|_| 1.0 / n));
-                logits.iter().sum::<f64>() / n
+                let (sum, count) = logits.fold((0.0, 0.0), |(sum, count), l| (sum + l, count + 1.0));
+                Aggregated::Mean { sum, count }
             }
             Aggregate::SoftMax { temperature } => {
-                let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                weights.extend(logits.iter().map(|l| ((l - max) / temperature).exp()));
-                let total: f64 = weights.iter().sum();
-                weights.iter_mut().for_each(|w| *w /= total);
-                max + temperature * total.ln()
+                let max = logits.clone().fold(f64::NEG_INFINITY, f64::max);
+                let total = logits.map(|l| ((l - max) / temperature).exp()).sum();
+                Aggregated::SoftMax {
+                    max,
+                    total,
+                    temperature,
+                }
             }
         }
     }
@@ -173,35 +174,58 @@ impl GoalReward {
     /// The reward of a path the planner did not plan: one position (physical units) per
     /// frame, as if they were a plan's planned frames (`serve`'s score_path).
     pub fn path_reward(&self, positions: &[[f64; 2]]) -> f64 {
-        let logits: Vec<f64> = positions
+        let logits = positions
             .iter()
             .enumerate()
-            .map(|(f, &p)| self.frame(f, &Vector2::from(p)).0)
-            .collect();
-        self.cfg.weight * self.aggregate(&logits, &mut Vec::new())
+            .map(|(f, &p)| self.frame(f, &Vector2::from(p)).0);
+        self.cfg.weight * self.aggregated(logits).value()
+    }
+}
+
+/// The logits l_f aggregated: r / weight, and what ∂r/∂l_f needs.
+enum Aggregated {
+    Mean { sum: f64, count: f64 },
+    SoftMax { max: f64, total: f64, temperature: f64 },
+}
+
+impl Aggregated {
+    /// r / weight.
+    fn value(&self) -> f64 {
+        match *self {
+            Self::Mean { sum, count } => sum / count,
+            Self::SoftMax {
+                max,
+                total,
+                temperature,
+            } => max + temperature * total.ln(),
+        }
+    }
+
+    /// ∂r/∂l / weight of a frame with logit l.
+    fn slope(&self, l: f64) -> f64 {
+        match *self {
+            Self::Mean { count, .. } => 1.0 / count,
+            Self::SoftMax {
+                max,
+                total,
+                temperature,
+            } => ((l - max) / temperature).exp() / total,
+        }
     }
 }
 
 impl Guidance for GoalReward {
     /// The reward of one sample's planned tokens.
     fn reward(&self, sample: ArrayView2<f32>) -> f64 {
-        let logits: Vec<f64> = self.frames(&sample).map(|(l, _)| l).collect();
-        self.cfg.weight * self.aggregate(&logits, &mut Vec::new())
+        self.cfg.weight * self.aggregated(self.frames(&sample).map(|(l, _)| l)).value()
     }
 
     fn cotangent(&self, x0: ArrayView3<f32>, mut out: ArrayViewMut3<f32>) {
         out.fill(0.0);
-        let (mut logits, mut slopes, mut weights) = (Vec::new(), Vec::new(), Vec::new());
         for (b, sample) in x0.outer_iter().enumerate() {
-            logits.clear();
-            slopes.clear();
-            for (l, dl) in self.frames(&sample) {
-                logits.push(l);
-                slopes.push(dl);
-            }
-            self.aggregate(&logits, &mut weights);
-            for (f, (dl, w)) in slopes.iter().zip(&weights).enumerate() {
-                let grad_p = dl * (self.cfg.weight * w);
+            let aggregated = self.aggregated(self.frames(&sample).map(|(l, _)| l));
+            for (f, (l, dl)) in self.frames(&sample).enumerate() {
+                let grad_p = dl * (self.cfg.weight * aggregated.slope(l));
                 let (token, frame) = (1 + f / self.frame_stack, f % self.frame_stack);
                 for i in 0..2 {
                     out[[b, token, frame * self.frame_dim + self.offsets[i]]] = (grad_p[i] * self.std[i]) as f32;
