@@ -115,6 +115,9 @@ def cmd_eval(a) -> None:
         raise SystemExit("eval maze2d: --maze, --planner, --config and --out are required")
     from .eval.maze2d import ABLATIONS, DEFAULT_CONFIGS, evaluate, learning_curve
 
+    if a.planner_seed_offset and (a.curve or a.objective_check or a.action_spread is not None):
+        raise SystemExit("--planner-seed-offset: only for an evaluation, not with --curve, --objective-check or "
+                         "--action-spread")
     configs = a.configs.split(",") if a.configs else None
     unknown = [c for c in configs or [] if c not in ABLATIONS]
     if unknown:
@@ -141,7 +144,7 @@ def cmd_eval(a) -> None:
                        configs or ["df_mcg"], a.curve_every)
         return
     evaluate(a.maze, a.episodes, a.planner, a.config, a.out, configs or DEFAULT_CONFIGS, a.seed, a.multi_goal,
-             a.workers)
+             a.workers, a.planner_seed_offset)
 
 
 def cmd_bench(a) -> None:
@@ -217,6 +220,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="episode i uses env seed seed + i (fruit-swap: 10000 + "
                                                          "seed + i, unseen by the demonstrations)")
     p.add_argument("--multi-goal", action="store_true", help="Multi2D: a random goal every episode")
+    p.add_argument("--planner-seed-offset", type=int, default=0, metavar="N", help="maze2d: episode i's planner "
+                   "seed is seed + i + N instead of seed + i: the same episodes under other planner noise, to see "
+                   "how many outcomes the planner's noise alone changes")
     p.add_argument("--workers", type=int, default=1, help="planner processes running episodes in parallel")
     p.add_argument("--merge", nargs="+", metavar="RESULTS", help="maze2d: pool results.json files of one evaluation "
                    "over adjacent env seed ranges into --out (scores concatenated, statistics recomputed)")

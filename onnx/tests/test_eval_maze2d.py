@@ -65,6 +65,20 @@ def test_an_episode_scores_the_same_whichever_worker_runs_it(setup):
     assert [p["trajectory"] for p in one_paths] == [p["trajectory"] for p in two_paths]
 
 
+def test_a_planner_seed_offset_replays_the_same_episodes_under_other_planner_noise(setup):
+    from df_train.eval.maze2d import ABLATIONS, evaluate_config
+
+    binary, config = setup
+    (base, base_paths), (other, other_paths) = (
+        evaluate_config("umaze", 2, binary, config, ABLATIONS["no_mcg"], 5, False, 1, record=True,
+                        planner_seed_offset=offset) for offset in (0, 1000))
+    assert base["env_seeds"] == other["env_seeds"] == [5, 6]
+    assert base["planner_seeds"] == [5, 6] and other["planner_seeds"] == [1005, 1006]
+    for a, b in zip(base_paths, other_paths):
+        assert a["goal"] == b["goal"] and a["trajectory"][0] == b["trajectory"][0], "the same start and goal"
+        assert a["trajectory"] != b["trajectory"], "other planner noise, another path"
+
+
 def test_multi_goal_rows_cite_only_the_papers_multi_goal_number(setup, tmp_path):
     binary, config = setup
     out = tmp_path / "multi.json"
@@ -138,6 +152,11 @@ def test_merge_refuses_overlapping_seeds_gaps_and_different_evaluations(tmp_path
     other = run_file(tmp_path / "other.json", 2, {"df_mcg": ([1.0], [None])})
     with pytest.raises(ValueError, match=r"configurations \['df_mcg'\], expected \['no_mcg'\]"):
         merge([a, other], tmp_path / "out.json")
+    reseeded = json.loads(run_file(tmp_path / "reseeded.json", 2, {"no_mcg": ([1.0], [None])}).read_text())
+    reseeded["no_mcg"]["planner_seeds"] = [1002, 1002]
+    (tmp_path / "reseeded.json").write_text(json.dumps(reseeded))
+    with pytest.raises(ValueError, match=r"no_mcg: planner seed offsets \[0, 1000\] differ between runs"):
+        merge([a, tmp_path / "reseeded.json"], tmp_path / "out.json")
     (tmp_path / "truncated.json").write_text(a.read_text()[:-20])
     with pytest.raises(ValueError, match=r"truncated.json: cannot read a results.json"):
         merge([a, tmp_path / "truncated.json"], tmp_path / "out.json")
@@ -341,6 +360,9 @@ def test_action_spread_compares_the_executed_actions_across_planner_seeds(setup,
     with pytest.raises(SystemExit, match="straight_to_goal has no planner"):
         main(["eval", "maze2d", "--maze", "umaze", "--episodes", "1", "--planner", binary, "--config", config,
               "--action-spread", "2", "--configs", "no_mcg,straight_to_goal", "--out", str(out)])
+    with pytest.raises(SystemExit, match="--planner-seed-offset: only for an evaluation"):
+        main(["eval", "maze2d", "--maze", "umaze", "--episodes", "1", "--planner", binary, "--config", config,
+              "--action-spread", "2", "--planner-seed-offset", "7", "--out", str(out)])
 
 
 def test_chance_distance_is_the_distance_of_sign_flipped_seed_differences():

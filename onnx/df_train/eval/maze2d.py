@@ -100,16 +100,17 @@ def run_episode(planner: Planner | StraightToGoal, env: Maze2DEnv, planner_seed:
             "replans": replans, "plans_through_walls": through_walls}
 
 
-def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, workers, record) -> tuple[dict, list]:
-    """Episodes split over `workers` planner processes; episode i uses env seed and planner
-    seed `seed + i`, so its result does not depend on the split."""
+def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, workers, record,
+                    planner_seed_offset=0) -> tuple[dict, list]:
+    """Episodes split over `workers` planner processes; episode i uses env seed `seed + i` and
+    planner seed `seed + i + planner_seed_offset`, so its result does not depend on the split."""
     def worker(w: int):
         planner = Planner(binary, config, args) if args is not None else StraightToGoal(config)
         try:
             done = []
             for i in range(w, episodes, workers):
                 env = Maze2DEnv(maze, seed=seed + i, multi_goal=multi_goal)
-                done.append((i, run_episode(planner, env, seed + i, record=record and i < 4)))
+                done.append((i, run_episode(planner, env, seed + i + planner_seed_offset, record=record and i < 4)))
             stats = planner.ask({"op": "stats"})
         finally:
             planner.close()
@@ -141,7 +142,7 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
         # plans to the corridors. None for a baseline.
         "plans_through_walls_rate": through_walls / replans if replans else None,
         "env_seeds": [seed, seed + episodes - 1],
-        "planner_seeds": [seed, seed + episodes - 1],
+        "planner_seeds": [seed + planner_seed_offset, seed + planner_seed_offset + episodes - 1],
         "serve_args": args,
         "config": config,
     }
@@ -239,13 +240,14 @@ def table(results: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
-def evaluate(maze, episodes, binary, config, out, configs=None, seed=0, multi_goal=False, workers=1) -> dict:
+def evaluate(maze, episodes, binary, config, out, configs=None, seed=0, multi_goal=False, workers=1,
+             planner_seed_offset=0) -> dict:
     results = {}
     configs = configs or DEFAULT_CONFIGS
     for name in configs:
         start = time.perf_counter()
         summary, recorded = evaluate_config(maze, episodes, binary, config, ABLATIONS[name], seed, multi_goal, workers,
-                                            record=(name == configs[0]))
+                                            record=(name == configs[0]), planner_seed_offset=planner_seed_offset)
         summary["wall_s"] = time.perf_counter() - start
         # The paper reports multi-goal for DF with MCG only.
         paper_key = ("multi_goal_df" if name == "df_mcg" else None) if multi_goal else name
@@ -305,6 +307,10 @@ def merge(paths: list, out) -> dict:
                 if part[field] != first[name][field]:
                     raise ValueError(f"{path}: {name}.{field} is {part[field]!r}, expected {first[name][field]!r} "
                                      f"as in {first_path}: only runs of the same evaluation can be pooled")
+        offsets = {part["planner_seeds"][0] - part["env_seeds"][0] for _, part in parts}
+        if len(offsets) > 1:
+            raise ValueError(f"{name}: planner seed offsets {sorted(offsets)} differ between runs "
+                             f"(--planner-seed-offset); only runs with the same one can be pooled")
         for (path_a, a), (path_b, b) in zip(parts, parts[1:]):
             if b["env_seeds"][0] != a["env_seeds"][1] + 1:
                 raise ValueError(f"{name}: env seeds {a['env_seeds']} ({path_a}) then {b['env_seeds']} ({path_b}); "
