@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use df_planner::config::Fallback;
-use df_planner::config::NodeConfig;
+use df_planner::config::{Fallback, NodeConfig};
 use df_planner::control::live::{Clock, ControlTick};
 use df_planner::control::{ControlCore, ControlParams, Fault, Safety, Source, StateCell, StateSample, TickInputs};
 use df_planner::diffusion::{DenoiseError, Denoiser};
