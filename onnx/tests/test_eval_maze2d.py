@@ -3,6 +3,7 @@ in the loop. The shipped point-mass model stands in for a maze model (same obser
 action layout), so this checks the plumbing and the results format, not the scores."""
 
 import json
+import os
 import statistics
 import subprocess
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 pytest.importorskip("mujoco")
 
 from df_train.cli import main  # noqa: E402
+from df_train.eval.guidance_rows import summarize  # noqa: E402
 from df_train.eval.maze2d import ABLATIONS, Planner, evaluate  # noqa: E402
 from df_train.envs.maze2d import Maze2DEnv  # noqa: E402
 
@@ -380,3 +382,41 @@ def test_chance_distance_is_the_distance_of_sign_flipped_seed_differences():
     paired = same[0], same[0] + 0.1 + 0.01 * rng.normal(size=same[0].shape)
     assert mean_distance(*paired) > 0.13 > 3 * chance_distance(*paired, rng)
     assert chance_distance(*paired, rng) < 0.5 * mean_distance(same[0], same[1] + 0.1)
+
+
+def test_guidance_rows_summarize_the_planners_trace_events():
+    # Two rows at the noisiest timestep (as the fmt subscriber writes them, colours included)
+    # and one at the next: x0 move = scale · gain · rms ‖g₀‖, MCG's move = scale · gain · rms ‖ḡ − g₀‖.
+    lines = [
+        "\x1b[35mTRACE\x1b[0m df_planner::diffusion::sampler: mcg row \x1b[3mrow\x1b[0m\x1b[2m=\x1b[0m0 "
+        "\x1b[3mtimestep\x1b[0m\x1b[2m=\x1b[0m999 gain=100.0 moved=1e-6 own=4e-4",
+        "TRACE df_planner::diffusion::sampler: mcg row row=0 timestep=999 gain=100.0 moved=3e-6 own=4e-4",
+        "TRACE df_planner::diffusion::sampler: mcg row row=1 timestep=899 gain=6.0 moved=0 own=1e-4",
+        "INFO something else entirely",
+    ]
+    rows = summarize(lines, scale=30.0)
+    assert [r["timestep"] for r in rows] == [999, 899] and [r["rows"] for r in rows] == [2, 1]
+    assert rows[0]["x0_step"] == pytest.approx(30 * 100 * 0.02)
+    assert rows[0]["mcg_move"] == pytest.approx(30 * 100 * np.sqrt(2e-6))
+    assert rows[0]["rel_shift"] == pytest.approx(np.sqrt(4e-6 / 8e-4))
+    assert rows[1]["x0_step"] == pytest.approx(30 * 6 * 0.01) and rows[1]["rel_shift"] == 0.0
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0) and rows[0]["share"] == pytest.approx(60 / 61.8)
+
+
+def test_an_mcg_plan_traces_every_guided_row_and_plain_guidance_none(setup):
+    binary, config = setup
+    requests = json.dumps({"op": "reset", "goal": [1.0, 1.0]}) + "\n" + json.dumps({"op": "step", "obs": [1.0, 2.0, 0.0, 0.0]}) + "\n"
+    env = {**os.environ, "RUST_LOG": "df_planner::diffusion::sampler=trace"}
+
+    def trace(samples):
+        run = subprocess.run([binary, "serve", "--config", config, "--samples", str(samples)], input=requests,
+                             capture_output=True, text=True, env=env, check=True)
+        return summarize(run.stderr.splitlines(), scale=30.0)
+
+    rows = trace(4)
+    # One plan: the executed tokens step through all 10 sampling levels; the noisiest (ᾱ = 0)
+    # takes the config's gain cap (`max_gain: 100`), and the gain falls with the noise.
+    assert len(rows) == 10 and rows[0]["gain"] == 100.0
+    assert [r["gain"] for r in rows] == sorted((r["gain"] for r in rows), reverse=True)
+    assert all(r["rel_shift"] > 0 for r in rows)
+    assert trace(1) == []

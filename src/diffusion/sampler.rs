@@ -320,6 +320,15 @@ impl Sampler {
             }
             let shared = self.settings.shared_tokens;
             let shift = average_shared_guidance(&mut self.grad, shared, &self.future_weights, |t| cur[t] != next[t]);
+            if tracing::enabled!(tracing::Level::TRACE) {
+                // Where along the rows the guidance acts and how far MCG moves it there
+                // (docs/maze2d.md, "Where the guidance acts"); off unless RUST_LOG asks for it.
+                if let Some(token) = (0..shared).find(|&token| cur[token] != next[token]) {
+                    let timestep = cur[token];
+                    let gain = self.settings.guidance_form.gain(self.alpha_bar.at(timestep));
+                    tracing::trace!(row, timestep, gain, moved = shift.0, own = shift.1, "mcg row");
+                }
+            }
             self.record_mcg_shift(shift);
         }
         let s = &self.settings;
