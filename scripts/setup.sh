@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what df_planner needs on a fresh machine (Debian 12, Rust toolchain, Python 3.10+):
 # - a Python virtualenv OUTSIDE the clone (torch from PyPI is ~3 GB; reused across clones),
-#   DF_VENV overrides its place, with the df_train package (onnx/) installed editable;
+#   DF_VENV overrides its place, with the df_train package (onnx/) installed editable and its
+#   dependencies at the versions pinned in onnx/constraints.txt;
 # - ONNX Runtime's shared library, taken from that venv's PyPI `onnxruntime` wheel, and
 #   .cargo/config.toml pointing ORT_DYLIB_PATH at it for `cargo run` and `cargo test`.
 # Idempotent: a second run only checks.
@@ -15,14 +16,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
 fi
 stamp="$VENV/.df_planner_deps"
-want="$(sha256sum onnx/pyproject.toml | cut -d' ' -f1)"
-# Reinstall when the dependencies changed, or when df_train in the venv is another checkout's
-# (the venv is shared by every clone on this machine, CI's included).
+want="$(cat onnx/pyproject.toml onnx/constraints.txt | sha256sum | cut -d' ' -f1)"
+# Reinstall when the dependencies or their pins (onnx/constraints.txt) changed, or when df_train
+# in the venv is another checkout's (the venv is shared by every clone on this machine, CI's included).
 here="$(pwd)/onnx/df_train"
 installed="$(cd / && "$VENV/bin/python" -c "import df_train, torch, onnxruntime, os; print(os.path.dirname(df_train.__file__))" 2>/dev/null || true)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ "$installed" != "$here" ]; then
   echo "setup: installing df_train and its dependencies into $VENV (first time: several minutes)"
-  "$VENV/bin/pip" install -q -e "onnx[test]"
+  "$VENV/bin/pip" install -q -c onnx/constraints.txt -e "onnx[test]"
   echo "$want" > "$stamp"
 fi
 
