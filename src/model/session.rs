@@ -2,10 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array1, Array5, ArrayView1, ArrayView2, ArrayView3, ArrayView5, ArrayView6, ArrayViewMut3, Ix3};
+use ndarray::{Array1, Array5, ArrayView1, ArrayView2, ArrayView3, ArrayView5, ArrayViewMut3};
+use ort::memory::Allocator;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{Session, SessionInputValue, SessionOutputs};
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionOutputs};
+use ort::value::{PrimitiveTensorElementType, Tensor, TensorElementType, ValueType};
 
 use super::contract::{CameraSpec, ModelContract, METADATA_KEY};
 use super::runtime::{environment, execution_providers, RuntimeConfig};
@@ -19,23 +20,133 @@ pub struct OnnxDenoiser {
     path: PathBuf,
     denoise: Session,
     vjp: Option<Session>,
+    /// The ORT values of each window shape seen so far, per graph (`WindowIo`).
+    denoise_io: Vec<WindowIo>,
+    vjp_io: Vec<WindowIo>,
     /// Camera models: the images of the window's tokens (`set_images`).
     cameras: Option<CameraInputs>,
 }
 
-/// A camera model's `images` and `image_level` inputs: per window token as the planner sets
-/// them, and the batch-broadcast copies ORT reads (grown on the first call of the largest
-/// batch, reused after). The `ort` run itself allocates its input list and output map on every
-/// call (22 allocations per call with the Maze2D model; tests/realtime.rs counts them apart from
-/// the planner's own).
+/// The ORT values of one graph for one window shape [b, t]: the inputs a call copies into and
+/// the outputs ORT writes into (preallocated in the run options), made on the first call with
+/// that shape and kept (at most one per batch size and window length). A warm call then
+/// allocates nothing on the Rust side (tests/realtime.rs counts it); ONNX Runtime's own C++
+/// allocations are out of Rust's sight.
+struct WindowIo {
+    b: usize,
+    t: usize,
+    x_t: Tensor<f32>,
+    k: Tensor<i64>,
+    /// *denoise_vjp* only.
+    cotangent: Option<Tensor<f32>>,
+    /// Camera models: `images` and `image_level`, every sample seeing the same tokens.
+    images: Option<(Tensor<f32>, Tensor<i64>)>,
+    run: RunOptions<HasSelectedOutputs>,
+}
+
+impl WindowIo {
+    fn new(
+        (b, t, d): (usize, usize, usize),
+        outputs: &[&str],
+        cotangent: bool,
+        cameras: Option<&CameraInputs>,
+    ) -> ort::Result<Self> {
+        let cpu = Allocator::default();
+        let mut selector = OutputSelector::default();
+        for &name in outputs {
+            selector = selector.preallocate(name, Tensor::<f32>::new(&cpu, [b, t, d])?);
+        }
+        let images = match cameras {
+            Some(c) => {
+                let (_, n, h, w, ch) = c.token_images.dim();
+                Some((
+                    Tensor::<f32>::new(&cpu, [b, t, n, h, w, ch])?,
+                    Tensor::<i64>::new(&cpu, [b, t])?,
+                ))
+            }
+            None => None,
+        };
+        Ok(Self {
+            b,
+            t,
+            x_t: Tensor::new(&cpu, [b, t, d])?,
+            k: Tensor::new(&cpu, [b, t])?,
+            cotangent: if cotangent {
+                Some(Tensor::new(&cpu, [b, t, d])?)
+            } else {
+                None
+            },
+            images,
+            run: RunOptions::new()?.with_outputs(selector),
+        })
+    }
+
+    /// The values for `x_t`'s shape in `cache`, made on the first call with it.
+    fn for_window<'c>(
+        cache: &'c mut Vec<WindowIo>,
+        x_t: &ArrayView3<f32>,
+        outputs: &[&str],
+        cotangent: bool,
+        cameras: Option<&CameraInputs>,
+    ) -> ort::Result<&'c mut WindowIo> {
+        let (b, t, d) = x_t.dim();
+        let index = match cache.iter().position(|io| (io.b, io.t) == (b, t)) {
+            Some(i) => i,
+            None => {
+                cache.push(Self::new((b, t, d), outputs, cotangent, cameras)?);
+                cache.len() - 1
+            }
+        };
+        Ok(&mut cache[index])
+    }
+
+    /// Copy the call's inputs in; the camera inputs come from `cameras`.
+    fn fill(
+        &mut self,
+        x_t: ArrayView3<f32>,
+        k: ArrayView2<i64>,
+        cotangent: Option<ArrayView3<f32>>,
+        cameras: Option<&CameraInputs>,
+    ) -> Result<(), DenoiseError> {
+        copy_in(&mut self.x_t, x_t.iter());
+        copy_in(&mut self.k, k.iter());
+        if let (Some(dst), Some(src)) = (self.cotangent.as_mut(), cotangent) {
+            copy_in(dst, src.iter());
+        }
+        if let (Some((images, levels)), Some(c)) = (self.images.as_mut(), cameras) {
+            c.broadcast(self.b, self.t, images, levels)?;
+        }
+        Ok(())
+    }
+
+    /// Run `session` on these values; the graph's inputs are in contract order (checked at load).
+    fn run<'r>(&'r self, session: &'r mut Session) -> ort::Result<SessionOutputs<'r>> {
+        let (x, k, run) = (&self.x_t, &self.k, &self.run);
+        match (&self.cotangent, &self.images) {
+            (None, None) => session.run_with_options(ort::inputs![x, k], run),
+            (Some(c), None) => session.run_with_options(ort::inputs![x, k, c], run),
+            (None, Some((i, l))) => session.run_with_options(ort::inputs![x, k, i, l], run),
+            (Some(c), Some((i, l))) => session.run_with_options(ort::inputs![x, k, c, i, l], run),
+        }
+    }
+}
+
+fn copy_in<'a, T: PrimitiveTensorElementType + Copy + std::fmt::Debug + 'a>(
+    dst: &mut Tensor<T>,
+    src: impl Iterator<Item = &'a T>,
+) {
+    for (d, s) in dst.extract_tensor_mut().1.iter_mut().zip(src) {
+        *d = *s;
+    }
+}
+
+/// A camera model's `images` and `image_level` inputs, per window token as the planner sets them.
 struct CameraInputs {
     token_images: Array5<f32>,
     token_levels: Array1<i64>,
     /// Tokens set by the last `set_images` (0: none yet).
     tokens: usize,
     absent_level: i64,
-    batch_images: Vec<f32>,
-    batch_levels: Vec<i64>,
 }
 
 impl CameraInputs {
@@ -47,8 +158,6 @@ impl CameraInputs {
             token_levels: Array1::from_elem(max_tokens, spec.image_levels),
             tokens: 0,
             absent_level: spec.image_levels,
-            batch_images: Vec::new(),
-            batch_levels: Vec::new(),
         }
     }
 
@@ -88,25 +197,15 @@ impl CameraInputs {
         Ok(())
     }
 
-    /// Append `images` and `image_level` for a [b, t] window to a session's inputs.
-    fn push_inputs<'a>(
-        &'a mut self,
-        inputs: &mut Vec<(std::borrow::Cow<'static, str>, SessionInputValue<'a>)>,
+    /// Write the images and levels of a [b, t] window into `images` and `levels`, every sample
+    /// seeing the same tokens.
+    fn broadcast(
+        &self,
         b: usize,
         t: usize,
-        err: &impl Fn(ort::Error) -> DenoiseError,
+        images: &mut Tensor<f32>,
+        levels: &mut Tensor<i64>,
     ) -> Result<(), DenoiseError> {
-        let (images, levels) = self.batch(b, t)?;
-        inputs.push(("images".into(), TensorRef::from_array_view(images).map_err(err)?.into()));
-        inputs.push((
-            "image_level".into(),
-            TensorRef::from_array_view(levels).map_err(err)?.into(),
-        ));
-        Ok(())
-    }
-
-    /// The images and levels of a [b, t] window, every sample seeing the same tokens.
-    fn batch(&mut self, b: usize, t: usize) -> Result<(ArrayView6<'_, f32>, ArrayView2<'_, i64>), DenoiseError> {
         if t != self.tokens {
             return Err(DenoiseError::Images {
                 field: "images",
@@ -116,22 +215,15 @@ impl CameraInputs {
         }
         let (_, n, h, w, c) = self.token_images.dim();
         let per_sample = t * n * h * w * c;
-        if self.batch_images.len() < b * per_sample {
-            self.batch_images.resize(b * per_sample, 0.0);
-        }
-        if self.batch_levels.len() < b * t {
-            self.batch_levels.resize(b * t, 0);
-        }
-        let tokens = self.token_images.as_slice().expect("owned arrays are contiguous");
-        let levels = self.token_levels.as_slice().expect("owned arrays are contiguous");
+        let tokens = &self.token_images.as_slice().expect("owned arrays are contiguous")[..per_sample];
+        let token_levels = &self.token_levels.as_slice().expect("owned arrays are contiguous")[..t];
+        let (_, images) = images.extract_tensor_mut();
+        let (_, levels) = levels.extract_tensor_mut();
         for i in 0..b {
-            self.batch_images[i * per_sample..(i + 1) * per_sample].copy_from_slice(&tokens[..per_sample]);
-            self.batch_levels[i * t..(i + 1) * t].copy_from_slice(&levels[..t]);
+            images[i * per_sample..(i + 1) * per_sample].copy_from_slice(tokens);
+            levels[i * t..(i + 1) * t].copy_from_slice(token_levels);
         }
-        let images =
-            ArrayView6::from_shape((b, t, n, h, w, c), &self.batch_images[..b * per_sample]).expect("sized above");
-        let levels = ArrayView2::from_shape((b, t), &self.batch_levels[..b * t]).expect("sized above");
-        Ok((images, levels))
+        Ok(())
     }
 }
 
@@ -258,6 +350,8 @@ impl OnnxDenoiser {
             path: path.to_owned(),
             denoise,
             vjp,
+            denoise_io: Vec::new(),
+            vjp_io: Vec::new(),
             cameras,
         })
     }
@@ -343,17 +437,19 @@ fn check_ports(session: &Session, path: &Path, inputs: bool, ports: &[Port]) -> 
 }
 
 fn copy_out(outputs: &SessionOutputs<'_>, name: &'static str, mut dst: ArrayViewMut3<f32>) -> Result<(), DenoiseError> {
-    let value = outputs[name]
-        .try_extract_array::<f32>()
+    let (shape, data) = outputs[name]
+        .try_extract_tensor::<f32>()
         .map_err(|e| DenoiseError::Backend(format!("output `{name}`: {e}")))?;
-    let value = value
-        .into_dimensionality::<Ix3>()
-        .map_err(|e| DenoiseError::Backend(format!("output `{name}`: {e}")))?;
-    if value.dim() != dst.dim() {
-        let (expected, got) = (dst.shape().to_vec(), value.shape().to_vec());
-        return Err(DenoiseError::OutputShape { name, expected, got });
+    let (b, t, d) = dst.dim();
+    if shape[..] != [b as i64, t as i64, d as i64] {
+        let got = shape.iter().map(|&n| n as usize).collect();
+        return Err(DenoiseError::OutputShape {
+            name,
+            expected: dst.shape().to_vec(),
+            got,
+        });
     }
-    dst.assign(&value);
+    dst.assign(&ArrayView3::from_shape((b, t, d), data).expect("shape checked above"));
     Ok(())
 }
 
@@ -379,15 +475,10 @@ impl Denoiser for OnnxDenoiser {
     ) -> Result<(), DenoiseError> {
         self.check_window(&x_t, &k)?;
         let err = backend(&self.path);
-        let (b, t, _) = x_t.dim();
-        let mut inputs = ort::inputs! {
-            "x_t" => TensorRef::from_array_view(x_t).map_err(&err)?,
-            "k" => TensorRef::from_array_view(k).map_err(&err)?,
-        };
-        if let Some(cameras) = self.cameras.as_mut() {
-            cameras.push_inputs(&mut inputs, b, t, &err)?;
-        }
-        let outputs = self.denoise.run(inputs).map_err(&err)?;
+        let cameras = self.cameras.as_ref();
+        let io = WindowIo::for_window(&mut self.denoise_io, &x_t, &["x0", "eps"], false, cameras).map_err(&err)?;
+        io.fill(x_t, k, None, cameras)?;
+        let outputs = io.run(&mut self.denoise).map_err(&err)?;
         copy_out(&outputs, "x0", x0)?;
         copy_out(&outputs, "eps", eps)
     }
@@ -416,16 +507,11 @@ impl Denoiser for OnnxDenoiser {
                 self.path.display()
             )));
         };
-        let (b, t, _) = x_t.dim();
-        let mut inputs = ort::inputs! {
-            "x_t" => TensorRef::from_array_view(x_t).map_err(&err)?,
-            "k" => TensorRef::from_array_view(k).map_err(&err)?,
-            "cotangent" => TensorRef::from_array_view(cotangent).map_err(&err)?,
-        };
-        if let Some(cameras) = self.cameras.as_mut() {
-            cameras.push_inputs(&mut inputs, b, t, &err)?;
-        }
-        let outputs = session.run(inputs).map_err(&err)?;
+        let cameras = self.cameras.as_ref();
+        let names = ["x0", "eps", "grad_x_t"];
+        let io = WindowIo::for_window(&mut self.vjp_io, &x_t, &names, true, cameras).map_err(&err)?;
+        io.fill(x_t, k, Some(cotangent), cameras)?;
+        let outputs = io.run(session).map_err(&err)?;
         copy_out(&outputs, "x0", x0)?;
         copy_out(&outputs, "eps", eps)?;
         copy_out(&outputs, "grad_x_t", grad)
