@@ -45,17 +45,14 @@ struct WindowIo {
 }
 
 impl WindowIo {
-    fn new(
-        (b, t, d): (usize, usize, usize),
-        outputs: &[&str],
-        cotangent: bool,
-        cameras: Option<&CameraInputs>,
-    ) -> ort::Result<Self> {
+    /// The values `session`'s graph takes and gives (its ports, checked at load).
+    fn new(session: &Session, (b, t, d): (usize, usize, usize), cameras: Option<&CameraInputs>) -> ort::Result<Self> {
         let cpu = Allocator::default();
         let mut selector = OutputSelector::default();
-        for &name in outputs {
-            selector = selector.preallocate(name, Tensor::<f32>::new(&cpu, [b, t, d])?);
+        for output in session.outputs() {
+            selector = selector.preallocate(output.name(), Tensor::<f32>::new(&cpu, [b, t, d])?);
         }
+        let cotangent = session.inputs().iter().any(|input| input.name() == "cotangent");
         let images = match cameras {
             Some(c) => {
                 let (_, n, h, w, ch) = c.token_images.dim();
@@ -81,19 +78,18 @@ impl WindowIo {
         })
     }
 
-    /// The values for `x_t`'s shape in `cache`, made on the first call with it.
+    /// The values for `x_t`'s shape in `cache` (`session`'s), made on the first call with it.
     fn for_window<'c>(
         cache: &'c mut Vec<WindowIo>,
+        session: &Session,
         x_t: &ArrayView3<f32>,
-        outputs: &[&str],
-        cotangent: bool,
         cameras: Option<&CameraInputs>,
     ) -> ort::Result<&'c mut WindowIo> {
         let (b, t, d) = x_t.dim();
         let index = match cache.iter().position(|io| (io.b, io.t) == (b, t)) {
             Some(i) => i,
             None => {
-                cache.push(Self::new((b, t, d), outputs, cotangent, cameras)?);
+                cache.push(Self::new(session, (b, t, d), cameras)?);
                 cache.len() - 1
             }
         };
@@ -476,7 +472,7 @@ impl Denoiser for OnnxDenoiser {
         self.check_window(&x_t, &k)?;
         let err = backend(&self.path);
         let cameras = self.cameras.as_ref();
-        let io = WindowIo::for_window(&mut self.denoise_io, &x_t, &["x0", "eps"], false, cameras).map_err(&err)?;
+        let io = WindowIo::for_window(&mut self.denoise_io, &self.denoise, &x_t, cameras).map_err(&err)?;
         io.fill(x_t, k, None, cameras)?;
         let outputs = io.run(&mut self.denoise).map_err(&err)?;
         copy_out(&outputs, "x0", x0)?;
@@ -508,8 +504,7 @@ impl Denoiser for OnnxDenoiser {
             )));
         };
         let cameras = self.cameras.as_ref();
-        let names = ["x0", "eps", "grad_x_t"];
-        let io = WindowIo::for_window(&mut self.vjp_io, &x_t, &names, true, cameras).map_err(&err)?;
+        let io = WindowIo::for_window(&mut self.vjp_io, session, &x_t, cameras).map_err(&err)?;
         io.fill(x_t, k, Some(cotangent), cameras)?;
         let outputs = io.run(session).map_err(&err)?;
         copy_out(&outputs, "x0", x0)?;
