@@ -10,8 +10,10 @@
 //!   model's `cameras.inputs` order, each height × width × 3 bytes; `images` may be null or
 //!   shorter (a camera that sent nothing this step). → `{"ok": true, "action": [...],
 //!   "source": "plan" | "hold" | "stop", "faults": [...], "replanned": bool,
-//!   "frame_errors": [...]}`. A rejected frame is counted and named in `frame_errors`; the
-//!   tick then holds or stops as the config says, as on the robot.
+//!   "frame_errors": [...], "plan_error": null | "..."}`. A rejected frame is counted and
+//!   named in `frame_errors`; the tick then holds or stops as the config says, as on the
+//!   robot. `plan_error` says why a plan failed this step (the tick kept the last plan or
+//!   fell back). A state of the wrong size is refused before it reaches the loop.
 //! - `{"op": "stats"}` → `{"ok": true, "diagnostics": {...}}` (the node's diagnostics: ticks,
 //!   faults, hold/stop counts, plan and tick latency, frame counters) for the current episode.
 //!
@@ -24,20 +26,23 @@ use crate::config::NodeConfig;
 use crate::control::{ActionSink, Diagnostics, OfflineLoop, Source, StateSample, TickReport};
 use crate::frames::ImageView;
 use crate::node::offline_loop;
-use crate::planner::Plan;
+use crate::planner::{check_state_joints, Plan};
 use crate::replay::build_loop;
 use crate::serve::{error, parse_request};
 
+/// The ops of this protocol, for error replies.
+const OPS: &str = r#"{"op": "reset" | "step" | "stats", ...}"#;
+
 #[derive(Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 enum Request {
-    Reset,
+    Reset {},
     Step {
         state: Vec<f64>,
         #[serde(default)]
         images: Option<Vec<Vec<u8>>>,
     },
-    Stats,
+    Stats {},
 }
 
 /// The last tick's output.
@@ -69,8 +74,9 @@ pub struct Bridge {
     sink: LastTick,
     step_ns: i64,
     steps: i64,
-    /// Camera (height, width) in the model's order.
-    cameras: Vec<(u32, u32)>,
+    /// Camera (role, height, width) in the model's order.
+    cameras: Vec<(String, u32, u32)>,
+    observation_dim: usize,
 }
 
 impl Bridge {
@@ -83,12 +89,13 @@ impl Bridge {
                 cfg.control.rate_hz
             ));
         }
-        let cameras = lp
-            .contract()
+        let contract = lp.contract();
+        let cameras = contract
             .cameras
             .as_ref()
-            .map(|c| c.inputs.iter().map(|i| (i.height, i.width)).collect())
+            .map(|c| c.inputs.iter().map(|i| (i.role.clone(), i.height, i.width)).collect())
             .unwrap_or_default();
+        let observation_dim = contract.layout.observation_dim;
         Ok(Self {
             cfg: cfg.clone(),
             lp: Some(lp),
@@ -96,19 +103,20 @@ impl Bridge {
             step_ns: cfg.control.step().as_nanos() as i64,
             steps: 0,
             cameras,
+            observation_dim,
         })
     }
 
     /// Answer one request line; never panics on input.
     pub fn handle(&mut self, line: &str) -> Value {
-        let request: Request = match parse_request(line) {
+        let request: Request = match parse_request(line, OPS) {
             Ok(r) => r,
             Err(reply) => return reply,
         };
         match request {
-            Request::Reset => self.reset(),
+            Request::Reset {} => self.reset(),
             Request::Step { state, images } => self.step(&state, images.as_deref().unwrap_or(&[])),
-            Request::Stats => json!({"ok": true, "diagnostics": self.lp().diagnostics()}),
+            Request::Stats {} => json!({"ok": true, "diagnostics": self.lp().diagnostics()}),
         }
     }
 
@@ -141,6 +149,9 @@ impl Bridge {
     fn step(&mut self, state: &[f64], images: &[Vec<u8>]) -> Value {
         // Step k happens at (k + 1) · step: the loop's clock starts at the first input.
         let t = (self.steps + 1) * self.step_ns;
+        if let Err(e) = check_state_joints(self.observation_dim, state.len()) {
+            return error(format!("state: {e}"));
+        }
         let Some(sample) = StateSample::new(t, state, &[]) else {
             return error(format!(
                 "state: expected at most {} values, got {}",
@@ -157,7 +168,8 @@ impl Bridge {
         }
         let mut frame_errors = Vec::new();
         let lp = self.lp.as_mut().expect("the loop exists between requests");
-        for (i, (data, &(height, width))) in images.iter().zip(&self.cameras).enumerate() {
+        for (i, (data, (role, height, width))) in images.iter().zip(&self.cameras).enumerate() {
+            let (height, width) = (*height, *width);
             // Sizes are the frames' own claims: a frame of the wrong length is rejected by the
             // ring with the reason, as a wrong sensor_msgs/Image would be.
             let view = ImageView {
@@ -169,14 +181,19 @@ impl Bridge {
                 stamp_ns: t,
             };
             if let Err(e) = lp.ingest_image(i, &view) {
-                frame_errors.push(format!("camera {i}: {e}"));
+                frame_errors.push(format!("camera {i} ({role}): {e}"));
             }
         }
         lp.ingest_state(sample);
-        let plans = self.sink.plans;
+        let (plans, plan_errors) = (self.sink.plans, lp.plan_errors().0);
         if let Err(e) = lp.advance_to(t + 1, None, &mut self.sink) {
             return error(e.to_string());
         }
+        // A plan that failed this step (the tick fell back or kept the last plan): why.
+        let plan_error = match lp.plan_errors() {
+            (n, Some(e)) if n > plan_errors => Some(e.to_string()),
+            _ => None,
+        };
         self.steps += 1;
         let source = match self.sink.source {
             Some(Source::Plan) => "plan",
@@ -190,6 +207,7 @@ impl Bridge {
             "faults": self.sink.faults,
             "replanned": self.sink.plans > plans,
             "frame_errors": frame_errors,
+            "plan_error": plan_error,
         })
     }
 }

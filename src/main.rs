@@ -1,5 +1,7 @@
 //! `df_planner`: Diffusion Forcing planning controller.
 
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -50,7 +52,8 @@ enum Command {
     },
     /// Sample a token sequence from noise along a scheduling matrix and write it as JSON.
     Sample(SampleArgs),
-    /// Measure denoise / denoise_vjp latency and a full sample (median, p99, max over many calls).
+    /// Measure denoise / denoise_vjp latency (median, p99, max over many calls), or with
+    /// --config the live control loop (tick and plan latency, deadline misses).
     Bench(BenchArgs),
     /// Run as a ROS 2 node (needs a build with `--features ros` in a sourced ROS 2 workspace).
     ///
@@ -63,13 +66,12 @@ enum Command {
     /// once a second (latency p50/p99/max, fault counters, frame counters).
     ///
     /// ROS parameters: `config` (path of the node YAML, used when --config is not given) and
-    /// `use_sim_time` (stamps and staleness follow /clock). Every YAML field is documented in
-    /// config/pointmass.yaml and src/config.rs: model (path, runtime providers),
-    /// planner (matrix, sampling_steps, horizon_tokens, context_tokens, image_level, samples,
-    /// guidance_scale, eta, replan_every, seed), control (rate_hz, action_dt_s, fallback hold|stop, stop_action),
-    /// safety (action_min, action_max, max_rate, camera_timeout_s, state_timeout_s),
-    /// camera (required, width, height, ring_capacity, topics), topics (image, state, action,
-    /// action_type, joint_names, frame_id, diagnostics, plan, recorded_action).
+    /// `use_sim_time` (stamps and staleness follow /clock). The YAML has the sections model
+    /// (path, runtime: providers, threads), planner (matrix, sampling, MCG, guidance and its
+    /// goal reward, warm start, replanning, seed), control (rate, fallback hold|stop), safety
+    /// (action limits, rate limit, input timeouts), camera, topics and serve (`serve` only);
+    /// every field is documented in src/config.rs and commented in config/*.yaml, and an
+    /// unknown field is an error.
     Run(RunArgs),
     /// Serve plans over a line protocol on stdin/stdout (JSON per line: reset, step, stats) for
     /// a simulator that steps the world itself; see src/serve.rs for the protocol. A camera
@@ -159,7 +161,8 @@ struct RuntimeArgs {
     /// Fail when a listed provider cannot be registered, instead of falling back.
     #[arg(long)]
     require_providers: bool,
-    /// libonnxruntime.so to load (default: $ORT_DYLIB_PATH).
+    /// libonnxruntime.so to load (default: $ORT_DYLIB_PATH, else the one scripts/setup.sh
+    /// installed).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
     /// ORT intra-op threads (0 = ORT default).
@@ -240,6 +243,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match Cli::parse().command {
         Command::Inspect { model, json, runtime } => inspect(model, json, &runtime.config()),
@@ -262,9 +266,9 @@ fn inspect(path: PathBuf, json: bool, runtime: &RuntimeConfig) -> Result<()> {
     let model = OnnxDenoiser::load(&path, runtime)?;
     let c = model.contract();
     if json {
-        println!("{}", serde_json::to_string_pretty(c)?);
-        return Ok(());
+        return emit(&(serde_json::to_string_pretty(c)? + "\n"));
     }
+    let mut out = String::new();
     let l = &c.layout;
     let fields: Vec<String> = l
         .field_order
@@ -273,8 +277,9 @@ fn inspect(path: PathBuf, json: bool, runtime: &RuntimeConfig) -> Result<()> {
         .collect();
     let d = &c.diffusion;
     let ab = &d.alphas_cumprod;
-    println!("model        {} (contract {})", path.display(), c.contract_version);
-    println!(
+    writeln!(out, "model        {} (contract {})", path.display(), c.contract_version)?;
+    writeln!(
+        out,
         "graphs       denoise {}, denoise_vjp {}",
         c.graphs.denoise,
         match (&c.graphs.denoise_vjp, model.has_vjp()) {
@@ -282,56 +287,62 @@ fn inspect(path: PathBuf, json: bool, runtime: &RuntimeConfig) -> Result<()> {
             (Some(name), false) => format!("{name} (MISSING: guidance unavailable)"),
             (None, _) => "none (guidance unavailable)".into(),
         }
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "layout       frame [{}] = {} floats; {} frames per token = token_dim {}",
         fields.join(", "),
         l.frame_dim,
         l.frame_stack,
         l.token_dim
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "tokens       max_tokens {}, causal {}, cond_dim {}",
         c.max_tokens, c.causal, c.cond_dim
-    );
+    )?;
     if let Some(cameras) = &c.cameras {
         let inputs: Vec<String> = cameras
             .inputs
             .iter()
             .map(|i| format!("{} {} {} {}x{}", i.role, i.topic, i.encoding, i.width, i.height))
             .collect();
-        println!(
+        writeln!(
+            out,
             "cameras      {}; image levels 0..{} observed, {} absent",
             inputs.join(", "),
             cameras.image_levels - 1,
             cameras.image_levels
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "diffusion    K {}, schedule {}, parameterization {}, stabilization level {}, noise clip {}",
         d.timesteps,
         serde_json::to_value(d.schedule)?,
         serde_json::to_value(d.parameterization)?,
         d.stabilization_level,
         d.noise_clip
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "alpha_bar    [0] {:.6}, [K/2] {:.6}, [K-1] {:.3e}",
         ab[0],
         ab[ab.len() / 2],
         ab[ab.len() - 1]
-    );
-    println!("normalize    mean {:?}", round(&c.normalization.mean));
-    println!("             std  {:?}", round(&c.normalization.std));
+    )?;
+    writeln!(out, "normalize    mean {:?}", round(&c.normalization.mean))?;
+    writeln!(out, "             std  {:?}", round(&c.normalization.std))?;
     let p = &c.provenance;
-    println!(
+    writeln!(
+        out,
         "provenance   dataset {}, {} train steps, commit {}, exported {}, torch {}",
         short(&p.dataset_sha256),
         p.train_steps,
         short(&p.git_commit),
         p.exported_at,
         p.torch
-    );
+    )?;
     for s in available_providers(runtime)? {
         let state = match (s.compiled, s.in_runtime) {
             (true, true) => "available",
@@ -339,9 +350,18 @@ fn inspect(path: PathBuf, json: bool, runtime: &RuntimeConfig) -> Result<()> {
             (true, false) => "compiled in, not in the loaded runtime",
             (false, false) => "unavailable",
         };
-        println!("provider     {:<9} {state}", s.provider.to_string());
+        writeln!(out, "provider     {:<9} {state}", s.provider.to_string())?;
     }
-    Ok(())
+    emit(&out)
+}
+
+/// Write a command's output to stdout; a reader that has gone (`| head`) ends it quietly.
+fn emit(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
+    }
 }
 
 fn field_name(f: Field) -> &'static str {
@@ -363,6 +383,13 @@ fn short(s: &str) -> &str {
 fn sample(a: SampleArgs) -> Result<()> {
     let mut model = OnnxDenoiser::load(&a.model, &a.runtime.config())?;
     let c = model.contract().clone();
+    if c.cameras.is_some() {
+        bail!(
+            "--model: {} is a camera model (it plans from images), and `sample` draws from noise alone; \
+             run it with `serve` or `replay` and its node config",
+            a.model.display()
+        );
+    }
     let horizon = a.horizon.unwrap_or(c.max_tokens);
     if horizon > c.max_tokens {
         bail!(
@@ -421,16 +448,15 @@ fn sample(a: SampleArgs) -> Result<()> {
     });
     std::fs::write(&a.out, serde_json::to_string_pretty(&doc)? + "\n")
         .with_context(|| format!("writing {}", a.out.display()))?;
-    println!(
-        "wrote {} ({} samples x {} tokens, {} rows of {}, {:.1} ms)",
+    emit(&format!(
+        "wrote {} ({} samples x {} tokens, {} rows of {}, {:.1} ms)\n",
         a.out.display(),
         a.batch,
         horizon,
         rows.rows(),
         kind,
         elapsed_ms
-    );
-    Ok(())
+    ))
 }
 
 /// Tokens [B, T, D] -> frames [B, T·frame_stack, frame_dim] in physical units.
@@ -493,12 +519,11 @@ fn bench(a: BenchArgs) -> Result<()> {
     } else {
         None
     };
-    println!(
-        "{}",
+    emit(&format!(
+        "{}\n",
         json!({"backend": "onnxruntime", "model": model_path, "threads": a.runtime.threads, "batch": a.batch, "tokens": t,
                "denoise": denoise, "denoise_vjp": vjp})
-    );
-    Ok(())
+    ))
 }
 
 fn replay(a: ReplayArgs) -> Result<()> {
@@ -510,31 +535,34 @@ fn replay(a: ReplayArgs) -> Result<()> {
     let cfg = NodeConfig::load(&a.config)?;
     let s = df_planner::replay::replay(&cfg, &a.bag, &a.out, a.rate)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-        return Ok(());
+        return emit(&(serde_json::to_string_pretty(&s)? + "\n"));
     }
-    println!("bag          {} ({})", s.bag, s.storage);
+    let mut out = String::new();
+    writeln!(out, "bag          {} ({})", s.bag, s.storage)?;
     if let Some(e) = &s.bag_read_error {
-        println!("bag damage   {e}");
+        writeln!(out, "bag damage   {e}")?;
     }
     if s.reordered_by_log_time > 0 {
-        println!(
+        writeln!(
+            out,
             "reordered    {} messages were out of log-time order in storage",
             s.reordered_by_log_time
-        );
+        )?;
     }
     for (topic, c) in &s.topics {
-        println!("topic        {topic}: read {}, used {}", c.read, c.used);
+        writeln!(out, "topic        {topic}: read {}, used {}", c.read, c.used)?;
         for (reason, n) in &c.skipped {
-            println!("  skipped    {n} x {reason}");
+            writeln!(out, "  skipped    {n} x {reason}")?;
         }
     }
     let d = &s.diagnostics;
-    println!(
+    writeln!(
+        out,
         "ticks        {} in {:.3} s wall ({:.0} ticks/s); {} plans, {} plan errors",
         s.ticks, s.wall_s, s.ticks_per_s, d.plans, d.plan_errors
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "actions      from plan {}, hold {}, stop {}; clipped {}, rate-limited {}, late dropped {}",
         s.ticks - d.hold - d.stop,
         d.hold,
@@ -542,30 +570,32 @@ fn replay(a: ReplayArgs) -> Result<()> {
         d.clipped,
         d.rate_limited,
         d.late_actions_dropped
-    );
+    )?;
     let faults: Vec<String> = d.faults.iter().map(|(n, c)| format!("{n} {c}")).collect();
-    println!("faults       {}", faults.join(", "));
+    writeln!(out, "faults       {}", faults.join(", "))?;
     let f = &d.frames;
-    println!("frames       received {}, delivered {}, superseded {}, dropped {}, rejected: encoding {}, size {}, malformed {}, out of order {}, duplicate {}",
-        f.received, f.delivered, f.superseded, f.dropped_full, f.rejected_encoding, f.rejected_size, f.rejected_malformed, f.rejected_out_of_order, f.rejected_duplicate);
+    writeln!(out, "frames       received {}, delivered {}, superseded {}, dropped {}, rejected: encoding {}, size {}, malformed {}, out of order {}, duplicate {}",
+        f.received, f.delivered, f.superseded, f.dropped_full, f.rejected_encoding, f.rejected_size, f.rejected_malformed, f.rejected_out_of_order, f.rejected_duplicate)?;
     for (name, l) in [("tick latency", s.tick_latency), ("plan latency", s.plan_latency)] {
-        println!(
+        writeln!(
+            out,
             "{name:<12} p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} samples)",
             l.p50_ms, l.p99_ms, l.max_ms, l.count
-        );
+        )?;
     }
     match &s.planned_vs_recorded {
-        Some(e) => println!(
+        Some(e) => writeln!(
+            out,
             "vs recorded  {} actions compared: RMSE {:.4} (per dimension {:.4?}), max abs {:.4}",
             e.compared, e.rmse, e.rmse_per_dim, e.max_abs
-        ),
-        None => println!("vs recorded  no recorded actions in the bag"),
+        )?,
+        None => writeln!(out, "vs recorded  no recorded actions in the bag")?,
     }
     if let Some(e) = &s.last_plan_error {
-        println!("plan error   {e}");
+        writeln!(out, "plan error   {e}")?;
     }
-    println!("wrote        {}", a.out.display());
-    Ok(())
+    writeln!(out, "wrote        {}", a.out.display())?;
+    emit(&out)
 }
 
 /// Output port that only counts: the benchmark measures the loop, not a transport.
@@ -632,8 +662,8 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
     }
     let (stats, plan_latency) = node.stop();
     let c = &stats.counters;
-    println!(
-        "{}",
+    emit(&format!(
+        "{}\n",
         json!({
             "rate_hz": cfg.control.rate_hz, "seconds": a.seconds, "ticks": c.ticks,
             "deadline_misses": stats.deadline_misses, "records_dropped": stats.records_dropped,
@@ -642,8 +672,7 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
             "late_actions_dropped": c.late_dropped,
             "faults": Fault::ALL.iter().map(|f| (f.name(), c.faults[*f as usize])).collect::<std::collections::BTreeMap<_, _>>(),
         })
-    );
-    Ok(())
+    ))
 }
 
 #[cfg(feature = "ros")]

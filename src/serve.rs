@@ -15,8 +15,9 @@
 //!   goal reward the planner maximizes, of any path (one position per step, as planned
 //!   frames), for the current goal: what guidance prefers among paths it did not plan
 //!
-//! A malformed line or a bad request is answered `{"ok": false, "error": "..."}` and logged;
-//! the server keeps its state and waits for the next line.
+//! A malformed line or a bad request is answered `{"ok": false, "error": "..."}` (naming the
+//! field, e.g. `goal` or `obs[2]`) and logged; the server keeps its state and waits for the
+//! next line.
 
 use std::io::{BufRead, Write};
 
@@ -74,7 +75,7 @@ impl Default for ServeSection {
 }
 
 #[derive(Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 enum Request {
     Reset {
         goal: Option<[f64; 2]>,
@@ -84,7 +85,7 @@ enum Request {
     Step {
         obs: Vec<f64>,
     },
-    Stats,
+    Stats {},
     ScorePath {
         positions: Vec<[f64; 2]>,
     },
@@ -157,14 +158,14 @@ impl Server {
 
     /// Answer one request line; never panics on input.
     pub fn handle(&mut self, line: &str) -> Value {
-        let request: Request = match parse_request(line) {
+        let request: Request = match parse_request(line, OPS) {
             Ok(r) => r,
             Err(reply) => return reply,
         };
         match request {
             Request::Reset { goal, seed } => self.reset(goal, seed),
             Request::Step { obs } => self.step(&obs).unwrap_or_else(error),
-            Request::Stats => {
+            Request::Stats {} => {
                 let s = self.latency.summary_ms();
                 json!({"ok": true, "plans": s.count, "replan_ms_p50": s.p50_ms, "replan_ms_p99": s.p99_ms, "replan_ms_max": s.max_ms})
             }
@@ -282,12 +283,40 @@ impl ServeSection {
     }
 }
 
-/// A request line, or the error reply naming what is wrong with it.
-pub(crate) fn parse_request<T: serde::de::DeserializeOwned>(line: &str) -> Result<T, Value> {
-    serde_json::from_str(line).map_err(|e| {
-        error(format!(
-            "malformed request: {e}; expected {{\"op\": \"reset\" | \"step\" | \"stats\" | \"score_path\", ...}}"
-        ))
+/// The ops of this protocol, for error replies.
+pub(crate) const OPS: &str = r#"{"op": "reset" | "step" | "stats" | "score_path", ...}"#;
+
+/// A request line as the protocol's request enum `T` (externally tagged, snake_case op
+/// names), or the error reply naming the field that is wrong (e.g. `goal`, `obs[2]`) and the
+/// protocol's request forms `ops`.
+pub(crate) fn parse_request<T: serde::de::DeserializeOwned>(line: &str, ops: &str) -> Result<T, Value> {
+    let reject = |path: &str, e: &dyn std::fmt::Display| {
+        let at = if matches!(path, "" | ".") {
+            String::new()
+        } else {
+            format!("{path}: ")
+        };
+        error(format!("malformed request: {at}{e}; expected {ops}"))
+    };
+    let mut de = serde_json::Deserializer::from_str(line);
+    let value: Value =
+        serde_path_to_error::deserialize(&mut de).map_err(|e| reject(&e.path().to_string(), e.inner()))?;
+    de.end().map_err(|e| reject("", &e))?;
+    // {"op": "step", ...} is read as {"step": {...}}: serde buffers an internally tagged
+    // enum's fields and loses their names, an externally tagged one keeps them.
+    let Value::Object(mut fields) = value else {
+        return Err(reject("", &"expected a JSON object"));
+    };
+    let Some(Value::String(op)) = fields.remove("op") else {
+        return Err(reject("op", &"expected a string naming the request"));
+    };
+    serde_path_to_error::deserialize(json!({ &op: fields })).map_err(|e| {
+        let path = e.path().to_string();
+        // The top level is the op itself (an unknown one); below it, the op's fields.
+        let field = path
+            .strip_prefix(op.as_str())
+            .map_or("op", |p| p.trim_start_matches('.'));
+        reject(field, e.inner())
     })
 }
 

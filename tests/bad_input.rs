@@ -206,7 +206,11 @@ fn sampler_settings_are_checked() {
                 eta: -1.0,
                 ..settings()
             },
-            "eta: expected >= 0, got -1",
+            "eta: expected 0..=1 (0 deterministic DDIM, 1 DDPM's variance), got -1",
+        ),
+        (
+            SamplerSettings { eta: 1.5, ..settings() },
+            "eta: expected 0..=1 (0 deterministic DDIM, 1 DDPM's variance), got 1.5",
         ),
         (
             SamplerSettings {

@@ -57,7 +57,7 @@ fn a_wrong_frame_is_named_and_a_silent_camera_makes_the_arm_hold() {
     assert_eq!(errors.len(), 1, "{r}");
     assert_eq!(
         errors[0],
-        json!("camera 1: image data: 100 bytes, expected step x height = 3072")
+        json!("camera 1 (wrist): image data: 100 bytes, expected step x height = 3072")
     );
     // The wrist camera then stops: after camera_timeout_s (0.5 s = 5 steps) the tick holds
     // the last target instead of following the plan.
@@ -87,8 +87,33 @@ fn bad_requests_are_refused_by_name_and_the_bridge_keeps_going() {
         r["error"],
         json!("images: expected at most 2 frames (the model's cameras), got 3")
     );
+    let r = b.handle(&json!({"op": "step", "state": [0.3, 0.08, 0.2], "images": [gray(3072), gray(3072)]}).to_string());
+    assert_eq!(
+        r["error"],
+        json!("state: robot state: expected 2 joints (observation_dim / 2: positions then velocities) or 4 (positions only), got 3 joints")
+    );
+    let r = b.handle(&json!({"op": "step", "state": REST, "images": [gray(3072), 300]}).to_string());
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed request: images[1]: "),
+        "{r}"
+    );
     let r = step(&mut b, json!([gray(3072), gray(3072)]));
     assert_eq!(r["source"], json!("plan"), "{r}");
+    assert_eq!(r["plan_error"], json!(null), "{r}");
+}
+
+#[test]
+fn a_plan_that_fails_says_why_in_the_step_reply() {
+    let mut b = bridge();
+    b.handle(r#"{"op": "reset"}"#);
+    // A camera model cannot plan without its images: the first step has none.
+    let r = step(&mut b, json!(null));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert_ne!(r["source"], json!("plan"), "{r}");
+    assert!(r["plan_error"].as_str().unwrap().contains("no camera images"), "{r}");
 }
 
 #[test]

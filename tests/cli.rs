@@ -125,6 +125,36 @@ fn bad_arguments_fail_with_a_message() {
     let out = df_planner(&["inspect", "tests/fixtures/models/no_metadata.onnx"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no `df_planner.contract` metadata"));
+    let out = df_planner(&["sample", "--model", "onnx/models/fruit_swap.onnx", "--out", "/dev/null"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is a camera model (it plans from images)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    // `inspect ... | head`: the pipe closes before inspect has loaded the model and written.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_df_planner"))
+        .args([
+            "inspect",
+            "onnx/models/maze2d_umaze.onnx",
+            "--json",
+            "--providers",
+            "cpu",
+        ])
+        .current_dir(common::repo())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("df_planner runs");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]

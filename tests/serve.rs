@@ -65,7 +65,16 @@ fn bad_requests_are_answered_and_the_server_keeps_going() {
         ("not json".to_string(), "malformed request"),
         (
             json!({"op": "fly"}).to_string(),
-            "malformed request: unknown variant `fly`",
+            "malformed request: op: unknown variant `fly`",
+        ),
+        (json!({"goal": [1.0, 1.0]}).to_string(), "malformed request: op: "),
+        (
+            json!({"op": "reset", "goal": [1.0]}).to_string(),
+            "malformed request: goal: invalid length 1",
+        ),
+        (
+            json!({"op": "reset", "goal": [1.0, 1.0], "speed": 2}).to_string(),
+            "malformed request: speed: unknown field `speed`",
         ),
         (
             json!({"op": "step", "obs": [1.0]}).to_string(),
@@ -73,7 +82,7 @@ fn bad_requests_are_answered_and_the_server_keeps_going() {
         ),
         (
             json!({"op": "step", "obs": [0.0, f64::NAN, 0.0, 0.0]}).to_string(),
-            "malformed request",
+            "malformed request: obs[1]: invalid type: null, expected f64",
         ),
         (
             json!({"op": "reset", "goal": [5.0, 0.0]}).to_string(),

@@ -4,12 +4,16 @@ import argparse
 import dataclasses
 import datetime
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 from .train import TrainConfig
+
+# The train flags a dataset's manifest (datagen's .json beside the .npz) can give.
+MANIFEST_DIMS = ("observation_dim", "action_dim")
 
 # Sizes of D4RL's maze2d-{umaze,medium,large}-v1 datasets.
 MAZE2D_STEPS = {"umaze": 1_000_000, "medium": 2_000_000, "large": 4_000_000}
@@ -20,11 +24,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         if f.name == "extra":
             continue
         flag = "--" + f.name.replace("_", "-")
-        required = f.default is dataclasses.MISSING
+        # The dims can come from the dataset's manifest (cmd_train).
+        from_manifest = f.name in MANIFEST_DIMS
+        required = f.default is dataclasses.MISSING and not from_manifest
         kind = {"bool": lambda s: s.lower() in ("1", "true", "yes")}.get(f.type if isinstance(f.type, str) else f.type.__name__, None)
         ftype = kind or (f.type if not isinstance(f.type, str) else {"int": int, "float": float, "str": str}[f.type])
+        help_text = ("(default: the dataset manifest's)" if from_manifest
+                     else None if required else f"(default: {f.default})")
         p.add_argument(flag, dest=f.name, type=ftype, required=required,
-                       default=None if required else f.default, help=f"(default: {f.default})" if not required else None)
+                       default=None if required or from_manifest else f.default, help=help_text)
 
 
 def cmd_datagen(a) -> None:
@@ -43,6 +51,8 @@ def cmd_datagen(a) -> None:
         manifest = {"generator": "pointmass", "episodes": a.episodes, "length": a.length, "seed": a.seed,
                     "observation_dim": pointmass.OBS_DIM, "action_dim": pointmass.ACTION_DIM}
     elif a.task == "maze2d":
+        if not a.maze:
+            raise SystemExit("datagen maze2d: --maze is required (umaze, medium or large)")
         from .datagen import maze2d
         from .envs.maze2d import ACTION_DIM, OBS_DIM
 
@@ -62,6 +72,15 @@ def cmd_datagen(a) -> None:
 def cmd_train(a) -> None:
     from .train import train
 
+    missing = [d for d in MANIFEST_DIMS if getattr(a, d) is None]
+    if missing:
+        manifest_path = Path(a.data).with_suffix(".json")
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        for d in missing:
+            if d not in manifest:
+                raise SystemExit(f"train: --{d.replace('_', '-')}: not given, and the dataset has no manifest "
+                                 f"{manifest_path} naming it")
+            setattr(a, d, int(manifest[d]))
     cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "extra"})
     path = train(cfg, progress=not a.quiet)
     print(f"checkpoint: {path}")
@@ -88,6 +107,7 @@ def cmd_eval(a) -> None:
         if a.planner or a.config:
             if not (a.planner and a.config and a.out):
                 raise SystemExit("eval fruit-swap: --planner, --config and --out go together (the node's closed loop)")
+            check_inputs(a.planner, a.config)
             fruit_swap.evaluate_node(a.planner, a.config, a.episodes, Path(a.out), configs, 10_000 + a.seed,
                                      a.workers)
             return
@@ -111,8 +131,10 @@ def cmd_eval(a) -> None:
         except ValueError as e:
             raise SystemExit(f"eval maze2d --merge: {e}") from None
         return
-    if not a.maze or not a.planner or not a.config or not a.out:
-        raise SystemExit("eval maze2d: --maze, --planner, --config and --out are required")
+    missing = [f"--{name}" for name in ("maze", "planner", "config", "out") if not getattr(a, name)]
+    if missing:
+        raise SystemExit(f"eval maze2d: missing {', '.join(missing)} (--maze, --planner, --config and --out are all required)")
+    check_inputs(a.planner, a.config)
     from .eval.maze2d import ABLATIONS, DEFAULT_CONFIGS, evaluate, learning_curve
 
     if a.planner_seed_offset and (a.curve or a.objective_check or a.action_spread is not None):
@@ -145,6 +167,15 @@ def cmd_eval(a) -> None:
         return
     evaluate(a.maze, a.episodes, a.planner, a.config, a.out, configs or DEFAULT_CONFIGS, a.seed, a.multi_goal,
              a.workers, a.planner_seed_offset)
+
+
+def check_inputs(planner: str, config: str) -> None:
+    """Refuse a planner binary or config that is not there before any episode starts."""
+    if not (Path(planner).is_file() and os.access(planner, os.X_OK)):
+        raise SystemExit(f"--planner: {planner} is not an executable file (build it: cargo build --release, "
+                         "then --planner target/release/df_planner)")
+    if not Path(config).is_file():
+        raise SystemExit(f"--config: {config}: no such file (the node configs are in config/)")
 
 
 def cmd_bench(a) -> None:
@@ -181,7 +212,7 @@ def main(argv=None) -> int:
     p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap", help="fruit-swap: bag storage")
     p.add_argument("--distractor", action="store_true", help="fruit-swap: a random occluder in the front camera")
     p.add_argument("--length", type=int, default=200, help="pointmass")
-    p.add_argument("--maze", choices=list(MAZE2D_STEPS), default="umaze", help="maze2d")
+    p.add_argument("--maze", choices=list(MAZE2D_STEPS), help="maze2d (required)")
     p.add_argument("--steps", type=int, help="maze2d (default: D4RL's size, " +
                    ", ".join(f"{k} {v:_}" for k, v in MAZE2D_STEPS.items()) + ")")
     p.add_argument("--seed", type=int, default=0)
@@ -208,7 +239,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", help="node config, e.g. config/maze2d_umaze.yaml or config/fruit_swap.yaml")
     p.add_argument("--checkpoint", help="fruit-swap: a camera model checkpoint, run by the PyTorch reference "
                                         "policy (configs: memory, memoryless, distractor, distractor_k2)")
-    p.add_argument("--out", help="results.json, required but with --probe (maze2d: a .png of planned vs executed "
+    p.add_argument("--out", help="results.json, required except with --probe (maze2d: a .png of planned vs executed "
                                  "paths is written beside it)")
     p.add_argument("--configs", help="comma-separated subset of: df_mcg, no_mcg, mcg_redraws, no_guidance, "
                                      "full_sequence, warm_start, pd_controller, no_hold, straight_to_goal (no planner: PD "

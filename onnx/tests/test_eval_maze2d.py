@@ -293,6 +293,19 @@ def test_a_planner_that_cannot_start_is_one_clear_error(setup, tmp_path, capfd):
     assert "missing.onnx: not found" in capfd.readouterr().err
 
 
+def test_missing_or_absent_inputs_are_named_before_any_episode(setup, tmp_path):
+    binary, config = setup
+    with pytest.raises(SystemExit, match=r"eval maze2d: missing --maze, --config, --out \("):
+        main(["eval", "maze2d", "--planner", binary])
+    out = str(tmp_path / "r.json")
+    with pytest.raises(SystemExit, match="--planner: nope/df_planner is not an executable file"):
+        main(["eval", "maze2d", "--maze", "umaze", "--planner", "nope/df_planner", "--config", config, "--out", out])
+    with pytest.raises(SystemExit, match="--config: nope.yaml: no such file"):
+        main(["eval", "maze2d", "--maze", "umaze", "--planner", binary, "--config", "nope.yaml", "--out", out])
+    with pytest.raises(SystemExit, match="datagen maze2d: --maze is required"):
+        main(["datagen", "maze2d", "--out", str(tmp_path / "d.npz")])
+
+
 def test_learning_curve_over_snapshots(setup, tmp_path, monkeypatch):
     from df_train.eval.maze2d import learning_curve, paired_difference
 

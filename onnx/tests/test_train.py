@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from df_train.train import load_checkpoint, loss_weight, train
@@ -102,3 +103,21 @@ def test_loss_weight_floor_keeps_the_noisiest_tokens_counting():
         assert torch.allclose(plain, torch.tensor([1e-3, 0.5, 2.0, 5.0])), "min-SNR: the SNR, clipped at gamma"
         floored = to_x0(loss_weight(snr, p, 5.0, floor=1.0))
         assert torch.allclose(floored, torch.tensor([1.0, 1.0, 2.0, 5.0])), p
+
+
+def test_the_cli_takes_the_layout_dims_from_the_dataset_manifest(tmp_path):
+    from df_train.cli import main
+
+    data = tmp_path / "pm.npz"
+    main(["datagen", "pointmass", "--episodes", "4", "--length", "40", "--out", str(data)])
+    small = ["--frame-stack", "2", "--tokens", "4", "--width", "32", "--depth", "1", "--heads", "2", "--steps", "2",
+             "--batch", "4", "--warmup", "1", "--threads", "1", "--quiet"]
+    main(["train", "--data", str(data), "--out", str(tmp_path / "run"), *small])
+    cfg = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["config"]
+    assert (cfg["observation_dim"], cfg["action_dim"]) == (4, 2)
+    data.with_suffix(".json").unlink()
+    with pytest.raises(SystemExit, match=r"--observation-dim: not given, and the dataset has no manifest .*pm\.json"):
+        main(["train", "--data", str(data), "--out", str(tmp_path / "run2"), *small])
+    # Given on the command line, the dims need no manifest.
+    main(["train", "--data", str(data), "--out", str(tmp_path / "run3"), "--observation-dim", "4", "--action-dim", "2",
+          *small])

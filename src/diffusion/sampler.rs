@@ -135,8 +135,13 @@ impl Sampler {
         if settings.noise_clip.is_nan() || settings.noise_clip <= 0.0 {
             return Err(mismatch("noise_clip", "> 0", settings.noise_clip));
         }
-        if !(settings.eta.is_finite() && settings.eta >= 0.0) {
-            return Err(mismatch("eta", ">= 0", settings.eta));
+        // Above 1 the DDIM noise σ can exceed what the step leaves room for (√(1 − ᾱ' − σ²)).
+        if !(0.0..=1.0).contains(&settings.eta) {
+            return Err(mismatch(
+                "eta",
+                "0..=1 (0 deterministic DDIM, 1 DDPM's variance)",
+                settings.eta,
+            ));
         }
         if let GuidanceForm::Score { max_gain } = settings.guidance_form {
             if max_gain.is_nan() || max_gain <= 0.0 {
