@@ -183,6 +183,7 @@ impl RuntimeArgs {
 
 #[derive(Args)]
 struct SampleArgs {
+    /// The denoise graph (.onnx with df_planner metadata), e.g. onnx/models/pointmass.onnx.
     #[arg(long)]
     model: PathBuf,
     /// pyramid, autoregressive, full_sequence or trapezoid.
@@ -203,8 +204,10 @@ struct SampleArgs {
     /// DDIM η (0 = deterministic).
     #[arg(long, default_value_t = 0.0)]
     eta: f64,
+    /// Seed of the initial noise and of DDIM's noise (η > 0).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Output JSON: normalized tokens and denormalized frames per sample.
     #[arg(long)]
     out: PathBuf,
     #[command(flatten)]
@@ -400,8 +403,10 @@ fn sample(a: SampleArgs) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch: expected >= 1, got 0");
     }
-    let kind = MatrixKind::from_name(&a.matrix, a.uncertainty)?;
-    let rows = SchedulingMatrix::build(kind, horizon, a.steps)?.to_timesteps(0, c.diffusion.timesteps);
+    let kind = MatrixKind::from_name(&a.matrix, a.uncertainty).context("--matrix / --uncertainty")?;
+    let rows = SchedulingMatrix::build(kind, horizon, a.steps)
+        .context("--steps")?
+        .to_timesteps(0, c.diffusion.timesteps);
     let settings = SamplerSettings {
         eta: a.eta,
         stabilization_level: c.diffusion.stabilization_level,
