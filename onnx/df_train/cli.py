@@ -134,7 +134,7 @@ def cmd_eval(a) -> None:
     missing = [f"--{name}" for name in ("maze", "planner", "config", "out") if not getattr(a, name)]
     if missing:
         raise SystemExit(f"eval maze2d: missing {', '.join(missing)} (--maze, --planner, --config and --out are all required)")
-    check_inputs(a.planner, a.config)
+    check_inputs(a.planner, a.config, a.maze)
     from .eval.maze2d import ABLATIONS, DEFAULT_CONFIGS, evaluate, learning_curve
 
     if a.planner_seed_offset and (a.curve or a.objective_check or a.action_spread is not None):
@@ -169,13 +169,23 @@ def cmd_eval(a) -> None:
              a.workers, a.planner_seed_offset)
 
 
-def check_inputs(planner: str, config: str) -> None:
-    """Refuse a planner binary or config that is not there before any episode starts."""
+def check_inputs(planner: str, config: str, maze: str | None = None) -> None:
+    """Refuse a planner binary or config that is not there, or a config for another maze (its
+    serve.goal_bounds are not this maze's), before any episode starts."""
     if not (Path(planner).is_file() and os.access(planner, os.X_OK)):
         raise SystemExit(f"--planner: {planner} is not an executable file (build it: cargo build --release, "
                          "then --planner target/release/df_planner)")
     if not Path(config).is_file():
         raise SystemExit(f"--config: {config}: no such file (the node configs are in config/)")
+    if maze:
+        import yaml
+
+        from .envs.maze2d import free_bounds
+
+        bounds = (yaml.safe_load(Path(config).read_text()).get("serve") or {}).get("goal_bounds")
+        if bounds is not None and bounds != free_bounds(maze):
+            raise SystemExit(f"--config: {config} has serve.goal_bounds {bounds}, the {maze} maze's are "
+                             f"{free_bounds(maze)}: a config for another maze? (config/maze2d_{maze}.yaml)")
 
 
 def cmd_bench(a) -> None:

@@ -302,6 +302,8 @@ def test_missing_or_absent_inputs_are_named_before_any_episode(setup, tmp_path):
         main(["eval", "maze2d", "--maze", "umaze", "--planner", "nope/df_planner", "--config", config, "--out", out])
     with pytest.raises(SystemExit, match="--config: nope.yaml: no such file"):
         main(["eval", "maze2d", "--maze", "umaze", "--planner", binary, "--config", "nope.yaml", "--out", out])
+    with pytest.raises(SystemExit, match=r"has serve.goal_bounds \[\[0.3, 0.3\], \[3.3, 3.3\]\], the medium maze's"):
+        main(["eval", "maze2d", "--maze", "medium", "--planner", binary, "--config", config, "--out", out])
     with pytest.raises(SystemExit, match="datagen maze2d: --maze is required"):
         main(["datagen", "maze2d", "--out", str(tmp_path / "d.npz")])
 

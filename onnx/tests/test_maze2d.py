@@ -1,5 +1,6 @@
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +139,14 @@ def test_datagen_speed():
     start = time.perf_counter()
     gen.generate("large", 20000, seed=0)
     print(f"maze2d datagen: {20000 / (time.perf_counter() - start):,.0f} steps/s")
+
+
+def test_each_shipped_config_bounds_goals_to_its_maze():
+    import yaml
+
+    from df_train.envs.maze2d import MAZES, free_bounds
+
+    root = Path(__file__).resolve().parents[2]
+    for maze in MAZES:
+        for config in root.glob(f"config/maze2d_{maze}*.yaml"):
+            assert yaml.safe_load(config.read_text())["serve"]["goal_bounds"] == free_bounds(maze), config

@@ -60,6 +60,14 @@ def empty_cells(maze: str) -> list[tuple[int, int]]:
     return [(int(i), int(j)) for i, j in np.argwhere(~wall_grid(maze))]
 
 
+def free_bounds(maze: str) -> list[list[float]]:
+    """[[x_min, y_min], [x_max, y_max]] around the maze's open cells: the `serve.goal_bounds`
+    of its node config (config/maze2d_<maze>.yaml)."""
+    cells = np.array(empty_cells(maze))
+    low, high = cells.min(axis=0) - 0.5 - CELL_SHIFT, cells.max(axis=0) + 0.5 - CELL_SHIFT
+    return [np.round(low, 6).tolist(), np.round(high, 6).tolist()]
+
+
 def goal_cell(maze: str) -> tuple[int, int]:
     (i, j), = [(i, j) for i, row in enumerate(LAYOUTS[maze]) for j, c in enumerate(row) if c == "G"]
     return i, j
