@@ -225,8 +225,9 @@ def main(argv=None) -> int:
     p.add_argument("--maze", choices=list(MAZE2D_STEPS), help="maze2d (required)")
     p.add_argument("--steps", type=int, help="maze2d (default: D4RL's size, " +
                    ", ".join(f"{k} {v:_}" for k, v in MAZE2D_STEPS.items()) + ")")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0, help="seed of the whole dataset (the manifest records it)")
+    p.add_argument("--out", required=True, help="the .npz (its manifest .json is written beside it); fruit-swap: "
+                                                "a folder")
     p.set_defaults(func=cmd_datagen)
 
     p = sub.add_parser("train", help="train a Diffusion Forcing model; resumes from <out>/checkpoint.pt")
@@ -235,7 +236,7 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX (denoise + denoise_vjp) with metadata")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a training checkpoint (RUN/checkpoint.pt or a snapshot)")
     p.add_argument("--out", required=True, help="path of the denoise graph, e.g. onnx/models/pointmass.onnx")
     p.add_argument("--golden", help="also write golden vectors for the Rust parity test into this folder")
     p.set_defaults(func=cmd_export)
@@ -243,7 +244,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("eval", help="closed-loop evaluation with the Rust planner (df_planner serve) in the loop")
     p.add_argument("task", choices=["maze2d", "fruit-swap"])
     p.add_argument("--maze", choices=["umaze", "medium", "large"], help="maze2d (required)")
-    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--episodes", type=int, default=100, help="episodes per configuration (default: 100)")
     p.add_argument("--planner", help="path of the df_planner binary (maze2d: required; fruit-swap: the node's "
                                      "closed loop, with --config)")
     p.add_argument("--config", help="node config, e.g. config/maze2d_umaze.yaml or config/fruit_swap.yaml")
@@ -283,11 +284,11 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="PyTorch denoise latency (median of many calls)")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--iters", type=int, default=500)
+    p.add_argument("--checkpoint", required=True, help="a training checkpoint (RUN/checkpoint.pt)")
+    p.add_argument("--batch", type=int, default=1, help="samples per call (default: 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    p.add_argument("--warmup", type=int, default=20, help="calls before timing (default: 20)")
+    p.add_argument("--iters", type=int, default=500, help="timed calls (default: 500)")
     p.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
