@@ -26,7 +26,7 @@ use crate::config::NodeConfig;
 use crate::control::{ActionSink, Diagnostics, OfflineLoop, Source, StateSample, TickReport};
 use crate::frames::ImageView;
 use crate::node::offline_loop;
-use crate::planner::{check_state_joints, Plan};
+use crate::planner::Plan;
 use crate::replay::build_loop;
 use crate::serve::{error, parse_request};
 
@@ -149,13 +149,12 @@ impl Bridge {
     fn step(&mut self, state: &[f64], images: &[Vec<u8>]) -> Value {
         // Step k happens at (k + 1) · step: the loop's clock starts at the first input.
         let t = (self.steps + 1) * self.step_ns;
-        if let Err(e) = check_state_joints(self.observation_dim, state.len()) {
-            return error(format!("state: {e}"));
-        }
-        let Some(sample) = StateSample::new(t, state, &[]) else {
+        // The bridge sends positions only, so the state is the observation itself.
+        let sample = StateSample::new(t, state, &[]).filter(|_| state.len() == self.observation_dim);
+        let Some(sample) = sample else {
             return error(format!(
-                "state: expected at most {} values, got {}",
-                crate::control::MAX_JOINTS,
+                "state: expected {} values (the model's observation_dim: one position per state joint), got {}",
+                self.observation_dim,
                 state.len()
             ));
         };

@@ -216,6 +216,9 @@ struct SampleArgs {
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["model", "config"])))]
+// With --config the runtime is the config's model.runtime; a runtime flag would be ignored.
+#[command(group(clap::ArgGroup::new("runtime_flags").multiple(true)
+    .args(["providers", "require_providers", "ort_lib", "threads"]).conflicts_with("config")))]
 struct BenchArgs {
     /// Benchmark one model's denoise / denoise_vjp calls.
     #[arg(long)]
@@ -405,7 +408,7 @@ fn sample(a: SampleArgs) -> Result<()> {
     }
     let kind = MatrixKind::from_name(&a.matrix, a.uncertainty).context("--matrix / --uncertainty")?;
     let rows = SchedulingMatrix::build(kind, horizon, a.steps)
-        .context("--steps")?
+        .context("--horizon / --steps")?
         .to_timesteps(0, c.diffusion.timesteps);
     let settings = SamplerSettings {
         eta: a.eta,

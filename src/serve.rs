@@ -284,7 +284,7 @@ impl ServeSection {
 }
 
 /// The ops of this protocol, for error replies.
-pub(crate) const OPS: &str = r#"{"op": "reset" | "step" | "stats" | "score_path", ...}"#;
+const OPS: &str = r#"{"op": "reset" | "step" | "stats" | "score_path", ...}"#;
 
 /// A request line as the protocol's request enum `T` (externally tagged, snake_case op
 /// names), or the error reply naming the field that is wrong (e.g. `goal`, `obs[2]`) and the
@@ -310,7 +310,8 @@ pub(crate) fn parse_request<T: serde::de::DeserializeOwned>(line: &str, ops: &st
     let Some(Value::String(op)) = fields.remove("op") else {
         return Err(reject("op", &"expected a string naming the request"));
     };
-    serde_path_to_error::deserialize(json!({ &op: fields })).map_err(|e| {
+    let tagged = Value::Object(serde_json::Map::from_iter([(op.clone(), Value::Object(fields))]));
+    serde_path_to_error::deserialize(tagged).map_err(|e| {
         let path = e.path().to_string();
         // The top level is the op itself (an unknown one); below it, the op's fields.
         let field = path

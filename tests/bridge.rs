@@ -87,11 +87,16 @@ fn bad_requests_are_refused_by_name_and_the_bridge_keeps_going() {
         r["error"],
         json!("images: expected at most 2 frames (the model's cameras), got 3")
     );
-    let r = b.handle(&json!({"op": "step", "state": [0.3, 0.08, 0.2], "images": [gray(3072), gray(3072)]}).to_string());
-    assert_eq!(
-        r["error"],
-        json!("state: robot state: expected 2 joints (observation_dim / 2: positions then velocities) or 4 (positions only), got 3 joints")
-    );
+    for state in [json!([0.3, 0.08, 0.2]), json!([0.3, 0.08])] {
+        let r = b.handle(&json!({"op": "step", "state": state, "images": [gray(3072), gray(3072)]}).to_string());
+        let n = state.as_array().unwrap().len();
+        assert_eq!(
+            r["error"],
+            json!(format!(
+                "state: expected 4 values (the model's observation_dim: one position per state joint), got {n}"
+            ))
+        );
+    }
     let r = b.handle(&json!({"op": "step", "state": REST, "images": [gray(3072), 300]}).to_string());
     assert!(
         r["error"]

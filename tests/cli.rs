@@ -125,6 +125,10 @@ fn bad_arguments_fail_with_a_message() {
     let out = df_planner(&["inspect", "tests/fixtures/models/no_metadata.onnx"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no `df_planner.contract` metadata"));
+    // bench --config runs on the config's model.runtime: a runtime flag is refused, not ignored.
+    let out = df_planner(&["bench", "--config", "config/pointmass.yaml", "--providers", "cpu"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'--config <CONFIG>' cannot be used with"));
     let out = df_planner(&["sample", "--model", "onnx/models/fruit_swap.onnx", "--out", "/dev/null"]);
     assert!(!out.status.success());
     assert!(

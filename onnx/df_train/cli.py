@@ -29,7 +29,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         required = f.default is dataclasses.MISSING and not from_manifest
         kind = {"bool": lambda s: s.lower() in ("1", "true", "yes")}.get(f.type if isinstance(f.type, str) else f.type.__name__, None)
         ftype = kind or (f.type if not isinstance(f.type, str) else {"int": int, "float": float, "str": str}[f.type])
-        help_text = ("(default: the dataset manifest's)" if from_manifest
+        help_text = ("(default: from the --data .npz dataset's manifest)" if from_manifest
                      else None if required else f"(default: {f.default})")
         p.add_argument(flag, dest=f.name, type=ftype, required=required,
                        default=None if required or from_manifest else f.default, help=help_text)
@@ -74,12 +74,14 @@ def cmd_train(a) -> None:
 
     missing = [d for d in MANIFEST_DIMS if getattr(a, d) is None]
     if missing:
-        manifest_path = Path(a.data).with_suffix(".json")
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        # Only an .npz dataset's manifest has them (a folder of bags: give the flags).
+        manifest_path = Path(a.data).with_suffix(".json") if a.data else None
+        manifest = json.loads(manifest_path.read_text()) if manifest_path and manifest_path.is_file() else {}
         for d in missing:
             if d not in manifest:
-                raise SystemExit(f"train: --{d.replace('_', '-')}: not given, and the dataset has no manifest "
-                                 f"{manifest_path} naming it")
+                where = f"the dataset has no manifest {manifest_path} naming it" if manifest_path else \
+                    "only a --data .npz dataset's manifest can give it"
+                raise SystemExit(f"train: --{d.replace('_', '-')}: not given, and {where}")
             setattr(a, d, int(manifest[d]))
     cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "extra"})
     path = train(cfg, progress=not a.quiet)
@@ -182,7 +184,10 @@ def check_inputs(planner: str, config: str, maze: str | None = None) -> None:
 
         from .envs.maze2d import free_bounds
 
-        bounds = (yaml.safe_load(Path(config).read_text()).get("serve") or {}).get("goal_bounds")
+        node = yaml.safe_load(Path(config).read_text())
+        if not isinstance(node, dict):
+            raise SystemExit(f"--config: {config}: expected a node config (a YAML mapping with model, planner, ...)")
+        bounds = (node.get("serve") or {}).get("goal_bounds")
         if bounds is not None and bounds != free_bounds(maze):
             raise SystemExit(f"--config: {config} has serve.goal_bounds {bounds}, the {maze} maze's are "
                              f"{free_bounds(maze)}: a config for another maze? (config/maze2d_{maze}.yaml)")

@@ -118,6 +118,8 @@ def test_the_cli_takes_the_layout_dims_from_the_dataset_manifest(tmp_path):
     data.with_suffix(".json").unlink()
     with pytest.raises(SystemExit, match=r"--observation-dim: not given, and the dataset has no manifest .*pm\.json"):
         main(["train", "--data", str(data), "--out", str(tmp_path / "run2"), *small])
+    with pytest.raises(SystemExit, match="--observation-dim: not given, and only a --data .npz dataset's manifest"):
+        main(["train", "--bags", str(tmp_path), "--out", str(tmp_path / "run4"), *small])
     # Given on the command line, the dims need no manifest.
     main(["train", "--data", str(data), "--out", str(tmp_path / "run3"), "--observation-dim", "4", "--action-dim", "2",
           *small])

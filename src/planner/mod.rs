@@ -9,4 +9,4 @@ mod task;
 pub use df::{DfPlanner, McgForm, PlanError, PlannerSettings};
 pub use plan::Plan;
 pub use reward::{Aggregate, GoalReward, GoalRewardConfig, Squash};
-pub use task::{check_state_joints, PlannerTask, StepOutcome};
+pub use task::{PlannerTask, StepOutcome};

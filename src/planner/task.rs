@@ -76,7 +76,17 @@ impl PlannerTask {
         let Some(state) = state else {
             return Ok(StepOutcome::NoState);
         };
-        check_state_joints(self.observation.len(), state.joints)?;
+        let obs = self.observation.len();
+        if 2 * state.joints != obs && state.joints != obs {
+            return Err(PlanError::Invalid {
+                field: "robot state",
+                expected: format!(
+                    "{} joints (observation_dim / 2: positions then velocities) or {obs} (positions only)",
+                    obs / 2
+                ),
+                got: format!("{} joints", state.joints),
+            });
+        }
         state.observation(&mut self.observation);
         self.planner.push_frame(executed_action, &self.observation)?;
         // A camera model without this step's images cannot plan from it (PlanError::NoImages):
@@ -100,20 +110,4 @@ impl PlannerTask {
         plan.latency_ns = latency_ns;
         Ok(StepOutcome::Planned)
     }
-}
-
-/// Whether a robot state of `joints` joints makes an observation of `observation_dim` values:
-/// positions then velocities, or positions only (an end-effector state).
-pub fn check_state_joints(observation_dim: usize, joints: usize) -> Result<(), PlanError> {
-    if 2 * joints == observation_dim || joints == observation_dim {
-        return Ok(());
-    }
-    Err(PlanError::Invalid {
-        field: "robot state",
-        expected: format!(
-            "{} joints (observation_dim / 2: positions then velocities) or {observation_dim} (positions only)",
-            observation_dim / 2
-        ),
-        got: format!("{joints} joints"),
-    })
 }
