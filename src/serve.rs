@@ -4,7 +4,8 @@
 //! One JSON object per line in, one per line out:
 //! - `{"op": "reset", "goal": [x, y], "seed": n}` (goal may be null: no guidance; seed is
 //!   optional: the planner's noise restarts from it, so an episode samples the same whichever
-//!   process runs it and whatever ran before) → `{"ok": true}`
+//!   process runs it and whatever ran before) → `{"ok": true}`; a goal outside
+//!   `serve.goal_bounds` or inside a `serve.goal_keepout` box (a wall) is refused
 //! - `{"op": "step", "obs": [...]}` → `{"ok": true, "action": [...], "replanned": bool,
 //!   "plan_ms": f (when replanned), "plan": [[x, y], ...] (planned positions, when replanned),
 //!   "holding": bool (holding the goal at rest, serve.hold_radius), "mcg_shift": f (when
@@ -54,6 +55,9 @@ pub struct ServeSection {
     pub kd: f64,
     /// Goals outside [[x_min, y_min], [x_max, y_max]] are refused (default: no bounds).
     pub goal_bounds: Option<[[f64; 2]; 2]>,
+    /// Goals inside any of these boxes [[x_min, y_min], [x_max, y_max]] are refused: places in
+    /// the bounds the robot cannot reach, such as a maze's wall blocks (default: none).
+    pub goal_keepout: Vec<[[f64; 2]; 2]>,
     /// Arrive and stay: from the first planned step within this distance of the goal, the PD
     /// controller holds the goal at rest (p* = goal, v* = 0) instead of executing the rest of
     /// the plan, whichever `execute` is. Diffuser gets the same by inpainting the goal as its
@@ -69,6 +73,7 @@ impl Default for ServeSection {
             kp: 10.0,
             kd: 4.0,
             goal_bounds: None,
+            goal_keepout: Vec::new(),
             hold_radius: None,
         }
     }
@@ -184,6 +189,16 @@ impl Server {
                         "goal {g:?}: outside the workspace, expected within {lo:?}..{hi:?} (serve.goal_bounds)"
                     ));
                 }
+            }
+            if let Some([lo, hi]) = self
+                .serve
+                .goal_keepout
+                .iter()
+                .find(|[lo, hi]| (0..2).all(|i| lo[i] < g[i] && g[i] < hi[i]))
+            {
+                return error(format!(
+                    "goal {g:?}: inside a keep-out box {lo:?}..{hi:?} (serve.goal_keepout), where the robot cannot be"
+                ));
             }
             match self.reward.as_mut() {
                 Some(r) => r.set_goal(g),

@@ -58,6 +58,7 @@ fn bad_requests_are_answered_and_the_server_keeps_going() {
     let mut cfg = config("");
     cfg.serve = Some(df_planner::serve::ServeSection {
         goal_bounds: Some([[-2.0, -2.0], [2.0, 2.0]]),
+        goal_keepout: vec![[[0.5, -1.0], [1.5, 0.0]]],
         ..Default::default()
     });
     let mut s = server(&cfg);
@@ -87,6 +88,10 @@ fn bad_requests_are_answered_and_the_server_keeps_going() {
         (
             json!({"op": "reset", "goal": [5.0, 0.0]}).to_string(),
             "outside the workspace, expected within [-2.0, -2.0]..[2.0, 2.0]",
+        ),
+        (
+            json!({"op": "reset", "goal": [1.0, -0.5]}).to_string(),
+            "goal [1.0, -0.5]: inside a keep-out box [0.5, -1.0]..[1.5, 0.0] (serve.goal_keepout)",
         ),
     ];
     for (line, expected) in cases {

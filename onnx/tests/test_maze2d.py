@@ -150,3 +150,23 @@ def test_each_shipped_config_bounds_goals_to_its_maze():
     for maze in MAZES:
         for config in root.glob(f"config/maze2d_{maze}*.yaml"):
             assert yaml.safe_load(config.read_text())["serve"]["goal_bounds"] == free_bounds(maze), config
+
+
+def test_each_shipped_config_keeps_goals_out_of_its_maze_s_walls():
+    import yaml
+
+    from df_train.envs.maze2d import MAZES, cell_to_xy, empty_cells, in_free_space, wall_blocks
+
+    root = Path(__file__).resolve().parents[2]
+    for maze in MAZES:
+        boxes = wall_blocks(maze)
+        # Every box is wall: its centre and corners (just inside) are not free space.
+        for (x0, y0), (x1, y1) in boxes:
+            inside = [((x0 + x1) / 2, (y0 + y1) / 2), (x0 + 0.01, y0 + 0.01), (x1 - 0.01, y1 - 0.01)]
+            assert not any(in_free_space(maze, p) for p in inside), (maze, (x0, y0), (x1, y1))
+        # No open cell's centre (where goals are drawn) lies in a box.
+        for cell in empty_cells(maze):
+            x, y = cell_to_xy(cell)
+            assert not any(x0 < x < x1 and y0 < y < y1 for (x0, y0), (x1, y1) in boxes), (maze, cell)
+        for config in root.glob(f"config/maze2d_{maze}*.yaml"):
+            assert yaml.safe_load(config.read_text())["serve"]["goal_keepout"] == boxes, config

@@ -68,6 +68,27 @@ def free_bounds(maze: str) -> list[list[float]]:
     return [np.round(low, 6).tolist(), np.round(high, 6).tolist()]
 
 
+def wall_blocks(maze: str) -> list[list[list[float]]]:
+    """The wall blocks inside the maze's open bounds as boxes [[x_min, y_min], [x_max, y_max]],
+    a row's adjacent blocks merged: the `serve.goal_keepout` of its node config."""
+    walls = wall_grid(maze)
+    boxes = []
+    for i in range(1, walls.shape[0] - 1):
+        j = 1
+        while j < walls.shape[1] - 1:
+            if walls[i, j]:
+                end = j
+                while end + 1 < walls.shape[1] - 1 and walls[i, end + 1]:
+                    end += 1
+                low = np.array([i, j]) - 0.5 - CELL_SHIFT
+                high = np.array([i, end]) + 0.5 - CELL_SHIFT
+                boxes.append([np.round(low, 6).tolist(), np.round(high, 6).tolist()])
+                j = end + 1
+            else:
+                j += 1
+    return boxes
+
+
 def goal_cell(maze: str) -> tuple[int, int]:
     (i, j), = [(i, j) for i, row in enumerate(LAYOUTS[maze]) for j, c in enumerate(row) if c == "G"]
     return i, j
