@@ -723,6 +723,25 @@ fn variant<T: serde::de::DeserializeOwned>(flag: &str, expected: &str, text: &st
 
 fn serve(a: ServeArgs) -> Result<()> {
     let mut cfg = NodeConfig::load(&a.config)?;
+    // A bad value given by a flag is reported by the config key it sets: name the flags too.
+    let given = [
+        ("--samples", a.samples.is_some()),
+        ("--mcg", a.mcg.is_some()),
+        ("--mcg-temperature", a.mcg_temperature.is_some()),
+        ("--guidance-scale", a.guidance_scale.is_some()),
+        ("--matrix", a.matrix.is_some()),
+        ("--warm-start-level", a.warm_start_level.is_some()),
+        ("--execute", a.execute.is_some()),
+        ("--hold-radius", a.hold_radius.is_some()),
+        ("--seed", a.seed.is_some()),
+        ("--context-tokens", a.context_tokens.is_some()),
+        ("--image-level", a.image_level.is_some()),
+    ];
+    let flags: Vec<&str> = given.iter().filter(|(_, on)| *on).map(|(flag, _)| *flag).collect();
+    let origin = match flags.as_slice() {
+        [] => a.config.display().to_string(),
+        _ => format!("{} with {}", a.config.display(), flags.join(", ")),
+    };
     let p = &mut cfg.planner;
     if let Some(n) = a.samples {
         p.samples = n;
@@ -762,14 +781,14 @@ fn serve(a: ServeArgs) -> Result<()> {
     if let Some(level) = a.image_level {
         p.image_level = level;
     }
-    let planner = df_planner::node::planner(&cfg)?;
+    let planner = df_planner::node::planner(&cfg).context(origin.clone())?;
     let stdin = std::io::stdin();
     if planner.has_cameras() {
         drop(planner);
-        let mut bridge = Bridge::new(&cfg).map_err(anyhow::Error::msg)?;
+        let mut bridge = Bridge::new(&cfg).map_err(anyhow::Error::msg).context(origin)?;
         df_planner::serve::run(|line| bridge.handle(line), stdin.lock(), std::io::stdout().lock())?;
     } else {
-        let mut server = Server::new(&cfg, planner).map_err(anyhow::Error::msg)?;
+        let mut server = Server::new(&cfg, planner).map_err(anyhow::Error::msg).context(origin)?;
         df_planner::serve::run(|line| server.handle(line), stdin.lock(), std::io::stdout().lock())?;
     }
     Ok(())

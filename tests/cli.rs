@@ -175,4 +175,12 @@ fn serve_overrides_take_a_value_or_none() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{stderr}");
     }
+    // A value the config check refuses names the flag that set it as well as the key.
+    let out = df_planner(&["serve", "--config", "config/maze2d_umaze.yaml", "--samples", "0"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("config/maze2d_umaze.yaml with --samples: planner.samples: expected >= 1, got 0"),
+        "{stderr}"
+    );
 }
