@@ -76,7 +76,6 @@ pub struct Bridge {
     steps: i64,
     /// Camera (role, height, width) in the model's order.
     cameras: Vec<(String, u32, u32)>,
-    observation_dim: usize,
 }
 
 impl Bridge {
@@ -89,13 +88,12 @@ impl Bridge {
                 cfg.control.rate_hz
             ));
         }
-        let contract = lp.contract();
-        let cameras = contract
+        let cameras = lp
+            .contract()
             .cameras
             .as_ref()
             .map(|c| c.inputs.iter().map(|i| (i.role.clone(), i.height, i.width)).collect())
             .unwrap_or_default();
-        let observation_dim = contract.layout.observation_dim;
         Ok(Self {
             cfg: cfg.clone(),
             lp: Some(lp),
@@ -103,7 +101,6 @@ impl Bridge {
             step_ns: cfg.control.step().as_nanos() as i64,
             steps: 0,
             cameras,
-            observation_dim,
         })
     }
 
@@ -150,11 +147,12 @@ impl Bridge {
         // Step k happens at (k + 1) · step: the loop's clock starts at the first input.
         let t = (self.steps + 1) * self.step_ns;
         // The bridge sends positions only, so the state is the observation itself.
-        let sample = StateSample::new(t, state, &[]).filter(|_| state.len() == self.observation_dim);
+        let observation_dim = self.lp().contract().layout.observation_dim;
+        let sample = StateSample::new(t, state, &[]).filter(|_| state.len() == observation_dim);
         let Some(sample) = sample else {
             return error(format!(
                 "state: expected {} values (the model's observation_dim: one position per state joint), got {}",
-                self.observation_dim,
+                observation_dim,
                 state.len()
             ));
         };

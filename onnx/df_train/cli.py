@@ -187,10 +187,10 @@ def check_inputs(planner: str, config: str, maze: str | None = None) -> None:
         node = yaml.safe_load(Path(config).read_text())
         if not isinstance(node, dict):
             raise SystemExit(f"--config: {config}: expected a node config (a YAML mapping with model, planner, ...)")
-        bounds = (node.get("serve") or {}).get("goal_bounds")
-        if bounds is not None and bounds != free_bounds(maze):
+        bounds, maze_bounds = (node.get("serve") or {}).get("goal_bounds"), free_bounds(maze)
+        if bounds is not None and bounds != maze_bounds:
             raise SystemExit(f"--config: {config} has serve.goal_bounds {bounds}, the {maze} maze's are "
-                             f"{free_bounds(maze)}: a config for another maze? (config/maze2d_{maze}.yaml)")
+                             f"{maze_bounds}: a config for another maze? (config/maze2d_{maze}.yaml)")
 
 
 def cmd_bench(a) -> None:

@@ -13,6 +13,8 @@ centre, and in an open row the ball's centre ranges over [i - 0.6, i + 0.2]. The
 that positions, goals and scores match D4RL's.
 """
 
+import itertools
+
 import mujoco
 import numpy as np
 
@@ -60,32 +62,32 @@ def empty_cells(maze: str) -> list[tuple[int, int]]:
     return [(int(i), int(j)) for i, j in np.argwhere(~wall_grid(maze))]
 
 
+def _cells_box(first, last) -> list[list[float]]:
+    """[[x_min, y_min], [x_max, y_max]] spanning the squares of cells `first` to `last`."""
+    low = np.asarray(first) - 0.5 - CELL_SHIFT
+    high = np.asarray(last) + 0.5 - CELL_SHIFT
+    return [np.round(low, 6).tolist(), np.round(high, 6).tolist()]
+
+
 def free_bounds(maze: str) -> list[list[float]]:
     """[[x_min, y_min], [x_max, y_max]] around the maze's open cells: the `serve.goal_bounds`
     of its node config (config/maze2d_<maze>.yaml)."""
     cells = np.array(empty_cells(maze))
-    low, high = cells.min(axis=0) - 0.5 - CELL_SHIFT, cells.max(axis=0) + 0.5 - CELL_SHIFT
-    return [np.round(low, 6).tolist(), np.round(high, 6).tolist()]
+    return _cells_box(cells.min(axis=0), cells.max(axis=0))
 
 
 def wall_blocks(maze: str) -> list[list[list[float]]]:
     """The wall blocks inside the maze's open bounds as boxes [[x_min, y_min], [x_max, y_max]],
     a row's adjacent blocks merged: the `serve.goal_keepout` of its node config."""
-    walls = wall_grid(maze)
+    inner = wall_grid(maze)[1:-1, 1:-1]
     boxes = []
-    for i in range(1, walls.shape[0] - 1):
+    for i, row in enumerate(inner, start=1):
         j = 1
-        while j < walls.shape[1] - 1:
-            if walls[i, j]:
-                end = j
-                while end + 1 < walls.shape[1] - 1 and walls[i, end + 1]:
-                    end += 1
-                low = np.array([i, j]) - 0.5 - CELL_SHIFT
-                high = np.array([i, end]) + 0.5 - CELL_SHIFT
-                boxes.append([np.round(low, 6).tolist(), np.round(high, 6).tolist()])
-                j = end + 1
-            else:
-                j += 1
+        for is_wall, run in itertools.groupby(row):
+            n = len(list(run))
+            if is_wall:
+                boxes.append(_cells_box((i, j), (i, j + n - 1)))
+            j += n
     return boxes
 
 
