@@ -136,7 +136,7 @@ def cmd_eval(a) -> None:
     missing = [f"--{name}" for name in ("maze", "planner", "config", "out") if not getattr(a, name)]
     if missing:
         raise SystemExit(f"eval maze2d: missing {', '.join(missing)} (--maze, --planner, --config and --out are all required)")
-    check_inputs(a.planner, a.config, a.maze)
+    check_inputs(a.planner, a.config, a.maze, a.multi_goal)
     from .eval.maze2d import ABLATIONS, DEFAULT_CONFIGS, evaluate, learning_curve
 
     if a.planner_seed_offset and (a.curve or a.objective_check or a.action_spread is not None):
@@ -171,26 +171,48 @@ def cmd_eval(a) -> None:
              a.workers, a.planner_seed_offset)
 
 
-def check_inputs(planner: str, config: str, maze: str | None = None) -> None:
-    """Refuse a planner binary or config that is not there, or a config for another maze (its
-    serve.goal_bounds are not this maze's), before any episode starts."""
+def check_inputs(planner: str, config: str, maze: str | None = None, multi_goal: bool = False) -> None:
+    """Refuse a planner binary or config that is not there, or one whose goal checks do not fit
+    the maze (check_maze_goals), before any episode starts."""
     if not (Path(planner).is_file() and os.access(planner, os.X_OK)):
         raise SystemExit(f"--planner: {planner} is not an executable file (build it: cargo build --release, "
                          "then --planner target/release/df_planner)")
     if not Path(config).is_file():
         raise SystemExit(f"--config: {config}: no such file (the node configs are in config/)")
     if maze:
-        import yaml
+        check_maze_goals(config, maze, multi_goal)
 
-        from .envs.maze2d import free_bounds
 
-        node = yaml.safe_load(Path(config).read_text())
-        if not isinstance(node, dict):
-            raise SystemExit(f"--config: {config}: expected a node config (a YAML mapping with model, planner, ...)")
-        bounds, maze_bounds = (node.get("serve") or {}).get("goal_bounds"), free_bounds(maze)
-        if bounds is not None and bounds != maze_bounds:
-            raise SystemExit(f"--config: {config} has serve.goal_bounds {bounds}, the {maze} maze's are "
-                             f"{maze_bounds}: a config for another maze? (config/maze2d_{maze}.yaml)")
+def check_maze_goals(config: str, maze: str, multi_goal: bool) -> None:
+    """Refuse a config whose `serve.goal_bounds` reach beyond the maze's open cells (a config for
+    another maze), or that would refuse a goal the episodes will set (outside its bounds, or in
+    one of its `serve.goal_keepout` boxes). Narrower bounds that hold every goal are fine."""
+    import yaml
+
+    from .envs.maze2d import free_bounds, goal_regions
+
+    node = yaml.safe_load(Path(config).read_text())
+    if not isinstance(node, dict):
+        raise SystemExit(f"--config: {config}: expected a node config (a YAML mapping with model, planner, ...)")
+    serve = node.get("serve") or {}
+    bounds, keepout, maze_bounds = serve.get("goal_bounds"), serve.get("goal_keepout") or [], free_bounds(maze)
+    if bounds is not None and not _box_within(bounds, maze_bounds):
+        raise SystemExit(f"--config: {config} has serve.goal_bounds {bounds}, beyond the {maze} maze's open "
+                         f"cells {maze_bounds}: a config for another maze? (config/maze2d_{maze}.yaml)")
+    goals = "random goals" if multi_goal else "goal"
+    for region in goal_regions(maze, multi_goal):
+        if bounds is not None and not _box_within(region, bounds):
+            raise SystemExit(f"--config: {config}: the {maze} maze's {goals} in {region} lie outside its "
+                             f"serve.goal_bounds {bounds}, and serve would refuse them")
+        for box in keepout:
+            if all(region[0][d] < box[1][d] and box[0][d] < region[1][d] for d in range(2)):  # as serve's open box
+                raise SystemExit(f"--config: {config}: the {maze} maze's {goals} in {region} meet its "
+                                 f"serve.goal_keepout box {box}, and serve would refuse them")
+
+
+def _box_within(inner, outer) -> bool:
+    """Whether box `inner` [[x_min, y_min], [x_max, y_max]] lies inside box `outer`."""
+    return all(outer[0][d] <= inner[0][d] and inner[1][d] <= outer[1][d] for d in range(2))
 
 
 def cmd_bench(a) -> None:

@@ -302,10 +302,35 @@ def test_missing_or_absent_inputs_are_named_before_any_episode(setup, tmp_path):
         main(["eval", "maze2d", "--maze", "umaze", "--planner", "nope/df_planner", "--config", config, "--out", out])
     with pytest.raises(SystemExit, match="--config: nope.yaml: no such file"):
         main(["eval", "maze2d", "--maze", "umaze", "--planner", binary, "--config", "nope.yaml", "--out", out])
-    with pytest.raises(SystemExit, match=r"has serve.goal_bounds \[\[0.3, 0.3\], \[3.3, 3.3\]\], the medium maze's"):
+    with pytest.raises(SystemExit, match=r"the medium maze's goal in \[\[6.0, 6.0\], \[6.0, 6.0\]\] lie outside its "
+                                         r"serve.goal_bounds \[\[0.3, 0.3\], \[3.3, 3.3\]\]"):
         main(["eval", "maze2d", "--maze", "medium", "--planner", binary, "--config", config, "--out", out])
     with pytest.raises(SystemExit, match="datagen maze2d: --maze is required"):
         main(["datagen", "maze2d", "--out", str(tmp_path / "d.npz")])
+
+
+def test_a_config_must_accept_every_goal_its_episodes_set(tmp_path):
+    import yaml
+
+    from df_train.cli import check_maze_goals
+
+    def config(**serve):
+        node = yaml.safe_load((ROOT / "config/maze2d_umaze.yaml").read_text())
+        node["serve"].update(serve)
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(node))
+        return str(path)
+
+    # Narrower bounds that hold the fixed goal (1, 1): fine for it, not for Multi2D's random goals.
+    narrow = config(goal_bounds=[[0.5, 0.5], [2.0, 2.0]])
+    check_maze_goals(narrow, "umaze", multi_goal=False)
+    with pytest.raises(SystemExit, match=r"umaze maze's random goals in \[\[0.9, 1.9\], \[1.1, 2.1\]\] lie outside"):
+        check_maze_goals(narrow, "umaze", multi_goal=True)
+    # A keep-out box over the goal, or bounds beyond the maze (the Medium config's).
+    with pytest.raises(SystemExit, match=r"goal in \[\[1.0, 1.0\], \[1.0, 1.0\]\] meet its serve.goal_keepout box"):
+        check_maze_goals(config(goal_keepout=[[[0.8, 0.8], [1.2, 1.2]]]), "umaze", multi_goal=False)
+    with pytest.raises(SystemExit, match=r"beyond the umaze maze's open cells \[\[0.3, 0.3\], \[3.3, 3.3\]\]"):
+        check_maze_goals(str(ROOT / "config/maze2d_medium.yaml"), "umaze", multi_goal=False)
 
 
 def test_learning_curve_over_snapshots(setup, tmp_path, monkeypatch):

@@ -141,15 +141,18 @@ def test_datagen_speed():
     print(f"maze2d datagen: {20000 / (time.perf_counter() - start):,.0f} steps/s")
 
 
-def test_each_shipped_config_bounds_goals_to_its_maze():
+def test_each_shipped_config_bounds_goals_to_its_maze_and_accepts_every_eval_goal():
     import yaml
 
+    from df_train.cli import check_maze_goals
     from df_train.envs.maze2d import MAZES, free_bounds
 
     root = Path(__file__).resolve().parents[2]
     for maze in MAZES:
         for config in root.glob(f"config/maze2d_{maze}*.yaml"):
             assert yaml.safe_load(config.read_text())["serve"]["goal_bounds"] == free_bounds(maze), config
+            for multi_goal in (False, True):
+                check_maze_goals(str(config), maze, multi_goal)
 
 
 def test_each_shipped_config_keeps_goals_out_of_its_maze_s_walls():

@@ -48,6 +48,7 @@ MAX_EPISODE_STEPS = {"umaze": 300, "medium": 600, "large": 800}  # max_episode_s
 REF_SCORES = {"umaze": (23.85, 161.86), "medium": (13.13, 277.39), "large": (6.7, 273.99)}
 GOAL_RADIUS = 0.5
 CELL_SHIFT = 0.2  # the centre of cell (i, j) is at qpos (i - 0.2, j - 0.2); see the module doc
+POINT_NOISE = 0.1  # D4RL's uniform noise around a cell's point for resets and random targets
 OBS_DIM = 4
 ACTION_DIM = 2
 
@@ -103,6 +104,15 @@ def cell_to_xy(cell) -> np.ndarray:
 def goal_xy(maze: str) -> np.ndarray:
     """The fixed evaluation target of maze2d-{maze}-v1: exactly the 'G' cell's point, no noise."""
     return cell_to_xy(goal_cell(maze))
+
+
+def goal_regions(maze: str, multi_goal: bool) -> list[list[list[float]]]:
+    """Boxes [[x_min, y_min], [x_max, y_max]] that hold every goal an episode can set: the fixed
+    goal point, or (Multi2D) each open cell's point with its noise."""
+    if not multi_goal:
+        return [[goal_xy(maze).tolist()] * 2]
+    return [[(cell_to_xy(c) - POINT_NOISE).round(6).tolist(), (cell_to_xy(c) + POINT_NOISE).round(6).tolist()]
+            for c in empty_cells(maze)]
 
 
 def xy_to_cell(xy) -> tuple[int, int]:
@@ -182,12 +192,12 @@ class Maze2DEnv:
 
     def random_point(self) -> np.ndarray:
         """A random empty cell plus U(-0.1, 0.1) noise: D4RL's reset position and set_target()."""
-        return self.cells[self.rng.integers(len(self.cells))] + self.rng.uniform(-0.1, 0.1, 2)
+        return self.cells[self.rng.integers(len(self.cells))] + self.rng.uniform(-POINT_NOISE, POINT_NOISE, 2)
 
     def reset(self, cell=None) -> np.ndarray:
         """Start at a random empty cell (or `cell`, like D4RL's reset_to_location) with qvel ~ N(0, 0.1)."""
         mujoco.mj_resetData(self.model, self.data)
-        self.data.qpos[:] = self.random_point() if cell is None else cell_to_xy(cell) + self.rng.uniform(-0.1, 0.1, 2)
+        self.data.qpos[:] = self.random_point() if cell is None else cell_to_xy(cell) + self.rng.uniform(-POINT_NOISE, POINT_NOISE, 2)
         self.data.qvel[:] = self.rng.normal(0.0, 0.1, 2)
         if self.multi_goal:
             self.goal = self.random_point()
