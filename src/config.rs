@@ -320,6 +320,16 @@ impl NodeConfig {
         if n == 0 {
             return Err(bad("safety.action_min", "at least one dimension".into(), "[]".into()));
         }
+        if n > crate::control::live::MAX_ACTION_DIM {
+            return Err(bad(
+                "safety.action_min",
+                format!(
+                    "at most {} dimensions (a tick record's fixed size)",
+                    crate::control::live::MAX_ACTION_DIM
+                ),
+                n.to_string(),
+            ));
+        }
         for i in 0..n {
             let (lo, hi) = (self.safety.action_min[i], self.safety.action_max[i]);
             if !(lo.is_finite() && hi.is_finite() && lo <= hi) {

@@ -416,6 +416,7 @@ fn sample(a: SampleArgs) -> Result<()> {
         noise_clip: c.diffusion.noise_clip,
         guidance_scale: 0.0,
         guidance_form: Default::default(),
+        context_tokens: 0,
         shared_tokens: 0,
         redraws: 0,
         guided_tokens: None,

@@ -4,8 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ActionType;
-use crate::control::{trajectory_chunk, Diagnostics, TickReport};
+use crate::config::{ActionType, NodeConfig};
+use crate::control::{trajectory_chunk, Diagnostics, Safety, TickReport};
+use crate::node::safety_filter;
 use crate::planner::Plan;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -198,55 +199,69 @@ pub enum ActionMessage {
     Pose(PoseStamped),
 }
 
-/// What the node publishes for a tick. JointTrajectory carries the rest of the plan, ending
-/// at rest; PoseStamped reads the action as (x, y[, z]).
-pub fn action_message(
-    kind: ActionType,
-    report: &TickReport,
-    action: &[f64],
-    plan: Option<&Plan>,
-    joint_names: &[String],
-    frame_id: &str,
-) -> ActionMessage {
-    let header = Header {
-        stamp: Time::from_ns(report.now_ns),
-        frame_id: frame_id.to_owned(),
-    };
-    match kind {
-        ActionType::Float64MultiArray => ActionMessage::Array(float64_array(action)),
-        ActionType::JointTrajectory => {
-            let points = trajectory_chunk(action, plan, report.plan_index, report.now_ns)
-                .into_iter()
-                .map(|p| JointTrajectoryPoint {
-                    positions: p.positions,
-                    velocities: p.velocities,
-                    accelerations: Vec::new(),
-                    effort: Vec::new(),
-                    time_from_start: Time::from_ns(p.time_from_start_ns),
-                })
-                .collect();
-            ActionMessage::Trajectory(JointTrajectory {
-                header,
-                joint_names: joint_names.to_vec(),
-                points,
-            })
+/// How the node's ticks become action messages: the configured type, its names, and the
+/// safety filter the future points of a trajectory pass as the tick's own action did.
+pub struct ActionFormat {
+    pub kind: ActionType,
+    pub joint_names: Vec<String>,
+    pub frame_id: String,
+    pub safety: Safety,
+}
+
+impl ActionFormat {
+    pub fn new(cfg: &NodeConfig) -> Self {
+        let t = &cfg.topics;
+        Self {
+            kind: t.action_type,
+            joint_names: t.joint_names.clone(),
+            frame_id: t.frame_id.clone(),
+            safety: safety_filter(cfg),
         }
-        ActionType::PoseStamped => {
-            let c = |i: usize| action.get(i).copied().unwrap_or(0.0);
-            let pose = Pose {
-                position: Point {
-                    x: c(0),
-                    y: c(1),
-                    z: c(2),
-                },
-                orientation: Quaternion {
-                    x: 0.0,
-                    y: 0.0,
-                    z: 0.0,
-                    w: 1.0,
-                },
-            };
-            ActionMessage::Pose(PoseStamped { header, pose })
+    }
+
+    /// What the node publishes for a tick. JointTrajectory carries the rest of the plan, ending
+    /// at rest; PoseStamped reads the action as (x, y[, z]).
+    pub fn message(&self, report: &TickReport, action: &[f64], plan: Option<&Plan>) -> ActionMessage {
+        let header = Header {
+            stamp: Time::from_ns(report.now_ns),
+            frame_id: self.frame_id.clone(),
+        };
+        match self.kind {
+            ActionType::Float64MultiArray => ActionMessage::Array(float64_array(action)),
+            ActionType::JointTrajectory => {
+                let points = trajectory_chunk(action, plan, report.plan_index, report.now_ns, &self.safety)
+                    .into_iter()
+                    .map(|p| JointTrajectoryPoint {
+                        positions: p.positions,
+                        velocities: p.velocities,
+                        accelerations: Vec::new(),
+                        effort: Vec::new(),
+                        time_from_start: Time::from_ns(p.time_from_start_ns),
+                    })
+                    .collect();
+                ActionMessage::Trajectory(JointTrajectory {
+                    header,
+                    joint_names: self.joint_names.clone(),
+                    points,
+                })
+            }
+            ActionType::PoseStamped => {
+                let c = |i: usize| action.get(i).copied().unwrap_or(0.0);
+                let pose = Pose {
+                    position: Point {
+                        x: c(0),
+                        y: c(1),
+                        z: c(2),
+                    },
+                    orientation: Quaternion {
+                        x: 0.0,
+                        y: 0.0,
+                        z: 0.0,
+                        w: 1.0,
+                    },
+                };
+                ActionMessage::Pose(PoseStamped { header, pose })
+            }
         }
     }
 }
@@ -271,6 +286,7 @@ pub fn diagnostic_array(header: Header, d: &Diagnostics) -> DiagnosticArray {
         kv("rate_limited", d.rate_limited.to_string()),
         kv("late_actions_dropped", d.late_actions_dropped.to_string()),
         kv("deadline_misses", d.deadline_misses.to_string()),
+        kv("records_dropped", d.records_dropped.to_string()),
     ];
     for (name, count) in &d.faults {
         values.push(kv(&format!("fault.{name}"), count.to_string()));

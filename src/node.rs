@@ -58,13 +58,17 @@ pub fn control_core(cfg: &NodeConfig) -> ControlCore {
         camera_timeout_ns: (cfg.safety.camera_timeout_s * 1e9) as i64,
         state_timeout_ns: (cfg.safety.state_timeout_s * 1e9) as i64,
     };
-    let safety = Safety::new(
+    ControlCore::new(params, safety_filter(cfg))
+}
+
+/// The config's limits and rates, per control tick.
+pub fn safety_filter(cfg: &NodeConfig) -> Safety {
+    Safety::new(
         cfg.safety.action_min.clone(),
         cfg.safety.action_max.clone(),
         &cfg.safety.max_rate,
         cfg.control.tick().as_secs_f64(),
-    );
-    ControlCore::new(params, safety)
+    )
 }
 
 /// Load the model and build the planner.
@@ -76,6 +80,15 @@ pub fn planner(cfg: &NodeConfig) -> Result<DfPlanner, NodeError> {
             field: "safety.action_min",
             expected: format!("{} values (the model's action_dim)", contract.layout.action_dim),
             got: cfg.action_dim().to_string(),
+        });
+    }
+    // A camera model plans from its images: a camera that stops must be a fault, not a
+    // frozen frame planned from forever.
+    if contract.cameras.is_some() && !cfg.camera.required {
+        return Err(NodeError::Mismatch {
+            field: "camera.required",
+            expected: "true (the model plans from camera images)".into(),
+            got: "false".into(),
         });
     }
     let settings = planner_settings(cfg, contract.layout.frame_stack);

@@ -132,6 +132,17 @@ impl Server {
                 serve.hold_radius
             ));
         }
+        // The PD controller (execute: pd_controller, and holding at the goal) commands one
+        // action per position dimension.
+        let drives_pd = serve.execute == Execute::PdController || serve.hold_radius.is_some();
+        if drives_pd && l.action_dim != serve.position_dims.len() {
+            return Err(format!(
+                "serve.execute / serve.hold_radius: the PD controller commands one action per position \
+                 dimension, expected a model with action_dim {}, got {}",
+                serve.position_dims.len(),
+                l.action_dim
+            ));
+        }
         // The PD controller reads velocity at position index + 2.
         if serve.position_dims.iter().any(|&d| d + 2 >= l.observation_dim) {
             return Err(format!(
@@ -342,14 +353,18 @@ pub(crate) fn error(message: String) -> Value {
     json!({"ok": false, "error": message})
 }
 
-/// Answer requests from `input` with `handle` until it closes.
+/// Answer requests from `input` with `handle` until it closes. A line that is not UTF-8 text
+/// gets an error reply, like any other malformed request.
 pub fn run(mut handle: impl FnMut(&str) -> Value, input: impl BufRead, mut output: impl Write) -> std::io::Result<()> {
-    for line in input.lines() {
+    for line in input.split(b'\n') {
         let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let response = handle(&line);
+        let response = match std::str::from_utf8(&line) {
+            Ok(text) if text.trim().is_empty() => continue,
+            Ok(text) => handle(text.strip_suffix('\r').unwrap_or(text)),
+            Err(e) => error(format!(
+                "request: not UTF-8 text ({e}); expected one JSON object per line"
+            )),
+        };
         writeln!(output, "{response}")?;
         output.flush()?;
     }
@@ -359,6 +374,33 @@ pub fn run(mut handle: impl FnMut(&str) -> Value, input: impl BufRead, mut outpu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_that_is_not_utf8_gets_an_error_reply_and_the_next_line_is_answered() {
+        let input: &[u8] = b"{\"op\": \"stats\"}\n\xff\xfe\n\r\n{\"op\": \"reset\"}\r\n";
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        run(
+            |line| {
+                seen.push(line.to_owned());
+                json!({"ok": true})
+            },
+            input,
+            &mut out,
+        )
+        .unwrap();
+        let replies: Vec<Value> = out
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        assert_eq!(replies.len(), 3, "{replies:?}");
+        assert!(replies[1]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("request: not UTF-8 text"));
+        assert_eq!(seen, ["{\"op\": \"stats\"}", "{\"op\": \"reset\"}"]);
+    }
 
     #[test]
     fn pd_action_tracks_planned_position_and_velocity() {

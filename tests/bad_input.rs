@@ -106,6 +106,7 @@ fn settings() -> SamplerSettings {
         noise_clip: 6.0,
         guidance_scale: 0.0,
         guidance_form: Default::default(),
+        context_tokens: 0,
         shared_tokens: 0,
         redraws: 0,
         guided_tokens: None,

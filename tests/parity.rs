@@ -120,6 +120,7 @@ fn sampler_settings(golden: &Golden, guidance_scale: f64, redraws: usize) -> Sam
         noise_clip: s.noise_clip,
         guidance_scale,
         guidance_form: form(s),
+        context_tokens: golden.context_tokens,
         shared_tokens: s.shared_tokens,
         redraws,
         guided_tokens: s.guided_tokens,

@@ -293,6 +293,48 @@ fn the_safety_filter_clips_and_rate_limits_plan_actions() {
     assert_eq!(r.source, Source::Plan);
 }
 
+#[test]
+fn the_rate_limit_allows_only_the_time_that_passed_after_a_stall_or_a_burst() {
+    // 10 units/s at 50 Hz: at most 0.2 per 20 ms period.
+    let mut c = core_with_rate(Fallback::Hold, false, 10.0);
+    c.install(plan(0, &[[1.0, 0.0]; 20]));
+    assert!((tick(&mut c, 0, None, Some(0)).2[0] - 0.2).abs() < 1e-12);
+    // A stall of 10 periods, then the missed ticks back to back: one period's step, not 10.
+    for _ in 0..10 {
+        let out = tick(&mut c, 200 * MS, None, Some(200 * MS)).2;
+        assert!((out[0] - 0.4).abs() < 1e-12, "{out:?}");
+    }
+    // Half a period later: half a step.
+    assert!((tick(&mut c, 210 * MS, None, Some(210 * MS)).2[0] - 0.5).abs() < 1e-12);
+}
+
+#[test]
+fn ticks_that_fall_back_do_not_count_plan_actions_as_dropped() {
+    let mut c = core(Fallback::Hold, false);
+    c.install(plan(0, &[[0.1, 0.0]; 10]));
+    tick(&mut c, 0, None, Some(0));
+    // One tick per plan step with a stale state: every action is reached, none published.
+    for k in 1..6 {
+        let (src, faults, _) = tick(&mut c, k * 100 * MS, None, Some(-500 * MS));
+        assert_eq!((src, faults), (Source::Hold, vec![Fault::StateStale]));
+    }
+    assert_eq!(tick(&mut c, 600 * MS, None, Some(600 * MS)).0, Source::Plan);
+    assert_eq!(c.counters().late_dropped, 0);
+}
+
+#[test]
+fn an_input_stamped_ahead_of_the_clock_by_more_than_its_timeout_is_stale() {
+    let mut c = core(Fallback::Hold, true);
+    c.install(plan(0, &[[0.1, 0.0]; 10]));
+    // A robot clock 2 s ahead: its state and frames must not look fresh for 2 s after they stop.
+    let (src, faults, _) = tick(&mut c, 0, Some(10 * MS), Some(2_000 * MS));
+    assert_eq!((src, faults), (Source::Hold, vec![Fault::StateStale]));
+    let (src, faults, _) = tick(&mut c, 100 * MS, Some(2_000 * MS), Some(110 * MS));
+    assert_eq!((src, faults), (Source::Hold, vec![Fault::CameraStale]));
+    // Slightly ahead (clock sync jitter, within the timeout) is fine.
+    assert_eq!(tick(&mut c, 200 * MS, Some(210 * MS), Some(250 * MS)).0, Source::Plan);
+}
+
 /// A denoiser whose calls count their allocations apart, so that a failure says whether the
 /// planner's own code or the ONNX Runtime binding allocated.
 struct InsideRuntime<D>(D);

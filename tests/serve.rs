@@ -291,3 +291,40 @@ fn score_path_scores_any_path_with_the_goal_reward() {
     // The server keeps serving.
     assert_eq!(score(&mut s, json!([[1.0, 1.0]]))["ok"], true);
 }
+
+/// The fruit-swap arm's node config: a camera model whose actions are [x, y, z, gripper].
+fn fruit_swap_config() -> NodeConfig {
+    let path = common::repo().join("config/fruit_swap.yaml");
+    let mut cfg = NodeConfig::parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
+    cfg.model.path = common::repo().join("onnx/models/fruit_swap.onnx");
+    cfg.model.runtime = common::cpu();
+    cfg
+}
+
+#[test]
+fn the_pd_controller_is_refused_for_a_model_without_one_action_per_position() {
+    let mut cfg = fruit_swap_config();
+    let planner = |cfg: &NodeConfig| df_planner::node::planner(cfg).unwrap();
+    assert!(Server::new(&cfg, planner(&cfg)).is_ok());
+    cfg.serve = Some(df_planner::serve::ServeSection {
+        execute: df_planner::serve::Execute::PdController,
+        ..Default::default()
+    });
+    let Err(e) = Server::new(&cfg, planner(&cfg)) else {
+        panic!("a PD controller over 4 actions was accepted")
+    };
+    assert!(e.contains("expected a model with action_dim 2, got 4"), "{e}");
+}
+
+#[test]
+fn a_camera_model_requires_its_cameras() {
+    let mut cfg = fruit_swap_config();
+    cfg.camera.required = false;
+    let Err(e) = df_planner::node::planner(&cfg) else {
+        panic!("a camera model was loaded with camera.required: false")
+    };
+    assert_eq!(
+        e.to_string(),
+        "camera.required: expected true (the model plans from camera images), got false"
+    );
+}

@@ -119,9 +119,11 @@ pub struct ControlCore {
     safety: Safety,
     current: Option<Box<Plan>>,
     pending: Option<Box<Plan>>,
-    /// Last plan index published from `current`.
+    /// Last plan index a tick reached in `current` (published or not).
     last_index: Option<usize>,
     last_output: Vec<f64>,
+    /// When the previous tick ran: the rate limit allows as much change as time has passed.
+    last_tick_ns: Option<i64>,
     counters: Counters,
 }
 
@@ -136,6 +138,7 @@ impl ControlCore {
             pending: None,
             last_index: None,
             last_output,
+            last_tick_ns: None,
             counters: Counters::default(),
         }
     }
@@ -176,6 +179,7 @@ impl ControlCore {
                 } else {
                     let next_unused = self.last_index.map_or(0, |i| i + 1);
                     late_dropped = index.saturating_sub(next_unused) as u64;
+                    self.last_index = Some(index);
                     if plan.action(index).iter().all(|v| v.is_finite()) {
                         chosen = Some(index);
                     } else {
@@ -184,7 +188,9 @@ impl ControlCore {
                 }
             }
         }
-        let stale = |stamp: Option<i64>, timeout: i64| stamp.is_none_or(|s| now - s > timeout);
+        // A stamp further in the future than the timeout is as untrustworthy as an old one (a
+        // clock ahead of ours, a reset sim time): it must not keep a dead input looking fresh.
+        let stale = |stamp: Option<i64>, timeout: i64| stamp.is_none_or(|s| (now - s).abs() > timeout);
         if self.params.camera_required && stale(inputs.frame_ns, self.params.camera_timeout_ns) {
             faults.insert(Fault::CameraStale);
         }
@@ -196,8 +202,12 @@ impl ControlCore {
         let source = match chosen {
             Some(index) if faults.is_empty() => {
                 let plan = self.current.as_deref().expect("chosen implies a plan");
-                safety = self.safety.filter(plan.action(index), &self.last_output, out);
-                self.last_index = Some(index);
+                let elapsed_s = self
+                    .last_tick_ns
+                    .map_or(self.safety.period_s(), |t| (now - t) as f64 / 1e9);
+                safety = self
+                    .safety
+                    .filter(plan.action(index), &self.last_output, elapsed_s, out);
                 Source::Plan
             }
             _ => match self.params.fallback {
@@ -212,6 +222,7 @@ impl ControlCore {
             },
         };
         self.last_output.copy_from_slice(out);
+        self.last_tick_ns = Some(now);
 
         let c = &mut self.counters;
         c.ticks += 1;

@@ -30,6 +30,9 @@ pub struct Diagnostics {
     pub plans: u64,
     pub plan_errors: u64,
     pub deadline_misses: u64,
+    /// Tick records the publisher could not take in time (its queue was full): those ticks'
+    /// actions were computed but not published.
+    pub records_dropped: u64,
     pub tick_latency: LatencySummary,
     pub tick_jitter: LatencySummary,
     pub plan_latency: LatencySummary,
@@ -40,6 +43,7 @@ pub(crate) struct DiagnosticInputs<'a> {
     pub counters: &'a Counters,
     pub plan_errors: u64,
     pub deadline_misses: u64,
+    pub records_dropped: u64,
     pub tick_latency: LatencySummary,
     pub tick_jitter: LatencySummary,
     pub plan_latency: LatencySummary,
@@ -60,6 +64,7 @@ impl Diagnostics {
             plans: c.plans_installed,
             plan_errors: i.plan_errors,
             deadline_misses: i.deadline_misses,
+            records_dropped: i.records_dropped,
             tick_latency: i.tick_latency,
             tick_jitter: i.tick_jitter,
             plan_latency: i.plan_latency,

@@ -98,6 +98,11 @@ pub struct ControlTick {
 }
 
 impl ControlTick {
+    /// Ticks the loop skipped after a stall: each missed its deadline.
+    pub fn count_skipped(&mut self, ticks: u32) {
+        self.stats.deadline_misses += u64::from(ticks);
+    }
+
     /// One tick. `late_by` is how far past its deadline the thread woke.
     pub fn run(&mut self, late_by: Duration, period: Duration) {
         let start = Instant::now();
@@ -300,12 +305,19 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
             let _tick = tracing::trace_span!("tick").entered();
             control.run(late, tick);
             deadline += tick;
+            let skipped = skip_missed(&mut deadline, tick, tick);
+            if skipped > 0 {
+                control.count_skipped(skipped);
+            }
         }
     })?);
 
     let s = stop.clone();
     let (mut task, mut frames, state, clock, guidance) = (p.task, p.frames, p.state, p.clock, p.guidance);
     let (latency, errors) = (plan_latency.clone(), plan_errors.clone());
+    // A plan may take several steps (the steps after it catch up), but no more than a replan
+    // interval's worth: a backlog beyond that would only grow.
+    let plan_slack = step * task.replan_every() as u32;
     threads.push(std::thread::Builder::new().name("df_planner".into()).spawn(move || {
         let mut deadline = Instant::now();
         let mut executed_now = vec![0.0; action_dim];
@@ -313,6 +325,13 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
         while !s.load(Ordering::Acquire) {
             sleep_until(deadline);
             deadline += step;
+            let skipped = skip_missed(&mut deadline, step, plan_slack);
+            if skipped > 0 {
+                tracing::warn!(
+                    skipped,
+                    "the planner fell a replan interval behind; skipping the missed steps"
+                );
+            }
             let _plan = tracing::trace_span!("plan").entered();
             let mut images: [&[u8]; MAX_CAMERAS] = [&[]; MAX_CAMERAS];
             let cameras = frames.latest(&mut images);
@@ -368,6 +387,18 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
     })
 }
 
+/// After a stall of `slack` or more past `deadline`, move it past the whole periods missed, so
+/// that the loop does not run them back to back; returns how many were skipped.
+fn skip_missed(deadline: &mut Instant, period: Duration, slack: Duration) -> u32 {
+    let behind = Instant::now().saturating_duration_since(*deadline);
+    if behind < slack {
+        return 0;
+    }
+    let missed = (behind.as_nanos() / period.as_nanos()) as u32;
+    *deadline += period * missed;
+    missed
+}
+
 struct StatSources<'a> {
     stats: &'a Mutex<LiveStats>,
     plan_latency: &'a Mutex<Histogram>,
@@ -406,6 +437,7 @@ fn publisher(
                 counters: &s.counters,
                 plan_errors: sources.plan_errors.load(Ordering::Relaxed),
                 deadline_misses: s.deadline_misses,
+                records_dropped: s.records_dropped,
                 tick_latency: s.tick_latency.summary_ms(),
                 tick_jitter: s.tick_jitter.summary_ms(),
                 plan_latency: sources.plan_latency.lock().summary_ms(),

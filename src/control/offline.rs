@@ -204,6 +204,7 @@ impl OfflineLoop {
             counters: self.core.counters(),
             plan_errors: self.plan_errors,
             deadline_misses: 0,
+            records_dropped: 0,
             tick_latency: self.tick_latency.summary_ms(),
             tick_jitter: Histogram::default().summary_ms(),
             plan_latency: self.task.latency().summary_ms(),

@@ -2,6 +2,8 @@
 
 use crate::planner::Plan;
 
+use super::safety::Safety;
+
 /// One point of a joint trajectory chunk.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrajectoryPoint {
@@ -13,12 +15,15 @@ pub struct TrajectoryPoint {
 /// The plan from the action in force now to its end, as position targets with
 /// finite-difference velocities, ending with a point at rest (zero velocity) one step after
 /// the last action so that ros2_control's trajectory controller can blend and stop.
-/// Without a plan: the published action alone, at rest.
+/// Every future point passes the safety filter as a tick's action would: clipped to the
+/// limits and rate-limited against the point before it over the time between them; the
+/// chunk ends before a non-finite action. Without a plan: the published action alone, at rest.
 pub fn trajectory_chunk(
     action: &[f64],
     plan: Option<&Plan>,
     index: Option<usize>,
     now_ns: i64,
+    safety: &Safety,
 ) -> Vec<TrajectoryPoint> {
     let rest = |positions: &[f64], t: i64| TrajectoryPoint {
         positions: positions.to_vec(),
@@ -28,29 +33,31 @@ pub fn trajectory_chunk(
     let (Some(plan), Some(start)) = (plan, index) else {
         return vec![rest(action, 0)];
     };
-    let dt_s = plan.dt_ns as f64 / 1e9;
     let mut points = Vec::with_capacity(plan.len() - start + 1);
-    points.push(TrajectoryPoint {
-        positions: action.to_vec(),
-        velocities: vec![0.0; action.len()],
-        time_from_start_ns: 0,
-    });
-    let mut prev = action.to_vec();
+    points.push(rest(action, 0));
+    let (mut prev, mut prev_t) = (action.to_vec(), 0);
     for i in start + 1..plan.len() {
-        let a = plan.action(i);
-        let velocities = a.iter().zip(&prev).map(|(x, p)| (x - p) / dt_s).collect();
+        let proposed = plan.action(i);
+        if !proposed.iter().all(|v| v.is_finite()) {
+            break;
+        }
+        let t = plan.time_of(i) - now_ns;
+        let dt_s = (t - prev_t) as f64 / 1e9;
+        let mut positions = vec![0.0; action.len()];
+        safety.over(proposed, &prev, dt_s, &mut positions);
+        let velocities = positions.iter().zip(&prev).map(|(x, p)| (x - p) / dt_s).collect();
+        prev.copy_from_slice(&positions);
+        prev_t = t;
         points.push(TrajectoryPoint {
-            positions: a.to_vec(),
+            positions,
             velocities,
-            time_from_start_ns: plan.time_of(i) - now_ns,
+            time_from_start_ns: t,
         });
-        prev = a.to_vec();
     }
     if points.len() > 1 {
         points[0].velocities = points[1].velocities.clone();
     }
-    let end = points.last().map_or(0, |p| p.time_from_start_ns) + plan.dt_ns;
-    points.push(rest(&prev, end));
+    points.push(rest(&prev, prev_t + plan.dt_ns));
     points
 }
 
@@ -67,13 +74,41 @@ mod tests {
         for i in 0..4 {
             plan.action_mut(i)[0] = i as f64;
         }
-        let pts = trajectory_chunk(&[1.0], Some(&plan), Some(1), 1_120);
+        let pts = trajectory_chunk(&[1.0], Some(&plan), Some(1), 1_120, &unlimited());
         let times: Vec<i64> = pts.iter().map(|p| p.time_from_start_ns).collect();
         assert_eq!(times, vec![0, 80, 180, 280]);
         assert_eq!(pts[1].positions, vec![2.0]);
-        assert!((pts[1].velocities[0] - 1e7).abs() < 1e-6, "1 unit per 100 ns");
+        // From the action in force (1.0, now) to the next one (2.0, due in 80 ns).
+        assert!((pts[1].velocities[0] - 1.25e7).abs() < 1e-3, "1 unit per 80 ns");
         assert_eq!(pts.last().unwrap().velocities, vec![0.0]);
         assert_eq!(pts.last().unwrap().positions, vec![3.0]);
-        assert_eq!(trajectory_chunk(&[0.5], None, None, 0).len(), 1);
+        assert_eq!(trajectory_chunk(&[0.5], None, None, 0, &unlimited()).len(), 1);
+    }
+
+    fn unlimited() -> Safety {
+        Safety::new(vec![-1e9], vec![1e9], &[1e18], 0.01)
+    }
+
+    #[test]
+    fn future_points_are_clipped_rate_limited_and_end_before_a_non_finite_action() {
+        // Limits ±1, at most 2 units/s; plan steps of 0.1 s: at most 0.2 from point to point.
+        let safety = Safety::new(vec![-1.0], vec![1.0], &[2.0], 0.01);
+        let mut plan = Plan::with_capacity(5, 1, 1, 1);
+        plan.set_len(5);
+        plan.dt_ns = 100_000_000;
+        for (i, a) in [0.9, 0.95, 1.4, 1.6, f64::NAN].into_iter().enumerate() {
+            plan.action_mut(i)[0] = a;
+        }
+        let pts = trajectory_chunk(&[0.5], Some(&plan), Some(0), 0, &safety);
+        let positions: Vec<f64> = pts.iter().map(|p| p.positions[0]).collect();
+        let expected = [0.5, 0.7, 0.9, 1.0, 1.0];
+        assert_eq!(positions.len(), expected.len(), "{positions:?}");
+        for (got, want) in positions.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-12, "{positions:?}");
+        }
+        assert!(
+            pts.iter().all(|p| p.velocities[0].abs() <= 2.0 + 1e-9),
+            "within the rate"
+        );
     }
 }

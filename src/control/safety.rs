@@ -10,23 +10,42 @@ pub struct SafetyEvents {
 pub struct Safety {
     min: Vec<f64>,
     max: Vec<f64>,
-    /// Largest change per tick (max_rate · period).
-    max_step: Vec<f64>,
+    max_rate_per_s: Vec<f64>,
+    /// The control period: the longest interval one step may cover.
+    period_s: f64,
 }
 
 impl Safety {
     pub fn new(min: Vec<f64>, max: Vec<f64>, max_rate_per_s: &[f64], period_s: f64) -> Self {
-        let max_step = max_rate_per_s.iter().map(|r| r * period_s).collect();
-        Self { min, max, max_step }
+        Self {
+            min,
+            max,
+            max_rate_per_s: max_rate_per_s.to_vec(),
+            period_s,
+        }
     }
 
-    /// Clip `proposed` to the limits and to within max_step of `previous`, into `out`.
-    pub fn filter(&self, proposed: &[f64], previous: &[f64], out: &mut [f64]) -> SafetyEvents {
+    pub fn period_s(&self) -> f64 {
+        self.period_s
+    }
+
+    /// A tick's filter: `over` with the time since the previous tick capped at one period, so
+    /// that after a stall the action moves one step, not the whole stall's worth, and ticks
+    /// that run back to back (elapsed ≈ 0) barely move.
+    pub fn filter(&self, proposed: &[f64], previous: &[f64], elapsed_s: f64, out: &mut [f64]) -> SafetyEvents {
+        self.over(proposed, previous, elapsed_s.min(self.period_s), out)
+    }
+
+    /// Clip `proposed` to the limits and to within max_rate · `dt_s` of `previous` (reached
+    /// `dt_s` earlier; negative counts as 0), into `out`.
+    pub fn over(&self, proposed: &[f64], previous: &[f64], dt_s: f64, out: &mut [f64]) -> SafetyEvents {
+        let dt = dt_s.max(0.0);
         let mut ev = SafetyEvents::default();
         for i in 0..out.len() {
             let clipped = proposed[i].clamp(self.min[i], self.max[i]);
             ev.clipped |= clipped != proposed[i];
-            let limited = clipped.clamp(previous[i] - self.max_step[i], previous[i] + self.max_step[i]);
+            let step = self.max_rate_per_s[i] * dt;
+            let limited = clipped.clamp(previous[i] - step, previous[i] + step);
             ev.rate_limited |= limited != clipped;
             out[i] = limited;
         }
@@ -49,7 +68,7 @@ mod tests {
     fn clips_then_rate_limits() {
         let s = Safety::new(vec![-1.0, -1.0], vec![1.0, 1.0], &[10.0, 10.0], 0.01);
         let mut out = [0.0; 2];
-        let ev = s.filter(&[5.0, 0.05], &[0.0, 0.0], &mut out);
+        let ev = s.filter(&[5.0, 0.05], &[0.0, 0.0], 0.01, &mut out);
         assert_eq!(out, [0.1, 0.05]);
         assert_eq!(
             ev,
@@ -58,8 +77,22 @@ mod tests {
                 rate_limited: true
             }
         );
-        let ev = s.filter(&[0.95, 0.0], &[0.9, 0.0], &mut out);
+        let ev = s.filter(&[0.95, 0.0], &[0.9, 0.0], 0.01, &mut out);
         assert_eq!(out, [0.95, 0.0]);
         assert_eq!(ev, SafetyEvents::default());
+    }
+
+    #[test]
+    fn the_rate_limit_follows_the_time_elapsed_capped_at_one_period() {
+        let s = Safety::new(vec![-1.0], vec![1.0], &[10.0], 0.01);
+        let mut out = [0.0];
+        // Half a period: half a step; a stall of ten periods: still one step.
+        s.filter(&[1.0], &[0.0], 0.005, &mut out);
+        assert!((out[0] - 0.05).abs() < 1e-12);
+        s.filter(&[1.0], &[0.0], 0.1, &mut out);
+        assert!((out[0] - 0.1).abs() < 1e-12);
+        // Ticks back to back (or a clock that went backwards) do not move the action.
+        assert!(s.filter(&[1.0], &[0.0], 0.0, &mut out).rate_limited && out[0] == 0.0);
+        assert!(s.filter(&[1.0], &[0.0], -1.0, &mut out).rate_limited && out[0] == 0.0);
     }
 }

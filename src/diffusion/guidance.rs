@@ -26,10 +26,11 @@ impl GuidanceForm {
     }
 }
 
+/// A reward of the planned tokens: the sampler hands it the window without its clean context.
 pub trait Guidance {
     /// Writes ∂r/∂x0 for a reward r to maximize; `out` has the shape of `x0`.
     fn cotangent(&self, x0: ArrayView3<f32>, out: ArrayViewMut3<f32>);
-    /// The reward r of one sample's tokens [T, D].
+    /// The reward r of one sample's planned tokens [T, D].
     fn reward(&self, sample: ArrayView2<f32>) -> f64;
 }
 

@@ -17,7 +17,7 @@
 //!    x̂0 = x0 + scale·gain(ᾱ_t)·g (`GuidanceForm`), for the guided tokens only when
 //!    `guided_tokens` limits them; tokens whose level stays are not touched.
 
-use ndarray::{s, Array2, Array3, ArrayView3, Axis};
+use ndarray::{s, Array2, Array3, ArrayView3, ArrayViewMut3, Axis};
 use thiserror::Error;
 
 use super::ddim::ddim_coefficients;
@@ -74,6 +74,9 @@ pub struct SamplerSettings {
     pub guidance_scale: f64,
     /// How the guidance gradient scales with the noise level.
     pub guidance_form: GuidanceForm,
+    /// Clean history tokens at the front of the window: the guidance reads and pulls only the
+    /// tokens after them (the plan).
+    pub context_tokens: usize,
     /// Tokens [0, shared_tokens) are shared by all samples (Monte Carlo Guidance).
     pub shared_tokens: usize,
     /// Extra x0 draws R per row whose reward is averaged in (0: none; see the module doc).
@@ -307,7 +310,12 @@ impl Sampler {
             self.eps.view_mut(),
         )?;
         if let Some(g) = guidance {
-            g.cotangent(self.x0.view(), self.cotangent.view_mut());
+            planned_cotangent(
+                g,
+                self.settings.context_tokens,
+                self.x0.view(),
+                self.cotangent.view_mut(),
+            );
             if self.redraw.is_some() {
                 let shift = self.average_over_redraws(denoiser, cur, next, row, g, noise)?;
                 self.record_mcg_shift(shift);
@@ -321,7 +329,8 @@ impl Sampler {
                 self.grad.view_mut(),
             )?;
             if let Some(temperature) = self.settings.mcg_temperature {
-                softmax_of_rewards(g, self.x0.view(), temperature, &mut self.future_weights);
+                let planned = self.x0.slice(s![.., self.settings.context_tokens.., ..]);
+                softmax_of_rewards(g, planned, temperature, &mut self.future_weights);
             }
             let shared = self.settings.shared_tokens;
             let shift = average_shared_guidance(&mut self.grad, shared, &self.future_weights, |t| cur[t] != next[t]);
@@ -412,7 +421,12 @@ impl Sampler {
             }
         }
         denoiser.denoise(re.x_in.view(), re.k_in.view(), re.x0.view_mut(), re.eps.view_mut())?;
-        guidance.cotangent(re.x0.view(), re.cotangent.view_mut());
+        planned_cotangent(
+            guidance,
+            self.settings.context_tokens,
+            re.x0.view(),
+            re.cotangent.view_mut(),
+        );
         denoiser.denoise_vjp(
             re.x_in.view(),
             re.k_in.view(),
@@ -449,6 +463,13 @@ fn share_first_sample(a: &mut Array3<f32>, n: usize) {
     for mut other in rest.outer_iter_mut() {
         other.slice_mut(s![..n, ..]).assign(&first);
     }
+}
+
+/// The guidance's ∂r/∂x0 of the planned tokens (after the first `context`) into `out`; the
+/// clean context gets none.
+fn planned_cotangent(guidance: &dyn Guidance, context: usize, x0: ArrayView3<f32>, mut out: ArrayViewMut3<f32>) {
+    out.slice_mut(s![.., ..context, ..]).fill(0.0);
+    guidance.cotangent(x0.slice(s![.., context.., ..]), out.slice_mut(s![.., context.., ..]));
 }
 
 /// `weights` = softmax(r_b / τ) over the samples b of each sample's reward at x0.
@@ -575,6 +596,7 @@ mod tests {
             noise_clip: 6.0,
             guidance_scale,
             guidance_form: GuidanceForm::MeanShift,
+            context_tokens: 0,
             shared_tokens: 0,
             redraws,
             guided_tokens,
@@ -655,6 +677,59 @@ mod tests {
         assert_eq!(first.slice(s![.., 0, ..]), all.slice(s![.., 0, ..]));
         assert_eq!(first.slice(s![.., 1, ..]), none.slice(s![.., 1, ..]));
         assert_ne!(all.slice(s![.., 1, ..]), none.slice(s![.., 1, ..]));
+    }
+
+    /// Pulls every value it is given up; checks it is given the planned tokens only.
+    struct PlannedOnly(usize);
+
+    impl Guidance for PlannedOnly {
+        fn cotangent(&self, x0: ArrayView3<f32>, mut out: ArrayViewMut3<f32>) {
+            assert_eq!(x0.dim().1, self.0, "the guidance sees the planned tokens only");
+            out.fill(1.0);
+        }
+        fn reward(&self, sample: ndarray::ArrayView2<f32>) -> f64 {
+            assert_eq!(sample.dim().0, self.0);
+            0.0
+        }
+    }
+
+    #[test]
+    fn the_guidance_reads_and_pulls_only_the_tokens_after_the_context() {
+        let alpha_bar = AlphaBar::new(vec![0.9, 0.5, 0.1]).unwrap();
+        let (context, planned) = (2, 2);
+        let rows = SchedulingMatrix::build(MatrixKind::FullSequence, planned, 2)
+            .unwrap()
+            .to_timesteps(context, 3);
+        let run = |guidance_scale: f64| {
+            let mut x = Array3::from_elem((2, context + planned, 2), 0.25_f32);
+            let settings = SamplerSettings {
+                context_tokens: context,
+                mcg_temperature: Some(0.1),
+                ..settings(guidance_scale, 0, None)
+            };
+            let mut sampler = Sampler::new(settings, alpha_bar.clone(), x.dim()).unwrap();
+            sampler
+                .run(
+                    &mut Identity,
+                    &mut x,
+                    &rows,
+                    Some(&PlannedOnly(planned)),
+                    &mut Counting(0.0),
+                    |_, _| {},
+                )
+                .unwrap();
+            x
+        };
+        let (guided, unguided) = (run(2.0), run(0.0));
+        assert_eq!(
+            guided.slice(s![.., ..context, ..]),
+            unguided.slice(s![.., ..context, ..])
+        );
+        assert!(guided
+            .slice(s![.., context.., ..])
+            .iter()
+            .zip(unguided.slice(s![.., context.., ..]))
+            .all(|(g, u)| g > u));
     }
 
     #[test]

@@ -213,6 +213,7 @@ impl DfPlanner {
                 noise_clip: contract.diffusion.noise_clip,
                 guidance_scale: s.guidance_scale,
                 guidance_form: s.guidance_form,
+                context_tokens: context,
                 shared_tokens: if s.batch() > 1 { executed } else { 0 },
                 redraws: match s.mcg {
                     McgForm::Futures | McgForm::PriorFutures => 0,
@@ -400,6 +401,9 @@ impl DfPlanner {
 
     /// Sample a plan from the current history into `plan` (actions in physical units).
     pub fn plan(&mut self, guidance: Option<&dyn Guidance>, plan: &mut Plan) -> Result<(), PlanError> {
+        // Only a plan that succeeds is carried over: after a failed one the shift by one
+        // replan interval no longer matches the steps since the previous plan, so start cold.
+        let had_previous = std::mem::replace(&mut self.has_previous, false);
         if self.frames_seen == 0 {
             return Err(PlanError::NoHistory);
         }
@@ -417,7 +421,7 @@ impl DfPlanner {
         // Whole tokens of history, the first frame padding the first token (as in training).
         let context = self.frames_seen.div_ceil(fs).min(self.windows.len());
         self.window_images(context)?;
-        let warm = self.has_previous && self.windows[context - 1].warm.is_some();
+        let warm = had_previous && self.windows[context - 1].warm.is_some();
         let carried = if warm { self.horizon - self.warm_shift } else { 0 };
         // Carried-over tokens are re-noised as √ᾱ·x + √(1 − ᾱ)·ε at the warm level.
         let (a, b) = match self.windows[context - 1].warm {
@@ -553,6 +557,7 @@ mod tests {
         x_t: Option<Array3<f32>>,
         images: Option<Array5<f32>>,
         levels: Vec<i64>,
+        calls: usize,
     }
 
     /// A denoiser that predicts x0 = x_t and records its inputs.
@@ -573,6 +578,7 @@ mod tests {
             mut eps: ArrayViewMut3<f32>,
         ) -> Result<(), DenoiseError> {
             let mut seen = self.0.lock();
+            seen.calls += 1;
             seen.x_t.get_or_insert_with(|| x_t.to_owned());
             x0.assign(&x_t);
             eps.fill(0.0);
@@ -698,6 +704,31 @@ mod tests {
         let image = seen.images.as_ref().unwrap();
         assert!((image[[0, 0, 0, 0, 0]] - 40.0 / 255.0).abs() < 1e-6);
         assert_eq!(seen.levels, vec![0, 4, 4]);
+    }
+
+    #[test]
+    fn after_a_failed_plan_the_next_one_starts_cold() {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let warm = PlannerSettings {
+            warm_start_level: Some(1),
+            warm_shift_tokens: 1,
+            ..settings(1)
+        };
+        let model = Box::new(Recorder(seen.clone(), true));
+        let mut p = DfPlanner::new(model, contract(true), &warm).unwrap();
+        let mut plan = Plan::with_capacity(p.plan_len(), 2, 4, 12);
+        let mut calls = |p: &mut DfPlanner, i: usize, image: bool| {
+            push(p, i, image);
+            push(p, i + 1, image);
+            let before = seen.lock().calls;
+            p.plan(None, &mut plan).map(|()| seen.lock().calls - before)
+        };
+        let cold = calls(&mut p, 0, true).unwrap();
+        let warm = calls(&mut p, 2, true).unwrap();
+        assert!(warm < cold, "a warm start samples fewer rows: {warm} vs {cold}");
+        assert!(calls(&mut p, 4, false).is_err(), "no images: the plan fails");
+        assert_eq!(calls(&mut p, 6, true).unwrap(), cold);
+        assert_eq!(calls(&mut p, 8, true).unwrap(), warm);
     }
 
     #[test]

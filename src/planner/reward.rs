@@ -134,9 +134,9 @@ impl GoalReward {
         }
     }
 
-    /// (l_f, ∂l_f/∂p_f) for every planned frame of one sample (token 0, the context, excluded).
+    /// (l_f, ∂l_f/∂p_f) for every planned frame of one sample.
     fn frames<'a>(&'a self, sample: &'a ArrayView2<'a, f32>) -> impl Iterator<Item = (f64, Vector2<f64>)> + Clone + 'a {
-        sample.outer_iter().skip(1).enumerate().flat_map(move |(j, token)| {
+        sample.outer_iter().enumerate().flat_map(move |(j, token)| {
             (0..self.frame_stack).map(move |f| {
                 let p = self.position(token.as_slice().expect("tokens are contiguous"), f);
                 self.frame(j * self.frame_stack + f, &p)
@@ -226,7 +226,7 @@ impl Guidance for GoalReward {
             let aggregated = self.aggregated(self.frames(&sample).map(|(l, _)| l));
             for (f, (l, dl)) in self.frames(&sample).enumerate() {
                 let grad_p = dl * (self.cfg.weight * aggregated.slope(l));
-                let (token, frame) = (1 + f / self.frame_stack, f % self.frame_stack);
+                let (token, frame) = (f / self.frame_stack, f % self.frame_stack);
                 for i in 0..2 {
                     out[[b, token, frame * self.frame_dim + self.offsets[i]]] = (grad_p[i] * self.std[i]) as f32;
                 }
@@ -278,12 +278,8 @@ mod tests {
                 }
                 let mut grad = Array3::<f32>::zeros(x.dim());
                 reward.cotangent(x.view(), grad.view_mut());
-                assert!(
-                    grad.slice(ndarray::s![.., 0, ..]).iter().all(|&g| g == 0.0),
-                    "the context gets no gradient"
-                );
                 for b in 0..2 {
-                    for idx in [(1, 2), (1, 3), (1, 8), (2, 9), (2, 0)] {
+                    for idx in [(0, 3), (1, 2), (1, 3), (1, 8), (2, 9), (2, 0)] {
                         let h = 1e-3;
                         let at = |delta: f32| {
                             let mut y = x.clone();
@@ -313,8 +309,8 @@ mod tests {
                     *v = ((i * 37 % 23) as f32 / 23.0 - 0.5) * 1.5;
                 }
                 let sample = x.slice(ndarray::s![0, .., ..]);
-                // The planned frames' positions, context token excluded.
-                let positions: Vec<[f64; 2]> = (1..3)
+                // The planned frames' positions (the sampler hands the reward no context).
+                let positions: Vec<[f64; 2]> = (0..3)
                     .flat_map(|token| (0..2).map(move |f| (token, f)))
                     .map(|(token, f)| {
                         let p = reward.position(sample.row(token).as_slice().unwrap(), f);

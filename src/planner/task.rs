@@ -54,6 +54,10 @@ impl PlannerTask {
         &self.planner
     }
 
+    pub fn replan_every(&self) -> usize {
+        self.replan_every
+    }
+
     pub fn latency(&self) -> &Histogram {
         &self.latency
     }

@@ -11,7 +11,7 @@ use crate::config::{ActionType, NodeConfig};
 use crate::control::{ActionSink, Diagnostics, TickReport};
 use crate::planner::Plan;
 
-use crate::msgs::{action_message, diagnostic_array, float64_array, schema, to_cdr, ActionMessage, Header, Time};
+use crate::msgs::{diagnostic_array, float64_array, schema, to_cdr, ActionFormat, ActionMessage, Header, Time};
 
 pub struct McapSink {
     writer: Option<mcap::Writer<BufWriter<File>>>,
@@ -19,9 +19,7 @@ pub struct McapSink {
     plan_channel: u16,
     diag_channel: u16,
     sequence: u32,
-    action_type: ActionType,
-    joint_names: Vec<String>,
-    frame_id: String,
+    format: ActionFormat,
     /// Every published action, for the summary and the comparison with recorded actions.
     pub actions: Vec<(i64, Vec<f64>)>,
     pub error: Option<String>,
@@ -61,9 +59,7 @@ impl McapSink {
             plan_channel,
             diag_channel,
             sequence: 0,
-            action_type: t.action_type,
-            joint_names: t.joint_names.clone(),
-            frame_id: t.frame_id.clone(),
+            format: ActionFormat::new(cfg),
             actions: Vec::new(),
             error: None,
         })
@@ -95,14 +91,7 @@ impl ActionSink for McapSink {
     fn action(&mut self, report: &TickReport, action: &[f64], plan: Option<&Plan>) {
         let now = report.now_ns;
         self.actions.push((now, action.to_vec()));
-        let bytes = match action_message(
-            self.action_type,
-            report,
-            action,
-            plan,
-            &self.joint_names,
-            &self.frame_id,
-        ) {
+        let bytes = match self.format.message(report, action, plan) {
             ActionMessage::Array(m) => to_cdr(&m),
             ActionMessage::Trajectory(m) => to_cdr(&m),
             ActionMessage::Pose(m) => to_cdr(&m),
@@ -118,7 +107,7 @@ impl ActionSink for McapSink {
     fn diagnostics(&mut self, now_ns: i64, diag: &Diagnostics) {
         let header = Header {
             stamp: Time::from_ns(now_ns),
-            frame_id: self.frame_id.clone(),
+            frame_id: self.format.frame_id.clone(),
         };
         self.write(self.diag_channel, now_ns, &to_cdr(&diagnostic_array(header, diag)));
     }

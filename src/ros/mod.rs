@@ -24,7 +24,7 @@ use crate::config::{ActionType, NodeConfig};
 use crate::control::live::{self, Clock, LiveParts, SystemClock};
 use crate::control::{ActionSink, Diagnostics, StateCell, StateSample, TickReport};
 use crate::frames::ImageView;
-use crate::msgs::{self, action_message, diagnostic_array, ActionMessage};
+use crate::msgs::{self, diagnostic_array, ActionFormat, ActionMessage};
 use crate::node::{camera_rings, node_parts};
 use crate::planner::Plan;
 
@@ -79,9 +79,7 @@ struct RosSink {
     action: ActionPublisher,
     plan: r2r::Publisher<std_msgs::msg::Float64MultiArray>,
     diagnostics: r2r::Publisher<diagnostic_msgs::msg::DiagnosticArray>,
-    action_type: ActionType,
-    joint_names: Vec<String>,
-    frame_id: String,
+    format: ActionFormat,
     failures: u64,
 }
 
@@ -98,14 +96,7 @@ impl RosSink {
 
 impl ActionSink for RosSink {
     fn action(&mut self, report: &TickReport, action: &[f64], plan: Option<&Plan>) {
-        let msg = action_message(
-            self.action_type,
-            report,
-            action,
-            plan,
-            &self.joint_names,
-            &self.frame_id,
-        );
+        let msg = self.format.message(report, action, plan);
         let result = match (&self.action, msg) {
             (ActionPublisher::Array(p), ActionMessage::Array(m)) => p.publish(&ros_array(m)),
             (ActionPublisher::Trajectory(p), ActionMessage::Trajectory(m)) => {
@@ -164,7 +155,7 @@ impl ActionSink for RosSink {
     fn diagnostics(&mut self, now_ns: i64, d: &Diagnostics) {
         let header = msgs::Header {
             stamp: msgs::Time::from_ns(now_ns),
-            frame_id: self.frame_id.clone(),
+            frame_id: self.format.frame_id.clone(),
         };
         let array = diagnostic_array(header, d);
         let status = array
@@ -231,9 +222,7 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
         action,
         plan: node.create_publisher(&t.plan, qos.clone())?,
         diagnostics: node.create_publisher(&t.diagnostics, qos)?,
-        action_type: t.action_type,
-        joint_names: t.joint_names.clone(),
-        frame_id: t.frame_id.clone(),
+        format: ActionFormat::new(&cfg),
         failures: 0,
     };
 
