@@ -82,3 +82,45 @@ fn plans_reach_the_tick_and_every_tick_reaches_the_sink() {
     );
     assert_eq!(seen.actions.last().unwrap().0, Source::Hold, "and the loop held");
 }
+
+/// A sink whose publishing panics on the first tick.
+struct Panicking;
+
+impl ActionSink for Panicking {
+    fn action(&mut self, _: &TickReport, _: &[f64], _: Option<&Plan>) {
+        panic!("publisher failure (test)");
+    }
+    fn plan(&mut self, _: &Plan) {}
+    fn diagnostics(&mut self, _: i64, _: &Diagnostics) {}
+}
+
+#[test]
+fn a_thread_that_panics_is_reported_so_the_node_can_stop() {
+    let mut cfg = NodeConfig::load(&common::repo().join("config/pointmass.yaml")).unwrap();
+    cfg.model.runtime = common::cpu();
+    cfg.camera.required = false;
+    let (task, core) = node_parts(&cfg).unwrap();
+    let (_frames_in, frames) = camera_rings(&[]);
+    let node = live::spawn(LiveParts {
+        task,
+        core,
+        frames,
+        state: Arc::new(StateCell::default()),
+        sink: Box::new(Panicking),
+        clock: Arc::new(SystemClock),
+        guidance: None,
+        tick: Duration::from_millis(20),
+        step: Duration::from_millis(100),
+    })
+    .unwrap();
+    let mut ended = None;
+    for _ in 0..100 {
+        ended = node.ended_thread();
+        if ended.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(ended.as_deref(), Some("df_publish"));
+    node.stop();
+}

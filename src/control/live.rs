@@ -160,6 +160,16 @@ pub struct LiveNode {
 }
 
 impl LiveNode {
+    /// The name of a thread of the node that has ended while it runs: they end only when
+    /// stopped, so this one panicked, and the node no longer publishes a safe action per tick.
+    pub fn ended_thread(&self) -> Option<String> {
+        self.threads
+            .iter()
+            .chain(&self.publisher)
+            .find(|t| t.is_finished())
+            .map(|t| t.thread().name().unwrap_or("unnamed").to_owned())
+    }
+
     /// Control statistics so far (tick latency, jitter, misses, counters) and plan latency.
     pub fn stats(&self) -> (LiveStats, Histogram) {
         (self.shared.lock().clone(), self.plan_latency.lock().clone())

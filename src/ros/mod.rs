@@ -275,9 +275,15 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
         tick: cfg.control.tick(),
         step: cfg.control.step(),
     };
-    let _loop = live::spawn(parts)?;
+    let live = live::spawn(parts)?;
     tracing::info!(config = %config_path.display(), use_sim_time, "df_planner node running");
     loop {
+        // A dead thread means no action, safe or not, per tick: exit rather than look alive,
+        // so that the arm's controller times out and the launch file can respawn the node.
+        if let Some(thread) = live.ended_thread() {
+            tracing::error!(%thread, "a node thread ended unexpectedly; stopping");
+            anyhow::bail!("the {thread} thread ended unexpectedly (a panic; see the log above)");
+        }
         node.spin_once(Duration::from_millis(2));
         pool.run_until_stalled();
         if use_sim_time {
