@@ -279,7 +279,7 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
     tracing::info!(config = %config_path.display(), use_sim_time, "df_planner node running");
     loop {
         // A dead thread means no action, safe or not, per tick: exit rather than look alive,
-        // so that the arm's controller times out and the launch file can respawn the node.
+        // so that the arm's controller times out and a supervisor (respawn) can restart it.
         if let Some(thread) = live.ended_thread() {
             tracing::error!(%thread, "a node thread ended unexpectedly; stopping");
             anyhow::bail!("the {thread} thread ended unexpectedly (a panic; see the log above)");
