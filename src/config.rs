@@ -362,8 +362,23 @@ impl NodeConfig {
                 Err(bad(field, "a finite number > 0".into(), format!("{v}")))
             }
         };
+        // Periods from 1 µs to a day: shorter ones round to 0 ns (a loop that never
+        // advances), longer ones overflow a Duration.
+        let period = |field, v: f64, s: f64| {
+            if (1e-6..=86_400.0).contains(&s) {
+                Ok(())
+            } else {
+                Err(bad(field, "a period from 1 µs to 1 day".into(), format!("{v}")))
+            }
+        };
         positive("control.rate_hz", self.control.rate_hz)?;
+        period("control.rate_hz", self.control.rate_hz, 1.0 / self.control.rate_hz)?;
         positive("control.action_dt_s", self.control.action_dt_s)?;
+        period(
+            "control.action_dt_s",
+            self.control.action_dt_s,
+            self.control.action_dt_s,
+        )?;
         positive("safety.camera_timeout_s", self.safety.camera_timeout_s)?;
         positive("safety.state_timeout_s", self.safety.state_timeout_s)?;
         if self.planner.samples == 0 {
@@ -374,6 +389,14 @@ impl NodeConfig {
         }
         if self.camera.ring_capacity == 0 {
             return Err(bad("camera.ring_capacity", ">= 1".into(), "0".into()));
+        }
+        for (field, v) in [
+            ("camera.width", self.camera.width),
+            ("camera.height", self.camera.height),
+        ] {
+            if v == 0 {
+                return Err(bad(field, ">= 1 pixel".into(), "0".into()));
+            }
         }
         if self.topics.action_type == ActionType::JointTrajectory && self.topics.joint_names.len() != n {
             return Err(bad(

@@ -30,6 +30,7 @@ impl Time {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Header {
     pub stamp: Time,
+    #[serde(deserialize_with = "bounded::string")]
     pub frame_id: String,
 }
 
@@ -38,16 +39,18 @@ pub struct Image {
     pub header: Header,
     pub height: u32,
     pub width: u32,
+    #[serde(deserialize_with = "bounded::string")]
     pub encoding: String,
     pub is_bigendian: u8,
     pub step: u32,
-    #[serde(with = "serde_bytes")]
+    #[serde(serialize_with = "serde_bytes::serialize", deserialize_with = "bounded::bytes")]
     pub data: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JointState {
     pub header: Header,
+    #[serde(deserialize_with = "bounded::strings")]
     pub name: Vec<String>,
     pub position: Vec<f64>,
     pub velocity: Vec<f64>,
@@ -56,6 +59,7 @@ pub struct JointState {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MultiArrayDimension {
+    #[serde(deserialize_with = "bounded::string")]
     pub label: String,
     pub size: u32,
     pub stride: u32,
@@ -144,6 +148,38 @@ pub fn to_cdr<T: Serialize>(msg: &T) -> Vec<u8> {
 
 pub fn from_cdr<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     cdr::deserialize::<T>(bytes).map_err(|e| e.to_string())
+}
+
+/// The strings and byte arrays of the messages we read, decoded as CDR sequences (the same
+/// bytes: a u32 length, then the bytes). The `cdr` crate allocates a string's or byte array's
+/// declared length before it checks the message holds that many bytes, so one corrupt length
+/// in a bag would cost up to 4 GiB; a sequence grows only with the bytes actually there.
+mod bounded {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer};
+
+    pub fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Vec::<u8>::deserialize(d)
+    }
+
+    pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        let mut b = Vec::<u8>::deserialize(d)?;
+        // CDR strings end with a NUL that the length counts.
+        if b.last() == Some(&0) {
+            b.pop();
+        }
+        String::from_utf8(b).map_err(D::Error::custom)
+    }
+
+    pub fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        struct Bounded(String);
+        impl<'de> Deserialize<'de> for Bounded {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                string(d).map(Bounded)
+            }
+        }
+        Ok(Vec::<Bounded>::deserialize(d)?.into_iter().map(|s| s.0).collect())
+    }
 }
 
 const SEP: &str = "================================================================================\n";
@@ -311,6 +347,7 @@ pub fn diagnostic_array(header: Header, d: &Diagnostics) -> DiagnosticArray {
         ("frames.rejected_malformed", f.rejected_malformed),
         ("frames.rejected_out_of_order", f.rejected_out_of_order),
         ("frames.rejected_duplicate", f.rejected_duplicate),
+        ("frames.clock_resets", f.clock_resets),
     ] {
         values.push(kv(name, v.to_string()));
     }
@@ -353,5 +390,45 @@ mod tests {
                 nanosec: 500_000_000
             }
         );
+    }
+
+    fn image() -> Image {
+        Image {
+            header: Header {
+                stamp: Time::from_ns(7),
+                frame_id: "cam".into(),
+            },
+            height: 1,
+            width: 2,
+            encoding: "rgb8".into(),
+            is_bigendian: 0,
+            step: 6,
+            data: vec![1, 2, 3, 4, 5, 6],
+        }
+    }
+
+    #[test]
+    fn strings_and_bytes_round_trip_through_the_bounded_decoders() {
+        assert_eq!(from_cdr::<Image>(&to_cdr(&image())).unwrap(), image());
+        let js = JointState {
+            header: Header::default(),
+            name: vec!["a".into(), "joint_2".into()],
+            position: vec![0.5],
+            velocity: vec![],
+            effort: vec![],
+        };
+        assert_eq!(from_cdr::<JointState>(&to_cdr(&js)).unwrap(), js);
+    }
+
+    #[test]
+    fn a_corrupt_length_is_an_error_that_allocates_only_what_the_message_holds() {
+        let bytes = to_cdr(&image());
+        // The frame_id length (after the 4-byte header and the 8-byte stamp), then the data
+        // length (the last 4 bytes before the 6 data bytes), set to nearly 4 GiB.
+        for at in [4 + 8, bytes.len() - 6 - 4] {
+            let mut bad = bytes.clone();
+            bad[at..at + 4].copy_from_slice(&0xFFFF_FFF0_u32.to_le_bytes());
+            assert!(from_cdr::<Image>(&bad).is_err(), "length at byte {at}");
+        }
     }
 }

@@ -18,7 +18,7 @@ pub enum FrameError {
     #[error("image step {step}: expected at least width x {channels} = {min}")]
     Step { step: u32, channels: u32, min: u32 },
     #[error("image data: {got} bytes, expected step x height = {expected}")]
-    Truncated { expected: usize, got: usize },
+    DataLength { expected: usize, got: usize },
     #[error("image stamp {stamp_ns} ns is before the previous frame's {previous_ns} ns")]
     OutOfOrder { stamp_ns: i64, previous_ns: i64 },
     #[error("image stamp {stamp_ns} ns repeats the previous frame's")]
@@ -110,8 +110,9 @@ pub fn decode_into(img: &ImageView, frame: &mut Frame) -> Result<(), FrameError>
         });
     }
     let expected = img.step as usize * img.height as usize;
-    if img.data.len() < expected {
-        return Err(FrameError::Truncated {
+    // Exactly: more data than the header describes is a header that lies about the image.
+    if img.data.len() != expected {
+        return Err(FrameError::DataLength {
             expected,
             got: img.data.len(),
         });

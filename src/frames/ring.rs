@@ -17,6 +17,10 @@ use super::decode::{decode_into, Frame, FrameError, ImageView};
 /// Counters shared by writer and reader. Every frame received ends up counted once as
 /// delivered (handed to the planner), superseded (replaced by a newer one before the planner
 /// looked), dropped_full, or rejected_*; up to ring capacity + 1 may still be in flight.
+/// How far a frame's stamp may go back before it is taken as a clock reset, not a frame out
+/// of order.
+pub const CLOCK_RESET_NS: i64 = 1_000_000_000;
+
 #[derive(Debug, Default)]
 pub struct FrameStats {
     pub received: AtomicU64,
@@ -27,6 +31,8 @@ pub struct FrameStats {
     pub rejected_malformed: AtomicU64,
     pub rejected_out_of_order: AtomicU64,
     pub rejected_duplicate: AtomicU64,
+    /// Frames stamped more than CLOCK_RESET_NS before the previous one, taken as a clock reset.
+    pub clock_resets: AtomicU64,
     pub delivered: AtomicU64,
     /// Stamp of the newest frame accepted by the writer (i64::MIN before the first).
     pub newest_stamp_ns: AtomicI64,
@@ -42,6 +48,7 @@ pub struct FrameStatsSnapshot {
     pub rejected_malformed: u64,
     pub rejected_out_of_order: u64,
     pub rejected_duplicate: u64,
+    pub clock_resets: u64,
     pub delivered: u64,
 }
 
@@ -57,6 +64,7 @@ impl std::ops::Add for FrameStatsSnapshot {
             rejected_malformed: self.rejected_malformed + o.rejected_malformed,
             rejected_out_of_order: self.rejected_out_of_order + o.rejected_out_of_order,
             rejected_duplicate: self.rejected_duplicate + o.rejected_duplicate,
+            clock_resets: self.clock_resets + o.clock_resets,
             delivered: self.delivered + o.delivered,
         }
     }
@@ -74,6 +82,7 @@ impl FrameStats {
             rejected_malformed: r(&self.rejected_malformed),
             rejected_out_of_order: r(&self.rejected_out_of_order),
             rejected_duplicate: r(&self.rejected_duplicate),
+            clock_resets: r(&self.clock_resets),
             delivered: r(&self.delivered),
         }
     }
@@ -135,7 +144,13 @@ impl FrameWriter {
         let s = &self.stats;
         s.received.fetch_add(1, Ordering::Relaxed);
         if let Some(prev) = self.last_stamp_ns {
-            if img.stamp_ns < prev {
+            // A jump back this far is a new clock (a simulator reset, a bag played in a
+            // loop, after a frame stamped far ahead): start over from it rather than reject
+            // every frame until the stamps pass the old ones.
+            let reset = img.stamp_ns < prev.saturating_sub(CLOCK_RESET_NS);
+            if reset {
+                s.clock_resets.fetch_add(1, Ordering::Relaxed);
+            } else if img.stamp_ns < prev {
                 s.rejected_out_of_order.fetch_add(1, Ordering::Relaxed);
                 return Err(FrameError::OutOfOrder {
                     stamp_ns: img.stamp_ns,
@@ -309,5 +324,34 @@ mod tests {
         w.write(&img(9, 0, &mut buf)).unwrap();
         assert_eq!(r.latest().unwrap().stamp_ns, 9);
         assert_eq!(w.stats().snapshot().dropped_full, 0);
+        // More data than step x height describes is refused too.
+        let oversized = ImageView {
+            data: &[0; 13],
+            ..img(10, 0, &mut buf)
+        };
+        assert!(matches!(
+            w.write(&oversized),
+            Err(FrameError::DataLength { expected: 12, got: 13 })
+        ));
+    }
+
+    #[test]
+    fn a_clock_that_jumps_back_starts_over_instead_of_locking_the_camera_out() {
+        let (mut w, mut r) = frame_ring(2, 2, 2);
+        let mut buf = Vec::new();
+        let s = 1_000_000_000;
+        // One frame stamped an hour ahead (or a simulator reset after it): the frames after
+        // it are taken as a new clock, not rejected for an hour.
+        w.write(&img(3600 * s, 0, &mut buf)).unwrap();
+        w.write(&img(2 * s, 1, &mut buf)).unwrap();
+        w.write(&img(2 * s + 1, 2, &mut buf)).unwrap();
+        assert_eq!(r.latest().unwrap().stamp_ns, 2 * s + 1);
+        // A small step back is still a frame out of order.
+        assert!(matches!(
+            w.write(&img(2 * s - 1000, 3, &mut buf)),
+            Err(FrameError::OutOfOrder { .. })
+        ));
+        let snap = w.stats().snapshot();
+        assert_eq!((snap.clock_resets, snap.rejected_out_of_order), (1, 1));
     }
 }

@@ -35,29 +35,85 @@ pub struct BagContents {
     pub storage: &'static str,
 }
 
+/// Read a `.mcap` or `.db3` file, or a rosbag2 folder: every storage file of a split bag
+/// (`--max-bag-size` / `--max-bag-duration`), in the order of its metadata.yaml.
 pub fn read_bag(path: &Path) -> Result<BagContents, BagError> {
-    let file = if path.is_dir() {
-        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| BagError::Open {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("mcap" | "db3")))
-            .collect();
-        found.sort();
-        found
-            .into_iter()
-            .next()
-            .ok_or_else(|| BagError::NoStorage { path: path.to_owned() })?
-    } else {
-        path.to_owned()
-    };
+    if !path.is_dir() {
+        return read_file(path);
+    }
+    let mut all: Option<BagContents> = None;
+    for file in storage_files(path)? {
+        let part = read_file(&file)?;
+        match all.as_mut() {
+            None => all = Some(part),
+            Some(all) if all.storage != part.storage => {
+                return Err(BagError::Open {
+                    path: path.to_owned(),
+                    message: format!("mixes {} and {} files", all.storage, part.storage),
+                })
+            }
+            Some(all) => all.append(part),
+        }
+    }
+    all.ok_or_else(|| BagError::NoStorage { path: path.to_owned() })
+}
+
+fn read_file(file: &Path) -> Result<BagContents, BagError> {
     match file.extension().and_then(|e| e.to_str()) {
-        Some("mcap") => read_mcap(&file),
-        Some("db3") => read_sqlite(&file),
-        _ => Err(BagError::UnknownFormat { path: file }),
+        Some("mcap") => read_mcap(file),
+        Some("db3") => read_sqlite(file),
+        _ => Err(BagError::UnknownFormat { path: file.to_owned() }),
+    }
+}
+
+/// The folder's storage files: metadata.yaml's `relative_file_paths` where it lists them,
+/// else every `.mcap` / `.db3` file, a split bag's `name_N` in the order of N.
+fn storage_files(dir: &Path) -> Result<Vec<PathBuf>, BagError> {
+    #[derive(serde::Deserialize)]
+    struct Metadata {
+        rosbag2_bagfile_information: Information,
+    }
+    #[derive(serde::Deserialize)]
+    struct Information {
+        relative_file_paths: Vec<String>,
+    }
+    let listed = std::fs::read_to_string(dir.join("metadata.yaml"))
+        .ok()
+        .and_then(|text| serde_yaml_ng::from_str::<Metadata>(&text).ok())
+        .map(|m| m.rosbag2_bagfile_information.relative_file_paths);
+    if let Some(files) = listed.filter(|f| !f.is_empty()) {
+        return Ok(files.iter().map(|f| dir.join(f)).collect());
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| BagError::Open {
+            path: dir.to_owned(),
+            message: e.to_string(),
+        })?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("mcap" | "db3")))
+        .collect();
+    let split_index = |p: &PathBuf| -> u64 {
+        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        stem.rsplit_once('_').and_then(|(_, n)| n.parse().ok()).unwrap_or(0)
+    };
+    found.sort_by_key(|p| (split_index(p), p.clone()));
+    Ok(found)
+}
+
+impl BagContents {
+    /// Add the next file of a split bag.
+    fn append(&mut self, next: BagContents) {
+        for topic in next.topics {
+            if !self.topics.contains(&topic) {
+                self.topics.push(topic);
+            }
+        }
+        self.messages.extend(next.messages);
+        self.read_error = match (self.read_error.take(), next.read_error) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        };
     }
 }
 
