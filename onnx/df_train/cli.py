@@ -163,6 +163,8 @@ def cmd_eval(a) -> None:
         return
     if a.curve_every and not a.curve:
         raise SystemExit("--curve-every: only with --curve")
+    if a.curve and a.multi_goal:
+        raise SystemExit("--curve: the learning curve uses the fixed goal; --multi-goal does not apply")
     if a.curve:
         learning_curve(a.maze, a.episodes, a.planner, a.config, a.curve, a.out, a.seed, a.workers,
                        configs or ["df_mcg"], a.curve_every)

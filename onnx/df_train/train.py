@@ -151,10 +151,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     step = 0
+    dataset_sha256 = dataset_hash(Path(cfg.bags) / "manifest.json" if cfg.bags else Path(cfg.data))
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         if not same_run(ckpt["config"], asdict(cfg)):
             raise ValueError(f"{ckpt_path}: written with a different config; use another --out or delete it")
+        if ckpt.get("dataset_sha256", dataset_sha256) != dataset_sha256:
+            raise ValueError(f"{ckpt_path}: trained on dataset sha256 {ckpt['dataset_sha256'][:12]}…, but "
+                             f"{cfg.bags or cfg.data} is now {dataset_sha256[:12]}… (regenerated?); resuming would "
+                             f"mix two datasets: restore that dataset, or use another --out")
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -163,8 +168,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         gen.set_state(ckpt["torch_rng"])
         step = ckpt["step"]
     log_path = out / "log.jsonl"
-
-    dataset_sha256 = dataset_hash(Path(cfg.bags) / "manifest.json" if cfg.bags else Path(cfg.data))
 
     def exportable() -> dict:
         """What export needs: a snapshot is exactly this."""
@@ -208,11 +211,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             bar.set_postfix(loss=f"{running:.4f}")
             if step % 50 == 0 or step == cfg.steps:
                 log.write(json.dumps({"step": step, "loss": running, "lr": sched.get_last_lr()[0]}) + "\n")
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                log.flush()
-                checkpoint()
+            # The snapshot first: a run killed between the two writes then resumes from the
+            # previous checkpoint and writes this snapshot again, instead of skipping it.
             if cfg.snapshot_every and step % cfg.snapshot_every == 0:
                 (out / "snapshots").mkdir(exist_ok=True)
                 _save_atomic(exportable(), out / "snapshots" / f"step{step:07d}.pt")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                log.flush()
+                checkpoint()
     bar.close()
     return ckpt_path

@@ -47,6 +47,10 @@ def test_results_have_every_key_for_every_configuration(setup, tmp_path):
         assert r["replan_ms_p99"] >= r["replan_ms_p50"] > 0
         assert r["plans"] == 2 * (300 // 8 + 1), "one plan every 8 steps of each 300-step episode"
     assert results["no_mcg"]["serve_args"] == ["--samples", "1"]
+    # Which model was measured: the config's model file, hashed.
+    import hashlib
+    model = ROOT / "onnx/models/pointmass.onnx"
+    assert results["no_mcg"]["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()[:16]
     assert 0 < results["df_mcg"]["mcg_shift_mean"] < 10 and results["no_mcg"]["mcg_shift_mean"] is None
     assert out.with_suffix(".png").stat().st_size > 10_000, "planned vs executed plot"
     table = out.with_suffix(".md").read_text()
@@ -159,6 +163,14 @@ def test_merge_refuses_overlapping_seeds_gaps_and_different_evaluations(tmp_path
     (tmp_path / "reseeded.json").write_text(json.dumps(reseeded))
     with pytest.raises(ValueError, match=r"no_mcg: planner seed offsets \[0, 1000\] differ between runs"):
         merge([a, tmp_path / "reseeded.json"], tmp_path / "out.json")
+    retrained = json.loads(run_file(tmp_path / "retrained.json", 2, {"no_mcg": ([1.0], [None])}).read_text())
+    retrained["no_mcg"]["model_sha256"] = "0123456789abcdef"
+    (tmp_path / "retrained.json").write_text(json.dumps(retrained))
+    first = json.loads(a.read_text())
+    first["no_mcg"]["model_sha256"] = "fedcba9876543210"
+    (tmp_path / "first.json").write_text(json.dumps(first))
+    with pytest.raises(ValueError, match=r"no_mcg\.model_sha256 is '0123456789abcdef', expected 'fedcba9876543210'"):
+        merge([tmp_path / "first.json", tmp_path / "retrained.json"], tmp_path / "out.json")
     (tmp_path / "truncated.json").write_text(a.read_text()[:-20])
     with pytest.raises(ValueError, match=r"truncated.json: cannot read a results.json"):
         merge([a, tmp_path / "truncated.json"], tmp_path / "out.json")
@@ -282,6 +294,21 @@ class ReachFrom(Maze2DEnv):
         return super().reset(self.cell)
 
 
+def test_a_hung_planner_is_killed_and_named(tmp_path):
+    # A "planner" that reads nothing and never answers, nor exits at the end of its input.
+    hung = tmp_path / "hung_planner"
+    hung.write_text("#!/bin/sh\nexec sleep 60\n")
+    hung.chmod(0o755)
+    planner = Planner(str(hung), "c.yaml", [], reply_timeout_s=0.5)
+    with pytest.raises(RuntimeError, match=r"no reply to reset within 0.5 s; killed"):
+        planner.ask({"op": "reset"})
+    planner.close()
+    assert planner.proc.poll() is not None, "not left running"
+    silent = Planner(str(hung), "c.yaml", [], reply_timeout_s=0.5)
+    silent.close()
+    assert silent.proc.poll() is not None, "killed after ignoring the end of its input"
+
+
 def test_a_planner_that_cannot_start_is_one_clear_error(setup, tmp_path, capfd):
     binary, config = setup
     broken = tmp_path / "broken.yaml"
@@ -305,6 +332,9 @@ def test_missing_or_absent_inputs_are_named_before_any_episode(setup, tmp_path):
     with pytest.raises(SystemExit, match=r"the medium maze's goal in \[\[6.0, 6.0\], \[6.0, 6.0\]\] lie outside its "
                                          r"serve.goal_bounds \[\[0.3, 0.3\], \[3.3, 3.3\]\]"):
         main(["eval", "maze2d", "--maze", "medium", "--planner", binary, "--config", config, "--out", out])
+    with pytest.raises(SystemExit, match="--curve: the learning curve uses the fixed goal"):
+        main(["eval", "maze2d", "--maze", "umaze", "--planner", binary, "--config", config, "--out", out,
+              "--curve", str(tmp_path), "--multi-goal"])
     with pytest.raises(SystemExit, match="datagen maze2d: --maze is required"):
         main(["datagen", "maze2d", "--out", str(tmp_path / "d.npz")])
 
@@ -373,6 +403,14 @@ def test_learning_curve_over_snapshots(setup, tmp_path, monkeypatch):
     assert learning_curve("umaze", 2, binary, config, cfg.out, out, configs=("df_mcg", "no_mcg")) == points
     with pytest.raises(AssertionError, match="evaluated again"):
         learning_curve("umaze", 1, binary, config, cfg.out, out, configs=("df_mcg", "no_mcg"))
+    # A snapshot rewritten since (a new run in the same folder): exported again, not reused.
+    snap = Path(cfg.out) / "snapshots" / "step0000010.pt"
+    exported = snap.with_suffix(".onnx").stat().st_mtime_ns
+    later = snap.with_suffix(".onnx").stat().st_mtime + 10
+    os.utime(snap, (later, later))
+    with pytest.raises(AssertionError, match="evaluated again"):
+        learning_curve("umaze", 2, binary, config, cfg.out, out, configs=("df_mcg", "no_mcg"))
+    assert snap.with_suffix(".onnx").stat().st_mtime_ns > exported
     import yaml
 
     other = yaml.safe_load(Path(config).read_text())

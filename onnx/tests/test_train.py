@@ -25,6 +25,19 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
         assert torch.equal(a["ema"][key], b["ema"][key]), key
 
 
+def test_resume_refuses_a_regenerated_dataset(tmp_path):
+    import numpy as np
+
+    cfg = tiny_config(tmp_path, out=str(tmp_path / "run"), steps=5)
+    train(cfg, progress=False)
+    data = dict(np.load(cfg.data))
+    data[next(iter(data))] = data[next(iter(data))] * 1.01
+    np.savez(cfg.data, **data)
+    resumed = tiny_config(tmp_path, out=str(tmp_path / "run"), steps=10)
+    with pytest.raises(ValueError, match=r"checkpoint.pt: trained on dataset sha256 .* is now .* mix two datasets"):
+        train(resumed, progress=False)
+
+
 def test_checkpoint_holds_what_export_needs(trained):
     cfg, path = trained
     ckpt = load_checkpoint(path)

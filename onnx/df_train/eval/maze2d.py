@@ -145,8 +145,26 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
         "planner_seeds": [seed + planner_seed_offset, seed + planner_seed_offset + episodes - 1],
         "serve_args": args,
         "config": config,
+        "model_sha256": model_identity(config),
     }
     return summary, [r for _, r in results if r["plans"]]
+
+
+def model_identity(config) -> str | None:
+    """The first 16 hex digits of the sha256 of the config's model file (its path resolved as
+    df_planner does: relative to the config folder's parent), so that results can tell which
+    model they measured; None for a config without a readable one."""
+    import hashlib
+
+    import yaml
+
+    try:
+        model = Path((yaml.safe_load(Path(config).read_text()).get("model") or {})["path"])
+        if not model.is_absolute():
+            model = Path(config).parent.parent / model
+        return hashlib.sha256(model.read_bytes()).hexdigest()[:16]
+    except (OSError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def plot(maze: str, recorded: list, path: Path) -> None:
@@ -303,7 +321,10 @@ def merge(paths: list, out) -> dict:
     for name in first:
         parts = sorted(((path, run[name]) for path, run in runs), key=lambda part: part[1]["env_seeds"][0])
         for path, part in parts:
-            for field in ("maze", "multi_goal", "config", "serve_args"):
+            # A run written before results named their model (no model_sha256) is not checked.
+            same_model = [] if part.get("model_sha256") is None or first[name].get("model_sha256") is None \
+                else ["model_sha256"]
+            for field in ("maze", "multi_goal", "config", "serve_args", *same_model):
                 if part[field] != first[name][field]:
                     raise ValueError(f"{path}: {name}.{field} is {part[field]!r}, expected {first[name][field]!r} "
                                      f"as in {first_path}: only runs of the same evaluation can be pooled")
@@ -334,6 +355,7 @@ def merge(paths: list, out) -> dict:
             "env_seeds": [summaries[0]["env_seeds"][0], summaries[-1]["env_seeds"][1]],
             "planner_seeds": [summaries[0]["planner_seeds"][0], summaries[-1]["planner_seeds"][1]],
             **{k: first[name][k] for k in ("serve_args", "config", "paper")},
+            "model_sha256": first[name].get("model_sha256"),
             "wall_s": sum(part["wall_s"] for part in summaries),
             "merged_from": [path for path, _ in parts],
         }
@@ -361,17 +383,18 @@ def pooled_per_plan(summaries: list, key: str) -> float | None:
     return sum(part[key] * part["plans"] for part in summaries) / sum(part["plans"] for part in summaries)
 
 
-def _earlier_results(path: Path, maze, episodes, seed, configs) -> dict | None:
+def _earlier_results(path: Path, maze, episodes, seed, configs, model_sha256) -> dict | None:
     """A snapshot's results from an earlier curve run, if they are what this run would measure
-    (same configurations, episodes and seeds; the caller checks the config file), so that a
-    curve can be extended while training still writes snapshots."""
+    (same model, configurations, episodes and seeds; the caller checks the config file), so
+    that a curve can be extended while training still writes snapshots."""
     if not path.exists():
         return None
     results = json.loads(path.read_text())
     for name in configs:
         r = results.get(name)
         if (r is None or r["maze"] != maze or r["multi_goal"] or r["episodes"] != episodes
-                or r["env_seeds"] != [seed, seed + episodes - 1] or r["serve_args"] != ABLATIONS[name]):
+                or r["env_seeds"] != [seed, seed + episodes - 1] or r["serve_args"] != ABLATIONS[name]
+                or r.get("model_sha256") != model_sha256):
             return None
     return results
 
@@ -398,12 +421,16 @@ def learning_curve(maze, episodes, binary, config, run_dir, out, seed=0, workers
         text = yaml.safe_dump(cfg, sort_keys=False)
         same_config = snap_config.exists() and snap_config.read_text() == text
         step = int(snap.stem.removeprefix("step"))
-        results = _earlier_results(snap_results, maze, episodes, seed, configs) if same_config else None
+        # A snapshot rewritten since its export (a new run in the same folder) is exported
+        # again, and results measured on the old export are not reused.
+        exported = model.exists() and model.stat().st_mtime >= snap.stat().st_mtime
+        results = _earlier_results(snap_results, maze, episodes, seed, configs, model_identity(snap_config)) \
+            if same_config and exported else None
         if results is None and every and step % every:
             continue
         snap_config.write_text(text)
         if results is None:
-            if not model.exists():
+            if not exported:
                 export(snap, model)
             print(f"{maze} snapshot at step {step}:", flush=True)
             results = evaluate(maze, episodes, binary, str(snap_config), snap_results, list(configs), seed, False,
