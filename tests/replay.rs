@@ -247,3 +247,36 @@ fn a_split_bag_replays_every_file_in_order() {
     assert_eq!(split.reordered_by_log_time, 0, "the files were read in split order");
     assert!(split.bag_read_error.is_none());
 }
+
+#[test]
+fn a_non_finite_recorded_action_is_skipped_and_counted() {
+    // The shipped bag with one recorded action's last value set to NaN.
+    let dir = out("nan_action");
+    std::fs::create_dir_all(&dir).unwrap();
+    let whole = std::fs::read(bag("pointmass_mcap").join("pointmass_mcap.mcap")).unwrap();
+    let mut w = mcap::Writer::new(std::io::BufWriter::new(
+        std::fs::File::create(dir.join("nan.mcap")).unwrap(),
+    ))
+    .unwrap();
+    let mut poisoned = false;
+    for m in mcap::MessageStream::new(&whole).unwrap().map(Result::unwrap) {
+        let mut m = m.clone();
+        if !poisoned && m.channel.topic == "/action" {
+            let mut data = m.data.into_owned();
+            let n = data.len();
+            data[n - 8..].copy_from_slice(&f64::NAN.to_le_bytes());
+            m.data = data.into();
+            poisoned = true;
+        }
+        w.write(&m).unwrap();
+    }
+    w.finish().unwrap();
+    let mut cfg = config();
+    cfg.model.runtime = common::cpu();
+    let s = replay(&cfg, &dir, &out("nan.mcap"), None).unwrap();
+    let action = &s.topics["/action"];
+    assert_eq!((action.read, action.used), (60, 59));
+    assert_eq!(action.skipped.get("non-finite value"), Some(&1));
+    assert!(s.planned_vs_recorded.as_ref().unwrap().rmse.is_finite());
+    assert_eq!(s.diagnostics.plan_errors, 0);
+}

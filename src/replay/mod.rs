@@ -236,6 +236,9 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
                 Ok(a) if a.data.len() != cfg.action_dim() => {
                     skip(format!("{} values, expected {}", a.data.len(), cfg.action_dim()))
                 }
+                // Kept out of the planner's history (it would poison every plan after it)
+                // and of the planned-vs-recorded error.
+                Ok(a) if !a.data.iter().all(|v| v.is_finite()) => skip("non-finite value".into()),
                 Ok(a) => {
                     lp.ingest_executed_action(&a.data);
                     recorded.push((m.log_time_ns, a.data));
