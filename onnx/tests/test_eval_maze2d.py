@@ -129,6 +129,7 @@ def test_runs_over_adjacent_seeds_merge_into_one_run_over_all_of_them(tmp_path):
         assert r["scores"] == scores and r["episodes"] == 5 and r["env_seeds"] == [10, 14]
         assert r["normalized_score_mean"] == pytest.approx(statistics.fmean(scores))
         assert r["normalized_score_std"] == pytest.approx(statistics.pstdev(scores))
+        assert r["normalized_score_sem"] == pytest.approx(statistics.stdev(scores) / 5 ** 0.5)
         reached = [x for x in reaches if x is not None]
         assert r["success_rate"] == pytest.approx(len(reached) / 5)
         assert r["time_to_first_reach_mean"] == pytest.approx(statistics.fmean(reached))

@@ -197,13 +197,20 @@ def plot(maze: str, recorded: list, path: Path) -> None:
 
 
 def score_summary(scores: list[float]) -> dict:
+    """The std is the episodes' own spread (population, ddof 0); the standard error of the
+    mean, like the paired differences', uses the sample std (ddof 1)."""
     return {
         "episodes": len(scores),
         "normalized_score_mean": statistics.fmean(scores),
         "normalized_score_std": statistics.pstdev(scores),
-        "normalized_score_sem": statistics.pstdev(scores) / len(scores) ** 0.5,
+        "normalized_score_sem": standard_error(scores),
         "scores": scores,
     }
+
+
+def standard_error(values: list[float]) -> float:
+    """Of the mean: the sample std (ddof 1) / √n; NaN for fewer than two values."""
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
 
 
 def fill_paired_differences(results: dict) -> None:
@@ -233,7 +240,7 @@ def paired_difference(reference: list[float], other: list[float]) -> dict:
     configuration), so the start and goal spread cancels: mean, its standard error, and t."""
     diffs = [a - b for a, b in zip(reference, other, strict=True)]
     mean = statistics.fmean(diffs)
-    sem = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    sem = standard_error(diffs)
     return {"mean": mean, "sem": sem, "t": mean / sem if sem > 0 else float("nan")}
 
 
@@ -454,7 +461,8 @@ def learning_curve(maze, episodes, binary, config, run_dir, out, seed=0, workers
         steps = [p["step"] for p in points]
         for name in configs:
             mean = np.array([p["configs"][name]["normalized_score_mean"] for p in points])
-            sem = np.array([p["configs"][name]["normalized_score_std"] / p["configs"][name]["episodes"] ** 0.5
+            # The population std to the standard error of the mean: std / √(n − 1).
+            sem = np.array([p["configs"][name]["normalized_score_std"] / max(p["configs"][name]["episodes"] - 1, 1) ** 0.5
                             for p in points])
             ax.errorbar(steps, mean, yerr=sem, marker="o", capsize=3, label=name)
         ax.axhline(PAPER[maze]["df_mcg"][0], color="g", ls="--", label="paper (DF with MCG)")
