@@ -299,13 +299,13 @@ fn the_rate_limit_allows_only_the_time_that_passed_after_a_stall_or_a_burst() {
     let mut c = core_with_rate(Fallback::Hold, false, 10.0);
     c.install(plan(0, &[[1.0, 0.0]; 20]));
     assert!((tick(&mut c, 0, None, Some(0)).2[0] - 0.2).abs() < 1e-12);
-    // A stall of 10 periods, then the missed ticks back to back: one period's step, not 10.
+    // A stall of 10 periods, then the missed ticks back to back: two periods' steps, not 10.
     for _ in 0..10 {
         let out = tick(&mut c, 200 * MS, None, Some(200 * MS)).2;
-        assert!((out[0] - 0.4).abs() < 1e-12, "{out:?}");
+        assert!((out[0] - 0.6).abs() < 1e-12, "{out:?}");
     }
     // Half a period later: half a step.
-    assert!((tick(&mut c, 210 * MS, None, Some(210 * MS)).2[0] - 0.5).abs() < 1e-12);
+    assert!((tick(&mut c, 210 * MS, None, Some(210 * MS)).2[0] - 0.7).abs() < 1e-12);
 }
 
 #[test]

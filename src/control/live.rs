@@ -341,6 +341,7 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
                     skipped,
                     "the planner fell a replan interval behind; skipping the missed steps"
                 );
+                task.steps_skipped();
             }
             let _plan = tracing::trace_span!("plan").entered();
             let mut images: [&[u8]; MAX_CAMERAS] = [&[]; MAX_CAMERAS];

@@ -29,11 +29,12 @@ impl Safety {
         self.period_s
     }
 
-    /// A tick's filter: `over` with the time since the previous tick capped at one period, so
-    /// that after a stall the action moves one step, not the whole stall's worth, and ticks
-    /// that run back to back (elapsed ≈ 0) barely move.
+    /// A tick's filter: `over` with the time since the previous tick capped at two periods, so
+    /// that after a stall the action moves two steps at most, not the whole stall's worth,
+    /// ticks that run back to back (elapsed ≈ 0) barely move, and a tick up to a period late
+    /// still gets the time that passed.
     pub fn filter(&self, proposed: &[f64], previous: &[f64], elapsed_s: f64, out: &mut [f64]) -> SafetyEvents {
-        self.over(proposed, previous, elapsed_s.min(self.period_s), out)
+        self.over(proposed, previous, elapsed_s.min(2.0 * self.period_s), out)
     }
 
     /// Clip `proposed` to the limits and to within max_rate · `dt_s` of `previous` (reached
@@ -44,7 +45,8 @@ impl Safety {
         for i in 0..out.len() {
             let clipped = proposed[i].clamp(self.min[i], self.max[i]);
             ev.clipped |= clipped != proposed[i];
-            let step = self.max_rate_per_s[i] * dt;
+            // No time, no movement, also for an unlimited (infinite) rate: inf · 0 is NaN.
+            let step = if dt > 0.0 { self.max_rate_per_s[i] * dt } else { 0.0 };
             let limited = clipped.clamp(previous[i] - step, previous[i] + step);
             ev.rate_limited |= limited != clipped;
             out[i] = limited;
@@ -86,13 +88,21 @@ mod tests {
     fn the_rate_limit_follows_the_time_elapsed_capped_at_one_period() {
         let s = Safety::new(vec![-1.0], vec![1.0], &[10.0], 0.01);
         let mut out = [0.0];
-        // Half a period: half a step; a stall of ten periods: still one step.
+        // Half a period: half a step; a tick a period late: two; a stall of ten periods: two.
         s.filter(&[1.0], &[0.0], 0.005, &mut out);
         assert!((out[0] - 0.05).abs() < 1e-12);
+        s.filter(&[1.0], &[0.0], 0.02, &mut out);
+        assert!((out[0] - 0.2).abs() < 1e-12);
         s.filter(&[1.0], &[0.0], 0.1, &mut out);
-        assert!((out[0] - 0.1).abs() < 1e-12);
+        assert!((out[0] - 0.2).abs() < 1e-12);
         // Ticks back to back (or a clock that went backwards) do not move the action.
         assert!(s.filter(&[1.0], &[0.0], 0.0, &mut out).rate_limited && out[0] == 0.0);
         assert!(s.filter(&[1.0], &[0.0], -1.0, &mut out).rate_limited && out[0] == 0.0);
+        // An unlimited rate moves freely, but not in no time.
+        let free = Safety::new(vec![-1.0], vec![1.0], &[f64::INFINITY], 0.01);
+        free.filter(&[1.0], &[0.0], 0.01, &mut out);
+        assert_eq!(out[0], 1.0);
+        free.filter(&[1.0], &[0.0], 0.0, &mut out);
+        assert_eq!(out[0], 0.0);
     }
 }

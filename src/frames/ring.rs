@@ -147,10 +147,7 @@ impl FrameWriter {
             // A jump back this far is a new clock (a simulator reset, a bag played in a
             // loop, after a frame stamped far ahead): start over from it rather than reject
             // every frame until the stamps pass the old ones.
-            let reset = img.stamp_ns < prev.saturating_sub(CLOCK_RESET_NS);
-            if reset {
-                s.clock_resets.fetch_add(1, Ordering::Relaxed);
-            } else if img.stamp_ns < prev {
+            if img.stamp_ns < prev && img.stamp_ns >= prev.saturating_sub(CLOCK_RESET_NS) {
                 s.rejected_out_of_order.fetch_add(1, Ordering::Relaxed);
                 return Err(FrameError::OutOfOrder {
                     stamp_ns: img.stamp_ns,
@@ -177,6 +174,11 @@ impl FrameWriter {
             };
             counter.fetch_add(1, Ordering::Relaxed);
             return Err(e);
+        }
+        // Counted once the frame is taken, so that a reset frame dropped or rejected is not
+        // counted again with the next one.
+        if self.last_stamp_ns.is_some_and(|prev| img.stamp_ns < prev) {
+            s.clock_resets.fetch_add(1, Ordering::Relaxed);
         }
         self.last_stamp_ns = Some(img.stamp_ns);
         s.newest_stamp_ns.store(img.stamp_ns, Ordering::Release);

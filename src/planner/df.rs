@@ -291,6 +291,11 @@ impl DfPlanner {
         self.horizon * self.contract.layout.frame_stack
     }
 
+    /// Forget the previous plan: the next one starts cold (the steps since it are not known).
+    pub fn start_cold(&mut self) {
+        self.has_previous = false;
+    }
+
     /// Forget the history and the previous plan (a new episode).
     pub fn reset(&mut self) {
         self.frames_seen = 0;
@@ -729,6 +734,9 @@ mod tests {
         assert!(calls(&mut p, 4, false).is_err(), "no images: the plan fails");
         assert_eq!(calls(&mut p, 6, true).unwrap(), cold);
         assert_eq!(calls(&mut p, 8, true).unwrap(), warm);
+        // Steps skipped by a planner thread that fell behind: cold again.
+        p.start_cold();
+        assert_eq!(calls(&mut p, 10, true).unwrap(), cold);
     }
 
     #[test]

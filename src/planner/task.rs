@@ -54,6 +54,12 @@ impl PlannerTask {
         &self.planner
     }
 
+    /// Steps were skipped (the thread fell behind): the history has a gap and the previous
+    /// plan no longer lines up with a warm start's shift, so the next plan starts cold.
+    pub fn steps_skipped(&mut self) {
+        self.planner.start_cold();
+    }
+
     pub fn replan_every(&self) -> usize {
         self.replan_every
     }

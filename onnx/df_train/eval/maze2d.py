@@ -401,7 +401,8 @@ def _earlier_results(path: Path, maze, episodes, seed, configs, model_sha256) ->
         r = results.get(name)
         if (r is None or r["maze"] != maze or r["multi_goal"] or r["episodes"] != episodes
                 or r["env_seeds"] != [seed, seed + episodes - 1] or r["serve_args"] != ABLATIONS[name]
-                or r.get("model_sha256") != model_sha256):
+                # Results written before they named their model are taken as they are.
+                or r.get("model_sha256", model_sha256) != model_sha256):
             return None
     return results
 

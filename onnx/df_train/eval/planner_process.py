@@ -24,6 +24,7 @@ class Planner:
             self.timed_out.set()
             self.proc.kill()
 
+        self.timed_out.clear()
         watchdog = threading.Timer(self.reply_timeout_s, hung)
         watchdog.start()
         try:
@@ -33,7 +34,8 @@ class Planner:
             line = ""
         finally:
             watchdog.cancel()
-        if self.timed_out.is_set():
+        # A reply that came just as the watchdog fired is still the reply.
+        if not line and self.timed_out.is_set():
             raise RuntimeError(f"{' '.join(self.cmd)}: no reply to {request.get('op')} within "
                                f"{self.reply_timeout_s:g} s; killed")
         if not line:
