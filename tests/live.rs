@@ -31,11 +31,17 @@ impl ActionSink for Recorder {
     fn diagnostics(&mut self, _: i64, _: &Diagnostics) {}
 }
 
-#[test]
-fn plans_reach_the_tick_and_every_tick_reaches_the_sink() {
+/// The point-mass node on the CPU, its camera optional (these tests feed it none).
+fn pointmass_config() -> NodeConfig {
     let mut cfg = NodeConfig::load(&common::repo().join("config/pointmass.yaml")).unwrap();
     cfg.model.runtime = common::cpu();
     cfg.camera.required = false;
+    cfg
+}
+
+#[test]
+fn plans_reach_the_tick_and_every_tick_reaches_the_sink() {
+    let cfg = pointmass_config();
     let (task, core) = node_parts(&cfg).unwrap();
     let ring = CameraRing {
         topic: cfg.topics.image.clone(),
@@ -96,9 +102,7 @@ impl ActionSink for Panicking {
 
 #[test]
 fn a_thread_that_panics_is_reported_so_the_node_can_stop() {
-    let mut cfg = NodeConfig::load(&common::repo().join("config/pointmass.yaml")).unwrap();
-    cfg.model.runtime = common::cpu();
-    cfg.camera.required = false;
+    let cfg = pointmass_config();
     let (task, core) = node_parts(&cfg).unwrap();
     let (_frames_in, frames) = camera_rings(&[]);
     let node = live::spawn(LiveParts {
