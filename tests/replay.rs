@@ -280,3 +280,19 @@ fn a_non_finite_recorded_action_is_skipped_and_counted() {
     assert!(s.planned_vs_recorded.as_ref().unwrap().rmse.is_finite());
     assert_eq!(s.diagnostics.plan_errors, 0);
 }
+
+#[test]
+fn an_old_bag_whose_metadata_prefixes_its_files_with_the_folder_replays() {
+    // rosbag2 metadata before version 4 lists `folder/file.mcap`, relative to the folder's parent.
+    let dir = out("old_metadata").join("recording");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        bag("pointmass_mcap").join("pointmass_mcap.mcap"),
+        dir.join("recording_0.mcap"),
+    )
+    .unwrap();
+    let listed = "rosbag2_bagfile_information:\n  version: 3\n  relative_file_paths:\n  - recording/recording_0.mcap\n";
+    std::fs::write(dir.join("metadata.yaml"), listed).unwrap();
+    let bag = df_planner::replay::read_bag(&dir).unwrap();
+    assert_eq!((bag.storage, bag.messages.len()), ("mcap", 180));
+}

@@ -66,8 +66,8 @@ fn read_file(file: &Path) -> Result<BagContents, BagError> {
     }
 }
 
-/// The folder's storage files: metadata.yaml's `relative_file_paths` where it lists them,
-/// else every `.mcap` / `.db3` file, a split bag's `name_N` in the order of N.
+/// The folder's storage files: metadata.yaml's `relative_file_paths` where it lists files
+/// that are there, else every `.mcap` / `.db3` file, a split bag's `name_N` in the order of N.
 fn storage_files(dir: &Path) -> Result<Vec<PathBuf>, BagError> {
     #[derive(serde::Deserialize)]
     struct Metadata {
@@ -82,7 +82,14 @@ fn storage_files(dir: &Path) -> Result<Vec<PathBuf>, BagError> {
         .and_then(|text| serde_yaml_ng::from_str::<Metadata>(&text).ok())
         .map(|m| m.rosbag2_bagfile_information.relative_file_paths);
     if let Some(files) = listed.filter(|f| !f.is_empty()) {
-        return Ok(files.iter().map(|f| dir.join(f)).collect());
+        // Paths are relative to the folder; before metadata version 4 (Dashing, Eloquent) they
+        // start with the folder's own name, so relative to its parent.
+        for base in [Some(dir), dir.parent()].into_iter().flatten() {
+            let paths: Vec<PathBuf> = files.iter().map(|f| base.join(f)).collect();
+            if paths.iter().all(|p| p.is_file()) {
+                return Ok(paths);
+            }
+        }
     }
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| BagError::Open {
