@@ -296,3 +296,67 @@ fn an_old_bag_whose_metadata_prefixes_its_files_with_the_folder_replays() {
     let bag = df_planner::replay::read_bag(&dir).unwrap();
     assert_eq!((bag.storage, bag.messages.len()), ("mcap", 180));
 }
+
+#[test]
+fn two_camera_roles_on_one_topic_both_receive_its_frames() {
+    use df_planner::msgs::{to_cdr, Header, Image, JointState, Time};
+    use std::collections::BTreeMap;
+
+    // A camera-model bag with one camera topic, mapped to both of the model's camera roles.
+    let path = out("one_camera.mcap");
+    let mut w = mcap::Writer::new(std::io::BufWriter::new(std::fs::File::create(&path).unwrap())).unwrap();
+    let mut channel = |topic: &str, ty: &str| {
+        // Replay reads the type's name; this test needs no schema text.
+        let id = w.add_schema(ty, "ros2msg", b"").unwrap();
+        w.add_channel(id, topic, "cdr", &BTreeMap::new()).unwrap()
+    };
+    let (state, camera) = (
+        channel("/ee_state", "sensor_msgs/msg/JointState"),
+        channel("/cam", "sensor_msgs/msg/Image"),
+    );
+    for k in 0..30u32 {
+        let t = 1_000_000_000 + i64::from(k) * 100_000_000;
+        let header = Header {
+            stamp: Time::from_ns(t),
+            frame_id: String::new(),
+        };
+        let joints = JointState {
+            header: header.clone(),
+            name: vec![],
+            position: vec![0.3, 0.1, 0.2, 1.0],
+            velocity: vec![],
+            effort: vec![],
+        };
+        let image = Image {
+            header,
+            height: 32,
+            width: 32,
+            encoding: "rgb8".into(),
+            is_bigendian: 0,
+            step: 96,
+            data: vec![(k * 8) as u8; 32 * 96],
+        };
+        for (id, data) in [(state, to_cdr(&joints)), (camera, to_cdr(&image))] {
+            let header = mcap::records::MessageHeader {
+                channel_id: id,
+                sequence: k,
+                log_time: t as u64,
+                publish_time: t as u64,
+            };
+            w.write_to_known_channel(&header, &data).unwrap();
+        }
+    }
+    w.finish().unwrap();
+
+    let root = common::repo();
+    let mut cfg = NodeConfig::load(&root.join("config/fruit_swap.yaml")).unwrap();
+    cfg.model.runtime = common::cpu();
+    cfg.topics.recorded_action = None;
+    cfg.camera.topics = [("front", "/cam"), ("wrist", "/cam")]
+        .map(|(role, topic)| (role.to_string(), topic.to_string()))
+        .into();
+    let s = replay(&cfg, &path, &out("one_camera_out.mcap"), None).unwrap();
+    assert_eq!((s.topics["/cam"].read, s.topics["/cam"].used), (30, 30));
+    assert_eq!(s.diagnostics.plan_errors, 0, "{:?}", s.last_plan_error);
+    assert!(s.diagnostics.plans >= 2);
+}

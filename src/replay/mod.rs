@@ -184,7 +184,7 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
         lp.advance_to(m.log_time_ns, None, &mut sink)
             .expect("messages are sorted by log time");
         match input {
-            Input::Image(camera) => match msgs::from_cdr::<msgs::Image>(&m.data) {
+            Input::Image(_) => match msgs::from_cdr::<msgs::Image>(&m.data) {
                 Err(e) => skip(format!("undecodable: {e}")),
                 Ok(img) => {
                     let view = ImageView {
@@ -195,9 +195,20 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
                         data: &img.data,
                         stamp_ns: img.header.stamp.to_ns(),
                     };
-                    match lp.ingest_image(camera, &view) {
-                        Ok(()) => count.used += 1,
-                        Err(e) => skip(e.to_string()),
+                    // Every camera role on this topic (two roles may share one camera).
+                    let cameras = wanted.iter().filter(|w| w.2 == m.topic).filter_map(|w| match w.0 {
+                        Input::Image(camera) => Some(camera),
+                        _ => None,
+                    });
+                    let mut first_error = None;
+                    for camera in cameras {
+                        if let Err(e) = lp.ingest_image(camera, &view) {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                    match first_error {
+                        None => count.used += 1,
+                        Some(e) => skip(e.to_string()),
                     }
                 }
             },
