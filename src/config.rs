@@ -364,21 +364,18 @@ impl NodeConfig {
         };
         // Periods from 1 µs to a day: shorter ones round to 0 ns (a loop that never
         // advances), longer ones overflow a Duration.
-        let period = |field, v: f64, s: f64| {
-            if (1e-6..=86_400.0).contains(&s) {
+        let period = |field, expected: &str, v: f64, period_s: f64| {
+            if (1e-6..=86_400.0).contains(&period_s) {
                 Ok(())
             } else {
-                Err(bad(field, "a period from 1 µs to 1 day".into(), format!("{v}")))
+                Err(bad(field, format!("{expected} from 1 µs to 1 day"), format!("{v}")))
             }
         };
-        positive("control.rate_hz", self.control.rate_hz)?;
-        period("control.rate_hz", self.control.rate_hz, 1.0 / self.control.rate_hz)?;
-        positive("control.action_dt_s", self.control.action_dt_s)?;
-        period(
-            "control.action_dt_s",
-            self.control.action_dt_s,
-            self.control.action_dt_s,
-        )?;
+        let (rate, dt) = (self.control.rate_hz, self.control.action_dt_s);
+        positive("control.rate_hz", rate)?;
+        period("control.rate_hz", "a rate whose period is", rate, 1.0 / rate)?;
+        positive("control.action_dt_s", dt)?;
+        period("control.action_dt_s", "a period", dt, dt)?;
         positive("safety.camera_timeout_s", self.safety.camera_timeout_s)?;
         positive("safety.state_timeout_s", self.safety.state_timeout_s)?;
         if self.planner.samples == 0 {

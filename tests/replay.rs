@@ -204,7 +204,7 @@ fn malformed_configs_are_named() {
         ),
         (
             text.replace("rate_hz: 50", "rate_hz: 1e10"),
-            "`control.rate_hz`: expected a period from 1 µs to 1 day, got 10000000000",
+            "`control.rate_hz`: expected a rate whose period is from 1 µs to 1 day, got 10000000000",
         ),
         (
             text.replace("action_dt_s: 0.1", "action_dt_s: 1e-10"),

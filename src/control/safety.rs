@@ -85,7 +85,7 @@ mod tests {
     }
 
     #[test]
-    fn the_rate_limit_follows_the_time_elapsed_capped_at_one_period() {
+    fn the_rate_limit_follows_the_time_elapsed_capped_at_two_periods() {
         let s = Safety::new(vec![-1.0], vec![1.0], &[10.0], 0.01);
         let mut out = [0.0];
         // Half a period: half a step; a tick a period late: two; a stall of ten periods: two.
