@@ -23,9 +23,28 @@ fn out(name: &str) -> PathBuf {
 }
 
 fn run(cfg: &NodeConfig, bag_name: &str, out_name: &str) -> Result<ReplaySummary, ReplayError> {
+    run_bag(cfg, &bag(bag_name), out_name)
+}
+
+/// Replay the bag at `path` on the CPU.
+fn run_bag(cfg: &NodeConfig, path: &Path, out_name: &str) -> Result<ReplaySummary, ReplayError> {
     let mut cfg = cfg.clone();
     cfg.model.runtime = common::cpu();
-    replay(&cfg, &bag(bag_name), &out(out_name), None)
+    replay(&cfg, path, &out(out_name), None)
+}
+
+/// The shipped MCAP bag's file.
+fn shipped_mcap() -> Vec<u8> {
+    std::fs::read(bag("pointmass_mcap").join("pointmass_mcap.mcap")).unwrap()
+}
+
+/// Write `messages`, with their channels and schemas, to a new MCAP file.
+fn write_mcap<'a>(path: &Path, messages: impl IntoIterator<Item = mcap::Message<'a>>) {
+    let mut w = mcap::Writer::new(std::io::BufWriter::new(std::fs::File::create(path).unwrap())).unwrap();
+    for m in messages {
+        w.write(&m).unwrap();
+    }
+    w.finish().unwrap();
 }
 
 /// (topic, log time, bytes) of every message on `topic` in an MCAP file.
@@ -228,19 +247,13 @@ fn a_split_bag_replays_every_file_in_order() {
     // (numeric order, not the names' order), no metadata.yaml listing them.
     let dir = out("split");
     std::fs::create_dir_all(&dir).unwrap();
-    let whole = std::fs::read(bag("pointmass_mcap").join("pointmass_mcap.mcap")).unwrap();
+    let whole = shipped_mcap();
     let all: Vec<_> = mcap::MessageStream::new(&whole).unwrap().map(Result::unwrap).collect();
     let (first, second) = all.split_at(all.len() / 2);
     for (name, part) in [("split_9.mcap", first), ("split_10.mcap", second)] {
-        let mut w = mcap::Writer::new(std::io::BufWriter::new(std::fs::File::create(dir.join(name)).unwrap())).unwrap();
-        for m in part {
-            w.write(m).unwrap();
-        }
-        w.finish().unwrap();
+        write_mcap(&dir.join(name), part.iter().cloned());
     }
-    let mut cfg = config();
-    cfg.model.runtime = common::cpu();
-    let split = replay(&cfg, &dir, &out("split.mcap"), None).unwrap();
+    let split = run_bag(&config(), &dir, "split.mcap").unwrap();
     for (topic, count) in &split.topics {
         assert_eq!((count.read, count.used), (60, 60), "{topic}: {count:?}");
     }
@@ -253,14 +266,10 @@ fn a_non_finite_recorded_action_is_skipped_and_counted() {
     // The shipped bag with one recorded action's last value set to NaN.
     let dir = out("nan_action");
     std::fs::create_dir_all(&dir).unwrap();
-    let whole = std::fs::read(bag("pointmass_mcap").join("pointmass_mcap.mcap")).unwrap();
-    let mut w = mcap::Writer::new(std::io::BufWriter::new(
-        std::fs::File::create(dir.join("nan.mcap")).unwrap(),
-    ))
-    .unwrap();
+    let whole = shipped_mcap();
     let mut poisoned = false;
-    for m in mcap::MessageStream::new(&whole).unwrap().map(Result::unwrap) {
-        let mut m = m.clone();
+    let messages = mcap::MessageStream::new(&whole).unwrap().map(|m| {
+        let mut m = m.unwrap();
         if !poisoned && m.channel.topic == "/action" {
             let mut data = m.data.into_owned();
             let n = data.len();
@@ -268,12 +277,10 @@ fn a_non_finite_recorded_action_is_skipped_and_counted() {
             m.data = data.into();
             poisoned = true;
         }
-        w.write(&m).unwrap();
-    }
-    w.finish().unwrap();
-    let mut cfg = config();
-    cfg.model.runtime = common::cpu();
-    let s = replay(&cfg, &dir, &out("nan.mcap"), None).unwrap();
+        m
+    });
+    write_mcap(&dir.join("nan.mcap"), messages);
+    let s = run_bag(&config(), &dir, "nan.mcap").unwrap();
     let action = &s.topics["/action"];
     assert_eq!((action.read, action.used), (60, 59));
     assert_eq!(action.skipped.get("non-finite value"), Some(&1));
@@ -286,11 +293,7 @@ fn an_old_bag_whose_metadata_prefixes_its_files_with_the_folder_replays() {
     // rosbag2 metadata before version 4 lists `folder/file.mcap`, relative to the folder's parent.
     let dir = out("old_metadata").join("recording");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(
-        bag("pointmass_mcap").join("pointmass_mcap.mcap"),
-        dir.join("recording_0.mcap"),
-    )
-    .unwrap();
+    std::fs::write(dir.join("recording_0.mcap"), shipped_mcap()).unwrap();
     let listed = "rosbag2_bagfile_information:\n  version: 3\n  relative_file_paths:\n  - recording/recording_0.mcap\n";
     std::fs::write(dir.join("metadata.yaml"), listed).unwrap();
     let bag = df_planner::replay::read_bag(&dir).unwrap();
@@ -348,14 +351,12 @@ fn two_camera_roles_on_one_topic_both_receive_its_frames() {
     }
     w.finish().unwrap();
 
-    let root = common::repo();
-    let mut cfg = NodeConfig::load(&root.join("config/fruit_swap.yaml")).unwrap();
-    cfg.model.runtime = common::cpu();
+    let mut cfg = NodeConfig::load(&common::repo().join("config/fruit_swap.yaml")).unwrap();
     cfg.topics.recorded_action = None;
     cfg.camera.topics = [("front", "/cam"), ("wrist", "/cam")]
         .map(|(role, topic)| (role.to_string(), topic.to_string()))
         .into();
-    let s = replay(&cfg, &path, &out("one_camera_out.mcap"), None).unwrap();
+    let s = run_bag(&cfg, &path, "one_camera_out.mcap").unwrap();
     assert_eq!((s.topics["/cam"].read, s.topics["/cam"].used), (30, 30));
     assert_eq!(s.diagnostics.plan_errors, 0, "{:?}", s.last_plan_error);
     assert!(s.diagnostics.plans >= 2);
