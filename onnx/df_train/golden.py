@@ -72,6 +72,7 @@ def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
             redraws=redraws,
             guided_tokens=context_tokens + 2 if prior else None,
             mcg_temperature=temperature,
+            context_tokens=context_tokens,
         )
         rows = timestep_rows(matrices.build(kind, horizon, sampling_steps, u), context_tokens, cfg.timesteps, sampling_steps)
         x = torch.randn(batch, t, d, generator=gen)

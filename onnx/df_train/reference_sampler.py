@@ -35,6 +35,9 @@ class SamplerSettings:
     # MCG's weighting of the samples in that average: None evenly; tau > 0 by
     # softmax(reward(x0_b) / tau), each sample's own reward at the row's x0.
     mcg_temperature: float | None = None
+    # The first context_tokens tokens are clean history: the reward reads only the tokens
+    # after them (the planned ones), as the Rust sampler's guidance does.
+    context_tokens: int = 0
 
 
 def timestep_rows(matrix: np.ndarray, context_tokens: int, timesteps: int, sampling_steps: int) -> np.ndarray:
@@ -88,14 +91,15 @@ class ReferenceSampler:
                 outputs = [x0]
                 if s.redraws:
                     outputs.append(self.redrawn_x0(x_in, k_in, x0, cur, redraw_noise))
-                grad = sum(torch.autograd.grad(outputs, x_in, [guidance.cotangent(o.detach()) for o in outputs]))
+                grad = sum(torch.autograd.grad(outputs, x_in, [self.planned_cotangent(guidance, o) for o in outputs]))
                 grad = grad / (1 + s.redraws)
             x0, eps = x0.detach(), eps.detach()
             n = s.shared_tokens
             if s.mcg_temperature is None:
                 weights = torch.full((x.shape[0],), 1.0 / x.shape[0])
             else:
-                weights = torch.softmax(guidance.reward(x0).double() / s.mcg_temperature, dim=0).float()
+                planned = x0[:, s.context_tokens:]
+                weights = torch.softmax(guidance.reward(planned).double() / s.mcg_temperature, dim=0).float()
             grad[:, :n] = (weights[:, None, None] * grad[:, :n]).sum(dim=0, keepdim=True)
             if s.guided_tokens is not None:
                 grad[:, s.guided_tokens:] = 0.0
@@ -122,6 +126,13 @@ class ReferenceSampler:
             + per_token(sigma) * z
         )
         return torch.where(torch.as_tensor(changed)[None, :, None], x_next, x)
+
+    def planned_cotangent(self, guidance, x0):
+        """dr/dx0 of the planned tokens; the context gets none."""
+        cotangent = torch.zeros_like(x0)
+        c = self.s.context_tokens
+        cotangent[:, c:] = guidance.cotangent(x0.detach()[:, c:])
+        return cotangent
 
     def redrawn_x0(self, x_in, k_in, x0, cur, noise):
         """The R redrawn x0 [R, T, D] of a plan (batch 1), differentiable in x0: noisy tokens

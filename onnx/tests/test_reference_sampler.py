@@ -102,6 +102,52 @@ def test_redraws_average_the_reward_over_the_plan_and_its_renoised_x0():
     assert not torch.allclose(plain.step(x, cur, nxt, torch.zeros_like(x), reward)[0, 1], got[0, 1])
 
 
+class Lookahead(torch.nn.Module):
+    """x0_t = 2 x_in_t + x_in_(t+1), eps = 0: the context's x0 reads the token after it."""
+
+    def forward(self, x_in, k_in):
+        x0 = 2 * x_in
+        x0[:, :-1] = x0[:, :-1] + x_in[:, 1:]
+        return x0, torch.zeros_like(x_in)
+
+
+def test_the_reward_reads_only_the_planned_tokens():
+    ab = np.linspace(0.99, 0.05, 10)
+    cur, nxt = np.array([-1, 5]), np.array([-1, 3])
+    x = torch.randn(1, 2, 3, generator=torch.Generator().manual_seed(0))
+    reward = QuadraticTarget(torch.tensor([1.0, -1.0, 0.5]), torch.ones(3))
+
+    def near_token(context_tokens):
+        s = SamplerSettings(eta=0.0, stabilization_level=0, guidance_scale=0.5, context_tokens=context_tokens)
+        return ReferenceSampler(Lookahead(), ab, s).step(x, cur, nxt, torch.zeros_like(x), reward)[0, 1]
+
+    x0 = 2 * x[0, 1]
+    expected = np.sqrt(ab[3]) * (x0 + 0.5 * (1 - ab[5]) * 2 * reward.cotangent(x0))
+    torch.testing.assert_close(near_token(1), expected.float())
+    # Read as a planned token, the context's own reward would pull the near token too.
+    assert not torch.allclose(near_token(0), near_token(1))
+
+
+def test_a_causal_model_gives_the_same_plan_whether_or_not_the_reward_reads_the_shared_context(trained):
+    """Why the golden vectors written before the reward skipped the context still hold: with
+    a causal model the context's x0 depends on the context alone, which never steps, and it is
+    the same in every sample, so its reward shifts no softmax weight."""
+    model, cfg, _ = load_model(trained[1])
+    d = cfg.layout.token_dim
+    rows = timestep_rows(matrices.build("pyramid", 5, 6, 1.0), 1, cfg.timesteps, 6)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 6, d, generator=gen)
+    noise = torch.randn(len(rows) - 1, 3, 6, d, generator=gen)
+    reward = QuadraticTarget(torch.full((d,), 1.5), torch.ones(d))
+
+    def plan(context_tokens):
+        s = SamplerSettings(eta=0.5, stabilization_level=cfg.stabilization_level, noise_clip=cfg.noise_clip,
+                            guidance_scale=1.0, shared_tokens=3, mcg_temperature=2.0, context_tokens=context_tokens)
+        return ReferenceSampler(model, model.alphas_cumprod.double().numpy(), s).sample(x, rows, noise, reward)[-1]
+
+    torch.testing.assert_close(plan(1), plan(0), atol=1e-5, rtol=1e-5)
+
+
 class Causal(torch.nn.Module):
     """x0_t = 2 x_in_t + x_in_(t-1), eps = 0: a far token's reward reaches the token before it."""
 
