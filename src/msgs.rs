@@ -153,7 +153,8 @@ pub fn from_cdr<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Strin
 /// The strings and byte arrays of the messages we read, decoded as CDR sequences (the same
 /// bytes: a u32 length, then the bytes). The `cdr` crate allocates a string's or byte array's
 /// declared length before it checks the message holds that many bytes, so one corrupt length
-/// in a bag would cost up to 4 GiB; a sequence grows only with the bytes actually there.
+/// in a bag would cost up to 4 GiB; a sequence reserves at most 1 MiB up front (serde's
+/// cautious size hint) and grows only with the bytes actually there.
 mod bounded {
     use serde::de::Error;
     use serde::{Deserialize, Deserializer};
@@ -418,17 +419,5 @@ mod tests {
             effort: vec![],
         };
         assert_eq!(from_cdr::<JointState>(&to_cdr(&js)).unwrap(), js);
-    }
-
-    #[test]
-    fn a_corrupt_length_is_an_error_that_allocates_only_what_the_message_holds() {
-        let bytes = to_cdr(&image());
-        // The frame_id length (after the 4-byte header and the 8-byte stamp), then the data
-        // length (the last 4 bytes before the 6 data bytes), set to nearly 4 GiB.
-        for at in [4 + 8, bytes.len() - 6 - 4] {
-            let mut bad = bytes.clone();
-            bad[at..at + 4].copy_from_slice(&0xFFFF_FFF0_u32.to_le_bytes());
-            assert!(from_cdr::<Image>(&bad).is_err(), "length at byte {at}");
-        }
     }
 }
