@@ -361,3 +361,50 @@ fn two_camera_roles_on_one_topic_both_receive_its_frames() {
     assert_eq!(s.diagnostics.plan_errors, 0, "{:?}", s.last_plan_error);
     assert!(s.diagnostics.plans >= 2);
 }
+
+#[test]
+fn an_mcap_lists_its_declared_channels_even_those_without_messages() {
+    let path = out("channels.mcap");
+    let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    // Unchunked, so that cutting the file leaves the channel records before the cut readable.
+    let mut w = mcap::WriteOptions::new().use_chunks(false).create(file).unwrap();
+    let schema = w.add_schema("sensor_msgs/msg/JointState", "ros2msg", b"").unwrap();
+    let none = Default::default();
+    let early = w.add_channel(schema, "/early", "cdr", &none).unwrap();
+    let late = w.add_channel(schema, "/late", "cdr", &none).unwrap();
+    w.add_channel(schema, "/silent", "cdr", &none).unwrap();
+    for (i, channel_id) in [early; 10].into_iter().chain([late; 10]).enumerate() {
+        let header = mcap::records::MessageHeader {
+            channel_id,
+            sequence: i as u32,
+            log_time: i as u64,
+            publish_time: i as u64,
+        };
+        w.write_to_known_channel(&header, &[0u8; 64]).unwrap();
+    }
+    w.finish().unwrap();
+    drop(w);
+    let declared = |bag: &df_planner::replay::BagContents| -> Vec<String> {
+        bag.topics.iter().map(|(topic, _)| topic.clone()).collect()
+    };
+
+    let whole = df_planner::replay::read_bag(&path).unwrap();
+    assert_eq!(declared(&whole), ["/early", "/late", "/silent"]);
+    assert_eq!(whole.messages.len(), 20);
+    assert!(whole.read_error.is_none(), "{:?}", whole.read_error);
+    assert!(whole.topics.iter().all(|(_, ty)| ty == "sensor_msgs/msg/JointState"));
+
+    // Cut inside the early messages: /late has no message left, but its channel was declared.
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = out("channels_cut.mcap");
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    let truncated = df_planner::replay::read_bag(&cut).unwrap();
+    assert_eq!(declared(&truncated), ["/early", "/late", "/silent"]);
+    assert!(truncated.messages.iter().all(|m| m.topic == "/early"));
+    assert!(
+        (1..10).contains(&truncated.messages.len()),
+        "{}",
+        truncated.messages.len()
+    );
+    assert!(truncated.read_error.is_some());
+}

@@ -1,7 +1,10 @@
 //! Reading ROS 2 bags without ROS: MCAP files and rosbag2 sqlite3 (`.db3`) storage.
 //! A bag that ends early (truncated, corrupt) yields what it holds and says where it broke.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+use mcap::records::Record;
 
 use thiserror::Error;
 
@@ -129,12 +132,14 @@ fn stopped(path: &Path, messages: usize, e: impl std::fmt::Display) -> String {
     format!("{}: stopped after {messages} messages: {e}", path.display())
 }
 
+/// The records in file order (chunks unpacked), so a channel declared before a break is listed
+/// even when none of its messages made it, and a complete file's channels without messages too.
 fn read_mcap(path: &Path) -> Result<BagContents, BagError> {
     let bytes = std::fs::read(path).map_err(|e| BagError::Open {
         path: path.to_owned(),
         message: e.to_string(),
     })?;
-    let stream = mcap::MessageStream::new(&bytes).map_err(|e| BagError::Open {
+    let records = mcap::read::ChunkFlattener::new(&bytes).map_err(|e| BagError::Open {
         path: path.to_owned(),
         message: format!("not an MCAP file: {e}"),
     })?;
@@ -142,25 +147,46 @@ fn read_mcap(path: &Path) -> Result<BagContents, BagError> {
         storage: "mcap",
         ..BagContents::default()
     };
-    for item in stream {
-        match item {
-            Ok(m) => {
-                let type_name = m.channel.schema.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-                if !out.topics.iter().any(|(t, _)| *t == m.channel.topic) {
-                    out.topics.push((m.channel.topic.clone(), type_name.clone()));
-                }
-                out.messages.push(BagMessage {
-                    topic: m.channel.topic.clone(),
-                    type_name,
-                    log_time_ns: m.log_time as i64,
-                    data: m.data.into_owned(),
+    let mut schemas: HashMap<u16, String> = HashMap::new();
+    // Channel id → index into out.topics.
+    let mut channels: HashMap<u16, usize> = HashMap::new();
+    for record in records {
+        let failure = match record {
+            Ok(Record::Schema { header, .. }) => {
+                schemas.insert(header.id, header.name);
+                continue;
+            }
+            Ok(Record::Channel(channel)) => {
+                let type_name = schemas.get(&channel.schema_id).cloned().unwrap_or_default();
+                let topic = (channel.topic, type_name);
+                let index = out.topics.iter().position(|t| *t == topic).unwrap_or_else(|| {
+                    out.topics.push(topic);
+                    out.topics.len() - 1
                 });
+                channels.insert(channel.id, index);
+                continue;
             }
-            Err(e) => {
-                out.read_error = Some(stopped(path, out.messages.len(), e));
-                break;
-            }
-        }
+            Ok(Record::Message { header, data }) => match channels.get(&header.channel_id) {
+                Some(&index) => {
+                    let (topic, type_name) = out.topics[index].clone();
+                    out.messages.push(BagMessage {
+                        topic,
+                        type_name,
+                        log_time_ns: header.log_time as i64,
+                        data: data.into_owned(),
+                    });
+                    continue;
+                }
+                None => format!(
+                    "message on channel {}, which no channel record declared",
+                    header.channel_id
+                ),
+            },
+            Ok(_) => continue,
+            Err(e) => e.to_string(),
+        };
+        out.read_error = Some(stopped(path, out.messages.len(), failure));
+        break;
     }
     Ok(out)
 }
