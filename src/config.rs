@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::control::MAX_JOINTS;
 use crate::diffusion::{GuidanceForm, MatrixKind};
 use crate::model::RuntimeConfig;
 use crate::planner::{GoalRewardConfig, McgForm};
@@ -218,6 +219,9 @@ pub struct TopicsSection {
     pub image: String,
     /// sensor_msgs/JointState input: the observation is position then velocity.
     pub state: String,
+    /// The state's joints by name, in the model's observation order; other joints in the
+    /// message are ignored. Empty: every joint, in the message's order.
+    pub state_joints: Vec<String>,
     /// Action output.
     pub action: String,
     pub action_type: ActionType,
@@ -238,6 +242,7 @@ impl Default for TopicsSection {
         Self {
             image: "/camera/image_raw".into(),
             state: "/joint_states".into(),
+            state_joints: Vec::new(),
             action: "/df_planner/action".into(),
             action_type: ActionType::Float64MultiArray,
             joint_names: Vec::new(),
@@ -394,6 +399,25 @@ impl NodeConfig {
             if v == 0 {
                 return Err(bad(field, ">= 1 pixel".into(), "0".into()));
             }
+        }
+        let joints = &self.topics.state_joints;
+        if joints.len() > MAX_JOINTS {
+            return Err(bad(
+                "topics.state_joints",
+                format!("at most {MAX_JOINTS} names"),
+                joints.len().to_string(),
+            ));
+        }
+        if let Some((k, joint)) = joints
+            .iter()
+            .enumerate()
+            .find(|(k, j)| j.is_empty() || joints[..*k].contains(j))
+        {
+            return Err(bad(
+                "topics.state_joints",
+                "distinct, non-empty joint names".into(),
+                format!("{joint:?} at index {k}"),
+            ));
         }
         if self.topics.action_type == ActionType::JointTrajectory && self.topics.joint_names.len() != n {
             return Err(bad(

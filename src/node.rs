@@ -91,6 +91,19 @@ pub fn planner(cfg: &NodeConfig) -> Result<DfPlanner, NodeError> {
             got: "false".into(),
         });
     }
+    let joints = cfg.topics.state_joints.len();
+    let observation_dim = contract.layout.observation_dim;
+    if joints > 0 && joints != observation_dim && 2 * joints != observation_dim {
+        return Err(NodeError::Mismatch {
+            field: "topics.state_joints",
+            expected: if observation_dim % 2 == 0 {
+                format!("{observation_dim} or {} names (the model's observation_dim {observation_dim}: positions, or positions then velocities)", observation_dim / 2)
+            } else {
+                format!("{observation_dim} names (the model's observation_dim)")
+            },
+            got: joints.to_string(),
+        });
+    }
     let settings = planner_settings(cfg, contract.layout.frame_stack);
     Ok(DfPlanner::new(Box::new(model), contract, &settings)?)
 }

@@ -21,3 +21,42 @@ fn every_shipped_config_builds_its_planner() {
     names.sort();
     assert!(names.len() >= 6, "{names:?}");
 }
+
+#[test]
+fn state_joints_must_be_distinct_and_fit_the_model() {
+    let path = common::repo().join("config/pointmass.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let with_joints = |joints: &str| {
+        let text = text.replacen("topics:\n", &format!("topics:\n  state_joints: {joints}\n"), 1);
+        NodeConfig::parse(&text, &path)
+    };
+    for (joints, problem) in [
+        (
+            "[a, b, a]",
+            "expected distinct, non-empty joint names, got \"a\" at index 2",
+        ),
+        (
+            "[a, '']",
+            "expected distinct, non-empty joint names, got \"\" at index 1",
+        ),
+        (
+            "[j0, j1, j2, j3, j4, j5, j6, j7, j8, j9, j10, j11, j12, j13, j14, j15, j16]",
+            "expected at most 16 names, got 17",
+        ),
+    ] {
+        let e = with_joints(joints).unwrap_err().to_string();
+        assert!(e.ends_with(&format!("`topics.state_joints`: {problem}")), "{e}");
+    }
+    // The point mass observes 4 values: 4 positions, or 2 positions and their velocities.
+    for (joints, fits) in [("[x, y]", true), ("[x, y, vx, vy]", true), ("[x, y, z]", false)] {
+        let mut cfg = with_joints(joints).unwrap();
+        cfg.model.runtime = common::cpu();
+        match df_planner::node::planner(&cfg) {
+            Ok(_) => assert!(fits, "{joints} was accepted"),
+            Err(e) => assert_eq!(
+                (fits, e.to_string()),
+                (false, "topics.state_joints: expected 4 or 2 names (the model's observation_dim 4: positions, or positions then velocities), got 3".into())
+            ),
+        }
+    }
+}

@@ -325,7 +325,7 @@ fn two_camera_roles_on_one_topic_both_receive_its_frames() {
         };
         let joints = JointState {
             header: header.clone(),
-            name: vec![],
+            name: ["ee_x", "ee_y", "ee_z", "gripper"].map(String::from).into(),
             position: vec![0.3, 0.1, 0.2, 1.0],
             velocity: vec![],
             effort: vec![],
@@ -407,4 +407,33 @@ fn an_mcap_lists_its_declared_channels_even_those_without_messages() {
         truncated.messages.len()
     );
     assert!(truncated.read_error.is_some());
+}
+
+#[test]
+fn state_joints_read_the_state_by_name_and_a_missing_joint_is_counted() {
+    let plain = run(&config(), "pointmass_mcap", "joints_plain.mcap").unwrap();
+    // The bag's JointState names its joints joint0, joint1: naming them reads the same state.
+    let mut named = config();
+    named.topics.state_joints = vec!["joint0".into(), "joint1".into()];
+    let s = run(&named, "pointmass_mcap", "joints_named.mcap").unwrap();
+    assert_eq!(
+        messages(&out("joints_named.mcap"), "/df_planner/action"),
+        messages(&out("joints_plain.mcap"), "/df_planner/action")
+    );
+    assert_eq!(s.topics["/joint_states"].used, plain.topics["/joint_states"].used);
+
+    // Another robot's joint: no state at all, every message counted, and the arm never
+    // moves on a plan.
+    named.topics.state_joints = vec!["joint0".into(), "wrist".into()];
+    let s = run(&named, "pointmass_mcap", "joints_missing.mcap").unwrap();
+    let states = &s.topics["/joint_states"];
+    assert_eq!(states.used, 0);
+    let (reason, count) = states.skipped.iter().next().unwrap();
+    assert_eq!(*count, states.read);
+    assert!(
+        reason.starts_with(r#"no joint "wrist" (topics.state_joints) among the message's names ["joint0", "joint1"]"#),
+        "{reason}"
+    );
+    assert_eq!(s.diagnostics.plans, 0);
+    assert_eq!(s.diagnostics.hold + s.diagnostics.stop, s.ticks);
 }

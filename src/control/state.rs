@@ -2,6 +2,7 @@
 //! callback and the planner and control threads. Fixed capacity: copying it never allocates.
 
 use parking_lot::Mutex;
+use thiserror::Error;
 
 /// Joints the state can hold.
 pub const MAX_JOINTS: usize = 16;
@@ -43,6 +44,76 @@ impl StateSample {
     }
 }
 
+/// Why a `sensor_msgs/JointState` gave no state sample.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum StateRejected {
+    #[error("{positions} positions / {velocities} velocities: expected equal counts, at most {MAX_JOINTS}")]
+    Counts { positions: usize, velocities: usize },
+    #[error("{names} names for {positions} positions: topics.state_joints reads joints by name")]
+    Names { names: usize, positions: usize },
+    #[error("no joint {joint:?} (topics.state_joints) among the message's names {present:?}")]
+    MissingJoint { joint: String, present: Vec<String> },
+}
+
+/// The joints of a `sensor_msgs/JointState` that make the state, by name in the model's order
+/// (`topics.state_joints`): drivers publish every joint, grippers included, in an order of
+/// their own. Empty: every joint, in the message's order.
+#[derive(Debug, Clone, Default)]
+pub struct JointSelection {
+    names: Vec<String>,
+}
+
+impl JointSelection {
+    pub fn new(names: &[String]) -> Self {
+        Self { names: names.to_vec() }
+    }
+
+    /// The state sample of one message; allocates only to describe a rejection.
+    pub fn sample(
+        &self,
+        stamp_ns: i64,
+        names: &[String],
+        position: &[f64],
+        velocity: &[f64],
+    ) -> Result<StateSample, StateRejected> {
+        let counts = || StateRejected::Counts {
+            positions: position.len(),
+            velocities: velocity.len(),
+        };
+        if self.names.is_empty() {
+            return StateSample::new(stamp_ns, position, velocity).ok_or_else(counts);
+        }
+        if !(velocity.is_empty() || velocity.len() == position.len()) {
+            return Err(counts());
+        }
+        if names.len() != position.len() {
+            return Err(StateRejected::Names {
+                names: names.len(),
+                positions: position.len(),
+            });
+        }
+        let mut s = StateSample {
+            stamp_ns,
+            joints: self.names.len(),
+            position: [0.0; MAX_JOINTS],
+            velocity: [0.0; MAX_JOINTS],
+        };
+        for (k, joint) in self.names.iter().enumerate() {
+            let Some(i) = names.iter().position(|n| n == joint) else {
+                return Err(StateRejected::MissingJoint {
+                    joint: joint.clone(),
+                    present: names.to_vec(),
+                });
+            };
+            s.position[k] = position[i];
+            if !velocity.is_empty() {
+                s.velocity[k] = velocity[i];
+            }
+        }
+        Ok(s)
+    }
+}
+
 /// Latest-value cell: writers replace, readers copy. The control tick uses `try_read` so it
 /// never waits; a contended read returns None and the tick keeps its previous sample.
 #[derive(Debug, Default)]
@@ -61,5 +132,70 @@ impl StateCell {
 
     pub fn try_read(&self) -> Option<Option<StateSample>> {
         self.inner.try_lock().map(|g| *g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn named_joints_are_read_in_the_configured_order_and_others_ignored() {
+        let selection = JointSelection::new(&names(&["ee_x", "ee_y"]));
+        let msg = names(&["finger", "ee_y", "ee_x"]);
+        let s = selection.sample(5, &msg, &[0.9, 2.0, 1.0], &[9.0, 20.0, 10.0]).unwrap();
+        assert_eq!((s.stamp_ns, s.joints), (5, 2));
+        assert_eq!(
+            (&s.position[..2], &s.velocity[..2]),
+            (&[1.0, 2.0][..], &[10.0, 20.0][..])
+        );
+        let positions_only = selection.sample(5, &msg, &[0.9, 2.0, 1.0], &[]).unwrap();
+        assert_eq!(&positions_only.velocity[..2], &[0.0, 0.0]);
+    }
+
+    #[test]
+    fn a_message_without_a_configured_joint_is_rejected_by_name() {
+        let selection = JointSelection::new(&names(&["ee_x", "ee_z"]));
+        let err = selection
+            .sample(0, &names(&["ee_x", "ee_y"]), &[1.0, 2.0], &[])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"no joint "ee_z" (topics.state_joints) among the message's names ["ee_x", "ee_y"]"#
+        );
+        let err = selection.sample(0, &[], &[1.0, 2.0], &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "0 names for 2 positions: topics.state_joints reads joints by name"
+        );
+        let err = selection
+            .sample(0, &names(&["ee_x", "ee_z"]), &[1.0, 2.0], &[3.0])
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            StateRejected::Counts {
+                positions: 2,
+                velocities: 1
+            }
+        ));
+    }
+
+    #[test]
+    fn without_names_every_joint_is_read_in_the_message_order() {
+        let all = JointSelection::default();
+        let s = all.sample(0, &names(&["b", "a"]), &[1.0, 2.0], &[]).unwrap();
+        assert_eq!(&s.position[..s.joints], &[1.0, 2.0]);
+        let err = all.sample(0, &[], &[0.0; MAX_JOINTS + 1], &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} positions / 0 velocities: expected equal counts, at most {MAX_JOINTS}",
+                MAX_JOINTS + 1
+            )
+        );
     }
 }

@@ -17,7 +17,7 @@ pub use bag::{read_bag, BagContents, BagError, BagMessage};
 pub use writer::McapSink;
 
 use crate::config::NodeConfig;
-use crate::control::{ActionSink, Diagnostics, LatencySummary, OfflineLoop, StateSample};
+use crate::control::{ActionSink, Diagnostics, JointSelection, LatencySummary, OfflineLoop};
 use crate::frames::ImageView;
 use crate::msgs;
 use crate::node::{camera_rings, offline_loop, planner, NodeError};
@@ -160,6 +160,7 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
     let mut topics: BTreeMap<String, TopicCount> = BTreeMap::new();
     let mut recorded: Vec<(i64, Vec<f64>)> = Vec::new();
     let mut last_state_stamp = i64::MIN;
+    let joints = JointSelection::new(&cfg.topics.state_joints);
     let start = Instant::now();
     let first_ns = bag
         .messages
@@ -226,14 +227,9 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
                             .into(),
                         );
                     } else {
-                        match StateSample::new(stamp, &js.position, &js.velocity) {
-                            None => skip(format!(
-                                "{} positions / {} velocities: expected equal counts, at most {}",
-                                js.position.len(),
-                                js.velocity.len(),
-                                crate::control::MAX_JOINTS
-                            )),
-                            Some(sample) => {
+                        match joints.sample(stamp, &js.name, &js.position, &js.velocity) {
+                            Err(e) => skip(e.to_string()),
+                            Ok(sample) => {
                                 last_state_stamp = stamp;
                                 lp.ingest_state(sample);
                                 count.used += 1;

@@ -22,7 +22,7 @@ use r2r::{builtin_interfaces, diagnostic_msgs, geometry_msgs, sensor_msgs, std_m
 
 use crate::config::{ActionType, NodeConfig};
 use crate::control::live::{self, Clock, LiveParts, SystemClock};
-use crate::control::{ActionSink, Diagnostics, StateCell, StateSample, TickReport};
+use crate::control::{ActionSink, Diagnostics, JointSelection, StateCell, TickReport};
 use crate::frames::ImageView;
 use crate::msgs::{self, diagnostic_array, ActionFormat, ActionMessage};
 use crate::node::{camera_rings, node_parts};
@@ -252,14 +252,20 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
     }
     let state_in = state.clone();
     let joints = node.subscribe::<sensor_msgs::msg::JointState>(&t.state, QosProfile::sensor_data())?;
+    let selection = JointSelection::new(&t.state_joints);
+    let state_topic = t.state.clone();
+    let mut rejected = 0u64;
     spawner.spawn_local(joints.for_each(move |js| {
-        match StateSample::new(stamp_ns(&js.header.stamp), &js.position, &js.velocity) {
-            Some(sample) => state_in.publish(sample),
-            None => tracing::warn!(
-                positions = js.position.len(),
-                velocities = js.velocity.len(),
-                "joint state rejected: expected equal counts of positions and velocities, at most 16"
-            ),
+        match selection.sample(stamp_ns(&js.header.stamp), &js.name, &js.position, &js.velocity) {
+            Ok(sample) => state_in.publish(sample),
+            // The state goes stale and the state_stale fault holds or stops the arm; warn on
+            // the first rejection and every 1000th, not at the driver's rate.
+            Err(e) => {
+                rejected += 1;
+                if rejected % 1000 == 1 {
+                    tracing::warn!(topic = %state_topic, rejected, error = %e, "joint state rejected");
+                }
+            }
         }
         future::ready(())
     }))?;
