@@ -1,40 +1,74 @@
-//! Decoding a bag message with a corrupt length allocates a bounded amount, not the length it
-//! declares. Its own test binary: the global allocator records the largest request made on the test's thread.
+//! What reading bags allocates: a corrupt length costs a bounded amount, not the length it
+//! declares, and an MCAP bag is held once (its messages), not twice. Its own test binary: the
+//! global allocator records, per thread, the largest request and the peak of live bytes.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use df_planner::msgs::{from_cdr, to_cdr, Header, Image, Time};
+use df_planner::replay::read_bag;
 
-struct LargestRequest;
+struct Tracking;
+
+/// Per thread: the largest single request, and live and peak bytes (allocated on this thread
+/// and freed on it; the tests allocate and free on one thread).
+#[derive(Clone, Copy)]
+struct Usage {
+    largest: usize,
+    live: isize,
+    peak: isize,
+}
 
 thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
+    static USAGE: Cell<Usage> = const { Cell::new(Usage { largest: 0, live: 0, peak: 0 }) };
 }
 
-fn record(size: usize) {
+fn record(requested: usize, grown: isize) {
     // try_with: a thread being torn down has no slot left, and allocation must not panic.
-    let _ = LARGEST.try_with(|largest| largest.set(largest.get().max(size)));
+    let _ = USAGE.try_with(|usage| {
+        let mut u = usage.get();
+        u.largest = u.largest.max(requested);
+        u.live += grown;
+        u.peak = u.peak.max(u.live);
+        usage.set(u);
+    });
 }
 
-unsafe impl GlobalAlloc for LargestRequest {
+unsafe impl GlobalAlloc for Tracking {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        record(layout.size());
+        record(layout.size(), layout.size() as isize);
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        record(0, -(layout.size() as isize));
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        record(new_size);
+        record(new_size, new_size as isize - layout.size() as isize);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
 
 #[global_allocator]
-static ALLOCATOR: LargestRequest = LargestRequest;
+static ALLOCATOR: Tracking = Tracking;
+
+/// `f`'s result, the largest request it made and its peak of live bytes above the start.
+fn measure<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
+    let start = USAGE.with(|usage| {
+        let u = usage.get();
+        usage.set(Usage {
+            largest: 0,
+            peak: u.live,
+            ..u
+        });
+        u.live
+    });
+    let out = f();
+    let u = USAGE.with(Cell::get);
+    (out, u.largest, (u.peak - start) as usize)
+}
 
 #[test]
 fn a_corrupt_length_is_an_error_that_allocates_at_most_a_mebibyte() {
@@ -55,9 +89,7 @@ fn a_corrupt_length_is_an_error_that_allocates_at_most_a_mebibyte() {
     for at in [4 + 8, bytes.len() - 6 - 4] {
         let mut bad = bytes.clone();
         bad[at..at + 4].copy_from_slice(&0xFFFF_FFF0_u32.to_le_bytes());
-        LARGEST.with(|largest| largest.set(0));
-        let decoded = from_cdr::<Image>(&bad);
-        let largest = LARGEST.with(Cell::get);
+        let (decoded, largest, _) = measure(|| from_cdr::<Image>(&bad));
         assert!(decoded.is_err(), "length at byte {at}");
         // 1 MiB: serde's cap on what a sequence reserves for a length it cannot trust.
         assert!(
@@ -65,4 +97,59 @@ fn a_corrupt_length_is_an_error_that_allocates_at_most_a_mebibyte() {
             "length at byte {at}: one allocation of {largest} bytes"
         );
     }
+}
+
+fn temp_file(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("df_planner_allocation_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn an_mcap_bag_is_held_once() {
+    const MESSAGES: usize = 16;
+    const SIZE: usize = 1 << 20;
+    let path = temp_file("sixteen_mebibytes.mcap");
+    let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    // Unchunked: the file's bytes are the messages' bytes, nothing compressed.
+    let mut w = mcap::WriteOptions::new().use_chunks(false).create(file).unwrap();
+    let schema = w.add_schema("sensor_msgs/msg/Image", "ros2msg", b"").unwrap();
+    let channel = w.add_channel(schema, "/cam", "cdr", &Default::default()).unwrap();
+    for k in 0..MESSAGES {
+        let header = mcap::records::MessageHeader {
+            channel_id: channel,
+            sequence: k as u32,
+            log_time: k as u64,
+            publish_time: k as u64,
+        };
+        w.write_to_known_channel(&header, &vec![k as u8; SIZE]).unwrap();
+    }
+    w.finish().unwrap();
+    drop(w);
+
+    let (bag, _, peak) = measure(|| read_bag(&path).unwrap());
+    assert_eq!(bag.messages.len(), MESSAGES);
+    let held = MESSAGES * SIZE;
+    // The messages plus a record's worth of read buffer; the whole file again would be 2x.
+    assert!(peak < held + held / 4, "peak {peak} bytes for {held} bytes of messages");
+}
+
+#[test]
+fn a_corrupt_mcap_record_length_costs_the_bytes_the_file_holds() {
+    // Magic, an empty Header record, then a Message record that claims 1 TiB and holds 64 bytes.
+    let mut bytes = b"\x89MCAP0\r\n".to_vec();
+    bytes.push(0x01);
+    bytes.extend(8u64.to_le_bytes());
+    bytes.extend([0u8; 8]);
+    bytes.push(0x05);
+    bytes.extend((1u64 << 40).to_le_bytes());
+    bytes.extend([0u8; 64]);
+    let path = temp_file("claims_a_tebibyte.mcap");
+    std::fs::write(&path, &bytes).unwrap();
+
+    let (bag, largest, _) = measure(|| read_bag(&path).unwrap());
+    assert!(bag.messages.is_empty());
+    let damage = bag.read_error.unwrap();
+    assert!(damage.contains("stopped after 0 messages"), "{damage}");
+    assert!(largest <= 4 << 20, "one allocation of {largest} bytes");
 }

@@ -170,6 +170,19 @@ fn a_corrupt_db3_is_a_clear_error() {
 }
 
 #[test]
+fn a_file_that_is_not_an_mcap_is_a_clear_error() {
+    for (name, bytes) in [("empty.mcap", &b""[..]), ("text.mcap", &b"topic,time\n/cam,1\n"[..])] {
+        let path = out(name);
+        std::fs::write(&path, bytes).unwrap();
+        let err = run_bag(&config(), &path, "not_mcap_out.mcap").unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("bag {}: not an MCAP file: ", path.display())),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn config_topics_the_bag_lacks_are_named() {
     let mut cfg = config();
     cfg.topics.state = "/robot/state".into();

@@ -2,9 +2,11 @@
 //! A bag that ends early (truncated, corrupt) yields what it holds and says where it broke.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use mcap::records::Record;
+use mcap::sans_io::linear_reader::{LinearReadEvent, LinearReader};
 
 use thiserror::Error;
 
@@ -132,17 +134,19 @@ fn stopped(path: &Path, messages: usize, e: impl std::fmt::Display) -> String {
     format!("{}: stopped after {messages} messages: {e}", path.display())
 }
 
+/// Bytes an MCAP read asks the file for at once.
+const READ_PIECE: usize = 1 << 20;
+
 /// The records in file order (chunks unpacked), so a channel declared before a break is listed
 /// even when none of its messages made it, and a complete file's channels without messages too.
+/// The file is read in pieces: only the messages are held, not the file as well.
 fn read_mcap(path: &Path) -> Result<BagContents, BagError> {
-    let bytes = std::fs::read(path).map_err(|e| BagError::Open {
+    let open_err = |e: std::io::Error| BagError::Open {
         path: path.to_owned(),
         message: e.to_string(),
-    })?;
-    let records = mcap::read::ChunkFlattener::new(&bytes).map_err(|e| BagError::Open {
-        path: path.to_owned(),
-        message: format!("not an MCAP file: {e}"),
-    })?;
+    };
+    let mut file = std::fs::File::open(path).map_err(open_err)?;
+    let mut reader = LinearReader::new();
     let mut out = BagContents {
         storage: "mcap",
         ..BagContents::default()
@@ -150,13 +154,43 @@ fn read_mcap(path: &Path) -> Result<BagContents, BagError> {
     let mut schemas: HashMap<u16, String> = HashMap::new();
     // Channel id → index into out.topics.
     let mut channels: HashMap<u16, usize> = HashMap::new();
-    for record in records {
-        let failure = match record {
-            Ok(Record::Schema { header, .. }) => {
-                schemas.insert(header.id, header.name);
+    let mut records = 0usize;
+    while let Some(event) = reader.next_event() {
+        let record = match event {
+            Ok(LinearReadEvent::ReadRequest(need)) => {
+                // The request is a record's declared length: read it in pieces, so a corrupt
+                // length costs the bytes the file holds, not the bytes it claims.
+                match file.read(reader.insert(need.min(READ_PIECE))) {
+                    Ok(n) => reader.notify_read(n),
+                    Err(e) => {
+                        out.read_error = Some(stopped(path, out.messages.len(), e));
+                        break;
+                    }
+                }
                 continue;
             }
-            Ok(Record::Channel(channel)) => {
+            Ok(LinearReadEvent::Record { opcode, data }) => mcap::parse_record(opcode, data),
+            Err(e) => Err(e),
+        };
+        let record = match record {
+            Ok(record) => record,
+            Err(e) if records == 0 => {
+                return Err(BagError::Open {
+                    path: path.to_owned(),
+                    message: format!("not an MCAP file: {e}"),
+                })
+            }
+            Err(e) => {
+                out.read_error = Some(stopped(path, out.messages.len(), e));
+                break;
+            }
+        };
+        records += 1;
+        match record {
+            Record::Schema { header, .. } => {
+                schemas.insert(header.id, header.name);
+            }
+            Record::Channel(channel) => {
                 let type_name = schemas.get(&channel.schema_id).cloned().unwrap_or_default();
                 let topic = (channel.topic, type_name);
                 let index = out.topics.iter().position(|t| *t == topic).unwrap_or_else(|| {
@@ -164,29 +198,26 @@ fn read_mcap(path: &Path) -> Result<BagContents, BagError> {
                     out.topics.len() - 1
                 });
                 channels.insert(channel.id, index);
-                continue;
             }
-            Ok(Record::Message { header, data }) => match channels.get(&header.channel_id) {
-                Some(&index) => {
-                    let (topic, type_name) = out.topics[index].clone();
-                    out.messages.push(BagMessage {
-                        topic,
-                        type_name,
-                        log_time_ns: header.log_time as i64,
-                        data: data.into_owned(),
-                    });
-                    continue;
-                }
-                None => format!(
-                    "message on channel {}, which no channel record declared",
-                    header.channel_id
-                ),
-            },
-            Ok(_) => continue,
-            Err(e) => e.to_string(),
-        };
-        out.read_error = Some(stopped(path, out.messages.len(), failure));
-        break;
+            Record::Message { header, data } => {
+                let Some(&index) = channels.get(&header.channel_id) else {
+                    let e = format!(
+                        "message on channel {}, which no channel record declared",
+                        header.channel_id
+                    );
+                    out.read_error = Some(stopped(path, out.messages.len(), e));
+                    break;
+                };
+                let (topic, type_name) = out.topics[index].clone();
+                out.messages.push(BagMessage {
+                    topic,
+                    type_name,
+                    log_time_ns: header.log_time as i64,
+                    data: data.into_owned(),
+                });
+            }
+            _ => {}
+        }
     }
     Ok(out)
 }
