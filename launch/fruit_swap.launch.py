@@ -32,7 +32,8 @@ def generate_launch_description():
             description="The arm's wrist camera (sensor_msgs/Image, rgb8 32x32), remapped onto the model's wrist topic."),
         DeclareLaunchArgument(
             "ee_state", default_value="/ee_state",
-            description="End-effector state (sensor_msgs/JointState, positions [ee_x, ee_y, ee_z, gripper])."),
+            description="End-effector state (sensor_msgs/JointState with joints named ee_x, ee_y, ee_z, gripper: "
+                        "topics.state_joints in the config reads them by name; a state without them holds the arm)."),
         DeclareLaunchArgument(
             "action", default_value="/df_planner/action",
             description="Where the commanded [x, y, z, gripper] goes (std_msgs/Float64MultiArray)."),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::control::MAX_JOINTS;
+use crate::control::JointSelection;
 use crate::diffusion::{GuidanceForm, MatrixKind};
 use crate::model::RuntimeConfig;
 use crate::planner::{GoalRewardConfig, McgForm};
@@ -400,24 +400,8 @@ impl NodeConfig {
                 return Err(bad(field, ">= 1 pixel".into(), "0".into()));
             }
         }
-        let joints = &self.topics.state_joints;
-        if joints.len() > MAX_JOINTS {
-            return Err(bad(
-                "topics.state_joints",
-                format!("at most {MAX_JOINTS} names"),
-                joints.len().to_string(),
-            ));
-        }
-        if let Some((k, joint)) = joints
-            .iter()
-            .enumerate()
-            .find(|(k, j)| j.is_empty() || joints[..*k].contains(j))
-        {
-            return Err(bad(
-                "topics.state_joints",
-                "distinct, non-empty joint names".into(),
-                format!("{joint:?} at index {k}"),
-            ));
+        if let Err(e) = JointSelection::new(&self.topics.state_joints) {
+            return Err(bad("topics.state_joints", e.expected, e.got));
         }
         if self.topics.action_type == ActionType::JointTrajectory && self.topics.joint_names.len() != n {
             return Err(bad(

@@ -4,7 +4,7 @@
 use thiserror::Error;
 
 use crate::config::NodeConfig;
-use crate::control::{ControlCore, ControlParams, OfflineLoop, Safety};
+use crate::control::{ControlCore, ControlParams, JointSelection, OfflineLoop, Safety};
 use crate::frames::{CameraRing, MAX_CAMERAS};
 use crate::model::{ModelContract, ModelError, OnnxDenoiser};
 use crate::planner::{DfPlanner, PlanError, PlannerSettings, PlannerTask};
@@ -91,21 +91,33 @@ pub fn planner(cfg: &NodeConfig) -> Result<DfPlanner, NodeError> {
             got: "false".into(),
         });
     }
-    let joints = cfg.topics.state_joints.len();
-    let observation_dim = contract.layout.observation_dim;
-    if joints > 0 && joints != observation_dim && 2 * joints != observation_dim {
-        return Err(NodeError::Mismatch {
-            field: "topics.state_joints",
-            expected: if observation_dim % 2 == 0 {
-                format!("{observation_dim} or {} names (the model's observation_dim {observation_dim}: positions, or positions then velocities)", observation_dim / 2)
-            } else {
-                format!("{observation_dim} names (the model's observation_dim)")
-            },
-            got: joints.to_string(),
-        });
-    }
+    joint_selection(cfg, &contract)?;
     let settings = planner_settings(cfg, contract.layout.frame_stack);
     Ok(DfPlanner::new(Box::new(model), contract, &settings)?)
+}
+
+/// How the node reads `sensor_msgs/JointState` (`topics.state_joints`): names that fit the
+/// model's observation, positions or positions then velocities.
+pub fn joint_selection(cfg: &NodeConfig, contract: &ModelContract) -> Result<JointSelection, NodeError> {
+    let mismatch = |expected: String, got: String| NodeError::Mismatch {
+        field: "topics.state_joints",
+        expected,
+        got,
+    };
+    let selection = JointSelection::new(&cfg.topics.state_joints).map_err(|e| mismatch(e.expected, e.got))?;
+    let (joints, observation_dim) = (selection.joints(), contract.layout.observation_dim);
+    if joints > 0 && joints != observation_dim && 2 * joints != observation_dim {
+        let expected = if observation_dim % 2 == 0 {
+            format!(
+                "{observation_dim} or {} names (the model's observation_dim {observation_dim}: positions, or positions then velocities)",
+                observation_dim / 2
+            )
+        } else {
+            format!("{observation_dim} names (the model's observation_dim)")
+        };
+        return Err(mismatch(expected, joints.to_string()));
+    }
+    Ok(selection)
 }
 
 /// The planner task and control core.

@@ -128,28 +128,63 @@ fn an_mcap_bag_is_held_once() {
     drop(w);
 
     let (bag, _, peak) = measure(|| read_bag(&path).unwrap());
+    std::fs::remove_file(&path).unwrap();
     assert_eq!(bag.messages.len(), MESSAGES);
     let held = MESSAGES * SIZE;
     // The messages plus a record's worth of read buffer; the whole file again would be 2x.
     assert!(peak < held + held / 4, "peak {peak} bytes for {held} bytes of messages");
 }
 
-#[test]
-fn a_corrupt_mcap_record_length_costs_the_bytes_the_file_holds() {
-    // Magic, an empty Header record, then a Message record that claims 1 TiB and holds 64 bytes.
+/// The MCAP magic and an empty Header record, then `records`.
+fn mcap_bytes(records: &[u8]) -> Vec<u8> {
     let mut bytes = b"\x89MCAP0\r\n".to_vec();
     bytes.push(0x01);
     bytes.extend(8u64.to_le_bytes());
     bytes.extend([0u8; 8]);
-    bytes.push(0x05);
-    bytes.extend((1u64 << 40).to_le_bytes());
-    bytes.extend([0u8; 64]);
-    let path = temp_file("claims_a_tebibyte.mcap");
-    std::fs::write(&path, &bytes).unwrap();
+    bytes.extend(records);
+    bytes
+}
 
-    let (bag, largest, _) = measure(|| read_bag(&path).unwrap());
-    assert!(bag.messages.is_empty());
-    let damage = bag.read_error.unwrap();
-    assert!(damage.contains("stopped after 0 messages"), "{damage}");
-    assert!(largest <= 4 << 20, "one allocation of {largest} bytes");
+/// A Message record (opcode 0x05) that claims `length` bytes and holds 64.
+fn message_claiming(length: u64) -> Vec<u8> {
+    let mut record = vec![0x05];
+    record.extend(length.to_le_bytes());
+    record.extend([0u8; 64]);
+    record
+}
+
+#[test]
+fn a_corrupt_mcap_record_length_costs_a_bounded_amount() {
+    // At the top level, 256 MiB (under the longest record read): read in pieces, it costs
+    // the bytes the file holds.
+    let plain = mcap_bytes(&message_claiming(256 << 20));
+    // Inside a zstd chunk, 1 TiB: mcap would reserve the declared length before decompressing.
+    let inner = message_claiming(1 << 40);
+    let compressed = zstd::bulk::compress(&inner, 3).unwrap();
+    let mut chunk = vec![0x06];
+    let mut body = Vec::new();
+    body.extend([0u8; 16]); // message start and end times
+    body.extend((inner.len() as u64).to_le_bytes());
+    body.extend(0u32.to_le_bytes()); // no CRC
+    body.extend(4u32.to_le_bytes());
+    body.extend(b"zstd");
+    body.extend((compressed.len() as u64).to_le_bytes());
+    body.extend(&compressed);
+    chunk.extend((body.len() as u64).to_le_bytes());
+    chunk.extend(body);
+    let chunked = mcap_bytes(&chunk);
+
+    for (name, bytes) in [
+        ("claims_256_mib.mcap", plain),
+        ("chunk_claims_a_tebibyte.mcap", chunked),
+    ] {
+        let path = temp_file(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let (bag, largest, _) = measure(|| read_bag(&path).unwrap());
+        std::fs::remove_file(&path).unwrap();
+        assert!(bag.messages.is_empty(), "{name}");
+        let damage = bag.read_error.unwrap();
+        assert!(damage.contains("stopped after 0 messages"), "{name}: {damage}");
+        assert!(largest <= 4 << 20, "{name}: one allocation of {largest} bytes");
+    }
 }

@@ -63,9 +63,39 @@ pub struct JointSelection {
     names: Vec<String>,
 }
 
+/// A `topics.state_joints` list that cannot select a state.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[error("expected {expected}, got {got}")]
+pub struct InvalidJointList {
+    pub expected: String,
+    pub got: String,
+}
+
 impl JointSelection {
-    pub fn new(names: &[String]) -> Self {
-        Self { names: names.to_vec() }
+    /// At most MAX_JOINTS distinct, non-empty names.
+    pub fn new(names: &[String]) -> Result<Self, InvalidJointList> {
+        if names.len() > MAX_JOINTS {
+            return Err(InvalidJointList {
+                expected: format!("at most {MAX_JOINTS} names"),
+                got: names.len().to_string(),
+            });
+        }
+        if let Some((k, name)) = names
+            .iter()
+            .enumerate()
+            .find(|(k, name)| name.is_empty() || names[..*k].contains(name))
+        {
+            return Err(InvalidJointList {
+                expected: "distinct, non-empty joint names".into(),
+                got: format!("{name:?} at index {k}"),
+            });
+        }
+        Ok(Self { names: names.to_vec() })
+    }
+
+    /// How many joints the state has; 0: as many as each message names.
+    pub fn joints(&self) -> usize {
+        self.names.len()
     }
 
     /// The state sample of one message; allocates only to describe a rejection.
@@ -145,7 +175,7 @@ mod tests {
 
     #[test]
     fn named_joints_are_read_in_the_configured_order_and_others_ignored() {
-        let selection = JointSelection::new(&names(&["ee_x", "ee_y"]));
+        let selection = JointSelection::new(&names(&["ee_x", "ee_y"])).unwrap();
         let msg = names(&["finger", "ee_y", "ee_x"]);
         let s = selection.sample(5, &msg, &[0.9, 2.0, 1.0], &[9.0, 20.0, 10.0]).unwrap();
         assert_eq!((s.stamp_ns, s.joints), (5, 2));
@@ -159,7 +189,7 @@ mod tests {
 
     #[test]
     fn a_message_without_a_configured_joint_is_rejected_by_name() {
-        let selection = JointSelection::new(&names(&["ee_x", "ee_z"]));
+        let selection = JointSelection::new(&names(&["ee_x", "ee_z"])).unwrap();
         let err = selection
             .sample(0, &names(&["ee_x", "ee_y"]), &[1.0, 2.0], &[])
             .unwrap_err();
@@ -182,6 +212,26 @@ mod tests {
                 velocities: 1
             }
         ));
+    }
+
+    #[test]
+    fn a_joint_list_is_at_most_max_joints_distinct_names() {
+        let too_many: Vec<String> = (0..=MAX_JOINTS).map(|k| format!("j{k}")).collect();
+        let err = JointSelection::new(&too_many).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("expected at most {MAX_JOINTS} names, got {}", MAX_JOINTS + 1)
+        );
+        let err = JointSelection::new(&names(&["a", "b", "a"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"expected distinct, non-empty joint names, got "a" at index 2"#
+        );
+        assert!(JointSelection::new(&names(&["a", ""])).is_err());
+        assert_eq!(
+            JointSelection::new(&too_many[..MAX_JOINTS]).unwrap().joints(),
+            MAX_JOINTS
+        );
     }
 
     #[test]

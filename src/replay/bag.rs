@@ -5,8 +5,10 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use mcap::read::ChannelAccumulator;
 use mcap::records::Record;
-use mcap::sans_io::linear_reader::{LinearReadEvent, LinearReader};
+use mcap::sans_io::linear_reader::{LinearReadEvent, LinearReader, LinearReaderOptions};
+use mcap::McapError;
 
 use thiserror::Error;
 
@@ -114,12 +116,27 @@ fn storage_files(dir: &Path) -> Result<Vec<PathBuf>, BagError> {
 }
 
 impl BagContents {
+    /// The index of `topic` in `topics`, added if new; a type fills an empty one (a channel
+    /// declared without a schema), and the first type stays otherwise.
+    fn add_topic(&mut self, topic: &str, type_name: String) -> usize {
+        match self.topics.iter().position(|(t, _)| t == topic) {
+            Some(i) => {
+                if self.topics[i].1.is_empty() {
+                    self.topics[i].1 = type_name;
+                }
+                i
+            }
+            None => {
+                self.topics.push((topic.to_owned(), type_name));
+                self.topics.len() - 1
+            }
+        }
+    }
+
     /// Add the next file of a split bag.
     fn append(&mut self, next: BagContents) {
-        for topic in next.topics {
-            if !self.topics.contains(&topic) {
-                self.topics.push(topic);
-            }
+        for (topic, type_name) in next.topics {
+            self.add_topic(&topic, type_name);
         }
         self.messages.extend(next.messages);
         self.read_error = match (self.read_error.take(), next.read_error) {
@@ -136,80 +153,102 @@ fn stopped(path: &Path, messages: usize, e: impl std::fmt::Display) -> String {
 
 /// Bytes an MCAP read asks the file for at once.
 const READ_PIECE: usize = 1 << 20;
+/// The longest MCAP record read: far above any camera image (an 8K RGB frame is 100 MB), and
+/// the most a corrupt record length can cost (mcap reserves a compressed record's declared
+/// length before it decompresses it).
+const MAX_RECORD: usize = 512 << 20;
 
 /// The records in file order (chunks unpacked), so a channel declared before a break is listed
 /// even when none of its messages made it, and a complete file's channels without messages too.
 /// The file is read in pieces: only the messages are held, not the file as well.
 fn read_mcap(path: &Path) -> Result<BagContents, BagError> {
-    let open_err = |e: std::io::Error| BagError::Open {
+    let mut file = std::fs::File::open(path).map_err(|e| BagError::Open {
         path: path.to_owned(),
         message: e.to_string(),
+    })?;
+    let mut reader =
+        LinearReader::new_with_options(LinearReaderOptions::default().with_record_length_limit(MAX_RECORD));
+    let mut bag = McapRecords {
+        out: BagContents {
+            storage: "mcap",
+            ..BagContents::default()
+        },
+        ..McapRecords::default()
     };
-    let mut file = std::fs::File::open(path).map_err(open_err)?;
-    let mut reader = LinearReader::new();
-    let mut out = BagContents {
-        storage: "mcap",
-        ..BagContents::default()
-    };
-    let mut schemas: HashMap<u16, String> = HashMap::new();
-    // Channel id → index into out.topics.
-    let mut channels: HashMap<u16, usize> = HashMap::new();
-    let mut records = 0usize;
+    let mut bytes_read = 0;
     while let Some(event) = reader.next_event() {
-        let record = match event {
+        let added = match event {
             Ok(LinearReadEvent::ReadRequest(need)) => {
                 // The request is a record's declared length: read it in pieces, so a corrupt
                 // length costs the bytes the file holds, not the bytes it claims.
-                match file.read(reader.insert(need.min(READ_PIECE))) {
-                    Ok(n) => reader.notify_read(n),
-                    Err(e) => {
-                        out.read_error = Some(stopped(path, out.messages.len(), e));
-                        break;
+                match read_retrying(&mut file, reader.insert(need.min(READ_PIECE))) {
+                    Ok(n) => {
+                        bytes_read += n;
+                        reader.notify_read(n);
+                        continue;
                     }
+                    Err(e) => Err(McapError::Io(e)),
                 }
-                continue;
             }
-            Ok(LinearReadEvent::Record { opcode, data }) => mcap::parse_record(opcode, data),
+            Ok(LinearReadEvent::Record { opcode, data }) => mcap::parse_record(opcode, data).and_then(|r| bag.add(r)),
             Err(e) => Err(e),
         };
-        let record = match record {
-            Ok(record) => record,
-            Err(e) if records == 0 => {
+        if let Err(e) = added {
+            // Too short to hold the magic, or another format's bytes where it should be; past
+            // the magic, an error is damage to an MCAP file.
+            if bytes_read < mcap::MAGIC.len() || matches!(e, McapError::BadMagic) {
                 return Err(BagError::Open {
                     path: path.to_owned(),
                     message: format!("not an MCAP file: {e}"),
-                })
-            }
-            Err(e) => {
-                out.read_error = Some(stopped(path, out.messages.len(), e));
-                break;
-            }
-        };
-        records += 1;
-        match record {
-            Record::Schema { header, .. } => {
-                schemas.insert(header.id, header.name);
-            }
-            Record::Channel(channel) => {
-                let type_name = schemas.get(&channel.schema_id).cloned().unwrap_or_default();
-                let topic = (channel.topic, type_name);
-                let index = out.topics.iter().position(|t| *t == topic).unwrap_or_else(|| {
-                    out.topics.push(topic);
-                    out.topics.len() - 1
                 });
-                channels.insert(channel.id, index);
+            }
+            bag.out.read_error = Some(stopped(path, bag.out.messages.len(), e));
+            break;
+        }
+    }
+    Ok(bag.out)
+}
+
+/// `file.read`, again when a signal interrupted it.
+fn read_retrying(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match file.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            read => return read,
+        }
+    }
+}
+
+/// An MCAP file's records collected into a bag: mcap's checks on schemas and channels (no
+/// schema id 0, no redefinition that differs, no channel before its schema), and each channel's
+/// topic in `topics`.
+#[derive(Default)]
+struct McapRecords {
+    channels: ChannelAccumulator<'static>,
+    /// Channel id → index into out.topics.
+    topic_of: HashMap<u16, usize>,
+    out: BagContents,
+}
+
+impl McapRecords {
+    fn add(&mut self, record: Record) -> Result<(), McapError> {
+        match record {
+            Record::Schema { header, data } => self.channels.add_schema_from_slice(header, &data)?,
+            Record::Channel(channel) => {
+                let id = channel.id;
+                self.channels.add_channel(channel)?;
+                let channel = self.channels.get(id).expect("the channel just added");
+                let type_name = channel.schema.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+                let index = self.out.add_topic(&channel.topic, type_name);
+                self.topic_of.insert(id, index);
             }
             Record::Message { header, data } => {
-                let Some(&index) = channels.get(&header.channel_id) else {
-                    let e = format!(
-                        "message on channel {}, which no channel record declared",
-                        header.channel_id
-                    );
-                    out.read_error = Some(stopped(path, out.messages.len(), e));
-                    break;
-                };
-                let (topic, type_name) = out.topics[index].clone();
-                out.messages.push(BagMessage {
+                let &index = self
+                    .topic_of
+                    .get(&header.channel_id)
+                    .ok_or(McapError::UnknownChannel(header.sequence, header.channel_id))?;
+                let (topic, type_name) = self.out.topics[index].clone();
+                self.out.messages.push(BagMessage {
                     topic,
                     type_name,
                     log_time_ns: header.log_time as i64,
@@ -218,8 +257,8 @@ fn read_mcap(path: &Path) -> Result<BagContents, BagError> {
             }
             _ => {}
         }
+        Ok(())
     }
-    Ok(out)
 }
 
 fn read_sqlite(path: &Path) -> Result<BagContents, BagError> {
@@ -266,4 +305,113 @@ fn read_sqlite(path: &Path) -> Result<BagContents, BagError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn string(s: &str) -> Vec<u8> {
+        let mut b = (s.len() as u32).to_le_bytes().to_vec();
+        b.extend(s.as_bytes());
+        b
+    }
+
+    fn record(opcode: u8, body: Vec<u8>) -> Vec<u8> {
+        let mut r = vec![opcode];
+        r.extend((body.len() as u64).to_le_bytes());
+        r.extend(body);
+        r
+    }
+
+    fn schema(id: u16, name: &str) -> Vec<u8> {
+        let mut b = id.to_le_bytes().to_vec();
+        b.extend(string(name));
+        b.extend(string("ros2msg"));
+        b.extend(0u32.to_le_bytes());
+        record(0x03, b)
+    }
+
+    fn channel(id: u16, schema_id: u16, topic: &str) -> Vec<u8> {
+        let mut b = id.to_le_bytes().to_vec();
+        b.extend(schema_id.to_le_bytes());
+        b.extend(string(topic));
+        b.extend(string("cdr"));
+        b.extend(0u32.to_le_bytes()); // no metadata
+        record(0x04, b)
+    }
+
+    fn message(channel_id: u16) -> Vec<u8> {
+        let mut b = channel_id.to_le_bytes().to_vec();
+        b.extend(0u32.to_le_bytes());
+        b.extend([0u8; 16]);
+        b.extend([1, 2, 3]);
+        record(0x05, b)
+    }
+
+    /// A file of `records` between a Header record and an empty Footer, read back.
+    fn read(name: &str, records: &[Vec<u8>]) -> BagContents {
+        let mut bytes = mcap::MAGIC.to_vec();
+        bytes.extend(record(0x01, [string(""), string("")].concat()));
+        bytes.extend(records.concat());
+        bytes.extend(record(0x02, vec![0; 20]));
+        bytes.extend(mcap::MAGIC);
+        let path = std::env::temp_dir().join(format!("df_planner_bag_{}_{name}.mcap", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        let bag = read_mcap(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        bag
+    }
+
+    #[test]
+    fn a_channel_redefined_or_a_schema_id_0_is_damage() {
+        let redefined = read(
+            "redefined",
+            &[
+                schema(1, "a/msg/A"),
+                channel(1, 1, "/a"),
+                message(1),
+                channel(1, 1, "/b"),
+                message(1),
+            ],
+        );
+        assert_eq!(redefined.messages.len(), 1);
+        let damage = redefined.read_error.unwrap();
+        assert!(
+            damage.contains("stopped after 1 messages") && damage.contains("/b"),
+            "{damage}"
+        );
+
+        let zero = read("schema_zero", &[schema(0, "a/msg/A"), channel(1, 0, "/a"), message(1)]);
+        assert!(zero.messages.is_empty());
+        assert!(zero.read_error.is_some());
+    }
+
+    #[test]
+    fn a_topic_is_listed_once_with_the_type_a_channel_gives_it() {
+        let bag = read(
+            "two_channels",
+            &[
+                channel(1, 0, "/a"),
+                schema(1, "a/msg/A"),
+                channel(2, 1, "/a"),
+                message(1),
+                message(2),
+            ],
+        );
+        assert_eq!(bag.topics, [("/a".to_string(), "a/msg/A".to_string())]);
+        assert_eq!(bag.messages.len(), 2);
+        assert!(bag.read_error.is_none(), "{:?}", bag.read_error);
+    }
+
+    #[test]
+    fn a_file_cut_inside_its_first_record_is_truncated_not_foreign() {
+        let mut bytes = mcap::MAGIC.to_vec();
+        bytes.extend(&record(0x01, [string(""), string("")].concat())[..5]);
+        let path = std::env::temp_dir().join(format!("df_planner_bag_{}_cut.mcap", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        let bag = read_mcap(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(bag.read_error.unwrap().contains("stopped after 0 messages"));
+    }
 }

@@ -17,10 +17,10 @@ pub use bag::{read_bag, BagContents, BagError, BagMessage};
 pub use writer::McapSink;
 
 use crate::config::NodeConfig;
-use crate::control::{ActionSink, Diagnostics, JointSelection, LatencySummary, OfflineLoop};
+use crate::control::{ActionSink, Diagnostics, LatencySummary, OfflineLoop};
 use crate::frames::ImageView;
 use crate::msgs;
-use crate::node::{camera_rings, offline_loop, planner, NodeError};
+use crate::node::{camera_rings, joint_selection, offline_loop, planner, NodeError};
 
 #[derive(Debug, Error)]
 pub enum ReplayError {
@@ -160,7 +160,7 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
     let mut topics: BTreeMap<String, TopicCount> = BTreeMap::new();
     let mut recorded: Vec<(i64, Vec<f64>)> = Vec::new();
     let mut last_state_stamp = i64::MIN;
-    let joints = JointSelection::new(&cfg.topics.state_joints);
+    let joints = joint_selection(cfg, lp.contract())?;
     let start = Instant::now();
     let first_ns = bag
         .messages
