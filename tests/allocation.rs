@@ -5,7 +5,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use df_planner::msgs::{from_cdr, to_cdr, Header, Image, Time};
+use df_planner::msgs::{from_cdr, to_cdr, Header, Image};
 use df_planner::replay::read_bag;
 
 struct Tracking;
@@ -72,17 +72,20 @@ fn measure<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
 
 #[test]
 fn a_corrupt_length_is_an_error_that_allocates_at_most_a_mebibyte() {
+    let header = Header {
+        frame_id: "cam".into(),
+        ..Header::default()
+    };
+    let (height, width, step) = (1, 2, 6);
+    let (encoding, data) = ("rgb8".into(), vec![7; 6]);
     let bytes = to_cdr(&Image {
-        header: Header {
-            stamp: Time::from_ns(7),
-            frame_id: "cam".into(),
-        },
-        height: 1,
-        width: 2,
-        encoding: "rgb8".into(),
+        header,
+        height,
+        width,
+        encoding,
         is_bigendian: 0,
-        step: 6,
-        data: vec![1, 2, 3, 4, 5, 6],
+        step,
+        data,
     });
     // The frame_id length (after the 4-byte header and the 8-byte stamp), then the data length
     // (the last 4 bytes before the 6 data bytes), set to nearly 4 GiB.
