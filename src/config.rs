@@ -220,7 +220,8 @@ pub struct TopicsSection {
     /// sensor_msgs/JointState input: the observation is position then velocity.
     pub state: String,
     /// The state's joints by name, in the model's observation order; other joints in the
-    /// message are ignored. Empty: every joint, in the message's order.
+    /// message are ignored; a message without one of them, or naming one twice, is rejected.
+    /// Empty: every joint, in the message's order.
     pub state_joints: Vec<String>,
     /// Action output.
     pub action: String,

@@ -444,7 +444,7 @@ fn state_joints_read_the_state_by_name_and_a_missing_joint_is_counted() {
     let (reason, count) = states.skipped.iter().next().unwrap();
     assert_eq!(*count, states.read);
     assert!(
-        reason.starts_with(r#"no joint "wrist" (topics.state_joints) among the message's names ["joint0", "joint1"]"#),
+        reason.starts_with(r#"joint "wrist" (topics.state_joints) not named exactly once among the message's names ["joint0", "joint1"]"#),
         "{reason}"
     );
     assert_eq!(s.diagnostics.plans, 0);

@@ -51,8 +51,8 @@ pub enum StateRejected {
     Counts { positions: usize, velocities: usize },
     #[error("{names} names for {positions} positions: topics.state_joints reads joints by name")]
     Names { names: usize, positions: usize },
-    #[error("no joint {joint:?} (topics.state_joints) among the message's names {present:?}")]
-    MissingJoint { joint: String, present: Vec<String> },
+    #[error("joint {joint:?} (topics.state_joints) not named exactly once among the message's names {present:?}")]
+    Joint { joint: String, present: Vec<String> },
 }
 
 /// The joints of a `sensor_msgs/JointState` that make the state, by name in the model's order
@@ -129,8 +129,10 @@ impl JointSelection {
             velocity: [0.0; MAX_JOINTS],
         };
         for (k, joint) in self.names.iter().enumerate() {
-            let Some(i) = names.iter().position(|n| n == joint) else {
-                return Err(StateRejected::MissingJoint {
+            let mut found = names.iter().enumerate().filter(|(_, n)| *n == joint).map(|(i, _)| i);
+            let (Some(i), None) = (found.next(), found.next()) else {
+                // Missing, or named twice: which of two positions is the joint's is unknowable.
+                return Err(StateRejected::Joint {
                     joint: joint.clone(),
                     present: names.to_vec(),
                 });
@@ -195,8 +197,11 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#"no joint "ee_z" (topics.state_joints) among the message's names ["ee_x", "ee_y"]"#
+            r#"joint "ee_z" (topics.state_joints) not named exactly once among the message's names ["ee_x", "ee_y"]"#
         );
+        let twice = names(&["ee_z", "ee_x", "ee_z"]);
+        let err = selection.sample(0, &twice, &[1.0, 2.0, 3.0], &[]).unwrap_err();
+        assert!(matches!(err, StateRejected::Joint { joint, .. } if joint == "ee_z"));
         let err = selection.sample(0, &[], &[1.0, 2.0], &[]).unwrap_err();
         assert_eq!(
             err.to_string(),
