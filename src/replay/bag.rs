@@ -22,12 +22,10 @@ pub enum BagError {
     UnknownFormat { path: PathBuf },
 }
 
-/// One serialized message from a bag.
+/// One serialized message from a bag (its topic's type is in `BagContents::topics`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BagMessage {
     pub topic: String,
-    /// ROS type, e.g. `sensor_msgs/msg/Image`.
-    pub type_name: String,
     pub log_time_ns: i64,
     pub data: Vec<u8>,
 }
@@ -247,10 +245,8 @@ impl McapRecords {
                     .topic_of
                     .get(&header.channel_id)
                     .ok_or(McapError::UnknownChannel(header.sequence, header.channel_id))?;
-                let (topic, type_name) = self.out.topics[index].clone();
                 self.out.messages.push(BagMessage {
-                    topic,
-                    type_name,
+                    topic: self.out.topics[index].0.clone(),
                     log_time_ns: header.log_time as i64,
                     data: data.into_owned(),
                 });
@@ -281,7 +277,7 @@ fn read_sqlite(path: &Path) -> Result<BagContents, BagError> {
         .map_err(open_err)?;
     let mut stmt = db
         .prepare(
-            "SELECT topics.name, topics.type, messages.timestamp, messages.data FROM messages \
+            "SELECT topics.name, messages.timestamp, messages.data FROM messages \
              JOIN topics ON messages.topic_id = topics.id ORDER BY messages.id",
         )
         .map_err(open_err)?;
@@ -289,9 +285,8 @@ fn read_sqlite(path: &Path) -> Result<BagContents, BagError> {
         .query_map([], |r| {
             Ok(BagMessage {
                 topic: r.get(0)?,
-                type_name: r.get(1)?,
-                log_time_ns: r.get(2)?,
-                data: r.get(3)?,
+                log_time_ns: r.get(1)?,
+                data: r.get(2)?,
             })
         })
         .map_err(open_err)?;
