@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use df_planner::msgs::{from_cdr, to_cdr, Header, Image};
-use df_planner::replay::read_bag;
+use df_planner::replay::{read_bag, read_bag_topics};
 
 struct Tracking;
 
@@ -109,18 +109,19 @@ fn temp_file(name: &str) -> std::path::PathBuf {
 }
 
 #[test]
-fn an_mcap_bag_is_held_once() {
+fn an_mcap_bag_is_held_once_and_only_the_kept_topics() {
     const MESSAGES: usize = 16;
     const SIZE: usize = 1 << 20;
-    let path = temp_file("sixteen_mebibytes.mcap");
+    let path = temp_file("two_topics.mcap");
     let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
     // Unchunked: the file's bytes are the messages' bytes, nothing compressed.
     let mut w = mcap::WriteOptions::new().use_chunks(false).create(file).unwrap();
     let schema = w.add_schema("sensor_msgs/msg/Image", "ros2msg", b"").unwrap();
-    let channel = w.add_channel(schema, "/cam", "cdr", &Default::default()).unwrap();
-    for k in 0..MESSAGES {
+    let camera = w.add_channel(schema, "/cam", "cdr", &Default::default()).unwrap();
+    let other = w.add_channel(schema, "/other_cam", "cdr", &Default::default()).unwrap();
+    for k in 0..2 * MESSAGES {
         let header = mcap::records::MessageHeader {
-            channel_id: channel,
+            channel_id: if k % 2 == 0 { camera } else { other },
             sequence: k as u32,
             log_time: k as u64,
             publish_time: k as u64,
@@ -130,12 +131,24 @@ fn an_mcap_bag_is_held_once() {
     w.finish().unwrap();
     drop(w);
 
-    let (bag, _, peak) = measure(|| read_bag(&path).unwrap());
+    let (all, _, peak_all) = measure(|| read_bag(&path).unwrap());
+    assert_eq!(all.messages.len(), 2 * MESSAGES);
+    drop(all);
+    let (camera_only, _, peak_camera) = measure(|| read_bag_topics(&path, &|topic| topic == "/cam").unwrap());
     std::fs::remove_file(&path).unwrap();
-    assert_eq!(bag.messages.len(), MESSAGES);
-    let held = MESSAGES * SIZE;
+    assert_eq!(camera_only.messages.len(), MESSAGES);
+    assert!(camera_only.messages.iter().all(|m| m.topic == "/cam"));
+    assert_eq!(camera_only.topics.len(), 2, "every topic is listed");
     // The messages plus a record's worth of read buffer; the whole file again would be 2x.
-    assert!(peak < held + held / 4, "peak {peak} bytes for {held} bytes of messages");
+    let (held_all, held_camera) = (2 * MESSAGES * SIZE, MESSAGES * SIZE);
+    assert!(
+        peak_all < held_all + held_all / 8,
+        "peak {peak_all} bytes for {held_all} bytes of messages"
+    );
+    assert!(
+        peak_camera < held_camera + held_camera / 4,
+        "peak {peak_camera} bytes for {held_camera} bytes kept"
+    );
 }
 
 /// The MCAP magic and an empty Header record, then `records`.

@@ -450,3 +450,15 @@ fn state_joints_read_the_state_by_name_and_a_missing_joint_is_counted() {
     assert_eq!(s.diagnostics.plans, 0);
     assert_eq!(s.diagnostics.hold + s.diagnostics.stop, s.ticks);
 }
+
+#[test]
+fn only_the_kept_topics_messages_are_held_in_both_formats() {
+    for name in ["pointmass_mcap", "pointmass_sqlite3"] {
+        let all = df_planner::replay::read_bag(&bag(name)).unwrap();
+        let kept = df_planner::replay::read_bag_topics(&bag(name), &|topic| topic == "/joint_states").unwrap();
+        assert_eq!(kept.topics, all.topics, "{name}: every topic is listed");
+        let states: Vec<_> = all.messages.iter().filter(|m| m.topic == "/joint_states").collect();
+        assert_eq!(kept.messages.iter().collect::<Vec<_>>(), states, "{name}");
+        assert!(states.len() < all.messages.len(), "{name}: the bag has other topics");
+    }
+}

@@ -43,12 +43,18 @@ pub struct BagContents {
 /// Read a `.mcap` or `.db3` file, or a rosbag2 folder: every storage file of a split bag
 /// (`--max-bag-size` / `--max-bag-duration`), in the order of its metadata.yaml.
 pub fn read_bag(path: &Path) -> Result<BagContents, BagError> {
+    read_bag_topics(path, &|_| true)
+}
+
+/// `read_bag` holding only the messages of the topics `keep` accepts (replay: the configured
+/// inputs, not a bag's point clouds and other cameras); `topics` still lists every topic.
+pub fn read_bag_topics(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<BagContents, BagError> {
     if !path.is_dir() {
-        return read_file(path);
+        return read_file(path, keep);
     }
     let mut all: Option<BagContents> = None;
     for file in storage_files(path)? {
-        let part = read_file(&file)?;
+        let part = read_file(&file, keep)?;
         match all.as_mut() {
             None => all = Some(part),
             Some(all) if all.storage != part.storage => {
@@ -63,10 +69,10 @@ pub fn read_bag(path: &Path) -> Result<BagContents, BagError> {
     all.ok_or_else(|| BagError::NoStorage { path: path.to_owned() })
 }
 
-fn read_file(file: &Path) -> Result<BagContents, BagError> {
+fn read_file(file: &Path, keep: &dyn Fn(&str) -> bool) -> Result<BagContents, BagError> {
     match file.extension().and_then(|e| e.to_str()) {
-        Some("mcap") => read_mcap(file),
-        Some("db3") => read_sqlite(file),
+        Some("mcap") => read_mcap(file, keep),
+        Some("db3") => read_sqlite(file, keep),
         _ => Err(BagError::UnknownFormat { path: file.to_owned() }),
     }
 }
@@ -159,7 +165,7 @@ const MAX_RECORD: usize = 512 << 20;
 /// The records in file order (chunks unpacked), so a channel declared before a break is listed
 /// even when none of its messages made it, and a complete file's channels without messages too.
 /// The file is read in pieces: only the messages are held, not the file as well.
-fn read_mcap(path: &Path) -> Result<BagContents, BagError> {
+fn read_mcap(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<BagContents, BagError> {
     let mut file = std::fs::File::open(path).map_err(|e| BagError::Open {
         path: path.to_owned(),
         message: e.to_string(),
@@ -188,7 +194,9 @@ fn read_mcap(path: &Path) -> Result<BagContents, BagError> {
                     Err(e) => Err(McapError::Io(e)),
                 }
             }
-            Ok(LinearReadEvent::Record { opcode, data }) => mcap::parse_record(opcode, data).and_then(|r| bag.add(r)),
+            Ok(LinearReadEvent::Record { opcode, data }) => {
+                mcap::parse_record(opcode, data).and_then(|r| bag.add(r, keep))
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = added {
@@ -200,7 +208,7 @@ fn read_mcap(path: &Path) -> Result<BagContents, BagError> {
                     message: format!("not an MCAP file: {e}"),
                 });
             }
-            bag.out.read_error = Some(stopped(path, bag.out.messages.len(), e));
+            bag.out.read_error = Some(stopped(path, bag.messages_read, e));
             break;
         }
     }
@@ -223,13 +231,15 @@ fn read_retrying(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<us
 #[derive(Default)]
 struct McapRecords {
     channels: ChannelAccumulator<'static>,
-    /// Channel id → index into out.topics.
-    topic_of: HashMap<u16, usize>,
+    /// Channel id → index into out.topics, and whether its messages are kept.
+    topic_of: HashMap<u16, (usize, bool)>,
+    /// On every topic, kept or not.
+    messages_read: usize,
     out: BagContents,
 }
 
 impl McapRecords {
-    fn add(&mut self, record: Record) -> Result<(), McapError> {
+    fn add(&mut self, record: Record, keep: &dyn Fn(&str) -> bool) -> Result<(), McapError> {
         match record {
             Record::Schema { header, data } => self.channels.add_schema_from_slice(header, &data)?,
             Record::Channel(channel) => {
@@ -238,13 +248,17 @@ impl McapRecords {
                 let channel = self.channels.get(id).expect("the channel just added");
                 let type_name = channel.schema.as_ref().map(|s| s.name.clone()).unwrap_or_default();
                 let index = self.out.add_topic(&channel.topic, type_name);
-                self.topic_of.insert(id, index);
+                self.topic_of.insert(id, (index, keep(&channel.topic)));
             }
             Record::Message { header, data } => {
-                let &index = self
+                let &(index, kept) = self
                     .topic_of
                     .get(&header.channel_id)
                     .ok_or(McapError::UnknownChannel(header.sequence, header.channel_id))?;
+                self.messages_read += 1;
+                if !kept {
+                    return Ok(());
+                }
                 self.out.messages.push(BagMessage {
                     topic: self.out.topics[index].0.clone(),
                     log_time_ns: header.log_time as i64,
@@ -257,7 +271,7 @@ impl McapRecords {
     }
 }
 
-fn read_sqlite(path: &Path) -> Result<BagContents, BagError> {
+fn read_sqlite(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<BagContents, BagError> {
     let open_err = |e: rusqlite::Error| BagError::Open {
         path: path.to_owned(),
         message: e.to_string(),
@@ -283,18 +297,24 @@ fn read_sqlite(path: &Path) -> Result<BagContents, BagError> {
         .map_err(open_err)?;
     let rows = stmt
         .query_map([], |r| {
-            Ok(BagMessage {
-                topic: r.get(0)?,
+            let topic: String = r.get(0)?;
+            // The data of a message not kept is never read out of the database.
+            if !keep(&topic) {
+                return Ok(None);
+            }
+            Ok(Some(BagMessage {
+                topic,
                 log_time_ns: r.get(1)?,
                 data: r.get(2)?,
-            })
+            }))
         })
         .map_err(open_err)?;
-    for row in rows {
+    for (read, row) in rows.enumerate() {
         match row {
-            Ok(m) => out.messages.push(m),
+            Ok(Some(m)) => out.messages.push(m),
+            Ok(None) => {}
             Err(e) => {
-                out.read_error = Some(stopped(path, out.messages.len(), e));
+                out.read_error = Some(stopped(path, read, e));
                 break;
             }
         }
@@ -353,7 +373,7 @@ mod tests {
         bytes.extend(mcap::MAGIC);
         let path = std::env::temp_dir().join(format!("df_planner_bag_{}_{name}.mcap", std::process::id()));
         std::fs::write(&path, bytes).unwrap();
-        let bag = read_mcap(&path).unwrap();
+        let bag = read_mcap(&path, &|_| true).unwrap();
         std::fs::remove_file(&path).unwrap();
         bag
     }
@@ -405,7 +425,7 @@ mod tests {
         bytes.extend(&record(0x01, [string(""), string("")].concat())[..5]);
         let path = std::env::temp_dir().join(format!("df_planner_bag_{}_cut.mcap", std::process::id()));
         std::fs::write(&path, bytes).unwrap();
-        let bag = read_mcap(&path).unwrap();
+        let bag = read_mcap(&path, &|_| true).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert!(bag.read_error.unwrap().contains("stopped after 0 messages"));
     }

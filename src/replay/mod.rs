@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde::Serialize;
 use thiserror::Error;
 
-pub use bag::{read_bag, BagContents, BagError, BagMessage};
+pub use bag::{read_bag, read_bag_topics, BagContents, BagError, BagMessage};
 pub use writer::McapSink;
 
 use crate::config::NodeConfig;
@@ -100,20 +100,26 @@ const JOINT_STATE: &str = "sensor_msgs/msg/JointState";
 const ARRAY: &str = "std_msgs/msg/Float64MultiArray";
 
 pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) -> Result<ReplaySummary, ReplayError> {
-    let mut bag = read_bag(bag_path)?;
+    let mut lp = build_loop(cfg)?;
+    let camera_model = lp.has_cameras();
+    let rings = camera_rings(cfg, lp.contract())?;
+    let t = &cfg.topics;
+    // Only the inputs' messages are held; a bag's other topics can be most of its bytes.
+    let inputs: Vec<&str> = [t.state.as_str()]
+        .into_iter()
+        .chain(rings.iter().map(|r| r.topic.as_str()))
+        .chain(t.recorded_action.as_deref())
+        .collect();
+    let mut bag = read_bag_topics(bag_path, &|topic| inputs.contains(&topic))?;
     if let Some(e) = &bag.read_error {
         tracing::warn!(error = %e, "bag ends early; replaying the messages read before the damage");
     }
-    let t = &cfg.topics;
     let available = bag
         .topics
         .iter()
         .map(|(t, ty)| format!("{t} [{ty}]"))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut lp = build_loop(cfg)?;
-    let camera_model = lp.has_cameras();
-    let rings = camera_rings(cfg, lp.contract())?;
     let mut wanted: Vec<(Input, String, &str, &'static str)> =
         vec![(Input::State, "topics.state".into(), &t.state, JOINT_STATE)];
     for (i, ring) in rings.iter().enumerate() {
