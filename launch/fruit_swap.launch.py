@@ -2,7 +2,7 @@
 
 The node's behaviour is set by its YAML (config/fruit_swap.yaml, documented field by field
 there and in src/config.rs): the camera model with memory, its two cameras (front and wrist,
-rgb8 32x32, checked against the model's contract), the end-effector state, the commanded
+32x32 per the model's contract; larger images are averaged down), the end-effector state, the commanded
 target and the safety limits. The launch arguments choose the YAML, remap the arm's topics onto
 the ones the model was trained with, and set the clock and logging.
 """
@@ -26,10 +26,12 @@ def generate_launch_description():
                         "camera and state timeouts), camera (required, ring capacity), topics."),
         DeclareLaunchArgument(
             "front_camera", default_value="/camera/front/image_raw",
-            description="The arm's front camera (sensor_msgs/Image, rgb8 32x32), remapped onto the model's front topic."),
+            description="The arm's front camera (sensor_msgs/Image: rgb8, bgr8, rgba8, bgra8 or mono8; a larger image is "
+                        "centre-cropped to square and averaged down to 32x32, camera.resize: area), remapped onto the model's front topic."),
         DeclareLaunchArgument(
             "wrist_camera", default_value="/camera/wrist/image_raw",
-            description="The arm's wrist camera (sensor_msgs/Image, rgb8 32x32), remapped onto the model's wrist topic."),
+            description="The arm's wrist camera (sensor_msgs/Image: rgb8, bgr8, rgba8, bgra8 or mono8; a larger image is "
+                        "centre-cropped to square and averaged down to 32x32, camera.resize: area), remapped onto the model's wrist topic."),
         DeclareLaunchArgument(
             "ee_state", default_value="/ee_state",
             description="End-effector state (sensor_msgs/JointState with joints named ee_x, ee_y, ee_z, gripper: "

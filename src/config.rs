@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use crate::control::JointSelection;
 use crate::diffusion::{GuidanceForm, MatrixKind};
+use crate::frames::Resize;
 use crate::model::RuntimeConfig;
 use crate::planner::{GoalRewardConfig, McgForm};
 
@@ -184,6 +185,9 @@ pub struct CameraSection {
     pub height: u32,
     /// Frames the ring buffer holds between the camera callback and the planner.
     pub ring_capacity: usize,
+    /// An image of another size than the model's: `exact` rejects it (counted), `area` crops
+    /// its centre to the model's aspect ratio and averages it down (or repeats it up).
+    pub resize: Resize,
     /// Camera models: the topic of each camera role (`front: /arm/front/image_raw`), where it
     /// is not the one the model was trained with (its contract's `cameras.inputs[].topic`).
     pub topics: std::collections::BTreeMap<String, String>,
@@ -196,6 +200,7 @@ impl Default for CameraSection {
             width: 32,
             height: 32,
             ring_capacity: 4,
+            resize: Resize::Exact,
             topics: Default::default(),
         }
     }

@@ -156,6 +156,7 @@ pub fn camera_rings(cfg: &NodeConfig, contract: &ModelContract) -> Result<Vec<Ca
             width: cfg.camera.width,
             height: cfg.camera.height,
             capacity,
+            resize: cfg.camera.resize,
         }]);
     };
     let roles: Vec<&str> = cameras.inputs.iter().map(|c| c.role.as_str()).collect();
@@ -181,6 +182,7 @@ pub fn camera_rings(cfg: &NodeConfig, contract: &ModelContract) -> Result<Vec<Ca
             width: c.width,
             height: c.height,
             capacity,
+            resize: cfg.camera.resize,
         })
         .collect())
 }

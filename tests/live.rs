@@ -48,6 +48,7 @@ fn plans_reach_the_tick_and_every_tick_reaches_the_sink() {
         width: cfg.camera.width,
         height: cfg.camera.height,
         capacity: 2,
+        resize: cfg.camera.resize,
     };
     let (_frames_in, frames) = camera_rings(&[ring]);
     let state = Arc::new(StateCell::default());

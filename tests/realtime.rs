@@ -12,7 +12,7 @@ use df_planner::config::{Fallback, NodeConfig};
 use df_planner::control::live::{Clock, ControlTick};
 use df_planner::control::{ControlCore, ControlParams, Fault, Safety, Source, StateCell, StateSample, TickInputs};
 use df_planner::diffusion::{DenoiseError, Denoiser};
-use df_planner::frames::{camera_rings, CameraRing, ImageView};
+use df_planner::frames::{camera_rings, CameraRing, ImageView, Resize};
 use df_planner::node::planner_settings;
 use df_planner::planner::{DfPlanner, GoalReward, Plan};
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut3};
@@ -107,6 +107,7 @@ fn a_running_control_tick_does_not_allocate() {
         width: 2,
         height: 2,
         capacity: 2,
+        resize: Resize::Exact,
     };
     let (mut frames_in, frames_out) = camera_rings(&[ring]);
     let state = Arc::new(StateCell::default());

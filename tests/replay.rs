@@ -6,6 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use df_planner::config::NodeConfig;
+use df_planner::frames::Resize;
 use df_planner::replay::{replay, ReplayError, ReplaySummary};
 
 fn config() -> NodeConfig {
@@ -313,13 +314,13 @@ fn an_old_bag_whose_metadata_prefixes_its_files_with_the_folder_replays() {
     assert_eq!((bag.storage, bag.messages.len()), ("mcap", 180));
 }
 
-#[test]
-fn two_camera_roles_on_one_topic_both_receive_its_frames() {
+/// A camera-model bag: 30 end-effector states on /ee_state and `width` x `height` rgb8 frames
+/// on one camera topic, /cam, at 10 Hz.
+fn one_camera_bag(name: &str, width: u32, height: u32) -> PathBuf {
     use df_planner::msgs::{to_cdr, Header, Image, JointState, Time};
     use std::collections::BTreeMap;
 
-    // A camera-model bag with one camera topic, mapped to both of the model's camera roles.
-    let path = out("one_camera.mcap");
+    let path = out(name);
     let mut w = mcap::Writer::new(std::io::BufWriter::new(std::fs::File::create(&path).unwrap())).unwrap();
     let mut channel = |topic: &str, ty: &str| {
         // Replay reads the type's name; this test needs no schema text.
@@ -345,12 +346,12 @@ fn two_camera_roles_on_one_topic_both_receive_its_frames() {
         };
         let image = Image {
             header,
-            height: 32,
-            width: 32,
+            height,
+            width,
             encoding: "rgb8".into(),
             is_bigendian: 0,
-            step: 96,
-            data: vec![(k * 8) as u8; 32 * 96],
+            step: 3 * width,
+            data: vec![(k * 8) as u8; (3 * width * height) as usize],
         };
         for (id, data) in [(state, to_cdr(&joints)), (camera, to_cdr(&image))] {
             let header = mcap::records::MessageHeader {
@@ -363,16 +364,48 @@ fn two_camera_roles_on_one_topic_both_receive_its_frames() {
         }
     }
     w.finish().unwrap();
+    path
+}
 
+/// The fruit-swap config with both camera roles on /cam and no recorded actions.
+fn one_camera_config() -> NodeConfig {
     let mut cfg = NodeConfig::load(&common::repo().join("config/fruit_swap.yaml")).unwrap();
     cfg.topics.recorded_action = None;
     cfg.camera.topics = [("front", "/cam"), ("wrist", "/cam")]
         .map(|(role, topic)| (role.to_string(), topic.to_string()))
         .into();
-    let s = run_bag(&cfg, &path, "one_camera_out.mcap").unwrap();
+    cfg
+}
+
+#[test]
+fn two_camera_roles_on_one_topic_both_receive_its_frames() {
+    let path = one_camera_bag("one_camera.mcap", 32, 32);
+    let s = run_bag(&one_camera_config(), &path, "one_camera_out.mcap").unwrap();
     assert_eq!((s.topics["/cam"].read, s.topics["/cam"].used), (30, 30));
     assert_eq!(s.diagnostics.plan_errors, 0, "{:?}", s.last_plan_error);
     assert!(s.diagnostics.plans >= 2);
+}
+
+#[test]
+fn camera_images_of_another_size_are_averaged_down_or_rejected_by_size() {
+    let path = one_camera_bag("vga_camera.mcap", 64, 48);
+    let mut cfg = one_camera_config();
+    assert_eq!(cfg.camera.resize, Resize::Area, "config/fruit_swap.yaml resizes");
+    let s = run_bag(&cfg, &path, "vga_area_out.mcap").unwrap();
+    assert_eq!((s.topics["/cam"].read, s.topics["/cam"].used), (30, 30));
+    assert_eq!(s.diagnostics.plan_errors, 0, "{:?}", s.last_plan_error);
+    assert!(s.diagnostics.plans >= 2);
+
+    cfg.camera.resize = Resize::Exact;
+    let s = run_bag(&cfg, &path, "vga_exact_out.mcap").unwrap();
+    let cam = &s.topics["/cam"];
+    assert_eq!(cam.used, 0);
+    assert_eq!(
+        cam.skipped.get("image size 64x48: expected 32x32"),
+        Some(&30),
+        "{cam:?}"
+    );
+    assert_eq!(s.diagnostics.plans, 0);
 }
 
 #[test]

@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::decode::Resize;
 use super::ring::{frame_ring, FrameReader, FrameStats, FrameStatsSnapshot, FrameWriter};
 
 /// Most cameras one model may see (the planner passes their frames without allocating).
@@ -17,6 +18,7 @@ pub struct CameraRing {
     pub width: u32,
     pub height: u32,
     pub capacity: usize,
+    pub resize: Resize,
 }
 
 /// The reading side of every camera's ring.
@@ -31,7 +33,10 @@ pub struct CameraStats(Vec<Arc<FrameStats>>);
 /// A ring per camera, in the order given; at most `MAX_CAMERAS`.
 pub fn camera_rings(rings: &[CameraRing]) -> (Vec<FrameWriter>, Cameras) {
     assert!(rings.len() <= MAX_CAMERAS, "at most {MAX_CAMERAS} cameras");
-    let (writers, readers) = rings.iter().map(|r| frame_ring(r.capacity, r.width, r.height)).unzip();
+    let (writers, readers) = rings
+        .iter()
+        .map(|r| frame_ring(r.capacity, r.width, r.height, r.resize))
+        .unzip();
     (writers, Cameras { readers })
 }
 
@@ -88,6 +93,7 @@ mod tests {
             width: 1,
             height: 1,
             capacity: 2,
+            resize: Resize::Exact,
         }
     }
 

@@ -58,6 +58,18 @@ impl FromStr for Encoding {
     }
 }
 
+/// What the camera bridge does with an image whose size is not the model's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resize {
+    /// Reject it (counted as `rejected_size`): the camera must publish the model's size.
+    #[default]
+    Exact,
+    /// Crop the centre to the model's aspect ratio, then average each output pixel over its
+    /// box of input pixels (an arm's 640x480 camera into a 32x32 model).
+    Area,
+}
+
 /// A borrowed image message.
 #[derive(Debug, Clone, Copy)]
 pub struct ImageView<'a> {
@@ -89,10 +101,12 @@ impl Frame {
     }
 }
 
-/// Decode into `frame` (its size is the expected size). Nothing is written on error.
-pub fn decode_into(img: &ImageView, frame: &mut Frame) -> Result<(), FrameError> {
+/// Decode into `frame` (its size is the expected size), resized as `resize` says. Nothing is
+/// written on error.
+pub fn decode_into(img: &ImageView, frame: &mut Frame, resize: Resize) -> Result<(), FrameError> {
     let encoding: Encoding = img.encoding.parse()?;
-    if (img.width, img.height) != (frame.width, frame.height) {
+    let same_size = (img.width, img.height) == (frame.width, frame.height);
+    if !same_size && (resize == Resize::Exact || img.width == 0 || img.height == 0) {
         return Err(FrameError::Size {
             width: frame.width,
             height: frame.height,
@@ -117,20 +131,67 @@ pub fn decode_into(img: &ImageView, frame: &mut Frame) -> Result<(), FrameError>
             got: img.data.len(),
         });
     }
-    let w = img.width as usize;
-    for (row, out) in img.data.chunks(img.step as usize).zip(frame.rgb.chunks_mut(w * 3)) {
-        let row = &row[..w * channels as usize];
-        for (px, o) in row.chunks(channels as usize).zip(out.chunks_mut(3)) {
-            let (r, g, b) = match encoding {
-                Encoding::Rgb8 | Encoding::Rgba8 => (px[0], px[1], px[2]),
-                Encoding::Bgr8 | Encoding::Bgra8 => (px[2], px[1], px[0]),
-                Encoding::Mono8 => (px[0], px[0], px[0]),
-            };
-            o.copy_from_slice(&[r, g, b]);
+    let channels = channels as usize;
+    if same_size {
+        let w = img.width as usize;
+        for (row, out) in img.data.chunks(img.step as usize).zip(frame.rgb.chunks_mut(w * 3)) {
+            for (px, o) in row[..w * channels].chunks(channels).zip(out.chunks_mut(3)) {
+                o.copy_from_slice(&encoding.rgb(px));
+            }
         }
+    } else {
+        area_resize(img, encoding, frame);
     }
     frame.stamp_ns = img.stamp_ns;
     Ok(())
+}
+
+impl Encoding {
+    /// One pixel of this encoding as RGB.
+    fn rgb(self, px: &[u8]) -> [u8; 3] {
+        match self {
+            Encoding::Rgb8 | Encoding::Rgba8 => [px[0], px[1], px[2]],
+            Encoding::Bgr8 | Encoding::Bgra8 => [px[2], px[1], px[0]],
+            Encoding::Mono8 => [px[0]; 3],
+        }
+    }
+}
+
+/// `Resize::Area` of a validated, non-empty image: the centred crop of the frame's aspect
+/// ratio, each output pixel the rounded mean of its box (at least one input pixel).
+fn area_resize(img: &ImageView, encoding: Encoding, frame: &mut Frame) {
+    let (sw, sh) = (img.width as usize, img.height as usize);
+    let (dw, dh) = (frame.width as usize, frame.height as usize);
+    // Wider than the frame: crop the sides; taller: crop top and bottom.
+    let (cw, ch) = if sw * dh > sh * dw {
+        ((sh * dw / dh).max(1), sh)
+    } else {
+        (sw, (sw * dh / dw).max(1))
+    };
+    let (x_off, y_off) = ((sw - cw) / 2, (sh - ch) / 2);
+    let span = |i: usize, crop: usize, out: usize, offset: usize| {
+        let start = offset + i * crop / out;
+        start..(offset + (i + 1) * crop / out).max(start + 1)
+    };
+    let (step, channels) = (img.step as usize, encoding.channels() as usize);
+    for (oy, out_row) in frame.rgb.chunks_mut(dw * 3).enumerate() {
+        let rows = span(oy, ch, dh, y_off);
+        for (ox, out) in out_row.chunks_mut(3).enumerate() {
+            let cols = span(ox, cw, dw, x_off);
+            let mut sum = [0u64; 3];
+            for y in rows.clone() {
+                let row = &img.data[y * step..];
+                for x in cols.clone() {
+                    let rgb = encoding.rgb(&row[x * channels..]);
+                    sum.iter_mut().zip(rgb).for_each(|(s, v)| *s += u64::from(v));
+                }
+            }
+            let n = (rows.len() * cols.len()) as u64;
+            for (o, s) in out.iter_mut().zip(sum) {
+                *o = ((s + n / 2) / n) as u8;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -160,7 +221,7 @@ mod tests {
         for (enc, data) in cases {
             let mut f = Frame::new(2, 1);
             let step = data.len() as u32;
-            decode_into(&view(enc, 2, 1, step, &data), &mut f).unwrap();
+            decode_into(&view(enc, 2, 1, step, &data), &mut f, Resize::Exact).unwrap();
             let expected = if enc == "mono8" {
                 vec![9, 9, 9, 8, 8, 8]
             } else {
@@ -174,7 +235,7 @@ mod tests {
     #[test]
     fn row_padding_is_skipped() {
         let mut f = Frame::new(1, 2);
-        decode_into(&view("rgb8", 1, 2, 4, &[1, 2, 3, 0, 4, 5, 6, 0]), &mut f).unwrap();
+        decode_into(&view("rgb8", 1, 2, 4, &[1, 2, 3, 0, 4, 5, 6, 0]), &mut f, Resize::Exact).unwrap();
         assert_eq!(f.rgb, vec![1, 2, 3, 4, 5, 6]);
     }
 
@@ -198,8 +259,48 @@ mod tests {
             ),
         ];
         for (img, msg) in cases {
-            assert_eq!(decode_into(&img, &mut f).unwrap_err().to_string(), msg);
+            assert_eq!(decode_into(&img, &mut f, Resize::Exact).unwrap_err().to_string(), msg);
             assert_eq!(f, before);
         }
+    }
+
+    #[test]
+    fn area_resize_averages_boxes_of_the_centred_crop() {
+        // 4x2 rgb8 -> 2x1: each output pixel is the mean of a 2x2 block.
+        let data: Vec<u8> = [
+            [0, 10, 20],
+            [2, 12, 22],
+            [100, 0, 0],
+            [104, 0, 0],
+            [4, 14, 24],
+            [6, 16, 26],
+            [100, 0, 0],
+            [100, 0, 1],
+        ]
+        .concat();
+        let mut f = Frame::new(2, 1);
+        decode_into(&view("rgb8", 4, 2, 12, &data), &mut f, Resize::Area).unwrap();
+        assert_eq!(f.rgb, [3, 13, 23, 101, 0, 0]);
+        // 6x2 mono8 -> 2x2: a square frame takes the centre 2x2 (columns 2 and 3).
+        let data = [9, 9, 1, 2, 9, 9, 9, 9, 3, 4, 9, 9];
+        let mut f = Frame::new(2, 2);
+        decode_into(&view("mono8", 6, 2, 6, &data), &mut f, Resize::Area).unwrap();
+        assert_eq!(f.rgb, [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]);
+        // Smaller than the frame: each input pixel is repeated.
+        let mut f = Frame::new(2, 2);
+        decode_into(&view("bgr8", 1, 1, 3, &[3, 2, 1]), &mut f, Resize::Area).unwrap();
+        assert_eq!(f.rgb, [1, 2, 3].repeat(4));
+    }
+
+    #[test]
+    fn a_resized_image_is_still_checked_and_an_empty_one_rejected() {
+        let mut f = Frame::new(2, 2);
+        let err = decode_into(&view("rgb8", 0, 0, 0, &[]), &mut f, Resize::Area).unwrap_err();
+        assert_eq!(err.to_string(), "image size 0x0: expected 2x2");
+        let err = decode_into(&view("rgb8", 4, 4, 12, &[0; 47]), &mut f, Resize::Area).unwrap_err();
+        assert_eq!(err.to_string(), "image data: 47 bytes, expected step x height = 48");
+        let err = decode_into(&view("rgb8", 4, 4, 12, &[0; 48]), &mut f, Resize::Exact).unwrap_err();
+        assert_eq!(err.to_string(), "image size 4x4: expected 2x2");
+        assert_eq!(f.stamp_ns, i64::MIN, "nothing written on error");
     }
 }

@@ -7,5 +7,5 @@ mod decode;
 mod ring;
 
 pub use cameras::{camera_rings, CameraRing, CameraStats, Cameras, MAX_CAMERAS};
-pub use decode::{decode_into, Encoding, Frame, FrameError, ImageView};
+pub use decode::{decode_into, Encoding, Frame, FrameError, ImageView, Resize};
 pub use ring::{frame_ring, FrameReader, FrameStats, FrameStatsSnapshot, FrameWriter};

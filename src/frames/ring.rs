@@ -12,7 +12,7 @@ use std::sync::Arc;
 use ringbuf::traits::{Consumer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 
-use super::decode::{decode_into, Frame, FrameError, ImageView};
+use super::decode::{decode_into, Frame, FrameError, ImageView, Resize};
 
 /// Counters shared by writer and reader. Every frame received ends up counted once as
 /// delivered (handed to the planner), superseded (replaced by a newer one before the planner
@@ -95,6 +95,7 @@ pub struct FrameWriter {
     /// frame leaves the pool.
     spare: Option<Box<Frame>>,
     last_stamp_ns: Option<i64>,
+    resize: Resize,
     stats: Arc<FrameStats>,
 }
 
@@ -107,8 +108,9 @@ pub struct FrameReader {
     stats: Arc<FrameStats>,
 }
 
-/// A ring holding up to `capacity` undelivered frames of `width` x `height`.
-pub fn frame_ring(capacity: usize, width: u32, height: u32) -> (FrameWriter, FrameReader) {
+/// A ring holding up to `capacity` undelivered frames of `width` x `height`, images of other
+/// sizes resized as `resize` says.
+pub fn frame_ring(capacity: usize, width: u32, height: u32, resize: Resize) -> (FrameWriter, FrameReader) {
     // capacity in flight + the reader's current frame + the one being written.
     let pool = capacity + 2;
     let (mut free_prod, free_cons) = HeapRb::<Box<Frame>>::new(pool).split();
@@ -126,6 +128,7 @@ pub fn frame_ring(capacity: usize, width: u32, height: u32) -> (FrameWriter, Fra
             filled: filled_prod,
             spare: None,
             last_stamp_ns: None,
+            resize,
             stats: stats.clone(),
         },
         FrameReader {
@@ -166,7 +169,7 @@ impl FrameWriter {
             s.dropped_full.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         };
-        if let Err(e) = decode_into(img, frame) {
+        if let Err(e) = decode_into(img, frame, self.resize) {
             let counter = match e {
                 FrameError::Encoding { .. } => &s.rejected_encoding,
                 FrameError::Size { .. } => &s.rejected_size,
@@ -237,7 +240,7 @@ mod tests {
 
     #[test]
     fn newest_wins_and_older_frames_are_counted_as_superseded() {
-        let (mut w, mut r) = frame_ring(4, 2, 2);
+        let (mut w, mut r) = frame_ring(4, 2, 2, Resize::Exact);
         let mut buf = Vec::new();
         assert!(r.latest().is_none());
         for i in 0..3 {
@@ -253,7 +256,7 @@ mod tests {
 
     #[test]
     fn a_stalled_reader_drops_incoming_frames_and_the_pool_survives() {
-        let (mut w, mut r) = frame_ring(2, 2, 2);
+        let (mut w, mut r) = frame_ring(2, 2, 2, Resize::Exact);
         let mut buf = Vec::new();
         for i in 0..10 {
             w.write(&img(i, 0, &mut buf)).unwrap();
@@ -271,7 +274,7 @@ mod tests {
 
     #[test]
     fn rejected_frames_are_counted_by_kind_and_lose_no_buffer() {
-        let (mut w, mut r) = frame_ring(1, 2, 2);
+        let (mut w, mut r) = frame_ring(1, 2, 2, Resize::Exact);
         let mut buf = Vec::new();
         w.write(&img(5, 0, &mut buf)).unwrap();
         assert!(matches!(
@@ -339,7 +342,7 @@ mod tests {
 
     #[test]
     fn a_clock_that_jumps_back_starts_over_instead_of_locking_the_camera_out() {
-        let (mut w, mut r) = frame_ring(2, 2, 2);
+        let (mut w, mut r) = frame_ring(2, 2, 2, Resize::Exact);
         let mut buf = Vec::new();
         let s = 1_000_000_000;
         // One frame stamped an hour ahead (or a simulator reset after it): the frames after
