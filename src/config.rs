@@ -180,7 +180,7 @@ pub struct CameraSection {
     /// Whether planning needs camera frames (a stale camera is then a fault).
     pub required: bool,
     /// Expected image size for a model without camera inputs (a camera model's contract gives
-    /// its own); other sizes are rejected and counted.
+    /// its own); other sizes are rejected and counted, unless `resize` is `area`.
     pub width: u32,
     pub height: u32,
     /// Frames the ring buffer holds between the camera callback and the planner.

@@ -58,7 +58,8 @@ enum Command {
     /// Run as a ROS 2 node (needs a build with `--features ros` in a sourced ROS 2 workspace).
     ///
     /// Subscribes sensor_msgs/Image on topics.image (rgb8, bgr8, rgba8, bgra8, mono8; other
-    /// encodings and sizes are rejected and counted) and sensor_msgs/JointState on
+    /// encodings are rejected and counted, other sizes too unless camera.resize is area) and
+    /// sensor_msgs/JointState on
     /// topics.state (positions then velocities form the observation). Publishes one action per
     /// control tick on topics.action as topics.action_type (float64_multi_array,
     /// joint_trajectory: the rest of the plan ending at rest, or pose_stamped), each plan's
@@ -554,7 +555,7 @@ fn replay(a: ReplayArgs) -> Result<()> {
     if s.reordered_by_log_time > 0 {
         writeln!(
             out,
-            "reordered    {} messages were out of log-time order in storage",
+            "reordered    {} input messages were out of log-time order in storage",
             s.reordered_by_log_time
         )?;
     }

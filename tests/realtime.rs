@@ -12,7 +12,7 @@ use df_planner::config::{Fallback, NodeConfig};
 use df_planner::control::live::{Clock, ControlTick};
 use df_planner::control::{ControlCore, ControlParams, Fault, Safety, Source, StateCell, StateSample, TickInputs};
 use df_planner::diffusion::{DenoiseError, Denoiser};
-use df_planner::frames::{camera_rings, CameraRing, ImageView, Resize};
+use df_planner::frames::{camera_rings, CameraRing, ImageView, Resize, MAX_CAMERAS};
 use df_planner::node::planner_settings;
 use df_planner::planner::{DfPlanner, GoalReward, Plan};
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut3};
@@ -98,6 +98,41 @@ fn plan(t0_ns: i64, actions: &[[f64; 2]]) -> Box<Plan> {
         p.action_mut(i).copy_from_slice(a);
     }
     Box::new(p)
+}
+
+#[test]
+fn resizing_camera_frames_into_the_ring_does_not_allocate() {
+    let ring = CameraRing {
+        topic: "/camera".into(),
+        width: 32,
+        height: 32,
+        capacity: 2,
+        resize: Resize::Area,
+    };
+    let (mut frames_in, mut frames_out) = camera_rings(&[ring]);
+    let data = vec![7u8; 64 * 48 * 3];
+    let image = |k: i64| ImageView {
+        encoding: "bgr8",
+        width: 64,
+        height: 48,
+        step: 64 * 3,
+        data: &data,
+        stamp_ns: k * MS,
+    };
+    COUNTING.with(|c| c.set(true));
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    for k in 1..=100 {
+        frames_in[0].write(&image(k)).unwrap();
+        if k % 3 == 0 {
+            let mut latest = [&[][..]; MAX_CAMERAS];
+            assert_eq!(frames_out.latest(&mut latest), Some(1));
+            assert_eq!(&latest[0][..3], &[7, 7, 7]);
+        }
+    }
+    let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
+    COUNTING.with(|c| c.set(false));
+    assert_eq!(allocations, 0);
+    assert_eq!(frames_out.stats().snapshot().received, 100);
 }
 
 #[test]

@@ -16,9 +16,9 @@ pub enum FrameError {
         got_height: u32,
     },
     #[error("image step {step}: expected at least width x {channels} = {min}")]
-    Step { step: u32, channels: u32, min: u32 },
+    Step { step: u32, channels: u32, min: u64 },
     #[error("image data: {got} bytes, expected step x height = {expected}")]
-    DataLength { expected: usize, got: usize },
+    DataLength { expected: u64, got: usize },
     #[error("image stamp {stamp_ns} ns is before the previous frame's {previous_ns} ns")]
     OutOfOrder { stamp_ns: i64, previous_ns: i64 },
     #[error("image stamp {stamp_ns} ns repeats the previous frame's")]
@@ -114,18 +114,21 @@ pub fn decode_into(img: &ImageView, frame: &mut Frame, resize: Resize) -> Result
             got_height: img.height,
         });
     }
+    // In u64: with resizing the width and height are the message's own, and their products
+    // must not wrap into values that pass these checks.
     let channels = encoding.channels();
-    let min = img.width * channels;
-    if img.step < min {
+    let min = u64::from(img.width) * u64::from(channels);
+    if u64::from(img.step) < min {
         return Err(FrameError::Step {
             step: img.step,
             channels,
             min,
         });
     }
-    let expected = img.step as usize * img.height as usize;
+    let expected = u64::from(img.step) * u64::from(img.height);
     // Exactly: more data than the header describes is a header that lies about the image.
-    if img.data.len() != expected {
+    // Past this check every row of width x channels bytes lies within `data`.
+    if img.data.len() as u64 != expected {
         return Err(FrameError::DataLength {
             expected,
             got: img.data.len(),
@@ -160,6 +163,7 @@ impl Encoding {
 /// `Resize::Area` of a validated, non-empty image: the centred crop of the frame's aspect
 /// ratio, each output pixel the rounded mean of its box (at least one input pixel).
 fn area_resize(img: &ImageView, encoding: Encoding, frame: &mut Frame) {
+    // usize is 64 bits on every target we build: products of two u32 sizes cannot wrap.
     let (sw, sh) = (img.width as usize, img.height as usize);
     let (dw, dh) = (frame.width as usize, frame.height as usize);
     // Wider than the frame: crop the sides; taller: crop top and bottom.
@@ -286,10 +290,16 @@ mod tests {
         let mut f = Frame::new(2, 2);
         decode_into(&view("mono8", 6, 2, 6, &data), &mut f, Resize::Area).unwrap();
         assert_eq!(f.rgb, [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]);
-        // Smaller than the frame: each input pixel is repeated.
+        // Smaller than the frame: each input pixel is repeated where it lies.
+        let mut f = Frame::new(4, 2);
+        decode_into(&view("bgr8", 2, 1, 6, &[3, 2, 1, 6, 5, 4]), &mut f, Resize::Area).unwrap();
+        assert_eq!(f.rgb, [[1, 2, 3], [1, 2, 3], [4, 5, 6], [4, 5, 6]].concat().repeat(2));
+        // Uneven boxes over padded rows: 5x5 mono8 (step 8) -> 2x2 takes columns and rows
+        // 0..2 and 2..5; the first column's mean of 1.5 rounds up.
+        let data = [1, 2, 10, 20, 31, 99, 99, 99].repeat(5);
         let mut f = Frame::new(2, 2);
-        decode_into(&view("bgr8", 1, 1, 3, &[3, 2, 1]), &mut f, Resize::Area).unwrap();
-        assert_eq!(f.rgb, [1, 2, 3].repeat(4));
+        decode_into(&view("mono8", 5, 5, 8, &data), &mut f, Resize::Area).unwrap();
+        assert_eq!(f.rgb, [2, 2, 2, 20, 20, 20].repeat(2));
     }
 
     #[test]
@@ -301,6 +311,13 @@ mod tests {
         assert_eq!(err.to_string(), "image data: 47 bytes, expected step x height = 48");
         let err = decode_into(&view("rgb8", 4, 4, 12, &[0; 48]), &mut f, Resize::Exact).unwrap_err();
         assert_eq!(err.to_string(), "image size 4x4: expected 2x2");
+        // A width whose width x channels would wrap in u32 to pass a 2-byte step.
+        let huge = view("rgb8", 0x5555_5556, 1, 2, &[0; 2]);
+        let err = decode_into(&huge, &mut f, Resize::Area).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "image step 2: expected at least width x 3 = 4294967298"
+        );
         assert_eq!(f.stamp_ns, i64::MIN, "nothing written on error");
     }
 }

@@ -283,35 +283,45 @@ fn read_sqlite(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<BagContents, 
         ..BagContents::default()
     };
     let mut topics = db
-        .prepare("SELECT name, type FROM topics ORDER BY id")
+        .prepare("SELECT id, name, type FROM topics ORDER BY id")
         .map_err(open_err)?;
-    out.topics = topics
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+    let declared = topics
+        .query_map([], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+        })
         .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
         .map_err(open_err)?;
+    let mut kept: HashMap<i64, String> = HashMap::new();
+    for (id, name, type_name) in declared {
+        if keep(&name) {
+            kept.insert(id, name.clone());
+        }
+        out.add_topic(&name, type_name);
+    }
+    let kept_ids: Vec<String> = kept.keys().map(i64::to_string).collect();
+    // The data of a message not kept is not even read out of the database (the CASE leaves
+    // its blob unloaded), only its topic and time.
     let mut stmt = db
-        .prepare(
-            "SELECT topics.name, messages.timestamp, messages.data FROM messages \
-             JOIN topics ON messages.topic_id = topics.id ORDER BY messages.id",
-        )
+        .prepare(&format!(
+            "SELECT topic_id, timestamp, CASE WHEN topic_id IN ({}) THEN data END FROM messages ORDER BY id",
+            kept_ids.join(", ")
+        ))
         .map_err(open_err)?;
     let rows = stmt
         .query_map([], |r| {
-            let topic: String = r.get(0)?;
-            // The data of a message not kept is never read out of the database.
-            if !keep(&topic) {
+            let Some(data) = r.get::<_, Option<Vec<u8>>>(2)? else {
                 return Ok(None);
-            }
-            Ok(Some(BagMessage {
-                topic,
-                log_time_ns: r.get(1)?,
-                data: r.get(2)?,
-            }))
+            };
+            Ok(Some((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, data)))
         })
         .map_err(open_err)?;
     for (read, row) in rows.enumerate() {
         match row {
-            Ok(Some(m)) => out.messages.push(m),
+            Ok(Some((topic_id, log_time_ns, data))) => out.messages.push(BagMessage {
+                topic: kept[&topic_id].clone(),
+                log_time_ns,
+                data,
+            }),
             Ok(None) => {}
             Err(e) => {
                 out.read_error = Some(stopped(path, read, e));
