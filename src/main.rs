@@ -14,7 +14,7 @@ use std::time::Duration;
 use df_planner::bridge::Bridge;
 use df_planner::config::NodeConfig;
 use df_planner::control::live::{self, Clock, LiveParts, SystemClock};
-use df_planner::control::{ActionSink, Diagnostics, Fault, StateCell, StateSample, TickReport};
+use df_planner::control::{ActionSink, Diagnostics, Fault, Histogram, StateCell, StateSample, TickReport};
 use df_planner::diffusion::{Denoiser, MatrixKind, Sampler, SamplerSettings, SchedulingMatrix, SeededNoise};
 use df_planner::frames::ImageView;
 use df_planner::model::{available_providers, Field, ModelContract, OnnxDenoiser, Provider, RuntimeConfig};
@@ -233,6 +233,10 @@ struct BenchArgs {
     /// Control loop benchmark: how long to run.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Control loop benchmark: the synthetic camera frames' size, WIDTHxHEIGHT (default: the
+    /// model's), e.g. 640x480 to time `camera.resize: area` on an arm camera's images.
+    #[arg(long, value_parser = parse_size)]
+    camera_size: Option<(u32, u32)>,
     #[arg(long, default_value_t = 1)]
     batch: usize,
     /// Window length (default: the model's max_tokens).
@@ -645,10 +649,12 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
         step: cfg.control.step(),
     };
     let node = live::spawn(parts)?;
-    let pixels: Vec<Vec<u8>> = rings
+    let sizes: Vec<(u32, u32)> = rings
         .iter()
-        .map(|r| vec![128u8; (r.width * r.height * 3) as usize])
+        .map(|r| a.camera_size.unwrap_or((r.width, r.height)))
         .collect();
+    let pixels: Vec<Vec<u8>> = sizes.iter().map(|&(w, h)| vec![128u8; (w * h * 3) as usize]).collect();
+    let mut frame_writes = Histogram::default();
     let joints = vec![0.1; obs_dim / 2];
     let end = Instant::now() + Duration::from_secs_f64(a.seconds);
     let mut next_frame = Instant::now();
@@ -656,15 +662,17 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
         let now = clock.now_ns();
         state.publish(StateSample::new(now, &joints, &joints).context("state sample")?);
         if Instant::now() >= next_frame {
-            for ((ring, writer), data) in rings.iter().zip(&mut frames_in).zip(&pixels) {
+            for ((&(width, height), writer), data) in sizes.iter().zip(&mut frames_in).zip(&pixels) {
+                let started = Instant::now();
                 writer.write(&ImageView {
                     encoding: "rgb8",
-                    width: ring.width,
-                    height: ring.height,
-                    step: ring.width * 3,
+                    width,
+                    height,
+                    step: width * 3,
                     data,
                     stamp_ns: now,
                 })?;
+                frame_writes.record(started.elapsed().as_nanos() as u64);
             }
             next_frame += Duration::from_millis(33);
         }
@@ -680,6 +688,7 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
             "tick_latency": stats.tick_latency.summary_ms(), "tick_jitter": stats.tick_jitter.summary_ms(),
             "plan_latency": plan_latency.summary_ms(), "plans": c.plans_installed, "hold": c.hold, "stop": c.stop,
             "late_actions_dropped": c.late_dropped,
+            "camera_size": sizes, "frame_write_latency": frame_writes.summary_ms(),
             "faults": Fault::ALL.iter().map(|f| (f.name(), c.faults[*f as usize])).collect::<std::collections::BTreeMap<_, _>>(),
         })
     ))
@@ -701,6 +710,15 @@ fn run(a: RunArgs) -> Result<()> {
         "this df_planner was built without the `ros` feature: build it in a sourced ROS 2 workspace \
          (colcon build, see README) or with `cargo build --features ros`; offline, use `df_planner replay`"
     )
+}
+
+/// `WIDTHxHEIGHT`, both at least 1.
+fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let parsed = text
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+        .filter(|&(w, h)| w >= 1 && h >= 1 && u64::from(w) * u64::from(h) * 3 <= u64::from(u32::MAX));
+    parsed.ok_or_else(|| format!("expected WIDTHxHEIGHT such as 640x480, got {text:?}"))
 }
 
 /// An override that is either a value or `none` (unset).
