@@ -546,7 +546,7 @@ fn ring_slot(seen: usize, capacity: usize, ago: usize) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
 
     use ndarray::{ArrayView1, ArrayView2, ArrayView3, ArrayView5, ArrayViewMut3};
@@ -558,7 +558,7 @@ mod tests {
 
     /// What the planner handed the model on its first call.
     #[derive(Default)]
-    struct Seen {
+    pub(in crate::planner) struct Seen {
         x_t: Option<Array3<f32>>,
         images: Option<Array5<f32>>,
         levels: Vec<i64>,
@@ -644,7 +644,7 @@ mod tests {
         }
     }
 
-    fn planner(cameras: bool, context_tokens: usize) -> (DfPlanner, Arc<Mutex<Seen>>) {
+    pub(in crate::planner) fn planner(cameras: bool, context_tokens: usize) -> (DfPlanner, Arc<Mutex<Seen>>) {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let model = Box::new(Recorder(seen.clone(), cameras));
         (

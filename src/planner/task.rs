@@ -16,6 +16,10 @@ use super::plan::Plan;
 pub enum StepOutcome {
     /// No robot state yet: nothing recorded.
     NoState,
+    /// A camera model before every camera has sent an image: nothing recorded, so that its
+    /// memory starts with a frame that has them (a history token without images would fail
+    /// every plan for as long as it stays in the window).
+    NoImages,
     /// A history frame was recorded; no plan this step.
     Recorded,
     /// A new plan was written.
@@ -97,10 +101,11 @@ impl PlannerTask {
                 got: format!("{} joints", state.joints),
             });
         }
+        if self.planner.has_cameras() && images.is_none() {
+            return Ok(StepOutcome::NoImages);
+        }
         state.observation(&mut self.observation);
         self.planner.push_frame(executed_action, &self.observation)?;
-        // A camera model without this step's images cannot plan from it (PlanError::NoImages):
-        // the control loop then falls back, as with any planning failure.
         if let (Some(images), true) = (images, self.planner.has_cameras()) {
             self.planner.push_images(images)?;
         }
@@ -119,5 +124,27 @@ impl PlannerTask {
         plan.dt_ns = self.step_ns;
         plan.latency_ns = latency_ns;
         Ok(StepOutcome::Planned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::df::tests::planner;
+
+    #[test]
+    fn a_camera_model_records_nothing_until_every_camera_has_sent_an_image() {
+        let (p, _) = planner(true, 3);
+        let mut task = PlannerTask::new(p, 1, 100_000_000);
+        let mut plan = task.new_plan();
+        let state = StateSample::new(0, &[0.5, 0.5], &[0.0, 0.0]).unwrap();
+        for _ in 0..3 {
+            let outcome = task.step(0, Some(&state), &[0.0, 0.0], None, None, &mut plan).unwrap();
+            assert_eq!(outcome, StepOutcome::NoImages);
+        }
+        // The first step with images starts the memory: it plans, with no imageless token.
+        let image: &[u8] = &[128; 6];
+        let outcome = task.step(0, Some(&state), &[0.0, 0.0], Some(&[image]), None, &mut plan);
+        assert_eq!(outcome.unwrap(), StepOutcome::Planned);
     }
 }
