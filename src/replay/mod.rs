@@ -104,37 +104,35 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
     let camera_model = lp.has_cameras();
     let rings = camera_rings(cfg, lp.contract())?;
     let t = &cfg.topics;
+    let mut wanted: Vec<(Input, String, &str, &'static str)> =
+        vec![(Input::State, "topics.state".into(), &t.state, JOINT_STATE)];
+    for (i, ring) in rings.iter().enumerate() {
+        let field = if camera_model {
+            format!("camera topic (camera.topics or the model's cameras.inputs[{i}].topic)")
+        } else {
+            "topics.image".into()
+        };
+        wanted.push((Input::Image(i), field, &ring.topic, IMAGE));
+    }
+    if let Some(rec) = &t.recorded_action {
+        wanted.push((Input::RecordedAction, "topics.recorded_action".into(), rec, ARRAY));
+    }
     // Only the inputs' messages are held; a bag's other topics can be most of its bytes.
-    let inputs: Vec<&str> = [t.state.as_str()]
-        .into_iter()
-        .chain(rings.iter().map(|r| r.topic.as_str()))
-        .chain(t.recorded_action.as_deref())
-        .collect();
-    let mut bag = read_bag_topics(bag_path, &|topic| inputs.contains(&topic))?;
+    let mut bag = read_bag_topics(bag_path, &|topic| wanted.iter().any(|w| w.2 == topic))?;
     if let Some(e) = &bag.read_error {
         tracing::warn!(error = %e, "bag ends early; replaying the messages read before the damage");
     }
+    // An optional camera (a model without camera inputs, camera.required false) may be absent.
+    let camera_optional = !camera_model && !cfg.camera.required;
+    wanted.retain(|w| {
+        !(matches!(w.0, Input::Image(_)) && camera_optional) || bag.topics.iter().any(|(name, _)| name == w.2)
+    });
     let available = bag
         .topics
         .iter()
         .map(|(t, ty)| format!("{t} [{ty}]"))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut wanted: Vec<(Input, String, &str, &'static str)> =
-        vec![(Input::State, "topics.state".into(), &t.state, JOINT_STATE)];
-    for (i, ring) in rings.iter().enumerate() {
-        if camera_model || cfg.camera.required || bag.topics.iter().any(|(name, _)| *name == ring.topic) {
-            let field = if camera_model {
-                format!("camera topic (camera.topics or the model's cameras.inputs[{i}].topic)")
-            } else {
-                "topics.image".into()
-            };
-            wanted.push((Input::Image(i), field, &ring.topic, IMAGE));
-        }
-    }
-    if let Some(rec) = &t.recorded_action {
-        wanted.push((Input::RecordedAction, "topics.recorded_action".into(), rec, ARRAY));
-    }
     for (_, field, topic, expected) in &wanted {
         match bag.topics.iter().find(|(name, _)| name == topic) {
             None => {
