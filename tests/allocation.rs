@@ -1,12 +1,17 @@
 //! What reading bags allocates: a corrupt length costs a bounded amount, not the length it
-//! declares, and an MCAP bag is held once (its messages), not twice. Its own test binary: the
-//! global allocator records, per thread, the largest request and the peak of live bytes.
+//! declares, an MCAP bag read whole is held once (its messages), not twice, and replay holds a
+//! window of the bag, not the bag. Its own test binary: the global allocator records, per
+//! thread, the largest request and the peak of live bytes.
+
+mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use df_planner::msgs::{from_cdr, to_cdr, Header, Image};
-use df_planner::replay::{read_bag, read_bag_topics};
+use df_planner::config::NodeConfig;
+use df_planner::frames::Resize;
+use df_planner::msgs::{from_cdr, to_cdr, Header, Image, Time};
+use df_planner::replay::{read_bag, read_bag_topics, replay, REORDER_WINDOW_NS};
 
 struct Tracking;
 
@@ -203,4 +208,67 @@ fn a_corrupt_mcap_record_length_costs_a_bounded_amount() {
         assert!(damage.contains("stopped after 0 messages"), "{name}: {damage}");
         assert!(largest <= 4 << 20, "{name}: one allocation of {largest} bytes");
     }
+}
+
+#[test]
+fn replay_holds_a_window_of_the_bag_not_the_bag() {
+    // 30 s of a 10 Hz 296x296 rgb8 camera: 300 frames of 257 KiB, 75 MiB of input. The state
+    // and recorded-action topics are declared without messages: the arm holds throughout,
+    // and what is measured is the bag's path through replay.
+    const FRAMES: i64 = 300;
+    const PERIOD_NS: i64 = 100_000_000;
+    let (width, height) = (296u32, 296u32);
+    let frame_bytes = (width * height * 3) as usize;
+    let path = temp_file("long_camera.mcap");
+    let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut w = mcap::WriteOptions::new().create(file).unwrap();
+    let mut channel = |topic: &str, ty: &str| {
+        let schema = w.add_schema(ty, "ros2msg", b"").unwrap();
+        w.add_channel(schema, topic, "cdr", &Default::default()).unwrap()
+    };
+    let camera = channel("/camera/image_raw", "sensor_msgs/msg/Image");
+    channel("/joint_states", "sensor_msgs/msg/JointState");
+    channel("/action", "std_msgs/msg/Float64MultiArray");
+    for k in 0..FRAMES {
+        let t = 1_000_000_000 + k * PERIOD_NS;
+        let image = Image {
+            header: Header {
+                stamp: Time::from_ns(t),
+                frame_id: "cam".into(),
+            },
+            height,
+            width,
+            encoding: "rgb8".into(),
+            is_bigendian: 0,
+            step: width * 3,
+            data: vec![k as u8; frame_bytes],
+        };
+        let header = mcap::records::MessageHeader {
+            channel_id: camera,
+            sequence: k as u32,
+            log_time: t as u64,
+            publish_time: t as u64,
+        };
+        w.write_to_known_channel(&header, &to_cdr(&image)).unwrap();
+    }
+    w.finish().unwrap();
+    drop(w);
+
+    let mut cfg = NodeConfig::load(&common::repo().join("config/pointmass.yaml")).unwrap();
+    cfg.model.runtime = common::cpu();
+    cfg.camera.resize = Resize::Area;
+    let out = temp_file("long_camera_out.mcap");
+    let (summary, _, peak) = measure(|| replay(&cfg, &path, &out, None).unwrap());
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let images = &summary.topics["/camera/image_raw"];
+    assert_eq!((images.read, images.used), (FRAMES as u64, FRAMES as u64), "{images:?}");
+    // The frames of one reorder window (and the one being read), plus the loop and the
+    // output writer's buffers; the whole input would be 75 MiB.
+    let window = (REORDER_WINDOW_NS / PERIOD_NS + 2) as usize * frame_bytes;
+    assert!(
+        peak < window + (8 << 20),
+        "peak {peak} bytes; a window of frames is {window}, the bag {}",
+        FRAMES as usize * frame_bytes
+    );
 }

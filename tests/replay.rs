@@ -495,3 +495,63 @@ fn only_the_kept_topics_messages_are_held_in_both_formats() {
         assert!(states.len() < all.messages.len(), "{name}: the bag has other topics");
     }
 }
+
+#[test]
+fn messages_stored_out_of_log_time_order_replay_in_order_within_the_window() {
+    // The shipped bag with one state stored 0.5 s late (a slow recorder callback) and one
+    // stored at the end, 5 s late.
+    let whole = shipped_mcap();
+    let mut all: Vec<_> = mcap::MessageStream::new(&whole).unwrap().map(Result::unwrap).collect();
+    let states: Vec<usize> = (0..all.len())
+        .filter(|&i| all[i].channel.topic == "/joint_states")
+        .collect();
+    let slightly_late = all.remove(states[20]);
+    all.insert(states[20] + 15, slightly_late);
+    let very_late = all.remove(states[10]);
+    let very_late_ns = very_late.log_time;
+    all.push(very_late);
+    let path = out("reordered.mcap");
+    write_mcap(&path, all);
+
+    let s = run_bag(&config(), &path, "reordered_out.mcap").unwrap();
+    assert_eq!(s.reordered_by_log_time, 2, "the two late states");
+    let states = &s.topics["/joint_states"];
+    assert_eq!((states.read, states.used), (60, 59), "{states:?}");
+    assert_eq!(
+        states
+            .skipped
+            .get("stored more than the 2 s reorder window after later messages"),
+        Some(&1),
+        "{states:?}"
+    );
+    // The slightly late state replays where it belongs: the run matches the shipped bag's
+    // up to the very late state's time.
+    let plain = run(&config(), "pointmass_mcap", "reordered_plain.mcap").unwrap();
+    assert_eq!(plain.reordered_by_log_time, 0);
+    let before = |name| -> Vec<_> {
+        messages(&out(name), "/df_planner/action")
+            .into_iter()
+            .filter(|(t, _)| *t < very_late_ns)
+            .collect()
+    };
+    assert!(!before("reordered_out.mcap").is_empty());
+    assert_eq!(before("reordered_out.mcap"), before("reordered_plain.mcap"));
+}
+
+#[test]
+fn a_folder_holding_two_recordings_and_no_metadata_is_refused() {
+    let dir = out("two_recordings");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("morning_0.mcap"), shipped_mcap()).unwrap();
+    std::fs::write(dir.join("evening_0.mcap"), shipped_mcap()).unwrap();
+    let err = run_bag(&config(), &dir, "two_recordings.mcap").unwrap_err().to_string();
+    assert!(
+        err.contains("holds the files of 2 recordings (evening, morning) and no metadata.yaml"),
+        "{err}"
+    );
+    // metadata.yaml says which files are the bag.
+    let listed = "rosbag2_bagfile_information:\n  version: 5\n  relative_file_paths:\n  - morning_0.mcap\n";
+    std::fs::write(dir.join("metadata.yaml"), listed).unwrap();
+    let s = run_bag(&config(), &dir, "two_recordings.mcap").unwrap();
+    assert_eq!(s.topics["/joint_states"].read, 60);
+}

@@ -30,11 +30,19 @@ pub struct BagMessage {
     pub data: Vec<u8>,
 }
 
-/// All messages of a bag in storage order, plus why reading stopped early, if it did.
+/// What a bag declares, and why reading it stopped early, if it did.
+#[derive(Debug, Default)]
+pub struct BagInfo {
+    /// Topic → type of every topic the bag declares (also those without messages).
+    pub topics: Vec<(String, String)>,
+    pub read_error: Option<String>,
+    pub storage: &'static str,
+}
+
+/// All messages of a bag in storage order, with what it declares.
 #[derive(Debug, Default)]
 pub struct BagContents {
     pub messages: Vec<BagMessage>,
-    /// Topic → type of every topic the bag declares (also those without messages).
     pub topics: Vec<(String, String)>,
     pub read_error: Option<String>,
     pub storage: &'static str,
@@ -46,33 +54,52 @@ pub fn read_bag(path: &Path) -> Result<BagContents, BagError> {
     read_bag_topics(path, &|_| true)
 }
 
-/// `read_bag` holding only the messages of the topics `keep` accepts (replay: the configured
-/// inputs, not a bag's point clouds and other cameras); `topics` still lists every topic.
+/// `read_bag` holding only the messages of the topics `keep` accepts; `topics` still lists
+/// every topic.
 pub fn read_bag_topics(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<BagContents, BagError> {
+    let mut messages = Vec::new();
+    let info = for_each_message(path, keep, &mut |m| messages.push(m))?;
+    Ok(BagContents {
+        messages,
+        topics: info.topics,
+        read_error: info.read_error,
+        storage: info.storage,
+    })
+}
+
+/// Hand each message of the topics `keep` accepts to `each` as it is read, in storage order,
+/// and return what the bag declares. Nothing is held: a bag larger than memory streams.
+pub fn for_each_message(
+    path: &Path,
+    keep: &dyn Fn(&str) -> bool,
+    each: &mut dyn FnMut(BagMessage),
+) -> Result<BagInfo, BagError> {
     if !path.is_dir() {
-        return read_file(path, keep);
+        return read_file(path, keep, each);
     }
-    let mut all: Option<BagContents> = None;
-    for file in storage_files(path)? {
-        let part = read_file(&file, keep)?;
+    let files = storage_files(path)?;
+    let storage = |f: &PathBuf| f.extension().map(|e| e.to_owned());
+    if let Some(other) = files.iter().find(|f| storage(f) != storage(&files[0])) {
+        return Err(BagError::Open {
+            path: path.to_owned(),
+            message: format!("mixes storage formats: {} and {}", files[0].display(), other.display()),
+        });
+    }
+    let mut all: Option<BagInfo> = None;
+    for file in &files {
+        let part = read_file(file, keep, each)?;
         match all.as_mut() {
             None => all = Some(part),
-            Some(all) if all.storage != part.storage => {
-                return Err(BagError::Open {
-                    path: path.to_owned(),
-                    message: format!("mixes {} and {} files", all.storage, part.storage),
-                })
-            }
             Some(all) => all.append(part),
         }
     }
     all.ok_or_else(|| BagError::NoStorage { path: path.to_owned() })
 }
 
-fn read_file(file: &Path, keep: &dyn Fn(&str) -> bool) -> Result<BagContents, BagError> {
+fn read_file(file: &Path, keep: &dyn Fn(&str) -> bool, each: &mut dyn FnMut(BagMessage)) -> Result<BagInfo, BagError> {
     match file.extension().and_then(|e| e.to_str()) {
-        Some("mcap") => read_mcap(file, keep),
-        Some("db3") => read_sqlite(file, keep),
+        Some("mcap") => read_mcap(file, keep, each),
+        Some("db3") => read_sqlite(file, keep, each),
         _ => Err(BagError::UnknownFormat { path: file.to_owned() }),
     }
 }
@@ -111,15 +138,37 @@ fn storage_files(dir: &Path) -> Result<Vec<PathBuf>, BagError> {
         .map(|e| e.path())
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("mcap" | "db3")))
         .collect();
-    let split_index = |p: &PathBuf| -> u64 {
+    // A split bag's files are `name_N`; files of two names are two recordings, which would
+    // replay as one with their clocks interleaved.
+    let split_name = |p: &PathBuf| -> (String, u64) {
         let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-        stem.rsplit_once('_').and_then(|(_, n)| n.parse().ok()).unwrap_or(0)
+        match stem
+            .rsplit_once('_')
+            .and_then(|(name, n)| Some((name, n.parse().ok()?)))
+        {
+            Some((name, n)) => (name.to_owned(), n),
+            None => (stem.to_owned(), 0),
+        }
     };
-    found.sort_by_key(|p| (split_index(p), p.clone()));
+    let mut names: Vec<String> = found.iter().map(|p| split_name(p).0).collect();
+    names.sort();
+    names.dedup();
+    if names.len() > 1 {
+        return Err(BagError::Open {
+            path: dir.to_owned(),
+            message: format!(
+                "holds the files of {} recordings ({}) and no metadata.yaml that lists one; \
+                 replay a single file, or give each recording its own folder",
+                names.len(),
+                names.join(", ")
+            ),
+        });
+    }
+    found.sort_by_key(|p| (split_name(p).1, p.clone()));
     Ok(found)
 }
 
-impl BagContents {
+impl BagInfo {
     /// The index of `topic` in `topics`, added if new; a type fills an empty one (a channel
     /// declared without a schema), and the first type stays otherwise.
     fn add_topic(&mut self, topic: &str, type_name: String) -> usize {
@@ -138,11 +187,10 @@ impl BagContents {
     }
 
     /// Add the next file of a split bag.
-    fn append(&mut self, next: BagContents) {
+    fn append(&mut self, next: BagInfo) {
         for (topic, type_name) in next.topics {
             self.add_topic(&topic, type_name);
         }
-        self.messages.extend(next.messages);
         self.read_error = match (self.read_error.take(), next.read_error) {
             (Some(a), Some(b)) => Some(format!("{a}; {b}")),
             (a, b) => a.or(b),
@@ -164,8 +212,8 @@ const MAX_RECORD: usize = 512 << 20;
 
 /// The records in file order (chunks unpacked), so a channel declared before a break is listed
 /// even when none of its messages made it, and a complete file's channels without messages too.
-/// The file is read in pieces: only the messages are held, not the file as well.
-fn read_mcap(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<BagContents, BagError> {
+/// The file is read in pieces and nothing is held but the record being read.
+fn read_mcap(path: &Path, keep: &dyn Fn(&str) -> bool, each: &mut dyn FnMut(BagMessage)) -> Result<BagInfo, BagError> {
     let mut file = std::fs::File::open(path).map_err(|e| BagError::Open {
         path: path.to_owned(),
         message: e.to_string(),
@@ -173,9 +221,9 @@ fn read_mcap(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<BagContents, Ba
     let mut reader =
         LinearReader::new_with_options(LinearReaderOptions::default().with_record_length_limit(MAX_RECORD));
     let mut bag = McapRecords {
-        out: BagContents {
+        out: BagInfo {
             storage: "mcap",
-            ..BagContents::default()
+            ..BagInfo::default()
         },
         ..McapRecords::default()
     };
@@ -195,7 +243,7 @@ fn read_mcap(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<BagContents, Ba
                 }
             }
             Ok(LinearReadEvent::Record { opcode, data }) => {
-                mcap::parse_record(opcode, data).and_then(|r| bag.add(r, keep))
+                mcap::parse_record(opcode, data).and_then(|r| bag.add(r, keep, each))
             }
             Err(e) => Err(e),
         };
@@ -225,7 +273,7 @@ fn read_retrying(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<us
     }
 }
 
-/// An MCAP file's records collected into a bag: mcap's checks on schemas and channels (no
+/// An MCAP file's records, collected into what the bag declares, its messages handed on: mcap's checks on schemas and channels (no
 /// schema id 0, no redefinition that differs, no channel before its schema), and each channel's
 /// topic in `topics`.
 #[derive(Default)]
@@ -235,11 +283,16 @@ struct McapRecords {
     topic_of: HashMap<u16, (usize, bool)>,
     /// On every topic, kept or not.
     messages_read: usize,
-    out: BagContents,
+    out: BagInfo,
 }
 
 impl McapRecords {
-    fn add(&mut self, record: Record, keep: &dyn Fn(&str) -> bool) -> Result<(), McapError> {
+    fn add(
+        &mut self,
+        record: Record,
+        keep: &dyn Fn(&str) -> bool,
+        each: &mut dyn FnMut(BagMessage),
+    ) -> Result<(), McapError> {
         match record {
             Record::Schema { header, data } => self.channels.add_schema_from_slice(header, &data)?,
             Record::Channel(channel) => {
@@ -259,7 +312,7 @@ impl McapRecords {
                 if !kept {
                     return Ok(());
                 }
-                self.out.messages.push(BagMessage {
+                each(BagMessage {
                     topic: self.out.topics[index].0.clone(),
                     log_time_ns: header.log_time as i64,
                     data: data.into_owned(),
@@ -271,16 +324,20 @@ impl McapRecords {
     }
 }
 
-fn read_sqlite(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<BagContents, BagError> {
+fn read_sqlite(
+    path: &Path,
+    keep: &dyn Fn(&str) -> bool,
+    each: &mut dyn FnMut(BagMessage),
+) -> Result<BagInfo, BagError> {
     let open_err = |e: rusqlite::Error| BagError::Open {
         path: path.to_owned(),
         message: e.to_string(),
     };
     let db =
         rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(open_err)?;
-    let mut out = BagContents {
+    let mut out = BagInfo {
         storage: "sqlite3",
-        ..BagContents::default()
+        ..BagInfo::default()
     };
     let mut topics = db
         .prepare("SELECT id, name, type FROM topics ORDER BY id")
@@ -317,7 +374,7 @@ fn read_sqlite(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<BagContents, 
         .map_err(open_err)?;
     for (read, row) in rows.enumerate() {
         match row {
-            Ok(Some((topic_id, log_time_ns, data))) => out.messages.push(BagMessage {
+            Ok(Some((topic_id, log_time_ns, data))) => each(BagMessage {
                 topic: kept[&topic_id].clone(),
                 log_time_ns,
                 data,
@@ -383,7 +440,7 @@ mod tests {
         bytes.extend(mcap::MAGIC);
         let path = std::env::temp_dir().join(format!("df_planner_bag_{}_{name}.mcap", std::process::id()));
         std::fs::write(&path, bytes).unwrap();
-        let bag = read_mcap(&path, &|_| true).unwrap();
+        let bag = read_bag(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         bag
     }
@@ -435,7 +492,7 @@ mod tests {
         bytes.extend(&record(0x01, [string(""), string("")].concat())[..5]);
         let path = std::env::temp_dir().join(format!("df_planner_bag_{}_cut.mcap", std::process::id()));
         std::fs::write(&path, bytes).unwrap();
-        let bag = read_mcap(&path, &|_| true).unwrap();
+        let bag = read_bag(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert!(bag.read_error.unwrap().contains("stopped after 0 messages"));
     }

@@ -4,6 +4,7 @@
 //! Deterministic for a seed: the planner runs synchronously on virtual time.
 
 mod bag;
+mod order;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -13,11 +14,13 @@ use std::time::Instant;
 use serde::Serialize;
 use thiserror::Error;
 
-pub use bag::{read_bag, read_bag_topics, BagContents, BagError, BagMessage};
+pub use bag::{for_each_message, read_bag, read_bag_topics, BagContents, BagError, BagInfo, BagMessage};
+use order::LogTimeOrder;
+pub use order::REORDER_WINDOW_NS;
 pub use writer::McapSink;
 
 use crate::config::NodeConfig;
-use crate::control::{ActionSink, Diagnostics, LatencySummary, OfflineLoop};
+use crate::control::{ActionSink, Diagnostics, JointSelection, LatencySummary, OfflineLoop};
 use crate::frames::ImageView;
 use crate::msgs;
 use crate::node::{camera_rings, joint_selection, offline_loop, planner, NodeError};
@@ -100,7 +103,7 @@ const JOINT_STATE: &str = "sensor_msgs/msg/JointState";
 const ARRAY: &str = "std_msgs/msg/Float64MultiArray";
 
 pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) -> Result<ReplaySummary, ReplayError> {
-    let mut lp = build_loop(cfg)?;
+    let lp = build_loop(cfg)?;
     let camera_model = lp.has_cameras();
     let rings = camera_rings(cfg, lp.contract())?;
     let t = &cfg.topics;
@@ -117,24 +120,22 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
     if let Some(rec) = &t.recorded_action {
         wanted.push((Input::RecordedAction, "topics.recorded_action".into(), rec, ARRAY));
     }
-    // Only the inputs' messages are held; a bag's other topics can be most of its bytes.
-    let mut bag = read_bag_topics(bag_path, &|topic| wanted.iter().any(|w| w.2 == topic))?;
-    if let Some(e) = &bag.read_error {
-        tracing::warn!(error = %e, "bag ends early; replaying the messages read before the damage");
-    }
+    // First pass: the topics the bag declares, so a config that does not fit it fails before
+    // anything is replayed.
+    let declared = for_each_message(bag_path, &|_| false, &mut |_| {})?;
     // An optional camera (a model without camera inputs, camera.required false) may be absent.
     let camera_optional = !camera_model && !cfg.camera.required;
     wanted.retain(|w| {
-        !(matches!(w.0, Input::Image(_)) && camera_optional) || bag.topics.iter().any(|(name, _)| name == w.2)
+        !(matches!(w.0, Input::Image(_)) && camera_optional) || declared.topics.iter().any(|(name, _)| name == w.2)
     });
-    let available = bag
+    let available = declared
         .topics
         .iter()
         .map(|(t, ty)| format!("{t} [{ty}]"))
         .collect::<Vec<_>>()
         .join(", ");
     for (_, field, topic, expected) in &wanted {
-        match bag.topics.iter().find(|(name, _)| name == topic) {
+        match declared.topics.iter().find(|(name, _)| name == topic) {
             None => {
                 return Err(ReplayError::MissingTopic {
                     field: field.clone(),
@@ -153,121 +154,65 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
             Some(_) => {}
         }
     }
-    let reordered = bag
-        .messages
-        .windows(2)
-        .filter(|w| w[1].log_time_ns < w[0].log_time_ns)
-        .count() as u64;
-    bag.messages.sort_by_key(|m| m.log_time_ns);
+    let inputs: Vec<(Input, String)> = wanted.iter().map(|w| (w.0, w.2.to_owned())).collect();
+    let kept: Vec<String> = inputs.iter().map(|(_, topic)| topic.clone()).collect();
 
-    let mut sink = McapSink::create(out, cfg).map_err(ReplayError::Output)?;
-    let mut topics: BTreeMap<String, TopicCount> = BTreeMap::new();
-    let mut recorded: Vec<(i64, Vec<f64>)> = Vec::new();
-    let mut last_state_stamp = i64::MIN;
-    let joints = joint_selection(cfg, lp.contract())?;
-    let start = Instant::now();
-    let first_ns = bag
-        .messages
-        .iter()
-        .find(|m| wanted.iter().any(|w| w.2 == m.topic))
-        .map(|m| m.log_time_ns);
-    let first_ns = first_ns.ok_or(ReplayError::Empty)?;
-    for m in &bag.messages {
-        let Some(&(input, ..)) = wanted.iter().find(|w| w.2 == m.topic) else {
-            continue;
-        };
-        let count = topics.entry(m.topic.clone()).or_default();
-        count.read += 1;
-        let mut skip = |reason: String| *count.skipped.entry(reason).or_default() += 1;
-        if let Some(rate) = rate {
-            let due = (m.log_time_ns - first_ns) as f64 / 1e9 / rate;
-            let now = start.elapsed().as_secs_f64();
-            if due > now {
-                std::thread::sleep(std::time::Duration::from_secs_f64(due - now));
-            }
+    // Second pass: the inputs' messages stream through a window that restores log-time order
+    // into the loop; a bag's other topics, often most of its bytes, are not even copied.
+    let mut feed = Feed {
+        joints: joint_selection(cfg, lp.contract())?,
+        sink: McapSink::create(out, cfg).map_err(ReplayError::Output)?,
+        lp,
+        action_dim: cfg.action_dim(),
+        inputs,
+        topics: BTreeMap::new(),
+        recorded: Vec::new(),
+        last_state_stamp: i64::MIN,
+        start: Instant::now(),
+        rate,
+        first_ns: None,
+        last_ns: 0,
+    };
+    let mut order = LogTimeOrder::new(REORDER_WINDOW_NS);
+    let read = for_each_message(bag_path, &|topic| kept.iter().any(|k| k == topic), &mut |m| {
+        if let Err(late) = order.push(m) {
+            feed.count(&late.topic).skip(format!(
+                "stored more than the {} s reorder window after later messages",
+                REORDER_WINDOW_NS as f64 / 1e9
+            ));
         }
-        lp.advance_to(m.log_time_ns, None, &mut sink)
-            .expect("messages are sorted by log time");
-        match input {
-            Input::Image(_) => match msgs::from_cdr::<msgs::Image>(&m.data) {
-                Err(e) => skip(format!("undecodable: {e}")),
-                Ok(img) => {
-                    let view = ImageView {
-                        encoding: &img.encoding,
-                        width: img.width,
-                        height: img.height,
-                        step: img.step,
-                        data: &img.data,
-                        stamp_ns: img.header.stamp.to_ns(),
-                    };
-                    // Every camera role on this topic (two roles may share one camera).
-                    let cameras = wanted.iter().filter(|w| w.2 == m.topic).filter_map(|w| match w.0 {
-                        Input::Image(camera) => Some(camera),
-                        _ => None,
-                    });
-                    let mut first_error = None;
-                    for camera in cameras {
-                        if let Err(e) = lp.ingest_image(camera, &view) {
-                            first_error.get_or_insert(e);
-                        }
-                    }
-                    match first_error {
-                        None => count.used += 1,
-                        Some(e) => skip(e.to_string()),
-                    }
-                }
-            },
-            Input::State => match msgs::from_cdr::<msgs::JointState>(&m.data) {
-                Err(e) => skip(format!("undecodable: {e}")),
-                Ok(js) => {
-                    let stamp = js.header.stamp.to_ns();
-                    if stamp <= last_state_stamp {
-                        skip(
-                            if stamp == last_state_stamp {
-                                "duplicate stamp"
-                            } else {
-                                "stamp out of order"
-                            }
-                            .into(),
-                        );
-                    } else {
-                        match joints.sample(stamp, &js.name, &js.position, &js.velocity) {
-                            Err(e) => skip(e.to_string()),
-                            Ok(sample) => {
-                                last_state_stamp = stamp;
-                                lp.ingest_state(sample);
-                                count.used += 1;
-                            }
-                        }
-                    }
-                }
-            },
-            Input::RecordedAction => match msgs::from_cdr::<msgs::Float64MultiArray>(&m.data) {
-                Err(e) => skip(format!("undecodable: {e}")),
-                Ok(a) if a.data.len() != cfg.action_dim() => {
-                    skip(format!("{} values, expected {}", a.data.len(), cfg.action_dim()))
-                }
-                // Kept out of the planner's history (it would poison every plan after it)
-                // and of the planned-vs-recorded error.
-                Ok(a) if !a.data.iter().all(|v| v.is_finite()) => skip("non-finite value".into()),
-                Ok(a) => {
-                    lp.ingest_executed_action(&a.data);
-                    recorded.push((m.log_time_ns, a.data));
-                    count.used += 1;
-                }
-            },
+        while let Some(m) = order.pop(false) {
+            feed.message(m);
         }
+    })?;
+    if let Some(e) = &read.read_error {
+        tracing::warn!(error = %e, "bag ends early; replayed the messages read before the damage");
     }
+    while let Some(m) = order.pop(true) {
+        feed.message(m);
+    }
+    if feed.first_ns.is_none() {
+        return Err(ReplayError::Empty);
+    }
+    let Feed {
+        lp,
+        mut sink,
+        topics,
+        recorded,
+        start,
+        last_ns,
+        ..
+    } = feed;
     let wall_s = start.elapsed().as_secs_f64();
     let diagnostics = lp.diagnostics();
-    sink.diagnostics(bag.messages.last().map_or(0, |m| m.log_time_ns), &diagnostics);
+    sink.diagnostics(last_ns, &diagnostics);
     let planned_vs_recorded = compare(&sink.actions, &recorded);
     sink.finish().map_err(ReplayError::Output)?;
     Ok(ReplaySummary {
         bag: bag_path.display().to_string(),
-        storage: bag.storage,
-        bag_read_error: bag.read_error,
-        reordered_by_log_time: reordered,
+        storage: read.storage,
+        bag_read_error: read.read_error,
+        reordered_by_log_time: order.reordered,
         topics,
         ticks: diagnostics.ticks,
         ticks_per_s: diagnostics.ticks as f64 / wall_s.max(1e-9),
@@ -278,6 +223,121 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
         diagnostics,
         planned_vs_recorded,
     })
+}
+
+/// The loop and what replay counts, fed one input message at a time in log-time order.
+struct Feed {
+    lp: OfflineLoop,
+    sink: McapSink,
+    joints: JointSelection,
+    action_dim: usize,
+    /// Each input and its topic (two camera roles may share one topic).
+    inputs: Vec<(Input, String)>,
+    topics: BTreeMap<String, TopicCount>,
+    recorded: Vec<(i64, Vec<f64>)>,
+    last_state_stamp: i64,
+    start: Instant,
+    rate: Option<f64>,
+    first_ns: Option<i64>,
+    last_ns: i64,
+}
+
+impl TopicCount {
+    fn skip(&mut self, reason: String) {
+        *self.skipped.entry(reason).or_default() += 1;
+    }
+}
+
+impl Feed {
+    /// The topic's count, with this message read.
+    fn count(&mut self, topic: &str) -> &mut TopicCount {
+        let count = self.topics.entry(topic.to_owned()).or_default();
+        count.read += 1;
+        count
+    }
+
+    fn message(&mut self, m: BagMessage) {
+        let Some(&(input, _)) = self.inputs.iter().find(|(_, topic)| *topic == m.topic) else {
+            return;
+        };
+        let first_ns = *self.first_ns.get_or_insert(m.log_time_ns);
+        self.last_ns = m.log_time_ns;
+        if let Some(rate) = self.rate {
+            let due = (m.log_time_ns - first_ns) as f64 / 1e9 / rate;
+            let now = self.start.elapsed().as_secs_f64();
+            if due > now {
+                std::thread::sleep(std::time::Duration::from_secs_f64(due - now));
+            }
+        }
+        self.lp
+            .advance_to(m.log_time_ns, None, &mut self.sink)
+            .expect("messages come in log-time order");
+        let outcome = match input {
+            Input::Image(_) => self.image(&m),
+            Input::State => self.state(&m),
+            Input::RecordedAction => self.recorded_action(&m),
+        };
+        let count = self.count(&m.topic);
+        match outcome {
+            Ok(()) => count.used += 1,
+            Err(reason) => count.skip(reason),
+        }
+    }
+
+    fn image(&mut self, m: &BagMessage) -> Result<(), String> {
+        let img = msgs::from_cdr::<msgs::Image>(&m.data).map_err(|e| format!("undecodable: {e}"))?;
+        let view = ImageView {
+            encoding: &img.encoding,
+            width: img.width,
+            height: img.height,
+            step: img.step,
+            data: &img.data,
+            stamp_ns: img.header.stamp.to_ns(),
+        };
+        // Every camera role on this topic (two roles may share one camera).
+        let mut first_error = None;
+        for (input, topic) in &self.inputs {
+            if let (Input::Image(camera), true) = (input, *topic == m.topic) {
+                if let Err(e) = self.lp.ingest_image(*camera, &view) {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), |e| Err(e.to_string()))
+    }
+
+    fn state(&mut self, m: &BagMessage) -> Result<(), String> {
+        let js = msgs::from_cdr::<msgs::JointState>(&m.data).map_err(|e| format!("undecodable: {e}"))?;
+        let stamp = js.header.stamp.to_ns();
+        if stamp == self.last_state_stamp {
+            return Err("duplicate stamp".into());
+        }
+        if stamp < self.last_state_stamp {
+            return Err("stamp out of order".into());
+        }
+        let sample = self
+            .joints
+            .sample(stamp, &js.name, &js.position, &js.velocity)
+            .map_err(|e| e.to_string())?;
+        self.last_state_stamp = stamp;
+        self.lp.ingest_state(sample);
+        Ok(())
+    }
+
+    fn recorded_action(&mut self, m: &BagMessage) -> Result<(), String> {
+        let a = msgs::from_cdr::<msgs::Float64MultiArray>(&m.data).map_err(|e| format!("undecodable: {e}"))?;
+        if a.data.len() != self.action_dim {
+            return Err(format!("{} values, expected {}", a.data.len(), self.action_dim));
+        }
+        // Kept out of the planner's history (it would poison every plan after it) and of the
+        // planned-vs-recorded error.
+        if !a.data.iter().all(|v| v.is_finite()) {
+            return Err("non-finite value".into());
+        }
+        self.lp.ingest_executed_action(&a.data);
+        self.recorded.push((m.log_time_ns, a.data));
+        Ok(())
+    }
 }
 
 /// Each recorded action against the action we published at the latest tick at or before it.
