@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use df_planner::config::{Fallback, NodeConfig};
 use df_planner::control::live::{Clock, ControlTick};
-use df_planner::control::{ControlCore, ControlParams, Fault, Safety, Source, StateCell, StateSample, TickInputs};
+use df_planner::control::{
+    ControlCore, ControlParams, Fault, JointSelection, Safety, Source, StateCell, StateRejected, StateSample,
+    TickInputs,
+};
 use df_planner::diffusion::{DenoiseError, Denoiser};
 use df_planner::frames::{camera_rings, CameraRing, ImageView, Resize, MAX_CAMERAS};
 use df_planner::node::planner_settings;
@@ -133,6 +136,24 @@ fn resizing_camera_frames_into_the_ring_does_not_allocate() {
     COUNTING.with(|c| c.set(false));
     assert_eq!(allocations, 0);
     assert_eq!(frames_out.stats().snapshot().received, 100);
+}
+
+#[test]
+fn reading_joint_states_by_name_does_not_allocate_even_to_reject_one() {
+    let selection = JointSelection::new(&["ee_x".into(), "ee_y".into()]).unwrap();
+    let driver: Vec<String> = ["gripper_finger", "ee_y", "ee_x"].map(String::from).to_vec();
+    let other_robot: Vec<String> = ["wrist", "elbow"].map(String::from).to_vec();
+    COUNTING.with(|c| c.set(true));
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    for k in 0..1000 {
+        let sample = selection.sample(k, &driver, &[0.5, 2.0, 1.0], &[]).unwrap();
+        assert_eq!(sample.position[..sample.joints], [1.0, 2.0]);
+        let rejected = selection.sample(k, &other_robot, &[1.0, 2.0], &[]);
+        assert!(matches!(rejected, Err(StateRejected::Joint { joint: "ee_x", .. })));
+    }
+    let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
+    COUNTING.with(|c| c.set(false));
+    assert_eq!(allocations, 0);
 }
 
 #[test]

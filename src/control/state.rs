@@ -46,13 +46,13 @@ impl StateSample {
 
 /// Why a `sensor_msgs/JointState` gave no state sample.
 #[derive(Debug, Clone, PartialEq, Error)]
-pub enum StateRejected {
+pub enum StateRejected<'a> {
     #[error("{positions} positions / {velocities} velocities: expected equal counts, at most {MAX_JOINTS}")]
     Counts { positions: usize, velocities: usize },
     #[error("{names} names for {positions} positions: topics.state_joints reads joints by name")]
     Names { names: usize, positions: usize },
     #[error("joint {joint:?} (topics.state_joints) not named exactly once among the message's names {present:?}")]
-    Joint { joint: String, present: Vec<String> },
+    Joint { joint: &'a str, present: &'a [String] },
 }
 
 /// The joints of a `sensor_msgs/JointState` that make the state, by name in the model's order
@@ -98,14 +98,15 @@ impl JointSelection {
         self.names.len()
     }
 
-    /// The state sample of one message; allocates only to describe a rejection.
-    pub fn sample(
-        &self,
+    /// The state sample of one message. Allocates nothing, a rejection included: it borrows
+    /// the names it reports, and a live node formats it only when it logs it.
+    pub fn sample<'a>(
+        &'a self,
         stamp_ns: i64,
-        names: &[String],
+        names: &'a [String],
         position: &[f64],
         velocity: &[f64],
-    ) -> Result<StateSample, StateRejected> {
+    ) -> Result<StateSample, StateRejected<'a>> {
         let counts = || StateRejected::Counts {
             positions: position.len(),
             velocities: velocity.len(),
@@ -132,10 +133,7 @@ impl JointSelection {
             let mut found = names.iter().enumerate().filter(|(_, n)| *n == joint).map(|(i, _)| i);
             let (Some(i), None) = (found.next(), found.next()) else {
                 // Missing, or named twice: which of two positions is the joint's is unknowable.
-                return Err(StateRejected::Joint {
-                    joint: joint.clone(),
-                    present: names.to_vec(),
-                });
+                return Err(StateRejected::Joint { joint, present: names });
             };
             s.position[k] = position[i];
             if !velocity.is_empty() {
@@ -192,9 +190,8 @@ mod tests {
     #[test]
     fn a_message_without_a_configured_joint_is_rejected_by_name() {
         let selection = JointSelection::new(&names(&["ee_x", "ee_z"])).unwrap();
-        let err = selection
-            .sample(0, &names(&["ee_x", "ee_y"]), &[1.0, 2.0], &[])
-            .unwrap_err();
+        let without_ee_z = names(&["ee_x", "ee_y"]);
+        let err = selection.sample(0, &without_ee_z, &[1.0, 2.0], &[]).unwrap_err();
         assert_eq!(
             err.to_string(),
             r#"joint "ee_z" (topics.state_joints) not named exactly once among the message's names ["ee_x", "ee_y"]"#
@@ -207,9 +204,8 @@ mod tests {
             err.to_string(),
             "0 names for 2 positions: topics.state_joints reads joints by name"
         );
-        let err = selection
-            .sample(0, &names(&["ee_x", "ee_z"]), &[1.0, 2.0], &[3.0])
-            .unwrap_err();
+        let both = names(&["ee_x", "ee_z"]);
+        let err = selection.sample(0, &both, &[1.0, 2.0], &[3.0]).unwrap_err();
         assert!(matches!(
             err,
             StateRejected::Counts {
