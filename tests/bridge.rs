@@ -143,3 +143,40 @@ fn a_reset_starts_the_episode_over_with_the_same_noise() {
     let d = &b.handle(r#"{"op": "stats"}"#)["diagnostics"];
     assert_eq!(d["plans"], json!(2), "the counters are the second episode's");
 }
+
+#[test]
+fn a_glitched_state_is_a_named_plan_error_that_does_not_stay_in_the_memory() {
+    let mut b = bridge();
+    b.handle(r#"{"op": "reset"}"#);
+    let step_with = |b: &mut Bridge, state: [f64; 4]| {
+        b.handle(&json!({"op": "step", "state": state, "images": [gray(3072), gray(3072)]}).to_string())
+    };
+    for _ in 0..15 {
+        assert_eq!(step_with(&mut b, REST)["source"], json!("plan"));
+    }
+    // One reading of 1e300 at a replan (step 15): finite, but it would overflow the f32 model
+    // and, kept in the 14-token memory, fail every plan after it.
+    let r = step_with(&mut b, [1e300, 0.08, 0.20, 1.0]);
+    assert_eq!(r["ok"], json!(true), "{r}");
+    assert_eq!(r["replanned"], json!(false), "{r}");
+    assert_eq!(r["source"], json!("plan"), "the last plan still runs: {r}");
+    let error = r["plan_error"].as_str().unwrap();
+    assert!(
+        error.starts_with("observation/action: expected values within 1000 standard deviations")
+            && error.contains("observation[0] = 1e300"),
+        "{error}"
+    );
+    // The glitch is not in the memory: the refused step is not counted, so the next step
+    // makes the replan that was due, and so on every 15 steps.
+    let mut replans = Vec::new();
+    for k in 16..=46 {
+        let r = step_with(&mut b, REST);
+        assert_eq!((&r["source"], &r["plan_error"]), (&json!("plan"), &json!(null)), "{r}");
+        if r["replanned"] == json!(true) {
+            replans.push(k);
+        }
+    }
+    assert_eq!(replans, [16, 31, 46]);
+    let d = &b.handle(r#"{"op": "stats"}"#)["diagnostics"];
+    assert_eq!(d["plan_errors"], json!(1));
+}

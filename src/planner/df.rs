@@ -42,6 +42,11 @@ pub enum PlanError {
     NoImages { frames_ago: usize },
 }
 
+/// Farther than this from the training data, a value is a sensor glitch, not a state: in the
+/// f32 model it overflows where a layer squares it (about 1e19), and well before that it plans
+/// nonsense.
+pub const MAX_STANDARD_DEVIATIONS: f64 = 1e3;
+
 fn invalid(field: &'static str, expected: impl ToString, got: impl ToString) -> PlanError {
     PlanError::Invalid {
         field,
@@ -321,7 +326,9 @@ impl DfPlanner {
     }
 
     /// Append one frame: the action executed during the last step and the observation now.
-    /// Camera models then take the frame's images with `push_images`.
+    /// Camera models then take the frame's images with `push_images`. A frame that is not
+    /// finite or lies beyond `MAX_STANDARD_DEVIATIONS` is refused and leaves the history as it
+    /// was: recorded, it would fail every plan while it stays in the window.
     pub fn push_frame(&mut self, prev_action: &[f64], observation: &[f64]) -> Result<(), PlanError> {
         let l = &self.contract.layout;
         if prev_action.len() != l.action_dim {
@@ -345,13 +352,29 @@ impl DfPlanner {
                 format!("non-finite value at index {i}"),
             ));
         }
+        let n = &self.contract.normalization;
         self.frame.iter_mut().for_each(|v| *v = 0.0);
-        for (field, values) in [(Field::Action, prev_action), (Field::Observation, observation)] {
+        for (field, name, values) in [
+            (Field::Action, "executed action", prev_action),
+            (Field::Observation, "observation", observation),
+        ] {
             let off = l.offset(field).expect("layout has action and observation");
+            for (k, &v) in values.iter().enumerate() {
+                let deviations = ((v - n.mean[off + k]) / n.std[off + k]).abs();
+                if deviations > MAX_STANDARD_DEVIATIONS {
+                    return Err(invalid(
+                        "observation/action",
+                        format!(
+                            "values within {MAX_STANDARD_DEVIATIONS} standard deviations of the training data's mean \
+                             (the contract's normalization)"
+                        ),
+                        format!("{name}[{k}] = {v:e}, {deviations:.1e} standard deviations away"),
+                    ));
+                }
+            }
             self.frame[off..off + values.len()].copy_from_slice(values);
         }
         let fd = l.frame_dim;
-        let n = &self.contract.normalization;
         self.frames_seen += 1;
         let slot = self.slot(0);
         for (i, (dst, v)) in self.history[slot * fd..(slot + 1) * fd]
@@ -694,6 +717,22 @@ pub(super) mod tests {
                 .all(|&v| (v - want).abs() < 1e-6));
         }
         assert_eq!(seen.levels, vec![0, 0, 0, 4, 4]);
+    }
+
+    #[test]
+    fn a_frame_not_finite_or_beyond_max_standard_deviations_is_refused_and_not_recorded() {
+        // The example contract normalizes with mean 0, std 1.
+        let (mut p, _) = planner(false, 3);
+        p.push_frame(&[0.0; 2], &[999.0, 0.0, 0.0, 0.0]).unwrap();
+        for (action, observation, reason) in [
+            ([0.0; 2], [0.0, 0.0, 1001.0, 0.0], "observation[2] = 1.001e3"),
+            ([-2e3, 0.0], [0.0; 4], "executed action[0] = -2e3"),
+            ([0.0; 2], [f64::NAN, 0.0, 0.0, 0.0], "non-finite value at index 2"),
+        ] {
+            let err = p.push_frame(&action, &observation).unwrap_err().to_string();
+            assert!(err.contains(reason), "{err}");
+            assert_eq!(p.frames_seen, 1, "{err}");
+        }
     }
 
     #[test]
