@@ -10,7 +10,7 @@ use std::cell::Cell;
 
 use df_planner::config::NodeConfig;
 use df_planner::frames::Resize;
-use df_planner::msgs::{from_cdr, to_cdr, Header, Image, Time};
+use df_planner::msgs::{from_cdr, to_cdr, Header, Image, ImageRef, Time};
 use df_planner::replay::{read_bag, read_bag_topics, replay, REORDER_WINDOW_NS};
 
 struct Tracking;
@@ -104,6 +104,10 @@ fn a_corrupt_length_is_an_error_that_allocates_at_most_a_mebibyte() {
             largest <= 1 << 20,
             "length at byte {at}: one allocation of {largest} bytes"
         );
+        // Read in place (replay's path): nothing is allocated but the error's text.
+        let (in_place, largest, _) = measure(|| ImageRef::from_cdr(&bad).map(|_| ()));
+        assert!(in_place.is_err(), "length at byte {at}");
+        assert!(largest < 256, "length at byte {at}: one allocation of {largest} bytes");
     }
 }
 

@@ -285,14 +285,14 @@ impl Feed {
     }
 
     fn image(&mut self, m: &BagMessage) -> Result<(), String> {
-        let img = msgs::from_cdr::<msgs::Image>(&m.data).map_err(|e| format!("undecodable: {e}"))?;
+        let img = msgs::ImageRef::from_cdr(&m.data).map_err(|e| format!("undecodable: {e}"))?;
         let view = ImageView {
-            encoding: &img.encoding,
+            encoding: img.encoding,
             width: img.width,
             height: img.height,
             step: img.step,
-            data: &img.data,
-            stamp_ns: img.header.stamp.to_ns(),
+            data: img.data,
+            stamp_ns: img.stamp.to_ns(),
         };
         // Every camera role on this topic (two roles may share one camera).
         let mut first_error = None;
