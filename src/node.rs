@@ -6,7 +6,7 @@ use thiserror::Error;
 use crate::config::NodeConfig;
 use crate::control::{ControlCore, ControlParams, JointSelection, OfflineLoop, Safety};
 use crate::frames::{CameraRing, MAX_CAMERAS};
-use crate::model::{ModelContract, ModelError, OnnxDenoiser};
+use crate::model::{Field, ModelContract, ModelError, OnnxDenoiser, MAX_STANDARD_DEVIATIONS};
 use crate::planner::{DfPlanner, PlanError, PlannerSettings, PlannerTask};
 
 #[derive(Debug, Error)]
@@ -92,8 +92,37 @@ pub fn planner(cfg: &NodeConfig) -> Result<DfPlanner, NodeError> {
         });
     }
     joint_selection(cfg, &contract)?;
+    actions_within_the_training_data(cfg, &contract)?;
     let settings = planner_settings(cfg, contract.layout.frame_stack);
     Ok(DfPlanner::new(Box::new(model), contract, &settings)?)
+}
+
+/// Every action the arm can be sent (the stop action, the safety limits) enters the planner's
+/// history as the executed action, which refuses values beyond MAX_STANDARD_DEVIATIONS: such a
+/// config would make the planner refuse every step.
+fn actions_within_the_training_data(cfg: &NodeConfig, contract: &ModelContract) -> Result<(), NodeError> {
+    let offset = contract.layout.offset(Field::Action).expect("a layout has actions");
+    for (field, values) in [
+        ("control.stop_action", &cfg.control.stop_action),
+        ("safety.action_min", &cfg.safety.action_min),
+        ("safety.action_max", &cfg.safety.action_max),
+    ] {
+        if let Some((k, v, deviations)) = contract.normalization.first_beyond_limit(offset, values) {
+            let (mean, std) = (
+                contract.normalization.mean[offset + k],
+                contract.normalization.std[offset + k],
+            );
+            return Err(NodeError::Mismatch {
+                field,
+                expected: format!(
+                    "values within {MAX_STANDARD_DEVIATIONS} standard deviations of the model's action mean \
+                     ([{k}]: mean {mean}, std {std})"
+                ),
+                got: format!("[{k}] = {v}, {deviations:.1e} standard deviations away"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// How the node reads `sensor_msgs/JointState` (`topics.state_joints`): names that fit the

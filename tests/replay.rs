@@ -436,6 +436,9 @@ fn an_mcap_lists_its_declared_channels_even_those_without_messages() {
 
     let whole = df_planner::replay::read_bag(&path).unwrap();
     assert_eq!(declared(&whole), ["/early", "/late", "/silent"]);
+    // Read from the summary section, the same.
+    let summary = df_planner::replay::declared_topics(&path).unwrap();
+    assert_eq!(summary.topics, whole.topics);
     assert_eq!(whole.messages.len(), 20);
     assert!(whole.read_error.is_none(), "{:?}", whole.read_error);
     assert!(whole.topics.iter().all(|(_, ty)| ty == "sensor_msgs/msg/JointState"));
@@ -446,6 +449,11 @@ fn an_mcap_lists_its_declared_channels_even_those_without_messages() {
     std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
     let truncated = df_planner::replay::read_bag(&cut).unwrap();
     assert_eq!(declared(&truncated), ["/early", "/late", "/silent"]);
+    // No summary left: read through.
+    assert_eq!(
+        df_planner::replay::declared_topics(&cut).unwrap().topics,
+        truncated.topics
+    );
     assert!(truncated.messages.iter().all(|m| m.topic == "/early"));
     assert!(
         (1..10).contains(&truncated.messages.len()),
@@ -485,6 +493,16 @@ fn state_joints_read_the_state_by_name_and_a_missing_joint_is_counted() {
 }
 
 #[test]
+fn the_declared_topics_are_the_topics_a_full_read_lists() {
+    for name in ["pointmass_mcap", "pointmass_sqlite3", "faults_mcap", "truncated.mcap"] {
+        let all = df_planner::replay::read_bag(&bag(name)).unwrap();
+        let declared = df_planner::replay::declared_topics(&bag(name)).unwrap();
+        assert_eq!(declared.topics, all.topics, "{name}");
+        assert_eq!(declared.storage, all.storage, "{name}");
+    }
+}
+
+#[test]
 fn only_the_kept_topics_messages_are_held_in_both_formats() {
     for name in ["pointmass_mcap", "pointmass_sqlite3"] {
         let all = df_planner::replay::read_bag(&bag(name)).unwrap();
@@ -498,8 +516,8 @@ fn only_the_kept_topics_messages_are_held_in_both_formats() {
 
 #[test]
 fn messages_stored_out_of_log_time_order_replay_in_order_within_the_window() {
-    // The shipped bag with one state stored 0.5 s late (a slow recorder callback) and one
-    // stored at the end, 5 s late.
+    // The shipped bag with the state at 2 s stored 0.5 s late (a slow recorder callback) and
+    // the state at 3 s stored at the end, about 3 s late.
     let whole = shipped_mcap();
     let mut all: Vec<_> = mcap::MessageStream::new(&whole).unwrap().map(Result::unwrap).collect();
     let states: Vec<usize> = (0..all.len())
@@ -507,7 +525,7 @@ fn messages_stored_out_of_log_time_order_replay_in_order_within_the_window() {
         .collect();
     let slightly_late = all.remove(states[20]);
     all.insert(states[20] + 15, slightly_late);
-    let very_late = all.remove(states[10]);
+    let very_late = all.remove(states[30]);
     let very_late_ns = very_late.log_time;
     all.push(very_late);
     let path = out("reordered.mcap");
@@ -524,8 +542,8 @@ fn messages_stored_out_of_log_time_order_replay_in_order_within_the_window() {
         Some(&1),
         "{states:?}"
     );
-    // The slightly late state replays where it belongs: the run matches the shipped bag's
-    // up to the very late state's time.
+    // The slightly late state (2 s) replays where it belongs: the run matches the shipped
+    // bag's up to the very late state's time (3 s).
     let plain = run(&config(), "pointmass_mcap", "reordered_plain.mcap").unwrap();
     assert_eq!(plain.reordered_by_log_time, 0);
     let before = |name| -> Vec<_> {
@@ -554,4 +572,48 @@ fn a_folder_holding_two_recordings_and_no_metadata_is_refused() {
     std::fs::write(dir.join("metadata.yaml"), listed).unwrap();
     let s = run_bag(&config(), &dir, "two_recordings.mcap").unwrap();
     assert_eq!(s.topics["/joint_states"].read, 60);
+}
+
+#[test]
+fn a_bag_without_input_messages_fails_and_leaves_no_output() {
+    // Every configured topic declared, none with a message.
+    let path = out("declared_only.mcap");
+    let mut w = mcap::Writer::new(std::io::BufWriter::new(std::fs::File::create(&path).unwrap())).unwrap();
+    for (topic, ty) in [
+        ("/joint_states", "sensor_msgs/msg/JointState"),
+        ("/camera/image_raw", "sensor_msgs/msg/Image"),
+        ("/action", "std_msgs/msg/Float64MultiArray"),
+    ] {
+        let schema = w.add_schema(ty, "ros2msg", b"").unwrap();
+        w.add_channel(schema, topic, "cdr", &Default::default()).unwrap();
+    }
+    w.finish().unwrap();
+    drop(w);
+    let err = run_bag(&config(), &path, "declared_only_out.mcap").unwrap_err();
+    assert!(matches!(err, ReplayError::Empty), "{err}");
+    assert!(
+        !out("declared_only_out.mcap").exists(),
+        "a failed replay leaves no output"
+    );
+}
+
+#[test]
+fn an_output_inside_the_bag_is_refused() {
+    let dir = out("output_inside");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("recording_0.mcap"), shipped_mcap()).unwrap();
+    let mut cfg = config();
+    cfg.model.runtime = common::cpu();
+    for target in [dir.join("replayed.mcap"), dir.join("recording_0.mcap")] {
+        let bag = if target.ends_with("recording_0.mcap") {
+            target.clone()
+        } else {
+            dir.clone()
+        };
+        let err = replay(&cfg, &bag, &target, None).unwrap_err().to_string();
+        assert!(err.contains("inside the bag"), "{err}");
+    }
+    assert!(!dir.join("replayed.mcap").exists());
+    assert_eq!(std::fs::read(dir.join("recording_0.mcap")).unwrap(), shipped_mcap());
+    assert!(replay(&cfg, &dir, &out("output_outside.mcap"), None).is_ok());
 }

@@ -317,6 +317,25 @@ fn the_pd_controller_is_refused_for_a_model_without_one_action_per_position() {
 }
 
 #[test]
+fn actions_far_outside_the_models_training_data_are_refused_at_load() {
+    // The planner records every executed action in its history and refuses values more than
+    // 1000 standard deviations from the training data's: a safety limit there would let the
+    // arm be sent actions after which it refuses every step.
+    let mut cfg = fruit_swap_config();
+    cfg.safety.action_max[2] = 100.0;
+    let Err(e) = df_planner::node::planner(&cfg) else {
+        panic!("a height limit of 100 m was accepted")
+    };
+    let e = e.to_string();
+    assert!(
+        e.starts_with(
+            "safety.action_max: expected values within 1000 standard deviations of the model's action mean ([2]: mean"
+        ) && e.contains("got [2] = 100, 1."),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_camera_model_requires_its_cameras() {
     let mut cfg = fruit_swap_config();
     cfg.camera.required = false;

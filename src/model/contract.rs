@@ -99,6 +99,22 @@ pub struct Normalization {
     pub std: Vec<f64>,
 }
 
+/// Farther than this from the training data, a value is a sensor glitch or a misconfiguration,
+/// not a state: in the f32 model it overflows where a layer squares it (about 1e19), and well
+/// before that it plans nonsense.
+pub const MAX_STANDARD_DEVIATIONS: f64 = 1e3;
+
+impl Normalization {
+    /// The first of `values` (frame fields from index `offset` on) that lies more than
+    /// `MAX_STANDARD_DEVIATIONS` from its mean: (its index in `values`, it, how far).
+    pub fn first_beyond_limit(&self, offset: usize, values: &[f64]) -> Option<(usize, f64, f64)> {
+        values.iter().enumerate().find_map(|(k, &v)| {
+            let deviations = ((v - self.mean[offset + k]) / self.std[offset + k]).abs();
+            (deviations > MAX_STANDARD_DEVIATIONS).then_some((k, v, deviations))
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiffusionSpec {

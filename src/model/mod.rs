@@ -15,7 +15,7 @@ use thiserror::Error;
 pub(crate) use contract::example_json;
 pub use contract::{
     CameraInput, CameraSpec, ContractError, DiffusionSpec, Field, Graphs, ModelContract, Normalization,
-    Parameterization, Provenance, ScheduleName, TokenLayout, CONTRACT_MAJOR, METADATA_KEY,
+    Parameterization, Provenance, ScheduleName, TokenLayout, CONTRACT_MAJOR, MAX_STANDARD_DEVIATIONS, METADATA_KEY,
 };
 pub use runtime::{available_providers, Provider, ProviderStatus, RuntimeConfig};
 pub use session::OnnxDenoiser;

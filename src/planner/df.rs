@@ -18,7 +18,7 @@ use crate::diffusion::{
     Denoiser, Guidance, GuidanceForm, MatrixError, MatrixKind, SampleError, Sampler, SamplerSettings, ScheduleError,
     SchedulingMatrix, SeededNoise, TimestepRows,
 };
-use crate::model::{Field, ModelContract};
+use crate::model::{Field, ModelContract, MAX_STANDARD_DEVIATIONS};
 
 use super::plan::Plan;
 
@@ -41,11 +41,6 @@ pub enum PlanError {
     #[error("no camera images for the frame {frames_ago} steps ago: a camera model plans from the images of every history token")]
     NoImages { frames_ago: usize },
 }
-
-/// Farther than this from the training data, a value is a sensor glitch, not a state: in the
-/// f32 model it overflows where a layer squares it (about 1e19), and well before that it plans
-/// nonsense.
-pub const MAX_STANDARD_DEVIATIONS: f64 = 1e3;
 
 fn invalid(field: &'static str, expected: impl ToString, got: impl ToString) -> PlanError {
     PlanError::Invalid {
@@ -328,8 +323,32 @@ impl DfPlanner {
     /// Append one frame: the action executed during the last step and the observation now.
     /// Camera models then take the frame's images with `push_images`. A frame that is not
     /// finite or lies beyond `MAX_STANDARD_DEVIATIONS` is refused and leaves the history as it
-    /// was: recorded, it would fail every plan while it stays in the window.
+    /// was (recorded, it would fail every plan while it stays in the window); the next plan
+    /// starts cold, as after skipped steps, since a step has passed that the history lacks.
     pub fn push_frame(&mut self, prev_action: &[f64], observation: &[f64]) -> Result<(), PlanError> {
+        if let Err(e) = self.fill_frame(prev_action, observation) {
+            self.start_cold();
+            return Err(e);
+        }
+        let fd = self.contract.layout.frame_dim;
+        let n = &self.contract.normalization;
+        self.frames_seen += 1;
+        let slot = self.slot(0);
+        for (i, (dst, v)) in self.history[slot * fd..(slot + 1) * fd]
+            .iter_mut()
+            .zip(&self.frame)
+            .enumerate()
+        {
+            *dst = ((v - n.mean[i]) / n.std[i]) as f32;
+        }
+        if let Some(images) = self.images.as_mut() {
+            images.present[slot] = false;
+        }
+        Ok(())
+    }
+
+    /// Check one frame's values and lay them out in `frame`.
+    fn fill_frame(&mut self, prev_action: &[f64], observation: &[f64]) -> Result<(), PlanError> {
         let l = &self.contract.layout;
         if prev_action.len() != l.action_dim {
             return Err(invalid(
@@ -352,40 +371,23 @@ impl DfPlanner {
                 format!("non-finite value at index {i}"),
             ));
         }
-        let n = &self.contract.normalization;
         self.frame.iter_mut().for_each(|v| *v = 0.0);
         for (field, name, values) in [
             (Field::Action, "executed action", prev_action),
             (Field::Observation, "observation", observation),
         ] {
             let off = l.offset(field).expect("layout has action and observation");
-            for (k, &v) in values.iter().enumerate() {
-                let deviations = ((v - n.mean[off + k]) / n.std[off + k]).abs();
-                if deviations > MAX_STANDARD_DEVIATIONS {
-                    return Err(invalid(
-                        "observation/action",
-                        format!(
-                            "values within {MAX_STANDARD_DEVIATIONS} standard deviations of the training data's mean \
-                             (the contract's normalization)"
-                        ),
-                        format!("{name}[{k}] = {v:e}, {deviations:.1e} standard deviations away"),
-                    ));
-                }
+            if let Some((k, v, deviations)) = self.contract.normalization.first_beyond_limit(off, values) {
+                return Err(invalid(
+                    "observation/action",
+                    format!(
+                        "values within {MAX_STANDARD_DEVIATIONS} standard deviations of the training data's mean \
+                         (the contract's normalization)"
+                    ),
+                    format!("{name}[{k}] = {v:e}, {deviations:.1e} standard deviations away"),
+                ));
             }
             self.frame[off..off + values.len()].copy_from_slice(values);
-        }
-        let fd = l.frame_dim;
-        self.frames_seen += 1;
-        let slot = self.slot(0);
-        for (i, (dst, v)) in self.history[slot * fd..(slot + 1) * fd]
-            .iter_mut()
-            .zip(&self.frame)
-            .enumerate()
-        {
-            *dst = ((v - n.mean[i]) / n.std[i]) as f32;
-        }
-        if let Some(images) = self.images.as_mut() {
-            images.present[slot] = false;
         }
         Ok(())
     }
@@ -776,6 +778,10 @@ pub(super) mod tests {
         // Steps skipped by a planner thread that fell behind: cold again.
         p.start_cold();
         assert_eq!(calls(&mut p, 10, true).unwrap(), cold);
+        assert_eq!(calls(&mut p, 12, true).unwrap(), warm);
+        // A refused frame: a step the history lacks, so cold again.
+        assert!(p.push_frame(&[0.0; 2], &[f64::NAN; 4]).is_err());
+        assert_eq!(calls(&mut p, 14, true).unwrap(), cold);
     }
 
     #[test]

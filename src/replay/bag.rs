@@ -2,12 +2,13 @@
 //! A bag that ends early (truncated, corrupt) yields what it holds and says where it broke.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 
 use mcap::read::ChannelAccumulator;
 use mcap::records::Record;
 use mcap::sans_io::linear_reader::{LinearReadEvent, LinearReader, LinearReaderOptions};
+use mcap::sans_io::summary_reader::{SummaryReadEvent, SummaryReader, SummaryReaderOptions};
 use mcap::McapError;
 
 use thiserror::Error;
@@ -74,8 +75,27 @@ pub fn for_each_message(
     keep: &dyn Fn(&str) -> bool,
     each: &mut dyn FnMut(BagMessage),
 ) -> Result<BagInfo, BagError> {
+    each_file(path, &mut |file| read_file(file, keep, each))
+}
+
+/// What a bag declares, without reading its messages where the storage allows: an MCAP
+/// file's summary section (its channels, repeated at the end by rosbag2's writer) or a
+/// sqlite3 bag's topics table. An MCAP file without a summary (truncated, or written without
+/// one) is read through, holding nothing.
+pub fn declared_topics(path: &Path) -> Result<BagInfo, BagError> {
+    each_file(path, &mut |file| match file.extension().and_then(|e| e.to_str()) {
+        Some("mcap") => match mcap_summary(file) {
+            Some(info) => Ok(info),
+            None => read_mcap(file, &|_| false, &mut |_| {}),
+        },
+        _ => read_file(file, &|_| false, &mut |_| {}),
+    })
+}
+
+/// `read` on a storage file, or on every file of a rosbag2 folder, merged.
+fn each_file(path: &Path, read: &mut dyn FnMut(&Path) -> Result<BagInfo, BagError>) -> Result<BagInfo, BagError> {
     if !path.is_dir() {
-        return read_file(path, keep, each);
+        return read(path);
     }
     let files = storage_files(path)?;
     let storage = |f: &PathBuf| f.extension().map(|e| e.to_owned());
@@ -87,7 +107,7 @@ pub fn for_each_message(
     }
     let mut all: Option<BagInfo> = None;
     for file in &files {
-        let part = read_file(file, keep, each)?;
+        let part = read(file)?;
         match all.as_mut() {
             None => all = Some(part),
             Some(all) => all.append(part),
@@ -263,6 +283,43 @@ fn read_mcap(path: &Path, keep: &dyn Fn(&str) -> bool, each: &mut dyn FnMut(BagM
     Ok(bag.out)
 }
 
+/// The topics of a complete MCAP file from its summary section, in channel id order; None
+/// when it has none, lists no channels, or cannot be read (the caller then reads the file
+/// through, which reports any damage).
+fn mcap_summary(path: &Path) -> Option<BagInfo> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let size = file.metadata().ok()?.len();
+    let mut reader = SummaryReader::new_with_options(
+        SummaryReaderOptions::default()
+            .with_file_size(size)
+            .with_record_length_limit(MAX_RECORD),
+    );
+    while let Some(event) = reader.next_event() {
+        match event.ok()? {
+            SummaryReadEvent::ReadRequest(need) => {
+                let n = read_retrying(&mut file, reader.insert(need.min(READ_PIECE))).ok()?;
+                reader.notify_read(n);
+            }
+            SummaryReadEvent::SeekRequest(to) => {
+                let at = file.seek(to).ok()?;
+                reader.notify_seeked(at);
+            }
+        }
+    }
+    let summary = reader.finish()?;
+    let mut channels: Vec<_> = summary.channels.values().collect();
+    channels.sort_by_key(|c| c.id);
+    let mut info = BagInfo {
+        storage: "mcap",
+        ..BagInfo::default()
+    };
+    for channel in channels {
+        let type_name = channel.schema.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+        info.add_topic(&channel.topic, type_name);
+    }
+    (!info.topics.is_empty()).then_some(info)
+}
+
 /// `file.read`, again when a signal interrupted it.
 fn read_retrying(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     loop {
@@ -354,6 +411,9 @@ fn read_sqlite(
             kept.insert(id, name.clone());
         }
         out.add_topic(&name, type_name);
+    }
+    if kept.is_empty() {
+        return Ok(out);
     }
     let kept_ids: Vec<String> = kept.keys().map(i64::to_string).collect();
     // The data of a message not kept is not even read out of the database (the CASE leaves
@@ -484,6 +544,16 @@ mod tests {
         assert_eq!(bag.topics, [("/a".to_string(), "a/msg/A".to_string())]);
         assert_eq!(bag.messages.len(), 2);
         assert!(bag.read_error.is_none(), "{:?}", bag.read_error);
+    }
+
+    #[test]
+    fn a_complete_bag_declares_its_topics_in_its_summary() {
+        let shipped =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bags/pointmass_mcap/pointmass_mcap.mcap");
+        let summary = mcap_summary(&shipped).expect("the shipped bag has a summary section");
+        assert_eq!(summary.topics, read_bag(&shipped).unwrap().topics);
+        let truncated = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bags/truncated.mcap");
+        assert!(mcap_summary(&truncated).is_none());
     }
 
     #[test]

@@ -14,7 +14,9 @@ use std::time::Instant;
 use serde::Serialize;
 use thiserror::Error;
 
-pub use bag::{for_each_message, read_bag, read_bag_topics, BagContents, BagError, BagInfo, BagMessage};
+pub use bag::{
+    declared_topics, for_each_message, read_bag, read_bag_topics, BagContents, BagError, BagInfo, BagMessage,
+};
 use order::LogTimeOrder;
 pub use order::REORDER_WINDOW_NS;
 pub use writer::McapSink;
@@ -76,6 +78,7 @@ pub struct ReplaySummary {
     pub topics: BTreeMap<String, TopicCount>,
     pub ticks: u64,
     pub ticks_per_s: f64,
+    /// The replay's second pass: reading the inputs' messages and running the loop on them.
     pub wall_s: f64,
     pub diagnostics: Diagnostics,
     pub tick_latency: LatencySummary,
@@ -120,9 +123,9 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
     if let Some(rec) = &t.recorded_action {
         wanted.push((Input::RecordedAction, "topics.recorded_action".into(), rec, ARRAY));
     }
-    // First pass: the topics the bag declares, so a config that does not fit it fails before
+    // First the topics the bag declares, so a config that does not fit it fails before
     // anything is replayed.
-    let declared = for_each_message(bag_path, &|_| false, &mut |_| {})?;
+    let declared = declared_topics(bag_path)?;
     // An optional camera (a model without camera inputs, camera.required false) may be absent.
     let camera_optional = !camera_model && !cfg.camera.required;
     wanted.retain(|w| {
@@ -155,12 +158,10 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
         }
     }
     let inputs: Vec<(Input, String)> = wanted.iter().map(|w| (w.0, w.2.to_owned())).collect();
-    let kept: Vec<String> = inputs.iter().map(|(_, topic)| topic.clone()).collect();
-
-    // Second pass: the inputs' messages stream through a window that restores log-time order
-    // into the loop; a bag's other topics, often most of its bytes, are not even copied.
-    let mut feed = Feed {
-        joints: joint_selection(cfg, lp.contract())?,
+    let joints = joint_selection(cfg, lp.contract())?;
+    check_output_outside(bag_path, out)?;
+    let feed = Feed {
+        joints,
         sink: McapSink::create(out, cfg).map_err(ReplayError::Output)?,
         lp,
         action_dim: cfg.action_dim(),
@@ -173,6 +174,41 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
         first_ns: None,
         last_ns: 0,
     };
+    let replayed = stream(feed, bag_path);
+    if replayed.is_err() {
+        // No output from a replay that failed (the writer has finished it on drop).
+        let _ = std::fs::remove_file(out);
+    }
+    replayed
+}
+
+/// Refuse an output that is the bag, or in the bag's folder, where the second read would take
+/// it for another recording.
+fn check_output_outside(bag_path: &Path, out: &Path) -> Result<(), ReplayError> {
+    let absolute = |p: &Path| {
+        let parent = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        parent.canonicalize().map(|d| d.join(p.file_name().unwrap_or_default()))
+    };
+    let (Ok(bag), Ok(out_abs)) = (bag_path.canonicalize(), absolute(out)) else {
+        return Ok(()); // a missing folder fails where it is opened, with its own message
+    };
+    if out_abs == bag || (bag_path.is_dir() && out_abs.starts_with(&bag)) {
+        return Err(ReplayError::Output(format!(
+            "{}: inside the bag {}; write it elsewhere",
+            out.display(),
+            bag_path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Second pass: the inputs' messages stream through a window that restores log-time order
+/// into the loop; a bag's other topics, often most of its bytes, are not even copied.
+fn stream(mut feed: Feed, bag_path: &Path) -> Result<ReplaySummary, ReplayError> {
+    let kept: Vec<String> = feed.inputs.iter().map(|(_, topic)| topic.clone()).collect();
     let mut order = LogTimeOrder::new(REORDER_WINDOW_NS);
     let read = for_each_message(bag_path, &|topic| kept.iter().any(|k| k == topic), &mut |m| {
         if let Err(late) = order.push(m) {
