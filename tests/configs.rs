@@ -26,10 +26,10 @@ fn every_shipped_config_builds_its_planner() {
 fn state_joints_must_be_distinct_and_fit_the_model() {
     let path = common::repo().join("config/pointmass.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let with_joints = |joints: &str| {
-        let text = text.replacen("topics:\n", &format!("topics:\n  state_joints: {joints}\n"), 1);
-        NodeConfig::parse(&text, &path)
-    };
+    let shipped = "state_joints: [joint0, joint1]";
+    assert!(text.contains(shipped));
+    let with_joints =
+        |joints: &str| NodeConfig::parse(&text.replace(shipped, &format!("state_joints: {joints}")), &path);
     for (joints, problem) in [
         (
             "[a, b, a]",

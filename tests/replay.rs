@@ -465,10 +465,13 @@ fn an_mcap_lists_its_declared_channels_even_those_without_messages() {
 
 #[test]
 fn state_joints_read_the_state_by_name_and_a_missing_joint_is_counted() {
-    let plain = run(&config(), "pointmass_mcap", "joints_plain.mcap").unwrap();
-    // The bag's JointState names its joints joint0, joint1: naming them reads the same state.
+    // The bag's JointState names its joints joint0, joint1, as the config does: reading them by
+    // name reads the same state as reading every joint in the message's order.
     let mut named = config();
-    named.topics.state_joints = vec!["joint0".into(), "joint1".into()];
+    assert_eq!(named.topics.state_joints, ["joint0", "joint1"]);
+    let mut plain = config();
+    plain.topics.state_joints.clear();
+    let plain = run(&plain, "pointmass_mcap", "joints_plain.mcap").unwrap();
     let s = run(&named, "pointmass_mcap", "joints_named.mcap").unwrap();
     assert_eq!(
         messages(&out("joints_named.mcap"), "/df_planner/action"),
