@@ -276,28 +276,42 @@ fn a_split_bag_replays_every_file_in_order() {
 }
 
 #[test]
-fn a_non_finite_recorded_action_is_skipped_and_counted() {
-    // The shipped bag with one recorded action's last value set to NaN.
+fn a_non_finite_or_glitched_recorded_action_is_skipped_and_counted() {
+    // The shipped bag with one recorded action's last value set to NaN, and another's to 1e9
+    // (finite, but a billion standard deviations from the model's actions).
     let dir = out("nan_action");
     std::fs::create_dir_all(&dir).unwrap();
     let whole = shipped_mcap();
-    let mut poisoned = false;
+    let mut actions = 0;
     let messages = mcap::MessageStream::new(&whole).unwrap().map(|m| {
         let mut m = m.unwrap();
-        if !poisoned && m.channel.topic == "/action" {
-            let mut data = m.data.into_owned();
-            let n = data.len();
-            data[n - 8..].copy_from_slice(&f64::NAN.to_le_bytes());
-            m.data = data.into();
-            poisoned = true;
+        if m.channel.topic == "/action" {
+            actions += 1;
+            if let Some(bad) = [(1, f64::NAN), (20, 1e9)]
+                .iter()
+                .find(|(k, _)| *k == actions)
+                .map(|b| b.1)
+            {
+                let mut data = m.data.into_owned();
+                let n = data.len();
+                data[n - 8..].copy_from_slice(&bad.to_le_bytes());
+                m.data = data.into();
+            }
         }
         m
     });
     write_mcap(&dir.join("nan.mcap"), messages);
     let s = run_bag(&config(), &dir, "nan.mcap").unwrap();
     let action = &s.topics["/action"];
-    assert_eq!((action.read, action.used), (60, 59));
+    assert_eq!((action.read, action.used), (60, 58), "{action:?}");
     assert_eq!(action.skipped.get("non-finite value"), Some(&1));
+    assert_eq!(
+        action
+            .skipped
+            .get("a value more than 1000 standard deviations from the model's actions"),
+        Some(&1),
+        "{action:?}"
+    );
     assert!(s.planned_vs_recorded.as_ref().unwrap().rmse.is_finite());
     assert_eq!(s.diagnostics.plan_errors, 0);
 }

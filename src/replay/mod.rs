@@ -24,6 +24,7 @@ pub use writer::McapSink;
 use crate::config::NodeConfig;
 use crate::control::{ActionSink, Diagnostics, JointSelection, LatencySummary, OfflineLoop};
 use crate::frames::ImageView;
+use crate::model::{Field, MAX_STANDARD_DEVIATIONS};
 use crate::msgs;
 use crate::node::{camera_rings, joint_selection, offline_loop, planner, NodeError};
 
@@ -365,10 +366,17 @@ impl Feed {
         if a.data.len() != self.action_dim {
             return Err(format!("{} values, expected {}", a.data.len(), self.action_dim));
         }
-        // Kept out of the planner's history (it would poison every plan after it) and of the
-        // planned-vs-recorded error.
+        // Kept out of the planner's history (which would refuse every frame until the next
+        // action) and of the planned-vs-recorded error.
         if !a.data.iter().all(|v| v.is_finite()) {
             return Err("non-finite value".into());
+        }
+        let contract = self.lp.contract();
+        let offset = contract.layout.offset(Field::Action).expect("a layout has actions");
+        if contract.normalization.first_beyond_limit(offset, &a.data).is_some() {
+            return Err(format!(
+                "a value more than {MAX_STANDARD_DEVIATIONS} standard deviations from the model's actions"
+            ));
         }
         self.lp.ingest_executed_action(&a.data);
         self.recorded.push((m.log_time_ns, a.data));
