@@ -99,13 +99,19 @@ pub fn planner(cfg: &NodeConfig) -> Result<DfPlanner, NodeError> {
 
 /// Every action the arm can be sent (the stop action, the safety limits) enters the planner's
 /// history as the executed action, which refuses values beyond MAX_STANDARD_DEVIATIONS: such a
-/// config would make the planner refuse every step.
+/// config would make the planner refuse every step. So does the zero action the history
+/// starts with, before the first tick.
 fn actions_within_the_training_data(cfg: &NodeConfig, contract: &ModelContract) -> Result<(), NodeError> {
     let offset = contract.layout.offset(Field::Action).expect("a layout has actions");
+    let zeros = vec![0.0; contract.layout.action_dim];
     for (field, values) in [
         ("control.stop_action", &cfg.control.stop_action),
         ("safety.action_min", &cfg.safety.action_min),
         ("safety.action_max", &cfg.safety.action_max),
+        (
+            "model normalization (the executed action before the first tick, zeros)",
+            &zeros,
+        ),
     ] {
         if let Some((k, v, deviations)) = contract.normalization.first_beyond_limit(offset, values) {
             let (mean, std) = (

@@ -607,10 +607,18 @@ fn a_bag_without_input_messages_fails_and_leaves_no_output() {
     w.finish().unwrap();
     drop(w);
     let err = run_bag(&config(), &path, "declared_only_out.mcap").unwrap_err();
-    assert!(matches!(err, ReplayError::Empty), "{err}");
+    assert!(matches!(err, ReplayError::Empty { .. }), "{err}");
     assert!(
         !out("declared_only_out.mcap").exists(),
         "a failed replay leaves no output"
+    );
+    assert!(!out("declared_only_out.mcap.partial").exists());
+    // A previous output stays as it was.
+    std::fs::write(out("declared_only_out.mcap"), b"an earlier replay").unwrap();
+    run_bag(&config(), &path, "declared_only_out.mcap").unwrap_err();
+    assert_eq!(
+        std::fs::read(out("declared_only_out.mcap")).unwrap(),
+        b"an earlier replay"
     );
 }
 
@@ -633,4 +641,11 @@ fn an_output_inside_the_bag_is_refused() {
     assert!(!dir.join("replayed.mcap").exists());
     assert_eq!(std::fs::read(dir.join("recording_0.mcap")).unwrap(), shipped_mcap());
     assert!(replay(&cfg, &dir, &out("output_outside.mcap"), None).is_ok());
+    // An output that links to the bag replaces the link, not the bag.
+    let link = out("link_to_the_bag.mcap");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(dir.join("recording_0.mcap"), &link).unwrap();
+    assert!(replay(&cfg, &dir, &link, None).is_ok());
+    assert_eq!(std::fs::read(dir.join("recording_0.mcap")).unwrap(), shipped_mcap());
+    assert!(!std::fs::symlink_metadata(&link).unwrap().is_symlink());
 }

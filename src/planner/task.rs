@@ -87,6 +87,24 @@ impl PlannerTask {
         guidance: Option<&dyn Guidance>,
         plan: &mut Plan,
     ) -> Result<StepOutcome, PlanError> {
+        let outcome = self.record_and_plan(now_ns, state, executed_action, images, guidance, plan);
+        if outcome.is_err() {
+            // A step the history lacks, or a plan that failed: the previous plan's shift no
+            // longer matches, so the next plan starts cold.
+            self.planner.start_cold();
+        }
+        outcome
+    }
+
+    fn record_and_plan(
+        &mut self,
+        now_ns: i64,
+        state: Option<&StateSample>,
+        executed_action: &[f64],
+        images: Option<&[&[u8]]>,
+        guidance: Option<&dyn Guidance>,
+        plan: &mut Plan,
+    ) -> Result<StepOutcome, PlanError> {
         let Some(state) = state else {
             return Ok(StepOutcome::NoState);
         };

@@ -88,6 +88,7 @@ pub fn declared_topics(path: &Path) -> Result<BagInfo, BagError> {
             Some(info) => Ok(info),
             None => read_mcap(file, &|_| false, &mut |_| {}),
         },
+        Some("db3") => open_sqlite(file).map(|bag| bag.info),
         _ => read_file(file, &|_| false, &mut |_| {}),
     })
 }
@@ -381,6 +382,43 @@ impl McapRecords {
     }
 }
 
+/// A rosbag2 sqlite3 file opened read-only, with what it declares.
+struct SqliteBag {
+    db: rusqlite::Connection,
+    info: BagInfo,
+    /// Each topic's id and name.
+    topic_ids: Vec<(i64, String)>,
+}
+
+fn open_sqlite(path: &Path) -> Result<SqliteBag, BagError> {
+    let open_err = |e: rusqlite::Error| BagError::Open {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
+    let db =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(open_err)?;
+    let mut info = BagInfo {
+        storage: "sqlite3",
+        ..BagInfo::default()
+    };
+    let declared = db
+        .prepare("SELECT id, name, type FROM topics ORDER BY id")
+        .and_then(|mut topics| {
+            topics
+                .query_map([], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(open_err)?;
+    let mut topic_ids = Vec::with_capacity(declared.len());
+    for (id, name, type_name) in declared {
+        info.add_topic(&name, type_name);
+        topic_ids.push((id, name));
+    }
+    Ok(SqliteBag { db, info, topic_ids })
+}
+
 fn read_sqlite(
     path: &Path,
     keep: &dyn Fn(&str) -> bool,
@@ -390,31 +428,12 @@ fn read_sqlite(
         path: path.to_owned(),
         message: e.to_string(),
     };
-    let db =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(open_err)?;
-    let mut out = BagInfo {
-        storage: "sqlite3",
-        ..BagInfo::default()
-    };
-    let mut topics = db
-        .prepare("SELECT id, name, type FROM topics ORDER BY id")
-        .map_err(open_err)?;
-    let declared = topics
-        .query_map([], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
-        })
-        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-        .map_err(open_err)?;
-    let mut kept: HashMap<i64, String> = HashMap::new();
-    for (id, name, type_name) in declared {
-        if keep(&name) {
-            kept.insert(id, name.clone());
-        }
-        out.add_topic(&name, type_name);
-    }
-    if kept.is_empty() {
-        return Ok(out);
-    }
+    let SqliteBag {
+        db,
+        info: mut out,
+        topic_ids,
+    } = open_sqlite(path)?;
+    let kept: HashMap<i64, String> = topic_ids.into_iter().filter(|(_, name)| keep(name)).collect();
     let kept_ids: Vec<String> = kept.keys().map(i64::to_string).collect();
     // The data of a message not kept is not even read out of the database (the CASE leaves
     // its blob unloaded), only its topic and time.

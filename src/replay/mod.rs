@@ -49,8 +49,8 @@ pub enum ReplayError {
     },
     #[error("output {0}")]
     Output(String),
-    #[error("bag has no messages on the configured topics")]
-    Empty,
+    #[error("bag has no messages on the configured topics{damage}")]
+    Empty { damage: String },
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -161,9 +161,20 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
     let inputs: Vec<(Input, String)> = wanted.iter().map(|w| (w.0, w.2.to_owned())).collect();
     let joints = joint_selection(cfg, lp.contract())?;
     check_output_outside(bag_path, out)?;
+    // Written beside the output and renamed over it once the replay has succeeded: a failed
+    // replay leaves a previous output as it was, and an output that is a link into the bag
+    // replaces the link, not the bag. A device such as /dev/null is written directly.
+    let direct = std::fs::metadata(out).is_ok_and(|m| !m.is_file());
+    let staged = if direct {
+        out.to_owned()
+    } else {
+        let mut name = out.file_name().unwrap_or_default().to_owned();
+        name.push(".partial");
+        out.with_file_name(name)
+    };
     let feed = Feed {
         joints,
-        sink: McapSink::create(out, cfg).map_err(ReplayError::Output)?,
+        sink: McapSink::create(&staged, cfg).map_err(ReplayError::Output)?,
         lp,
         action_dim: cfg.action_dim(),
         inputs,
@@ -176,9 +187,15 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
         last_ns: 0,
     };
     let replayed = stream(feed, bag_path);
-    if replayed.is_err() {
-        // No output from a replay that failed (the writer has finished it on drop).
-        let _ = std::fs::remove_file(out);
+    if !direct {
+        match &replayed {
+            Ok(_) => {
+                std::fs::rename(&staged, out).map_err(|e| ReplayError::Output(format!("{}: {e}", out.display())))?
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(&staged);
+            }
+        }
     }
     replayed
 }
@@ -229,7 +246,12 @@ fn stream(mut feed: Feed, bag_path: &Path) -> Result<ReplaySummary, ReplayError>
         feed.message(m);
     }
     if feed.first_ns.is_none() {
-        return Err(ReplayError::Empty);
+        return Err(ReplayError::Empty {
+            damage: read
+                .read_error
+                .map(|e| format!(" (it ends early: {e})"))
+                .unwrap_or_default(),
+        });
     }
     let Feed {
         lp,
