@@ -587,7 +587,7 @@ pub(super) mod tests {
         x_t: Option<Array3<f32>>,
         images: Option<Array5<f32>>,
         levels: Vec<i64>,
-        calls: usize,
+        pub(in crate::planner) calls: usize,
     }
 
     /// A denoiser that predicts x0 = x_t and records its inputs.
@@ -667,6 +667,18 @@ pub(super) mod tests {
             warm_shift_tokens: 0,
             seed: 0,
         }
+    }
+
+    /// A planner that warm-starts from its previous plan, shifted one token.
+    pub(in crate::planner) fn warm_planner(cameras: bool) -> (DfPlanner, Arc<Mutex<Seen>>) {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let warm = PlannerSettings {
+            warm_start_level: Some(1),
+            warm_shift_tokens: 1,
+            ..settings(1)
+        };
+        let model = Box::new(Recorder(seen.clone(), cameras));
+        (DfPlanner::new(model, contract(cameras), &warm).unwrap(), seen)
     }
 
     pub(in crate::planner) fn planner(cameras: bool, context_tokens: usize) -> (DfPlanner, Arc<Mutex<Seen>>) {
@@ -754,14 +766,7 @@ pub(super) mod tests {
 
     #[test]
     fn after_a_failed_plan_the_next_one_starts_cold() {
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let warm = PlannerSettings {
-            warm_start_level: Some(1),
-            warm_shift_tokens: 1,
-            ..settings(1)
-        };
-        let model = Box::new(Recorder(seen.clone(), true));
-        let mut p = DfPlanner::new(model, contract(true), &warm).unwrap();
+        let (mut p, seen) = warm_planner(true);
         let mut plan = Plan::with_capacity(p.plan_len(), 2, 4, 12);
         let mut calls = |p: &mut DfPlanner, i: usize, image: bool| {
             push(p, i, image);

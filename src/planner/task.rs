@@ -148,7 +148,7 @@ impl PlannerTask {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::planner::df::tests::planner;
+    use crate::planner::df::tests::{planner, warm_planner};
 
     #[test]
     fn a_camera_model_records_nothing_until_every_camera_has_sent_an_image() {
@@ -164,5 +164,29 @@ mod tests {
         let image: &[u8] = &[128; 6];
         let outcome = task.step(0, Some(&state), &[0.0, 0.0], Some(&[image]), None, &mut plan);
         assert_eq!(outcome.unwrap(), StepOutcome::Planned);
+    }
+
+    #[test]
+    fn a_step_the_task_refuses_makes_the_next_plan_start_cold() {
+        let (p, seen) = warm_planner(false);
+        let mut task = PlannerTask::new(p, 2, 100_000_000);
+        let mut plan = task.new_plan();
+        let state = StateSample::new(0, &[0.5, 0.5], &[0.0, 0.0]).unwrap();
+        // Model calls made by one step (0 when it only records).
+        let mut step = |task: &mut PlannerTask, state: &StateSample| {
+            let before = seen.lock().calls;
+            let outcome = task.step(0, Some(state), &[0.0, 0.0], None, None, &mut plan);
+            outcome.map(|_| seen.lock().calls - before)
+        };
+        let cold = step(&mut task, &state).unwrap();
+        assert_eq!(step(&mut task, &state).unwrap(), 0);
+        let warm = step(&mut task, &state).unwrap();
+        assert!(0 < warm && warm < cold, "warm {warm}, cold {cold}");
+        assert_eq!(step(&mut task, &state).unwrap(), 0);
+        // Three joints for an observation of four: refused before the frame is recorded.
+        let wrong = StateSample::new(0, &[0.5, 0.5, 0.5], &[]).unwrap();
+        assert!(step(&mut task, &wrong).is_err());
+        // The refused step is not counted: the next one makes the due plan, cold.
+        assert_eq!(step(&mut task, &state).unwrap(), cold);
     }
 }
