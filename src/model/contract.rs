@@ -106,12 +106,18 @@ pub const MAX_STANDARD_DEVIATIONS: f64 = 1e3;
 
 impl Normalization {
     /// The first of `values` (frame fields from index `offset` on) that lies more than
-    /// `MAX_STANDARD_DEVIATIONS` from its mean: (its index in `values`, it, how far).
+    /// `MAX_STANDARD_DEVIATIONS` from its mean: (its index in `values`, it, how far). Values
+    /// past the frame's end are not checked (callers check lengths first).
     pub fn first_beyond_limit(&self, offset: usize, values: &[f64]) -> Option<(usize, f64, f64)> {
-        values.iter().enumerate().find_map(|(k, &v)| {
-            let deviations = ((v - self.mean[offset + k]) / self.std[offset + k]).abs();
-            (deviations > MAX_STANDARD_DEVIATIONS).then_some((k, v, deviations))
-        })
+        let fields = self.mean.iter().zip(&self.std).skip(offset);
+        values
+            .iter()
+            .zip(fields)
+            .enumerate()
+            .find_map(|(k, (&v, (mean, std)))| {
+                let deviations = ((v - mean) / std).abs();
+                (deviations > MAX_STANDARD_DEVIATIONS).then_some((k, v, deviations))
+            })
     }
 }
 
@@ -367,6 +373,22 @@ mod tests {
 
     fn valid() -> Value {
         example_json()
+    }
+
+    #[test]
+    fn values_beyond_the_limit_are_found_by_their_own_field_statistics() {
+        let n = Normalization {
+            mean: vec![0.0, 0.0, 100.0, 0.0],
+            std: vec![1.0, 1.0, 0.01, 1.0],
+        };
+        assert_eq!(n.first_beyond_limit(2, &[109.0, 999.0]), None);
+        assert_eq!(n.first_beyond_limit(2, &[111.0, 0.0]), Some((0, 111.0, 1100.0)));
+        assert_eq!(
+            n.first_beyond_limit(1, &[0.0, 100.0, -1001.0]),
+            Some((2, -1001.0, 1001.0))
+        );
+        // Longer than the frame: the rest is not checked, and nothing panics.
+        assert_eq!(n.first_beyond_limit(3, &[0.0, 1e9]), None);
     }
 
     fn error_with(path: &[&str], value: Value) -> String {
