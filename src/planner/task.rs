@@ -87,45 +87,18 @@ impl PlannerTask {
         guidance: Option<&dyn Guidance>,
         plan: &mut Plan,
     ) -> Result<StepOutcome, PlanError> {
-        let outcome = self.record_and_plan(now_ns, state, executed_action, images, guidance, plan);
-        if outcome.is_err() {
-            // A step the history lacks, or a plan that failed: the previous plan's shift no
-            // longer matches, so the next plan starts cold.
-            self.planner.start_cold();
-        }
-        outcome
-    }
-
-    fn record_and_plan(
-        &mut self,
-        now_ns: i64,
-        state: Option<&StateSample>,
-        executed_action: &[f64],
-        images: Option<&[&[u8]]>,
-        guidance: Option<&dyn Guidance>,
-        plan: &mut Plan,
-    ) -> Result<StepOutcome, PlanError> {
         let Some(state) = state else {
             return Ok(StepOutcome::NoState);
         };
-        let obs = self.observation.len();
-        if 2 * state.joints != obs && state.joints != obs {
-            return Err(PlanError::Invalid {
-                field: "robot state",
-                expected: format!(
-                    "{} joints (observation_dim / 2: positions then velocities) or {obs} (positions only)",
-                    obs / 2
-                ),
-                got: format!("{} joints", state.joints),
-            });
-        }
-        if self.planner.has_cameras() && images.is_none() {
-            return Ok(StepOutcome::NoImages);
-        }
-        state.observation(&mut self.observation);
-        self.planner.push_frame(executed_action, &self.observation)?;
-        if let (Some(images), true) = (images, self.planner.has_cameras()) {
-            self.planner.push_images(images)?;
+        match self.record(state, executed_action, images) {
+            Ok(true) => {}
+            Ok(false) => return Ok(StepOutcome::NoImages),
+            Err(e) => {
+                // A step the history lacks: the previous plan's shift no longer matches, so
+                // the next plan starts cold (as after a failed plan).
+                self.planner.start_cold();
+                return Err(e);
+            }
         }
         let due = self.steps.is_multiple_of(self.replan_every);
         self.steps += 1;
@@ -142,6 +115,36 @@ impl PlannerTask {
         plan.dt_ns = self.step_ns;
         plan.latency_ns = latency_ns;
         Ok(StepOutcome::Planned)
+    }
+
+    /// Enter this step's frame (and images) into the planner's history; false when a camera
+    /// model has no images yet.
+    fn record(
+        &mut self,
+        state: &StateSample,
+        executed_action: &[f64],
+        images: Option<&[&[u8]]>,
+    ) -> Result<bool, PlanError> {
+        let obs = self.observation.len();
+        if 2 * state.joints != obs && state.joints != obs {
+            return Err(PlanError::Invalid {
+                field: "robot state",
+                expected: format!(
+                    "{} joints (observation_dim / 2: positions then velocities) or {obs} (positions only)",
+                    obs / 2
+                ),
+                got: format!("{} joints", state.joints),
+            });
+        }
+        if self.planner.has_cameras() && images.is_none() {
+            return Ok(false);
+        }
+        state.observation(&mut self.observation);
+        self.planner.push_frame(executed_action, &self.observation)?;
+        if let (Some(images), true) = (images, self.planner.has_cameras()) {
+            self.planner.push_images(images)?;
+        }
+        Ok(true)
     }
 }
 
