@@ -149,6 +149,10 @@ struct ReplayArgs {
     /// Pace the replay at this multiple of real time (default: as fast as possible).
     #[arg(long)]
     rate: Option<f64>,
+    /// Seconds of log time a message may be stored after later ones and still replay in its
+    /// place (later ones are skipped and counted); memory holds this much of the inputs.
+    #[arg(long, default_value_t = 2.0)]
+    reorder_window: f64,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -541,13 +545,12 @@ fn bench(a: BenchArgs) -> Result<()> {
 }
 
 fn replay(a: ReplayArgs) -> Result<()> {
-    if let Some(rate) = a.rate {
-        if !(rate.is_finite() && rate > 0.0) {
-            bail!("--rate: expected a number > 0, got {rate}");
-        }
-    }
     let cfg = NodeConfig::load(&a.config)?;
-    let s = df_planner::replay::replay(&cfg, &a.bag, &a.out, a.rate)?;
+    let options = df_planner::replay::ReplayOptions {
+        rate: a.rate,
+        reorder_window_s: a.reorder_window,
+    };
+    let s = df_planner::replay::replay(&cfg, &a.bag, &a.out, &options)?;
     if a.json {
         return emit(&(serde_json::to_string_pretty(&s)? + "\n"));
     }

@@ -11,7 +11,7 @@ use std::cell::Cell;
 use df_planner::config::NodeConfig;
 use df_planner::frames::Resize;
 use df_planner::msgs::{from_cdr, to_cdr, Header, Image, ImageRef, Time};
-use df_planner::replay::{read_bag, read_bag_topics, replay, REORDER_WINDOW_NS};
+use df_planner::replay::{read_bag, read_bag_topics, replay, ReplayOptions};
 
 struct Tracking;
 
@@ -262,14 +262,15 @@ fn replay_holds_a_window_of_the_bag_not_the_bag() {
     cfg.model.runtime = common::cpu();
     cfg.camera.resize = Resize::Area;
     let out = temp_file("long_camera_out.mcap");
-    let (summary, _, peak) = measure(|| replay(&cfg, &path, &out, None).unwrap());
+    let (summary, _, peak) = measure(|| replay(&cfg, &path, &out, &ReplayOptions::default()).unwrap());
     std::fs::remove_file(&path).unwrap();
     std::fs::remove_file(&out).unwrap();
     let images = &summary.topics["/camera/image_raw"];
     assert_eq!((images.read, images.used), (FRAMES as u64, FRAMES as u64), "{images:?}");
     // The frames of one reorder window (and the one being read), plus the loop and the
     // output writer's buffers; the whole input would be 75 MiB.
-    let window = (REORDER_WINDOW_NS / PERIOD_NS + 2) as usize * frame_bytes;
+    let window_ns = (ReplayOptions::default().reorder_window_s * 1e9) as i64;
+    let window = (window_ns / PERIOD_NS + 2) as usize * frame_bytes;
     assert!(
         peak < window + (8 << 20),
         "peak {peak} bytes; a window of frames is {window}, the bag {}",

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use df_planner::config::NodeConfig;
 use df_planner::frames::Resize;
-use df_planner::replay::{replay, ReplayError, ReplaySummary};
+use df_planner::replay::{replay, ReplayError, ReplayOptions, ReplaySummary};
 
 fn config() -> NodeConfig {
     NodeConfig::load(&common::repo().join("config/pointmass.yaml")).unwrap()
@@ -31,7 +31,7 @@ fn run(cfg: &NodeConfig, bag_name: &str, out_name: &str) -> Result<ReplaySummary
 fn run_bag(cfg: &NodeConfig, path: &Path, out_name: &str) -> Result<ReplaySummary, ReplayError> {
     let mut cfg = cfg.clone();
     cfg.model.runtime = common::cpu();
-    replay(&cfg, path, &out(out_name), None)
+    replay(&cfg, path, &out(out_name), &ReplayOptions::default())
 }
 
 /// The shipped MCAP bag's file.
@@ -571,6 +571,44 @@ fn messages_stored_out_of_log_time_order_replay_in_order_within_the_window() {
     };
     assert!(!before("reordered_out.mcap").is_empty());
     assert_eq!(before("reordered_out.mcap"), before("reordered_plain.mcap"));
+
+    // A window wide enough for the very late state: nothing skipped, the run as the shipped
+    // bag's.
+    let mut cfg = config();
+    cfg.model.runtime = common::cpu();
+    let wide = ReplayOptions {
+        reorder_window_s: 5.0,
+        ..ReplayOptions::default()
+    };
+    let s = replay(&cfg, &path, &out("reordered_wide.mcap"), &wide).unwrap();
+    assert_eq!(s.topics["/joint_states"].used, 60);
+    let actions = |name| messages(&out(name), "/df_planner/action");
+    assert_eq!(actions("reordered_wide.mcap"), actions("reordered_plain.mcap"));
+}
+
+#[test]
+fn replay_options_out_of_range_are_named() {
+    let mut cfg = config();
+    cfg.model.runtime = common::cpu();
+    for (options, expected) in [
+        (
+            ReplayOptions {
+                rate: Some(0.0),
+                ..ReplayOptions::default()
+            },
+            "rate: expected a number > 0, got 0",
+        ),
+        (
+            ReplayOptions {
+                reorder_window_s: -1.0,
+                ..ReplayOptions::default()
+            },
+            "reorder window: expected seconds from 0 to 86400, got -1",
+        ),
+    ] {
+        let err = replay(&cfg, &bag("pointmass_mcap"), &out("options.mcap"), &options).unwrap_err();
+        assert_eq!(err.to_string(), expected);
+    }
 }
 
 #[test]
@@ -635,17 +673,19 @@ fn an_output_inside_the_bag_is_refused() {
         } else {
             dir.clone()
         };
-        let err = replay(&cfg, &bag, &target, None).unwrap_err().to_string();
+        let err = replay(&cfg, &bag, &target, &ReplayOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("inside the bag"), "{err}");
     }
     assert!(!dir.join("replayed.mcap").exists());
     assert_eq!(std::fs::read(dir.join("recording_0.mcap")).unwrap(), shipped_mcap());
-    assert!(replay(&cfg, &dir, &out("output_outside.mcap"), None).is_ok());
+    assert!(replay(&cfg, &dir, &out("output_outside.mcap"), &ReplayOptions::default()).is_ok());
     // An output that links to the bag replaces the link, not the bag.
     let link = out("link_to_the_bag.mcap");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(dir.join("recording_0.mcap"), &link).unwrap();
-    assert!(replay(&cfg, &dir, &link, None).is_ok());
+    assert!(replay(&cfg, &dir, &link, &ReplayOptions::default()).is_ok());
     assert_eq!(std::fs::read(dir.join("recording_0.mcap")).unwrap(), shipped_mcap());
     assert!(!std::fs::symlink_metadata(&link).unwrap().is_symlink());
 }

@@ -18,7 +18,6 @@ pub use bag::{
     declared_topics, for_each_message, read_bag, read_bag_topics, BagContents, BagError, BagInfo, BagMessage,
 };
 use order::LogTimeOrder;
-pub use order::REORDER_WINDOW_NS;
 pub use writer::McapSink;
 
 use crate::config::NodeConfig;
@@ -49,6 +48,12 @@ pub enum ReplayError {
     },
     #[error("output {0}")]
     Output(String),
+    #[error("{option}: expected {expected}, got {got}")]
+    Option {
+        option: &'static str,
+        expected: &'static str,
+        got: f64,
+    },
     #[error("bag has no messages on the configured topics{damage}")]
     Empty { damage: String },
 }
@@ -106,7 +111,54 @@ enum Input {
 const JOINT_STATE: &str = "sensor_msgs/msg/JointState";
 const ARRAY: &str = "std_msgs/msg/Float64MultiArray";
 
-pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) -> Result<ReplaySummary, ReplayError> {
+/// How a bag is replayed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplayOptions {
+    /// Pace the replay at this multiple of real time; None: as fast as possible.
+    pub rate: Option<f64>,
+    /// How far in log time a message may be stored after later ones and still replay in its
+    /// place. Memory holds this much of the input topics' data (a 30 Hz VGA rgb8 camera: 28 MB
+    /// a second).
+    pub reorder_window_s: f64,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        Self {
+            rate: None,
+            reorder_window_s: 2.0,
+        }
+    }
+}
+
+impl ReplayOptions {
+    fn check(&self) -> Result<(), ReplayError> {
+        if let Some(rate) = self.rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+            return Err(ReplayError::Option {
+                option: "rate",
+                expected: "a number > 0",
+                got: rate,
+            });
+        }
+        let w = self.reorder_window_s;
+        if !(w.is_finite() && (0.0..=86_400.0).contains(&w)) {
+            return Err(ReplayError::Option {
+                option: "reorder window",
+                expected: "seconds from 0 to 86400",
+                got: w,
+            });
+        }
+        Ok(())
+    }
+}
+
+pub fn replay(
+    cfg: &NodeConfig,
+    bag_path: &Path,
+    out: &Path,
+    options: &ReplayOptions,
+) -> Result<ReplaySummary, ReplayError> {
+    options.check()?;
     let lp = build_loop(cfg)?;
     let camera_model = lp.has_cameras();
     let rings = camera_rings(cfg, lp.contract())?;
@@ -182,11 +234,11 @@ pub fn replay(cfg: &NodeConfig, bag_path: &Path, out: &Path, rate: Option<f64>) 
         recorded: Vec::new(),
         last_state_stamp: i64::MIN,
         start: Instant::now(),
-        rate,
+        rate: options.rate,
         first_ns: None,
         last_ns: 0,
     };
-    let replayed = stream(feed, bag_path);
+    let replayed = stream(feed, bag_path, (options.reorder_window_s * 1e9) as i64);
     if !direct {
         match &replayed {
             Ok(_) => {
@@ -225,14 +277,14 @@ fn check_output_outside(bag_path: &Path, out: &Path) -> Result<(), ReplayError> 
 
 /// Second pass: the inputs' messages stream through a window that restores log-time order
 /// into the loop; a bag's other topics, often most of its bytes, are not even copied.
-fn stream(mut feed: Feed, bag_path: &Path) -> Result<ReplaySummary, ReplayError> {
+fn stream(mut feed: Feed, bag_path: &Path, reorder_window_ns: i64) -> Result<ReplaySummary, ReplayError> {
     let kept: Vec<String> = feed.inputs.iter().map(|(_, topic)| topic.clone()).collect();
-    let mut order = LogTimeOrder::new(REORDER_WINDOW_NS);
+    let mut order = LogTimeOrder::new(reorder_window_ns);
     let read = for_each_message(bag_path, &|topic| kept.iter().any(|k| k == topic), &mut |m| {
         if let Err(late) = order.push(m) {
             feed.count(&late.topic).skip(format!(
                 "stored more than the {} s reorder window after later messages",
-                REORDER_WINDOW_NS as f64 / 1e9
+                reorder_window_ns as f64 / 1e9
             ));
         }
         while let Some(m) = order.pop(false) {

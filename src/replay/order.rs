@@ -7,10 +7,6 @@ use std::collections::BinaryHeap;
 
 use super::BagMessage;
 
-/// How far in log time a message may be stored after later ones and still replay in order.
-/// Memory held: this much of the input topics' data (a 30 Hz VGA rgb8 camera: 55 MB).
-pub const REORDER_WINDOW_NS: i64 = 2_000_000_000;
-
 /// A held message, ordered by log time, then by storage order.
 struct Held {
     log_time_ns: i64,
