@@ -271,6 +271,10 @@ fn replay_holds_a_window_of_the_bag_not_the_bag() {
     // output writer's buffers; the whole input would be 75 MiB.
     let window_ns = (ReplayOptions::default().reorder_window_s * 1e9) as i64;
     let window = (window_ns / PERIOD_NS + 2) as usize * frame_bytes;
+    println!(
+        "replay of {} bytes of camera frames: peak live heap {peak} bytes",
+        FRAMES as usize * frame_bytes
+    );
     assert!(
         peak < window + (8 << 20),
         "peak {peak} bytes; a window of frames is {window}, the bag {}",
