@@ -221,3 +221,36 @@ pub fn camera_rings(cfg: &NodeConfig, contract: &ModelContract) -> Result<Vec<Ca
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_whose_actions_are_never_near_zero_is_refused_at_load() {
+        // The first tick's executed action is zeros; an action trained around 5 with a spread
+        // of 0.001 would be refused at every step, however the config's actions are set.
+        let mut v = crate::model::example_json();
+        v["normalization"]["mean"] = serde_json::json!([5.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        v["normalization"]["std"] = serde_json::json!([1e-3, 1.0, 1.0, 1.0, 1.0, 1.0]);
+        let contract = ModelContract::from_json(&v.to_string()).unwrap();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pointmass.yaml");
+        let mut cfg = NodeConfig::load(&path).unwrap();
+        cfg.control.stop_action = vec![5.0, 0.0];
+        cfg.safety.action_min = vec![4.999, -1.0];
+        cfg.safety.action_max = vec![5.001, 1.0];
+        let e = actions_within_the_training_data(&cfg, &contract)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "model normalization (the executed action before the first tick, zeros): expected values within \
+             1000 standard deviations of the model's action mean ([0]: mean 5, std 0.001), got [0] = 0, \
+             5.0e3 standard deviations away"
+        );
+        // The same config is accepted for a model trained around zero.
+        let centred = ModelContract::from_json(&crate::model::example_json().to_string()).unwrap();
+        cfg.control.stop_action = vec![0.0, 0.0];
+        assert!(actions_within_the_training_data(&cfg, &centred).is_ok());
+    }
+}

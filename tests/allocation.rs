@@ -10,7 +10,7 @@ use std::cell::Cell;
 
 use df_planner::config::NodeConfig;
 use df_planner::frames::Resize;
-use df_planner::msgs::{from_cdr, to_cdr, Header, Image, ImageRef, Time};
+use df_planner::msgs::{float64_array, from_cdr, to_cdr, Header, Image, ImageRef, JointState, Time};
 use df_planner::replay::{read_bag, read_bag_topics, replay, ReplayOptions};
 
 struct Tracking;
@@ -279,5 +279,76 @@ fn replay_holds_a_window_of_the_bag_not_the_bag() {
         peak < window + (8 << 20),
         "peak {peak} bytes; a window of frames is {window}, the bag {}",
         FRAMES as usize * frame_bytes
+    );
+}
+
+/// A bag of `seconds` in which the arm's state comes once a second under a joint the config
+/// does not name (so the arm holds and nothing is planned) and its action once a second.
+fn held_arm_bag(path: &std::path::Path, seconds: i64) {
+    let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut w = mcap::WriteOptions::new().create(file).unwrap();
+    let mut channel = |topic: &str, ty: &str| {
+        let schema = w.add_schema(ty, "ros2msg", b"").unwrap();
+        w.add_channel(schema, topic, "cdr", &Default::default()).unwrap()
+    };
+    let state = channel("/joint_states", "sensor_msgs/msg/JointState");
+    let action = channel("/action", "std_msgs/msg/Float64MultiArray");
+    channel("/camera/image_raw", "sensor_msgs/msg/Image");
+    for k in 0..seconds {
+        let t = 1_000_000_000 * (1 + k);
+        let joints = JointState {
+            header: Header {
+                stamp: Time::from_ns(t),
+                frame_id: String::new(),
+            },
+            name: vec!["elbow".into()],
+            position: vec![0.0],
+            velocity: vec![],
+            effort: vec![],
+        };
+        for (channel_id, data) in [(state, to_cdr(&joints)), (action, to_cdr(&float64_array(&[0.1, -0.1])))] {
+            let header = mcap::records::MessageHeader {
+                channel_id,
+                sequence: k as u32,
+                log_time: t as u64,
+                publish_time: t as u64,
+            };
+            w.write_to_known_channel(&header, &data).unwrap();
+        }
+    }
+    w.finish().unwrap();
+}
+
+#[test]
+fn replay_memory_does_not_grow_with_the_bags_length() {
+    // An hour at 50 ticks a second publishes 180,000 actions; what replay keeps of them (the
+    // planned-vs-recorded error) must not grow with their number.
+    let mut cfg = NodeConfig::load(&common::repo().join("config/pointmass.yaml")).unwrap();
+    cfg.model.runtime = common::cpu();
+    cfg.topics.recorded_action = Some("/action".into());
+    let peak_for = |seconds: i64| {
+        let (bag, out) = (
+            temp_file(&format!("held_{seconds}.mcap")),
+            temp_file(&format!("held_{seconds}_out.mcap")),
+        );
+        held_arm_bag(&bag, seconds);
+        let (summary, _, peak) = measure(|| replay(&cfg, &bag, &out, &ReplayOptions::default()).unwrap());
+        std::fs::remove_file(&bag).unwrap();
+        std::fs::remove_file(&out).unwrap();
+        let compared = summary.planned_vs_recorded.as_ref().map_or(0, |e| e.compared);
+        assert_eq!(
+            compared, seconds as usize,
+            "every recorded action is compared: {summary:?}"
+        );
+        println!(
+            "replay of {seconds} s ({} ticks): peak live heap {peak} bytes",
+            summary.ticks
+        );
+        peak
+    };
+    let (minutes, hour) = (peak_for(360), peak_for(3600));
+    assert!(
+        hour < minutes + (1 << 20),
+        "an hour's replay peaked at {hour} bytes, six minutes' at {minutes}"
     );
 }

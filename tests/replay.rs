@@ -453,6 +453,16 @@ fn an_mcap_lists_its_declared_channels_even_those_without_messages() {
     // Read from the summary section, the same.
     let summary = df_planner::replay::declared_topics(&path).unwrap();
     assert_eq!(summary.topics, whole.topics);
+    // A summary damaged where it still parses fails its CRC: the topics come from the data.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(7).rposition(|w| w == b"/silent").unwrap() + 6;
+    bytes[at] = b'X';
+    let damaged = out("channels_damaged_summary.mcap");
+    std::fs::write(&damaged, &bytes).unwrap();
+    assert_eq!(
+        df_planner::replay::declared_topics(&damaged).unwrap().topics,
+        whole.topics
+    );
     assert_eq!(whole.messages.len(), 20);
     assert!(whole.read_error.is_none(), "{:?}", whole.read_error);
     assert!(whole.topics.iter().all(|(_, ty)| ty == "sensor_msgs/msg/JointState"));

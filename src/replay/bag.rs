@@ -290,6 +290,10 @@ fn read_mcap(path: &Path, keep: &dyn Fn(&str) -> bool, each: &mut dyn FnMut(BagM
 fn mcap_summary(path: &Path) -> Option<BagInfo> {
     let mut file = std::fs::File::open(path).ok()?;
     let size = file.metadata().ok()?.len();
+    if !summary_crc_holds(&mut file, size)? {
+        tracing::warn!(bag = %path.display(), "the MCAP summary fails its CRC; reading the topics from the data");
+        return None;
+    }
     let mut reader = SummaryReader::new_with_options(
         SummaryReaderOptions::default()
             .with_file_size(size)
@@ -319,6 +323,39 @@ fn mcap_summary(path: &Path) -> Option<BagInfo> {
         info.add_topic(&channel.topic, type_name);
     }
     (!info.topics.is_empty()).then_some(info)
+}
+
+/// Whether the summary section's bytes match the footer's CRC32 (true when the writer left it
+/// 0, unknown); None without a footer. A summary damaged where it still parses would
+/// otherwise name topics the bag does not hold.
+fn summary_crc_holds(file: &mut std::fs::File, size: u64) -> Option<bool> {
+    // The footer record (opcode, length, summary_start, summary_offset_start, crc) and the
+    // closing magic.
+    const FOOTER: u64 = 1 + 8 + 8 + 8 + 4;
+    let magic = mcap::MAGIC.len() as u64;
+    let footer_at = size.checked_sub(FOOTER + magic)?;
+    let mut footer = [0u8; FOOTER as usize];
+    file.seek(std::io::SeekFrom::Start(footer_at)).ok()?;
+    file.read_exact(&mut footer).ok()?;
+    let word = |at: usize| u64::from_le_bytes(footer[at..at + 8].try_into().expect("8 bytes"));
+    let (summary_start, crc) = (word(9), u32::from_le_bytes(footer[25..29].try_into().expect("4 bytes")));
+    if footer[0] != 0x02 || summary_start == 0 || summary_start > footer_at {
+        return None;
+    }
+    if crc == 0 {
+        return Some(true);
+    }
+    // From the summary's start through the footer's summary_offset_start field.
+    let mut left = footer_at + 1 + 8 + 16 - summary_start;
+    file.seek(std::io::SeekFrom::Start(summary_start)).ok()?;
+    let (mut hasher, mut piece) = (crc32fast::Hasher::new(), vec![0u8; READ_PIECE]);
+    while left > 0 {
+        let n = left.min(READ_PIECE as u64) as usize;
+        file.read_exact(&mut piece[..n]).ok()?;
+        hasher.update(&piece[..n]);
+        left -= n as u64;
+    }
+    Some(hasher.finalize() == crc)
 }
 
 /// `file.read`, again when a signal interrupted it.

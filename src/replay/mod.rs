@@ -4,6 +4,7 @@
 //! Deterministic for a seed: the planner runs synchronously on virtual time.
 
 mod bag;
+mod compare;
 mod order;
 mod writer;
 
@@ -17,15 +18,18 @@ use thiserror::Error;
 pub use bag::{
     declared_topics, for_each_message, read_bag, read_bag_topics, BagContents, BagError, BagInfo, BagMessage,
 };
+use compare::ActionComparison;
+pub use compare::ActionError;
 use order::LogTimeOrder;
 pub use writer::McapSink;
 
 use crate::config::NodeConfig;
-use crate::control::{ActionSink, Diagnostics, JointSelection, LatencySummary, OfflineLoop};
+use crate::control::{ActionSink, Diagnostics, JointSelection, LatencySummary, OfflineLoop, TickReport};
 use crate::frames::ImageView;
 use crate::model::{Field, MAX_STANDARD_DEVIATIONS};
 use crate::msgs;
 use crate::node::{camera_rings, joint_selection, offline_loop, planner, NodeError};
+use crate::planner::Plan;
 
 #[derive(Debug, Error)]
 pub enum ReplayError {
@@ -64,15 +68,6 @@ pub struct TopicCount {
     pub used: u64,
     /// Reason → count.
     pub skipped: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ActionError {
-    pub compared: usize,
-    pub rmse: f64,
-    pub max_abs: f64,
-    /// RMSE of each action dimension (a gripper's open/close differs in scale from positions).
-    pub rmse_per_dim: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -226,12 +221,14 @@ pub fn replay(
     };
     let feed = Feed {
         joints,
-        sink: McapSink::create(&staged, cfg).map_err(ReplayError::Output)?,
+        sink: Published {
+            output: McapSink::create(&staged, cfg).map_err(ReplayError::Output)?,
+            comparison: ActionComparison::default(),
+        },
         lp,
         action_dim: cfg.action_dim(),
         inputs,
         topics: BTreeMap::new(),
-        recorded: Vec::new(),
         last_state_stamp: i64::MIN,
         start: Instant::now(),
         rate: options.rate,
@@ -309,16 +306,15 @@ fn stream(mut feed: Feed, bag_path: &Path, reorder_window_ns: i64) -> Result<Rep
         lp,
         mut sink,
         topics,
-        recorded,
         start,
         last_ns,
         ..
     } = feed;
     let wall_s = start.elapsed().as_secs_f64();
     let diagnostics = lp.diagnostics();
-    sink.diagnostics(last_ns, &diagnostics);
-    let planned_vs_recorded = compare(&sink.actions, &recorded);
-    sink.finish().map_err(ReplayError::Output)?;
+    sink.output.diagnostics(last_ns, &diagnostics);
+    sink.output.finish().map_err(ReplayError::Output)?;
+    let planned_vs_recorded = sink.comparison.finish();
     Ok(ReplaySummary {
         bag: bag_path.display().to_string(),
         storage: read.storage,
@@ -336,16 +332,36 @@ fn stream(mut feed: Feed, bag_path: &Path, reorder_window_ns: i64) -> Result<Rep
     })
 }
 
+/// What replay publishes: written to the output, each action also compared with the recorded.
+struct Published {
+    output: McapSink,
+    comparison: ActionComparison,
+}
+
+impl ActionSink for Published {
+    fn action(&mut self, report: &TickReport, action: &[f64], plan: Option<&Plan>) {
+        self.comparison.published(report.now_ns, action);
+        self.output.action(report, action, plan);
+    }
+
+    fn plan(&mut self, plan: &Plan) {
+        self.output.plan(plan);
+    }
+
+    fn diagnostics(&mut self, now_ns: i64, diag: &Diagnostics) {
+        self.output.diagnostics(now_ns, diag);
+    }
+}
+
 /// The loop and what replay counts, fed one input message at a time in log-time order.
 struct Feed {
     lp: OfflineLoop,
-    sink: McapSink,
+    sink: Published,
     joints: JointSelection,
     action_dim: usize,
     /// Each input and its topic (two camera roles may share one topic).
     inputs: Vec<(Input, String)>,
     topics: BTreeMap<String, TopicCount>,
-    recorded: Vec<(i64, Vec<f64>)>,
     last_state_stamp: i64,
     start: Instant,
     rate: Option<f64>,
@@ -453,31 +469,7 @@ impl Feed {
             ));
         }
         self.lp.ingest_executed_action(&a.data);
-        self.recorded.push((m.log_time_ns, a.data));
+        self.sink.comparison.recorded(m.log_time_ns, a.data);
         Ok(())
     }
-}
-
-/// Each recorded action against the action we published at the latest tick at or before it.
-fn compare(published: &[(i64, Vec<f64>)], recorded: &[(i64, Vec<f64>)]) -> Option<ActionError> {
-    let (mut sum_sq, mut max_abs, mut count) = (Vec::<f64>::new(), 0.0_f64, 0usize);
-    for (t, rec) in recorded {
-        let idx = published.partition_point(|(pt, _)| pt <= t);
-        let Some((_, ours)) = idx.checked_sub(1).map(|i| &published[i]) else {
-            continue;
-        };
-        sum_sq.resize(sum_sq.len().max(rec.len()), 0.0);
-        for (i, (a, b)) in ours.iter().zip(rec).enumerate() {
-            let d = a - b;
-            sum_sq[i] += d * d;
-            max_abs = max_abs.max(d.abs());
-        }
-        count += 1;
-    }
-    (count > 0).then(|| ActionError {
-        compared: count,
-        rmse: (sum_sq.iter().sum::<f64>() / (count * sum_sq.len()) as f64).sqrt(),
-        max_abs,
-        rmse_per_dim: sum_sq.iter().map(|s| (s / count as f64).sqrt()).collect(),
-    })
 }

@@ -20,8 +20,6 @@ pub struct McapSink {
     diag_channel: u16,
     sequence: u32,
     format: ActionFormat,
-    /// Every published action, for the summary and the comparison with recorded actions.
-    pub actions: Vec<(i64, Vec<f64>)>,
     pub error: Option<String>,
 }
 
@@ -60,7 +58,6 @@ impl McapSink {
             diag_channel,
             sequence: 0,
             format: ActionFormat::new(cfg),
-            actions: Vec::new(),
             error: None,
         })
     }
@@ -90,7 +87,6 @@ impl McapSink {
 impl ActionSink for McapSink {
     fn action(&mut self, report: &TickReport, action: &[f64], plan: Option<&Plan>) {
         let now = report.now_ns;
-        self.actions.push((now, action.to_vec()));
         let bytes = match self.format.message(report, action, plan) {
             ActionMessage::Array(m) => to_cdr(&m),
             ActionMessage::Trajectory(m) => to_cdr(&m),
