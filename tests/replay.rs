@@ -463,6 +463,9 @@ fn an_mcap_lists_its_declared_channels_even_those_without_messages() {
         df_planner::replay::declared_topics(&damaged).unwrap().topics,
         whole.topics
     );
+    // Read through, the damage lies after the data: every message, and no read error.
+    let through = df_planner::replay::read_bag(&damaged).unwrap();
+    assert_eq!((through.messages.len(), through.read_error), (20, None));
     assert_eq!(whole.messages.len(), 20);
     assert!(whole.read_error.is_none(), "{:?}", whole.read_error);
     assert!(whole.topics.iter().all(|(_, ty)| ty == "sensor_msgs/msg/JointState"));

@@ -80,8 +80,8 @@ pub fn for_each_message(
 
 /// What a bag declares, without reading its messages where the storage allows: an MCAP
 /// file's summary section (its channels, repeated at the end by rosbag2's writer) or a
-/// sqlite3 bag's topics table. An MCAP file without a summary (truncated, or written without
-/// one) is read through, holding nothing.
+/// sqlite3 bag's topics table. An MCAP file without a sound summary (truncated, written
+/// without one, or failing its CRC) is read through, holding nothing.
 pub fn declared_topics(path: &Path) -> Result<BagInfo, BagError> {
     each_file(path, &mut |file| match file.extension().and_then(|e| e.to_str()) {
         Some("mcap") => match mcap_summary(file) {
@@ -277,7 +277,12 @@ fn read_mcap(path: &Path, keep: &dyn Fn(&str) -> bool, each: &mut dyn FnMut(BagM
                     message: format!("not an MCAP file: {e}"),
                 });
             }
-            bag.out.read_error = Some(stopped(path, bag.messages_read, e));
+            if bag.data_ended {
+                // Every message has been read; a damaged summary loses nothing replay uses.
+                tracing::warn!(bag = %path.display(), error = %e, "the MCAP summary is damaged; the data section was read whole");
+            } else {
+                bag.out.read_error = Some(stopped(path, bag.messages_read, e));
+            }
             break;
         }
     }
@@ -285,8 +290,8 @@ fn read_mcap(path: &Path, keep: &dyn Fn(&str) -> bool, each: &mut dyn FnMut(BagM
 }
 
 /// The topics of a complete MCAP file from its summary section, in channel id order; None
-/// when it has none, lists no channels, or cannot be read (the caller then reads the file
-/// through, which reports any damage).
+/// when it has none, lists no channels, fails its CRC or cannot be read (the caller then reads
+/// the file through, which reports any damage).
 fn mcap_summary(path: &Path) -> Option<BagInfo> {
     let mut file = std::fs::File::open(path).ok()?;
     let size = file.metadata().ok()?.len();
@@ -326,20 +331,21 @@ fn mcap_summary(path: &Path) -> Option<BagInfo> {
 }
 
 /// Whether the summary section's bytes match the footer's CRC32 (true when the writer left it
-/// 0, unknown); None without a footer. A summary damaged where it still parses would
-/// otherwise name topics the bag does not hold.
+/// 0, unknown). None when there is no summary to check: no footer and closing magic (a
+/// truncated file), a footer that points at no summary, or a read that fails. A summary
+/// damaged where it still parses would otherwise name topics the bag does not hold.
 fn summary_crc_holds(file: &mut std::fs::File, size: u64) -> Option<bool> {
-    // The footer record (opcode, length, summary_start, summary_offset_start, crc) and the
-    // closing magic.
-    const FOOTER: u64 = 1 + 8 + 8 + 8 + 4;
-    let magic = mcap::MAGIC.len() as u64;
-    let footer_at = size.checked_sub(FOOTER + magic)?;
-    let mut footer = [0u8; FOOTER as usize];
+    // The footer record (opcode 0x02, length 20, summary_start, summary_offset_start, crc),
+    // then the closing magic.
+    const FOOTER: usize = 1 + 8 + 8 + 8 + 4;
+    let mut tail = [0u8; FOOTER + 8];
+    let footer_at = size.checked_sub(tail.len() as u64)?;
     file.seek(std::io::SeekFrom::Start(footer_at)).ok()?;
-    file.read_exact(&mut footer).ok()?;
-    let word = |at: usize| u64::from_le_bytes(footer[at..at + 8].try_into().expect("8 bytes"));
-    let (summary_start, crc) = (word(9), u32::from_le_bytes(footer[25..29].try_into().expect("4 bytes")));
-    if footer[0] != 0x02 || summary_start == 0 || summary_start > footer_at {
+    file.read_exact(&mut tail).ok()?;
+    let word = |at: usize| u64::from_le_bytes(tail[at..at + 8].try_into().expect("8 bytes"));
+    let (summary_start, crc) = (word(9), u32::from_le_bytes(tail[25..29].try_into().expect("4 bytes")));
+    let complete = tail[0] == 0x02 && word(1) == 20 && tail[FOOTER..] == mcap::MAGIC[..];
+    if !complete || summary_start == 0 || summary_start > footer_at {
         return None;
     }
     if crc == 0 {
@@ -348,9 +354,10 @@ fn summary_crc_holds(file: &mut std::fs::File, size: u64) -> Option<bool> {
     // From the summary's start through the footer's summary_offset_start field.
     let mut left = footer_at + 1 + 8 + 16 - summary_start;
     file.seek(std::io::SeekFrom::Start(summary_start)).ok()?;
-    let (mut hasher, mut piece) = (crc32fast::Hasher::new(), vec![0u8; READ_PIECE]);
+    let mut piece = vec![0u8; left.min(READ_PIECE as u64) as usize];
+    let mut hasher = crc32fast::Hasher::new();
     while left > 0 {
-        let n = left.min(READ_PIECE as u64) as usize;
+        let n = left.min(piece.len() as u64) as usize;
         file.read_exact(&mut piece[..n]).ok()?;
         hasher.update(&piece[..n]);
         left -= n as u64;
@@ -378,6 +385,8 @@ struct McapRecords {
     topic_of: HashMap<u16, (usize, bool)>,
     /// On every topic, kept or not.
     messages_read: usize,
+    /// Past the Data End record: what follows only repeats declarations (the summary).
+    data_ended: bool,
     out: BagInfo,
 }
 
@@ -413,6 +422,7 @@ impl McapRecords {
                     data: data.into_owned(),
                 });
             }
+            Record::DataEnd(_) => self.data_ended = true,
             _ => {}
         }
         Ok(())

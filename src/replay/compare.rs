@@ -48,6 +48,10 @@ impl ActionComparison {
 
     /// An action the robot recorded at `t_ns`, after the ticks before `t_ns` were published.
     pub(crate) fn recorded(&mut self, t_ns: i64, action: Vec<f64>) {
+        debug_assert!(
+            self.published.as_ref().is_none_or(|(t, _)| *t < t_ns),
+            "a recorded action comes after the ticks before it"
+        );
         self.waiting.push((t_ns, action));
     }
 
