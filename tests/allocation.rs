@@ -224,39 +224,25 @@ fn replay_holds_a_window_of_the_bag_not_the_bag() {
     let (width, height) = (296u32, 296u32);
     let frame_bytes = (width * height * 3) as usize;
     let path = temp_file("long_camera.mcap");
-    let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
-    let mut w = mcap::WriteOptions::new().create(file).unwrap();
-    let mut channel = |topic: &str, ty: &str| {
-        let schema = w.add_schema(ty, "ros2msg", b"").unwrap();
-        w.add_channel(schema, topic, "cdr", &Default::default()).unwrap()
-    };
-    let camera = channel("/camera/image_raw", "sensor_msgs/msg/Image");
-    channel("/joint_states", "sensor_msgs/msg/JointState");
-    channel("/action", "std_msgs/msg/Float64MultiArray");
-    for k in 0..FRAMES {
-        let t = 1_000_000_000 + k * PERIOD_NS;
-        let image = Image {
-            header: Header {
-                stamp: Time::from_ns(t),
-                frame_id: "cam".into(),
-            },
-            height,
-            width,
-            encoding: "rgb8".into(),
-            is_bigendian: 0,
-            step: width * 3,
-            data: vec![k as u8; frame_bytes],
-        };
-        let header = mcap::records::MessageHeader {
-            channel_id: camera,
-            sequence: k as u32,
-            log_time: t as u64,
-            publish_time: t as u64,
-        };
-        w.write_to_known_channel(&header, &to_cdr(&image)).unwrap();
-    }
-    w.finish().unwrap();
-    drop(w);
+    pointmass_bag(
+        &path,
+        (0..FRAMES).map(|k| {
+            let t = 1_000_000_000 + k * PERIOD_NS;
+            let image = Image {
+                header: Header {
+                    stamp: Time::from_ns(t),
+                    frame_id: "cam".into(),
+                },
+                height,
+                width,
+                encoding: "rgb8".into(),
+                is_bigendian: 0,
+                step: width * 3,
+                data: vec![k as u8; frame_bytes],
+            };
+            (CAMERA, t, to_cdr(&image))
+        }),
+    );
 
     let mut cfg = NodeConfig::load(&common::repo().join("config/pointmass.yaml")).unwrap();
     cfg.model.runtime = common::cpu();
@@ -265,7 +251,7 @@ fn replay_holds_a_window_of_the_bag_not_the_bag() {
     let (summary, _, peak) = measure(|| replay(&cfg, &path, &out, &ReplayOptions::default()).unwrap());
     std::fs::remove_file(&path).unwrap();
     std::fs::remove_file(&out).unwrap();
-    let images = &summary.topics["/camera/image_raw"];
+    let images = &summary.topics[CAMERA];
     assert_eq!((images.read, images.used), (FRAMES as u64, FRAMES as u64), "{images:?}");
     // The frames of one reorder window (and the one being read), plus the loop and the
     // output writer's buffers; the whole input would be 75 MiB.
@@ -282,41 +268,60 @@ fn replay_holds_a_window_of_the_bag_not_the_bag() {
     );
 }
 
+/// The topics config/pointmass.yaml replays, and their types.
+const CAMERA: &str = "/camera/image_raw";
+const STATE: &str = "/joint_states";
+const ACTION: &str = "/action";
+
+/// A chunked MCAP bag declaring the three pointmass topics, holding `messages` (topic, log
+/// time, CDR bytes) in the order given.
+fn pointmass_bag(path: &std::path::Path, messages: impl IntoIterator<Item = (&'static str, i64, Vec<u8>)>) {
+    let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut w = mcap::WriteOptions::new().create(file).unwrap();
+    let mut channels = Vec::new();
+    for (topic, ty) in [
+        (CAMERA, "sensor_msgs/msg/Image"),
+        (STATE, "sensor_msgs/msg/JointState"),
+        (ACTION, "std_msgs/msg/Float64MultiArray"),
+    ] {
+        let schema = w.add_schema(ty, "ros2msg", b"").unwrap();
+        channels.push((topic, w.add_channel(schema, topic, "cdr", &Default::default()).unwrap()));
+    }
+    for (k, (topic, t, data)) in messages.into_iter().enumerate() {
+        let header = mcap::records::MessageHeader {
+            channel_id: channels.iter().find(|(name, _)| *name == topic).unwrap().1,
+            sequence: k as u32,
+            log_time: t as u64,
+            publish_time: t as u64,
+        };
+        w.write_to_known_channel(&header, &data).unwrap();
+    }
+    w.finish().unwrap();
+}
+
 /// A bag of `seconds` in which the arm's state comes once a second under a joint the config
 /// does not name (so the arm holds and nothing is planned) and its action once a second.
 fn held_arm_bag(path: &std::path::Path, seconds: i64) {
-    let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut w = mcap::WriteOptions::new().create(file).unwrap();
-    let mut channel = |topic: &str, ty: &str| {
-        let schema = w.add_schema(ty, "ros2msg", b"").unwrap();
-        w.add_channel(schema, topic, "cdr", &Default::default()).unwrap()
-    };
-    let state = channel("/joint_states", "sensor_msgs/msg/JointState");
-    let action = channel("/action", "std_msgs/msg/Float64MultiArray");
-    channel("/camera/image_raw", "sensor_msgs/msg/Image");
-    for k in 0..seconds {
-        let t = 1_000_000_000 * (1 + k);
-        let joints = JointState {
-            header: Header {
-                stamp: Time::from_ns(t),
-                frame_id: String::new(),
-            },
-            name: vec!["elbow".into()],
-            position: vec![0.0],
-            velocity: vec![],
-            effort: vec![],
-        };
-        for (channel_id, data) in [(state, to_cdr(&joints)), (action, to_cdr(&float64_array(&[0.1, -0.1])))] {
-            let header = mcap::records::MessageHeader {
-                channel_id,
-                sequence: k as u32,
-                log_time: t as u64,
-                publish_time: t as u64,
+    pointmass_bag(
+        path,
+        (0..seconds).flat_map(|k| {
+            let t = 1_000_000_000 * (1 + k);
+            let joints = JointState {
+                header: Header {
+                    stamp: Time::from_ns(t),
+                    frame_id: String::new(),
+                },
+                name: vec!["elbow".into()],
+                position: vec![0.0],
+                velocity: vec![],
+                effort: vec![],
             };
-            w.write_to_known_channel(&header, &data).unwrap();
-        }
-    }
-    w.finish().unwrap();
+            [
+                (STATE, t, to_cdr(&joints)),
+                (ACTION, t, to_cdr(&float64_array(&[0.1, -0.1]))),
+            ]
+        }),
+    );
 }
 
 #[test]
@@ -325,7 +330,7 @@ fn replay_memory_does_not_grow_with_the_bags_length() {
     // planned-vs-recorded error) must not grow with their number.
     let mut cfg = NodeConfig::load(&common::repo().join("config/pointmass.yaml")).unwrap();
     cfg.model.runtime = common::cpu();
-    cfg.topics.recorded_action = Some("/action".into());
+    cfg.topics.recorded_action = Some(ACTION.into());
     let peak_for = |seconds: i64| {
         let (bag, out) = (
             temp_file(&format!("held_{seconds}.mcap")),
