@@ -10,7 +10,10 @@
 //!   "plan_ms": f (when replanned), "plan": [[x, y], ...] (planned positions, when replanned),
 //!   "holding": bool (holding the goal at rest, serve.hold_radius), "mcg_shift": f (when
 //!   replanned with MCG: how much averaging over the sampled futures changed the executed
-//!   tokens' guidance, ‖ḡ − g₀‖ / ‖g₀‖)}`
+//!   tokens' guidance, ‖ḡ − g₀‖ / ‖g₀‖), "mcg_pull": f (with it: how strong the averaged
+//!   guidance was against plain guidance's, ‖ḡ‖ / ‖g₀‖), "futures": [[[x, y], ...], ...] (when
+//!   replanned with MCG over futures: the planned positions of the other N − 1 samples, the
+//!   futures whose guidance the plan's shared tokens averaged)}`
 //! - `{"op": "stats"}` → `{"ok": true, "plans": n, "replan_ms_p50": f, "replan_ms_p99": f, "replan_ms_max": f}`
 //! - `{"op": "score_path", "positions": [[x, y], ...]}` → `{"ok": true, "reward": f}`: the
 //!   goal reward the planner maximizes, of any path (one position per step, as planned
@@ -268,6 +271,20 @@ impl Server {
             let positions: Vec<[f64; 2]> = (0..self.plan.len())
                 .map(|k| [self.plan.observation(k)[px], self.plan.observation(k)[py]])
                 .collect();
+            if self.planner.samples() > 1 {
+                let mut observation = vec![0.0; self.plan.observation_dim];
+                let futures: Vec<Vec<[f64; 2]>> = (1..self.planner.samples())
+                    .map(|b| {
+                        (0..self.plan.len())
+                            .map(|k| {
+                                self.planner.sampled_observation(b, k, &mut observation);
+                                [observation[px], observation[py]]
+                            })
+                            .collect()
+                    })
+                    .collect();
+                response["futures"] = json!(futures);
+            }
             self.arrival = match self.serve.hold_radius {
                 Some(r) if self.guided => {
                     let [gx, gy] = [self.hold_target[px], self.hold_target[py]];
@@ -277,8 +294,9 @@ impl Server {
             };
             response["plan_ms"] = json!(ms);
             response["plan"] = json!(positions);
-            if let Some(shift) = self.plan.mcg_shift {
+            if let (Some(shift), Some(pull)) = (self.plan.mcg_shift, self.plan.mcg_pull) {
                 response["mcg_shift"] = json!(shift);
+                response["mcg_pull"] = json!(pull);
             }
         }
         let k = self.since_plan.expect("a plan exists");

@@ -149,10 +149,11 @@ fn guidance_brings_plans_closer_to_the_goal() {
     assert!(mcg < 0.5 * plain, "mcg {mcg} vs plain {plain}");
 }
 
-/// MCG, either form, reports how much averaging over its samples moved the guidance; plain
-/// guidance and unguided plans report nothing.
+/// MCG, either form, reports how much averaging over its samples moved the guidance and how
+/// strong it left it, and MCG over futures the futures; plain guidance and unguided plans
+/// report none of these.
 #[test]
-fn mcg_shift_is_reported_with_mcg_only() {
+fn mcg_plans_report_their_shift_pull_and_futures() {
     let first_plan = |samples: usize, mcg: McgForm, goal: Value| {
         let mut cfg = config("");
         cfg.planner.guidance_scale = 30.0;
@@ -169,8 +170,39 @@ fn mcg_shift_is_reported_with_mcg_only() {
             .as_f64()
             .unwrap_or_else(|| panic!("{mcg:?}: {reply}"));
         assert!(shift > 0.0 && shift.is_finite(), "{mcg:?}: mcg_shift {shift}");
-        assert!(first_plan(1, mcg, goal.clone()).get("mcg_shift").is_none());
-        assert!(first_plan(4, mcg, Value::Null).get("mcg_shift").is_none());
+        let pull = reply["mcg_pull"].as_f64().unwrap_or_else(|| panic!("{mcg:?}: {reply}"));
+        // ḡ's component along g₀, (p² + 1 − s²)/2 of ‖g₀‖, cannot exceed ḡ's length p.
+        let along = (pull * pull + 1.0 - shift * shift) / 2.0;
+        assert!(
+            pull > 0.0 && along.abs() <= pull + 1e-9,
+            "{mcg:?}: pull {pull}, shift {shift}"
+        );
+        for plain in [first_plan(1, mcg, goal.clone()), first_plan(4, mcg, Value::Null)] {
+            assert!(
+                plain.get("mcg_shift").is_none() && plain.get("mcg_pull").is_none(),
+                "{plain}"
+            );
+        }
+        // The futures MCG averaged over: they share the executed token with the plan and
+        // then go their own ways. Redraws sample one plan only.
+        let futures = reply.get("futures").and_then(Value::as_array);
+        if mcg == McgForm::Redraws {
+            assert!(futures.is_none(), "{reply}");
+            continue;
+        }
+        let (plan, futures) = (reply["plan"].as_array().unwrap(), futures.expect("futures"));
+        assert_eq!(futures.len(), 3, "{mcg:?}");
+        for future in futures {
+            let future = future.as_array().unwrap();
+            assert_eq!(future.len(), plan.len());
+            assert_eq!(future[0], plan[0], "{mcg:?}: the executed token is shared");
+            assert_ne!(
+                future.last(),
+                plan.last(),
+                "{mcg:?}: the far tokens are each sample's own"
+            );
+        }
+        assert!(first_plan(1, mcg, goal.clone()).get("futures").is_none());
     }
 }
 

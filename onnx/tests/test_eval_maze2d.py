@@ -52,6 +52,14 @@ def test_results_have_every_key_for_every_configuration(setup, tmp_path):
     model = ROOT / "onnx/models/pointmass.onnx"
     assert results["no_mcg"]["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()[:16]
     assert 0 < results["df_mcg"]["mcg_shift_mean"] < 10 and results["no_mcg"]["mcg_shift_mean"] is None
+    # Per plan the part along plain guidance cannot exceed the averaged pull's length.
+    mcg = results["df_mcg"]
+    assert 0 < mcg["mcg_pull_mean"] and abs(mcg["mcg_along_mean"]) <= mcg["mcg_pull_mean"] + 1e-9
+    assert results["no_mcg"]["mcg_pull_mean"] is None and results["no_mcg"]["mcg_along_mean"] is None
+    # The futures strayed from the plan (each sample's far tokens are its own), and every MCG
+    # plan falls in one bin of how far.
+    assert mcg["mcg_futures_apart_mean"] > 0 and results["no_mcg"]["mcg_futures_apart_mean"] is None
+    assert 0 < sum(row["plans"] for row in mcg["mcg_by_futures_apart"]) <= mcg["plans"]
     assert out.with_suffix(".png").stat().st_size > 10_000, "planned vs executed plot"
     table = out.with_suffix(".md").read_text()
     assert "| umaze df_mcg |" in table and "116.7 ± 2.0" in table and table.count("\n") == 5
@@ -93,6 +101,40 @@ def test_multi_goal_rows_cite_only_the_papers_multi_goal_number(setup, tmp_path)
     assert results["df_mcg"]["paper"] == [119.1, None] and results["no_mcg"]["paper"] is None
 
 
+def test_mcg_means_derive_the_part_along_plain_guidance_and_bin_it_by_how_far_the_futures_strayed():
+    from df_train.eval.maze2d import MCG_MEANS, mcg_by_futures_apart, mcg_means, pooled_by_futures_apart
+
+    # ḡ = g₀ (s 0, p 1): all of it along; ḡ = 0 (s 1, p 0): none; ḡ = −g₀ (s 2, p 1): −1.
+    mcg = [(0.0, 1.0, 0.2), (1.0, 0.0, 3.0), (2.0, 1.0, 1.0)]
+    assert mcg_means(mcg) == pytest.approx(
+        {"mcg_shift_mean": 1.0, "mcg_pull_mean": 2 / 3, "mcg_along_mean": 0.0, "mcg_futures_apart_mean": 1.4})
+    assert mcg_means([]) == dict.fromkeys(MCG_MEANS)
+    # Redraws have no futures: their distance is unknown, the rest is not.
+    assert mcg_means([(0.0, 1.0, None)])["mcg_futures_apart_mean"] is None
+    assert mcg_by_futures_apart([(0.0, 1.0, None)]) is None
+    rows = mcg_by_futures_apart(mcg)
+    assert [r["futures_apart"] for r in rows] == [[0.0, 0.5], [0.5, 1.0], [1.0, None]]
+    assert [r["plans"] for r in rows] == [1, 0, 2]
+    assert rows[0]["mcg_along_mean"] == 1.0 and rows[1]["mcg_pull_mean"] is None
+    assert rows[2]["mcg_pull_mean"] == 0.5 and rows[2]["mcg_along_mean"] == -0.5
+    # Pooled over two runs, each bin weighted by its plans.
+    other = mcg_by_futures_apart([(0.0, 1.0, 2.0)])
+    pooled = pooled_by_futures_apart([{"mcg_by_futures_apart": rows}, {"mcg_by_futures_apart": other}])
+    assert [r["plans"] for r in pooled] == [1, 0, 3] and pooled[2]["mcg_pull_mean"] == pytest.approx(2 / 3)
+    assert pooled_by_futures_apart([{"mcg_by_futures_apart": rows}, {}]) is None
+
+
+def test_futures_apart_is_how_far_a_future_strays_from_the_plans_path():
+    from df_train.eval.maze2d import futures_apart
+
+    plan = [[0.5 * k, 0.0] for k in range(5)]
+    # The same path, slower: near it everywhere.
+    assert futures_apart(plan, [[[0.0, 0.0], [0.5, 0.0], [1.0, 0.0]]]) == pytest.approx(0.0)
+    # Another way: up a cell and across; the farthest future counts.
+    assert futures_apart(plan, [[[0.0, 0.0], [0.5, 0.0], [1.0, 0.0]],
+                                [[0.0, 0.0], [0.0, 1.0], [1.0, 1.5]]]) == pytest.approx(1.5)
+
+
 def run_file(path, seed, per_config, multi_goal=False):
     """A results.json as `evaluate` writes it: {config: (scores, first reaches or None)}."""
     results = {}
@@ -106,6 +148,7 @@ def run_file(path, seed, per_config, multi_goal=False):
             "reached": [r is not None for r in reaches],
             "replan_ms_p50": 50.0 + seed, "replan_ms_p99": 80.0 + seed, "replan_ms_max": 90.0 + seed,
             "plans": 10 * len(scores), "mcg_shift_mean": 0.1 * len(scores) if name == "df_mcg" else None,
+            "mcg_pull_mean": 0.2 * len(scores) if name == "df_mcg" else None,
             "plans_through_walls_rate": 0.1 * len(scores),
             "env_seeds": [seed, seed + len(scores) - 1],
             "planner_seeds": [seed, seed + len(scores) - 1], "serve_args": [] if name == "df_mcg" else ["--samples", "1"],
@@ -139,6 +182,9 @@ def test_runs_over_adjacent_seeds_merge_into_one_run_over_all_of_them(tmp_path):
         assert KEYS <= set(r)
     # Plans-weighted: 20 plans at 0.2, 30 at 0.3.
     assert merged["df_mcg"]["mcg_shift_mean"] == pytest.approx(0.26) and merged["no_mcg"]["mcg_shift_mean"] is None
+    assert merged["df_mcg"]["mcg_pull_mean"] == pytest.approx(0.52)
+    # A run written before mcg_along_mean existed: the pooled value is unknown, not a guess.
+    assert merged["df_mcg"]["mcg_along_mean"] is None
     assert merged["no_mcg"]["plans_through_walls_rate"] == pytest.approx(0.26)
     assert merged["no_mcg"]["df_mcg_minus_this"] == pytest.approx(paired_difference(mcg[0], plain[0]))
     assert (tmp_path / "merged.md").read_text().count("| medium ") == 2

@@ -101,10 +101,8 @@ pub struct Sampler {
     grad: Array3<f32>,
     cotangent: Array3<f32>,
     z: Array3<f32>,
-    /// Over the last run: Σ‖ḡ − g₀‖² and Σ‖g₀‖², MCG's average against plain guidance
-    /// (`mcg_shift`).
-    mcg_moved: f64,
-    mcg_own: f64,
+    /// Over the last run: MCG's average against plain guidance (`mcg_shift`, `mcg_pull`).
+    mcg: McgSums,
     /// Per row, each sample's weight in the average of the shared guidance.
     future_weights: Vec<f64>,
     redraw: Option<Redraw>,
@@ -179,8 +177,7 @@ impl Sampler {
             grad: Array3::zeros(shape),
             cotangent: Array3::zeros(shape),
             z: Array3::zeros(shape),
-            mcg_moved: 0.0,
-            mcg_own: 0.0,
+            mcg: McgSums::default(),
             future_weights: vec![1.0 / shape.0 as f64; shape.0],
             redraw: (settings.redraws > 0).then(|| {
                 let shape = (settings.redraws, shape.1, shape.2);
@@ -211,7 +208,7 @@ impl Sampler {
     ) -> Result<(), SampleError> {
         self.check(denoiser, x, rows)?;
         share_first_sample(x, self.settings.shared_tokens);
-        (self.mcg_moved, self.mcg_own) = (0.0, 0.0);
+        self.mcg = McgSums::default();
         on_row(0, x.view());
         let guidance = guidance.filter(|_| self.settings.guidance_scale != 0.0);
         for r in 0..rows.rows() - 1 {
@@ -227,7 +224,16 @@ impl Sampler {
     /// on x0 of the stepping tokens (the plan's own). Near 0, the draws agree and MCG is
     /// plain guidance at N times the cost. None without MCG or guidance.
     pub fn mcg_shift(&self) -> Option<f64> {
-        (self.mcg_own > 0.0).then(|| (self.mcg_moved / self.mcg_own).sqrt())
+        (self.mcg.own > 0.0).then(|| (self.mcg.moved / self.mcg.own).sqrt())
+    }
+
+    /// How strong MCG's averaged guidance was against plain guidance's over the last run:
+    /// ‖ḡ‖ / ‖g₀‖ (same terms as `mcg_shift`). Futures that pull the shared tokens different
+    /// ways average to a shorter ḡ: 1 when they agree, about 1/√N when their pulls are
+    /// unrelated. With `mcg_shift` s and this p, ḡ's component along g₀ is (p² + 1 − s²)/2
+    /// of ‖g₀‖. None without MCG or guidance.
+    pub fn mcg_pull(&self) -> Option<f64> {
+        (self.mcg.own > 0.0).then(|| (self.mcg.averaged / self.mcg.own).sqrt())
     }
 
     fn check(&self, denoiser: &dyn Denoiser, x: &Array3<f32>, rows: &TimestepRows) -> Result<(), SampleError> {
@@ -317,8 +323,8 @@ impl Sampler {
                 self.cotangent.view_mut(),
             );
             if self.redraw.is_some() {
-                let shift = self.average_over_redraws(denoiser, cur, next, row, g, noise)?;
-                self.record_mcg_shift(shift);
+                let redrawn = self.average_over_redraws(denoiser, cur, next, row, g, noise)?;
+                self.mcg += redrawn;
             }
             denoiser.denoise_vjp(
                 self.x_in.view(),
@@ -340,10 +346,10 @@ impl Sampler {
                 if let Some(token) = (0..shared).find(|&token| cur[token] != next[token]) {
                     let timestep = cur[token];
                     let gain = self.settings.guidance_form.gain(self.alpha_bar.at(timestep));
-                    tracing::trace!(row, timestep, gain, moved = shift.0, own = shift.1, "mcg row");
+                    tracing::trace!(row, timestep, gain, moved = shift.moved, own = shift.own, "mcg row");
                 }
             }
-            self.record_mcg_shift(shift);
+            self.mcg += shift;
         }
         let s = &self.settings;
         noise.fill(row, self.z.view_mut());
@@ -385,13 +391,8 @@ impl Sampler {
         check_finite("sampled token", x.view(), row + 1)
     }
 
-    fn record_mcg_shift(&mut self, (moved, own): (f64, f64)) {
-        self.mcg_moved += moved;
-        self.mcg_own += own;
-    }
-
     /// Redraws: the cotangent on x0 becomes its average over the plan's own x0 and R redrawn
-    /// ones (module doc). Returns Σ‖c̄ − c‖² and Σ‖c‖² over the stepping tokens.
+    /// ones (module doc). Returns their sums over the stepping tokens, c̄ against c.
     fn average_over_redraws(
         &mut self,
         denoiser: &mut dyn Denoiser,
@@ -400,7 +401,7 @@ impl Sampler {
         row: usize,
         guidance: &dyn Guidance,
         noise: &mut dyn NoiseSource,
-    ) -> Result<(f64, f64), SampleError> {
+    ) -> Result<McgSums, SampleError> {
         let re = self.redraw.as_mut().expect("redraw buffers");
         noise.fill(row, re.eps_draw.view_mut());
         let (draws, _, dim) = re.x_in.dim();
@@ -435,7 +436,7 @@ impl Sampler {
             re.eps.view_mut(),
             re.grad.view_mut(),
         )?;
-        let (mut moved, mut own) = (0.0, 0.0);
+        let mut sums = McgSums::default();
         for (token, &t) in cur.iter().enumerate() {
             if t < 0 {
                 continue;
@@ -447,12 +448,11 @@ impl Sampler {
                 let mean = (c + a * sum) / (draws + 1) as f32;
                 self.cotangent[[0, token, d]] = mean;
                 if t != next[token] {
-                    moved += f64::from(mean - c).powi(2);
-                    own += f64::from(c).powi(2);
+                    sums.add(mean, c);
                 }
             }
         }
-        Ok((moved, own))
+        Ok(sums)
     }
 }
 
@@ -483,20 +483,48 @@ fn softmax_of_rewards(guidance: &dyn Guidance, x0: ArrayView3<f32>, temperature:
     weights.iter_mut().for_each(|w| *w /= total);
 }
 
+/// MCG's averaged guidance ḡ against what plain guidance would have used, g₀, summed over
+/// the components it was measured on.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct McgSums {
+    /// Σ‖ḡ − g₀‖²: how far averaging moved the guidance.
+    moved: f64,
+    /// Σ‖g₀‖².
+    own: f64,
+    /// Σ‖ḡ‖².
+    averaged: f64,
+}
+
+impl McgSums {
+    fn add(&mut self, averaged: f32, own: f32) {
+        self.moved += f64::from(averaged - own).powi(2);
+        self.own += f64::from(own).powi(2);
+        self.averaged += f64::from(averaged).powi(2);
+    }
+}
+
+impl std::ops::AddAssign for McgSums {
+    fn add_assign(&mut self, other: Self) {
+        self.moved += other.moved;
+        self.own += other.own;
+        self.averaged += other.averaged;
+    }
+}
+
 /// Monte Carlo Guidance: the guidance of tokens [0, n) becomes its batch average with the
 /// samples' `weights` (summing to 1; even weights: the gradient of the reward expected over
-/// the sampled futures). Returns Σ‖ḡ − g₀‖² and Σ‖g₀‖² over the `stepping` tokens: how far
-/// averaging moved sample 0's own gradient.
+/// the sampled futures). Returns the average against sample 0's own gradient over the
+/// `stepping` tokens.
 fn average_shared_guidance(
     grad: &mut Array3<f32>,
     n: usize,
     weights: &[f64],
     stepping: impl Fn(usize) -> bool,
-) -> (f64, f64) {
+) -> McgSums {
     let (batch, _, dim) = grad.dim();
-    let (mut moved, mut own) = (0.0, 0.0);
+    let mut sums = McgSums::default();
     if batch < 2 {
-        return (moved, own);
+        return sums;
     }
     for token in 0..n {
         for d in 0..dim {
@@ -506,12 +534,11 @@ fn average_shared_guidance(
                 grad[[b, token, d]] = mean;
             }
             if stepping(token) {
-                moved += f64::from(mean - g0).powi(2);
-                own += f64::from(g0).powi(2);
+                sums.add(mean, g0);
             }
         }
     }
-    (moved, own)
+    sums
 }
 
 fn check_finite(what: &'static str, x: ArrayView3<f32>, row: usize) -> Result<(), SampleError> {
@@ -642,7 +669,7 @@ mod tests {
         // √ᾱ·c(x0'_r).
         let eps = [[0.5, 1.0], [1.5, 2.0]];
         let (a, b) = (ab.sqrt(), (1.0 - ab).sqrt());
-        let (mut moved, mut own) = (0.0, 0.0);
+        let (mut moved, mut own, mut averaged) = (0.0, 0.0, 0.0);
         for d in 0..2 {
             let x0 = f64::from(x_init[d]);
             let redrawn: f64 = eps.iter().map(|e| -a * (a * x0 + b * e[d])).sum();
@@ -655,9 +682,11 @@ mod tests {
             );
             moved += (cotangent + x0).powi(2);
             own += x0.powi(2);
+            averaged += cotangent.powi(2);
         }
-        // How far averaging moved the plan's own cotangent c = −x0.
+        // How far averaging moved the plan's own cotangent c = −x0, and how long it left it.
         assert!((sampler.mcg_shift().unwrap() - (moved / own).sqrt()).abs() < 1e-5);
+        assert!((sampler.mcg_pull().unwrap() - (averaged / own).sqrt()).abs() < 1e-5);
     }
 
     #[test]
@@ -736,21 +765,34 @@ mod tests {
     fn mcg_averages_the_shared_guidance_and_measures_how_far_it_moved_sample_zero() {
         // Two samples, two shared tokens of one dimension, a third token per sample.
         let mut grad = Array3::from_shape_vec((2, 3, 1), vec![1.0, 2.0, 5.0, 3.0, 2.0, 7.0]).unwrap();
-        let (moved, own) = average_shared_guidance(&mut grad, 2, &[0.5, 0.5], |_| true);
+        let sums = average_shared_guidance(&mut grad, 2, &[0.5, 0.5], |_| true);
         assert_eq!(grad.into_raw_vec_and_offset().0, vec![2.0, 2.0, 5.0, 2.0, 2.0, 7.0]);
         // Token 0: sample 0 had 1, the mean is 2; token 1: both 2.
-        assert_eq!((moved, own), (1.0, 1.0 + 4.0));
+        assert_eq!(
+            sums,
+            McgSums {
+                moved: 1.0,
+                own: 1.0 + 4.0,
+                averaged: 4.0 + 4.0
+            }
+        );
+
+        // Futures pulling opposite ways average to no pull.
+        let mut grad = Array3::from_shape_vec((2, 1, 2), vec![1.0, -2.0, -1.0, 2.0]).unwrap();
+        let sums = average_shared_guidance(&mut grad, 1, &[0.5, 0.5], |_| true);
+        assert_eq!((sums.averaged, sums.own, sums.moved), (0.0, 5.0, 5.0));
 
         // Tokens that do not step this row (clean context) are averaged but not measured.
         let mut grad = Array3::from_shape_vec((2, 2, 1), vec![1.0, 0.0, 3.0, 0.0]).unwrap();
         assert_eq!(
             average_shared_guidance(&mut grad, 2, &[0.5, 0.5], |t| t == 1),
-            (0.0, 0.0)
+            McgSums::default()
         );
 
         // Identical futures: MCG changes nothing.
         let mut grad = Array3::from_elem((4, 2, 3), 0.5_f32);
-        assert_eq!(average_shared_guidance(&mut grad, 2, &[0.25; 4], |_| true).0, 0.0);
+        let sums = average_shared_guidance(&mut grad, 2, &[0.25; 4], |_| true);
+        assert_eq!((sums.moved, sums.averaged), (0.0, sums.own));
 
         // Weighted: sample 1 counts three times as much as sample 0.
         let mut grad = Array3::from_shape_vec((2, 1, 1), vec![1.0, 5.0]).unwrap();

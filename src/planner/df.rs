@@ -504,30 +504,47 @@ impl DfPlanner {
         drop(_enter);
         self.previous.assign(&window.x.slice(s![.., context.., ..]));
         self.has_previous = true;
+        plan.mcg_shift = window.sampler.mcg_shift();
+        plan.mcg_pull = window.sampler.mcg_pull();
 
-        let n = &self.contract.normalization;
-        let best = window.x.slice(s![0, context.., ..]);
-        let value = |token: usize, frame: usize, field: usize| {
-            f64::from(best[[token, frame * fd + field]]) * n.std[field] + n.mean[field]
-        };
         // Planned frame k holds (a_{t+k}, o_{t+k+1}): the action and where it should lead.
-        for token in 0..self.horizon {
-            for f in 0..fs {
-                let k = token * fs + f;
-                for (j, dst) in plan.action_mut(k).iter_mut().enumerate() {
-                    *dst = value(token, f, act + j);
-                }
-                for (j, dst) in plan.observation_mut(k).iter_mut().enumerate() {
-                    *dst = value(token, f, obs + j);
-                }
-            }
+        for k in 0..plan_len {
+            self.planned_field(0, k, act, plan.action_mut(k));
+            self.planned_field(0, k, obs, plan.observation_mut(k));
         }
         plan.set_len(plan_len);
-        plan.mcg_shift = window.sampler.mcg_shift();
-        for (dst, &v) in plan.first_token.iter_mut().zip(best.slice(s![0, ..])) {
+        for (dst, &v) in plan.first_token.iter_mut().zip(self.previous.slice(s![0, 0, ..])) {
             *dst = v;
         }
         Ok(())
+    }
+
+    /// Samples in the last plan: sample 0 is the plan; with MCG over futures the others are
+    /// the futures whose guidance it averaged.
+    pub fn samples(&self) -> usize {
+        self.previous.dim().0
+    }
+
+    /// Planned frame `k`'s observation in `sample` of the last plan, in physical units.
+    pub fn sampled_observation(&self, sample: usize, k: usize, out: &mut [f64]) {
+        let obs = self
+            .contract
+            .layout
+            .offset(Field::Observation)
+            .expect("layout has an observation");
+        self.planned_field(sample, k, obs, out);
+    }
+
+    /// `out.len()` values of planned frame `k` of `sample`, from token field `offset` on,
+    /// denormalized.
+    fn planned_field(&self, sample: usize, k: usize, offset: usize, out: &mut [f64]) {
+        let (fs, fd) = (self.contract.layout.frame_stack, self.contract.layout.frame_dim);
+        let n = &self.contract.normalization;
+        let token = self.previous.slice(s![sample, k / fs, ..]);
+        for (j, dst) in out.iter_mut().enumerate() {
+            let field = offset + j;
+            *dst = f64::from(token[(k % fs) * fd + field]) * n.std[field] + n.mean[field];
+        }
     }
 
     /// Camera models: hand the model the images of the `context` history tokens (each its

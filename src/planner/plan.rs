@@ -21,6 +21,8 @@ pub struct Plan {
     pub latency_ns: u64,
     /// How much Monte Carlo Guidance changed the executed tokens' guidance (`Sampler::mcg_shift`).
     pub mcg_shift: Option<f64>,
+    /// How strong that averaged guidance was against plain guidance's (`Sampler::mcg_pull`).
+    pub mcg_pull: Option<f64>,
 }
 
 impl Plan {
@@ -37,6 +39,7 @@ impl Plan {
             seq: 0,
             latency_ns: 0,
             mcg_shift: None,
+            mcg_pull: None,
         }
     }
 

@@ -78,7 +78,7 @@ def run_episode(planner: Planner | StraightToGoal, env: Maze2DEnv, planner_seed:
     if not in_free_space(env.maze, env.goal):
         raise ValueError(f"goal {env.goal.tolist()} is outside the free space of maze {env.maze}")
     planner.ask({"op": "reset", "goal": env.goal.tolist(), "seed": planner_seed})
-    total, first_reach, trajectory, plans, mcg_shifts = 0.0, None, [obs[:2].tolist()], [], []
+    total, first_reach, trajectory, plans, mcg = 0.0, None, [obs[:2].tolist()], [], []
     replans = through_walls = 0
     for t in range(env.max_episode_steps):
         reply = planner.ask({"op": "step", "obs": obs.tolist()})
@@ -86,9 +86,10 @@ def run_episode(planner: Planner | StraightToGoal, env: Maze2DEnv, planner_seed:
             replans += 1
             through_walls += not np.all(in_free_space(env.maze, np.asarray(reply["plan"])))
             if record:
-                plans.append((t, reply["plan"]))
+                plans.append((t, reply["plan"], reply.get("futures", [])))
         if "mcg_shift" in reply:
-            mcg_shifts.append(reply["mcg_shift"])
+            apart = futures_apart(reply["plan"], reply["futures"]) if "futures" in reply else None
+            mcg.append((reply["mcg_shift"], reply["mcg_pull"], apart))
         obs, reward, _ = env.step(np.asarray(reply["action"]))
         total += reward
         if reward > 0 and first_reach is None:
@@ -96,7 +97,7 @@ def run_episode(planner: Planner | StraightToGoal, env: Maze2DEnv, planner_seed:
         if record:
             trajectory.append(obs[:2].tolist())
     return {"total_reward": total, "normalized_score": normalized_score(env.maze, total), "first_reach": first_reach,
-            "goal": env.goal.tolist(), "trajectory": trajectory, "plans": plans, "mcg_shifts": mcg_shifts,
+            "goal": env.goal.tolist(), "trajectory": trajectory, "plans": plans, "mcg": mcg,
             "replans": replans, "plans_through_walls": through_walls}
 
 
@@ -121,7 +122,7 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
     results = sorted((e for done, _ in parts for e in done), key=lambda e: e[0])
     scores = [r["normalized_score"] for _, r in results]
     reaches = [r["first_reach"] for _, r in results if r["first_reach"] is not None]
-    mcg_shifts = [v for _, r in results for v in r["mcg_shifts"]]
+    mcg = [v for _, r in results for v in r["mcg"]]
     replans = sum(r["replans"] for _, r in results)
     through_walls = sum(r["plans_through_walls"] for _, r in results)
     stats = [s for _, s in parts]
@@ -136,8 +137,12 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
         **worst_replan_ms(stats),
         "plans": sum(s["plans"] for s in stats),
         # How much averaging over the sampled futures changed the executed tokens' guidance
-        # (serve's mcg_shift), mean over plans; None without MCG.
-        "mcg_shift_mean": statistics.fmean(mcg_shifts) if mcg_shifts else None,
+        # (serve's mcg_shift s), how strong it left it (mcg_pull p), the part of it along
+        # plain guidance's direction ((p² + 1 − s²) / 2 of plain guidance's length), and how
+        # far the futures strayed from the plan (futures_apart): means over plans, and the
+        # pull by how far the futures strayed; None without MCG.
+        **mcg_means(mcg),
+        "mcg_by_futures_apart": mcg_by_futures_apart(mcg),
         # Plans with a planned position inside a wall: how far the model's prior keeps guided
         # plans to the corridors. None for a baseline.
         "plans_through_walls_rate": through_walls / replans if replans else None,
@@ -179,9 +184,14 @@ def plot(maze: str, recorded: list, path: Path) -> None:
         for (i, j), wall in np.ndenumerate(walls):
             if wall:
                 ax.add_patch(plt.Rectangle((i - 0.5 - CELL_SHIFT, j - 0.5 - CELL_SHIFT), 1, 1, color="0.3"))
-        for k, (t, plan) in enumerate(ep["plans"][:: max(1, len(ep["plans"]) // 6)]):
+        for k, (t, plan, futures) in enumerate(ep["plans"][:: max(1, len(ep["plans"]) // 6)]):
             p = np.asarray(plan)
             ax.plot(p[:, 0], p[:, 1], "-", color=plt.cm.viridis(k / 6), lw=1, alpha=0.8, label="plan" if k == 0 else None)
+            # MCG's other futures, whose guidance the plan's executed token averaged.
+            for b, future in enumerate(futures):
+                f = np.asarray(future)
+                ax.plot(f[:, 0], f[:, 1], ":", color=plt.cm.viridis(k / 6), lw=0.8, alpha=0.6,
+                        label="MCG's other futures" if k == 0 and b == 0 else None)
         tr = np.asarray(ep["trajectory"])
         ax.plot(tr[:, 0], tr[:, 1], "r-", lw=2, label="executed")
         ax.plot(*tr[0], "ko", label="start")
@@ -357,7 +367,8 @@ def merge(paths: list, out) -> dict:
                if all("reached" in part for part in summaries) else {}),
             **worst_replan_ms(summaries),
             "plans": sum(part["plans"] for part in summaries),
-            "mcg_shift_mean": pooled_per_plan(summaries, "mcg_shift_mean"),
+            **{k: pooled_per_plan(summaries, k) for k in MCG_MEANS},
+            "mcg_by_futures_apart": pooled_by_futures_apart(summaries),
             "plans_through_walls_rate": pooled_per_plan(summaries, "plans_through_walls_rate"),
             "env_seeds": [summaries[0]["env_seeds"][0], summaries[-1]["env_seeds"][1]],
             "planner_seeds": [summaries[0]["planner_seeds"][0], summaries[-1]["planner_seeds"][1]],
@@ -381,6 +392,69 @@ def worst_replan_ms(parts: list) -> dict:
 
 def _ms(value) -> str:
     return "—" if value is None else f"{value:.1f}"
+
+
+MCG_MEANS = ("mcg_shift_mean", "mcg_pull_mean", "mcg_along_mean", "mcg_futures_apart_mean")
+# Bins [low, high) of futures_apart (maze units; a cell is 1; None: no upper bound) for
+# `mcg_by_futures_apart`.
+FUTURES_APART_BINS = ((0.0, 0.5), (0.5, 1.0), (1.0, None))
+
+
+def futures_apart(plan: list, futures: list) -> float:
+    """How far MCG's futures strayed from the plan: the largest distance (maze units) from a
+    position of any future to the nearest position of the plan's path. A future that follows
+    the plan's path, however fast, stays near 0; one that goes another way round a wall, or
+    on past the plan's end, is about a cell or more away."""
+    path = np.asarray(plan, dtype=np.float64)
+    return max(float(np.linalg.norm(np.asarray(f)[:, None, :] - path[None, :, :], axis=-1).min(1).max())
+               for f in futures)
+
+
+def along(shift: float, pull: float) -> float:
+    """The averaged guidance's component along plain guidance's, as a share of its length."""
+    return (pull * pull + 1 - shift * shift) / 2
+
+
+def mcg_means(mcg: list) -> dict:
+    """`MCG_MEANS` over plans from (mcg_shift, mcg_pull, futures_apart or None) per plan; None
+    without MCG (the futures' mean: without futures, as with redraws)."""
+    if not mcg:
+        return dict.fromkeys(MCG_MEANS)
+    aparts = [a for _, _, a in mcg if a is not None]
+    return dict(zip(MCG_MEANS, (statistics.fmean(s for s, _, _ in mcg), statistics.fmean(p for _, p, _ in mcg),
+                                statistics.fmean(along(s, p) for s, p, _ in mcg),
+                                statistics.fmean(aparts) if aparts else None)))
+
+
+def mcg_by_futures_apart(mcg: list) -> list | None:
+    """Per bin of futures_apart (`FUTURES_APART_BINS`): the plans in it and their mean pull and
+    part along plain guidance: whether futures that go their own ways average to a weaker or
+    turned pull. None without futures."""
+    with_futures = [m for m in mcg if m[2] is not None]
+    if not with_futures:
+        return None
+    rows = []
+    for low, high in FUTURES_APART_BINS:
+        inside = [(s, p) for s, p, a in with_futures if low <= a and (high is None or a < high)]
+        rows.append({"futures_apart": [low, high], "plans": len(inside),
+                     "mcg_pull_mean": statistics.fmean(p for _, p in inside) if inside else None,
+                     "mcg_along_mean": statistics.fmean(along(s, p) for s, p in inside) if inside else None})
+    return rows
+
+
+def pooled_by_futures_apart(summaries: list) -> list | None:
+    """`mcg_by_futures_apart` over runs, each bin's means weighted by its plans; None if any
+    run lacks it."""
+    parts = [part.get("mcg_by_futures_apart") for part in summaries]
+    if any(p is None for p in parts):
+        return None
+    rows = []
+    for bins in zip(*parts):
+        plans = sum(b["plans"] for b in bins)
+        mean = (lambda key: sum(b[key] * b["plans"] for b in bins if b["plans"]) / plans if plans else None)
+        rows.append({"futures_apart": bins[0]["futures_apart"], "plans": plans,
+                     "mcg_pull_mean": mean("mcg_pull_mean"), "mcg_along_mean": mean("mcg_along_mean")})
+    return rows
 
 
 def pooled_per_plan(summaries: list, key: str) -> float | None:
