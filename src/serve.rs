@@ -268,22 +268,24 @@ impl Server {
             self.latency.record((ms * 1e6) as u64);
             self.since_plan = Some(0);
             let [px, py] = self.serve.position_dims;
-            let positions: Vec<[f64; 2]> = (0..self.plan.len())
-                .map(|k| [self.plan.observation(k)[px], self.plan.observation(k)[py]])
-                .collect();
-            if self.planner.samples() > 1 {
-                let mut observation = vec![0.0; self.plan.observation_dim];
-                let futures: Vec<Vec<[f64; 2]>> = (1..self.planner.samples())
-                    .map(|b| {
-                        (0..self.plan.len())
-                            .map(|k| {
-                                self.planner.sampled_observation(b, k, &mut observation);
-                                [observation[px], observation[py]]
-                            })
-                            .collect()
+            let mut observation = vec![0.0; self.plan.observation_dim];
+            // Sample 0 is the plan; with MCG over futures the others are its futures.
+            let mut sampled_positions = |sample: usize| -> Vec<[f64; 2]> {
+                (0..self.plan.len())
+                    .map(|k| {
+                        self.planner.sampled_observation(sample, k, &mut observation);
+                        [observation[px], observation[py]]
                     })
-                    .collect();
-                response["futures"] = json!(futures);
+                    .collect()
+            };
+            let positions = sampled_positions(0);
+            if let (Some(shift), Some(pull)) = (self.plan.mcg_shift, self.plan.mcg_pull) {
+                response["mcg_shift"] = json!(shift);
+                response["mcg_pull"] = json!(pull);
+                if self.planner.samples() > 1 {
+                    let futures: Vec<_> = (1..self.planner.samples()).map(&mut sampled_positions).collect();
+                    response["futures"] = json!(futures);
+                }
             }
             self.arrival = match self.serve.hold_radius {
                 Some(r) if self.guided => {
@@ -294,10 +296,6 @@ impl Server {
             };
             response["plan_ms"] = json!(ms);
             response["plan"] = json!(positions);
-            if let (Some(shift), Some(pull)) = (self.plan.mcg_shift, self.plan.mcg_pull) {
-                response["mcg_shift"] = json!(shift);
-                response["mcg_pull"] = json!(pull);
-            }
         }
         let k = self.since_plan.expect("a plan exists");
         let holding = self.arrival.is_some_and(|a| k >= a);

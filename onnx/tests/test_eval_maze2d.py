@@ -122,6 +122,9 @@ def test_mcg_means_derive_the_part_along_plain_guidance_and_bin_it_by_how_far_th
     pooled = pooled_by_futures_apart([{"mcg_by_futures_apart": rows}, {"mcg_by_futures_apart": other}])
     assert [r["plans"] for r in pooled] == [1, 0, 3] and pooled[2]["mcg_pull_mean"] == pytest.approx(2 / 3)
     assert pooled_by_futures_apart([{"mcg_by_futures_apart": rows}, {}]) is None
+    rebinned = [dict(row, futures_apart=[0.0, 2.0]) for row in other]
+    with pytest.raises(ValueError, match="bin futures_apart differently"):
+        pooled_by_futures_apart([{"mcg_by_futures_apart": rows}, {"mcg_by_futures_apart": rebinned}])
 
 
 def test_futures_apart_is_how_far_a_future_strays_from_the_plans_path():
@@ -149,6 +152,8 @@ def run_file(path, seed, per_config, multi_goal=False):
             "replan_ms_p50": 50.0 + seed, "replan_ms_p99": 80.0 + seed, "replan_ms_max": 90.0 + seed,
             "plans": 10 * len(scores), "mcg_shift_mean": 0.1 * len(scores) if name == "df_mcg" else None,
             "mcg_pull_mean": 0.2 * len(scores) if name == "df_mcg" else None,
+            # Only the later run has it, as when a run from before it existed is merged.
+            **({"mcg_along_mean": 0.9} if seed == 12 else {}),
             "plans_through_walls_rate": 0.1 * len(scores),
             "env_seeds": [seed, seed + len(scores) - 1],
             "planner_seeds": [seed, seed + len(scores) - 1], "serve_args": [] if name == "df_mcg" else ["--samples", "1"],

@@ -497,7 +497,7 @@ struct McgSums {
 
 impl McgSums {
     fn add(&mut self, averaged: f32, own: f32) {
-        self.moved += f64::from(averaged - own).powi(2);
+        self.moved += (f64::from(averaged) - f64::from(own)).powi(2);
         self.own += f64::from(own).powi(2);
         self.averaged += f64::from(averaged).powi(2);
     }

@@ -519,13 +519,14 @@ impl DfPlanner {
         Ok(())
     }
 
-    /// Samples in the last plan: sample 0 is the plan; with MCG over futures the others are
-    /// the futures whose guidance it averaged.
+    /// Samples in each plan: sample 0 is the plan; with MCG over futures the others are the
+    /// futures whose guidance it averaged.
     pub fn samples(&self) -> usize {
         self.previous.dim().0
     }
 
-    /// Planned frame `k`'s observation in `sample` of the last plan, in physical units.
+    /// Planned frame `k` (< `plan_len`)'s observation in `sample` (< `samples`) of the last
+    /// successful plan, in physical units; read it right after `plan` returns Ok.
     pub fn sampled_observation(&self, sample: usize, k: usize, out: &mut [f64]) {
         let obs = self
             .contract

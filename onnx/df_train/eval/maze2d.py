@@ -88,6 +88,9 @@ def run_episode(planner: Planner | StraightToGoal, env: Maze2DEnv, planner_seed:
             if record:
                 plans.append((t, reply["plan"], reply.get("futures", [])))
         if "mcg_shift" in reply:
+            if "mcg_pull" not in reply:
+                raise RuntimeError("the planner reports mcg_shift without mcg_pull: it predates this eval; "
+                                   "rebuild it (cargo build --release)")
             apart = futures_apart(reply["plan"], reply["futures"]) if "futures" in reply else None
             mcg.append((reply["mcg_shift"], reply["mcg_pull"], apart))
         obs, reward, _ = env.step(np.asarray(reply["action"]))
@@ -448,6 +451,10 @@ def pooled_by_futures_apart(summaries: list) -> list | None:
     parts = [part.get("mcg_by_futures_apart") for part in summaries]
     if any(p is None for p in parts):
         return None
+    labels = {tuple(tuple(b["futures_apart"]) for b in part) for part in parts}
+    if len(labels) > 1:
+        raise ValueError(f"mcg_by_futures_apart: the runs bin futures_apart differently ({sorted(labels)}); "
+                         f"only runs of the same evaluation can be pooled")
     rows = []
     for bins in zip(*parts):
         plans = sum(b["plans"] for b in bins)
