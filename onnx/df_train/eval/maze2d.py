@@ -457,10 +457,10 @@ def pooled_by_futures_apart(summaries: list) -> list | None:
                          f"only runs of the same evaluation can be pooled")
     rows = []
     for bins in zip(*parts):
-        plans = sum(b["plans"] for b in bins)
-        mean = (lambda key: sum(b[key] * b["plans"] for b in bins if b["plans"]) / plans if plans else None)
-        rows.append({"futures_apart": bins[0]["futures_apart"], "plans": plans,
-                     "mcg_pull_mean": mean("mcg_pull_mean"), "mcg_along_mean": mean("mcg_along_mean")})
+        filled = [b for b in bins if b["plans"]]
+        rows.append({"futures_apart": bins[0]["futures_apart"], "plans": sum(b["plans"] for b in bins),
+                     **{key: pooled_per_plan(filled, key) if filled else None
+                        for key in ("mcg_pull_mean", "mcg_along_mean")}})
     return rows
 
 
