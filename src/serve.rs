@@ -11,7 +11,8 @@
 //!   "holding": bool (holding the goal at rest, serve.hold_radius), "mcg_shift": f (when
 //!   replanned with MCG: how much averaging over the sampled futures changed the executed
 //!   tokens' guidance, ‖ḡ − g₀‖ / ‖g₀‖), "mcg_pull": f (with it: how strong the averaged
-//!   guidance was against plain guidance's, ‖ḡ‖ / ‖g₀‖), "futures": [[[x, y], ...], ...] (when
+//!   guidance was against plain guidance's, ‖ḡ‖ / ‖g₀‖), "mcg_guidance": f (with them: ‖g₀‖,
+//!   plain guidance's strength, to weigh plans by), "futures": [[[x, y], ...], ...] (when
 //!   replanned with MCG over futures: the planned positions of the other N − 1 samples, the
 //!   futures whose guidance the plan's shared tokens averaged)}`
 //! - `{"op": "stats"}` → `{"ok": true, "plans": n, "replan_ms_p50": f, "replan_ms_p99": f, "replan_ms_max": f}`
@@ -279,9 +280,12 @@ impl Server {
                     .collect()
             };
             let positions = sampled_positions(0);
-            if let (Some(shift), Some(pull)) = (self.plan.mcg_shift, self.plan.mcg_pull) {
+            if let (Some(shift), Some(pull), Some(guidance)) =
+                (self.plan.mcg_shift, self.plan.mcg_pull, self.plan.mcg_guidance)
+            {
                 response["mcg_shift"] = json!(shift);
                 response["mcg_pull"] = json!(pull);
+                response["mcg_guidance"] = json!(guidance);
                 if self.planner.samples() > 1 {
                     let futures: Vec<_> = (1..self.planner.samples()).map(&mut sampled_positions).collect();
                     response["futures"] = json!(futures);

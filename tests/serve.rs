@@ -149,9 +149,9 @@ fn guidance_brings_plans_closer_to_the_goal() {
     assert!(mcg < 0.5 * plain, "mcg {mcg} vs plain {plain}");
 }
 
-/// MCG, either form, reports how much averaging over its samples moved the guidance and how
-/// strong it left it, and MCG over futures the futures; plain guidance and unguided plans
-/// report none of these.
+/// MCG, either form, reports how much averaging over its samples moved the guidance, how
+/// strong it left it and how strong plain guidance was, and MCG over futures the futures;
+/// plain guidance and unguided plans report none of these.
 #[test]
 fn mcg_plans_report_their_shift_pull_and_futures() {
     let first_plan = |samples: usize, mcg: McgForm, goal: Value| {
@@ -171,6 +171,13 @@ fn mcg_plans_report_their_shift_pull_and_futures() {
             .unwrap_or_else(|| panic!("{mcg:?}: {reply}"));
         assert!(shift > 0.0 && shift.is_finite(), "{mcg:?}: mcg_shift {shift}");
         let pull = reply["mcg_pull"].as_f64().unwrap_or_else(|| panic!("{mcg:?}: {reply}"));
+        let guidance = reply["mcg_guidance"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{mcg:?}: {reply}"));
+        assert!(
+            guidance > 0.0 && guidance.is_finite(),
+            "{mcg:?}: mcg_guidance {guidance}"
+        );
         // A consistency check of the two sums: ḡ's component along g₀, (p² + 1 − s²)/2 of
         // ‖g₀‖, cannot exceed ḡ's length p (the values are the sampler's unit tests' job).
         let along = (pull * pull + 1.0 - shift * shift) / 2.0;
@@ -179,8 +186,8 @@ fn mcg_plans_report_their_shift_pull_and_futures() {
             "{mcg:?}: pull {pull}, shift {shift}"
         );
         for plain in [first_plan(1, mcg, goal.clone()), first_plan(4, mcg, Value::Null)] {
-            let reported = ["mcg_shift", "mcg_pull", "futures"].map(|key| plain.get(key).is_some());
-            assert_eq!(reported, [false; 3], "{plain}");
+            let reported = ["mcg_shift", "mcg_pull", "mcg_guidance", "futures"].map(|key| plain.get(key).is_some());
+            assert_eq!(reported, [false; 4], "{plain}");
         }
         // The futures MCG averaged over: they share the executed token with the plan and
         // then go their own ways. Redraws sample one plan only.

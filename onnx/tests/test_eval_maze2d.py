@@ -56,6 +56,10 @@ def test_results_have_every_key_for_every_configuration(setup, tmp_path):
     mcg = results["df_mcg"]
     assert 0 < mcg["mcg_pull_mean"] and abs(mcg["mcg_along_mean"]) <= mcg["mcg_pull_mean"] + 1e-9
     assert results["no_mcg"]["mcg_pull_mean"] is None and results["no_mcg"]["mcg_along_mean"] is None
+    # Weighted by plain guidance's strength the same bound holds (Cauchy-Schwarz).
+    assert mcg["mcg_guidance_sumsq"] > 0 and 0 < mcg["mcg_shift_weighted"] < 10
+    assert abs(mcg["mcg_along_weighted"]) <= mcg["mcg_pull_weighted"] + 1e-9
+    assert results["no_mcg"]["mcg_pull_weighted"] is None and results["no_mcg"]["mcg_guidance_sumsq"] is None
     # The futures strayed from the plan (each sample's far tokens are its own), and every MCG
     # plan falls in one bin of how far.
     assert mcg["mcg_futures_apart_mean"] > 0 and results["no_mcg"]["mcg_futures_apart_mean"] is None
@@ -102,23 +106,34 @@ def test_multi_goal_rows_cite_only_the_papers_multi_goal_number(setup, tmp_path)
 
 
 def test_mcg_means_derive_the_part_along_plain_guidance_and_bin_it_by_how_far_the_futures_strayed():
-    from df_train.eval.maze2d import MCG_MEANS, mcg_by_futures_apart, mcg_means, pooled_by_futures_apart
+    from df_train.eval.maze2d import (MCG_MEANS, MCG_WEIGHTED, mcg_by_futures_apart, mcg_means, mcg_weighted,
+                                      pooled_by_futures_apart, pooled_weighted)
 
     # ḡ = g₀ (s 0, p 1): all of it along; ḡ = 0 (s 1, p 0): none; ḡ = −g₀ (s 2, p 1): −1.
-    mcg = [(0.0, 1.0, 0.2), (1.0, 0.0, 3.0), (2.0, 1.0, 1.0)]
+    # Plain guidance's strengths o: 3, 1 and 0.1.
+    mcg = [(0.0, 1.0, 0.2, 3.0), (1.0, 0.0, 3.0, 1.0), (2.0, 1.0, 1.0, 0.1)]
     assert mcg_means(mcg) == pytest.approx(
         {"mcg_shift_mean": 1.0, "mcg_pull_mean": 2 / 3, "mcg_along_mean": 0.0, "mcg_futures_apart_mean": 1.4})
     assert mcg_means([]) == dict.fromkeys(MCG_MEANS)
+    # Weighted by o², the plan guidance barely reached counts for little: Σ o² = 10.01.
+    assert mcg_weighted(mcg) == pytest.approx(
+        {"mcg_shift_weighted": ((1 + 0.04) / 10.01) ** 0.5, "mcg_pull_weighted": ((9 + 0.01) / 10.01) ** 0.5,
+         "mcg_along_weighted": (9 - 0.01) / 10.01, "mcg_guidance_sumsq": 10.01})
+    assert mcg_weighted([]) == dict.fromkeys(MCG_WEIGHTED)
+    # Pooled over runs as over their plans: the first plan alone, then the other two.
+    parts = [mcg_weighted(mcg[:1]), mcg_weighted(mcg[1:])]
+    assert pooled_weighted(parts) == pytest.approx(mcg_weighted(mcg))
+    assert pooled_weighted([parts[0], dict.fromkeys(MCG_WEIGHTED)]) == dict.fromkeys(MCG_WEIGHTED)
     # Redraws have no futures: their distance is unknown, the rest is not.
-    assert mcg_means([(0.0, 1.0, None)])["mcg_futures_apart_mean"] is None
-    assert mcg_by_futures_apart([(0.0, 1.0, None)]) is None
+    assert mcg_means([(0.0, 1.0, None, 1.0)])["mcg_futures_apart_mean"] is None
+    assert mcg_by_futures_apart([(0.0, 1.0, None, 1.0)]) is None
     rows = mcg_by_futures_apart(mcg)
     assert [r["futures_apart"] for r in rows] == [[0.0, 0.5], [0.5, 1.0], [1.0, None]]
     assert [r["plans"] for r in rows] == [1, 0, 2]
     assert rows[0]["mcg_along_mean"] == 1.0 and rows[1]["mcg_pull_mean"] is None
     assert rows[2]["mcg_pull_mean"] == 0.5 and rows[2]["mcg_along_mean"] == -0.5
     # Pooled over two runs, each bin weighted by its plans.
-    other = mcg_by_futures_apart([(0.0, 1.0, 2.0)])
+    other = mcg_by_futures_apart([(0.0, 1.0, 2.0, 1.0)])
     pooled = pooled_by_futures_apart([{"mcg_by_futures_apart": rows}, {"mcg_by_futures_apart": other}])
     assert [r["plans"] for r in pooled] == [1, 0, 3] and pooled[2]["mcg_pull_mean"] == pytest.approx(2 / 3)
     assert pooled_by_futures_apart([{"mcg_by_futures_apart": rows}, {}]) is None
@@ -154,6 +169,11 @@ def run_file(path, seed, per_config, multi_goal=False):
             "mcg_pull_mean": 0.2 * len(scores) if name == "df_mcg" else None,
             # Only the later run has it, as when a run from before it existed is merged.
             **({"mcg_along_mean": 0.9} if seed == 12 else {}),
+            # Plain guidance's strength, to weigh runs by: 1 in the earlier run, 3 in the later.
+            **({"mcg_shift_weighted": 0.5 if seed == 10 else 0.1, "mcg_pull_weighted": 1.0,
+                "mcg_along_weighted": 0.8 if seed == 10 else 0.4, "mcg_guidance_sumsq": 1.0 if seed == 10 else 3.0}
+               if name == "df_mcg" else dict.fromkeys(("mcg_shift_weighted", "mcg_pull_weighted",
+                                                       "mcg_along_weighted", "mcg_guidance_sumsq"))),
             "plans_through_walls_rate": 0.1 * len(scores),
             "env_seeds": [seed, seed + len(scores) - 1],
             "planner_seeds": [seed, seed + len(scores) - 1], "serve_args": [] if name == "df_mcg" else ["--samples", "1"],
@@ -190,6 +210,9 @@ def test_runs_over_adjacent_seeds_merge_into_one_run_over_all_of_them(tmp_path):
     assert merged["df_mcg"]["mcg_pull_mean"] == pytest.approx(0.52)
     # A run written before mcg_along_mean existed: the pooled value is unknown, not a guess.
     assert merged["df_mcg"]["mcg_along_mean"] is None
+    assert merged["df_mcg"]["mcg_shift_weighted"] == pytest.approx(((0.25 + 3 * 0.01) / 4) ** 0.5)
+    assert merged["df_mcg"]["mcg_along_weighted"] == pytest.approx(0.5) and merged["df_mcg"]["mcg_guidance_sumsq"] == 4.0
+    assert merged["no_mcg"]["mcg_pull_weighted"] is None
     assert merged["no_mcg"]["plans_through_walls_rate"] == pytest.approx(0.26)
     assert merged["no_mcg"]["df_mcg_minus_this"] == pytest.approx(paired_difference(mcg[0], plain[0]))
     assert (tmp_path / "merged.md").read_text().count("| medium ") == 2

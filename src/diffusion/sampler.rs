@@ -101,7 +101,8 @@ pub struct Sampler {
     grad: Array3<f32>,
     cotangent: Array3<f32>,
     z: Array3<f32>,
-    /// Over the last run: MCG's average against plain guidance (`mcg_shift`, `mcg_pull`).
+    /// Over the last run: MCG's average against plain guidance (`mcg_shift`, `mcg_pull`,
+    /// `mcg_guidance`).
     mcg: McgSums,
     /// Per row, each sample's weight in the average of the shared guidance.
     future_weights: Vec<f64>,
@@ -234,6 +235,14 @@ impl Sampler {
     /// of ‖g₀‖. None without MCG or guidance.
     pub fn mcg_pull(&self) -> Option<f64> {
         (self.mcg.own > 0.0).then(|| (self.mcg.averaged / self.mcg.own).sqrt())
+    }
+
+    /// How strong plain guidance was over the last run: ‖g₀‖ (same terms as `mcg_shift`).
+    /// Plans pool as the rows of one plan do, weighted by it: over plans with a sparse reward
+    /// ‖g₀‖ is often near 0, and a mean of their ratios says little. None without MCG or
+    /// guidance.
+    pub fn mcg_guidance(&self) -> Option<f64> {
+        (self.mcg.own > 0.0).then(|| self.mcg.own.sqrt())
     }
 
     fn check(&self, denoiser: &dyn Denoiser, x: &Array3<f32>, rows: &TimestepRows) -> Result<(), SampleError> {
@@ -687,6 +696,7 @@ mod tests {
         // How far averaging moved the plan's own cotangent c = −x0, and how long it left it.
         assert!((sampler.mcg_shift().unwrap() - (moved / own).sqrt()).abs() < 1e-5);
         assert!((sampler.mcg_pull().unwrap() - (averaged / own).sqrt()).abs() < 1e-5);
+        assert!((sampler.mcg_guidance().unwrap() - own.sqrt()).abs() < 1e-5);
     }
 
     #[test]

@@ -506,6 +506,7 @@ impl DfPlanner {
         self.has_previous = true;
         plan.mcg_shift = window.sampler.mcg_shift();
         plan.mcg_pull = window.sampler.mcg_pull();
+        plan.mcg_guidance = window.sampler.mcg_guidance();
 
         // Planned frame k holds (a_{t+k}, o_{t+k+1}): the action and where it should lead.
         for k in 0..plan_len {

@@ -23,6 +23,8 @@ pub struct Plan {
     pub mcg_shift: Option<f64>,
     /// How strong that averaged guidance was against plain guidance's (`Sampler::mcg_pull`).
     pub mcg_pull: Option<f64>,
+    /// How strong plain guidance was on those tokens (`Sampler::mcg_guidance`).
+    pub mcg_guidance: Option<f64>,
 }
 
 impl Plan {
@@ -40,6 +42,7 @@ impl Plan {
             latency_ns: 0,
             mcg_shift: None,
             mcg_pull: None,
+            mcg_guidance: None,
         }
     }
 

@@ -4,6 +4,7 @@ Table 1 run side by side, normalized as D4RL does.
 """
 
 import json
+import math
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -88,11 +89,11 @@ def run_episode(planner: Planner | StraightToGoal, env: Maze2DEnv, planner_seed:
             if record:
                 plans.append((t, reply["plan"], reply.get("futures", [])))
         if "mcg_shift" in reply:
-            if "mcg_pull" not in reply:
-                raise RuntimeError("the planner reports mcg_shift without mcg_pull: it predates this eval; "
+            if "mcg_guidance" not in reply:
+                raise RuntimeError("the planner reports mcg_shift without mcg_guidance: it predates this eval; "
                                    "rebuild it (cargo build --release)")
             apart = futures_apart(reply["plan"], reply["futures"]) if "futures" in reply else None
-            mcg.append((reply["mcg_shift"], reply["mcg_pull"], apart))
+            mcg.append((reply["mcg_shift"], reply["mcg_pull"], apart, reply["mcg_guidance"]))
         obs, reward, _ = env.step(np.asarray(reply["action"]))
         total += reward
         if reward > 0 and first_reach is None:
@@ -142,9 +143,11 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
         # How much averaging over the sampled futures changed the executed tokens' guidance
         # (serve's mcg_shift s), how strong it left it (mcg_pull p), the part of it along
         # plain guidance's direction ((p² + 1 − s²) / 2 of plain guidance's length), and how
-        # far the futures strayed from the plan (futures_apart): means over plans, and the
-        # pull by how far the futures strayed; None without MCG.
+        # far the futures strayed from the plan (futures_apart): means over plans, the same
+        # weighted by plain guidance's strength, and the pull by how far the futures strayed;
+        # None without MCG.
         **mcg_means(mcg),
+        **mcg_weighted(mcg),
         "mcg_by_futures_apart": mcg_by_futures_apart(mcg),
         # Plans with a planned position inside a wall: how far the model's prior keeps guided
         # plans to the corridors. None for a baseline.
@@ -371,6 +374,7 @@ def merge(paths: list, out) -> dict:
             **worst_replan_ms(summaries),
             "plans": sum(part["plans"] for part in summaries),
             **{k: pooled_per_plan(summaries, k) for k in MCG_MEANS},
+            **pooled_weighted(summaries),
             "mcg_by_futures_apart": pooled_by_futures_apart(summaries),
             "plans_through_walls_rate": pooled_per_plan(summaries, "plans_through_walls_rate"),
             "env_seeds": [summaries[0]["env_seeds"][0], summaries[-1]["env_seeds"][1]],
@@ -419,21 +423,51 @@ def along(shift: float, pull: float) -> float:
 
 
 def mcg_means(mcg: list) -> dict:
-    """`MCG_MEANS` over plans from (mcg_shift, mcg_pull, futures_apart or None) per plan; None
-    without MCG (the futures' mean: without futures, as with redraws)."""
+    """`MCG_MEANS` over plans from (mcg_shift, mcg_pull, futures_apart or None, mcg_guidance) per
+    plan; None without MCG (the futures' mean: without futures, as with redraws)."""
     if not mcg:
         return dict.fromkeys(MCG_MEANS)
-    aparts = [a for _, _, a in mcg if a is not None]
-    return dict(zip(MCG_MEANS, (statistics.fmean(s for s, _, _ in mcg), statistics.fmean(p for _, p, _ in mcg),
-                                statistics.fmean(along(s, p) for s, p, _ in mcg),
+    aparts = [a for _, _, a, _ in mcg if a is not None]
+    return dict(zip(MCG_MEANS, (statistics.fmean(s for s, _, _, _ in mcg), statistics.fmean(p for _, p, _, _ in mcg),
+                                statistics.fmean(along(s, p) for s, p, _, _ in mcg),
                                 statistics.fmean(aparts) if aparts else None)))
+
+
+MCG_WEIGHTED = ("mcg_shift_weighted", "mcg_pull_weighted", "mcg_along_weighted", "mcg_guidance_sumsq")
+
+
+def mcg_weighted(mcg: list) -> dict:
+    """Shift, pull and along over the run as serve computes them over one plan's rows: ratios of
+    sums, each plan weighted by its plain guidance's ‖g₀‖² (o = mcg_guidance):
+    √(Σ s²o² / Σ o²), √(Σ p²o² / Σ o²), Σ along·o² / Σ o², and Σ o² to pool runs by. A plan that
+    the reward barely reaches (a goal far outside a narrow reward) has a ratio of two small
+    numbers that a mean over plans counts in full, though it steered little. None without MCG."""
+    total = sum(o * o for *_, o in mcg)
+    if not total:
+        return dict.fromkeys(MCG_WEIGHTED)
+    return dict(zip(MCG_WEIGHTED, (math.sqrt(sum(s * s * o * o for s, _, _, o in mcg) / total),
+                                   math.sqrt(sum(p * p * o * o for _, p, _, o in mcg) / total),
+                                   sum(along(s, p) * o * o for s, p, _, o in mcg) / total, total)))
+
+
+def pooled_weighted(summaries: list) -> dict:
+    """`mcg_weighted` over runs, each run weighted by its Σ o²; None if any run lacks it."""
+    if any(part.get("mcg_guidance_sumsq") is None for part in summaries):
+        return dict.fromkeys(MCG_WEIGHTED)
+    total = sum(part["mcg_guidance_sumsq"] for part in summaries)
+    def mean_square(key):
+        return sum(part[key] ** 2 * part["mcg_guidance_sumsq"] for part in summaries) / total
+    return dict(zip(MCG_WEIGHTED, (math.sqrt(mean_square("mcg_shift_weighted")),
+                                   math.sqrt(mean_square("mcg_pull_weighted")),
+                                   sum(part["mcg_along_weighted"] * part["mcg_guidance_sumsq"]
+                                       for part in summaries) / total, total)))
 
 
 def mcg_by_futures_apart(mcg: list) -> list | None:
     """Per bin of futures_apart (`FUTURES_APART_BINS`): the plans in it and their mean pull and
     part along plain guidance: whether futures that go their own ways average to a weaker or
     turned pull. None without futures."""
-    with_futures = [m for m in mcg if m[2] is not None]
+    with_futures = [m[:3] for m in mcg if m[2] is not None]
     if not with_futures:
         return None
     rows = []
