@@ -12,7 +12,7 @@
 //!   replanned with MCG: how much averaging over the sampled futures changed the executed
 //!   tokens' guidance, ‖ḡ − g₀‖ / ‖g₀‖), "mcg_pull": f (with it: how strong the averaged
 //!   guidance was against plain guidance's, ‖ḡ‖ / ‖g₀‖), "mcg_guidance": f (with them: ‖g₀‖,
-//!   plain guidance's strength, to weigh plans by), "futures": [[[x, y], ...], ...] (when
+//!   plain guidance's strength; its square weighs plans when pooling them), "futures": [[[x, y], ...], ...] (when
 //!   replanned with MCG over futures: the planned positions of the other N − 1 samples, the
 //!   futures whose guidance the plan's shared tokens averaged)}`
 //! - `{"op": "stats"}` → `{"ok": true, "plans": n, "replan_ms_p50": f, "replan_ms_p99": f, "replan_ms_max": f}`

@@ -123,7 +123,8 @@ def test_mcg_means_derive_the_part_along_plain_guidance_and_bin_it_by_how_far_th
     # Pooled over runs as over their plans: the first plan alone, then the other two.
     parts = [mcg_weighted(mcg[:1]), mcg_weighted(mcg[1:])]
     assert pooled_weighted(parts) == pytest.approx(mcg_weighted(mcg))
-    assert pooled_weighted([parts[0], dict.fromkeys(MCG_WEIGHTED)]) == dict.fromkeys(MCG_WEIGHTED)
+    for lacking in (dict.fromkeys(MCG_WEIGHTED), {}):
+        assert pooled_weighted([parts[0], lacking]) == dict.fromkeys(MCG_WEIGHTED)
     # Redraws have no futures: their distance is unknown, the rest is not.
     assert mcg_means([(0.0, 1.0, None, 1.0)])["mcg_futures_apart_mean"] is None
     assert mcg_by_futures_apart([(0.0, 1.0, None, 1.0)]) is None
@@ -169,9 +170,12 @@ def run_file(path, seed, per_config, multi_goal=False):
             "mcg_pull_mean": 0.2 * len(scores) if name == "df_mcg" else None,
             # Only the later run has it, as when a run from before it existed is merged.
             **({"mcg_along_mean": 0.9} if seed == 12 else {}),
-            # Plain guidance's strength, to weigh runs by: 1 in the earlier run, 3 in the later.
-            **({"mcg_shift_weighted": 0.5 if seed == 10 else 0.1, "mcg_pull_weighted": 1.0,
-                "mcg_along_weighted": 0.8 if seed == 10 else 0.4, "mcg_guidance_sumsq": 1.0 if seed == 10 else 3.0}
+            # Σ‖g₀‖² over the run's plans, to weigh runs by: 1 in the earlier run, 3 in the later
+            # (along = (pull² + 1 − shift²) / 2, as in a real run).
+            **({"mcg_shift_weighted": 0.5, "mcg_pull_weighted": 1.0, "mcg_along_weighted": 0.875,
+                "mcg_guidance_sumsq": 1.0} if seed == 10 else
+               {"mcg_shift_weighted": 0.1, "mcg_pull_weighted": 0.9, "mcg_along_weighted": 0.9,
+                "mcg_guidance_sumsq": 3.0}
                if name == "df_mcg" else dict.fromkeys(("mcg_shift_weighted", "mcg_pull_weighted",
                                                        "mcg_along_weighted", "mcg_guidance_sumsq"))),
             "plans_through_walls_rate": 0.1 * len(scores),
@@ -211,7 +215,9 @@ def test_runs_over_adjacent_seeds_merge_into_one_run_over_all_of_them(tmp_path):
     # A run written before mcg_along_mean existed: the pooled value is unknown, not a guess.
     assert merged["df_mcg"]["mcg_along_mean"] is None
     assert merged["df_mcg"]["mcg_shift_weighted"] == pytest.approx(((0.25 + 3 * 0.01) / 4) ** 0.5)
-    assert merged["df_mcg"]["mcg_along_weighted"] == pytest.approx(0.5) and merged["df_mcg"]["mcg_guidance_sumsq"] == 4.0
+    assert merged["df_mcg"]["mcg_pull_weighted"] == pytest.approx(((1 + 3 * 0.81) / 4) ** 0.5)
+    assert merged["df_mcg"]["mcg_along_weighted"] == pytest.approx((0.875 + 3 * 0.9) / 4)
+    assert merged["df_mcg"]["mcg_guidance_sumsq"] == pytest.approx(4.0)
     assert merged["no_mcg"]["mcg_pull_weighted"] is None
     assert merged["no_mcg"]["plans_through_walls_rate"] == pytest.approx(0.26)
     assert merged["no_mcg"]["df_mcg_minus_this"] == pytest.approx(paired_difference(mcg[0], plain[0]))

@@ -238,9 +238,9 @@ impl Sampler {
     }
 
     /// How strong plain guidance was over the last run: ‖g₀‖ (same terms as `mcg_shift`).
-    /// Plans pool as the rows of one plan do, weighted by it: over plans with a sparse reward
-    /// ‖g₀‖ is often near 0, and a mean of their ratios says little. None without MCG or
-    /// guidance.
+    /// Weighting plans by its square pools them as one plan's rows are pooled (the eval's
+    /// `mcg_*_weighted`): with a reward that some plans barely reach, ‖g₀‖ is often near 0
+    /// and a mean of their ratios says little. None without MCG or guidance.
     pub fn mcg_guidance(&self) -> Option<f64> {
         (self.mcg.own > 0.0).then(|| self.mcg.own.sqrt())
     }

@@ -144,8 +144,8 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
         # (serve's mcg_shift s), how strong it left it (mcg_pull p), the part of it along
         # plain guidance's direction ((p² + 1 − s²) / 2 of plain guidance's length), and how
         # far the futures strayed from the plan (futures_apart): means over plans, the same
-        # weighted by plain guidance's strength, and the pull by how far the futures strayed;
-        # None without MCG.
+        # weighted by ‖g₀‖² (ratios of sums over the run's rows), and the pull by how far the
+        # futures strayed; None without MCG.
         **mcg_means(mcg),
         **mcg_weighted(mcg),
         "mcg_by_futures_apart": mcg_by_futures_apart(mcg),
@@ -451,16 +451,12 @@ def mcg_weighted(mcg: list) -> dict:
 
 
 def pooled_weighted(summaries: list) -> dict:
-    """`mcg_weighted` over runs, each run weighted by its Σ o²; None if any run lacks it."""
+    """`mcg_weighted` over runs, each run as one plan of strength √(Σ o²); None if any run lacks
+    it."""
     if any(part.get("mcg_guidance_sumsq") is None for part in summaries):
         return dict.fromkeys(MCG_WEIGHTED)
-    total = sum(part["mcg_guidance_sumsq"] for part in summaries)
-    def mean_square(key):
-        return sum(part[key] ** 2 * part["mcg_guidance_sumsq"] for part in summaries) / total
-    return dict(zip(MCG_WEIGHTED, (math.sqrt(mean_square("mcg_shift_weighted")),
-                                   math.sqrt(mean_square("mcg_pull_weighted")),
-                                   sum(part["mcg_along_weighted"] * part["mcg_guidance_sumsq"]
-                                       for part in summaries) / total, total)))
+    return mcg_weighted([(part["mcg_shift_weighted"], part["mcg_pull_weighted"], None,
+                          math.sqrt(part["mcg_guidance_sumsq"])) for part in summaries])
 
 
 def mcg_by_futures_apart(mcg: list) -> list | None:
