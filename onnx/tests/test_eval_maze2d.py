@@ -143,6 +143,21 @@ def test_mcg_means_derive_the_part_along_plain_guidance_and_bin_it_by_how_far_th
         pooled_by_futures_apart([{"mcg_by_futures_apart": rows}, {"mcg_by_futures_apart": rebinned}])
 
 
+def test_a_planner_that_predates_mcg_guidance_is_refused_with_what_to_do():
+    from df_train.eval.maze2d import run_episode
+
+    class OldPlanner:
+        """Replies as a planner built before serve sent mcg_guidance."""
+        def ask(self, request):
+            if request["op"] == "reset":
+                return {"ok": True}
+            return {"ok": True, "action": [0.0, 0.0], "replanned": True, "plan": [request["obs"][:2]],
+                    "mcg_shift": 0.2, "mcg_pull": 1.0}
+
+    with pytest.raises(RuntimeError, match="rebuild it"):
+        run_episode(OldPlanner(), Maze2DEnv("umaze", seed=0), planner_seed=0)
+
+
 def test_futures_apart_is_how_far_a_future_strays_from_the_plans_path():
     from df_train.eval.maze2d import futures_apart
 
