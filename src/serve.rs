@@ -12,9 +12,9 @@
 //!   replanned with MCG: how much averaging over the sampled futures changed the executed
 //!   tokens' guidance, ‖ḡ − g₀‖ / ‖g₀‖), "mcg_pull": f (with it: how strong the averaged
 //!   guidance was against plain guidance's, ‖ḡ‖ / ‖g₀‖), "mcg_guidance": f (with them: ‖g₀‖,
-//!   plain guidance's strength; its square weighs plans when pooling them), "futures": [[[x, y], ...], ...] (when
-//!   replanned with MCG over futures: the planned positions of the other N − 1 samples, the
-//!   futures whose guidance the plan's shared tokens averaged)}`
+//!   plain guidance's strength; its square weighs plans when pooling them), "futures":
+//!   [[[x, y], ...], ...] (when replanned with MCG over futures: the planned positions of the
+//!   other N − 1 samples, the futures whose guidance the plan's shared tokens averaged)}`
 //! - `{"op": "stats"}` → `{"ok": true, "plans": n, "replan_ms_p50": f, "replan_ms_p99": f, "replan_ms_max": f}`
 //! - `{"op": "score_path", "positions": [[x, y], ...]}` → `{"ok": true, "reward": f}`: the
 //!   goal reward the planner maximizes, of any path (one position per step, as planned
@@ -280,12 +280,10 @@ impl Server {
                     .collect()
             };
             let positions = sampled_positions(0);
-            if let (Some(shift), Some(pull), Some(guidance)) =
-                (self.plan.mcg_shift, self.plan.mcg_pull, self.plan.mcg_guidance)
-            {
-                response["mcg_shift"] = json!(shift);
-                response["mcg_pull"] = json!(pull);
-                response["mcg_guidance"] = json!(guidance);
+            if let Some(mcg) = self.plan.mcg {
+                response["mcg_shift"] = json!(mcg.shift);
+                response["mcg_pull"] = json!(mcg.pull);
+                response["mcg_guidance"] = json!(mcg.guidance);
                 if self.planner.samples() > 1 {
                     let futures: Vec<_> = (1..self.planner.samples()).map(&mut sampled_positions).collect();
                     response["futures"] = json!(futures);

@@ -463,7 +463,7 @@ fn a_warm_guided_mcg_plan_does_not_allocate() {
         let own = ALLOCATIONS.load(Ordering::Relaxed) - before.0;
         let runtime = RUNTIME_ALLOCATIONS.load(Ordering::Relaxed) - before.1;
         COUNTING.with(|c| c.set(false));
-        assert!(plan.mcg_shift.is_some(), "plan {step} averaged over futures");
+        assert!(plan.mcg.is_some(), "plan {step} averaged over futures");
         if step == 0 {
             assert!(
                 runtime > 0,

@@ -16,5 +16,5 @@ pub use denoiser::{DenoiseError, Denoiser};
 pub use guidance::{Guidance, GuidanceForm, QuadraticTarget};
 pub use matrix::{MatrixError, MatrixKind, SchedulingMatrix, TimestepRows};
 pub use noise::{NoiseSource, RecordedNoise, SeededNoise};
-pub use sampler::{SampleError, Sampler, SamplerSettings};
+pub use sampler::{McgReport, SampleError, Sampler, SamplerSettings};
 pub use schedule::{level_to_timestep, AlphaBar, ScheduleError};

@@ -101,8 +101,7 @@ pub struct Sampler {
     grad: Array3<f32>,
     cotangent: Array3<f32>,
     z: Array3<f32>,
-    /// Over the last run: MCG's average against plain guidance (`mcg_shift`, `mcg_pull`,
-    /// `mcg_guidance`).
+    /// Over the last run: MCG's average against plain guidance (`mcg_report`).
     mcg: McgSums,
     /// Per row, each sample's weight in the average of the shared guidance.
     future_weights: Vec<f64>,
@@ -219,30 +218,15 @@ impl Sampler {
         Ok(())
     }
 
-    /// How much Monte Carlo Guidance changed the guidance over the last run: ‖ḡ − g₀‖ / ‖g₀‖,
-    /// the average over samples ḡ against what plain guidance would have used, g₀. Futures:
-    /// the pulled-back gradient of the shared tokens (sample 0's own); redraws: the cotangent
-    /// on x0 of the stepping tokens (the plan's own). Near 0, the draws agree and MCG is
-    /// plain guidance at N times the cost. None without MCG or guidance.
-    pub fn mcg_shift(&self) -> Option<f64> {
-        (self.mcg.own > 0.0).then(|| (self.mcg.moved / self.mcg.own).sqrt())
-    }
-
-    /// How strong MCG's averaged guidance was against plain guidance's over the last run:
-    /// ‖ḡ‖ / ‖g₀‖ (same terms as `mcg_shift`). Futures that pull the shared tokens different
-    /// ways average to a shorter ḡ: 1 when they agree, about 1/√N when their pulls are
-    /// unrelated. With `mcg_shift` s and this p, ḡ's component along g₀ is (p² + 1 − s²)/2
-    /// of ‖g₀‖. None without MCG or guidance.
-    pub fn mcg_pull(&self) -> Option<f64> {
-        (self.mcg.own > 0.0).then(|| (self.mcg.averaged / self.mcg.own).sqrt())
-    }
-
-    /// How strong plain guidance was over the last run: ‖g₀‖ (same terms as `mcg_shift`).
-    /// Weighting plans by its square pools them as one plan's rows are pooled (the eval's
-    /// `mcg_*_weighted`): with a reward that some plans barely reach, ‖g₀‖ is often near 0
-    /// and a mean of their ratios says little. None without MCG or guidance.
-    pub fn mcg_guidance(&self) -> Option<f64> {
-        (self.mcg.own > 0.0).then(|| self.mcg.own.sqrt())
+    /// What Monte Carlo Guidance did to the guidance over the last run (`McgReport`); None
+    /// without MCG or guidance.
+    pub fn mcg_report(&self) -> Option<McgReport> {
+        let McgSums { moved, own, averaged } = self.mcg;
+        (own > 0.0).then(|| McgReport {
+            shift: (moved / own).sqrt(),
+            pull: (averaged / own).sqrt(),
+            guidance: own.sqrt(),
+        })
     }
 
     fn check(&self, denoiser: &dyn Denoiser, x: &Array3<f32>, rows: &TimestepRows) -> Result<(), SampleError> {
@@ -492,6 +476,24 @@ fn softmax_of_rewards(guidance: &dyn Guidance, x0: ArrayView3<f32>, temperature:
     weights.iter_mut().for_each(|w| *w /= total);
 }
 
+/// MCG over one run: the average over samples ḡ against what plain guidance would have used,
+/// g₀. Futures: the pulled-back gradient of the shared tokens (sample 0's own); redraws: the
+/// cotangent on x0 of the stepping tokens (the plan's own). Each is over the run's rows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct McgReport {
+    /// ‖ḡ − g₀‖ / ‖g₀‖: how far averaging moved the guidance. Near 0, the draws agree and MCG
+    /// is plain guidance at N times the cost.
+    pub shift: f64,
+    /// ‖ḡ‖ / ‖g₀‖: how strong the averaged guidance was. Futures that pull the shared tokens
+    /// different ways average to a shorter ḡ: 1 when they agree, about 1/√N when their pulls
+    /// are unrelated. ḡ's component along g₀ is (pull² + 1 − shift²)/2 of ‖g₀‖.
+    pub pull: f64,
+    /// ‖g₀‖: how strong plain guidance was. Weighting plans by its square pools them as one
+    /// plan's rows are pooled (the eval's `mcg_*_weighted`): with a reward that some plans
+    /// barely reach, ‖g₀‖ is often near 0 and a mean of their ratios says little.
+    pub guidance: f64,
+}
+
 /// MCG's averaged guidance ḡ against what plain guidance would have used, g₀, summed over
 /// the components it was measured on.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -641,7 +643,7 @@ mod tests {
     }
 
     /// Sample `x` through `Identity` with the `Counting` draws, guided towards `target` in
-    /// every dimension; returns the sampler (for `mcg_shift`).
+    /// every dimension; returns the sampler (for `mcg_report`).
     fn sample_identity(
         settings: SamplerSettings,
         alpha_bar: &AlphaBar,
@@ -694,9 +696,10 @@ mod tests {
             averaged += cotangent.powi(2);
         }
         // How far averaging moved the plan's own cotangent c = −x0, and how long it left it.
-        assert!((sampler.mcg_shift().unwrap() - (moved / own).sqrt()).abs() < 1e-5);
-        assert!((sampler.mcg_pull().unwrap() - (averaged / own).sqrt()).abs() < 1e-5);
-        assert!((sampler.mcg_guidance().unwrap() - own.sqrt()).abs() < 1e-5);
+        let report = sampler.mcg_report().unwrap();
+        assert!((report.shift - (moved / own).sqrt()).abs() < 1e-5);
+        assert!((report.pull - (averaged / own).sqrt()).abs() < 1e-5);
+        assert!((report.guidance - own.sqrt()).abs() < 1e-5);
     }
 
     #[test]

@@ -504,9 +504,7 @@ impl DfPlanner {
         drop(_enter);
         self.previous.assign(&window.x.slice(s![.., context.., ..]));
         self.has_previous = true;
-        plan.mcg_shift = window.sampler.mcg_shift();
-        plan.mcg_pull = window.sampler.mcg_pull();
-        plan.mcg_guidance = window.sampler.mcg_guidance();
+        plan.mcg = window.sampler.mcg_report();
 
         // Planned frame k holds (a_{t+k}, o_{t+k+1}): the action and where it should lead.
         for k in 0..plan_len {

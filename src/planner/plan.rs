@@ -1,6 +1,8 @@
 //! A plan as the control loop consumes it: actions stamped with the absolute time each is
 //! meant for. Plans are preallocated and recycled between planner and control threads.
 
+use crate::diffusion::McgReport;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     /// Time of `action(0)`, nanoseconds on the loop's clock.
@@ -19,12 +21,8 @@ pub struct Plan {
     pub seq: u64,
     /// Wall time the planner took.
     pub latency_ns: u64,
-    /// How much Monte Carlo Guidance changed the executed tokens' guidance (`Sampler::mcg_shift`).
-    pub mcg_shift: Option<f64>,
-    /// How strong that averaged guidance was against plain guidance's (`Sampler::mcg_pull`).
-    pub mcg_pull: Option<f64>,
-    /// How strong plain guidance was on those tokens (`Sampler::mcg_guidance`).
-    pub mcg_guidance: Option<f64>,
+    /// What Monte Carlo Guidance did to the executed tokens' guidance (`Sampler::mcg_report`).
+    pub mcg: Option<McgReport>,
 }
 
 impl Plan {
@@ -40,9 +38,7 @@ impl Plan {
             first_token: vec![0.0; token_dim],
             seq: 0,
             latency_ns: 0,
-            mcg_shift: None,
-            mcg_pull: None,
-            mcg_guidance: None,
+            mcg: None,
         }
     }
 
