@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,9 @@ class TrainConfig:
     # Keep the EMA weights every this many steps (runs/<out>/snapshots/), for learning curves.
     snapshot_every: int = 0
     threads: int = 0
+    # "cpu" or a torch device ("cuda", "cuda:1"). Where it runs does not change the recipe: the
+    # noise and the batches come from the same CPU generators, so a run may resume elsewhere.
+    device: str = "cpu"
     continuous: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -94,7 +98,8 @@ def diffusion_loss(model: DFTransformer, x0: torch.Tensor, mask: torch.Tensor, g
     b, t, _ = x0.shape
     if k is None:
         k = torch.randint(0, len(model.alphas_cumprod), (b, t), generator=gen)
-    noise = torch.randn(x0.shape, generator=gen)
+    k = k.to(x0.device)
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
     ab = model.alphas_cumprod[k][..., None]
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
     out = model.network(x_t, k, **inputs)
@@ -106,7 +111,7 @@ def diffusion_loss(model: DFTransformer, x0: torch.Tensor, mask: torch.Tensor, g
 
 
 # Fields that may change when a run is resumed: they do not change what is trained.
-OPERATIONAL = {"steps", "checkpoint_every", "snapshot_every", "threads"}
+OPERATIONAL = {"steps", "checkpoint_every", "snapshot_every", "threads", "device"}
 
 
 def same_run(saved: dict, wanted: dict) -> bool:
@@ -131,7 +136,25 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def training_device(name: str) -> torch.device:
+    """The device `name` names, refused with a reason when torch cannot use it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"device: {name!r} is not a torch device (expected cpu, cuda or cuda:N): {e}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {name!r}, but this torch ({torch.__version__}) sees no CUDA device; "
+                             f"use --device cpu")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"device: {name!r}, but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif device.type != "cpu":
+        raise ValueError(f"device: {name!r}: expected cpu, cuda or cuda:N")
+    return device
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    device = training_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
@@ -144,7 +167,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     else:
         windows = TokenWindows(Path(cfg.data), cfg.layout, cfg.tokens, cfg.continuous)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg)
+    model = build_model(cfg).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
@@ -173,7 +196,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         """What export needs: a snapshot is exactly this."""
         return {
             "config": asdict(cfg),
-            "ema": ema.state_dict(),
+            "ema": {k: v.cpu() for k, v in ema.state_dict().items()},
             "step": step,
             "normalization": {"mean": windows.mean.tolist(), "std": windows.std.tolist()},
             "dataset_sha256": dataset_sha256,
@@ -189,14 +212,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         }
         _save_atomic(state, ckpt_path)
 
+    started = time.monotonic()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train")
     running = None
     with log_path.open("a") as log:
         while step < cfg.steps:
             x0, mask, inputs = windows.sample(rng, cfg.batch)
-            inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
-            loss = diffusion_loss(model, torch.from_numpy(x0), torch.from_numpy(mask).float(), cfg.min_snr_gamma, gen,
-                                  floor=cfg.min_snr_floor, **inputs)
+            inputs = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
+            loss = diffusion_loss(model, torch.from_numpy(x0).to(device), torch.from_numpy(mask).float().to(device),
+                                  cfg.min_snr_gamma, gen, floor=cfg.min_snr_floor, **inputs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -206,11 +230,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 for pe, pm in zip(ema.parameters(), model.parameters()):
                     pe.lerp_(pm, 1 - cfg.ema_decay)
             step += 1
-            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            value = loss.item()  # the one wait for the device per step
+            running = value if running is None else 0.98 * running + 0.02 * value
             bar.update(1)
             bar.set_postfix(loss=f"{running:.4f}")
             if step % 50 == 0 or step == cfg.steps:
-                log.write(json.dumps({"step": step, "loss": running, "lr": sched.get_last_lr()[0]}) + "\n")
+                # elapsed_s: this process's training time, for the budget and the rate.
+                log.write(json.dumps({"step": step, "loss": running, "lr": sched.get_last_lr()[0],
+                                      "elapsed_s": round(time.monotonic() - started, 2)}) + "\n")
             # The snapshot first: a run killed between the two writes then resumes from the
             # previous checkpoint and writes this snapshot again, instead of skipping it.
             if cfg.snapshot_every and step % cfg.snapshot_every == 0:

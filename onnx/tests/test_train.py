@@ -136,3 +136,27 @@ def test_the_cli_takes_the_layout_dims_from_the_dataset_manifest(tmp_path):
     # Given on the command line, the dims need no manifest.
     main(["train", "--data", str(data), "--out", str(tmp_path / "run3"), "--observation-dim", "4", "--action-dim", "2",
           *small])
+
+
+def test_an_unusable_device_is_refused_naming_the_field(tmp_path):
+    for name, reason in [("banana", "is not a torch device"), ("meta", "expected cpu, cuda or cuda:N")]:
+        with pytest.raises(ValueError, match=f"device: '{name}'.*{reason}"):
+            train(tiny_config(tmp_path, device=name), progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device: 'cuda', but this torch .* sees no CUDA device"):
+            train(tiny_config(tmp_path, device="cuda"), progress=False)
+    assert not (tmp_path / "run").exists(), "a refused device writes nothing"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_follows_the_cpu_run_and_resumes_on_the_cpu(tmp_path):
+    from df_train.export import load_model
+
+    def weights(run: str) -> list:
+        return list(load_model(tmp_path / run / "checkpoint.pt")[0].state_dict().values())
+
+    train(tiny_config(tmp_path, out=str(tmp_path / "cpu"), steps=10), progress=False)
+    train(tiny_config(tmp_path, out=str(tmp_path / "cuda"), steps=5, device="cuda"), progress=False)
+    train(tiny_config(tmp_path, out=str(tmp_path / "cuda"), steps=10), progress=False)
+    # Same batches and noise (CPU generators); only the arithmetic differs.
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(weights("cpu"), weights("cuda")))
