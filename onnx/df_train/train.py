@@ -147,7 +147,9 @@ def training_device(name: str) -> torch.device:
             raise ValueError(f"device: {name!r}, but this torch ({torch.__version__}) sees no CUDA device; "
                              f"use --device cpu")
         if (device.index or 0) >= torch.cuda.device_count():
-            raise ValueError(f"device: {name!r}, but only {torch.cuda.device_count()} CUDA device(s) are visible")
+            n = torch.cuda.device_count()
+            raise ValueError(f"device: {name!r}, but only {n} CUDA device(s) are visible (expected cpu or "
+                             f"cuda:0..cuda:{n - 1})")
     elif device.type != "cpu":
         raise ValueError(f"device: {name!r}: expected cpu, cuda or cuda:N")
     return device
