@@ -146,8 +146,8 @@ def training_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"device: {name!r}, but this torch ({torch.__version__}) sees no CUDA device; "
                              f"use --device cpu")
-        if (device.index or 0) >= torch.cuda.device_count():
-            n = torch.cuda.device_count()
+        n = torch.cuda.device_count()
+        if (device.index or 0) >= n:
             raise ValueError(f"device: {name!r}, but only {n} CUDA device(s) are visible (expected cpu or "
                              f"cuda:0..cuda:{n - 1})")
     elif device.type != "cpu":
