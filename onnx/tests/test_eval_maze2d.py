@@ -106,12 +106,12 @@ def test_multi_goal_rows_cite_only_the_papers_multi_goal_number(setup, tmp_path)
 
 
 def test_mcg_means_derive_the_part_along_plain_guidance_and_bin_it_by_how_far_the_futures_strayed():
-    from df_train.eval.maze2d import (MCG_MEANS, MCG_WEIGHTED, mcg_by_futures_apart, mcg_means, mcg_weighted,
-                                      pooled_by_futures_apart, pooled_weighted)
+    from df_train.eval.maze2d import (MCG_MEANS, MCG_WEIGHTED, McgRow, mcg_by_futures_apart, mcg_means,
+                                      mcg_weighted, pooled_by_futures_apart, pooled_weighted)
 
     # ḡ = g₀ (s 0, p 1): all of it along; ḡ = 0 (s 1, p 0): none; ḡ = −g₀ (s 2, p 1): −1.
     # Plain guidance's strengths o: 3, 1 and 0.1.
-    mcg = [(0.0, 1.0, 0.2, 3.0), (1.0, 0.0, 3.0, 1.0), (2.0, 1.0, 1.0, 0.1)]
+    mcg = [McgRow(0.0, 1.0, 0.2, 3.0), McgRow(1.0, 0.0, 3.0, 1.0), McgRow(2.0, 1.0, 1.0, 0.1)]
     assert mcg_means(mcg) == pytest.approx(
         {"mcg_shift_mean": 1.0, "mcg_pull_mean": 2 / 3, "mcg_along_mean": 0.0, "mcg_futures_apart_mean": 1.4})
     assert mcg_means([]) == dict.fromkeys(MCG_MEANS)
@@ -126,15 +126,15 @@ def test_mcg_means_derive_the_part_along_plain_guidance_and_bin_it_by_how_far_th
     for lacking in (dict.fromkeys(MCG_WEIGHTED), {}):
         assert pooled_weighted([parts[0], lacking]) == dict.fromkeys(MCG_WEIGHTED)
     # Redraws have no futures: their distance is unknown, the rest is not.
-    assert mcg_means([(0.0, 1.0, None, 1.0)])["mcg_futures_apart_mean"] is None
-    assert mcg_by_futures_apart([(0.0, 1.0, None, 1.0)]) is None
+    redraw = McgRow(shift=0.0, pull=1.0, apart=None, guidance=1.0)
+    assert mcg_means([redraw])["mcg_futures_apart_mean"] is None and mcg_by_futures_apart([redraw]) is None
     rows = mcg_by_futures_apart(mcg)
     assert [r["futures_apart"] for r in rows] == [[0.0, 0.5], [0.5, 1.0], [1.0, None]]
     assert [r["plans"] for r in rows] == [1, 0, 2]
     assert rows[0]["mcg_along_mean"] == 1.0 and rows[1]["mcg_pull_mean"] is None
     assert rows[2]["mcg_pull_mean"] == 0.5 and rows[2]["mcg_along_mean"] == -0.5
     # Pooled over two runs, each bin weighted by its plans.
-    other = mcg_by_futures_apart([(0.0, 1.0, 2.0, 1.0)])
+    other = mcg_by_futures_apart([McgRow(0.0, 1.0, 2.0, 1.0)])
     pooled = pooled_by_futures_apart([{"mcg_by_futures_apart": rows}, {"mcg_by_futures_apart": other}])
     assert [r["plans"] for r in pooled] == [1, 0, 3] and pooled[2]["mcg_pull_mean"] == pytest.approx(2 / 3)
     assert pooled_by_futures_apart([{"mcg_by_futures_apart": rows}, {}]) is None
@@ -194,6 +194,7 @@ def run_file(path, seed, per_config, multi_goal=False):
                if name == "df_mcg" else dict.fromkeys(("mcg_shift_weighted", "mcg_pull_weighted",
                                                        "mcg_along_weighted", "mcg_guidance_sumsq"))),
             "plans_through_walls_rate": 0.1 * len(scores),
+            "plans_wall_depth_over": {"0.1": 0.05 * len(scores), "0.4": 0.0},
             "env_seeds": [seed, seed + len(scores) - 1],
             "planner_seeds": [seed, seed + len(scores) - 1], "serve_args": [] if name == "df_mcg" else ["--samples", "1"],
             "config": "config/maze2d_medium.yaml", "paper": None, "wall_s": 1.0,
@@ -235,6 +236,7 @@ def test_runs_over_adjacent_seeds_merge_into_one_run_over_all_of_them(tmp_path):
     assert merged["df_mcg"]["mcg_guidance_sumsq"] == pytest.approx(4.0)
     assert merged["no_mcg"]["mcg_pull_weighted"] is None
     assert merged["no_mcg"]["plans_through_walls_rate"] == pytest.approx(0.26)
+    assert merged["no_mcg"]["plans_wall_depth_over"] == pytest.approx({"0.1": 0.13, "0.4": 0.0})
     assert merged["no_mcg"]["df_mcg_minus_this"] == pytest.approx(paired_difference(mcg[0], plain[0]))
     assert (tmp_path / "merged.md").read_text().count("| medium ") == 2
 
@@ -339,7 +341,10 @@ def test_straight_to_goal_reaches_the_goal_only_along_an_open_straight_line(setu
     both = list(zip(planner["reached"], r["reached"]))
     assert against["reached_where_straight_did_not"] == sum(a and not b for a, b in both)
     assert len(both) == 2 and "against_straight_to_goal" not in r
-    assert r["plans_through_walls_rate"] is None and 0.0 <= planner["plans_through_walls_rate"] <= 1.0
+    assert r["plans_through_walls_rate"] is None and r["plans_wall_depth_over"] is None
+    over = planner["plans_wall_depth_over"]
+    assert list(over) == ["0.1", "0.25", "0.4"]
+    assert planner["plans_through_walls_rate"] >= over["0.1"] >= over["0.25"] >= over["0.4"] >= 0.0
 
 
 class FixedPlan:
@@ -358,8 +363,8 @@ def test_plans_through_walls_are_counted():
     # U-Maze: cell (2, 1) is a wall between (1, 1) and (3, 1); (1, 1) -> (1, 3) is open.
     through = run_episode(FixedPlan([[3.0, 1.0], [2.0, 1.0], [1.0, 1.0]]), ReachFrom((3, 1)), 0)
     along = run_episode(FixedPlan([[1.0, 1.0], [1.0, 2.0], [1.0, 3.0]]), ReachFrom((3, 1)), 0)
-    assert through["replans"] == along["replans"] == 300
-    assert through["plans_through_walls"] == 300 and along["plans_through_walls"] == 0
+    # The plan's (2, 1) is 0.3 inside the wall square [1.3, 2.3] x [0.3, 1.3] (0.3 from (3, 1)'s).
+    assert through["plan_wall_depths"] == pytest.approx([0.3] * 300) and along["plan_wall_depths"] == [0.0] * 300
 
 
 def test_objective_check_scores_both_paths_from_every_start(setup, tmp_path):

@@ -11,7 +11,7 @@ from df_train import cli  # noqa: E402
 from df_train.datagen import maze2d as gen  # noqa: E402
 from df_train.envs import maze2d as env_mod  # noqa: E402
 from df_train.envs.maze2d import (  # noqa: E402
-    MAZES, Maze2DEnv, cell_to_xy, empty_cells, goal_cell, in_free_space, normalized_score, wall_grid, xy_to_cell)
+    MAZES, Maze2DEnv, cell_to_xy, empty_cells, goal_cell, in_free_space, normalized_score, wall_depth, wall_grid, xy_to_cell)
 
 DIRECTIONS = [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1)]
 
@@ -42,6 +42,26 @@ def test_cell_xy_round_trip():
     # Vectorized, with the 0.2 shift: the ball's centre reaches [i - 0.6, i + 0.2] in an open row.
     np.testing.assert_array_equal(in_free_space("umaze", [[1.0, 0.41], [1.0, 0.39], [1.0, 3.19], [1.0, 3.21]], 0.1),
                                   [True, False, True, False])
+
+
+def test_wall_depth_is_the_distance_to_the_nearest_open_square():
+    # U-Maze: wall cell (2, 1), square [1.3, 2.3] x [0.3, 1.3], lies between open (1, 1) and (3, 1)
+    # and under wall (2, 2).
+    depth = wall_depth("umaze", [[1.0, 1.0], [1.8, 0.8], [1.8, 1.2], [2.0, 1.0], [1.35, 0.8], [-5.0, 1.0]])
+    np.testing.assert_allclose(depth, [0.0, 0.5, 0.5, 0.3, 0.05, np.inf])
+    rng = np.random.default_rng(0)
+    for maze in ("umaze", "medium"):
+        shape = wall_grid(maze).shape
+        xy = rng.uniform(-1.0, shape, (300, 2))
+        depth = wall_depth(maze, xy)
+        np.testing.assert_array_equal(depth > 0, ~in_free_space(maze, xy))
+        # Against brute force: the distance to the nearest point of a fine grid over open space.
+        grid = np.stack(np.meshgrid(*[np.arange(-1.0, n, 0.02) for n in shape]), -1).reshape(-1, 2)
+        grid = grid[in_free_space(maze, grid)]
+        nearest = np.linalg.norm(xy[:, None] - grid[None], axis=-1).min(1)
+        exact = nearest < 0.45
+        assert exact.sum() > 50 and np.all(depth[~exact] > 0.42)
+        np.testing.assert_allclose(depth[exact], nearest[exact], atol=0.03)
 
 
 def test_ball_cannot_pass_walls():

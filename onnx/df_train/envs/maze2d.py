@@ -121,22 +121,38 @@ def xy_to_cell(xy) -> tuple[int, int]:
     return int(i), int(j)
 
 
+def _neighbour_squares(maze: str, xy):
+    """For points xy [..., 2], the 3 x 3 cells around each point's cell: whether each is wall
+    (outside the layout counts as wall) and the point's distance to its square, each [9, ...]."""
+    walls = np.pad(wall_grid(maze), 1, constant_values=True)
+    p = np.asarray(xy, dtype=np.float64)
+    base = np.floor(p + 0.5 + CELL_SHIFT).astype(np.int64)
+    is_wall, gaps = [], []
+    for offset in ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 0), (0, 1), (1, -1), (1, 0), (1, 1)):
+        cell = base + offset
+        idx = np.clip(cell + 1, 0, np.array(walls.shape) - 1)
+        low = cell - 0.5 - CELL_SHIFT
+        is_wall.append(walls[idx[..., 0], idx[..., 1]])
+        gaps.append(np.linalg.norm(np.maximum(np.maximum(low - p, p - low - 1.0), 0.0), axis=-1))
+    return np.stack(is_wall), np.stack(gaps)
+
+
 def in_free_space(maze: str, xy, margin: float = 0.0):
     """Whether points xy [..., 2] are inside the maze and farther than `margin` (< 0.5) from every wall.
 
     With margin=0.1 (the ball's radius) this is where the ball's centre can be.
     """
-    walls = np.pad(wall_grid(maze), 1, constant_values=True)  # outside the layout counts as wall
-    p = np.asarray(xy, dtype=np.float64)
-    base = np.floor(p + 0.5 + CELL_SHIFT).astype(np.int64)
-    free = np.ones(p.shape[:-1], dtype=bool)
-    for offset in ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 0), (0, 1), (1, -1), (1, 0), (1, 1)):
-        cell = base + offset
-        idx = np.clip(cell + 1, 0, np.array(walls.shape) - 1)
-        low = cell - 0.5 - CELL_SHIFT
-        gap = np.linalg.norm(np.maximum(np.maximum(low - p, p - low - 1.0), 0.0), axis=-1)
-        free &= ~walls[idx[..., 0], idx[..., 1]] | (gap > margin)
+    is_wall, gaps = _neighbour_squares(maze, xy)
+    free = np.all(~is_wall | (gaps > margin), axis=0)
     return free if free.ndim else bool(free)
+
+
+def wall_depth(maze: str, xy) -> np.ndarray:
+    """How far points xy [..., 2] are inside walls: the distance to the nearest open square, 0 in
+    one. Exact below 0.5; a larger value only says the depth is at least 0.5 (inf where none of
+    the point's cell's neighbours is open), as squares beyond them are not searched."""
+    is_wall, gaps = _neighbour_squares(maze, xy)
+    return np.where(is_wall, np.inf, gaps).min(axis=0)
 
 
 def normalized_score(maze: str, total_reward: float) -> float:

@@ -9,11 +9,12 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from .planner_process import Planner
-from ..envs.maze2d import Maze2DEnv, in_free_space, normalized_score, wall_grid, CELL_SHIFT
+from ..envs.maze2d import Maze2DEnv, in_free_space, normalized_score, wall_depth, wall_grid, CELL_SHIFT
 
 # Chen et al. 2024, Table 1 (normalized score, mean ± std): for the README's comparison. The
 # paper's "Diffuser*" row (Diffuser planning, PD controller executing) is set beside our
@@ -80,12 +81,11 @@ def run_episode(planner: Planner | StraightToGoal, env: Maze2DEnv, planner_seed:
         raise ValueError(f"goal {env.goal.tolist()} is outside the free space of maze {env.maze}")
     planner.ask({"op": "reset", "goal": env.goal.tolist(), "seed": planner_seed})
     total, first_reach, trajectory, plans, mcg = 0.0, None, [obs[:2].tolist()], [], []
-    replans = through_walls = 0
+    wall_depths = []  # per plan, its deepest position inside a wall
     for t in range(env.max_episode_steps):
         reply = planner.ask({"op": "step", "obs": obs.tolist()})
         if reply["replanned"]:
-            replans += 1
-            through_walls += not np.all(in_free_space(env.maze, np.asarray(reply["plan"])))
+            wall_depths.append(float(wall_depth(env.maze, np.asarray(reply["plan"])).max()))
             if record:
                 plans.append((t, reply["plan"], reply.get("futures", [])))
         if "mcg_shift" in reply:
@@ -93,7 +93,7 @@ def run_episode(planner: Planner | StraightToGoal, env: Maze2DEnv, planner_seed:
                 raise RuntimeError("the planner reports mcg_shift without mcg_guidance: it predates this eval; "
                                    "rebuild it (cargo build --release)")
             apart = futures_apart(reply["plan"], reply["futures"]) if "futures" in reply else None
-            mcg.append((reply["mcg_shift"], reply["mcg_pull"], apart, reply["mcg_guidance"]))
+            mcg.append(McgRow(reply["mcg_shift"], reply["mcg_pull"], apart, reply["mcg_guidance"]))
         obs, reward, _ = env.step(np.asarray(reply["action"]))
         total += reward
         if reward > 0 and first_reach is None:
@@ -102,7 +102,7 @@ def run_episode(planner: Planner | StraightToGoal, env: Maze2DEnv, planner_seed:
             trajectory.append(obs[:2].tolist())
     return {"total_reward": total, "normalized_score": normalized_score(env.maze, total), "first_reach": first_reach,
             "goal": env.goal.tolist(), "trajectory": trajectory, "plans": plans, "mcg": mcg,
-            "replans": replans, "plans_through_walls": through_walls}
+            "plan_wall_depths": wall_depths}
 
 
 def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, workers, record,
@@ -127,8 +127,7 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
     scores = [r["normalized_score"] for _, r in results]
     reaches = [r["first_reach"] for _, r in results if r["first_reach"] is not None]
     mcg = [v for _, r in results for v in r["mcg"]]
-    replans = sum(r["replans"] for _, r in results)
-    through_walls = sum(r["plans_through_walls"] for _, r in results)
+    wall_depths = np.array([d for _, r in results for d in r["plan_wall_depths"]])
     stats = [s for _, s in parts]
     summary = {
         "maze": maze,
@@ -150,8 +149,11 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
         **mcg_weighted(mcg),
         "mcg_by_futures_apart": mcg_by_futures_apart(mcg),
         # Plans with a planned position inside a wall: how far the model's prior keeps guided
-        # plans to the corridors. None for a baseline.
-        "plans_through_walls_rate": through_walls / replans if replans else None,
+        # plans to the corridors; and those reaching deeper than each of WALL_DEPTHS, which
+        # tell grazing a wall from crossing one. None for a baseline.
+        "plans_through_walls_rate": float(np.mean(wall_depths > 0)) if wall_depths.size else None,
+        "plans_wall_depth_over": ({str(d): float(np.mean(wall_depths > d)) for d in WALL_DEPTHS}
+                                  if wall_depths.size else None),
         "env_seeds": [seed, seed + episodes - 1],
         "planner_seeds": [seed + planner_seed_offset, seed + planner_seed_offset + episodes - 1],
         "serve_args": args,
@@ -377,6 +379,7 @@ def merge(paths: list, out) -> dict:
             **pooled_weighted(summaries),
             "mcg_by_futures_apart": pooled_by_futures_apart(summaries),
             "plans_through_walls_rate": pooled_per_plan(summaries, "plans_through_walls_rate"),
+            "plans_wall_depth_over": pooled_wall_depth_over(summaries),
             "env_seeds": [summaries[0]["env_seeds"][0], summaries[-1]["env_seeds"][1]],
             "planner_seeds": [summaries[0]["planner_seeds"][0], summaries[-1]["planner_seeds"][1]],
             **{k: first[name][k] for k in ("serve_args", "config", "paper")},
@@ -401,6 +404,9 @@ def _ms(value) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
+# Maze units inside a wall: more than the ball's radius, a quarter cell, and near the middle of a
+# wall one cell thick (which a plan reaches only by crossing the wall or running inside it).
+WALL_DEPTHS = (0.1, 0.25, 0.4)
 MCG_MEANS = ("mcg_shift_mean", "mcg_pull_mean", "mcg_along_mean", "mcg_futures_apart_mean")
 # Bins [low, high) of futures_apart (maze units; a cell is 1; None: no upper bound) for
 # `mcg_by_futures_apart`.
@@ -422,32 +428,39 @@ def along(shift: float, pull: float) -> float:
     return (pull * pull + 1 - shift * shift) / 2
 
 
-def mcg_means(mcg: list) -> dict:
-    """`MCG_MEANS` over plans from (mcg_shift, mcg_pull, futures_apart or None, mcg_guidance) per
-    plan; None without MCG (the futures' mean: without futures, as with redraws)."""
+class McgRow(NamedTuple):
+    """What serve says of MCG for one plan (the terms are `mcg_weighted`'s)."""
+    shift: float
+    pull: float
+    apart: float | None  # futures_apart; None without futures (redraws)
+    guidance: float  # ‖g₀‖, plain guidance's strength
+
+
+def mcg_means(mcg: list[McgRow]) -> dict:
+    """`MCG_MEANS` over plans; None without MCG (the futures' mean: without futures)."""
     if not mcg:
         return dict.fromkeys(MCG_MEANS)
-    aparts = [a for _, _, a, _ in mcg if a is not None]
-    return dict(zip(MCG_MEANS, (statistics.fmean(s for s, _, _, _ in mcg), statistics.fmean(p for _, p, _, _ in mcg),
-                                statistics.fmean(along(s, p) for s, p, _, _ in mcg),
+    aparts = [m.apart for m in mcg if m.apart is not None]
+    return dict(zip(MCG_MEANS, (statistics.fmean(m.shift for m in mcg), statistics.fmean(m.pull for m in mcg),
+                                statistics.fmean(along(m.shift, m.pull) for m in mcg),
                                 statistics.fmean(aparts) if aparts else None)))
 
 
 MCG_WEIGHTED = ("mcg_shift_weighted", "mcg_pull_weighted", "mcg_along_weighted", "mcg_guidance_sumsq")
 
 
-def mcg_weighted(mcg: list) -> dict:
+def mcg_weighted(mcg: list[McgRow]) -> dict:
     """Shift, pull and along over the run as serve computes them over one plan's rows: ratios of
     sums, each plan weighted by its plain guidance's ‖g₀‖² (o = mcg_guidance):
     √(Σ s²o² / Σ o²), √(Σ p²o² / Σ o²), Σ along·o² / Σ o², and Σ o² to pool runs by. A plan that
     the reward barely reaches (a goal far outside a narrow reward) has a ratio of two small
     numbers that a mean over plans counts in full, though it steered little. None without MCG."""
-    total = sum(o * o for *_, o in mcg)
+    total = sum(m.guidance ** 2 for m in mcg)
     if not total:
         return dict.fromkeys(MCG_WEIGHTED)
-    return dict(zip(MCG_WEIGHTED, (math.sqrt(sum(s * s * o * o for s, _, _, o in mcg) / total),
-                                   math.sqrt(sum(p * p * o * o for _, p, _, o in mcg) / total),
-                                   sum(along(s, p) * o * o for s, p, _, o in mcg) / total, total)))
+    return dict(zip(MCG_WEIGHTED, (math.sqrt(sum((m.shift * m.guidance) ** 2 for m in mcg) / total),
+                                   math.sqrt(sum((m.pull * m.guidance) ** 2 for m in mcg) / total),
+                                   sum(along(m.shift, m.pull) * m.guidance ** 2 for m in mcg) / total, total)))
 
 
 def pooled_weighted(summaries: list) -> dict:
@@ -455,23 +468,23 @@ def pooled_weighted(summaries: list) -> dict:
     it."""
     if any(part.get("mcg_guidance_sumsq") is None for part in summaries):
         return dict.fromkeys(MCG_WEIGHTED)
-    return mcg_weighted([(part["mcg_shift_weighted"], part["mcg_pull_weighted"], None,
-                          math.sqrt(part["mcg_guidance_sumsq"])) for part in summaries])
+    return mcg_weighted([McgRow(part["mcg_shift_weighted"], part["mcg_pull_weighted"], None,
+                                math.sqrt(part["mcg_guidance_sumsq"])) for part in summaries])
 
 
-def mcg_by_futures_apart(mcg: list) -> list | None:
+def mcg_by_futures_apart(mcg: list[McgRow]) -> list | None:
     """Per bin of futures_apart (`FUTURES_APART_BINS`): the plans in it and their mean pull and
     part along plain guidance: whether futures that go their own ways average to a weaker or
     turned pull. None without futures."""
-    with_futures = [m[:3] for m in mcg if m[2] is not None]
+    with_futures = [m for m in mcg if m.apart is not None]
     if not with_futures:
         return None
     rows = []
     for low, high in FUTURES_APART_BINS:
-        inside = [(s, p) for s, p, a in with_futures if low <= a and (high is None or a < high)]
+        inside = [m for m in with_futures if low <= m.apart and (high is None or m.apart < high)]
         rows.append({"futures_apart": [low, high], "plans": len(inside),
-                     "mcg_pull_mean": statistics.fmean(p for _, p in inside) if inside else None,
-                     "mcg_along_mean": statistics.fmean(along(s, p) for s, p in inside) if inside else None})
+                     "mcg_pull_mean": statistics.fmean(m.pull for m in inside) if inside else None,
+                     "mcg_along_mean": statistics.fmean(along(m.shift, m.pull) for m in inside) if inside else None})
     return rows
 
 
@@ -492,6 +505,14 @@ def pooled_by_futures_apart(summaries: list) -> list | None:
                      **{key: pooled_per_plan(filled, key) if filled else None
                         for key in ("mcg_pull_mean", "mcg_along_mean")}})
     return rows
+
+
+def pooled_wall_depth_over(summaries: list) -> dict | None:
+    """`plans_wall_depth_over` pooled as `pooled_per_plan` pools a rate; None if any run lacks it."""
+    if any(part.get("plans_wall_depth_over") is None for part in summaries):
+        return None
+    return {d: pooled_per_plan([{**part, "rate": part["plans_wall_depth_over"][d]} for part in summaries], "rate")
+            for d in summaries[0]["plans_wall_depth_over"]}
 
 
 def pooled_per_plan(summaries: list, key: str) -> float | None:
