@@ -47,8 +47,10 @@ def test_cell_xy_round_trip():
 def test_wall_depth_is_the_distance_to_the_nearest_open_square():
     # U-Maze: wall cell (2, 1), square [1.3, 2.3] x [0.3, 1.3], lies between open (1, 1) and (3, 1)
     # and under wall (2, 2).
-    depth = wall_depth("umaze", [[1.0, 1.0], [1.8, 0.8], [1.8, 1.2], [2.0, 1.0], [1.35, 0.8], [-5.0, 1.0]])
-    np.testing.assert_allclose(depth, [0.0, 0.5, 0.5, 0.3, 0.05, np.inf])
+    # On the edge of an open square a point is at depth 0, though not in free space.
+    depth = wall_depth("umaze", [[1.0, 1.0], [1.8, 0.8], [1.8, 1.2], [2.0, 1.0], [1.35, 0.8], [1.3, 1.0], [-5.0, 1.0]])
+    np.testing.assert_allclose(depth, [0.0, 0.5, 0.5, 0.3, 0.05, 0.0, np.inf])
+    assert not in_free_space("umaze", (1.3, 1.0))
     rng = np.random.default_rng(0)
     for maze in ("umaze", "medium"):
         shape = wall_grid(maze).shape

@@ -149,8 +149,8 @@ def in_free_space(maze: str, xy, margin: float = 0.0):
 
 def wall_depth(maze: str, xy) -> np.ndarray:
     """How far points xy [..., 2] are inside walls: the distance to the nearest open square, 0 in
-    one. Exact below 0.5; a larger value only says the depth is at least 0.5 (inf where none of
-    the point's cell's neighbours is open), as squares beyond them are not searched."""
+    one. Only the point's cell and its neighbours are searched; every other square is at least
+    1 away, so a value below 1 is exact, and inf (no open neighbour) means at least 1."""
     is_wall, gaps = _neighbour_squares(maze, xy)
     return np.where(is_wall, np.inf, gaps).min(axis=0)
 

@@ -404,8 +404,9 @@ def _ms(value) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
-# Maze units inside a wall: more than the ball's radius, a quarter cell, and near the middle of a
-# wall one cell thick (which a plan reaches only by crossing the wall or running inside it).
+# Maze units inside a wall (a cell is 1): more than the ball's radius, a quarter cell, and near
+# the middle of a wall one cell thick, where it means crossing the wall (in a thicker wall it
+# may mean only pushing into it).
 WALL_DEPTHS = (0.1, 0.25, 0.4)
 MCG_MEANS = ("mcg_shift_mean", "mcg_pull_mean", "mcg_along_mean", "mcg_futures_apart_mean")
 # Bins [low, high) of futures_apart (maze units; a cell is 1; None: no upper bound) for
@@ -511,6 +512,10 @@ def pooled_wall_depth_over(summaries: list) -> dict | None:
     """`plans_wall_depth_over` pooled as `pooled_per_plan` pools a rate; None if any run lacks it."""
     if any(part.get("plans_wall_depth_over") is None for part in summaries):
         return None
+    depths = {tuple(part["plans_wall_depth_over"]) for part in summaries}
+    if len(depths) > 1:
+        raise ValueError(f"plans_wall_depth_over: the runs measure different depths ({sorted(depths)}); "
+                         f"only runs of the same evaluation can be pooled")
     return {d: pooled_per_plan([{**part, "rate": part["plans_wall_depth_over"][d]} for part in summaries], "rate")
             for d in summaries[0]["plans_wall_depth_over"]}
 
