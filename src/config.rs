@@ -1,10 +1,16 @@
 //! The node's YAML configuration. Every field is documented here, with its default; unknown
 //! fields are errors so that a typo cannot silently fall back to a default.
+//!
+//! A config may start from another: `base: other.yaml` (absolute, or relative to its own
+//! folder) loads that config first, itself perhaps from a base, then lays this file over it.
+//! Mappings merge key by key; any other value (number, string, list, null) replaces the base's.
+//! Relative paths inside (`model.path`) resolve from the config that is loaded, not its base.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_yaml_ng::Value;
 use thiserror::Error;
 
 use crate::control::JointSelection;
@@ -274,10 +280,28 @@ impl NodeConfig {
         Ok(cfg)
     }
 
-    /// Parse and validate; `path` only names the source in errors.
+    /// Parse and validate; `path` names the source in errors, and a `base` is found from its
+    /// folder.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let de = serde_yaml_ng::Deserializer::from_str(text);
-        let cfg: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+        let cfg = match serde_yaml_ng::from_str::<Value>(text) {
+            Ok(value) if value.get(BASE).is_some() => {
+                let mut chain = vec![path.canonicalize().unwrap_or_else(|_| path.to_owned())];
+                Self::deserialize_reporting(over_bases(value, path, &mut chain)?, path)?
+            }
+            // Without a base (or not YAML), straight from the text: errors keep their lines.
+            _ => Self::deserialize_reporting(serde_yaml_ng::Deserializer::from_str(text), path)?,
+        };
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Deserialize, naming the field that failed.
+    fn deserialize_reporting<'de, D>(de: D, path: &Path) -> Result<Self, ConfigError>
+    where
+        D: serde::Deserializer<'de>,
+        D::Error: std::fmt::Display,
+    {
+        serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
             let message = e.into_inner().to_string();
             // serde_yaml_ng starts its message with the path (or its parent's).
@@ -297,9 +321,7 @@ impl NodeConfig {
                     message,
                 }
             }
-        })?;
-        cfg.validate(path)?;
-        Ok(cfg)
+        })
     }
 
     /// Action dimension, as the limits give it.
@@ -417,5 +439,63 @@ impl NodeConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// The key that names a config's base.
+const BASE: &str = "base";
+
+/// `value` (the config at `path`) laid over its chain of bases; `chain` holds the configs
+/// already on it, to refuse a cycle.
+fn over_bases(mut value: Value, path: &Path, chain: &mut Vec<PathBuf>) -> Result<Value, ConfigError> {
+    let Some(base) = value.as_mapping_mut().and_then(|m| m.remove(BASE)) else {
+        return Ok(value);
+    };
+    let bad = |message: String| ConfigError::Field {
+        path: path.to_owned(),
+        field: BASE.into(),
+        message,
+    };
+    let Value::String(base) = base else {
+        return Err(bad(format!(
+            "expected the path of another config (relative to this one's folder), got {base:?}"
+        )));
+    };
+    let base_path = path.parent().unwrap_or(Path::new(".")).join(&base);
+    let text = std::fs::read_to_string(&base_path).map_err(|e| bad(format!("{}: {e}", base_path.display())))?;
+    let canonical = base_path.canonicalize().unwrap_or_else(|_| base_path.clone());
+    if chain.contains(&canonical) {
+        return Err(bad(format!(
+            "{} is already on the chain of bases ({}): a cycle",
+            base_path.display(),
+            chain
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        )));
+    }
+    chain.push(canonical);
+    let base_value = serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Read {
+        path: base_path.clone(),
+        message: e.to_string(),
+    })?;
+    Ok(laid_over(over_bases(base_value, &base_path, chain)?, value))
+}
+
+/// `over` laid over `base`: mappings merge key by key, anything else replaces.
+fn laid_over(base: Value, over: Value) -> Value {
+    match (base, over) {
+        (Value::Mapping(mut base), Value::Mapping(over)) => {
+            for (key, value) in over {
+                let merged = match base.remove(&key) {
+                    Some(below) => laid_over(below, value),
+                    None => value,
+                };
+                base.insert(key, merged);
+            }
+            Value::Mapping(base)
+        }
+        (_, over) => over,
     }
 }

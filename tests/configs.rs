@@ -60,3 +60,59 @@ fn state_joints_must_be_distinct_and_fit_the_model() {
         }
     }
 }
+
+/// Writes `files` (name, text) into a folder of their own and loads the first.
+fn load_written(test: &str, files: &[(&str, &str)]) -> Result<NodeConfig, df_planner::config::ConfigError> {
+    let dir = std::env::temp_dir().join(format!("df_planner_configs_{test}_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    NodeConfig::load(&dir.join(files[0].0))
+}
+
+#[test]
+fn a_config_laid_over_its_bases_merges_mappings_and_replaces_the_rest() {
+    let shipped = std::fs::read_to_string(common::repo().join("config/pointmass.yaml")).unwrap();
+    // Over two bases: a nested scalar, a list shorter than the base's, and a mapping's new key.
+    let middle = "base: base.yaml\nplanner:\n  guidance_scale: 3.5\n  samples: 4\n";
+    let top = "base: middle.yaml\nplanner:\n  samples: 8\n\
+               model:\n  runtime:\n    providers: [cpu]\ntopics:\n  joint_names: [a, b]\n";
+    let files = [
+        ("top.yaml", top),
+        ("middle.yaml", middle),
+        ("base.yaml", shipped.as_str()),
+    ];
+    let derived = load_written("merge", &files).unwrap();
+    let mut expected = load_written("merge", &files[2..]).unwrap();
+    expected.planner.guidance_scale = 3.5;
+    expected.planner.samples = 8;
+    expected.model.runtime.providers = vec![df_planner::model::Provider::Cpu];
+    expected.topics.joint_names = vec!["a".into(), "b".into()];
+    assert_ne!(derived, load_written("merge", &files[2..]).unwrap());
+    assert_eq!(derived, expected);
+}
+
+#[test]
+fn a_bad_base_is_refused_naming_it() {
+    let shipped = std::fs::read_to_string(common::repo().join("config/pointmass.yaml")).unwrap();
+    let error = |test, files: &[(&str, &str)]| load_written(test, files).unwrap_err().to_string();
+    let e = error("missing", &[("a.yaml", "base: nowhere.yaml\n")]);
+    assert!(e.contains("field `base`: ") && e.contains("nowhere.yaml"), "{e}");
+    let e = error("cycle", &[("a.yaml", "base: b.yaml\n"), ("b.yaml", "base: a.yaml\n")]);
+    assert!(e.contains("field `base`: ") && e.ends_with("a cycle"), "{e}");
+    let e = error("not_a_path", &[("a.yaml", "base: [b.yaml]\n")]);
+    assert!(e.contains("field `base`: expected the path of another config"), "{e}");
+    // A typo over a base is still an unknown field, named.
+    let e = error(
+        "typo",
+        &[
+            ("a.yaml", "base: b.yaml\nplanner:\n  guidance_scal: 3.0\n"),
+            ("b.yaml", &shipped),
+        ],
+    );
+    assert!(
+        e.contains("field `planner.guidance_scal`: unknown field `guidance_scal`"),
+        "{e}"
+    );
+}

@@ -189,11 +189,10 @@ def check_maze_goals(config: str, maze: str, multi_goal: bool) -> None:
     """Refuse a config whose `serve.goal_bounds` reach beyond the maze's open cells (a config for
     another maze), or that would refuse a goal the episodes will set (outside its bounds, or in
     one of its `serve.goal_keepout` boxes). Narrower bounds that hold every goal are fine."""
-    import yaml
-
     from .envs.maze2d import free_bounds, goal_regions
+    from .node_config import load_node_config
 
-    node = yaml.safe_load(Path(config).read_text())
+    node = load_node_config(config)
     if not isinstance(node, dict):
         raise SystemExit(f"--config: {config}: expected a node config (a YAML mapping with model, planner, ...)")
     serve = node.get("serve") or {}

@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from .maze2d import ABLATIONS
+from ..node_config import load_node_config
 from .planner_process import Planner
 from ..envs.maze2d import Maze2DEnv
 
@@ -57,7 +57,7 @@ def action_spread(maze, episodes, binary, config, configs, seeds, out, seed=0) -
         raise ValueError(f"--action-spread: expected at least 2 planner seeds, got {seeds}")
     if any(ABLATIONS[name] is None for name in configs):
         raise ValueError("--action-spread: straight_to_goal has no planner")
-    steps = yaml.safe_load(Path(config).read_text())["planner"]["replan_every"]
+    steps = load_node_config(config)["planner"]["replan_every"]
     starts = []
     for i in range(episodes):
         env = Maze2DEnv(maze, seed=seed + i)

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .planner_process import Planner
+from ..node_config import load_node_config
 from ..envs.maze2d import Maze2DEnv, in_free_space, normalized_score, wall_depth, wall_grid, CELL_SHIFT
 
 # Chen et al. 2024, Table 1 (normalized score, mean ± std): for the README's comparison. The
@@ -53,9 +54,7 @@ class StraightToGoal:
     most) gets there. The floor a planner must beat to show that it plans around walls."""
 
     def __init__(self, config: str):
-        import yaml
-
-        serve = yaml.safe_load(Path(config).read_text()).get("serve") or {}
+        serve = load_node_config(config).get("serve") or {}
         self.kp, self.kd = serve.get("kp", 10.0), serve.get("kd", 4.0)
         self.goal = None
 
@@ -169,14 +168,12 @@ def model_identity(config) -> str | None:
     model they measured; None for a config without a readable one."""
     import hashlib
 
-    import yaml
-
     try:
-        model = Path((yaml.safe_load(Path(config).read_text()).get("model") or {})["path"])
+        model = Path((load_node_config(config).get("model") or {})["path"])
         if not model.is_absolute():
             model = Path(config).parent.parent / model
         return hashlib.sha256(model.read_bytes()).hexdigest()[:16]
-    except (OSError, KeyError, TypeError, AttributeError):
+    except (OSError, KeyError, TypeError, AttributeError, ValueError):
         return None
 
 
@@ -558,7 +555,7 @@ def learning_curve(maze, episodes, binary, config, run_dir, out, seed=0, workers
 
     points = []
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    cfg = yaml.safe_load(Path(config).read_text())
+    cfg = load_node_config(config)
     for snap in sorted(Path(run_dir, "snapshots").glob("step*.pt")):
         model = snap.with_suffix(".onnx")
         cfg["model"]["path"] = str(model.resolve())

@@ -1,0 +1,54 @@
+"""Configs laid over a `base`, read as the node reads them (tests/configs.rs checks the node)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from df_train.node_config import load_node_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_config_laid_over_its_bases_merges_mappings_and_replaces_the_rest(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(
+        {"planner": {"samples": 1, "guidance_scale": 30.0, "goal": {"sigma": 2.0}}, "safety": {"action_min": [-1, -1]}}))
+    (tmp_path / "middle.yaml").write_text("base: base.yaml\nplanner: {samples: 4, goal: {squash: tanh}}\n")
+    (tmp_path / "top.yaml").write_text("base: middle.yaml\nplanner: {samples: 8}\nsafety: {action_min: [-2]}\n")
+    assert load_node_config(tmp_path / "top.yaml") == {
+        "planner": {"samples": 8, "guidance_scale": 30.0, "goal": {"sigma": 2.0, "squash": "tanh"}},
+        "safety": {"action_min": [-2]},
+    }
+
+
+def test_a_bad_base_is_refused_naming_it(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match=r"b\.yaml: field `base`: .*a\.yaml is already on the chain.*a cycle"):
+        load_node_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: [b.yaml]\n")
+    with pytest.raises(ValueError, match="field `base`: expected the path of another config"):
+        load_node_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(FileNotFoundError, match="nowhere.yaml"):
+        load_node_config(tmp_path / "d.yaml")
+
+
+def test_the_medium_variants_are_the_medium_config_with_their_changes():
+    medium = load_node_config(ROOT / "config/maze2d_medium.yaml")
+    changes = {
+        "episode": {("model", "path"): "onnx/models/maze2d_medium_episode.onnx", ("planner", "horizon_tokens"): 60},
+        "long": {("model", "path"): "onnx/models/maze2d_medium_long.onnx", ("planner", "horizon_tokens"): 31,
+                 ("planner", "goal", "squash"): "tanh"},
+        "wide": {("model", "path"): "onnx/models/maze2d_medium_wide.onnx", ("planner", "guidance_scale"): 10.0},
+        "wide_episode": {("model", "path"): "onnx/models/maze2d_medium_wide_episode.onnx",
+                         ("planner", "horizon_tokens"): 60, ("planner", "guidance_scale"): 10.0},
+    }
+    for variant, fields in changes.items():
+        expected = yaml.safe_load(yaml.safe_dump(medium))
+        for keys, value in fields.items():
+            node = expected
+            for key in keys[:-1]:
+                node = node[key]
+            node[keys[-1]] = value
+        assert load_node_config(ROOT / f"config/maze2d_medium_{variant}.yaml") == expected, variant
