@@ -3,8 +3,10 @@
 //!
 //! A config may start from another: `base: other.yaml` (absolute, or relative to its own
 //! folder) loads that config first, itself perhaps from a base, then lays this file over it.
-//! Mappings merge key by key; any other value (number, string, list, null) replaces the base's.
-//! Relative paths inside (`model.path`) resolve from the config that is loaded, not its base.
+//! Mappings merge key by key, except that one changing a variant (`kind:` or `form:`, as in
+//! `matrix: {kind: trapezoid}`) replaces the base's, whose other fields belong to the old
+//! variant; any other value (number, string, list, null) replaces the base's. A relative
+//! `model.path` resolves from the package root of the config that names it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -285,8 +287,17 @@ impl NodeConfig {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let cfg = match serde_yaml_ng::from_str::<Value>(text) {
             Ok(value) if value.get(BASE).is_some() => {
-                let mut chain = vec![path.canonicalize().unwrap_or_else(|_| path.to_owned())];
-                Self::deserialize_reporting(over_bases(value, path, &mut chain)?, path)?
+                let mut chain = vec![canonical(path)];
+                let merged = over_bases(value, path, &mut chain)?;
+                // The field may come from a base, and a merged value has no lines to point at.
+                Self::deserialize_reporting(merged, path).map_err(|e| match e {
+                    ConfigError::Field { path, field, message } => ConfigError::Field {
+                        path,
+                        field,
+                        message: format!("{message} (in this config or its bases: {})", chain_names(&chain)),
+                    },
+                    other => other,
+                })?
             }
             // Without a base (or not YAML), straight from the text: errors keep their lines.
             _ => Self::deserialize_reporting(serde_yaml_ng::Deserializer::from_str(text), path)?,
@@ -457,45 +468,76 @@ fn over_bases(mut value: Value, path: &Path, chain: &mut Vec<PathBuf>) -> Result
         message,
     };
     let Value::String(base) = base else {
+        let got = serde_yaml_ng::to_string(&base).unwrap_or_default();
         return Err(bad(format!(
-            "expected the path of another config (relative to this one's folder), got {base:?}"
+            "expected the path of another config (absolute, or relative to this one's folder), got {}",
+            got.trim()
         )));
     };
     let base_path = path.parent().unwrap_or(Path::new(".")).join(&base);
     let text = std::fs::read_to_string(&base_path).map_err(|e| bad(format!("{}: {e}", base_path.display())))?;
-    let canonical = base_path.canonicalize().unwrap_or_else(|_| base_path.clone());
-    if chain.contains(&canonical) {
+    if chain.contains(&canonical(&base_path)) {
         return Err(bad(format!(
             "{} is already on the chain of bases ({}): a cycle",
             base_path.display(),
-            chain
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(" -> ")
+            chain_names(chain)
         )));
     }
-    chain.push(canonical);
-    let base_value = serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Read {
+    chain.push(canonical(&base_path));
+    let mut base_value: Value = serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Read {
         path: base_path.clone(),
         message: e.to_string(),
     })?;
+    // The base's own relative model path, from the base's package root (as `load` does).
+    if let Some(Value::String(model)) = base_value.get_mut("model").and_then(|m| m.get_mut("path")) {
+        if Path::new(model.as_str()).is_relative() {
+            let root = base_path.parent().and_then(Path::parent).unwrap_or(Path::new("."));
+            *model = root.join(model.as_str()).to_string_lossy().into_owned();
+        }
+    }
     Ok(laid_over(over_bases(base_value, &base_path, chain)?, value))
 }
 
-/// `over` laid over `base`: mappings merge key by key, anything else replaces.
+/// A config's path as the chain of bases records it: canonical where it exists.
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize()
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_owned())
+}
+
+fn chain_names(chain: &[PathBuf]) -> String {
+    chain
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" -> ")
+}
+
+/// Keys that select an enum variant (`matrix.kind`, `planner.goal.aggregate.kind`,
+/// `guidance_form.form`).
+const VARIANT_TAGS: [&str; 2] = ["kind", "form"];
+
+/// `over` laid over `base`: mappings merge key by key (keeping the base's order), unless `over`
+/// changes the variant; anything else replaces.
 fn laid_over(base: Value, over: Value) -> Value {
     match (base, over) {
-        (Value::Mapping(mut base), Value::Mapping(over)) => {
+        (Value::Mapping(mut base), Value::Mapping(over)) if !changes_variant(&base, &over) => {
             for (key, value) in over {
-                let merged = match base.remove(&key) {
-                    Some(below) => laid_over(below, value),
-                    None => value,
-                };
-                base.insert(key, merged);
+                match base.get_mut(&key) {
+                    Some(below) => *below = laid_over(std::mem::take(below), value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
             }
             Value::Mapping(base)
         }
         (_, over) => over,
     }
+}
+
+fn changes_variant(base: &serde_yaml_ng::Mapping, over: &serde_yaml_ng::Mapping) -> bool {
+    VARIANT_TAGS
+        .iter()
+        .any(|tag| matches!((base.get(*tag), over.get(*tag)), (Some(a), Some(b)) if a != b))
 }

@@ -61,12 +61,14 @@ fn state_joints_must_be_distinct_and_fit_the_model() {
     }
 }
 
-/// Writes `files` (name, text) into a folder of their own and loads the first.
+/// Writes `files` (path, text) into a fresh folder of their own and loads the first.
 fn load_written(test: &str, files: &[(&str, &str)]) -> Result<NodeConfig, df_planner::config::ConfigError> {
     let dir = std::env::temp_dir().join(format!("df_planner_configs_{test}_{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
     for (name, text) in files {
-        std::fs::write(dir.join(name), text).unwrap();
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
     }
     NodeConfig::load(&dir.join(files[0].0))
 }
@@ -115,4 +117,52 @@ fn a_bad_base_is_refused_naming_it() {
         e.contains("field `planner.guidance_scal`: unknown field `guidance_scal`"),
         "{e}"
     );
+}
+
+#[test]
+fn a_changed_variant_replaces_the_bases_and_a_bases_model_path_stays_its_own() {
+    let shipped = std::fs::read_to_string(common::repo().join("config/pointmass.yaml")).unwrap();
+    // The base's pyramid has an uncertainty; a trapezoid over it must give its own.
+    let files = [
+        (
+            "mine.yaml",
+            "base: pkg/config/pointmass.yaml\nplanner:\n  matrix: {kind: trapezoid}\n",
+        ),
+        ("pkg/config/pointmass.yaml", shipped.as_str()),
+    ];
+    let e = load_written("variant", &files).unwrap_err().to_string();
+    assert!(e.contains("field `planner.matrix`: missing field `uncertainty`"), "{e}");
+    let mine = "base: pkg/config/pointmass.yaml\nplanner:\n  matrix: {kind: trapezoid, uncertainty: 2.0}\n";
+    let cfg = load_written("variant", &[("mine.yaml", mine), files[1]]).unwrap();
+    assert_eq!(
+        cfg.planner.matrix,
+        df_planner::diffusion::MatrixKind::Trapezoid { uncertainty: 2.0 }
+    );
+    // onnx/models/pointmass.onnx from pkg/config/'s package root, pkg/, not from mine.yaml's.
+    assert!(
+        cfg.model.path.ends_with("pkg/onnx/models/pointmass.onnx"),
+        "{}",
+        cfg.model.path.display()
+    );
+}
+
+#[test]
+fn the_medium_variants_are_the_medium_config_with_their_changes() {
+    let load = |name: &str| NodeConfig::load(&common::repo().join("config").join(name)).unwrap();
+    let medium = load("maze2d_medium.yaml");
+    let models = common::repo().join("onnx/models");
+    for (variant, horizon, scale, squash) in [
+        ("episode", 60, 30.0, "linear"),
+        ("long", 31, 30.0, "tanh"),
+        ("wide", 15, 10.0, "linear"),
+        ("wide_episode", 60, 10.0, "linear"),
+    ] {
+        let mut expected = medium.clone();
+        expected.model.path = models.join(format!("maze2d_medium_{variant}.onnx"));
+        expected.planner.horizon_tokens = Some(horizon);
+        expected.planner.guidance_scale = scale;
+        let goal = expected.planner.goal.as_mut().unwrap();
+        goal.squash = serde_yaml_ng::from_str(squash).unwrap();
+        assert_eq!(load(&format!("maze2d_medium_{variant}.yaml")), expected, "{variant}");
+    }
 }

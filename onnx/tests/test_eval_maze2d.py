@@ -451,9 +451,10 @@ def test_a_config_must_accept_every_goal_its_episodes_set(tmp_path):
     import yaml
 
     from df_train.cli import check_maze_goals
+    from df_train.node_config import load_node_config
 
     def config(**serve):
-        node = yaml.safe_load((ROOT / "config/maze2d_umaze.yaml").read_text())
+        node = load_node_config(ROOT / "config/maze2d_umaze.yaml")
         node["serve"].update(serve)
         path = tmp_path / "c.yaml"
         path.write_text(yaml.safe_dump(node))
@@ -521,7 +522,9 @@ def test_learning_curve_over_snapshots(setup, tmp_path, monkeypatch):
     assert snap.with_suffix(".onnx").stat().st_mtime_ns > exported
     import yaml
 
-    other = yaml.safe_load(Path(config).read_text())
+    from df_train.node_config import load_node_config
+
+    other = load_node_config(config)
     other["planner"]["seed"] += 1
     other_config = tmp_path / "other.yaml"
     other_config.write_text(yaml.safe_dump(other))

@@ -164,23 +164,21 @@ def test_datagen_speed():
 
 
 def test_each_shipped_config_bounds_goals_to_its_maze_and_accepts_every_eval_goal():
-    import yaml
-
     from df_train.cli import check_maze_goals
+    from df_train.node_config import load_node_config
     from df_train.envs.maze2d import MAZES, free_bounds
 
     root = Path(__file__).resolve().parents[2]
     for maze in MAZES:
         for config in root.glob(f"config/maze2d_{maze}*.yaml"):
-            assert yaml.safe_load(config.read_text())["serve"]["goal_bounds"] == free_bounds(maze), config
+            assert load_node_config(config)["serve"]["goal_bounds"] == free_bounds(maze), config
             for multi_goal in (False, True):
                 check_maze_goals(str(config), maze, multi_goal)
 
 
 def test_each_shipped_config_keeps_goals_out_of_its_maze_s_walls():
-    import yaml
-
     from df_train.envs.maze2d import MAZES, cell_to_xy, empty_cells, in_free_space, wall_blocks
+    from df_train.node_config import load_node_config
 
     root = Path(__file__).resolve().parents[2]
     for maze in MAZES:
@@ -194,4 +192,4 @@ def test_each_shipped_config_keeps_goals_out_of_its_maze_s_walls():
             x, y = cell_to_xy(cell)
             assert not any(x0 < x < x1 and y0 < y < y1 for (x0, y0), (x1, y1) in boxes), (maze, cell)
         for config in root.glob(f"config/maze2d_{maze}*.yaml"):
-            assert yaml.safe_load(config.read_text())["serve"]["goal_keepout"] == boxes, config
+            assert load_node_config(config)["serve"]["goal_keepout"] == boxes, config

@@ -30,8 +30,20 @@ def test_a_bad_base_is_refused_naming_it(tmp_path):
     with pytest.raises(ValueError, match="field `base`: expected the path of another config"):
         load_node_config(tmp_path / "c.yaml")
     (tmp_path / "d.yaml").write_text("base: nowhere.yaml\n")
-    with pytest.raises(FileNotFoundError, match="nowhere.yaml"):
+    with pytest.raises(ValueError, match=r"d\.yaml: field `base`: .*nowhere\.yaml: No such file"):
         load_node_config(tmp_path / "d.yaml")
+
+
+def test_a_changed_variant_replaces_the_bases_and_a_bases_model_path_stays_its_own(tmp_path):
+    (tmp_path / "pkg" / "config").mkdir(parents=True)
+    (tmp_path / "pkg" / "config" / "base.yaml").write_text(yaml.safe_dump(
+        {"model": {"path": "onnx/models/x.onnx"}, "planner": {"matrix": {"kind": "pyramid", "uncertainty": 1.0},
+                                                              "guidance_form": {"form": "score", "max_gain": 5.0}}}))
+    (tmp_path / "mine.yaml").write_text("base: pkg/config/base.yaml\nplanner:\n  matrix: {kind: trapezoid}\n"
+                                        "  guidance_form: {form: score, max_gain: 7.0}\n")
+    assert load_node_config(tmp_path / "mine.yaml") == {
+        "model": {"path": str(tmp_path / "pkg" / "onnx/models/x.onnx")},
+        "planner": {"matrix": {"kind": "trapezoid"}, "guidance_form": {"form": "score", "max_gain": 7.0}}}
 
 
 def test_the_medium_variants_are_the_medium_config_with_their_changes():

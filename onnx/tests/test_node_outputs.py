@@ -64,10 +64,10 @@ def test_launch_file_documents_every_argument(launch, arguments):
 
 def test_fruit_swap_launch_remaps_the_config_topics():
     """Every topic the launch file remaps is one config/fruit_swap.yaml or the model uses."""
-    import yaml
+    from df_train.node_config import load_node_config
 
     text = (ROOT / "launch/fruit_swap.launch.py").read_text()
-    cfg = yaml.safe_load((ROOT / "config/fruit_swap.yaml").read_text())
+    cfg = load_node_config(ROOT / "config/fruit_swap.yaml")
     used = {cfg["topics"]["state"], cfg["topics"]["action"], "/camera/front/image_raw", "/camera/wrist/image_raw"}
     remapped = {ast.literal_eval(t.elts[0]) for node in ast.walk(ast.parse(text))
                 if isinstance(node, ast.keyword) and node.arg == "remappings" for t in node.value.elts}
