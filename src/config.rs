@@ -476,14 +476,15 @@ fn over_bases(mut value: Value, path: &Path, chain: &mut Vec<PathBuf>) -> Result
     };
     let base_path = path.parent().unwrap_or(Path::new(".")).join(&base);
     let text = std::fs::read_to_string(&base_path).map_err(|e| bad(format!("{}: {e}", base_path.display())))?;
-    if chain.contains(&canonical(&base_path)) {
+    let base_canonical = canonical(&base_path);
+    if chain.contains(&base_canonical) {
         return Err(bad(format!(
             "{} is already on the chain of bases ({}): a cycle",
             base_path.display(),
             chain_names(chain)
         )));
     }
-    chain.push(canonical(&base_path));
+    chain.push(base_canonical);
     let mut base_value: Value = serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Read {
         path: base_path.clone(),
         message: e.to_string(),
