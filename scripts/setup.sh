@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what df_planner needs on a fresh machine (Debian 12, Rust toolchain, Python 3.10+):
+# Installs what df_planner needs on a fresh machine (Debian 12, Rust toolchain, Python 3.11+;
+# DF_PYTHON names the interpreter, default python3):
 # - a Python virtualenv OUTSIDE the clone (torch from PyPI is ~3 GB; reused across clones),
 #   DF_VENV overrides its place, with the df_train package (onnx/) installed editable and its
 #   dependencies at the versions pinned in onnx/constraints.txt;
@@ -10,11 +11,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV="${DF_VENV:-$HOME/.cache/df_planner/venv}"
+PYTHON="${DF_PYTHON:-python3}"
+# The pins in onnx/constraints.txt have wheels for CPython 3.11 to 3.13 (scripts/check_pins.sh).
+# On 3.10 numpy 2.4.6 has none, and the newest onnxruntime there (1.23) is older than the ONNX
+# Runtime API the Rust binary is built against.
+require_python() {
+  if ! "$1" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' 2>/dev/null; then
+    echo "setup: $2 is Python $("$1" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '(not found)'); df_train needs 3.11 or newer. $3" >&2
+    exit 1
+  fi
+}
 if [ ! -x "$VENV/bin/python" ]; then
+  require_python "$PYTHON" "$PYTHON" "Install python3.11 (on Ubuntu 22.04: the deadsnakes PPA) and run DF_PYTHON=python3.11 bash scripts/setup.sh"
   echo "setup: creating virtualenv $VENV"
-  python3 -m venv "$VENV"
+  "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
 fi
+require_python "$VENV/bin/python" "the virtualenv $VENV" "Remove it (or set DF_VENV to a new place) and run DF_PYTHON=python3.11 bash scripts/setup.sh"
 stamp="$VENV/.df_planner_deps"
 want="$(cat onnx/pyproject.toml onnx/constraints.txt | sha256sum | cut -d' ' -f1)"
 # Reinstall when the dependencies or their pins (onnx/constraints.txt) changed, or when df_train

@@ -316,10 +316,13 @@ impl NodeConfig {
             let field = e.path().to_string();
             let message = e.into_inner().to_string();
             // serde_yaml_ng starts its message with the path (or its parent's).
-            let message = match message.split_once(": ") {
+            let mut message = match message.split_once(": ") {
                 Some((head, rest)) if field.starts_with(head) => rest.to_owned(),
                 _ => message,
             };
+            if field == MERGE_KEY || field.ends_with(&format!(".{MERGE_KEY}")) {
+                message += "; YAML merge keys are not applied, a config can start from another with `base: other.yaml`";
+            }
             if field == "." {
                 ConfigError::Read {
                     path: path.to_owned(),
@@ -455,6 +458,8 @@ impl NodeConfig {
 
 /// The key that names a config's base.
 const BASE: &str = "base";
+/// YAML's merge key, which serde_yaml_ng reads as a plain (unknown) field.
+const MERGE_KEY: &str = "<<";
 
 /// `value` (the config at `path`) laid over its chain of bases; `chain` holds the configs
 /// already on it, to refuse a cycle.

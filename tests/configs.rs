@@ -120,6 +120,21 @@ fn a_bad_base_is_refused_naming_it() {
 }
 
 #[test]
+fn a_yaml_merge_key_is_refused_pointing_at_base() {
+    let shipped = std::fs::read_to_string(common::repo().join("config/pointmass.yaml")).unwrap();
+    let merged = shipped.replacen("planner:\n", "planner:\n  <<: {samples: 4}\n", 1);
+    assert_ne!(merged, shipped);
+    let e = load_written("merge_key", &[("a.yaml", &merged)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("field `planner.<<`: unknown field `<<`")
+            && e.ends_with("YAML merge keys are not applied, a config can start from another with `base: other.yaml`"),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_changed_variant_replaces_the_bases_and_a_bases_model_path_stays_its_own() {
     let shipped = std::fs::read_to_string(common::repo().join("config/pointmass.yaml")).unwrap();
     // The base's pyramid has an uncertainty; a trapezoid over it must give its own.

@@ -2,7 +2,7 @@
 as its `base` (absolute, or relative to its own folder), laid under it. Mappings merge key by
 key, except that one changing a variant (`kind:` or `form:`) replaces the base's; any other
 value replaces the base's. A relative `model.path` resolves from the package root of the
-config that names it."""
+config that names it. YAML merge keys (`<<`) are refused, as the node refuses them."""
 
 from pathlib import Path
 
@@ -11,13 +11,28 @@ import yaml
 VARIANT_TAGS = ("kind", "form")
 
 
+class _NodeYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without merge keys, which the node's YAML reader (serde_yaml_ng)
+    does not apply: a config that used one would read differently here than on the robot."""
+
+    def flatten_mapping(self, node):
+        for key, _ in node.value:
+            if key.tag == "tag:yaml.org,2002:merge":
+                raise ValueError(f"line {key.start_mark.line + 1}: YAML merge keys (`<<`) are not read by "
+                                 "df_planner; a config can start from another with `base: other.yaml`")
+        super().flatten_mapping(node)
+
+
 def load_node_config(path) -> dict:
     """The config at `path` laid over its chain of bases, without the `base` key."""
     return _over_bases(Path(path), [])
 
 
 def _over_bases(path: Path, chain: list):
-    node = yaml.safe_load(path.read_text())
+    try:
+        node = yaml.load(path.read_text(), Loader=_NodeYamlLoader)
+    except ValueError as e:
+        raise ValueError(f"config {path}: {e}") from e
     if not isinstance(node, dict) or "base" not in node:
         return node
     base = node.pop("base")

@@ -34,6 +34,15 @@ def test_a_bad_base_is_refused_naming_it(tmp_path):
         load_node_config(tmp_path / "d.yaml")
 
 
+def test_a_yaml_merge_key_is_refused_as_the_node_refuses_it(tmp_path):
+    (tmp_path / "m.yaml").write_text("planner: &p {samples: 4}\ncontrol:\n  rate_hz: 100\n  <<: *p\n")
+    with pytest.raises(ValueError, match=r"m\.yaml: line 4: YAML merge keys .* `base: other\.yaml`"):
+        load_node_config(tmp_path / "m.yaml")
+    # An alias of a whole value is not a merge: the node reads it too.
+    (tmp_path / "a.yaml").write_text("planner: &p {samples: 4}\nother: *p\n")
+    assert load_node_config(tmp_path / "a.yaml") == {"planner": {"samples": 4}, "other": {"samples": 4}}
+
+
 def test_a_changed_variant_replaces_the_bases_and_a_bases_model_path_stays_its_own(tmp_path):
     (tmp_path / "pkg" / "config").mkdir(parents=True)
     (tmp_path / "pkg" / "config" / "base.yaml").write_text(yaml.safe_dump(
