@@ -122,23 +122,10 @@ fn an_mcap_bag_is_held_once_and_only_the_kept_topics() {
     const MESSAGES: usize = 16;
     const SIZE: usize = 1 << 20;
     let path = temp_file("two_topics.mcap");
-    let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let image = "sensor_msgs/msg/Image";
+    let messages = (0..2 * MESSAGES).map(|k| (k % 2, k as u64, vec![k as u8; SIZE]));
     // Unchunked: the file's bytes are the messages' bytes, nothing compressed.
-    let mut w = mcap::WriteOptions::new().use_chunks(false).create(file).unwrap();
-    let schema = w.add_schema("sensor_msgs/msg/Image", "ros2msg", b"").unwrap();
-    let camera = w.add_channel(schema, "/cam", "cdr", &Default::default()).unwrap();
-    let other = w.add_channel(schema, "/other_cam", "cdr", &Default::default()).unwrap();
-    for k in 0..2 * MESSAGES {
-        let header = mcap::records::MessageHeader {
-            channel_id: if k % 2 == 0 { camera } else { other },
-            sequence: k as u32,
-            log_time: k as u64,
-            publish_time: k as u64,
-        };
-        w.write_to_known_channel(&header, &vec![k as u8; SIZE]).unwrap();
-    }
-    w.finish().unwrap();
-    drop(w);
+    common::write_mcap_bag(&path, false, &[("/cam", image), ("/other_cam", image)], messages);
 
     let (all, _, peak_all) = measure(|| read_bag(&path).unwrap());
     assert_eq!(all.messages.len(), 2 * MESSAGES);
@@ -276,27 +263,16 @@ const ACTION: &str = "/action";
 /// A chunked MCAP bag declaring the three pointmass topics, holding `messages` (topic, log
 /// time, CDR bytes) in the order given.
 fn pointmass_bag(path: &std::path::Path, messages: impl IntoIterator<Item = (&'static str, i64, Vec<u8>)>) {
-    let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut w = mcap::WriteOptions::new().create(file).unwrap();
-    let mut channels = Vec::new();
-    for (topic, ty) in [
+    let channels = [
         (CAMERA, "sensor_msgs/msg/Image"),
         (STATE, "sensor_msgs/msg/JointState"),
         (ACTION, "std_msgs/msg/Float64MultiArray"),
-    ] {
-        let schema = w.add_schema(ty, "ros2msg", b"").unwrap();
-        channels.push((topic, w.add_channel(schema, topic, "cdr", &Default::default()).unwrap()));
-    }
-    for (k, (topic, t, data)) in messages.into_iter().enumerate() {
-        let header = mcap::records::MessageHeader {
-            channel_id: channels.iter().find(|(name, _)| *name == topic).unwrap().1,
-            sequence: k as u32,
-            log_time: t as u64,
-            publish_time: t as u64,
-        };
-        w.write_to_known_channel(&header, &data).unwrap();
-    }
-    w.finish().unwrap();
+    ];
+    let messages = messages.into_iter().map(|(topic, t, data)| {
+        let channel = channels.iter().position(|(name, _)| *name == topic).unwrap();
+        (channel, t as u64, data)
+    });
+    common::write_mcap_bag(path, true, &channels, messages);
 }
 
 /// A bag of `seconds` in which the arm's state comes once a second under a joint the config

@@ -332,20 +332,13 @@ fn an_old_bag_whose_metadata_prefixes_its_files_with_the_folder_replays() {
 /// on one camera topic, /cam, at 10 Hz.
 fn one_camera_bag(name: &str, width: u32, height: u32) -> PathBuf {
     use df_planner::msgs::{to_cdr, Header, Image, JointState, Time};
-    use std::collections::BTreeMap;
 
     let path = out(name);
-    let mut w = mcap::Writer::new(std::io::BufWriter::new(std::fs::File::create(&path).unwrap())).unwrap();
-    let mut channel = |topic: &str, ty: &str| {
-        // Replay reads the type's name; this test needs no schema text.
-        let id = w.add_schema(ty, "ros2msg", b"").unwrap();
-        w.add_channel(id, topic, "cdr", &BTreeMap::new()).unwrap()
-    };
-    let (state, camera) = (
-        channel("/ee_state", "sensor_msgs/msg/JointState"),
-        channel("/cam", "sensor_msgs/msg/Image"),
-    );
-    for k in 0..30u32 {
+    let channels = [
+        ("/ee_state", "sensor_msgs/msg/JointState"),
+        ("/cam", "sensor_msgs/msg/Image"),
+    ];
+    let messages = (0..30u32).flat_map(|k| {
         let t = 1_000_000_000 + i64::from(k) * 100_000_000;
         let header = Header {
             stamp: Time::from_ns(t),
@@ -367,17 +360,9 @@ fn one_camera_bag(name: &str, width: u32, height: u32) -> PathBuf {
             step: 3 * width,
             data: vec![(k * 8) as u8; (3 * width * height) as usize],
         };
-        for (id, data) in [(state, to_cdr(&joints)), (camera, to_cdr(&image))] {
-            let header = mcap::records::MessageHeader {
-                channel_id: id,
-                sequence: k,
-                log_time: t as u64,
-                publish_time: t as u64,
-            };
-            w.write_to_known_channel(&header, &data).unwrap();
-        }
-    }
-    w.finish().unwrap();
+        [(0, t as u64, to_cdr(&joints)), (1, t as u64, to_cdr(&image))]
+    });
+    common::write_mcap_bag(&path, true, &channels, messages);
     path
 }
 
@@ -425,25 +410,16 @@ fn camera_images_of_another_size_are_averaged_down_or_rejected_by_size() {
 #[test]
 fn an_mcap_lists_its_declared_channels_even_those_without_messages() {
     let path = out("channels.mcap");
-    let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let joints = "sensor_msgs/msg/JointState";
+    let channels = [("/early", joints), ("/late", joints), ("/silent", joints)];
+    let messages = [0; 10].into_iter().chain([1; 10]).enumerate();
     // Unchunked, so that cutting the file leaves the channel records before the cut readable.
-    let mut w = mcap::WriteOptions::new().use_chunks(false).create(file).unwrap();
-    let schema = w.add_schema("sensor_msgs/msg/JointState", "ros2msg", b"").unwrap();
-    let none = Default::default();
-    let early = w.add_channel(schema, "/early", "cdr", &none).unwrap();
-    let late = w.add_channel(schema, "/late", "cdr", &none).unwrap();
-    w.add_channel(schema, "/silent", "cdr", &none).unwrap();
-    for (i, channel_id) in [early; 10].into_iter().chain([late; 10]).enumerate() {
-        let header = mcap::records::MessageHeader {
-            channel_id,
-            sequence: i as u32,
-            log_time: i as u64,
-            publish_time: i as u64,
-        };
-        w.write_to_known_channel(&header, &[0u8; 64]).unwrap();
-    }
-    w.finish().unwrap();
-    drop(w);
+    common::write_mcap_bag(
+        &path,
+        false,
+        &channels,
+        messages.map(|(i, channel)| (channel, i as u64, [0u8; 64])),
+    );
     let declared = |bag: &df_planner::replay::BagContents| -> Vec<String> {
         bag.topics.iter().map(|(topic, _)| topic.clone()).collect()
     };
@@ -646,17 +622,12 @@ fn a_folder_holding_two_recordings_and_no_metadata_is_refused() {
 fn a_bag_without_input_messages_fails_and_leaves_no_output() {
     // Every configured topic declared, none with a message.
     let path = out("declared_only.mcap");
-    let mut w = mcap::Writer::new(std::io::BufWriter::new(std::fs::File::create(&path).unwrap())).unwrap();
-    for (topic, ty) in [
+    let channels = [
         ("/joint_states", "sensor_msgs/msg/JointState"),
         ("/camera/image_raw", "sensor_msgs/msg/Image"),
         ("/action", "std_msgs/msg/Float64MultiArray"),
-    ] {
-        let schema = w.add_schema(ty, "ros2msg", b"").unwrap();
-        w.add_channel(schema, topic, "cdr", &Default::default()).unwrap();
-    }
-    w.finish().unwrap();
-    drop(w);
+    ];
+    common::write_mcap_bag(&path, true, &channels, std::iter::empty::<(usize, u64, Vec<u8>)>());
     let err = run_bag(&config(), &path, "declared_only_out.mcap").unwrap_err();
     assert!(matches!(err, ReplayError::Empty { .. }), "{err}");
     assert!(
