@@ -36,7 +36,12 @@ here="$(pwd)/onnx/df_train"
 installed="$(cd / && "$VENV/bin/python" -c "import df_train, torch, onnxruntime, os; print(os.path.dirname(df_train.__file__))" 2>/dev/null || true)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ "$installed" != "$here" ]; then
   echo "setup: installing df_train and its dependencies into $VENV (first time: several minutes)"
-  "$VENV/bin/pip" install -q -c onnx/constraints.txt -e "onnx[test]"
+  # Quiet unless it fails: setuptools warns at length while building the editable install.
+  if ! "$VENV/bin/pip" install -q -c onnx/constraints.txt -e "onnx[test]" > "$VENV/.pip-install.log" 2>&1; then
+    cat "$VENV/.pip-install.log" >&2
+    echo "setup: pip install failed (log: $VENV/.pip-install.log)" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 
@@ -63,4 +68,4 @@ for component in clippy rustfmt; do
     rustup component add "$component"
   fi
 done
-echo "setup: ok (venv $VENV, ORT_DYLIB_PATH=$lib)"
+echo "setup: ok (venv $VENV, ORT_DYLIB_PATH=$lib; df-train is $VENV/bin/df-train)"

@@ -4,7 +4,10 @@
 # VARIANT=_name keeps a variant's run and model apart (e.g. VARIANT=_episode ... --tokens 31).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-maze="$1"; shift
+case "${1:-}" in
+  umaze|medium|large) maze="$1"; shift ;;
+  *) echo "usage: bash scripts/train_maze2d.sh umaze|medium|large [extra df-train train flags]" >&2; exit 2 ;;
+esac
 VENV="${DF_VENV:-$HOME/.cache/df_planner/venv}"
 RUN="runs/maze2d"
 name="$maze${VARIANT:-}"

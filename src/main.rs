@@ -15,7 +15,9 @@ use df_planner::bridge::Bridge;
 use df_planner::config::NodeConfig;
 use df_planner::control::live::{self, Clock, LiveParts, SystemClock};
 use df_planner::control::{ActionSink, Diagnostics, Fault, Histogram, StateCell, StateSample, TickReport};
-use df_planner::diffusion::{Denoiser, MatrixKind, Sampler, SamplerSettings, SchedulingMatrix, SeededNoise};
+use df_planner::diffusion::{
+    Denoiser, MatrixError, MatrixKind, Sampler, SamplerSettings, SchedulingMatrix, SeededNoise,
+};
 use df_planner::frames::ImageView;
 use df_planner::model::{available_providers, Field, ModelContract, OnnxDenoiser, Provider, RuntimeConfig};
 use df_planner::node::node_parts;
@@ -74,11 +76,11 @@ enum Command {
     /// every field is documented in src/config.rs and commented in config/*.yaml, and an
     /// unknown field is an error.
     Run(RunArgs),
-    /// Serve plans over a line protocol on stdin/stdout (JSON per line: reset, step, stats) for
-    /// a simulator that steps the world itself; see src/serve.rs for the protocol. A camera
-    /// model is served through the node's own loop (frame rings, planner task, control tick)
-    /// instead: the simulator sends the state and the camera frames; see src/bridge.rs. The
-    /// flags override the config, for ablations.
+    /// Serve plans over a line protocol on stdin/stdout (JSON per line: reset, step, stats,
+    /// score_path) for a simulator that steps the world itself; see src/serve.rs for the
+    /// protocol. A camera model is served through the node's own loop (frame rings, planner
+    /// task, control tick) instead: the simulator sends the state and the camera frames; see
+    /// src/bridge.rs. The flags override the config, for ablations.
     Serve(ServeArgs),
     /// Replay a ROS 2 bag (MCAP file, .db3, or rosbag2 folder) through the control loop on the
     /// bag's clock; write actions, plans and diagnostics to an MCAP file and print a summary.
@@ -417,7 +419,14 @@ fn sample(a: SampleArgs) -> Result<()> {
     }
     let kind = MatrixKind::from_name(&a.matrix, a.uncertainty).context("--matrix / --uncertainty")?;
     let rows = SchedulingMatrix::build(kind, horizon, a.steps)
-        .context("--horizon / --steps")?
+        .map_err(|e| {
+            let flag = if matches!(e, MatrixError::NoSteps(_)) {
+                "--steps"
+            } else {
+                "--horizon"
+            };
+            anyhow::Error::new(e).context(flag)
+        })?
         .to_timesteps(0, c.diffusion.timesteps);
     let settings = SamplerSettings {
         eta: a.eta,

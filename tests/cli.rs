@@ -122,6 +122,22 @@ fn bad_arguments_fail_with_a_message() {
         "/dev/null",
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("matrix.kind: unknown \"zigzag\""));
+    for (flag, expected) in [
+        ("--steps", "--steps: matrix: sampling steps must be >= 1, got 0"),
+        ("--horizon", "--horizon: matrix: horizon must be >= 1, got 0"),
+    ] {
+        let out = df_planner(&[
+            "sample",
+            "--model",
+            "onnx/models/pointmass.onnx",
+            flag,
+            "0",
+            "--out",
+            "/dev/null",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expected), "{err}");
+    }
     let out = df_planner(&["inspect", "tests/fixtures/models/no_metadata.onnx"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no `df_planner.contract` metadata"));

@@ -184,6 +184,15 @@ fn a_file_that_is_not_an_mcap_is_a_clear_error() {
 }
 
 #[test]
+fn a_bag_that_is_not_there_is_named_as_missing() {
+    for name in ["nowhere.mcap", "nowhere"] {
+        let path = out(name);
+        let err = run_bag(&config(), &path, "nowhere_out.mcap").unwrap_err().to_string();
+        assert_eq!(err, format!("bag {}: no such file or folder", path.display()));
+    }
+}
+
+#[test]
 fn config_topics_the_bag_lacks_are_named() {
     let mut cfg = config();
     cfg.topics.state = "/robot/state".into();

@@ -384,3 +384,20 @@ fn a_camera_model_requires_its_cameras() {
         "camera.required: expected true (the model plans from camera images), got false"
     );
 }
+
+#[test]
+fn an_image_level_is_refused_for_a_model_without_cameras() {
+    let mut cfg = config("");
+    cfg.planner.image_level = 2;
+    let Err(e) = df_planner::node::planner(&cfg) else {
+        panic!("an image level was accepted for a model without cameras")
+    };
+    assert_eq!(
+        e.to_string(),
+        "planner.image_level: expected 0 (the model has no cameras), got 2"
+    );
+    let mut cfg = fruit_swap_config();
+    cfg.planner.image_level = 99;
+    let e = df_planner::node::planner(&cfg).err().unwrap().to_string();
+    assert!(e.starts_with("planner.image_level: expected 0.."), "{e}");
+}

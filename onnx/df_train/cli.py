@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from .model import PARAMETERIZATIONS
+from .schedule import SCHEDULES
 from .train import TrainConfig
 
 # The train flags a dataset's manifest (datagen's .json beside the .npz) can give.
@@ -17,6 +19,41 @@ MANIFEST_DIMS = ("observation_dim", "action_dim")
 
 # Sizes of D4RL's maze2d-{umaze,medium,large}-v1 datasets.
 MAZE2D_STEPS = {"umaze": 1_000_000, "medium": 2_000_000, "large": 4_000_000}
+
+
+# What each train flag sets (TrainConfig's fields; onnx/df_train/train.py says more).
+TRAIN_HELP = {
+    "out": "run folder: checkpoint.pt (resumed from after an interruption) and snapshots/",
+    "observation_dim": "observation size per frame",
+    "action_dim": "action size per frame",
+    "data": "an episodes .npz from df-train datagen pointmass / maze2d (or --bags)",
+    "bags": "a folder of demonstration bags from df-train datagen fruit-swap: a camera model (or --data)",
+    "frame_stack": "frames per token",
+    "reward": "true: the token also carries the reward",
+    "tokens": "tokens per training window: the model's max_tokens",
+    "width": "transformer width",
+    "depth": "transformer blocks",
+    "heads": "attention heads",
+    "parameterization": f"what the network predicts: one of {', '.join(PARAMETERIZATIONS)}",
+    "schedule": f"noise schedule: one of {', '.join(SCHEDULES)}",
+    "timesteps": "diffusion timesteps",
+    "stabilization_level": "noise level the network is told clean context tokens have",
+    "noise_clip": "sampling clamps the predicted noise to this",
+    "steps": "optimizer steps in all (a longer --steps continues a finished run)",
+    "batch": "windows per step",
+    "lr": "AdamW learning rate, constant after warm-up",
+    "weight_decay": "AdamW weight decay",
+    "warmup": "steps of linear learning-rate warm-up",
+    "ema_decay": "decay of the weights' moving average, which is what is exported",
+    "min_snr_gamma": "Min-SNR loss weighting's cap",
+    "min_snr_floor": "lower bound of the loss weight (1 keeps the noisiest tokens counting)",
+    "seed": "seed of the weights, batches and noise",
+    "checkpoint_every": "steps between checkpoints",
+    "snapshot_every": "keep the EMA weights every this many steps (snapshots/, for learning curves; 0: never)",
+    "threads": "torch CPU threads (0: torch's default)",
+    "device": "cpu, cuda or cuda:N",
+    "continuous": "true: the .npz is one stream (D4RL maze2d), windows may cross episode starts",
+}
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -29,8 +66,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         required = f.default is dataclasses.MISSING and not from_manifest
         kind = {"bool": lambda s: s.lower() in ("1", "true", "yes")}.get(f.type if isinstance(f.type, str) else f.type.__name__, None)
         ftype = kind or (f.type if not isinstance(f.type, str) else {"int": int, "float": float, "str": str}[f.type])
-        help_text = ("(default: from the --data .npz dataset's manifest)" if from_manifest
-                     else None if required else f"(default: {f.default})")
+        default = ("from the dataset's manifest" if from_manifest else None if required else
+                   "off" if f.default is False else f.default)
+        help_text = " ".join(filter(None, [TRAIN_HELP.get(f.name), default and f"(default: {default})"]))
         p.add_argument(flag, dest=f.name, type=ftype, required=required,
                        default=None if required or from_manifest else f.default, help=help_text)
 
@@ -72,15 +110,20 @@ def cmd_datagen(a) -> None:
 def cmd_train(a) -> None:
     from .train import train
 
+    if a.data and not Path(a.data).is_file():
+        raise SystemExit(f"train: --data: {a.data}: no such file (an .npz from df-train datagen)")
+    if a.bags and not Path(a.bags).is_dir():
+        raise SystemExit(f"train: --bags: {a.bags}: no such folder (one from df-train datagen fruit-swap)")
     missing = [d for d in MANIFEST_DIMS if getattr(a, d) is None]
     if missing:
-        # Only an .npz dataset's manifest has them (a folder of bags: give the flags).
-        manifest_path = Path(a.data).with_suffix(".json") if a.data else None
+        # The manifest datagen writes beside an .npz dataset, or into a folder of bags.
+        manifest_path = Path(a.data).with_suffix(".json") if a.data else Path(a.bags) / "manifest.json" if a.bags \
+            else None
         manifest = json.loads(manifest_path.read_text()) if manifest_path and manifest_path.is_file() else {}
         for d in missing:
             if d not in manifest:
                 where = f"the dataset has no manifest {manifest_path} naming it" if manifest_path else \
-                    "only a --data .npz dataset's manifest can give it"
+                    "no --data or --bags dataset's manifest to give it"
                 raise SystemExit(f"train: --{d.replace('_', '-')}: not given, and {where}")
             setattr(a, d, int(manifest[d]))
     cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "extra"})
@@ -324,5 +367,21 @@ def main(argv=None) -> int:
     return 0
 
 
+def run() -> int:
+    """The `df-train` command: `main`, with what a user can fix (a missing file, a value that
+    does not fit, a planner that exited) printed as one line instead of a traceback.
+    DF_TRAIN_TRACEBACK=1 shows the traceback too."""
+    from .eval.planner_process import PlannerError
+
+    try:
+        return main()
+    except (ValueError, OSError, PlannerError) as e:
+        if os.environ.get("DF_TRAIN_TRACEBACK"):
+            raise
+        command = " ".join(sys.argv[1:3]) if len(sys.argv) > 2 and not sys.argv[2].startswith("-") else sys.argv[1]
+        print(f"df-train {command}: {e}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -114,12 +114,14 @@ def diffusion_loss(model: DFTransformer, x0: torch.Tensor, mask: torch.Tensor, g
 OPERATIONAL = {"steps", "checkpoint_every", "snapshot_every", "threads", "device"}
 
 
-def same_run(saved: dict, wanted: dict) -> bool:
-    """Whether a checkpoint's config describes the run `wanted` continues (fields added since
-    it was written count as their defaults)."""
+def run_differences(saved: dict, wanted: dict) -> list[str]:
+    """The fields in which a checkpoint's config and the run `wanted` differ, as
+    "name: saved -> wanted" (fields added since it was written count as their defaults);
+    empty when `wanted` continues that run."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-    keys = (saved.keys() | wanted.keys()) - OPERATIONAL
-    return all(saved.get(k, defaults.get(k)) == wanted.get(k, defaults.get(k)) for k in keys)
+    keys = sorted((saved.keys() | wanted.keys()) - OPERATIONAL)
+    values = {k: (saved.get(k, defaults.get(k)), wanted.get(k, defaults.get(k))) for k in keys}
+    return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in values.items() if old != new]
 
 
 def build_model(cfg: TrainConfig) -> DFTransformer:
@@ -157,13 +159,17 @@ def training_device(name: str) -> torch.device:
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     device = training_device(cfg.device)
+    if bool(cfg.data) == bool(cfg.bags):
+        raise ValueError(f"data / bags: expected exactly one training source, got data={cfg.data!r} bags={cfg.bags!r}")
+    if cfg.data and not Path(cfg.data).is_file():
+        raise FileNotFoundError(f"data: {cfg.data}: no such file (an .npz from df-train datagen)")
+    if cfg.bags and not (Path(cfg.bags) / "manifest.json").is_file():
+        raise FileNotFoundError(f"bags: {cfg.bags}: no manifest.json there (a folder from df-train datagen fruit-swap)")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if bool(cfg.data) == bool(cfg.bags):
-        raise ValueError(f"data / bags: expected exactly one training source, got data={cfg.data!r} bags={cfg.bags!r}")
     if cfg.bags:
         windows = DemoWindows(Path(cfg.bags), cfg.layout, cfg.tokens, cfg.timesteps)
     else:
@@ -179,8 +185,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     dataset_sha256 = dataset_hash(Path(cfg.bags) / "manifest.json" if cfg.bags else Path(cfg.data))
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
-        if not same_run(ckpt["config"], asdict(cfg)):
-            raise ValueError(f"{ckpt_path}: written with a different config; use another --out or delete it")
+        differences = run_differences(ckpt["config"], asdict(cfg))
+        if differences:
+            raise ValueError(f"{ckpt_path}: written by another run ({'; '.join(differences)}); resume it with its "
+                             "own settings, or use another --out")
         if ckpt.get("dataset_sha256", dataset_sha256) != dataset_sha256:
             raise ValueError(f"{ckpt_path}: trained on dataset sha256 {ckpt['dataset_sha256'][:12]}…, but "
                              f"{cfg.bags or cfg.data} is now {dataset_sha256[:12]}… (regenerated?); resuming would "

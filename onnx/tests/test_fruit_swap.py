@@ -112,8 +112,9 @@ def demos(tmp_path_factory):
 
 
 def train_tiny(demos, out, tokens=16):
-    """A few training steps of a tiny camera model on the demonstration bags."""
-    main(["train", "--bags", str(demos), "--out", str(out), "--observation-dim", "4", "--action-dim", "4",
+    """A few training steps of a tiny camera model on the demonstration bags (the observation
+    and action sizes from their manifest)."""
+    main(["train", "--bags", str(demos), "--out", str(out),
           "--frame-stack", "15", "--tokens", str(tokens), "--width", "32", "--depth", "1", "--heads", "2",
           "--steps", "3", "--batch", "4", "--timesteps", "100", "--stabilization-level", "3", "--quiet"])
     return out / "checkpoint.pt"

@@ -104,8 +104,18 @@ def test_resuming_accepts_operational_changes_and_refuses_others(tmp_path):
 
     train(tiny_config(tmp_path, steps=10), progress=False)
     train(tiny_config(tmp_path, steps=12, checkpoint_every=5, snapshot_every=6, threads=2), progress=False)
-    with pytest.raises(ValueError, match="written with a different config"):
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: written by another run \(lr: 0\.0003 -> 0\.001\); resume"):
         train(tiny_config(tmp_path, steps=14, lr=1e-3), progress=False)
+    with pytest.raises(ValueError, match=r"\(batch: 8 -> 4; width: 32 -> 64\)"):
+        train(tiny_config(tmp_path, steps=14, batch=4, width=64), progress=False)
+
+
+def test_a_missing_training_source_is_named_and_no_run_folder_is_left(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data: .*nope\.npz: no such file"):
+        train(tiny_config(tmp_path, data=str(tmp_path / "nope.npz")), progress=False)
+    with pytest.raises(FileNotFoundError, match=r"bags: .*: no manifest\.json there"):
+        train(tiny_config(tmp_path, data="", bags=str(tmp_path)), progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_loss_weight_floor_keeps_the_noisiest_tokens_counting():
@@ -131,8 +141,13 @@ def test_the_cli_takes_the_layout_dims_from_the_dataset_manifest(tmp_path):
     data.with_suffix(".json").unlink()
     with pytest.raises(SystemExit, match=r"--observation-dim: not given, and the dataset has no manifest .*pm\.json"):
         main(["train", "--data", str(data), "--out", str(tmp_path / "run2"), *small])
-    with pytest.raises(SystemExit, match="--observation-dim: not given, and only a --data .npz dataset's manifest"):
+    with pytest.raises(SystemExit, match=r"--observation-dim: not given, and the dataset has no manifest .*manifest\.json"):
         main(["train", "--bags", str(tmp_path), "--out", str(tmp_path / "run4"), *small])
+    with pytest.raises(SystemExit, match=r"--data: .*nope\.npz: no such file"):
+        main(["train", "--data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "run5"), *small])
+    with pytest.raises(SystemExit, match=r"--bags: .*nowhere: no such folder"):
+        main(["train", "--bags", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run5"), *small])
+    assert not (tmp_path / "run5").exists()
     # Given on the command line, the dims need no manifest.
     main(["train", "--data", str(data), "--out", str(tmp_path / "run3"), "--observation-dim", "4", "--action-dim", "2",
           *small])
@@ -188,3 +203,17 @@ def test_a_run_trained_on_a_device_resumes_on_the_cpu(tmp_path, device):
     resumed = load_checkpoint(run / "checkpoint.pt")
     assert resumed["step"] == 10
     assert any(not torch.equal(a.cpu(), b) for a, b in zip(saved["model"].values(), resumed["model"].values()))
+
+
+def test_the_command_prints_what_a_user_can_fix_as_one_line(tmp_path, monkeypatch, capsys):
+    from df_train.cli import run
+
+    monkeypatch.setattr("sys.argv", ["df-train", "bench", "--checkpoint", str(tmp_path / "nope.pt")])
+    monkeypatch.delenv("DF_TRAIN_TRACEBACK", raising=False)
+    assert run() == 1
+    err = capsys.readouterr().err
+    assert err.startswith("df-train bench: ") and "nope.pt" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("DF_TRAIN_TRACEBACK", "1")
+    with pytest.raises(FileNotFoundError):
+        run()

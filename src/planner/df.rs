@@ -249,14 +249,23 @@ impl DfPlanner {
                 absent_level: cameras.image_levels,
             }
         });
-        if let Some(cameras) = &contract.cameras {
-            if !(0..cameras.image_levels).contains(&s.image_level) {
+        match &contract.cameras {
+            Some(cameras) if !(0..cameras.image_levels).contains(&s.image_level) => {
                 return Err(invalid(
                     "planner.image_level",
                     format!("0..{} (cameras.image_levels)", cameras.image_levels),
                     s.image_level,
                 ));
             }
+            // A level for images the model does not take would be silently ignored.
+            None if s.image_level != 0 => {
+                return Err(invalid(
+                    "planner.image_level",
+                    "0 (the model has no cameras)",
+                    s.image_level,
+                ));
+            }
+            _ => {}
         }
         let mut planner = Self {
             model,

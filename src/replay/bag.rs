@@ -95,6 +95,12 @@ pub fn declared_topics(path: &Path) -> Result<BagInfo, BagError> {
 
 /// `read` on a storage file, or on every file of a rosbag2 folder, merged.
 fn each_file(path: &Path, read: &mut dyn FnMut(&Path) -> Result<BagInfo, BagError>) -> Result<BagInfo, BagError> {
+    if !path.exists() {
+        return Err(BagError::Open {
+            path: path.to_owned(),
+            message: "no such file or folder".into(),
+        });
+    }
     if !path.is_dir() {
         return read(path);
     }

@@ -21,7 +21,7 @@ import numpy as np
 from rosbags.rosbag2 import Reader
 
 from .. import rosbag_io
-from ..envs.fruit_swap import CONTROL_HZ, run_expert
+from ..envs.fruit_swap import ACTION_DIM, CONTROL_HZ, run_expert
 
 TOPICS = {
     "front": "/camera/front/image_raw",
@@ -73,7 +73,8 @@ def generate(out: Path, episodes: int, seed: int, storage: str = "mcap", distrac
                         "sha256": _bag_digest(folder)})
     manifest = {"generator": "fruit_swap", "episodes": episodes, "seed": seed, "storage": storage,
                 "distractor": distractor, "control_hz": CONTROL_HZ, "topics": TOPICS,
-                "state_names": STATE_NAMES, "success_rate": float(np.mean([e["success"] for e in listing])),
+                "state_names": STATE_NAMES, "observation_dim": len(STATE_NAMES), "action_dim": ACTION_DIM,
+                "success_rate": float(np.mean([e["success"] for e in listing])),
                 "steps": int(sum(e["steps"] for e in listing)), "bags": listing}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

@@ -7,6 +7,10 @@ import subprocess
 import threading
 
 
+class PlannerError(RuntimeError):
+    """The planner exited, hung or refused a request: a failure of the run, not of df-train."""
+
+
 class Planner:
     """One `df_planner serve` process. A request without a reply within `reply_timeout_s`
     (a hung planner) kills it and fails, rather than stall the evaluation forever."""
@@ -36,14 +40,14 @@ class Planner:
             watchdog.cancel()
         # A reply that came just as the watchdog fired is still the reply.
         if not line and self.timed_out.is_set():
-            raise RuntimeError(f"{' '.join(self.cmd)}: no reply to {request.get('op')} within "
+            raise PlannerError(f"{' '.join(self.cmd)}: no reply to {request.get('op')} within "
                                f"{self.reply_timeout_s:g} s; killed")
         if not line:
             # Its own error message is on stderr, above.
-            raise RuntimeError(f"{' '.join(self.cmd)} exited with code {self.proc.wait()}")
+            raise PlannerError(f"{' '.join(self.cmd)} exited with code {self.proc.wait()} (its error is above)")
         reply = json.loads(line)
         if not reply.get("ok"):
-            raise RuntimeError(f"planner refused {request.get('op')}: {reply.get('error')}")
+            raise PlannerError(f"planner refused {request.get('op')}: {reply.get('error')}")
         return reply
 
     def close(self) -> None:
