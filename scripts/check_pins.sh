@@ -2,7 +2,7 @@
 # Which CPython versions onnx/constraints.txt installs on (Linux x86_64), checked without
 # installing: pip resolves df_train's direct dependencies under the pins for each version, from
 # PyPI's wheel metadata (about a minute per version; needs PyPI). Run it after changing a pin.
-#   bash scripts/check_pins.sh [VERSION ...]    (default: 3.10 3.11 3.12 3.13)
+#   bash scripts/check_pins.sh [VERSION ...]    (default: the supported 3.11 3.12 3.13; exits 1 if one fails)
 # pip checks wheel tags and Requires-Python for the target version but evaluates environment
 # markers for the interpreter running it, so a dependency that only some versions need is
 # judged as on this one.
@@ -20,7 +20,7 @@ platforms=(--platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 for minor in $(seq 5 40); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
 
 versions=("$@")
-[ ${#versions[@]} -gt 0 ] || versions=(3.10 3.11 3.12 3.13)
+[ ${#versions[@]} -gt 0 ] || versions=(3.11 3.12 3.13)
 failed=0
 for v in "${versions[@]}"; do
   if "$pip" install --dry-run --ignore-installed --python-version "$v" --only-binary=:all: \
@@ -30,7 +30,9 @@ for v in "${versions[@]}"; do
   else
     # pip names the pin that has no wheel for this version after "conflict is caused by".
     echo "Python $v: does not install:"
-    grep -A3 -E 'conflict is caused by|No matching distribution' "$work/log" | grep -v '^--$' | sed 's/^/  /'
+    # Anything else (no network, an old pip): the end of pip's log.
+    { grep -A3 -E 'conflict is caused by|No matching distribution' "$work/log" || tail -n 5 "$work/log"; } |
+      grep -v '^--$' | sed 's/^/  /'
     failed=1
   fi
 done

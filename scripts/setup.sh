@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what df_planner needs on a fresh machine (Debian 12, Rust toolchain, Python 3.11+;
-# DF_PYTHON names the interpreter, default python3):
+# DF_PYTHON names the interpreter the virtualenv is created with, default python3):
 # - a Python virtualenv OUTSIDE the clone (torch from PyPI is ~3 GB; reused across clones),
 #   DF_VENV overrides its place, with the df_train package (onnx/) installed editable and its
 #   dependencies at the versions pinned in onnx/constraints.txt;
@@ -17,7 +17,9 @@ PYTHON="${DF_PYTHON:-python3}"
 # Runtime API the Rust binary is built against.
 require_python() {
   if ! "$1" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' 2>/dev/null; then
-    echo "setup: $2 is Python $("$1" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '(not found)'); df_train needs 3.11 or newer. $3" >&2
+    local found
+    found="$("$1" -c 'import platform; print("is Python " + platform.python_version())' 2>/dev/null || echo "was not found")"
+    echo "setup: $2 $found; df_train needs Python 3.11 or newer. $3" >&2
     exit 1
   fi
 }

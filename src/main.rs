@@ -420,10 +420,11 @@ fn sample(a: SampleArgs) -> Result<()> {
     let kind = MatrixKind::from_name(&a.matrix, a.uncertainty).context("--matrix / --uncertainty")?;
     let rows = SchedulingMatrix::build(kind, horizon, a.steps)
         .map_err(|e| {
-            let flag = if matches!(e, MatrixError::NoSteps(_)) {
-                "--steps"
-            } else {
-                "--horizon"
+            let flag = match e {
+                MatrixError::NoSteps(_) => "--steps",
+                MatrixError::EmptyHorizon(_) => "--horizon",
+                MatrixError::BadUncertainty(_) => "--uncertainty",
+                MatrixError::UnknownKind(_) => "--matrix",
             };
             anyhow::Error::new(e).context(flag)
         })?

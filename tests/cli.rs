@@ -125,13 +125,18 @@ fn bad_arguments_fail_with_a_message() {
     for (flag, expected) in [
         ("--steps", "--steps: matrix: sampling steps must be >= 1, got 0"),
         ("--horizon", "--horizon: matrix: horizon must be >= 1, got 0"),
+        (
+            "--uncertainty",
+            "--uncertainty: matrix.uncertainty: expected a finite value >= 0, got -1",
+        ),
     ] {
+        let value = if flag == "--uncertainty" { "-1" } else { "0" };
+        let given = format!("{flag}={value}");
         let out = df_planner(&[
             "sample",
             "--model",
             "onnx/models/pointmass.onnx",
-            flag,
-            "0",
+            &given,
             "--out",
             "/dev/null",
         ]);

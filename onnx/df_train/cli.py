@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .model import PARAMETERIZATIONS
 from .schedule import SCHEDULES
-from .train import TrainConfig
+from .train import TrainConfig, check_training_source
 
 # The train flags a dataset's manifest (datagen's .json beside the .npz) can give.
 MANIFEST_DIMS = ("observation_dim", "action_dim")
@@ -66,9 +66,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         required = f.default is dataclasses.MISSING and not from_manifest
         kind = {"bool": lambda s: s.lower() in ("1", "true", "yes")}.get(f.type if isinstance(f.type, str) else f.type.__name__, None)
         ftype = kind or (f.type if not isinstance(f.type, str) else {"int": int, "float": float, "str": str}[f.type])
-        default = ("from the dataset's manifest" if from_manifest else None if required else
+        default = ("from the dataset's manifest" if from_manifest else None if required or f.default == "" else
                    "off" if f.default is False else f.default)
-        help_text = " ".join(filter(None, [TRAIN_HELP.get(f.name), default and f"(default: {default})"]))
+        help_text = " ".join(filter(None, [TRAIN_HELP.get(f.name), None if default is None else f"(default: {default})"]))
         p.add_argument(flag, dest=f.name, type=ftype, required=required,
                        default=None if required or from_manifest else f.default, help=help_text)
 
@@ -110,16 +110,16 @@ def cmd_datagen(a) -> None:
 def cmd_train(a) -> None:
     from .train import train
 
-    if a.data and not Path(a.data).is_file():
-        raise SystemExit(f"train: --data: {a.data}: no such file (an .npz from df-train datagen)")
-    if a.bags and not Path(a.bags).is_dir():
-        raise SystemExit(f"train: --bags: {a.bags}: no such folder (one from df-train datagen fruit-swap)")
+    check_training_source(a.data, a.bags)
     missing = [d for d in MANIFEST_DIMS if getattr(a, d) is None]
     if missing:
         # The manifest datagen writes beside an .npz dataset, or into a folder of bags.
         manifest_path = Path(a.data).with_suffix(".json") if a.data else Path(a.bags) / "manifest.json" if a.bags \
             else None
-        manifest = json.loads(manifest_path.read_text()) if manifest_path and manifest_path.is_file() else {}
+        try:
+            manifest = json.loads(manifest_path.read_text()) if manifest_path and manifest_path.is_file() else {}
+        except ValueError as e:
+            raise SystemExit(f"train: {manifest_path}: not a JSON manifest ({e})") from None
         for d in missing:
             if d not in manifest:
                 where = f"the dataset has no manifest {manifest_path} naming it" if manifest_path else \
@@ -282,7 +282,7 @@ def cmd_bench(a) -> None:
                       "p99_ms": times[int(0.99 * (len(times) - 1))]}))
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="df-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -362,25 +362,32 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=500, help="timed calls (default: 500)")
     p.set_defaults(func=cmd_bench)
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     args.func(args)
     return 0
 
 
-def run() -> int:
-    """The `df-train` command: `main`, with what a user can fix (a missing file, a value that
-    does not fit, a planner that exited) printed as one line instead of a traceback.
-    DF_TRAIN_TRACEBACK=1 shows the traceback too."""
+def run(argv=None) -> int:
+    """The `df-train` command: `main`, with the errors a user can usually fix (a missing file,
+    a value that does not fit, a planner that exited) printed as one line, with their type,
+    instead of a traceback. DF_TRAIN_TRACEBACK=1 raises them with it."""
     from .eval.planner_process import PlannerError
 
+    args = _parser().parse_args(argv)
     try:
-        return main()
+        args.func(args)
     except (ValueError, OSError, PlannerError) as e:
-        if os.environ.get("DF_TRAIN_TRACEBACK"):
+        if os.environ.get("DF_TRAIN_TRACEBACK", "0") not in ("", "0"):
             raise
-        command = " ".join(sys.argv[1:3]) if len(sys.argv) > 2 and not sys.argv[2].startswith("-") else sys.argv[1]
-        print(f"df-train {command}: {e}", file=sys.stderr)
+        command = " ".join(filter(None, [args.command, getattr(args, "task", None)]))
+        print(f"df-train {command}: {e} [{type(e).__name__}; DF_TRAIN_TRACEBACK=1 for the traceback]",
+              file=sys.stderr)
         return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -157,14 +157,19 @@ def training_device(name: str) -> torch.device:
     return device
 
 
+def check_training_source(data: str, bags: str) -> None:
+    """Refuse anything but exactly one training source that is there, before a run folder is made."""
+    if bool(data) == bool(bags):
+        raise ValueError(f"data / bags: expected exactly one training source, got data={data!r} bags={bags!r}")
+    if data and not Path(data).is_file():
+        raise FileNotFoundError(f"data: {data}: no such file (an .npz from df-train datagen)")
+    if bags and not (Path(bags) / "manifest.json").is_file():
+        raise FileNotFoundError(f"bags: {bags}: no manifest.json there (a folder from df-train datagen fruit-swap)")
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     device = training_device(cfg.device)
-    if bool(cfg.data) == bool(cfg.bags):
-        raise ValueError(f"data / bags: expected exactly one training source, got data={cfg.data!r} bags={cfg.bags!r}")
-    if cfg.data and not Path(cfg.data).is_file():
-        raise FileNotFoundError(f"data: {cfg.data}: no such file (an .npz from df-train datagen)")
-    if cfg.bags and not (Path(cfg.bags) / "manifest.json").is_file():
-        raise FileNotFoundError(f"bags: {cfg.bags}: no manifest.json there (a folder from df-train datagen fruit-swap)")
+    check_training_source(cfg.data, cfg.bags)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"

@@ -141,13 +141,21 @@ def test_the_cli_takes_the_layout_dims_from_the_dataset_manifest(tmp_path):
     data.with_suffix(".json").unlink()
     with pytest.raises(SystemExit, match=r"--observation-dim: not given, and the dataset has no manifest .*pm\.json"):
         main(["train", "--data", str(data), "--out", str(tmp_path / "run2"), *small])
+    # Bags written before their manifest named the sizes.
+    (tmp_path / "old_bags").mkdir()
+    (tmp_path / "old_bags" / "manifest.json").write_text("{}")
     with pytest.raises(SystemExit, match=r"--observation-dim: not given, and the dataset has no manifest .*manifest\.json"):
-        main(["train", "--bags", str(tmp_path), "--out", str(tmp_path / "run4"), *small])
-    with pytest.raises(SystemExit, match=r"--data: .*nope\.npz: no such file"):
+        main(["train", "--bags", str(tmp_path / "old_bags"), "--out", str(tmp_path / "run4"), *small])
+    # A missing source is named before its manifest is looked for.
+    with pytest.raises(FileNotFoundError, match=r"data: .*nope\.npz: no such file"):
         main(["train", "--data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "run5"), *small])
-    with pytest.raises(SystemExit, match=r"--bags: .*nowhere: no such folder"):
+    with pytest.raises(FileNotFoundError, match=r"bags: .*nowhere: no manifest\.json there"):
         main(["train", "--bags", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run5"), *small])
     assert not (tmp_path / "run5").exists()
+    (tmp_path / "bad.npz").write_bytes(b"")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(SystemExit, match=r"bad\.json: not a JSON manifest"):
+        main(["train", "--data", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "run5"), *small])
     # Given on the command line, the dims need no manifest.
     main(["train", "--data", str(data), "--out", str(tmp_path / "run3"), "--observation-dim", "4", "--action-dim", "2",
           *small])
@@ -208,12 +216,30 @@ def test_a_run_trained_on_a_device_resumes_on_the_cpu(tmp_path, device):
 def test_the_command_prints_what_a_user_can_fix_as_one_line(tmp_path, monkeypatch, capsys):
     from df_train.cli import run
 
-    monkeypatch.setattr("sys.argv", ["df-train", "bench", "--checkpoint", str(tmp_path / "nope.pt")])
+    missing = str(tmp_path / "nope.pt")
     monkeypatch.delenv("DF_TRAIN_TRACEBACK", raising=False)
-    assert run() == 1
+    assert run(["eval", "fruit-swap", "--checkpoint", missing, "--probe"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("df-train bench: ") and "nope.pt" in err and "Traceback" not in err
+    assert err.startswith("df-train eval fruit-swap: ") and "nope.pt" in err and "Traceback" not in err
+    assert err.rstrip().endswith("[FileNotFoundError; DF_TRAIN_TRACEBACK=1 for the traceback]")
     assert len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("DF_TRAIN_TRACEBACK", "0")
+    assert run(["train", "--data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err.startswith("df-train train: data: ")
     monkeypatch.setenv("DF_TRAIN_TRACEBACK", "1")
     with pytest.raises(FileNotFoundError):
-        run()
+        run(["eval", "fruit-swap", "--checkpoint", missing, "--probe"])
+
+
+def test_train_help_describes_every_flag_with_its_default(capsys):
+    from df_train.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in ["--seed SEED seed of the weights, batches and noise (default: 0)",
+                     "--reward REWARD true: the token also carries the reward (default: off)",
+                     "--action-dim ACTION_DIM action size per frame (default: from the dataset's manifest)",
+                     "--data DATA an episodes .npz"]:
+        assert expected in text, expected
+    assert "(default: )" not in text

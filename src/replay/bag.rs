@@ -95,10 +95,14 @@ pub fn declared_topics(path: &Path) -> Result<BagInfo, BagError> {
 
 /// `read` on a storage file, or on every file of a rosbag2 folder, merged.
 fn each_file(path: &Path, read: &mut dyn FnMut(&Path) -> Result<BagInfo, BagError>) -> Result<BagInfo, BagError> {
-    if !path.exists() {
+    if let Err(e) = std::fs::metadata(path) {
+        let message = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file or folder".to_owned(),
+            _ => e.to_string(),
+        };
         return Err(BagError::Open {
             path: path.to_owned(),
-            message: "no such file or folder".into(),
+            message,
         });
     }
     if !path.is_dir() {

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .planner_process import Planner
+from .planner_process import Planner, PlannerError
 from ..node_config import load_node_config
 from ..envs.maze2d import Maze2DEnv, in_free_space, normalized_score, wall_depth, wall_grid, CELL_SHIFT
 
@@ -89,7 +89,7 @@ def run_episode(planner: Planner | StraightToGoal, env: Maze2DEnv, planner_seed:
                 plans.append((t, reply["plan"], reply.get("futures", [])))
         if "mcg_shift" in reply:
             if "mcg_guidance" not in reply:
-                raise RuntimeError("the planner reports mcg_shift without mcg_guidance: it predates this eval; "
+                raise PlannerError("the planner reports mcg_shift without mcg_guidance: it predates this eval; "
                                    "rebuild it (cargo build --release)")
             apart = futures_apart(reply["plan"], reply["futures"]) if "futures" in reply else None
             mcg.append(McgRow(reply["mcg_shift"], reply["mcg_pull"], apart, reply["mcg_guidance"]))
