@@ -289,13 +289,20 @@ impl NodeConfig {
             Ok(value) if value.get(BASE).is_some() => {
                 let mut chain = vec![canonical(path)];
                 let merged = over_bases(value, path, &mut chain)?;
-                // The field may come from a base, and a merged value has no lines to point at.
+                // A merged value has no lines to point at: the field is looked up in the files
+                // of the chain, from this one down, as the one that set it is the first to have it.
                 Self::deserialize_reporting(merged, path).map_err(|e| match e {
-                    ConfigError::Field { path, field, message } => ConfigError::Field {
-                        path,
-                        field,
-                        message: format!("{message} (in this config or its bases: {})", chain_names(&chain)),
-                    },
+                    ConfigError::Field { path, field, message } => {
+                        let set_in = chain.iter().find_map(|file| {
+                            let text = std::fs::read_to_string(file).ok()?;
+                            line_of_field(&text, &field).map(|line| format!("{} line {line}", file.display()))
+                        });
+                        let message = match set_in {
+                            Some(at) => format!("{message} (set in {at})"),
+                            None => format!("{message} (in this config or its bases: {})", chain_names(&chain)),
+                        };
+                        ConfigError::Field { path, field, message }
+                    }
                     other => other,
                 })?
             }
@@ -511,6 +518,78 @@ fn canonical(path: &Path) -> PathBuf {
         .unwrap_or_else(|_| path.to_owned())
 }
 
+/// The line (1-based) of the key `field` names (dotted, as serde_path_to_error writes it; an
+/// index `[i]` and what follows it are left out) in the YAML `text`; None where no key lies on
+/// that path. The document is walked to the key, which then stops the walk with an error that
+/// serde_yaml_ng marks with its place.
+fn line_of_field(text: &str, field: &str) -> Option<usize> {
+    use serde::de::{DeserializeSeed, Error, IgnoredAny, MapAccess, Visitor};
+
+    const FOUND: &str = "df_planner: the key is here";
+    /// Walks the mappings along `keys`.
+    struct Seek<'a>(&'a [&'a str]);
+    /// Reads a key: whether it is `name`; the last key of the path fails instead, inside the
+    /// key's own scalar, so that the error carries the key's place.
+    struct Key<'a> {
+        name: &'a str,
+        last: bool,
+    }
+    impl<'de> DeserializeSeed<'de> for Seek<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Seek<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a mapping")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let Some((name, rest)) = self.0.split_first() else {
+                return Ok(());
+            };
+            while let Some(matched) = map.next_key_seed(Key {
+                name,
+                last: rest.is_empty(),
+            })? {
+                if matched {
+                    return map.next_value_seed(Seek(rest));
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Key<'_> {
+        type Value = bool;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Key<'_> {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a key")
+        }
+        fn visit_str<E: Error>(self, key: &str) -> Result<bool, E> {
+            match key == self.name {
+                true if self.last => Err(E::custom(FOUND)),
+                matched => Ok(matched),
+            }
+        }
+    }
+    let keys: Vec<&str> = field.split('[').next()?.split('.').filter(|k| !k.is_empty()).collect();
+    let error = Seek(&keys)
+        .deserialize(serde_yaml_ng::Deserializer::from_str(text))
+        .err()?;
+    // serde_yaml_ng puts the path in front of the message.
+    error
+        .to_string()
+        .contains(FOUND)
+        .then(|| error.location().map(|at| at.line()))?
+}
+
 fn chain_names(chain: &[PathBuf]) -> String {
     chain
         .iter()
@@ -546,4 +625,20 @@ fn changes_variant(base: &serde_yaml_ng::Mapping, over: &serde_yaml_ng::Mapping)
     VARIANT_TAGS
         .iter()
         .any(|tag| matches!((base.get(*tag), over.get(*tag)), (Some(a), Some(b)) if a != b))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn line_of_field_finds_a_key_in_block_and_flow_style() {
+        let text = "model:\n  path: m.onnx\nplanner:\n  matrix: {kind: pyramid, uncertainty: 2.0}\n  samples: 4\n\
+                    safety:\n  action_min: [-1, -1]\n";
+        assert_eq!(super::line_of_field(text, "planner.samples"), Some(5));
+        assert_eq!(super::line_of_field(text, "planner.matrix.uncertainty"), Some(4));
+        assert_eq!(super::line_of_field(text, "planner"), Some(3));
+        assert_eq!(super::line_of_field(text, "safety.action_min[1]"), Some(7));
+        assert_eq!(super::line_of_field(text, "planner.eta"), None);
+        assert_eq!(super::line_of_field(text, "model.path.deeper"), None);
+        assert_eq!(super::line_of_field("[1, 2]", "planner"), None);
+    }
 }

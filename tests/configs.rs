@@ -117,6 +117,23 @@ fn a_bad_base_is_refused_naming_it() {
         e.contains("field `planner.guidance_scal`: unknown field `guidance_scal`"),
         "{e}"
     );
+    assert!(e.ends_with("a.yaml line 3)"), "the typo's own line: {e}");
+    // A bad value in the base is pointed at there, unless a config above it sets the field.
+    let bad_base = shipped.replace("rate_hz: 50", "rate_hz: fast");
+    let line = bad_base.lines().position(|l| l.contains("rate_hz: fast")).unwrap() + 1;
+    let e = error("bad_in_base", &[("a.yaml", "base: b.yaml\n"), ("b.yaml", &bad_base)]);
+    assert!(
+        e.contains("field `control.rate_hz`: invalid type") && e.ends_with(&format!("b.yaml line {line})")),
+        "{e}"
+    );
+    let e = error(
+        "bad_above_base",
+        &[
+            ("a.yaml", "base: b.yaml\ncontrol:\n  rate_hz: slow\n"),
+            ("b.yaml", &shipped),
+        ],
+    );
+    assert!(e.ends_with("a.yaml line 3)"), "{e}");
 }
 
 #[test]
