@@ -293,12 +293,16 @@ impl NodeConfig {
                 // of the chain, from this one down, as the one that set it is the first to have it.
                 Self::deserialize_reporting(merged, path).map_err(|e| match e {
                     ConfigError::Field { path, field, message } => {
-                        let set_in = chain.iter().find_map(|file| {
-                            let text = std::fs::read_to_string(file).ok()?;
-                            line_of_field(&text, &field).map(|line| format!("{} line {line}", file.display()))
+                        // This config's own text is at hand; its bases are read again.
+                        let set_at = chain.iter().enumerate().find_map(|(k, file)| {
+                            let line = match k {
+                                0 => line_of_field(text, &field),
+                                _ => line_of_field(&std::fs::read_to_string(file).ok()?, &field),
+                            };
+                            line.map(|line| format!("{} line {line}", file.display()))
                         });
-                        let message = match set_in {
-                            Some(at) => format!("{message} (set in {at})"),
+                        let message = match set_at {
+                            Some(at) => format!("{message} (at {at})"),
                             None => format!("{message} (in this config or its bases: {})", chain_names(&chain)),
                         };
                         ConfigError::Field { path, field, message }

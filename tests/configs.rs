@@ -134,6 +134,13 @@ fn a_bad_base_is_refused_naming_it() {
         ],
     );
     assert!(e.ends_with("a.yaml line 3)"), "{e}");
+    // A config given as text (not read from its path) is pointed at in that text.
+    let base = common::repo().join("config/pointmass.yaml");
+    let text = format!("base: {}\nplanner:\n  sead: 1\n", base.display());
+    let e = NodeConfig::parse(&text, &std::env::temp_dir().join("df_planner_not_on_disk.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.ends_with("df_planner_not_on_disk.yaml line 3)"), "{e}");
 }
 
 #[test]
