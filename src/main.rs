@@ -16,7 +16,7 @@ use df_planner::config::NodeConfig;
 use df_planner::control::live::{self, Clock, LiveParts, SystemClock};
 use df_planner::control::{ActionSink, Diagnostics, Fault, Histogram, StateCell, StateSample, TickReport};
 use df_planner::diffusion::{
-    Denoiser, MatrixError, MatrixKind, Sampler, SamplerSettings, SchedulingMatrix, SeededNoise,
+    Denoiser, Guidance, MatrixError, MatrixKind, Sampler, SamplerSettings, SchedulingMatrix, SeededNoise,
 };
 use df_planner::frames::ImageView;
 use df_planner::model::{available_providers, Field, ModelContract, OnnxDenoiser, Provider, RuntimeConfig};
@@ -646,6 +646,8 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
     }
     let (task, core) = node_parts(&cfg)?;
     let obs_dim = task.planner().contract().layout.observation_dim;
+    let guidance = df_planner::node::goal_guidance(&cfg, task.planner().contract())?
+        .map(|g| Box::new(g) as Box<dyn Guidance + Send>);
     let rings = df_planner::node::camera_rings(&cfg, task.planner().contract())?;
     let (mut frames_in, frames) = df_planner::frames::camera_rings(&rings);
     let state = Arc::new(StateCell::default());
@@ -657,7 +659,7 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
         state: state.clone(),
         sink: Box::new(CountingSink { actions: 0 }),
         clock: clock.clone(),
-        guidance: None,
+        guidance,
         tick: cfg.control.tick(),
         step: cfg.control.step(),
     };

@@ -7,7 +7,7 @@ use crate::config::NodeConfig;
 use crate::control::{ControlCore, ControlParams, JointSelection, OfflineLoop, Safety};
 use crate::frames::{CameraRing, MAX_CAMERAS};
 use crate::model::{Field, ModelContract, ModelError, OnnxDenoiser, MAX_STANDARD_DEVIATIONS};
-use crate::planner::{DfPlanner, PlanError, PlannerSettings, PlannerTask};
+use crate::planner::{DfPlanner, GoalReward, PlanError, PlannerSettings, PlannerTask};
 
 #[derive(Debug, Error)]
 pub enum NodeError {
@@ -15,6 +15,9 @@ pub enum NodeError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Plan(#[from] PlanError),
+    /// The goal reward's own message, which names its field under `goal.`.
+    #[error("planner.{0}")]
+    Goal(String),
     #[error("{field}: expected {expected}, got {got}")]
     Mismatch {
         field: &'static str,
@@ -162,6 +165,33 @@ pub fn node_parts(cfg: &NodeConfig) -> Result<(PlannerTask, ControlCore), NodeEr
         PlannerTask::new(planner(cfg)?, cfg.planner.replan_every, step_ns),
         control_core(cfg),
     ))
+}
+
+/// The node's guidance: the goal reward toward `planner.goal.target`, when the config has one
+/// and a guidance scale above 0; None (plans without guidance, said in the log) otherwise.
+pub fn goal_guidance(cfg: &NodeConfig, contract: &ModelContract) -> Result<Option<GoalReward>, NodeError> {
+    let Some(goal) = cfg.planner.goal.as_ref() else {
+        return Ok(None);
+    };
+    let Some(target) = goal.target else {
+        if cfg.planner.guidance_scale > 0.0 {
+            tracing::warn!("planner.goal has no target: the node plans without guidance");
+        }
+        return Ok(None);
+    };
+    if !target.iter().all(|v| v.is_finite()) {
+        return Err(NodeError::Mismatch {
+            field: "planner.goal.target",
+            expected: "a finite position [x, y]".into(),
+            got: format!("{target:?}"),
+        });
+    }
+    if cfg.planner.guidance_scale <= 0.0 {
+        return Ok(None);
+    }
+    let reward = GoalReward::new(goal.clone(), contract, target).map_err(NodeError::Goal)?;
+    tracing::info!(?target, scale = cfg.planner.guidance_scale, "planning toward the goal");
+    Ok(Some(reward))
 }
 
 /// The loop on a virtual clock (replay, the simulator bridge) around a loaded planner.

@@ -682,3 +682,52 @@ fn an_output_inside_the_bag_is_refused() {
     assert_eq!(std::fs::read(dir.join("recording_0.mcap")).unwrap(), shipped_mcap());
     assert!(!std::fs::symlink_metadata(&link).unwrap().is_symlink());
 }
+
+#[test]
+fn replay_plans_toward_the_configs_goal_target_as_the_node_does() {
+    use df_planner::planner::{Aggregate, GoalRewardConfig, Squash};
+
+    let goal = |target| GoalRewardConfig {
+        position_dims: [0, 1],
+        squash: Squash::Linear,
+        sigma: 2.0,
+        aggregate: Aggregate::Mean,
+        discount: 1.0,
+        weight: 1.0,
+        target,
+    };
+    let mut cfg = config();
+    cfg.planner.guidance_scale = 30.0;
+    cfg.planner.goal = Some(goal(None));
+    let unguided = run(&cfg, "pointmass_mcap", "goal_none.mcap").unwrap();
+    cfg.planner.goal = Some(goal(Some([1.0, -1.0])));
+    let guided = run(&cfg, "pointmass_mcap", "goal_target.mcap").unwrap();
+    assert_eq!(guided.diagnostics.plan_errors, 0);
+    assert_eq!(guided.diagnostics.plans, unguided.diagnostics.plans);
+    let actions = |name| messages(&out(name), "/df_planner/action");
+    assert_ne!(
+        actions("goal_target.mcap"),
+        actions("goal_none.mcap"),
+        "the target steers the plans"
+    );
+    // Without guidance the target changes nothing.
+    cfg.planner.guidance_scale = 0.0;
+    run(&cfg, "pointmass_mcap", "goal_target_unscaled.mcap").unwrap();
+    assert_eq!(actions("goal_target_unscaled.mcap"), actions("goal_none.mcap"));
+
+    cfg.planner.guidance_scale = 30.0;
+    cfg.planner.goal = Some(goal(Some([f64::NAN, 0.0])));
+    let err = run(&cfg, "pointmass_mcap", "goal_nan.mcap").unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "planner.goal.target: expected a finite position [x, y], got [NaN, 0.0]"
+    );
+    let mut bad = goal(Some([0.0, 0.0]));
+    bad.position_dims = [0, 9];
+    cfg.planner.goal = Some(bad);
+    let err = run(&cfg, "pointmass_mcap", "goal_dims.mcap").unwrap_err().to_string();
+    assert!(
+        err.starts_with("planner.goal.position_dims: expected indices < observation_dim"),
+        "{err}"
+    );
+}

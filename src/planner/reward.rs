@@ -51,6 +51,11 @@ pub struct GoalRewardConfig {
     pub discount: f64,
     #[serde(default = "one")]
     pub weight: f64,
+    /// The goal (x, y) the robot node plans toward: `run`, `replay` and `bench --config` guide
+    /// their plans to it. `serve` ignores it: each episode's reset names its goal. None: the
+    /// node plans without guidance.
+    #[serde(default)]
+    pub target: Option<[f64; 2]>,
 }
 
 fn one() -> f64 {
@@ -264,6 +269,7 @@ mod tests {
             aggregate,
             discount: 0.9,
             weight: 2.0,
+            target: None,
         }
     }
 

@@ -25,11 +25,12 @@ pub use writer::McapSink;
 
 use crate::config::NodeConfig;
 use crate::control::{ActionSink, Diagnostics, JointSelection, LatencySummary, OfflineLoop, TickReport};
+use crate::diffusion::Guidance;
 use crate::frames::ImageView;
 use crate::model::{Field, MAX_STANDARD_DEVIATIONS};
 use crate::msgs;
-use crate::node::{camera_rings, joint_selection, offline_loop, planner, NodeError};
-use crate::planner::Plan;
+use crate::node::{camera_rings, goal_guidance, joint_selection, offline_loop, planner, NodeError};
+use crate::planner::{GoalReward, Plan};
 
 #[derive(Debug, Error)]
 pub enum ReplayError {
@@ -207,6 +208,7 @@ pub fn replay(
     }
     let inputs: Vec<(Input, String)> = wanted.iter().map(|w| (w.0, w.2.to_owned())).collect();
     let joints = joint_selection(cfg, lp.contract())?;
+    let guidance = goal_guidance(cfg, lp.contract())?;
     check_output_outside(bag_path, out)?;
     // Written beside the output and renamed over it once the replay has succeeded: a failed
     // replay leaves a previous output as it was, and an output that is a link into the bag
@@ -226,6 +228,7 @@ pub fn replay(
             comparison: ActionComparison::default(),
         },
         lp,
+        guidance,
         action_dim: cfg.action_dim(),
         inputs,
         topics: BTreeMap::new(),
@@ -356,6 +359,8 @@ impl ActionSink for Published {
 /// The loop and what replay counts, fed one input message at a time in log-time order.
 struct Feed {
     lp: OfflineLoop,
+    /// The node's guidance toward `planner.goal.target`, as on the robot.
+    guidance: Option<GoalReward>,
     sink: Published,
     joints: JointSelection,
     action_dim: usize,
@@ -396,8 +401,9 @@ impl Feed {
                 std::thread::sleep(std::time::Duration::from_secs_f64(due - now));
             }
         }
+        let guidance = self.guidance.as_ref().map(|g| g as &dyn Guidance);
         self.lp
-            .advance_to(m.log_time_ns, None, &mut self.sink)
+            .advance_to(m.log_time_ns, guidance, &mut self.sink)
             .expect("messages come in log-time order");
         let outcome = match input {
             Input::Image(_) => self.image(&m),

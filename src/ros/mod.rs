@@ -23,9 +23,10 @@ use r2r::{builtin_interfaces, diagnostic_msgs, geometry_msgs, sensor_msgs, std_m
 use crate::config::{ActionType, NodeConfig};
 use crate::control::live::{self, Clock, LiveParts, SystemClock};
 use crate::control::{ActionSink, Diagnostics, StateCell, TickReport};
+use crate::diffusion::Guidance;
 use crate::frames::ImageView;
 use crate::msgs::{self, diagnostic_array, ActionFormat, ActionMessage};
-use crate::node::{camera_rings, joint_selection, node_parts};
+use crate::node::{camera_rings, goal_guidance, joint_selection, node_parts};
 use crate::planner::Plan;
 
 /// ROS time as the loop sees it under `use_sim_time`: the spin thread stores `/clock` time
@@ -253,6 +254,7 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
     let state_in = state.clone();
     let joints = node.subscribe::<sensor_msgs::msg::JointState>(&t.state, QosProfile::sensor_data())?;
     let selection = joint_selection(&cfg, task.planner().contract())?;
+    let guidance = goal_guidance(&cfg, task.planner().contract())?.map(|g| Box::new(g) as Box<dyn Guidance + Send>);
     let state_topic = t.state.clone();
     let mut rejected = 0u64;
     spawner.spawn_local(joints.for_each(move |js| {
@@ -277,7 +279,7 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
         state,
         sink: Box::new(sink),
         clock,
-        guidance: None,
+        guidance,
         tick: cfg.control.tick(),
         step: cfg.control.step(),
     };
