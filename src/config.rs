@@ -287,26 +287,18 @@ impl NodeConfig {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let cfg = match serde_yaml_ng::from_str::<Value>(text) {
             Ok(value) if value.get(BASE).is_some() => {
-                let mut chain = vec![canonical(path)];
+                let mut chain = vec![Link {
+                    path: canonical(path),
+                    text: text.to_owned(),
+                }];
                 let merged = over_bases(value, path, &mut chain)?;
-                // A merged value has no lines to point at: the field is looked up in the files
-                // of the chain, from this one down, as the one that set it is the first to have it.
+                let merged_copy = merged.clone();
                 Self::deserialize_reporting(merged, path).map_err(|e| match e {
-                    ConfigError::Field { path, field, message } => {
-                        // This config's own text is at hand; its bases are read again.
-                        let set_at = chain.iter().enumerate().find_map(|(k, file)| {
-                            let line = match k {
-                                0 => line_of_field(text, &field),
-                                _ => line_of_field(&std::fs::read_to_string(file).ok()?, &field),
-                            };
-                            line.map(|line| format!("{} line {line}", file.display()))
-                        });
-                        let message = match set_at {
-                            Some(at) => format!("{message} (at {at})"),
-                            None => format!("{message} (in this config or its bases: {})", chain_names(&chain)),
-                        };
-                        ConfigError::Field { path, field, message }
-                    }
+                    ConfigError::Field { path, field, message } => ConfigError::Field {
+                        path,
+                        message: format!("{message} ({})", where_set(&chain, &merged_copy, &field)),
+                        field,
+                    },
                     other => other,
                 })?
             }
@@ -472,9 +464,15 @@ const BASE: &str = "base";
 /// YAML's merge key, which serde_yaml_ng reads as a plain (unknown) field.
 const MERGE_KEY: &str = "<<";
 
+/// A config on a chain of bases: its canonical path and its text.
+struct Link {
+    path: PathBuf,
+    text: String,
+}
+
 /// `value` (the config at `path`) laid over its chain of bases; `chain` holds the configs
-/// already on it, to refuse a cycle.
-fn over_bases(mut value: Value, path: &Path, chain: &mut Vec<PathBuf>) -> Result<Value, ConfigError> {
+/// already on it, to refuse a cycle, and gets each base added.
+fn over_bases(mut value: Value, path: &Path, chain: &mut Vec<Link>) -> Result<Value, ConfigError> {
     let Some(base) = value.as_mapping_mut().and_then(|m| m.remove(BASE)) else {
         return Ok(value);
     };
@@ -493,14 +491,17 @@ fn over_bases(mut value: Value, path: &Path, chain: &mut Vec<PathBuf>) -> Result
     let base_path = path.parent().unwrap_or(Path::new(".")).join(&base);
     let text = std::fs::read_to_string(&base_path).map_err(|e| bad(format!("{}: {e}", base_path.display())))?;
     let base_canonical = canonical(&base_path);
-    if chain.contains(&base_canonical) {
+    if chain.iter().any(|link| link.path == base_canonical) {
         return Err(bad(format!(
             "{} is already on the chain of bases ({}): a cycle",
             base_path.display(),
             chain_names(chain)
         )));
     }
-    chain.push(base_canonical);
+    chain.push(Link {
+        path: base_canonical,
+        text: text.clone(),
+    });
     let mut base_value: Value = serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Read {
         path: base_path.clone(),
         message: e.to_string(),
@@ -522,11 +523,50 @@ fn canonical(path: &Path) -> PathBuf {
         .unwrap_or_else(|_| path.to_owned())
 }
 
+/// Where in the chain `field` (of the merged config `merged`) was set: the first config, from
+/// this one down, whose text has the key (the one whose value won), and for a mapping, which
+/// merges key by key, every other config that has it too; the chain itself where no line can
+/// be told.
+fn where_set(chain: &[Link], merged: &Value, field: &str) -> String {
+    let mut places = Vec::new();
+    for link in chain {
+        match line_of_field(&link.text, field) {
+            Ok(Some(line)) => places.push(format!("{} line {line}", link.path.display())),
+            Ok(None) => {}
+            Err(()) => break,
+        }
+    }
+    let keys = field_keys(field);
+    let is_mapping = keys
+        .iter()
+        .try_fold(merged, |value, key| value.get(*key))
+        .is_some_and(Value::is_mapping);
+    match places.as_slice() {
+        [] => format!("in this config or its bases: {}", chain_names(chain)),
+        [first, below @ ..] if is_mapping && !below.is_empty() => {
+            format!("at {first}, merged over {}", below.join(", "))
+        }
+        [first, ..] => format!("at {first}"),
+    }
+}
+
+/// The mapping keys of a field path as serde_path_to_error writes it (`a.b[2].c`: a, b).
+fn field_keys(field: &str) -> Vec<&str> {
+    field
+        .split('[')
+        .next()
+        .unwrap_or_default()
+        .split('.')
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
 /// The line (1-based) of the key `field` names (dotted, as serde_path_to_error writes it; an
 /// index `[i]` and what follows it are left out) in the YAML `text`; None where no key lies on
-/// that path. The document is walked to the key, which then stops the walk with an error that
-/// serde_yaml_ng marks with its place.
-fn line_of_field(text: &str, field: &str) -> Option<usize> {
+/// that path, Err where the walk could not tell (a key that is not a string before it). The
+/// document is walked to the key, which then stops the walk with an error that serde_yaml_ng
+/// marks with its place.
+fn line_of_field(text: &str, field: &str) -> Result<Option<usize>, ()> {
     use serde::de::{DeserializeSeed, Error, IgnoredAny, MapAccess, Visitor};
 
     const FOUND: &str = "df_planner: the key is here";
@@ -551,16 +591,18 @@ fn line_of_field(text: &str, field: &str) -> Option<usize> {
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
             let Some((name, rest)) = self.0.split_first() else {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 return Ok(());
             };
             while let Some(matched) = map.next_key_seed(Key {
                 name,
                 last: rest.is_empty(),
             })? {
-                if matched {
-                    return map.next_value_seed(Seek(rest));
+                match matched {
+                    true => map.next_value_seed(Seek(rest))?,
+                    // The rest of the mapping is read through, as the deserializer wants it.
+                    false => map.next_value::<IgnoredAny>().map(drop)?,
                 }
-                map.next_value::<IgnoredAny>()?;
             }
             Ok(())
         }
@@ -583,21 +625,19 @@ fn line_of_field(text: &str, field: &str) -> Option<usize> {
             }
         }
     }
-    let keys: Vec<&str> = field.split('[').next()?.split('.').filter(|k| !k.is_empty()).collect();
-    let error = Seek(&keys)
-        .deserialize(serde_yaml_ng::Deserializer::from_str(text))
-        .err()?;
-    // serde_yaml_ng puts the path in front of the message.
-    error
-        .to_string()
-        .contains(FOUND)
-        .then(|| error.location().map(|at| at.line()))?
+    let keys = field_keys(field);
+    match Seek(&keys).deserialize(serde_yaml_ng::Deserializer::from_str(text)) {
+        Ok(()) => Ok(None),
+        // serde_yaml_ng puts the path in front of the message.
+        Err(e) if e.to_string().contains(FOUND) => Ok(e.location().map(|at| at.line())),
+        Err(_) => Err(()),
+    }
 }
 
-fn chain_names(chain: &[PathBuf]) -> String {
+fn chain_names(chain: &[Link]) -> String {
     chain
         .iter()
-        .map(|p| p.display().to_string())
+        .map(|link| link.path.display().to_string())
         .collect::<Vec<_>>()
         .join(" -> ")
 }
@@ -637,12 +677,13 @@ mod tests {
     fn line_of_field_finds_a_key_in_block_and_flow_style() {
         let text = "model:\n  path: m.onnx\nplanner:\n  matrix: {kind: pyramid, uncertainty: 2.0}\n  samples: 4\n\
                     safety:\n  action_min: [-1, -1]\n";
-        assert_eq!(super::line_of_field(text, "planner.samples"), Some(5));
-        assert_eq!(super::line_of_field(text, "planner.matrix.uncertainty"), Some(4));
-        assert_eq!(super::line_of_field(text, "planner"), Some(3));
-        assert_eq!(super::line_of_field(text, "safety.action_min[1]"), Some(7));
-        assert_eq!(super::line_of_field(text, "planner.eta"), None);
-        assert_eq!(super::line_of_field(text, "model.path.deeper"), None);
-        assert_eq!(super::line_of_field("[1, 2]", "planner"), None);
+        assert_eq!(super::line_of_field(text, "planner.samples"), Ok(Some(5)));
+        assert_eq!(super::line_of_field(text, "planner.matrix.uncertainty"), Ok(Some(4)));
+        assert_eq!(super::line_of_field(text, "planner"), Ok(Some(3)));
+        assert_eq!(super::line_of_field(text, "safety.action_min[1]"), Ok(Some(7)));
+        assert_eq!(super::line_of_field(text, "planner.eta"), Ok(None));
+        // A path through a scalar, or a document that is not a mapping: the walk cannot tell.
+        assert_eq!(super::line_of_field(text, "model.path.deeper"), Err(()));
+        assert_eq!(super::line_of_field("[1, 2]", "planner"), Err(()));
     }
 }

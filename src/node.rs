@@ -168,29 +168,34 @@ pub fn node_parts(cfg: &NodeConfig) -> Result<(PlannerTask, ControlCore), NodeEr
 }
 
 /// The node's guidance: the goal reward toward `planner.goal.target`, when the config has one
-/// and a guidance scale above 0; None (plans without guidance, said in the log) otherwise.
+/// and a guidance scale other than 0 (as the sampler reads it); None otherwise, said in the log.
+/// The reward is checked as `serve` checks it, and the target as `serve` checks a reset's goal
+/// (finite, within `serve.goal_bounds`, outside `serve.goal_keepout`, where the config has them).
 pub fn goal_guidance(cfg: &NodeConfig, contract: &ModelContract) -> Result<Option<GoalReward>, NodeError> {
+    let scale = cfg.planner.guidance_scale;
     let Some(goal) = cfg.planner.goal.as_ref() else {
+        if scale != 0.0 {
+            tracing::warn!(scale, "the config has no planner.goal: the node plans without guidance");
+        }
         return Ok(None);
     };
+    let mut reward = GoalReward::new(goal.clone(), contract, [0.0, 0.0]).map_err(NodeError::Goal)?;
     let Some(target) = goal.target else {
-        if cfg.planner.guidance_scale > 0.0 {
+        if scale != 0.0 {
             tracing::warn!("planner.goal has no target: the node plans without guidance");
         }
         return Ok(None);
     };
-    if !target.iter().all(|v| v.is_finite()) {
-        return Err(NodeError::Mismatch {
-            field: "planner.goal.target",
-            expected: "a finite position [x, y]".into(),
-            got: format!("{target:?}"),
-        });
-    }
-    if cfg.planner.guidance_scale <= 0.0 {
+    let serve = cfg.serve.clone().unwrap_or_default();
+    serve
+        .check_goal(target)
+        .map_err(|e| NodeError::Goal(format!("goal.target {e}")))?;
+    if scale == 0.0 {
+        tracing::info!(?target, "planner.guidance_scale is 0: the node plans without guidance");
         return Ok(None);
     }
-    let reward = GoalReward::new(goal.clone(), contract, target).map_err(NodeError::Goal)?;
-    tracing::info!(?target, scale = cfg.planner.guidance_scale, "planning toward the goal");
+    reward.set_goal(target);
+    tracing::info!(?target, scale, "planning toward the goal");
     Ok(Some(reward))
 }
 

@@ -195,25 +195,8 @@ impl Server {
 
     fn reset(&mut self, goal: Option<[f64; 2]>, seed: Option<u64>) -> Value {
         if let Some(g) = goal {
-            if !g.iter().all(|v| v.is_finite()) {
-                return error(format!("goal: expected two finite numbers, got {g:?}"));
-            }
-            if let Some([lo, hi]) = self.serve.goal_bounds {
-                if (0..2).any(|i| g[i] < lo[i] || g[i] > hi[i]) {
-                    return error(format!(
-                        "goal {g:?}: outside the workspace, expected within {lo:?}..{hi:?} (serve.goal_bounds)"
-                    ));
-                }
-            }
-            if let Some([lo, hi]) = self
-                .serve
-                .goal_keepout
-                .iter()
-                .find(|[lo, hi]| (0..2).all(|i| lo[i] < g[i] && g[i] < hi[i]))
-            {
-                return error(format!(
-                    "goal {g:?}: inside a keep-out box {lo:?}..{hi:?} (serve.goal_keepout), where the robot cannot be"
-                ));
+            if let Err(e) = self.serve.check_goal(g) {
+                return error(format!("goal {e}"));
             }
             match self.reward.as_mut() {
                 Some(r) => r.set_goal(g),
@@ -318,6 +301,31 @@ impl Server {
 }
 
 impl ServeSection {
+    /// Refuse a goal that is not finite, lies outside `goal_bounds` or inside a `goal_keepout`
+    /// box; the message starts with the goal.
+    pub fn check_goal(&self, g: [f64; 2]) -> Result<(), String> {
+        if !g.iter().all(|v| v.is_finite()) {
+            return Err(format!("{g:?}: expected two finite numbers"));
+        }
+        if let Some([lo, hi]) = self.goal_bounds {
+            if (0..2).any(|i| g[i] < lo[i] || g[i] > hi[i]) {
+                return Err(format!(
+                    "{g:?}: outside the workspace, expected within {lo:?}..{hi:?} (serve.goal_bounds)"
+                ));
+            }
+        }
+        if let Some([lo, hi]) = self
+            .goal_keepout
+            .iter()
+            .find(|[lo, hi]| (0..2).all(|i| lo[i] < g[i] && g[i] < hi[i]))
+        {
+            return Err(format!(
+                "{g:?}: inside a keep-out box {lo:?}..{hi:?} (serve.goal_keepout), where the robot cannot be"
+            ));
+        }
+        Ok(())
+    }
+
     /// The PD controller's action (unclipped) toward the planned observation `target` from `obs`.
     fn pd_action(&self, target: &[f64], obs: &[f64]) -> Vec<f64> {
         self.position_dims

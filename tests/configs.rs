@@ -134,6 +134,22 @@ fn a_bad_base_is_refused_naming_it() {
         ],
     );
     assert!(e.ends_with("a.yaml line 3)"), "{e}");
+    // A mapping merges key by key: a bad value inside it may be in any config that sets it.
+    let bad_base = shipped.replace("uncertainty: 1.0}", "uncertainty: high}");
+    assert_ne!(bad_base, shipped);
+    let line = bad_base.lines().position(|l| l.contains("uncertainty: high")).unwrap() + 1;
+    let e = error(
+        "bad_in_merged_mapping",
+        &[
+            ("a.yaml", "base: b.yaml\nplanner:\n  matrix: {kind: pyramid}\n"),
+            ("b.yaml", &bad_base),
+        ],
+    );
+    assert!(e.contains("field `planner.matrix`"), "{e}");
+    assert!(
+        e.contains("a.yaml line 3, merged over ") && e.ends_with(&format!("b.yaml line {line})")),
+        "{e}"
+    );
     // A config given as text (not read from its path) is pointed at in that text.
     let base = common::repo().join("config/pointmass.yaml");
     let text = format!("base: {}\nplanner:\n  sead: 1\n", base.display());

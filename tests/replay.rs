@@ -696,33 +696,53 @@ fn replay_plans_toward_the_configs_goal_target_as_the_node_does() {
         weight: 1.0,
         target,
     };
+    let actions = |name| messages(&out(name), "/df_planner/action");
     let mut cfg = config();
     cfg.planner.guidance_scale = 30.0;
+    run(&cfg, "pointmass_mcap", "goal_absent.mcap").unwrap();
+    // A goal reward without a target is no guidance, as no goal reward is.
     cfg.planner.goal = Some(goal(None));
-    let unguided = run(&cfg, "pointmass_mcap", "goal_none.mcap").unwrap();
-    cfg.planner.goal = Some(goal(Some([1.0, -1.0])));
-    let guided = run(&cfg, "pointmass_mcap", "goal_target.mcap").unwrap();
-    assert_eq!(guided.diagnostics.plan_errors, 0);
-    assert_eq!(guided.diagnostics.plans, unguided.diagnostics.plans);
-    let actions = |name| messages(&out(name), "/df_planner/action");
+    run(&cfg, "pointmass_mcap", "goal_none.mcap").unwrap();
+    assert_eq!(actions("goal_none.mcap"), actions("goal_absent.mcap"));
+    // Each target steers the plans its own way.
+    for (name, target) in [("goal_a.mcap", [1.0, -1.0]), ("goal_b.mcap", [-1.0, 1.0])] {
+        cfg.planner.goal = Some(goal(Some(target)));
+        let s = run(&cfg, "pointmass_mcap", name).unwrap();
+        assert_eq!(s.diagnostics.plan_errors, 0);
+        assert_ne!(
+            actions(name),
+            actions("goal_none.mcap"),
+            "{name}: the target steers the plans"
+        );
+    }
     assert_ne!(
-        actions("goal_target.mcap"),
-        actions("goal_none.mcap"),
-        "the target steers the plans"
+        actions("goal_a.mcap"),
+        actions("goal_b.mcap"),
+        "another target, other plans"
     );
-    // Without guidance the target changes nothing.
+    // At scale 0 the target changes nothing.
     cfg.planner.guidance_scale = 0.0;
-    run(&cfg, "pointmass_mcap", "goal_target_unscaled.mcap").unwrap();
-    assert_eq!(actions("goal_target_unscaled.mcap"), actions("goal_none.mcap"));
+    run(&cfg, "pointmass_mcap", "goal_unscaled.mcap").unwrap();
+    cfg.planner.goal = None;
+    run(&cfg, "pointmass_mcap", "goal_absent_unscaled.mcap").unwrap();
+    assert_eq!(actions("goal_unscaled.mcap"), actions("goal_absent_unscaled.mcap"));
 
     cfg.planner.guidance_scale = 30.0;
     cfg.planner.goal = Some(goal(Some([f64::NAN, 0.0])));
     let err = run(&cfg, "pointmass_mcap", "goal_nan.mcap").unwrap_err().to_string();
-    assert_eq!(
-        err,
-        "planner.goal.target: expected a finite position [x, y], got [NaN, 0.0]"
+    assert_eq!(err, "planner.goal.target [NaN, 0.0]: expected two finite numbers");
+    cfg.serve = Some(df_planner::serve::ServeSection {
+        goal_bounds: Some([[0.0, 0.0], [2.0, 2.0]]),
+        ..Default::default()
+    });
+    cfg.planner.goal = Some(goal(Some([3.0, 1.0])));
+    let err = run(&cfg, "pointmass_mcap", "goal_out.mcap").unwrap_err().to_string();
+    assert!(
+        err.starts_with("planner.goal.target [3.0, 1.0]: outside the workspace"),
+        "{err}"
     );
-    let mut bad = goal(Some([0.0, 0.0]));
+    // The goal reward is checked even without a target, as serve checks it.
+    let mut bad = goal(None);
     bad.position_dims = [0, 9];
     cfg.planner.goal = Some(bad);
     let err = run(&cfg, "pointmass_mcap", "goal_dims.mcap").unwrap_err().to_string();
