@@ -332,15 +332,23 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
         let mut deadline = Instant::now();
         let mut executed_now = vec![0.0; action_dim];
         let mut last_error: Option<String> = None;
+        let (mut skipped_unsaid, mut last_skip_said) = (0u64, None);
         while !s.load(Ordering::Acquire) {
             sleep_until(deadline);
             deadline += step;
             let skipped = skip_missed(&mut deadline, step, plan_slack);
             if skipped > 0 {
-                tracing::warn!(
-                    skipped,
-                    "the planner fell a replan interval behind; skipping the missed steps"
-                );
+                // A planner slower than its replan interval falls behind at every plan: say so
+                // at most once a second, with what was skipped since.
+                skipped_unsaid += u64::from(skipped);
+                if last_skip_said.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(
+                        skipped = skipped_unsaid,
+                        "the planner fell a replan interval behind; skipping the missed steps"
+                    );
+                    skipped_unsaid = 0;
+                    last_skip_said = Some(Instant::now());
+                }
                 task.steps_skipped();
             }
             let _plan = tracing::trace_span!("plan").entered();
