@@ -292,11 +292,10 @@ impl NodeConfig {
                     text: text.to_owned(),
                 }];
                 let merged = over_bases(value, path, &mut chain)?;
-                let merged_copy = merged.clone();
-                Self::deserialize_reporting(merged, path).map_err(|e| match e {
+                Self::deserialize_reporting(&merged, path).map_err(|e| match e {
                     ConfigError::Field { path, field, message } => ConfigError::Field {
                         path,
-                        message: format!("{message} ({})", where_set(&chain, &merged_copy, &field)),
+                        message: format!("{message} ({})", where_set(&chain, &merged, &field)),
                         field,
                     },
                     other => other,
