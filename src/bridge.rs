@@ -183,7 +183,7 @@ impl Bridge {
         }
         lp.ingest_state(sample);
         let (plans, plan_errors) = (self.sink.plans, lp.plan_errors().0);
-        if let Err(e) = lp.advance_to(t + 1, None, &mut self.sink) {
+        if let Err(e) = lp.advance_to(t + 1, &mut self.sink) {
             return error(e.to_string());
         }
         // A plan that failed this step (the tick fell back or kept the last plan): why.

@@ -241,8 +241,15 @@ pub struct TopicsSection {
     pub action_type: ActionType,
     /// Joint names for JointTrajectory output (one per action dimension).
     pub joint_names: Vec<String>,
-    /// Frame id for PoseStamped output.
+    /// The planner's frame: the frame id of PoseStamped output, and the frame goals on
+    /// `goal` must be stamped in (or left empty); goals are not transformed.
     pub frame_id: String,
+    /// Goals (geometry_msgs/PoseStamped, e.g. RViz's 2D Goal Pose on /goal_pose): its x and y
+    /// replace the goal of `planner.goal` (whose `target` is the goal until one arrives); a goal
+    /// outside `serve.goal_bounds`, inside a `serve.goal_keepout` box or in another frame is
+    /// refused, logged and counted, and the goal before it stays. null: the goal stays
+    /// `planner.goal.target`.
+    pub goal: Option<String>,
     /// diagnostic_msgs/DiagnosticArray output.
     pub diagnostics: String,
     /// Plans' first tokens (std_msgs/Float64MultiArray), for inspection.
@@ -261,6 +268,7 @@ impl Default for TopicsSection {
             action_type: ActionType::Float64MultiArray,
             joint_names: Vec::new(),
             frame_id: "base_link".into(),
+            goal: None,
             diagnostics: "/diagnostics".into(),
             plan: "/df_planner/plan".into(),
             recorded_action: None,
@@ -452,6 +460,13 @@ impl NodeConfig {
                 "topics.joint_names",
                 format!("{n} names for joint_trajectory output"),
                 format!("{}", self.topics.joint_names.len()),
+            ));
+        }
+        if let (Some(topic), None) = (&self.topics.goal, &self.planner.goal) {
+            return Err(bad(
+                "topics.goal",
+                "null, or a planner.goal reward for the goals it sends to guide".into(),
+                format!("{topic:?} with no planner.goal"),
             ));
         }
         Ok(())

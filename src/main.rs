@@ -16,7 +16,7 @@ use df_planner::config::NodeConfig;
 use df_planner::control::live::{self, Clock, LiveParts, SystemClock};
 use df_planner::control::{ActionSink, Diagnostics, Fault, Histogram, StateCell, StateSample, TickReport};
 use df_planner::diffusion::{
-    Denoiser, Guidance, MatrixError, MatrixKind, Sampler, SamplerSettings, SchedulingMatrix, SeededNoise,
+    Denoiser, MatrixError, MatrixKind, Sampler, SamplerSettings, SchedulingMatrix, SeededNoise,
 };
 use df_planner::frames::ImageView;
 use df_planner::model::{available_providers, Field, ModelContract, OnnxDenoiser, Provider, RuntimeConfig};
@@ -61,18 +61,22 @@ enum Command {
     ///
     /// Subscribes sensor_msgs/Image on topics.image (rgb8, bgr8, rgba8, bgra8, mono8; other
     /// encodings are rejected and counted, other sizes too unless camera.resize is area) and
-    /// sensor_msgs/JointState on
-    /// topics.state (positions then velocities form the observation). Publishes one action per
+    /// sensor_msgs/JointState on topics.state (positions then velocities form the observation),
+    /// and, when topics.goal is set, geometry_msgs/PoseStamped goals on it (x, y replace
+    /// planner.goal.target; one outside serve.goal_bounds, in a serve.goal_keepout box or in
+    /// a frame other than topics.frame_id is refused and counted). Publishes one action per
     /// control tick on topics.action as topics.action_type (float64_multi_array,
     /// joint_trajectory: the rest of the plan ending at rest, or pose_stamped), each plan's
     /// first token on topics.plan, and diagnostic_msgs/DiagnosticArray on topics.diagnostics
-    /// once a second (latency p50/p99/max, fault counters, frame counters).
+    /// once a second (latency p50/p99/max, fault counters, frame counters, the goal and the
+    /// goals received and refused).
     ///
     /// ROS parameters: `config` (path of the node YAML, used when --config is not given) and
     /// `use_sim_time` (stamps and staleness follow /clock). The YAML has the sections model
     /// (path, runtime: providers, threads), planner (matrix, sampling, MCG, guidance and its
     /// goal reward, warm start, replanning, seed), control (rate, fallback hold|stop), safety
-    /// (action limits, rate limit, input timeouts), camera, topics and serve (`serve` only);
+    /// (action limits, rate limit, input timeouts), camera, topics and serve (`serve`, and the
+    /// goal checks);
     /// every field is documented in src/config.rs and commented in config/*.yaml, and an
     /// unknown field is an error.
     Run(RunArgs),
@@ -603,6 +607,16 @@ fn replay(a: ReplayArgs) -> Result<()> {
     let f = &d.frames;
     writeln!(out, "frames       received {}, delivered {}, superseded {}, dropped {}, rejected: encoding {}, size {}, malformed {}, out of order {}, duplicate {}; clock resets {}",
         f.received, f.delivered, f.superseded, f.dropped_full, f.rejected_encoding, f.rejected_size, f.rejected_malformed, f.rejected_out_of_order, f.rejected_duplicate, f.clock_resets)?;
+    match d.goal {
+        Some(g) => writeln!(
+            out,
+            "goal         {} at the end; {} goal messages, {} refused",
+            g.target.map_or_else(|| "none (unguided)".into(), |t| format!("{t:?}")),
+            g.received,
+            g.rejected
+        )?,
+        None => writeln!(out, "goal         no goal reward: unguided")?,
+    }
     for (name, l) in [("tick latency", s.tick_latency), ("plan latency", s.plan_latency)] {
         writeln!(
             out,
@@ -646,8 +660,6 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
     }
     let (task, core) = node_parts(&cfg)?;
     let obs_dim = task.planner().contract().layout.observation_dim;
-    let guidance = df_planner::node::goal_guidance(&cfg, task.planner().contract())?
-        .map(|g| Box::new(g) as Box<dyn Guidance + Send>);
     let rings = df_planner::node::camera_rings(&cfg, task.planner().contract())?;
     let (mut frames_in, frames) = df_planner::frames::camera_rings(&rings);
     let state = Arc::new(StateCell::default());
@@ -659,7 +671,7 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
         state: state.clone(),
         sink: Box::new(CountingSink { actions: 0 }),
         clock: clock.clone(),
-        guidance,
+        goals: Default::default(),
         tick: cfg.control.tick(),
         step: cfg.control.step(),
     };

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ActionType, NodeConfig};
 use crate::control::{trajectory_chunk, Diagnostics, Safety, TickReport};
 use crate::node::safety_filter;
-use crate::planner::Plan;
+use crate::planner::{GoalMessage, Plan};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Time {
@@ -118,6 +118,16 @@ pub struct Pose {
 pub struct PoseStamped {
     pub header: Header,
     pub pose: Pose,
+}
+
+impl PoseStamped {
+    /// As a goal (`topics.goal`): its position's x and y, in its frame.
+    pub fn goal(self) -> GoalMessage {
+        GoalMessage {
+            position: [self.pose.position.x, self.pose.position.y],
+            frame_id: self.header.frame_id,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -448,6 +458,12 @@ pub fn diagnostic_array(header: Header, d: &Diagnostics) -> DiagnosticArray {
         ("frames.clock_resets", f.clock_resets),
     ] {
         values.push(kv(name, v.to_string()));
+    }
+    if let Some(g) = d.goal {
+        let target = g.target.map_or_else(|| "none".into(), |[x, y]| format!("{x}, {y}"));
+        values.push(kv("goal", target));
+        values.push(kv("goals_received", g.received.to_string()));
+        values.push(kv("goals_rejected", g.rejected.to_string()));
     }
     let faulty = d.faults.iter().any(|(_, c)| *c > 0) || d.plan_errors > 0;
     let status = DiagnosticStatus {

@@ -7,7 +7,8 @@ use crate::config::NodeConfig;
 use crate::control::{ControlCore, ControlParams, JointSelection, OfflineLoop, Safety};
 use crate::frames::{CameraRing, MAX_CAMERAS};
 use crate::model::{Field, ModelContract, ModelError, OnnxDenoiser, MAX_STANDARD_DEVIATIONS};
-use crate::planner::{DfPlanner, GoalReward, PlanError, PlannerSettings, PlannerTask};
+use crate::planner::{DfPlanner, GoalReward, NodeGoal, PlanError, PlannerSettings, PlannerTask};
+use crate::serve::ServeSection;
 
 #[derive(Debug, Error)]
 pub enum NodeError {
@@ -158,52 +159,66 @@ pub fn joint_selection(cfg: &NodeConfig, contract: &ModelContract) -> Result<Joi
     Ok(selection)
 }
 
-/// The planner task and control core.
+/// The planner task, planning toward the node's goal, and the control core.
 pub fn node_parts(cfg: &NodeConfig) -> Result<(PlannerTask, ControlCore), NodeError> {
-    let step_ns = cfg.control.step().as_nanos() as i64;
-    Ok((
-        PlannerTask::new(planner(cfg)?, cfg.planner.replan_every, step_ns),
-        control_core(cfg),
-    ))
+    Ok((planner_task(cfg, planner(cfg)?)?, control_core(cfg)))
 }
 
-/// The node's guidance: the goal reward toward `planner.goal.target`, when the config has one
-/// and a guidance scale other than 0 (as the sampler reads it); None otherwise, said in the log.
-/// The reward is checked as `serve` checks it, and the target as `serve` checks a reset's goal
-/// (finite, within `serve.goal_bounds`, outside `serve.goal_keepout`, where the config has them).
-pub fn goal_guidance(cfg: &NodeConfig, contract: &ModelContract) -> Result<Option<GoalReward>, NodeError> {
+fn planner_task(cfg: &NodeConfig, planner: DfPlanner) -> Result<PlannerTask, NodeError> {
+    let goal = node_goal(cfg, planner.contract())?;
+    let step_ns = cfg.control.step().as_nanos() as i64;
+    Ok(PlannerTask::new(planner, cfg.planner.replan_every, step_ns).with_goal(goal))
+}
+
+/// The node's goal: the goal reward (`planner.goal`), its first goal `planner.goal.target`,
+/// then the goal messages on `topics.goal`; None when nothing would guide (no goal reward, or
+/// a guidance scale of 0, as the sampler reads it), said in the log. The reward is checked as
+/// `serve` checks it, and every goal as `serve` checks a reset's goal (finite, within
+/// `serve.goal_bounds`, outside `serve.goal_keepout`, where the config has them).
+pub fn node_goal(cfg: &NodeConfig, contract: &ModelContract) -> Result<Option<NodeGoal>, NodeError> {
     let scale = cfg.planner.guidance_scale;
-    let Some(goal) = cfg.planner.goal.as_ref() else {
+    let Some(goal_cfg) = cfg.planner.goal.as_ref() else {
         if scale != 0.0 {
             tracing::warn!(scale, "the config has no planner.goal: the node plans without guidance");
         }
         return Ok(None);
     };
-    let mut reward = GoalReward::new(goal.clone(), contract, [0.0, 0.0]).map_err(NodeError::Goal)?;
-    let Some(target) = goal.target else {
-        if scale != 0.0 {
-            tracing::warn!("planner.goal has no target: the node plans without guidance");
-        }
-        return Ok(None);
-    };
-    let serve = cfg.serve.clone().unwrap_or_default();
-    serve
-        .check_goal(target)
-        .map_err(|e| NodeError::Goal(format!("goal.target {e}")))?;
+    let reward = GoalReward::new(goal_cfg.clone(), contract, [0.0, 0.0]).map_err(NodeError::Goal)?;
+    let region = cfg.serve.as_ref().map(ServeSection::goal_region).unwrap_or_default();
+    let mut goal = NodeGoal::new(reward, region, cfg.topics.frame_id.clone());
+    if let Some(target) = goal_cfg.target {
+        goal.set(target)
+            .map_err(|e| NodeError::Goal(format!("goal.target {e}")))?;
+    }
+    let (target, topic) = (goal_cfg.target, cfg.topics.goal.as_deref());
     if scale == 0.0 {
-        tracing::info!(?target, "planner.guidance_scale is 0: the node plans without guidance");
+        tracing::info!(
+            ?target,
+            topic,
+            "planner.guidance_scale is 0: the node plans without guidance"
+        );
         return Ok(None);
     }
-    reward.set_goal(target);
-    tracing::info!(?target, scale, "planning toward the goal");
-    Ok(Some(reward))
+    match (target, topic) {
+        (Some(target), _) => tracing::info!(?target, scale, topic, "planning toward the goal"),
+        (None, Some(topic)) => {
+            tracing::info!(
+                topic,
+                "planner.goal has no target: the node plans without guidance until a goal arrives"
+            )
+        }
+        (None, None) => {
+            tracing::warn!("planner.goal has no target and topics.goal is unset: the node plans without guidance")
+        }
+    }
+    Ok(Some(goal))
 }
 
 /// The loop on a virtual clock (replay, the simulator bridge) around a loaded planner.
 pub fn offline_loop(cfg: &NodeConfig, planner: DfPlanner) -> Result<OfflineLoop, NodeError> {
     let cameras = camera_rings(cfg, planner.contract())?;
+    let task = planner_task(cfg, planner)?;
     let step_ns = cfg.control.step().as_nanos() as i64;
-    let task = PlannerTask::new(planner, cfg.planner.replan_every, step_ns);
     let tick_ns = cfg.control.tick().as_nanos() as i64;
     Ok(OfflineLoop::new(task, control_core(cfg), tick_ns, step_ns, &cameras))
 }

@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 
 use crate::config::NodeConfig;
 use crate::control::Histogram;
-use crate::planner::{DfPlanner, GoalReward, Plan};
+use crate::planner::{DfPlanner, GoalRegion, GoalReward, Plan};
 
 /// How a plan becomes actions between replans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -195,7 +195,7 @@ impl Server {
 
     fn reset(&mut self, goal: Option<[f64; 2]>, seed: Option<u64>) -> Value {
         if let Some(g) = goal {
-            if let Err(e) = self.serve.check_goal(g) {
+            if let Err(e) = self.serve.goal_region().check(g) {
                 return error(format!("goal {e}"));
             }
             match self.reward.as_mut() {
@@ -301,29 +301,12 @@ impl Server {
 }
 
 impl ServeSection {
-    /// Refuse a goal that is not finite, lies outside `goal_bounds` or inside a `goal_keepout`
-    /// box; the message starts with the goal.
-    pub fn check_goal(&self, g: [f64; 2]) -> Result<(), String> {
-        if !g.iter().all(|v| v.is_finite()) {
-            return Err(format!("{g:?}: expected two finite numbers"));
+    /// Where goals may lie: within `goal_bounds`, outside every `goal_keepout` box.
+    pub fn goal_region(&self) -> GoalRegion {
+        GoalRegion {
+            bounds: self.goal_bounds,
+            keepout: self.goal_keepout.clone(),
         }
-        if let Some([lo, hi]) = self.goal_bounds {
-            if (0..2).any(|i| g[i] < lo[i] || g[i] > hi[i]) {
-                return Err(format!(
-                    "{g:?}: outside the workspace, expected within {lo:?}..{hi:?} (serve.goal_bounds)"
-                ));
-            }
-        }
-        if let Some([lo, hi]) = self
-            .goal_keepout
-            .iter()
-            .find(|[lo, hi]| (0..2).all(|i| lo[i] < g[i] && g[i] < hi[i]))
-        {
-            return Err(format!(
-                "{g:?}: inside a keep-out box {lo:?}..{hi:?} (serve.goal_keepout), where the robot cannot be"
-            ));
-        }
-        Ok(())
     }
 
     /// The PD controller's action (unclipped) toward the planned observation `target` from `obs`.

@@ -7,16 +7,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use df_planner::config::NodeConfig;
-use df_planner::control::live::{self, Clock, LiveParts, SystemClock};
+use df_planner::control::live::{self, Clock, LiveNode, LiveParts, SystemClock};
 use df_planner::control::{ActionSink, Diagnostics, Fault, Source, StateCell, StateSample, TickReport};
-use df_planner::frames::{camera_rings, CameraRing};
+use df_planner::frames::{camera_rings, CameraRing, Cameras};
 use df_planner::node::node_parts;
-use df_planner::planner::Plan;
+use df_planner::planner::{GoalInbox, Plan};
 
 #[derive(Default)]
 struct Seen {
     actions: Vec<(Source, Vec<f64>)>,
     plans: usize,
+    diagnostics: Option<Diagnostics>,
 }
 
 struct Recorder(Arc<Mutex<Seen>>);
@@ -28,7 +29,9 @@ impl ActionSink for Recorder {
     fn plan(&mut self, _: &Plan) {
         self.0.lock().unwrap().plans += 1;
     }
-    fn diagnostics(&mut self, _: i64, _: &Diagnostics) {}
+    fn diagnostics(&mut self, _: i64, d: &Diagnostics) {
+        self.0.lock().unwrap().diagnostics = Some(d.clone());
+    }
 }
 
 /// The point-mass node on the CPU, its camera optional (these tests feed it none).
@@ -39,10 +42,32 @@ fn pointmass_config() -> NodeConfig {
     cfg
 }
 
+/// The node of `cfg` on the system clock at 50 Hz, planning every 100 ms.
+fn spawn(
+    cfg: &NodeConfig,
+    frames: Cameras,
+    state: Arc<StateCell>,
+    sink: Box<dyn ActionSink + Send>,
+    goals: Arc<GoalInbox>,
+) -> LiveNode {
+    let (task, core) = node_parts(cfg).unwrap();
+    live::spawn(LiveParts {
+        task,
+        core,
+        frames,
+        state,
+        sink,
+        clock: Arc::new(SystemClock),
+        goals,
+        tick: Duration::from_millis(20),
+        step: Duration::from_millis(100),
+    })
+    .unwrap()
+}
+
 #[test]
 fn plans_reach_the_tick_and_every_tick_reaches_the_sink() {
     let cfg = pointmass_config();
-    let (task, core) = node_parts(&cfg).unwrap();
     let ring = CameraRing {
         topic: cfg.topics.image.clone(),
         width: cfg.camera.width,
@@ -54,18 +79,8 @@ fn plans_reach_the_tick_and_every_tick_reaches_the_sink() {
     let state = Arc::new(StateCell::default());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let node = live::spawn(LiveParts {
-        task,
-        core,
-        frames,
-        state: state.clone(),
-        sink: Box::new(Recorder(seen.clone())),
-        clock: clock.clone(),
-        guidance: None,
-        tick: Duration::from_millis(20),
-        step: Duration::from_millis(100),
-    })
-    .unwrap();
+    let sink = Box::new(Recorder(seen.clone()));
+    let node = spawn(&cfg, frames, state.clone(), sink, Default::default());
     // A fresh state for 1 s, then none for 0.6 s (longer than state_timeout_s = 0.3).
     for _ in 0..50 {
         state.publish(StateSample::new(clock.now_ns(), &[0.2, -0.1], &[0.0, 0.0]).unwrap());
@@ -103,21 +118,15 @@ impl ActionSink for Panicking {
 
 #[test]
 fn a_thread_that_panics_is_reported_so_the_node_can_stop() {
-    let cfg = pointmass_config();
-    let (task, core) = node_parts(&cfg).unwrap();
     let (_frames_in, frames) = camera_rings(&[]);
-    let node = live::spawn(LiveParts {
-        task,
-        core,
+    let state = Arc::new(StateCell::default());
+    let node = spawn(
+        &pointmass_config(),
         frames,
-        state: Arc::new(StateCell::default()),
-        sink: Box::new(Panicking),
-        clock: Arc::new(SystemClock),
-        guidance: None,
-        tick: Duration::from_millis(20),
-        step: Duration::from_millis(100),
-    })
-    .unwrap();
+        state,
+        Box::new(Panicking),
+        Default::default(),
+    );
     let mut ended = None;
     for _ in 0..100 {
         ended = node.ended_thread();
@@ -128,4 +137,42 @@ fn a_thread_that_panics_is_reported_so_the_node_can_stop() {
     }
     assert_eq!(ended.as_deref(), Some("df_publish"));
     node.stop();
+}
+
+#[test]
+fn a_goal_message_reaches_the_planner_thread_and_the_diagnostics() {
+    use df_planner::planner::{GoalMessage, GoalStatus};
+
+    let mut cfg = pointmass_config();
+    cfg.planner.guidance_scale = 30.0;
+    cfg.planner.goal = Some(common::goal_reward(None));
+    cfg.topics.goal = Some("/goal_pose".into());
+    let (_frames_in, frames) = camera_rings(&[]);
+    let state = Arc::new(StateCell::default());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let goals = Arc::new(GoalInbox::default());
+    goals.post(GoalMessage {
+        position: [0.5, -0.5],
+        frame_id: "base_link".into(),
+    });
+    let sink = Box::new(Recorder(seen.clone()));
+    let node = spawn(&cfg, frames, state.clone(), sink, goals.clone());
+    for _ in 0..70 {
+        state.publish(StateSample::new(clock.now_ns(), &[0.2, -0.1], &[0.0, 0.0]).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.stop();
+    let seen = seen.lock().unwrap();
+    assert!(seen.plans >= 5, "{} plans", seen.plans);
+    assert_eq!(goals.take(), None, "the planner thread took the goal");
+    let diagnostics = seen.diagnostics.as_ref().expect("diagnostics once a second");
+    assert_eq!(
+        diagnostics.goal,
+        Some(GoalStatus {
+            target: Some([0.5, -0.5]),
+            received: 1,
+            rejected: 0
+        })
+    );
 }

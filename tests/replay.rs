@@ -256,6 +256,10 @@ fn malformed_configs_are_named() {
             text.replace("width: 32", "width: 0"),
             "`camera.width`: expected >= 1 pixel, got 0",
         ),
+        (
+            text.replace("  plan: /df_planner/plan", "  plan: /df_planner/plan\n  goal: /goal_pose"),
+            "`topics.goal`: expected null, or a planner.goal reward for the goals it sends to guide, got \"/goal_pose\" with no planner.goal",
+        ),
         ("model: [".to_string(), "config x.yaml:"),
     ];
     for (yaml, expected) in cases {
@@ -685,17 +689,8 @@ fn an_output_inside_the_bag_is_refused() {
 
 #[test]
 fn replay_plans_toward_the_configs_goal_target_as_the_node_does() {
-    use df_planner::planner::{Aggregate, GoalRewardConfig, Squash};
+    use common::goal_reward as goal;
 
-    let goal = |target| GoalRewardConfig {
-        position_dims: [0, 1],
-        squash: Squash::Linear,
-        sigma: 2.0,
-        aggregate: Aggregate::Mean,
-        discount: 1.0,
-        weight: 1.0,
-        target,
-    };
     let actions = |name| messages(&out(name), "/df_planner/action");
     let mut cfg = config();
     cfg.planner.guidance_scale = 30.0;
@@ -750,4 +745,127 @@ fn replay_plans_toward_the_configs_goal_target_as_the_node_does() {
         err.starts_with("planner.goal.position_dims: expected indices < observation_dim"),
         "{err}"
     );
+}
+
+/// The shipped MCAP bag with goals (seconds after its first message, x, y, frame id) on
+/// /goal_pose, written to `name`; returns its path and its first log time.
+fn shipped_with_goals(name: &str, goals: &[(f64, [f64; 2], &str)]) -> (PathBuf, u64) {
+    use df_planner::msgs::{to_cdr, Header, Point, Pose, PoseStamped, Quaternion};
+
+    let whole = shipped_mcap();
+    let all: Vec<_> = mcap::MessageStream::new(&whole).unwrap().map(Result::unwrap).collect();
+    let mut channels: Vec<(String, String)> = Vec::new();
+    let mut messages: Vec<(usize, u64, Vec<u8>)> = Vec::new();
+    for m in &all {
+        let key = (m.channel.topic.clone(), m.channel.schema.as_ref().unwrap().name.clone());
+        let channel = channels.iter().position(|c| *c == key).unwrap_or_else(|| {
+            channels.push(key);
+            channels.len() - 1
+        });
+        messages.push((channel, m.log_time, m.data.to_vec()));
+    }
+    let start = all.iter().map(|m| m.log_time).min().unwrap();
+    channels.push(("/goal_pose".into(), "geometry_msgs/msg/PoseStamped".into()));
+    for &(at_s, [x, y], frame_id) in goals {
+        let pose = PoseStamped {
+            header: Header {
+                frame_id: frame_id.into(),
+                ..Default::default()
+            },
+            pose: Pose {
+                position: Point { x, y, z: 0.0 },
+                orientation: Quaternion {
+                    x: 0.0,
+                    y: 0.0,
+                    z: 0.0,
+                    w: 1.0,
+                },
+            },
+        };
+        messages.push((channels.len() - 1, start + (at_s * 1e9) as u64, to_cdr(&pose)));
+    }
+    messages.sort_by_key(|m| m.1);
+    let path = out(name);
+    let channels: Vec<(&str, &str)> = channels.iter().map(|(t, ty)| (t.as_str(), ty.as_str())).collect();
+    common::write_mcap_bag(&path, true, &channels, messages);
+    (path, start)
+}
+
+#[test]
+fn goal_messages_in_the_bag_move_the_goal_from_their_time_and_refused_ones_change_nothing() {
+    use df_planner::planner::GoalStatus;
+
+    let mut cfg = config();
+    cfg.planner.guidance_scale = 30.0;
+    cfg.planner.goal = Some(common::goal_reward(None));
+    cfg.topics.goal = Some("/goal_pose".into());
+    cfg.serve = Some(df_planner::serve::ServeSection {
+        goal_bounds: Some([[-2.0, -2.0], [2.0, 2.0]]),
+        ..Default::default()
+    });
+    let actions = |name| messages(&out(name), "/df_planner/action");
+    let split = |name, at: u64| -> (Vec<_>, Vec<_>) { actions(name).into_iter().partition(|(t, _)| *t < at) };
+    // No goal message (the bag has no goal topic): unguided, as without a target.
+    run(&cfg, "pointmass_mcap", "goals_none.mcap").unwrap();
+
+    let a = [1.0, -1.0];
+    let (bag, start) = shipped_with_goals("goals_a_bag.mcap", &[(1.0, a, "")]);
+    let s = run_bag(&cfg, &bag, "goals_a.mcap").unwrap();
+    assert_eq!(s.topics["/goal_pose"].used, 1);
+    let at_a = start + 1_000_000_000;
+    let (before, after) = split("goals_a.mcap", at_a);
+    let (unguided_before, unguided_after) = split("goals_none.mcap", at_a);
+    assert_eq!(before, unguided_before, "unguided until the goal's time");
+    assert_ne!(after, unguided_after, "toward the goal after it");
+
+    // Goals the node refuses (outside serve.goal_bounds, in another frame) after it: the run
+    // is the one with the first goal alone, and the diagnostics count them.
+    let (bag, _) = shipped_with_goals(
+        "goals_refused_bag.mcap",
+        &[(1.0, a, "base_link"), (2.0, [3.0, 0.0], ""), (2.5, [-1.0, 1.0], "odom")],
+    );
+    let s = run_bag(&cfg, &bag, "goals_refused.mcap").unwrap();
+    assert_eq!(actions("goals_refused.mcap"), actions("goals_a.mcap"));
+    let goals = &s.topics["/goal_pose"];
+    assert_eq!((goals.read, goals.used), (3, 1), "{goals:?}");
+    let reasons: Vec<&String> = goals.skipped.keys().collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("[3.0, 0.0]: outside the workspace")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("frame_id \"odom\": expected \"base_link\" (topics.frame_id) or empty")),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        s.diagnostics.goal,
+        Some(GoalStatus {
+            target: Some(a),
+            received: 3,
+            rejected: 2
+        })
+    );
+    // And so does the output's last /diagnostics message, as the node publishes it.
+    let (_, last) = messages(&out("goals_refused.mcap"), "/diagnostics").pop().unwrap();
+    let array = df_planner::msgs::from_cdr::<df_planner::msgs::DiagnosticArray>(&last).unwrap();
+    let value = |key: &str| {
+        let kv = array.status[0].values.iter().find(|kv| kv.key == key);
+        kv.map(|kv| kv.value.clone())
+    };
+    assert_eq!(value("goal").as_deref(), Some("1, -1"));
+    assert_eq!(value("goals_received").as_deref(), Some("3"));
+    assert_eq!(value("goals_rejected").as_deref(), Some("2"));
+
+    // A second goal re-aims the plans from its time on.
+    let (bag, _) = shipped_with_goals("goals_ab_bag.mcap", &[(1.0, a, ""), (3.0, [-1.0, 1.0], "")]);
+    run_bag(&cfg, &bag, "goals_ab.mcap").unwrap();
+    let at_b = start + 3_000_000_000;
+    let (before, after) = split("goals_ab.mcap", at_b);
+    let (a_before, a_after) = split("goals_a.mcap", at_b);
+    assert_eq!(before, a_before);
+    assert_ne!(after, a_after);
 }

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::frames::FrameStatsSnapshot;
-use crate::planner::Plan;
+use crate::planner::{GoalStatus, Plan};
 
 use super::core::{Counters, Fault, TickReport};
 use super::histogram::LatencySummary;
@@ -37,6 +37,8 @@ pub struct Diagnostics {
     pub tick_jitter: LatencySummary,
     pub plan_latency: LatencySummary,
     pub frames: FrameStatsSnapshot,
+    /// The goal planned toward and the goal messages taken; None: the node has no goal reward.
+    pub goal: Option<GoalStatus>,
 }
 
 pub(crate) struct DiagnosticInputs<'a> {
@@ -48,6 +50,7 @@ pub(crate) struct DiagnosticInputs<'a> {
     pub tick_jitter: LatencySummary,
     pub plan_latency: LatencySummary,
     pub frames: FrameStatsSnapshot,
+    pub goal: Option<GoalStatus>,
 }
 
 impl Diagnostics {
@@ -69,6 +72,7 @@ impl Diagnostics {
             tick_jitter: i.tick_jitter,
             plan_latency: i.plan_latency,
             frames: i.frames,
+            goal: i.goal,
         }
     }
 }

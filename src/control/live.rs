@@ -19,9 +19,8 @@ use parking_lot::Mutex;
 use ringbuf::traits::{Consumer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 
-use crate::diffusion::Guidance;
 use crate::frames::{CameraStats, Cameras, MAX_CAMERAS};
-use crate::planner::{Plan, PlannerTask, StepOutcome};
+use crate::planner::{GoalInbox, GoalStatus, Plan, PlannerTask, StepOutcome};
 
 use super::core::{ControlCore, Counters, TickInputs, TickReport};
 use super::diagnostics::{ActionSink, DiagnosticInputs, Diagnostics};
@@ -213,7 +212,8 @@ pub struct LiveParts {
     pub state: Arc<StateCell>,
     pub sink: Box<dyn ActionSink + Send>,
     pub clock: Arc<dyn Clock>,
-    pub guidance: Option<Box<dyn Guidance + Send>>,
+    /// Goal messages (`topics.goal`); the planner thread takes the newest at its next step.
+    pub goals: Arc<GoalInbox>,
     pub tick: Duration,
     pub step: Duration,
 }
@@ -284,6 +284,7 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
     let (copy_tx, copy_rx) = bounded::<Box<Plan>>(4);
     let plan_latency = Arc::new(Mutex::new(Histogram::default()));
     let plan_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let goal_status = Arc::new(Mutex::new(p.task.goal_status()));
     let action_dim = p.task.planner().contract().layout.action_dim;
     let frame_stats = p.frames.stats();
     let control_clock = p.clock.clone();
@@ -323,8 +324,9 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
     })?);
 
     let s = stop.clone();
-    let (mut task, mut frames, state, clock, guidance) = (p.task, p.frames, p.state, p.clock, p.guidance);
+    let (mut task, mut frames, state, clock) = (p.task, p.frames, p.state, p.clock);
     let (latency, errors) = (plan_latency.clone(), plan_errors.clone());
+    let (goals, goal_out) = (p.goals, goal_status.clone());
     // A plan may take several steps (the steps after it catch up), but no more than a replan
     // interval's worth: a backlog beyond that would only grow.
     let plan_slack = step * task.replan_every() as u32;
@@ -351,6 +353,15 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
                 }
                 task.steps_skipped();
             }
+            if let Some(message) = goals.take() {
+                match task.receive_goal(&message) {
+                    Ok(()) => {
+                        tracing::info!(goal = ?message.position, "new goal: planning toward it from the next plan")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "goal refused; planning toward the goal before it"),
+                }
+                *goal_out.lock() = task.goal_status();
+            }
             let _plan = tracing::trace_span!("plan").entered();
             let mut images: [&[u8]; MAX_CAMERAS] = [&[]; MAX_CAMERAS];
             let cameras = frames.latest(&mut images);
@@ -362,7 +373,6 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
                 sample.as_ref(),
                 &executed_now,
                 cameras.map(|n| &images[..n]),
-                guidance.as_deref().map(|g| g as &dyn Guidance),
                 &mut plan,
             ) {
                 Ok(StepOutcome::Planned) => {
@@ -393,6 +403,7 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
             plan_latency: &latency,
             plan_errors: &plan_errors,
             frames: &frame_stats,
+            goal: &goal_status,
         };
         publisher(records_rx, copy_rx, &mut *sink, &s, &sources, &*publish_clock)
     })?;
@@ -423,6 +434,7 @@ struct StatSources<'a> {
     plan_latency: &'a Mutex<Histogram>,
     plan_errors: &'a std::sync::atomic::AtomicU64,
     frames: &'a CameraStats,
+    goal: &'a Mutex<Option<GoalStatus>>,
 }
 
 fn publisher(
@@ -461,6 +473,7 @@ fn publisher(
                 tick_jitter: s.tick_jitter.summary_ms(),
                 plan_latency: sources.plan_latency.lock().summary_ms(),
                 frames: sources.frames.snapshot(),
+                goal: *sources.goal.lock(),
             });
             sink.diagnostics(clock.now_ns(), &diag);
         }

@@ -6,9 +6,8 @@ use std::time::Instant;
 
 use thiserror::Error;
 
-use crate::diffusion::Guidance;
 use crate::frames::{camera_rings, CameraRing, CameraStats, Cameras, FrameError, FrameWriter, ImageView, MAX_CAMERAS};
-use crate::planner::{Plan, PlannerTask, StepOutcome};
+use crate::planner::{GoalMessage, Plan, PlannerTask, StepOutcome};
 
 use super::core::{ControlCore, TickInputs};
 use super::diagnostics::{ActionSink, DiagnosticInputs, Diagnostics};
@@ -102,12 +101,7 @@ impl OfflineLoop {
     }
 
     /// Run every planner step and tick due strictly before `t_ns`, then hold the clock at it.
-    pub fn advance_to(
-        &mut self,
-        t_ns: i64,
-        guidance: Option<&dyn Guidance>,
-        sink: &mut dyn ActionSink,
-    ) -> Result<(), OfflineError> {
+    pub fn advance_to(&mut self, t_ns: i64, sink: &mut dyn ActionSink) -> Result<(), OfflineError> {
         self.start_at(t_ns);
         let now = self.now_ns.expect("started");
         if t_ns < now {
@@ -120,7 +114,7 @@ impl OfflineLoop {
             }
             // At equal times the planner step goes first, so a plan for now is used now.
             if self.next_step_ns <= self.next_tick_ns {
-                self.planner_step(self.next_step_ns, guidance, sink);
+                self.planner_step(self.next_step_ns, sink);
                 self.next_step_ns += self.step_ns;
             } else {
                 self.tick(self.next_tick_ns, sink);
@@ -150,17 +144,19 @@ impl OfflineLoop {
         }
     }
 
-    fn planner_step(&mut self, t_ns: i64, guidance: Option<&dyn Guidance>, sink: &mut dyn ActionSink) {
+    /// A goal message: the plans from the next step on go toward it, unless it is refused.
+    pub fn receive_goal(&mut self, message: &GoalMessage) -> Result<(), String> {
+        self.task.receive_goal(message)
+    }
+
+    fn planner_step(&mut self, t_ns: i64, sink: &mut dyn ActionSink) {
         let _span = tracing::trace_span!("plan", t_ns).entered();
         let mut images: [&[u8]; MAX_CAMERAS] = [&[]; MAX_CAMERAS];
         let cameras = self.frames.latest(&mut images);
         let mut plan = self.spare.take().unwrap_or_else(|| Box::new(self.task.new_plan()));
         let executed = self.executed_override.as_deref().unwrap_or(&self.executed);
         let images = cameras.map(|n| &images[..n]);
-        match self
-            .task
-            .step(t_ns, self.state.as_ref(), executed, images, guidance, &mut plan)
-        {
+        match self.task.step(t_ns, self.state.as_ref(), executed, images, &mut plan) {
             Ok(StepOutcome::Planned) => {
                 sink.plan(&plan);
                 self.spare = self.core.install(plan);
@@ -209,6 +205,7 @@ impl OfflineLoop {
             tick_jitter: Histogram::default().summary_ms(),
             plan_latency: self.task.latency().summary_ms(),
             frames: self.frame_stats.snapshot(),
+            goal: self.task.goal_status(),
         })
     }
 }

@@ -2,11 +2,13 @@
 //! (Monte Carlo) guidance, and the plan the control loop executes.
 
 mod df;
+mod goal;
 mod plan;
 mod reward;
 mod task;
 
 pub use df::{DfPlanner, McgForm, PlanError, PlannerSettings};
+pub use goal::{GoalInbox, GoalMessage, GoalRegion, GoalStatus, NodeGoal};
 pub use plan::Plan;
 pub use reward::{Aggregate, GoalReward, GoalRewardConfig, Squash};
 pub use task::{PlannerTask, StepOutcome};

@@ -52,8 +52,8 @@ pub struct GoalRewardConfig {
     #[serde(default = "one")]
     pub weight: f64,
     /// The goal (x, y) the robot node plans toward: `run`, `replay` and `bench --config` guide
-    /// their plans to it. `serve` ignores it: each episode's reset names its goal. None: the
-    /// node plans without guidance.
+    /// their plans to it until a goal arrives on `topics.goal`. `serve` ignores it: each
+    /// episode's reset names its goal. None: the node plans without guidance until then.
     #[serde(default)]
     pub target: Option<[f64; 2]>,
 }

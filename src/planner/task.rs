@@ -1,16 +1,15 @@
 //! The planner as a periodic task: once per model step it records a history frame (the
 //! action executed during the step, the observation now) and every `replan_every` steps it
 //! samples a new plan stamped for now. Camera models also take the cameras' newest frames
-//! with each history frame. The live planner thread and the offline (replay,
-//! bridge) loop both drive this same task.
+//! with each history frame, guided toward the node's goal when it has one. The live planner
+//! thread and the offline (replay, bridge) loop both drive this same task.
 
 use std::time::Instant;
 
-use crate::control::{Histogram, StateSample};
-use crate::diffusion::Guidance;
-
 use super::df::{DfPlanner, PlanError};
+use super::goal::{GoalMessage, GoalStatus, NodeGoal};
 use super::plan::Plan;
+use crate::control::{Histogram, StateSample};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepOutcome {
@@ -34,6 +33,7 @@ pub struct PlannerTask {
     seq: u64,
     observation: Vec<f64>,
     latency: Histogram,
+    goal: Option<NodeGoal>,
 }
 
 impl PlannerTask {
@@ -47,7 +47,28 @@ impl PlannerTask {
             seq: 0,
             observation: vec![0.0; obs_dim],
             latency: Histogram::default(),
+            goal: None,
         }
+    }
+
+    /// Plan toward `goal` (unguided while it has no target).
+    pub fn with_goal(mut self, goal: Option<NodeGoal>) -> Self {
+        self.goal = goal;
+        self
+    }
+
+    /// A goal message (`topics.goal`): plans from the next one on go toward it, unless it is
+    /// refused (the goal before stays).
+    pub fn receive_goal(&mut self, message: &GoalMessage) -> Result<(), String> {
+        match &mut self.goal {
+            Some(goal) => goal.receive(message),
+            None => Err("the node has no goal reward (planner.goal) or plans with guidance_scale 0".into()),
+        }
+    }
+
+    /// None: the node has no goal reward.
+    pub fn goal_status(&self) -> Option<GoalStatus> {
+        self.goal.as_ref().map(NodeGoal::status)
     }
 
     pub fn into_planner(self) -> DfPlanner {
@@ -84,7 +105,6 @@ impl PlannerTask {
         state: Option<&StateSample>,
         executed_action: &[f64],
         images: Option<&[&[u8]]>,
-        guidance: Option<&dyn Guidance>,
         plan: &mut Plan,
     ) -> Result<StepOutcome, PlanError> {
         let Some(state) = state else {
@@ -106,7 +126,8 @@ impl PlannerTask {
             return Ok(StepOutcome::Recorded);
         }
         let start = Instant::now();
-        self.planner.plan(guidance, plan)?;
+        self.planner
+            .plan(self.goal.as_ref().and_then(NodeGoal::guidance), plan)?;
         let latency_ns = start.elapsed().as_nanos() as u64;
         self.latency.record(latency_ns);
         self.seq += 1;
@@ -160,12 +181,12 @@ mod tests {
         let mut plan = task.new_plan();
         let state = StateSample::new(0, &[0.5, 0.5], &[0.0, 0.0]).unwrap();
         for _ in 0..3 {
-            let outcome = task.step(0, Some(&state), &[0.0, 0.0], None, None, &mut plan).unwrap();
+            let outcome = task.step(0, Some(&state), &[0.0, 0.0], None, &mut plan).unwrap();
             assert_eq!(outcome, StepOutcome::NoImages);
         }
         // The first step with images starts the memory: it plans, with no imageless token.
         let image: &[u8] = &[128; 6];
-        let outcome = task.step(0, Some(&state), &[0.0, 0.0], Some(&[image]), None, &mut plan);
+        let outcome = task.step(0, Some(&state), &[0.0, 0.0], Some(&[image]), &mut plan);
         assert_eq!(outcome.unwrap(), StepOutcome::Planned);
     }
 
@@ -178,7 +199,7 @@ mod tests {
         // Model calls made by one step (0 when it only records).
         let mut step = |task: &mut PlannerTask, state: &StateSample| {
             let before = seen.lock().calls;
-            let outcome = task.step(0, Some(state), &[0.0, 0.0], None, None, &mut plan);
+            let outcome = task.step(0, Some(state), &[0.0, 0.0], None, &mut plan);
             outcome.map(|_| seen.lock().calls - before)
         };
         let cold = step(&mut task, &state).unwrap();

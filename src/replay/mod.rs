@@ -25,12 +25,11 @@ pub use writer::McapSink;
 
 use crate::config::NodeConfig;
 use crate::control::{ActionSink, Diagnostics, JointSelection, LatencySummary, OfflineLoop, TickReport};
-use crate::diffusion::Guidance;
 use crate::frames::ImageView;
 use crate::model::{Field, MAX_STANDARD_DEVIATIONS};
 use crate::msgs;
-use crate::node::{camera_rings, goal_guidance, joint_selection, offline_loop, planner, NodeError};
-use crate::planner::{GoalReward, Plan};
+use crate::node::{camera_rings, joint_selection, offline_loop, planner, NodeError};
+use crate::planner::Plan;
 
 #[derive(Debug, Error)]
 pub enum ReplayError {
@@ -103,9 +102,11 @@ enum Input {
     /// The camera of this index among the node's camera rings.
     Image(usize),
     RecordedAction,
+    Goal,
 }
 const JOINT_STATE: &str = "sensor_msgs/msg/JointState";
 const ARRAY: &str = "std_msgs/msg/Float64MultiArray";
+const POSE: &str = "geometry_msgs/msg/PoseStamped";
 
 /// How a bag is replayed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -172,13 +173,18 @@ pub fn replay(
     if let Some(rec) = &t.recorded_action {
         wanted.push((Input::RecordedAction, "topics.recorded_action".into(), rec, ARRAY));
     }
+    if let Some(goal) = &t.goal {
+        wanted.push((Input::Goal, "topics.goal".into(), goal, POSE));
+    }
     // First the topics the bag declares, so a config that does not fit it fails before
     // anything is replayed.
     let declared = declared_topics(bag_path)?;
     // An optional camera (a model without camera inputs, camera.required false) may be absent.
     let camera_optional = !camera_model && !cfg.camera.required;
+    // Goals are sent now and then: a bag may have none (the goal stays planner.goal.target).
     wanted.retain(|w| {
-        !(matches!(w.0, Input::Image(_)) && camera_optional) || declared.topics.iter().any(|(name, _)| name == w.2)
+        let optional = matches!(w.0, Input::Goal) || (matches!(w.0, Input::Image(_)) && camera_optional);
+        !optional || declared.topics.iter().any(|(name, _)| name == w.2)
     });
     let available = declared
         .topics
@@ -208,7 +214,6 @@ pub fn replay(
     }
     let inputs: Vec<(Input, String)> = wanted.iter().map(|w| (w.0, w.2.to_owned())).collect();
     let joints = joint_selection(cfg, lp.contract())?;
-    let guidance = goal_guidance(cfg, lp.contract())?;
     check_output_outside(bag_path, out)?;
     // Written beside the output and renamed over it once the replay has succeeded: a failed
     // replay leaves a previous output as it was, and an output that is a link into the bag
@@ -228,7 +233,6 @@ pub fn replay(
             comparison: ActionComparison::default(),
         },
         lp,
-        guidance,
         action_dim: cfg.action_dim(),
         inputs,
         topics: BTreeMap::new(),
@@ -359,8 +363,6 @@ impl ActionSink for Published {
 /// The loop and what replay counts, fed one input message at a time in log-time order.
 struct Feed {
     lp: OfflineLoop,
-    /// The node's guidance toward `planner.goal.target`, as on the robot.
-    guidance: Option<GoalReward>,
     sink: Published,
     joints: JointSelection,
     action_dim: usize,
@@ -401,14 +403,14 @@ impl Feed {
                 std::thread::sleep(std::time::Duration::from_secs_f64(due - now));
             }
         }
-        let guidance = self.guidance.as_ref().map(|g| g as &dyn Guidance);
         self.lp
-            .advance_to(m.log_time_ns, guidance, &mut self.sink)
+            .advance_to(m.log_time_ns, &mut self.sink)
             .expect("messages come in log-time order");
         let outcome = match input {
             Input::Image(_) => self.image(&m),
             Input::State => self.state(&m),
             Input::RecordedAction => self.recorded_action(&m),
+            Input::Goal => self.goal(&m),
         };
         let count = self.count(&m.topic);
         match outcome {
@@ -454,6 +456,14 @@ impl Feed {
             .map_err(|e| e.to_string())?;
         self.last_state_stamp = stamp;
         self.lp.ingest_state(sample);
+        Ok(())
+    }
+
+    fn goal(&mut self, m: &BagMessage) -> Result<(), String> {
+        let pose = msgs::from_cdr::<msgs::PoseStamped>(&m.data).map_err(|e| format!("undecodable: {e}"))?;
+        let goal = pose.goal();
+        self.lp.receive_goal(&goal)?;
+        tracing::info!(goal = ?goal.position, t_ns = m.log_time_ns, "new goal: planning toward it from the next plan");
         Ok(())
     }
 

@@ -2,6 +2,8 @@
 //!
 //! - `sensor_msgs/Image` on `topics.image` → the frame ring (decoded in the spin thread);
 //! - `sensor_msgs/JointState` on `topics.state` → the state cell (positions, then velocities);
+//! - `geometry_msgs/PoseStamped` on `topics.goal` (e.g. RViz's 2D Goal Pose) → the planner's
+//!   goal, checked where the planner thread takes it;
 //! - the publisher thread sends each tick's action as `topics.action_type` on `topics.action`,
 //!   plans' first tokens on `topics.plan`, and `diagnostic_msgs/DiagnosticArray` once a second;
 //! - ROS parameters: `config` (path of the node YAML) and `use_sim_time` (stamps and
@@ -23,11 +25,10 @@ use r2r::{builtin_interfaces, diagnostic_msgs, geometry_msgs, sensor_msgs, std_m
 use crate::config::{ActionType, NodeConfig};
 use crate::control::live::{self, Clock, LiveParts, SystemClock};
 use crate::control::{ActionSink, Diagnostics, StateCell, TickReport};
-use crate::diffusion::Guidance;
 use crate::frames::ImageView;
 use crate::msgs::{self, diagnostic_array, ActionFormat, ActionMessage};
-use crate::node::{camera_rings, goal_guidance, joint_selection, node_parts};
-use crate::planner::Plan;
+use crate::node::{camera_rings, joint_selection, node_parts};
+use crate::planner::{GoalInbox, GoalMessage, Plan};
 
 /// ROS time as the loop sees it under `use_sim_time`: the spin thread stores `/clock` time
 /// here, so the control tick reads an atomic instead of locking r2r's clock.
@@ -254,7 +255,6 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
     let state_in = state.clone();
     let joints = node.subscribe::<sensor_msgs::msg::JointState>(&t.state, QosProfile::sensor_data())?;
     let selection = joint_selection(&cfg, task.planner().contract())?;
-    let guidance = goal_guidance(&cfg, task.planner().contract())?.map(|g| Box::new(g) as Box<dyn Guidance + Send>);
     let state_topic = t.state.clone();
     let mut rejected = 0u64;
     spawner.spawn_local(joints.for_each(move |js| {
@@ -272,6 +272,20 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
         future::ready(())
     }))?;
 
+    let goals = Arc::new(GoalInbox::default());
+    if let Some(topic) = &t.goal {
+        let goals_in = goals.clone();
+        let poses = node.subscribe::<geometry_msgs::msg::PoseStamped>(topic, QosProfile::default())?;
+        spawner.spawn_local(poses.for_each(move |pose| {
+            // Checked (frame, bounds, keep-out) where the planner thread takes it.
+            goals_in.post(GoalMessage {
+                position: [pose.pose.position.x, pose.pose.position.y],
+                frame_id: pose.header.frame_id,
+            });
+            future::ready(())
+        }))?;
+    }
+
     let parts = LiveParts {
         task,
         core,
@@ -279,7 +293,7 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
         state,
         sink: Box::new(sink),
         clock,
-        guidance,
+        goals,
         tick: cfg.control.tick(),
         step: cfg.control.step(),
     };

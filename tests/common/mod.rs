@@ -1,9 +1,11 @@
-//! Shared test support: the repository root, a CPU-only model loader and an MCAP bag writer.
+//! Shared test support: the repository root, a CPU-only model loader, a goal reward and an MCAP
+//! bag writer.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
 use df_planner::model::{OnnxDenoiser, Provider, RuntimeConfig};
+use df_planner::planner::{Aggregate, GoalRewardConfig, Squash};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -13,6 +15,19 @@ pub fn cpu() -> RuntimeConfig {
     RuntimeConfig {
         providers: vec![Provider::Cpu],
         ..RuntimeConfig::default()
+    }
+}
+
+/// The point mass's goal reward (unsquashed distance over every planned step) toward `target`.
+pub fn goal_reward(target: Option<[f64; 2]>) -> GoalRewardConfig {
+    GoalRewardConfig {
+        position_dims: [0, 1],
+        squash: Squash::Linear,
+        sigma: 2.0,
+        aggregate: Aggregate::Mean,
+        discount: 1.0,
+        weight: 1.0,
+        target,
     }
 }
 

@@ -1,0 +1,199 @@
+//! The goal a node plans toward: the goal reward, where a goal may lie, and the goal now —
+//! the config's `planner.goal.target` at start, then each goal message (`topics.goal`). A goal
+//! that fails a check is refused whole and the node keeps planning toward the one before.
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::diffusion::Guidance;
+
+use super::reward::GoalReward;
+
+/// Where goals may lie: inside `bounds`, outside every `keepout` box (walls, fixtures).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GoalRegion {
+    pub bounds: Option<[[f64; 2]; 2]>,
+    pub keepout: Vec<[[f64; 2]; 2]>,
+}
+
+impl GoalRegion {
+    /// Refuse a goal that is not finite, lies outside `bounds` or inside a `keepout` box; the
+    /// message starts with the goal.
+    pub fn check(&self, g: [f64; 2]) -> Result<(), String> {
+        if !g.iter().all(|v| v.is_finite()) {
+            return Err(format!("{g:?}: expected two finite numbers"));
+        }
+        if let Some([lo, hi]) = self.bounds {
+            if (0..2).any(|i| g[i] < lo[i] || g[i] > hi[i]) {
+                return Err(format!(
+                    "{g:?}: outside the workspace, expected within {lo:?}..{hi:?} (serve.goal_bounds)"
+                ));
+            }
+        }
+        if let Some([lo, hi]) = self
+            .keepout
+            .iter()
+            .find(|[lo, hi]| (0..2).all(|i| lo[i] < g[i] && g[i] < hi[i]))
+        {
+            return Err(format!(
+                "{g:?}: inside a keep-out box {lo:?}..{hi:?} (serve.goal_keepout), where the robot cannot be"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the diagnostics say of the goal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct GoalStatus {
+    /// The goal planned toward; None: the node plans unguided.
+    pub target: Option<[f64; 2]>,
+    /// Goal messages taken, and how many of them were refused.
+    pub received: u64,
+    pub rejected: u64,
+}
+
+/// The goal reward and the goal it points at.
+pub struct NodeGoal {
+    reward: GoalReward,
+    region: GoalRegion,
+    /// The frame goal messages must be stamped in (an empty frame_id is taken as this one).
+    frame_id: String,
+    status: GoalStatus,
+}
+
+impl NodeGoal {
+    /// No goal yet: the node plans unguided until `set` or `receive` gives one.
+    pub fn new(reward: GoalReward, region: GoalRegion, frame_id: String) -> Self {
+        Self {
+            reward,
+            region,
+            frame_id,
+            status: GoalStatus::default(),
+        }
+    }
+
+    /// Plan toward `target`, if the region allows it; otherwise the goal stays as it was.
+    pub fn set(&mut self, target: [f64; 2]) -> Result<(), String> {
+        self.region.check(target)?;
+        self.reward.set_goal(target);
+        self.status.target = Some(target);
+        Ok(())
+    }
+
+    /// A goal message: `set`, after checking the frame it is stamped in; counted either way.
+    pub fn receive(&mut self, message: &GoalMessage) -> Result<(), String> {
+        self.status.received += 1;
+        let result = if message.frame_id.is_empty() || message.frame_id == self.frame_id {
+            self.set(message.position)
+        } else {
+            Err(format!(
+                "frame_id {:?}: expected {:?} (topics.frame_id) or empty; goals are not transformed",
+                message.frame_id, self.frame_id
+            ))
+        };
+        if result.is_err() {
+            self.status.rejected += 1;
+        }
+        result
+    }
+
+    /// The guidance toward the goal; None before the first goal.
+    pub fn guidance(&self) -> Option<&dyn Guidance> {
+        self.status.target.map(|_| &self.reward as &dyn Guidance)
+    }
+
+    pub fn status(&self) -> GoalStatus {
+        self.status
+    }
+}
+
+/// A goal as a message carries it: a position in the planner's position dims, and the frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoalMessage {
+    pub position: [f64; 2],
+    pub frame_id: String,
+}
+
+/// Goal messages from the subscriber's thread to the planner's: the newest wins, and the
+/// planner takes it without waiting on the subscriber.
+#[derive(Default)]
+pub struct GoalInbox(Mutex<Option<GoalMessage>>);
+
+impl GoalInbox {
+    pub fn post(&self, message: GoalMessage) {
+        *self.0.lock() = Some(message);
+    }
+
+    /// The goal posted since the last take, unless the subscriber holds the lock right now
+    /// (it is then taken at the next step).
+    pub fn take(&self) -> Option<GoalMessage> {
+        self.0.try_lock()?.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::{Aggregate, GoalRewardConfig, Squash};
+
+    fn goal() -> NodeGoal {
+        let contract = crate::model::ModelContract::from_json(&crate::model::example_json().to_string()).unwrap();
+        let cfg = GoalRewardConfig {
+            position_dims: [0, 1],
+            squash: Squash::Linear,
+            sigma: 1.0,
+            aggregate: Aggregate::Mean,
+            discount: 1.0,
+            weight: 1.0,
+            target: None,
+        };
+        let reward = GoalReward::new(cfg, &contract, [0.0, 0.0]).unwrap();
+        let region = GoalRegion {
+            bounds: Some([[0.0, 0.0], [4.0, 4.0]]),
+            keepout: vec![[[1.0, 1.0], [2.0, 2.0]]],
+        };
+        NodeGoal::new(reward, region, "map".into())
+    }
+
+    fn message(x: f64, y: f64, frame_id: &str) -> GoalMessage {
+        GoalMessage {
+            position: [x, y],
+            frame_id: frame_id.into(),
+        }
+    }
+
+    #[test]
+    fn a_refused_goal_message_keeps_the_goal_before_it_and_is_counted() {
+        let mut g = goal();
+        assert!(g.guidance().is_none(), "no goal: unguided");
+        g.receive(&message(3.0, 3.0, "map")).unwrap();
+        g.receive(&message(0.5, 3.5, "")).unwrap();
+        for (m, says) in [
+            (message(5.0, 1.0, "map"), "outside the workspace"),
+            (message(1.5, 1.5, "map"), "inside a keep-out box"),
+            (message(f64::NAN, 1.0, "map"), "expected two finite numbers"),
+            (
+                message(3.0, 3.0, "odom"),
+                "frame_id \"odom\": expected \"map\" (topics.frame_id) or empty",
+            ),
+        ] {
+            let e = g.receive(&m).unwrap_err();
+            assert!(e.contains(says), "{e}");
+        }
+        assert!(g.guidance().is_some());
+        let status = g.status();
+        assert_eq!(status.target, Some([0.5, 3.5]));
+        assert_eq!((status.received, status.rejected), (6, 4));
+    }
+
+    #[test]
+    fn the_inbox_hands_over_the_newest_goal_once() {
+        let inbox = GoalInbox::default();
+        assert_eq!(inbox.take(), None);
+        inbox.post(message(1.0, 2.0, ""));
+        inbox.post(message(3.0, 4.0, ""));
+        assert_eq!(inbox.take(), Some(message(3.0, 4.0, "")));
+        assert_eq!(inbox.take(), None);
+    }
+}
