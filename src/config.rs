@@ -52,7 +52,8 @@ pub struct NodeConfig {
     pub camera: CameraSection,
     #[serde(default)]
     pub topics: TopicsSection,
-    /// `df_planner serve` only: how plans are executed between replans.
+    /// `df_planner serve`: how plans are executed between replans; and, for every command, where
+    /// goals may lie (`goal_bounds`, `goal_keepout`).
     #[serde(default)]
     pub serve: Option<crate::serve::ServeSection>,
 }
@@ -241,21 +242,29 @@ pub struct TopicsSection {
     pub action_type: ActionType,
     /// Joint names for JointTrajectory output (one per action dimension).
     pub joint_names: Vec<String>,
-    /// The planner's frame: the frame id of PoseStamped output, and the frame goals on
-    /// `goal` must be stamped in (or left empty); goals are not transformed.
+    /// Frame id for PoseStamped output.
     pub frame_id: String,
-    /// Goals (geometry_msgs/PoseStamped, e.g. RViz's 2D Goal Pose on /goal_pose): its x and y
-    /// replace the goal of `planner.goal` (whose `target` is the goal until one arrives); a goal
-    /// outside `serve.goal_bounds`, inside a `serve.goal_keepout` box or in another frame is
-    /// refused, logged and counted, and the goal before it stays. null: the goal stays
-    /// `planner.goal.target`.
-    pub goal: Option<String>,
+    /// Goals from a topic; null: the goal stays `planner.goal.target`.
+    pub goal: Option<GoalTopic>,
     /// diagnostic_msgs/DiagnosticArray output.
     pub diagnostics: String,
     /// Plans' first tokens (std_msgs/Float64MultiArray), for inspection.
     pub plan: String,
     /// Replay only: recorded actions (std_msgs/Float64MultiArray) to compare with.
     pub recorded_action: Option<String>,
+}
+
+/// geometry_msgs/PoseStamped goals (e.g. RViz's 2D Goal Pose on /goal_pose): a goal's x and y
+/// replace the goal of `planner.goal` (whose `target` is the goal until one arrives). A goal
+/// stamped in another frame than `frame_id` (goals are not transformed), outside
+/// `serve.goal_bounds` or inside a `serve.goal_keepout` box is refused, logged and counted in
+/// the diagnostics, and the goal before it stays. An empty frame id is taken as `frame_id`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoalTopic {
+    pub topic: String,
+    /// The frame of planner.goal's position dims (a fixed frame such as map, not the robot's).
+    pub frame_id: String,
 }
 
 impl Default for TopicsSection {
@@ -462,11 +471,11 @@ impl NodeConfig {
                 format!("{}", self.topics.joint_names.len()),
             ));
         }
-        if let (Some(topic), None) = (&self.topics.goal, &self.planner.goal) {
+        if let (Some(goal), None) = (&self.topics.goal, &self.planner.goal) {
             return Err(bad(
                 "topics.goal",
-                "null, or a planner.goal reward for the goals it sends to guide".into(),
-                format!("{topic:?} with no planner.goal"),
+                "null, or a planner.goal section (the goal reward whose goal it sets)".into(),
+                format!("topic {:?} with no planner.goal", goal.topic),
             ));
         }
         Ok(())

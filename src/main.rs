@@ -610,8 +610,9 @@ fn replay(a: ReplayArgs) -> Result<()> {
     match d.goal {
         Some(g) => writeln!(
             out,
-            "goal         {} at the end; {} goal messages, {} refused",
+            "goal         {} at the end{}; {} goal messages, {} refused",
             g.target.map_or_else(|| "none (unguided)".into(), |t| format!("{t:?}")),
+            if g.guided { "" } else { " (unguided: guidance_scale 0)" },
             g.received,
             g.rejected
         )?,

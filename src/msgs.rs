@@ -462,8 +462,10 @@ pub fn diagnostic_array(header: Header, d: &Diagnostics) -> DiagnosticArray {
     if let Some(g) = d.goal {
         let target = g.target.map_or_else(|| "none".into(), |[x, y]| format!("{x}, {y}"));
         values.push(kv("goal", target));
+        values.push(kv("goal_guided", g.guided.to_string()));
         values.push(kv("goals_received", g.received.to_string()));
         values.push(kv("goals_rejected", g.rejected.to_string()));
+        values.push(kv("goals_dropped", g.dropped.to_string()));
     }
     let faulty = d.faults.iter().any(|(_, c)| *c > 0) || d.plan_errors > 0;
     let status = DiagnosticStatus {

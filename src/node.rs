@@ -171,8 +171,9 @@ fn planner_task(cfg: &NodeConfig, planner: DfPlanner) -> Result<PlannerTask, Nod
 }
 
 /// The node's goal: the goal reward (`planner.goal`), its first goal `planner.goal.target`,
-/// then the goal messages on `topics.goal`; None when nothing would guide (no goal reward, or
-/// a guidance scale of 0, as the sampler reads it), said in the log. The reward is checked as
+/// then the goal messages on `topics.goal`; None without a goal reward. At a guidance scale of
+/// 0 (as the sampler reads it) goals are checked and reported but do not guide; the log says
+/// which. The reward is checked as
 /// `serve` checks it, and every goal as `serve` checks a reset's goal (finite, within
 /// `serve.goal_bounds`, outside `serve.goal_keepout`, where the config has them).
 pub fn node_goal(cfg: &NodeConfig, contract: &ModelContract) -> Result<Option<NodeGoal>, NodeError> {
@@ -185,29 +186,27 @@ pub fn node_goal(cfg: &NodeConfig, contract: &ModelContract) -> Result<Option<No
     };
     let reward = GoalReward::new(goal_cfg.clone(), contract, [0.0, 0.0]).map_err(NodeError::Goal)?;
     let region = cfg.serve.as_ref().map(ServeSection::goal_region).unwrap_or_default();
-    let mut goal = NodeGoal::new(reward, region, cfg.topics.frame_id.clone());
+    let frame_id = cfg.topics.goal.as_ref().map(|g| g.frame_id.clone()).unwrap_or_default();
+    let mut goal = NodeGoal::new(reward, region, frame_id, scale != 0.0);
     if let Some(target) = goal_cfg.target {
         goal.set(target)
             .map_err(|e| NodeError::Goal(format!("goal.target {e}")))?;
     }
-    let (target, topic) = (goal_cfg.target, cfg.topics.goal.as_deref());
-    if scale == 0.0 {
-        tracing::info!(
+    let (target, topic) = (goal_cfg.target, cfg.topics.goal.as_ref().map(|g| g.topic.as_str()));
+    match (scale != 0.0, target, topic) {
+        (false, ..) => tracing::info!(
             ?target,
             topic,
             "planner.guidance_scale is 0: the node plans without guidance"
-        );
-        return Ok(None);
-    }
-    match (target, topic) {
-        (Some(target), _) => tracing::info!(?target, scale, topic, "planning toward the goal"),
-        (None, Some(topic)) => {
+        ),
+        (true, Some(target), _) => tracing::info!(?target, scale, topic, "planning toward the goal"),
+        (true, None, Some(topic)) => {
             tracing::info!(
                 topic,
                 "planner.goal has no target: the node plans without guidance until a goal arrives"
             )
         }
-        (None, None) => {
+        (true, None, None) => {
             tracing::warn!("planner.goal has no target and topics.goal is unset: the node plans without guidance")
         }
     }

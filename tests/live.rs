@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use df_planner::config::NodeConfig;
-use df_planner::control::live::{self, Clock, LiveNode, LiveParts, SystemClock};
+use df_planner::control::live::{self, Clock, GoalInbox, LiveNode, LiveParts, SystemClock};
 use df_planner::control::{ActionSink, Diagnostics, Fault, Source, StateCell, StateSample, TickReport};
 use df_planner::frames::{camera_rings, CameraRing, Cameras};
 use df_planner::node::node_parts;
-use df_planner::planner::{GoalInbox, Plan};
+use df_planner::planner::Plan;
 
 #[derive(Default)]
 struct Seen {
@@ -140,39 +140,58 @@ fn a_thread_that_panics_is_reported_so_the_node_can_stop() {
 }
 
 #[test]
-fn a_goal_message_reaches_the_planner_thread_and_the_diagnostics() {
+fn goal_messages_reach_the_planner_thread_in_order_and_the_diagnostics_count_them() {
     use df_planner::planner::{GoalMessage, GoalStatus};
 
     let mut cfg = pointmass_config();
     cfg.planner.guidance_scale = 30.0;
     cfg.planner.goal = Some(common::goal_reward(None));
-    cfg.topics.goal = Some("/goal_pose".into());
+    cfg.topics.goal = Some(df_planner::config::GoalTopic {
+        topic: "/goal_pose".into(),
+        frame_id: "map".into(),
+    });
+    cfg.serve = Some(df_planner::serve::ServeSection {
+        goal_bounds: Some([[-2.0, -2.0], [2.0, 2.0]]),
+        ..Default::default()
+    });
     let (_frames_in, frames) = camera_rings(&[]);
     let state = Arc::new(StateCell::default());
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let clock = SystemClock;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let goals = Arc::new(GoalInbox::default());
-    goals.post(GoalMessage {
-        position: [0.5, -0.5],
-        frame_id: "base_link".into(),
-    });
     let sink = Box::new(Recorder(seen.clone()));
     let node = spawn(&cfg, frames, state.clone(), sink, goals.clone());
-    for _ in 0..70 {
+    let goal = |x, y| GoalMessage {
+        position: [x, y],
+        frame_id: "map".into(),
+    };
+    let counted = |seen: &Seen| seen.diagnostics.as_ref().and_then(|d| d.goal).map(|g| g.received);
+    // Mid-run, a goal and right after it one outside the bounds: the planner takes both, in
+    // order, so the first is the goal and the second is refused. Wait (up to 20 s on a busy
+    // machine) for the diagnostics, once a second, to count them.
+    for i in 0..1000 {
         state.publish(StateSample::new(clock.now_ns(), &[0.2, -0.1], &[0.0, 0.0]).unwrap());
+        if i == 10 {
+            goals.post(goal(0.5, -0.5));
+            goals.post(goal(3.0, 0.0));
+        }
+        if counted(&seen.lock().unwrap()) == Some(2) {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     node.stop();
     let seen = seen.lock().unwrap();
-    assert!(seen.plans >= 5, "{} plans", seen.plans);
-    assert_eq!(goals.take(), None, "the planner thread took the goal");
+    assert!(seen.plans >= 2, "{} plans", seen.plans);
     let diagnostics = seen.diagnostics.as_ref().expect("diagnostics once a second");
     assert_eq!(
         diagnostics.goal,
         Some(GoalStatus {
             target: Some([0.5, -0.5]),
-            received: 1,
-            rejected: 0
+            guided: true,
+            received: 2,
+            rejected: 1,
+            dropped: 0
         })
     );
 }

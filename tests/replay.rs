@@ -257,8 +257,12 @@ fn malformed_configs_are_named() {
             "`camera.width`: expected >= 1 pixel, got 0",
         ),
         (
+            text.replace("  plan: /df_planner/plan", "  plan: /df_planner/plan\n  goal: {topic: /goal_pose, frame_id: map}"),
+            "`topics.goal`: expected null, or a planner.goal section (the goal reward whose goal it sets), got topic \"/goal_pose\" with no planner.goal",
+        ),
+        (
             text.replace("  plan: /df_planner/plan", "  plan: /df_planner/plan\n  goal: /goal_pose"),
-            "`topics.goal`: expected null, or a planner.goal reward for the goals it sends to guide, got \"/goal_pose\" with no planner.goal",
+            "field `topics.goal`: invalid type: string \"/goal_pose\", expected struct GoalTopic",
         ),
         ("model: [".to_string(), "config x.yaml:"),
     ];
@@ -798,7 +802,10 @@ fn goal_messages_in_the_bag_move_the_goal_from_their_time_and_refused_ones_chang
     let mut cfg = config();
     cfg.planner.guidance_scale = 30.0;
     cfg.planner.goal = Some(common::goal_reward(None));
-    cfg.topics.goal = Some("/goal_pose".into());
+    cfg.topics.goal = Some(df_planner::config::GoalTopic {
+        topic: "/goal_pose".into(),
+        frame_id: "base_link".into(),
+    });
     cfg.serve = Some(df_planner::serve::ServeSection {
         goal_bounds: Some([[-2.0, -2.0], [2.0, 2.0]]),
         ..Default::default()
@@ -838,15 +845,17 @@ fn goal_messages_in_the_bag_move_the_goal_from_their_time_and_refused_ones_chang
     assert!(
         reasons
             .iter()
-            .any(|r| r.starts_with("frame_id \"odom\": expected \"base_link\" (topics.frame_id) or empty")),
+            .any(|r| r.starts_with("frame_id \"odom\": expected \"base_link\" (topics.goal.frame_id) or empty")),
         "{reasons:?}"
     );
     assert_eq!(
         s.diagnostics.goal,
         Some(GoalStatus {
             target: Some(a),
+            guided: true,
             received: 3,
-            rejected: 2
+            rejected: 2,
+            dropped: 0
         })
     );
     // And so does the output's last /diagnostics message, as the node publishes it.

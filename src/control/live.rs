@@ -9,7 +9,7 @@
 //! Plans cycle planner → control → planner through bounded crossbeam channels; tick records
 //! go control → publisher through a preallocated SPSC ring.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use ringbuf::traits::{Consumer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 
 use crate::frames::{CameraStats, Cameras, MAX_CAMERAS};
-use crate::planner::{GoalInbox, GoalStatus, Plan, PlannerTask, StepOutcome};
+use crate::planner::{GoalMessage, GoalStatus, Plan, PlannerTask, StepOutcome};
 
 use super::core::{ControlCore, Counters, TickInputs, TickReport};
 use super::diagnostics::{ActionSink, DiagnosticInputs, Diagnostics};
@@ -218,6 +218,46 @@ pub struct LiveParts {
     pub step: Duration,
 }
 
+/// Goal messages queued between the subscriber and the planner thread.
+const GOAL_QUEUE: usize = 16;
+
+/// Goal messages from the subscriber's thread to the planner's, in order: a bounded queue the
+/// planner drains at each step; a message that finds it full is dropped and counted.
+pub struct GoalInbox {
+    tx: Sender<GoalMessage>,
+    rx: Receiver<GoalMessage>,
+    dropped: AtomicU64,
+}
+
+impl Default for GoalInbox {
+    fn default() -> Self {
+        let (tx, rx) = bounded(GOAL_QUEUE);
+        Self {
+            tx,
+            rx,
+            dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+impl GoalInbox {
+    pub fn post(&self, message: GoalMessage) {
+        if self.tx.try_send(message).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The oldest message not taken yet.
+    pub fn take(&self) -> Option<GoalMessage> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Messages dropped so far (the queue was full).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
 /// Sleep until `deadline`; returns how late the wake-up was.
 fn sleep_until(deadline: Instant) -> Duration {
     let now = Instant::now();
@@ -335,6 +375,7 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
         let mut executed_now = vec![0.0; action_dim];
         let mut last_error: Option<String> = None;
         let (mut skipped_unsaid, mut last_skip_said) = (0u64, None);
+        let mut goals_dropped = 0;
         while !s.load(Ordering::Acquire) {
             sleep_until(deadline);
             deadline += step;
@@ -353,13 +394,14 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
                 }
                 task.steps_skipped();
             }
-            if let Some(message) = goals.take() {
-                match task.receive_goal(&message) {
-                    Ok(()) => {
-                        tracing::info!(goal = ?message.position, "new goal: planning toward it from the next plan")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "goal refused; planning toward the goal before it"),
-                }
+            let mut goals_taken = false;
+            while let Some(message) = goals.take() {
+                let _ = task.receive_goal(&message); // logged there, counted in its status
+                goals_taken = true;
+            }
+            if goals_taken || goals.dropped() > goals_dropped {
+                goals_dropped = goals.dropped();
+                task.goals_dropped(goals_dropped);
                 *goal_out.lock() = task.goal_status();
             }
             let _plan = tracing::trace_span!("plan").entered();
@@ -483,5 +525,29 @@ fn publisher(
         if idle {
             std::thread::sleep(Duration::from_micros(500));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(x: f64) -> GoalMessage {
+        GoalMessage {
+            position: [x, 0.0],
+            frame_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_goal_inbox_hands_over_goals_in_order_and_counts_what_did_not_fit() {
+        let inbox = GoalInbox::default();
+        assert_eq!(inbox.take(), None);
+        for i in 0..GOAL_QUEUE + 2 {
+            inbox.post(message(i as f64));
+        }
+        let taken: Vec<f64> = std::iter::from_fn(|| inbox.take()).map(|m| m.position[0]).collect();
+        assert_eq!(taken, (0..GOAL_QUEUE).map(|i| i as f64).collect::<Vec<_>>());
+        assert_eq!(inbox.dropped(), 2);
     }
 }

@@ -2,7 +2,6 @@
 //! the config's `planner.goal.target` at start, then each goal message (`topics.goal`). A goal
 //! that fails a check is refused whole and the node keeps planning toward the one before.
 
-use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::diffusion::Guidance;
@@ -46,11 +45,15 @@ impl GoalRegion {
 /// What the diagnostics say of the goal.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct GoalStatus {
-    /// The goal planned toward; None: the node plans unguided.
+    /// The goal; None: none yet, and the node plans unguided.
     pub target: Option<[f64; 2]>,
+    /// Whether plans are guided toward it (false at guidance_scale 0).
+    pub guided: bool,
     /// Goal messages taken, and how many of them were refused.
     pub received: u64,
     pub rejected: u64,
+    /// Goal messages that arrived faster than the planner took them and were dropped.
+    pub dropped: u64,
 }
 
 /// The goal reward and the goal it points at.
@@ -63,13 +66,17 @@ pub struct NodeGoal {
 }
 
 impl NodeGoal {
-    /// No goal yet: the node plans unguided until `set` or `receive` gives one.
-    pub fn new(reward: GoalReward, region: GoalRegion, frame_id: String) -> Self {
+    /// No goal yet: the node plans unguided until `set` or `receive` gives one; with `guided`
+    /// false (guidance scale 0) goals are still checked and reported, but do not guide.
+    pub fn new(reward: GoalReward, region: GoalRegion, frame_id: String, guided: bool) -> Self {
         Self {
             reward,
             region,
             frame_id,
-            status: GoalStatus::default(),
+            status: GoalStatus {
+                guided,
+                ..GoalStatus::default()
+            },
         }
     }
 
@@ -88,7 +95,7 @@ impl NodeGoal {
             self.set(message.position)
         } else {
             Err(format!(
-                "frame_id {:?}: expected {:?} (topics.frame_id) or empty; goals are not transformed",
+                "frame_id {:?}: expected {:?} (topics.goal.frame_id) or empty; goals are not transformed",
                 message.frame_id, self.frame_id
             ))
         };
@@ -98,9 +105,15 @@ impl NodeGoal {
         result
     }
 
-    /// The guidance toward the goal; None before the first goal.
+    /// The guidance toward the goal; None before the first goal and when not guided.
     pub fn guidance(&self) -> Option<&dyn Guidance> {
-        self.status.target.map(|_| &self.reward as &dyn Guidance)
+        let guides = self.status.guided && self.status.target.is_some();
+        guides.then_some(&self.reward as &dyn Guidance)
+    }
+
+    /// Goal messages dropped before they reached `receive`, in all.
+    pub fn set_dropped(&mut self, dropped: u64) {
+        self.status.dropped = dropped;
     }
 
     pub fn status(&self) -> GoalStatus {
@@ -115,29 +128,12 @@ pub struct GoalMessage {
     pub frame_id: String,
 }
 
-/// Goal messages from the subscriber's thread to the planner's: the newest wins, and the
-/// planner takes it without waiting on the subscriber.
-#[derive(Default)]
-pub struct GoalInbox(Mutex<Option<GoalMessage>>);
-
-impl GoalInbox {
-    pub fn post(&self, message: GoalMessage) {
-        *self.0.lock() = Some(message);
-    }
-
-    /// The goal posted since the last take, unless the subscriber holds the lock right now
-    /// (it is then taken at the next step).
-    pub fn take(&self) -> Option<GoalMessage> {
-        self.0.try_lock()?.take()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::planner::{Aggregate, GoalRewardConfig, Squash};
 
-    fn goal() -> NodeGoal {
+    fn goal(guided: bool) -> NodeGoal {
         let contract = crate::model::ModelContract::from_json(&crate::model::example_json().to_string()).unwrap();
         let cfg = GoalRewardConfig {
             position_dims: [0, 1],
@@ -153,7 +149,7 @@ mod tests {
             bounds: Some([[0.0, 0.0], [4.0, 4.0]]),
             keepout: vec![[[1.0, 1.0], [2.0, 2.0]]],
         };
-        NodeGoal::new(reward, region, "map".into())
+        NodeGoal::new(reward, region, "map".into(), guided)
     }
 
     fn message(x: f64, y: f64, frame_id: &str) -> GoalMessage {
@@ -165,7 +161,7 @@ mod tests {
 
     #[test]
     fn a_refused_goal_message_keeps_the_goal_before_it_and_is_counted() {
-        let mut g = goal();
+        let mut g = goal(true);
         assert!(g.guidance().is_none(), "no goal: unguided");
         g.receive(&message(3.0, 3.0, "map")).unwrap();
         g.receive(&message(0.5, 3.5, "")).unwrap();
@@ -175,7 +171,7 @@ mod tests {
             (message(f64::NAN, 1.0, "map"), "expected two finite numbers"),
             (
                 message(3.0, 3.0, "odom"),
-                "frame_id \"odom\": expected \"map\" (topics.frame_id) or empty",
+                "frame_id \"odom\": expected \"map\" (topics.goal.frame_id) or empty",
             ),
         ] {
             let e = g.receive(&m).unwrap_err();
@@ -188,12 +184,13 @@ mod tests {
     }
 
     #[test]
-    fn the_inbox_hands_over_the_newest_goal_once() {
-        let inbox = GoalInbox::default();
-        assert_eq!(inbox.take(), None);
-        inbox.post(message(1.0, 2.0, ""));
-        inbox.post(message(3.0, 4.0, ""));
-        assert_eq!(inbox.take(), Some(message(3.0, 4.0, "")));
-        assert_eq!(inbox.take(), None);
+    fn an_unguided_node_goal_checks_and_reports_goals_but_does_not_guide() {
+        let mut g = goal(false);
+        g.receive(&message(3.0, 3.0, "map")).unwrap();
+        assert!(g.receive(&message(5.0, 3.0, "map")).is_err());
+        assert!(g.guidance().is_none());
+        let status = g.status();
+        assert_eq!((status.target, status.guided), (Some([3.0, 3.0]), false));
+        assert_eq!((status.received, status.rejected), (2, 1));
     }
 }

@@ -8,7 +8,7 @@ mod reward;
 mod task;
 
 pub use df::{DfPlanner, McgForm, PlanError, PlannerSettings};
-pub use goal::{GoalInbox, GoalMessage, GoalRegion, GoalStatus, NodeGoal};
+pub use goal::{GoalMessage, GoalRegion, GoalStatus, NodeGoal};
 pub use plan::Plan;
 pub use reward::{Aggregate, GoalReward, GoalRewardConfig, Squash};
 pub use task::{PlannerTask, StepOutcome};

@@ -58,11 +58,23 @@ impl PlannerTask {
     }
 
     /// A goal message (`topics.goal`): plans from the next one on go toward it, unless it is
-    /// refused (the goal before stays).
+    /// refused (the goal before stays). Logged either way.
     pub fn receive_goal(&mut self, message: &GoalMessage) -> Result<(), String> {
-        match &mut self.goal {
+        let result = match &mut self.goal {
             Some(goal) => goal.receive(message),
-            None => Err("the node has no goal reward (planner.goal) or plans with guidance_scale 0".into()),
+            None => Err("no planner.goal: the node has no goal reward to aim".into()),
+        };
+        match &result {
+            Ok(()) => tracing::info!(goal = ?message.position, "new goal: planning toward it from the next plan"),
+            Err(e) => tracing::warn!(error = %e, "goal refused; the goal before it stays"),
+        }
+        result
+    }
+
+    /// Goal messages dropped before `receive_goal` (a full hand-off queue), in all.
+    pub fn goals_dropped(&mut self, dropped: u64) {
+        if let Some(goal) = &mut self.goal {
+            goal.set_dropped(dropped);
         }
     }
 

@@ -174,7 +174,7 @@ pub fn replay(
         wanted.push((Input::RecordedAction, "topics.recorded_action".into(), rec, ARRAY));
     }
     if let Some(goal) = &t.goal {
-        wanted.push((Input::Goal, "topics.goal".into(), goal, POSE));
+        wanted.push((Input::Goal, "topics.goal.topic".into(), &goal.topic, POSE));
     }
     // First the topics the bag declares, so a config that does not fit it fails before
     // anything is replayed.
@@ -461,10 +461,7 @@ impl Feed {
 
     fn goal(&mut self, m: &BagMessage) -> Result<(), String> {
         let pose = msgs::from_cdr::<msgs::PoseStamped>(&m.data).map_err(|e| format!("undecodable: {e}"))?;
-        let goal = pose.goal();
-        self.lp.receive_goal(&goal)?;
-        tracing::info!(goal = ?goal.position, t_ns = m.log_time_ns, "new goal: planning toward it from the next plan");
-        Ok(())
+        self.lp.receive_goal(&pose.goal())
     }
 
     fn recorded_action(&mut self, m: &BagMessage) -> Result<(), String> {

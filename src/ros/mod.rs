@@ -23,12 +23,12 @@ use futures::{future, StreamExt};
 use r2r::{builtin_interfaces, diagnostic_msgs, geometry_msgs, sensor_msgs, std_msgs, trajectory_msgs, QosProfile};
 
 use crate::config::{ActionType, NodeConfig};
-use crate::control::live::{self, Clock, LiveParts, SystemClock};
+use crate::control::live::{self, Clock, GoalInbox, LiveParts, SystemClock};
 use crate::control::{ActionSink, Diagnostics, StateCell, TickReport};
 use crate::frames::ImageView;
 use crate::msgs::{self, diagnostic_array, ActionFormat, ActionMessage};
 use crate::node::{camera_rings, joint_selection, node_parts};
-use crate::planner::{GoalInbox, GoalMessage, Plan};
+use crate::planner::{GoalMessage, Plan};
 
 /// ROS time as the loop sees it under `use_sim_time`: the spin thread stores `/clock` time
 /// here, so the control tick reads an atomic instead of locking r2r's clock.
@@ -273,9 +273,9 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
     }))?;
 
     let goals = Arc::new(GoalInbox::default());
-    if let Some(topic) = &t.goal {
+    if let Some(goal) = &t.goal {
         let goals_in = goals.clone();
-        let poses = node.subscribe::<geometry_msgs::msg::PoseStamped>(topic, QosProfile::default())?;
+        let poses = node.subscribe::<geometry_msgs::msg::PoseStamped>(&goal.topic, QosProfile::default())?;
         spawner.spawn_local(poses.for_each(move |pose| {
             // Checked (frame, bounds, keep-out) where the planner thread takes it.
             goals_in.post(GoalMessage {
