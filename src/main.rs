@@ -610,9 +610,11 @@ fn replay(a: ReplayArgs) -> Result<()> {
     match d.goal {
         Some(g) => writeln!(
             out,
-            "goal         {} at the end{}; {} goal messages, {} refused",
+            "goal         {} at the end{}{}; {} goal messages, {} refused",
             g.target.map_or_else(|| "none (unguided)".into(), |t| format!("{t:?}")),
             if g.guided { "" } else { " (unguided: guidance_scale 0)" },
+            g.distance
+                .map_or_else(String::new, |d| format!(", {d:.3} from the last state")),
             g.received,
             g.rejected
         )?,

@@ -463,6 +463,8 @@ pub fn diagnostic_array(header: Header, d: &Diagnostics) -> DiagnosticArray {
         let target = g.target.map_or_else(|| "none".into(), |[x, y]| format!("{x}, {y}"));
         values.push(kv("goal", target));
         values.push(kv("goal_guided", g.guided.to_string()));
+        let distance = g.distance.map_or_else(|| "none".into(), |d| format!("{d:.4}"));
+        values.push(kv("goal_distance", distance));
         values.push(kv("goals_received", g.received.to_string()));
         values.push(kv("goals_rejected", g.rejected.to_string()));
         values.push(kv("goals_dropped", g.dropped.to_string()));

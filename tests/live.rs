@@ -184,14 +184,18 @@ fn goal_messages_reach_the_planner_thread_in_order_and_the_diagnostics_count_the
     let seen = seen.lock().unwrap();
     assert!(seen.plans >= 2, "{} plans", seen.plans);
     let diagnostics = seen.diagnostics.as_ref().expect("diagnostics once a second");
+    let status = diagnostics.goal.expect("the node has a goal reward");
+    // The state (0.2, -0.1) is 0.5 from the goal.
+    assert!((status.distance.unwrap() - 0.5).abs() < 1e-9, "{status:?}");
     assert_eq!(
-        diagnostics.goal,
-        Some(GoalStatus {
+        status,
+        GoalStatus {
             target: Some([0.5, -0.5]),
             guided: true,
             received: 2,
             rejected: 1,
-            dropped: 0
-        })
+            dropped: 0,
+            distance: status.distance
+        }
     );
 }

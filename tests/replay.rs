@@ -848,15 +848,17 @@ fn goal_messages_in_the_bag_move_the_goal_from_their_time_and_refused_ones_chang
             .any(|r| r.starts_with("frame_id \"odom\": expected \"base_link\" (topics.goal.frame_id) or empty")),
         "{reasons:?}"
     );
+    let status = s.diagnostics.goal.unwrap();
     assert_eq!(
-        s.diagnostics.goal,
-        Some(GoalStatus {
+        status,
+        GoalStatus {
             target: Some(a),
             guided: true,
             received: 3,
             rejected: 2,
-            dropped: 0
-        })
+            dropped: 0,
+            distance: status.distance
+        }
     );
     // And so does the output's last /diagnostics message, as the node publishes it.
     let (_, last) = messages(&out("goals_refused.mcap"), "/diagnostics").pop().unwrap();
@@ -868,6 +870,10 @@ fn goal_messages_in_the_bag_move_the_goal_from_their_time_and_refused_ones_chang
     assert_eq!(value("goal").as_deref(), Some("1, -1"));
     assert_eq!(value("goals_received").as_deref(), Some("3"));
     assert_eq!(value("goals_rejected").as_deref(), Some("2"));
+    // The distance from the bag's last state to the goal.
+    let d: f64 = value("goal_distance").unwrap().parse().unwrap();
+    assert!((d - status.distance.unwrap()).abs() < 1e-4, "{d} {status:?}");
+    assert!(d > 0.0);
 
     // A second goal re-aims the plans from its time on.
     let (bag, _) = shipped_with_goals("goals_ab_bag.mcap", &[(1.0, a, ""), (3.0, [-1.0, 1.0], "")]);

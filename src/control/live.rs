@@ -375,7 +375,6 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
         let mut executed_now = vec![0.0; action_dim];
         let mut last_error: Option<String> = None;
         let (mut skipped_unsaid, mut last_skip_said) = (0u64, None);
-        let mut goals_dropped = 0;
         while !s.load(Ordering::Acquire) {
             sleep_until(deadline);
             deadline += step;
@@ -394,16 +393,10 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
                 }
                 task.steps_skipped();
             }
-            let mut goals_taken = false;
             while let Some(message) = goals.take() {
                 let _ = task.receive_goal(&message); // logged there, counted in its status
-                goals_taken = true;
             }
-            if goals_taken || goals.dropped() > goals_dropped {
-                goals_dropped = goals.dropped();
-                task.goals_dropped(goals_dropped);
-                *goal_out.lock() = task.goal_status();
-            }
+            task.goals_dropped(goals.dropped());
             let _plan = tracing::trace_span!("plan").entered();
             let mut images: [&[u8]; MAX_CAMERAS] = [&[]; MAX_CAMERAS];
             let cameras = frames.latest(&mut images);
@@ -431,6 +424,11 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
                         last_error = Some(msg);
                     }
                 }
+            }
+            // The goal and the distance to it, for the diagnostics (the next step retries a
+            // moment the publisher holds it).
+            if let Some(mut out) = goal_out.try_lock() {
+                *out = task.goal_status();
             }
         }
     })?);

@@ -54,6 +54,8 @@ pub struct GoalStatus {
     pub rejected: u64,
     /// Goal messages that arrived faster than the planner took them and were dropped.
     pub dropped: u64,
+    /// Distance from the latest observation's position to the goal.
+    pub distance: Option<f64>,
 }
 
 /// The goal reward and the goal it points at.
@@ -109,6 +111,11 @@ impl NodeGoal {
     pub fn guidance(&self) -> Option<&dyn Guidance> {
         let guides = self.status.guided && self.status.target.is_some();
         guides.then_some(&self.reward as &dyn Guidance)
+    }
+
+    /// The robot is at `observation` (physical units): its distance to the goal.
+    pub fn observe(&mut self, observation: &[f64]) {
+        self.status.distance = self.status.target.map(|_| self.reward.distance_from(observation));
     }
 
     /// Goal messages dropped before they reached `receive`, in all.
@@ -178,7 +185,9 @@ mod tests {
             assert!(e.contains(says), "{e}");
         }
         assert!(g.guidance().is_some());
+        g.observe(&[0.5, 0.5, 0.0, 0.0]);
         let status = g.status();
+        assert_eq!(status.distance, Some(3.0));
         assert_eq!(status.target, Some([0.5, 3.5]));
         assert_eq!((status.received, status.rejected), (6, 4));
     }

@@ -113,6 +113,12 @@ impl GoalReward {
         self.goal = Vector2::new(goal[0], goal[1]);
     }
 
+    /// Distance to the goal from an observation (physical units, observation_dim values).
+    pub fn distance_from(&self, observation: &[f64]) -> f64 {
+        let [x, y] = self.cfg.position_dims.map(|d| observation[d]);
+        (self.goal - Vector2::new(x, y)).norm()
+    }
+
     fn position(&self, token: &[f32], frame: usize) -> Vector2<f64> {
         let at = |i: usize| f64::from(token[frame * self.frame_dim + self.offsets[i]]) * self.std[i] + self.mean[i];
         Vector2::new(at(0), at(1))

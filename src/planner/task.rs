@@ -174,6 +174,9 @@ impl PlannerTask {
         }
         state.observation(&mut self.observation);
         self.planner.push_frame(executed_action, &self.observation)?;
+        if let Some(goal) = &mut self.goal {
+            goal.observe(&self.observation);
+        }
         if let (Some(images), true) = (images, self.planner.has_cameras()) {
             self.planner.push_images(images)?;
         }
