@@ -255,7 +255,8 @@ pub struct TopicsSection {
 }
 
 /// geometry_msgs/PoseStamped goals (e.g. RViz's 2D Goal Pose on /goal_pose): a goal's x and y
-/// replace the goal of `planner.goal` (whose `target` is the goal until one arrives). A goal
+/// replace the goal of `planner.goal` (whose `target` is the goal until one arrives), and the
+/// planner replans at its next step, cold, the replan interval counting from there. A goal
 /// stamped in another frame than `frame_id` (goals are not transformed), outside
 /// `serve.goal_bounds` or inside a `serve.goal_keepout` box is refused, logged and counted in
 /// the diagnostics, and the goal before it stays. An empty frame id is taken as `frame_id`.

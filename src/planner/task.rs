@@ -57,15 +57,20 @@ impl PlannerTask {
         self
     }
 
-    /// A goal message (`topics.goal`): plans from the next one on go toward it, unless it is
-    /// refused (the goal before stays). Logged either way.
+    /// A goal message (`topics.goal`): the next step plans toward it, cold (the previous plan
+    /// aimed elsewhere), and the replan interval counts from there; unless it is refused (the
+    /// goal before stays). Logged either way.
     pub fn receive_goal(&mut self, message: &GoalMessage) -> Result<(), String> {
         let result = match &mut self.goal {
             Some(goal) => goal.receive(message),
             None => Err("no planner.goal: the node has no goal reward to aim".into()),
         };
         match &result {
-            Ok(()) => tracing::info!(goal = ?message.position, "new goal: planning toward it from the next plan"),
+            Ok(()) => {
+                self.steps = 0;
+                self.planner.start_cold();
+                tracing::info!(goal = ?message.position, "new goal: planning toward it at the next step");
+            }
             Err(e) => tracing::warn!(error = %e, "goal refused; the goal before it stays"),
         }
         result
@@ -227,5 +232,52 @@ mod tests {
         assert!(step(&mut task, &wrong).is_err());
         // The refused step is not counted: the next one makes the due plan, cold.
         assert_eq!(step(&mut task, &state).unwrap(), cold);
+    }
+
+    #[test]
+    fn a_new_goal_is_planned_for_at_the_next_step_and_a_refused_one_waits_for_the_schedule() {
+        use crate::planner::goal::GoalRegion;
+        use crate::planner::{Aggregate, GoalReward, GoalRewardConfig, Squash};
+
+        let (p, seen) = warm_planner(false);
+        let cfg = GoalRewardConfig {
+            position_dims: [0, 1],
+            squash: Squash::Linear,
+            sigma: 1.0,
+            aggregate: Aggregate::Mean,
+            discount: 1.0,
+            weight: 1.0,
+            target: None,
+        };
+        let reward = GoalReward::new(cfg, p.contract(), [0.0, 0.0]).unwrap();
+        let region = GoalRegion {
+            bounds: Some([[-1.0, -1.0], [1.0, 1.0]]),
+            keepout: Vec::new(),
+        };
+        let goal = NodeGoal::new(reward, region, "map".into(), true);
+        let mut task = PlannerTask::new(p, 2, 100_000_000).with_goal(Some(goal));
+        let mut plan = task.new_plan();
+        let state = StateSample::new(0, &[0.5, 0.5], &[0.0, 0.0]).unwrap();
+        // Model calls made by one step (0 when it only records).
+        let mut step = |task: &mut PlannerTask| {
+            let before = seen.lock().calls;
+            task.step(0, Some(&state), &[0.0, 0.0], None, &mut plan).unwrap();
+            seen.lock().calls - before
+        };
+        let message = |x| GoalMessage {
+            position: [x, 0.0],
+            frame_id: String::new(),
+        };
+        let cold = step(&mut task);
+        assert_eq!(step(&mut task), 0);
+        let warm = step(&mut task);
+        assert!(0 < warm && warm < cold, "warm {warm}, cold {cold}");
+        assert!(task.receive_goal(&message(5.0)).is_err(), "outside the bounds");
+        assert_eq!(step(&mut task), 0, "a refused goal changes nothing");
+        task.receive_goal(&message(0.5)).unwrap();
+        assert_eq!(step(&mut task), cold, "a new goal: a plan at once, cold");
+        // Then every 2 steps from there, warm again.
+        assert_eq!(step(&mut task), 0);
+        assert_eq!(step(&mut task), warm);
     }
 }
