@@ -259,7 +259,8 @@ pub struct TopicsSection {
 /// planner replans at its next step, cold, the replan interval counting from there. A goal
 /// stamped in another frame than `frame_id` (goals are not transformed), outside
 /// `serve.goal_bounds` or inside a `serve.goal_keepout` box is refused, logged and counted in
-/// the diagnostics, and the goal before it stays. An empty frame id is taken as `frame_id`.
+/// the diagnostics, and the goal before it stays. A message with an empty frame id passes the
+/// frame check (`ros2 topic pub` leaves it empty).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GoalTopic {

@@ -62,14 +62,15 @@ enum Command {
     /// Subscribes sensor_msgs/Image on topics.image (rgb8, bgr8, rgba8, bgra8, mono8; other
     /// encodings are rejected and counted, other sizes too unless camera.resize is area) and
     /// sensor_msgs/JointState on topics.state (positions then velocities form the observation),
-    /// and, when topics.goal is set, geometry_msgs/PoseStamped goals on it (x, y replace
-    /// planner.goal.target; one outside serve.goal_bounds, in a serve.goal_keepout box or in
-    /// a frame other than topics.frame_id is refused and counted). Publishes one action per
+    /// and, when topics.goal is set, geometry_msgs/PoseStamped goals on topics.goal.topic (x, y
+    /// replace planner.goal.target, and a goal that moves is planned for at the next step; one
+    /// outside serve.goal_bounds, in a serve.goal_keepout box or stamped in a frame other than
+    /// topics.goal.frame_id is refused and counted). Publishes one action per
     /// control tick on topics.action as topics.action_type (float64_multi_array,
     /// joint_trajectory: the rest of the plan ending at rest, or pose_stamped), each plan's
     /// first token on topics.plan, and diagnostic_msgs/DiagnosticArray on topics.diagnostics
-    /// once a second (latency p50/p99/max, fault counters, frame counters, the goal and the
-    /// goals received and refused).
+    /// once a second (latency p50/p99/max, fault counters, frame counters, the goal, whether
+    /// it guides, the distance to it, and the goals received, refused and dropped).
     ///
     /// ROS parameters: `config` (path of the node YAML, used when --config is not given) and
     /// `use_sim_time` (stamps and staleness follow /clock). The YAML has the sections model
@@ -611,8 +612,12 @@ fn replay(a: ReplayArgs) -> Result<()> {
         Some(g) => writeln!(
             out,
             "goal         {} at the end{}{}; {} goal messages, {} refused",
-            g.target.map_or_else(|| "none (unguided)".into(), |t| format!("{t:?}")),
-            if g.guided { "" } else { " (unguided: guidance_scale 0)" },
+            g.target.map_or_else(|| "none".into(), |t| format!("{t:?}")),
+            match (g.guided, g.target) {
+                (false, _) => " (unguided: guidance_scale 0)",
+                (true, None) => " (unguided)",
+                (true, Some(_)) => "",
+            },
             g.distance
                 .map_or_else(String::new, |d| format!(", {d:.3} from the last state")),
             g.received,

@@ -166,16 +166,17 @@ fn goal_messages_reach_the_planner_thread_in_order_and_the_diagnostics_count_the
         frame_id: "map".into(),
     };
     let counted = |seen: &Seen| seen.diagnostics.as_ref().and_then(|d| d.goal).map(|g| g.received);
-    // Mid-run, a goal and right after it one outside the bounds: the planner takes both, in
-    // order, so the first is the goal and the second is refused. Wait (up to 20 s on a busy
-    // machine) for the diagnostics, once a second, to count them.
+    // Mid-run, three goals at once: two in the bounds, then one outside them. The planner
+    // takes all three in order, so the second is the goal and the third is refused. Wait (up
+    // to 20 s on a busy machine) for the diagnostics, once a second, to count them.
     for i in 0..1000 {
         state.publish(StateSample::new(clock.now_ns(), &[0.2, -0.1], &[0.0, 0.0]).unwrap());
         if i == 10 {
+            goals.post(goal(-1.0, 1.0));
             goals.post(goal(0.5, -0.5));
             goals.post(goal(3.0, 0.0));
         }
-        if counted(&seen.lock().unwrap()) == Some(2) {
+        if counted(&seen.lock().unwrap()) == Some(3) {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -192,7 +193,7 @@ fn goal_messages_reach_the_planner_thread_in_order_and_the_diagnostics_count_the
         GoalStatus {
             target: Some([0.5, -0.5]),
             guided: true,
-            received: 2,
+            received: 3,
             rejected: 1,
             dropped: 0,
             distance: status.distance

@@ -870,10 +870,17 @@ fn goal_messages_in_the_bag_move_the_goal_from_their_time_and_refused_ones_chang
     assert_eq!(value("goal").as_deref(), Some("1, -1"));
     assert_eq!(value("goals_received").as_deref(), Some("3"));
     assert_eq!(value("goals_rejected").as_deref(), Some("2"));
-    // The distance from the bag's last state to the goal.
+    // The distance to the goal from the state of the last step: the bag's last state or the
+    // one before it (steps run strictly before the last message's time).
     let d: f64 = value("goal_distance").unwrap().parse().unwrap();
+    let from_state = |(_, bytes): &(u64, Vec<u8>)| {
+        let js = df_planner::msgs::from_cdr::<df_planner::msgs::JointState>(bytes).unwrap();
+        (js.position[0] - a[0]).hypot(js.position[1] - a[1])
+    };
+    let states = messages(&bag, "/joint_states");
+    let last_two: Vec<f64> = states[states.len() - 2..].iter().map(from_state).collect();
+    assert!(last_two.iter().any(|e| (d - e).abs() < 1e-4), "{d} vs {last_two:?}");
     assert!((d - status.distance.unwrap()).abs() < 1e-4, "{d} {status:?}");
-    assert!(d > 0.0);
 
     // A second goal re-aims the plans from its time on.
     let (bag, _) = shipped_with_goals("goals_ab_bag.mcap", &[(1.0, a, ""), (3.0, [-1.0, 1.0], "")]);

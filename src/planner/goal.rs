@@ -54,7 +54,7 @@ pub struct GoalStatus {
     pub rejected: u64,
     /// Goal messages that arrived faster than the planner took them and were dropped.
     pub dropped: u64,
-    /// Distance from the latest observation's position to the goal.
+    /// Distance from the latest state's position to the goal.
     pub distance: Option<f64>,
 }
 
@@ -62,8 +62,10 @@ pub struct GoalStatus {
 pub struct NodeGoal {
     reward: GoalReward,
     region: GoalRegion,
-    /// The frame goal messages must be stamped in (an empty frame_id is taken as this one).
+    /// The frame goal messages must be stamped in (messages with an empty frame_id pass).
     frame_id: String,
+    /// The latest state's position (planner.goal.position_dims).
+    position: Option<[f64; 2]>,
     status: GoalStatus,
 }
 
@@ -75,6 +77,7 @@ impl NodeGoal {
             reward,
             region,
             frame_id,
+            position: None,
             status: GoalStatus {
                 guided,
                 ..GoalStatus::default()
@@ -83,15 +86,18 @@ impl NodeGoal {
     }
 
     /// Plan toward `target`, if the region allows it; otherwise the goal stays as it was.
-    pub fn set(&mut self, target: [f64; 2]) -> Result<(), String> {
+    /// Ok(true) when the plans change: the node is guided and the target moved.
+    pub fn set(&mut self, target: [f64; 2]) -> Result<bool, String> {
         self.region.check(target)?;
+        let moved = self.status.target != Some(target);
         self.reward.set_goal(target);
         self.status.target = Some(target);
-        Ok(())
+        self.update_distance();
+        Ok(moved && self.status.guided)
     }
 
     /// A goal message: `set`, after checking the frame it is stamped in; counted either way.
-    pub fn receive(&mut self, message: &GoalMessage) -> Result<(), String> {
+    pub fn receive(&mut self, message: &GoalMessage) -> Result<bool, String> {
         self.status.received += 1;
         let result = if message.frame_id.is_empty() || message.frame_id == self.frame_id {
             self.set(message.position)
@@ -113,9 +119,17 @@ impl NodeGoal {
         guides.then_some(&self.reward as &dyn Guidance)
     }
 
-    /// The robot is at `observation` (physical units): its distance to the goal.
+    /// The robot's state is `observation` (physical units).
     pub fn observe(&mut self, observation: &[f64]) {
-        self.status.distance = self.status.target.map(|_| self.reward.distance_from(observation));
+        self.position = Some(self.reward.position_dims().map(|d| observation[d]));
+        self.update_distance();
+    }
+
+    fn update_distance(&mut self) {
+        self.status.distance = match (self.status.target, self.position) {
+            (Some([gx, gy]), Some([x, y])) => Some((gx - x).hypot(gy - y)),
+            _ => None,
+        };
     }
 
     /// Goal messages dropped before they reached `receive`, in all.
@@ -170,8 +184,15 @@ mod tests {
     fn a_refused_goal_message_keeps_the_goal_before_it_and_is_counted() {
         let mut g = goal(true);
         assert!(g.guidance().is_none(), "no goal: unguided");
-        g.receive(&message(3.0, 3.0, "map")).unwrap();
-        g.receive(&message(0.5, 3.5, "")).unwrap();
+        g.observe(&[0.5, 0.5, 0.0, 0.0]);
+        assert!(g.receive(&message(3.0, 3.0, "map")).unwrap(), "a new target");
+        assert_eq!(
+            g.status().distance,
+            Some(2.5_f64.hypot(2.5)),
+            "measured from the last state at once"
+        );
+        assert!(!g.receive(&message(3.0, 3.0, "map")).unwrap(), "the same target again");
+        assert!(g.receive(&message(0.5, 3.5, "")).unwrap());
         for (m, says) in [
             (message(5.0, 1.0, "map"), "outside the workspace"),
             (message(1.5, 1.5, "map"), "inside a keep-out box"),
@@ -185,17 +206,19 @@ mod tests {
             assert!(e.contains(says), "{e}");
         }
         assert!(g.guidance().is_some());
-        g.observe(&[0.5, 0.5, 0.0, 0.0]);
         let status = g.status();
         assert_eq!(status.distance, Some(3.0));
         assert_eq!(status.target, Some([0.5, 3.5]));
-        assert_eq!((status.received, status.rejected), (6, 4));
+        assert_eq!((status.received, status.rejected), (7, 4));
     }
 
     #[test]
     fn an_unguided_node_goal_checks_and_reports_goals_but_does_not_guide() {
         let mut g = goal(false);
-        g.receive(&message(3.0, 3.0, "map")).unwrap();
+        assert!(
+            !g.receive(&message(3.0, 3.0, "map")).unwrap(),
+            "unguided: the plans do not change"
+        );
         assert!(g.receive(&message(5.0, 3.0, "map")).is_err());
         assert!(g.guidance().is_none());
         let status = g.status();

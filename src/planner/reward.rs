@@ -113,10 +113,9 @@ impl GoalReward {
         self.goal = Vector2::new(goal[0], goal[1]);
     }
 
-    /// Distance to the goal from an observation (physical units, observation_dim values).
-    pub fn distance_from(&self, observation: &[f64]) -> f64 {
-        let [x, y] = self.cfg.position_dims.map(|d| observation[d]);
-        (self.goal - Vector2::new(x, y)).norm()
+    /// The observation indices of the (x, y) position.
+    pub fn position_dims(&self) -> [usize; 2] {
+        self.cfg.position_dims
     }
 
     fn position(&self, token: &[f32], frame: usize) -> Vector2<f64> {

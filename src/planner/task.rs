@@ -57,23 +57,31 @@ impl PlannerTask {
         self
     }
 
-    /// A goal message (`topics.goal`): the next step plans toward it, cold (the previous plan
-    /// aimed elsewhere), and the replan interval counts from there; unless it is refused (the
-    /// goal before stays). Logged either way.
+    /// A goal message (`topics.goal`). A goal that moves the guided plans is planned for at
+    /// the next step, cold (the previous plan aimed elsewhere), the replan interval counting
+    /// from there; the same goal again (a publisher repeating it) changes nothing; a refused
+    /// one leaves the goal before it. Logged (a repeat at debug).
     pub fn receive_goal(&mut self, message: &GoalMessage) -> Result<(), String> {
         let result = match &mut self.goal {
             Some(goal) => goal.receive(message),
             None => Err("no planner.goal: the node has no goal reward to aim".into()),
         };
-        match &result {
-            Ok(()) => {
+        match result {
+            Ok(true) => {
                 self.steps = 0;
                 self.planner.start_cold();
                 tracing::info!(goal = ?message.position, "new goal: planning toward it at the next step");
+                Ok(())
             }
-            Err(e) => tracing::warn!(error = %e, "goal refused; the goal before it stays"),
+            Ok(false) => {
+                tracing::debug!(goal = ?message.position, "goal unchanged, or unguided: plans go on as scheduled");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "goal refused; the goal before it stays");
+                Err(e)
+            }
         }
-        result
     }
 
     /// Goal messages dropped before `receive_goal` (a full hand-off queue), in all.
@@ -174,14 +182,14 @@ impl PlannerTask {
                 got: format!("{} joints", state.joints),
             });
         }
-        if self.planner.has_cameras() && images.is_none() {
-            return Ok(false);
-        }
         state.observation(&mut self.observation);
-        self.planner.push_frame(executed_action, &self.observation)?;
         if let Some(goal) = &mut self.goal {
             goal.observe(&self.observation);
         }
+        if self.planner.has_cameras() && images.is_none() {
+            return Ok(false);
+        }
+        self.planner.push_frame(executed_action, &self.observation)?;
         if let (Some(images), true) = (images, self.planner.has_cameras()) {
             self.planner.push_images(images)?;
         }
@@ -235,7 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_goal_is_planned_for_at_the_next_step_and_a_refused_one_waits_for_the_schedule() {
+    fn a_new_goal_is_planned_for_at_the_next_step_cold_and_a_refused_or_repeated_one_changes_nothing() {
         use crate::planner::goal::GoalRegion;
         use crate::planner::{Aggregate, GoalReward, GoalRewardConfig, Squash};
 
@@ -273,10 +281,12 @@ mod tests {
         let warm = step(&mut task);
         assert!(0 < warm && warm < cold, "warm {warm}, cold {cold}");
         assert!(task.receive_goal(&message(5.0)).is_err(), "outside the bounds");
-        assert_eq!(step(&mut task), 0, "a refused goal changes nothing");
+        assert_eq!(step(&mut task), 0, "a refused goal changes nothing:");
+        assert_eq!(step(&mut task), warm, "the schedule and the warm start go on");
         task.receive_goal(&message(0.5)).unwrap();
         assert_eq!(step(&mut task), cold, "a new goal: a plan at once, cold");
-        // Then every 2 steps from there, warm again.
+        // Then every 2 steps from there, warm again; the same goal again changes nothing.
+        task.receive_goal(&message(0.5)).unwrap();
         assert_eq!(step(&mut task), 0);
         assert_eq!(step(&mut task), warm);
     }

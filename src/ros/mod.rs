@@ -2,8 +2,8 @@
 //!
 //! - `sensor_msgs/Image` on `topics.image` → the frame ring (decoded in the spin thread);
 //! - `sensor_msgs/JointState` on `topics.state` → the state cell (positions, then velocities);
-//! - `geometry_msgs/PoseStamped` on `topics.goal` (e.g. RViz's 2D Goal Pose) → the planner's
-//!   goal, checked where the planner thread takes it;
+//! - `geometry_msgs/PoseStamped` on `topics.goal.topic` (e.g. RViz's 2D Goal Pose) → the goal
+//!   queue; the planner thread checks each goal as it takes it;
 //! - the publisher thread sends each tick's action as `topics.action_type` on `topics.action`,
 //!   plans' first tokens on `topics.plan`, and `diagnostic_msgs/DiagnosticArray` once a second;
 //! - ROS parameters: `config` (path of the node YAML) and `use_sim_time` (stamps and
