@@ -152,19 +152,12 @@ pub struct GoalMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::planner::{Aggregate, GoalRewardConfig, Squash};
+    use crate::planner::reward::tests::config as reward_config;
+    use crate::planner::{Aggregate, Squash};
 
     fn goal(guided: bool) -> NodeGoal {
         let contract = crate::model::ModelContract::from_json(&crate::model::example_json().to_string()).unwrap();
-        let cfg = GoalRewardConfig {
-            position_dims: [0, 1],
-            squash: Squash::Linear,
-            sigma: 1.0,
-            aggregate: Aggregate::Mean,
-            discount: 1.0,
-            weight: 1.0,
-            target: None,
-        };
+        let cfg = reward_config(Squash::Linear, Aggregate::Mean);
         let reward = GoalReward::new(cfg, &contract, [0.0, 0.0]).unwrap();
         let region = GoalRegion {
             bounds: Some([[0.0, 0.0], [4.0, 4.0]]),

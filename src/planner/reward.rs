@@ -246,7 +246,7 @@ impl Guidance for GoalReward {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::ModelContract;
     use ndarray::Array3;
@@ -266,7 +266,8 @@ mod tests {
         ModelContract::from_json(&json.to_string()).unwrap()
     }
 
-    fn config(squash: Squash, aggregate: Aggregate) -> GoalRewardConfig {
+    /// A goal reward over position dims (0, 1), without a target.
+    pub(crate) fn config(squash: Squash, aggregate: Aggregate) -> GoalRewardConfig {
         GoalRewardConfig {
             position_dims: [0, 1],
             squash,

@@ -245,18 +245,11 @@ mod tests {
     #[test]
     fn a_new_goal_is_planned_for_at_the_next_step_cold_and_a_refused_or_repeated_one_changes_nothing() {
         use crate::planner::goal::GoalRegion;
-        use crate::planner::{Aggregate, GoalReward, GoalRewardConfig, Squash};
+        use crate::planner::reward::tests::config as reward_config;
+        use crate::planner::{Aggregate, GoalReward, Squash};
 
         let (p, seen) = warm_planner(false);
-        let cfg = GoalRewardConfig {
-            position_dims: [0, 1],
-            squash: Squash::Linear,
-            sigma: 1.0,
-            aggregate: Aggregate::Mean,
-            discount: 1.0,
-            weight: 1.0,
-            target: None,
-        };
+        let cfg = reward_config(Squash::Linear, Aggregate::Mean);
         let reward = GoalReward::new(cfg, p.contract(), [0.0, 0.0]).unwrap();
         let region = GoalRegion {
             bounds: Some([[-1.0, -1.0], [1.0, 1.0]]),
