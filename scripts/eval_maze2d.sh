@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Closed-loop Maze2D results for the README: bash scripts/eval_maze2d.sh [episodes] [workers]
-# Needs the exported models (scripts/train_maze2d.sh) and writes runs/eval/<maze>{,_multigoal}.{json,md,png}.
+# Needs the exported models (scripts/train_maze2d.sh) and writes runs/eval/<maze>{,_multigoal}.{json,md,png},
+# then runs/eval/medium_{long,episode,wide}.* for the Medium model variants (MCG against no MCG).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 episodes="${1:-100}"; workers="${2:-2}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Dataset + DF planner for one D4RL maze: bash scripts/train_maze2d.sh umaze|medium|large [extra train flags]
-# Resumable: rerun after an interruption and training continues from runs/maze2d/<maze>/checkpoint.pt.
-# VARIANT=_name keeps a variant's run and model apart (e.g. VARIANT=_episode ... --tokens 31).
+# Resumable: rerun after an interruption and training continues from runs/maze2d/<maze><VARIANT>/checkpoint.pt.
+# VARIANT=_name keeps a variant's run and model apart (e.g. VARIANT=_episode ... --tokens 61).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in

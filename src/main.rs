@@ -59,7 +59,8 @@ enum Command {
     Bench(BenchArgs),
     /// Run as a ROS 2 node (needs a build with `--features ros` in a sourced ROS 2 workspace).
     ///
-    /// Subscribes sensor_msgs/Image on topics.image (rgb8, bgr8, rgba8, bgra8, mono8; other
+    /// Subscribes sensor_msgs/Image on topics.image, or for a camera model on each camera's topic
+    /// (camera.topics[role], else the model contract's) (rgb8, bgr8, rgba8, bgra8, mono8; other
     /// encodings are rejected and counted, other sizes too unless camera.resize is area) and
     /// sensor_msgs/JointState on topics.state (positions then velocities form the observation),
     /// and, when topics.goal is set, geometry_msgs/PoseStamped goals on topics.goal.topic (x, y
@@ -74,7 +75,7 @@ enum Command {
     ///
     /// ROS parameters: `config` (path of the node YAML, used when --config is not given) and
     /// `use_sim_time` (stamps and staleness follow /clock). The YAML has the sections model
-    /// (path, runtime: providers, threads), planner (matrix, sampling, MCG, guidance and its
+    /// (path, runtime: providers, require_providers, intra_threads, onnxruntime_library), planner (matrix, sampling, MCG, guidance and its
     /// goal reward, warm start, replanning, seed), control (rate, fallback hold|stop), safety
     /// (action limits, rate limit, input timeouts), camera, topics and serve (`serve`, and the
     /// goal checks);

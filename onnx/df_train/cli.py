@@ -164,7 +164,7 @@ def cmd_eval(a) -> None:
             return
         if not a.out:
             raise SystemExit("eval fruit-swap: --out is required")
-        fruit_swap.evaluate(Path(a.checkpoint), a.episodes, Path(a.out), configs)
+        fruit_swap.evaluate(Path(a.checkpoint), a.episodes, Path(a.out), configs, 10_000 + a.seed)
         return
     if a.merge:
         if not a.out:
@@ -336,7 +336,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--planner-seed-offset", type=int, default=0, metavar="N", help="maze2d: episode i's planner "
                    "seed is seed + i + N instead of seed + i: the same episodes under other planner noise, to see "
                    "how many outcomes the planner's noise alone changes")
-    p.add_argument("--workers", type=int, default=1, help="planner processes running episodes in parallel")
+    p.add_argument("--workers", type=int, default=1, help="planner processes running episodes in parallel (fruit-swap --checkpoint runs one)")
     p.add_argument("--merge", nargs="+", metavar="RESULTS", help="maze2d: pool results.json files of one evaluation "
                    "over adjacent env seed ranges into --out (scores concatenated, statistics recomputed)")
     p.add_argument("--curve", metavar="RUN_DIR", help="learning curve instead: evaluate --configs (default df_mcg) "

@@ -271,6 +271,15 @@ def test_eval_fruit_swap_needs_planner_and_config_together():
         main(["eval", "fruit-swap", "--planner", "df_planner", "--episodes", "1"])
 
 
+def test_eval_fruit_swap_checkpoint_takes_the_seed(monkeypatch, tmp_path):
+    import df_train.eval.fruit_swap as fruit_swap
+
+    calls = []
+    monkeypatch.setattr(fruit_swap, "evaluate", lambda *args: calls.append(args))
+    main(["eval", "fruit-swap", "--checkpoint", "c.pt", "--episodes", "2", "--seed", "7", "--out", str(tmp_path / "r.json")])
+    assert calls[0][-1] == 10_007, "episode i uses env seed 10000 + seed + i, as the help says"
+
+
 def test_replay_of_a_demonstration_bag_reports_planned_vs_recorded(demos, tmp_path):
     """`df_planner replay` on a recorded demonstration: both cameras and the end-effector state
     through the node's loop, the planned targets compared with the expert's commands."""
