@@ -891,3 +891,30 @@ fn goal_messages_in_the_bag_move_the_goal_from_their_time_and_refused_ones_chang
     assert_eq!(before, a_before);
     assert_ne!(after, a_after);
 }
+
+#[test]
+fn the_shipped_goals_bag_replays_with_the_shipped_goals_config() {
+    use df_planner::planner::GoalStatus;
+
+    let cfg = NodeConfig::load(&common::repo().join("config/pointmass_goals.yaml")).unwrap();
+    let s = run(&cfg, "goals_mcap", "goals_shipped.mcap").unwrap();
+    let goals = &s.topics["/goal_pose"];
+    assert_eq!((goals.read, goals.used), (4, 2), "{goals:?}");
+    let status = s.diagnostics.goal.unwrap();
+    assert_eq!(
+        status,
+        GoalStatus {
+            target: Some([-1.0, 1.0]),
+            guided: true,
+            received: 4,
+            rejected: 2,
+            dropped: 0,
+            distance: status.distance
+        }
+    );
+    // The same episode without the goals: the plans were unguided until the first (at 1 s).
+    let plain = run(&cfg, "pointmass_mcap", "goals_shipped_plain.mcap").unwrap();
+    assert!(plain.diagnostics.goal.unwrap().target.is_none());
+    let actions = |name| messages(&out(name), "/df_planner/action");
+    assert_ne!(actions("goals_shipped.mcap"), actions("goals_shipped_plain.mcap"));
+}

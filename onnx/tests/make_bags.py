@@ -1,7 +1,8 @@
 """Writes the replay fixtures in tests/fixtures/bags/ (run from the repository root:
 python onnx/tests/make_bags.py). A point-mass episode recorded as a real arm would record it:
 joint states, camera images and the commanded action, in MCAP and in sqlite3; plus bags with
-every kind of damage the replay must report rather than crash on.
+every kind of damage the replay must report rather than crash on; and the clean episode with
+goal poses sent to the node during it (config/pointmass_goals.yaml replays it).
 """
 
 from pathlib import Path
@@ -10,7 +11,7 @@ import shutil
 import numpy as np
 
 from df_train.datagen import pointmass
-from df_train.rosbag_io import Record, float64_array, image, joint_state, write_bag
+from df_train.rosbag_io import T, Record, float64_array, header, image, joint_state, write_bag
 
 OUT = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "bags"
 T0 = 1_700_000_000_000_000_000
@@ -67,11 +68,30 @@ def faulty_records() -> list[Record]:
     return out
 
 
+def goal_pose(ns: int, x: float, y: float, frame_id: str):
+    position = T["geometry_msgs/msg/Point"](x=x, y=y, z=0.0)
+    orientation = T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0)
+    pose = T["geometry_msgs/msg/Pose"](position=position, orientation=orientation)
+    return T["geometry_msgs/msg/PoseStamped"](header=header(ns, frame_id), pose=pose)
+
+
+def goal_records() -> list[Record]:
+    """The clean episode with goals on /goal_pose, as an operator would send them: one at 1 s,
+    one outside the arena at 2 s, one in another frame at 2.5 s, a second goal at 3 s."""
+    goals = [(1.0, 1.0, -1.0, "map"), (2.0, 3.0, 0.0, "map"), (2.5, -1.0, 1.0, "odom"), (3.0, -1.0, 1.0, "map")]
+    records = episode_records()
+    for at_s, x, y, frame_id in goals:
+        t = T0 + int(at_s * 1e9) + 1_000_000
+        records.append(Record("/goal_pose", t, goal_pose(t, x, y, frame_id)))
+    return sorted(records, key=lambda r: r.log_time_ns)
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     write_bag(OUT / "pointmass_mcap", episode_records(), "mcap")
     write_bag(OUT / "pointmass_sqlite3", episode_records(), "sqlite3")
     write_bag(OUT / "faults_mcap", faulty_records(), "mcap")
+    write_bag(OUT / "goals_mcap", goal_records(), "mcap")
     # Damaged storage: an MCAP cut short, and a .db3 that is not a database.
     mcap = next((OUT / "pointmass_mcap").glob("*.mcap"))
     data = mcap.read_bytes()
