@@ -66,21 +66,21 @@ enum Command {
     /// and, when topics.goal is set, geometry_msgs/PoseStamped goals on topics.goal.topic (x, y
     /// replace planner.goal.target, and a goal that moves is planned for at the next step; one
     /// outside serve.goal_bounds, in a serve.goal_keepout box or stamped in a frame other than
-    /// topics.goal.frame_id is refused and counted). Publishes one action per
-    /// control tick on topics.action as topics.action_type (float64_multi_array,
-    /// joint_trajectory: the rest of the plan ending at rest, or pose_stamped), each plan's
-    /// first token on topics.plan, and diagnostic_msgs/DiagnosticArray on topics.diagnostics
+    /// topics.goal.frame_id is refused and counted). Publishes one action per control tick on
+    /// topics.action as topics.action_type (float64_multi_array, joint_trajectory: the rest of
+    /// the plan ending at rest, or pose_stamped), each plan's first token on topics.plan, and
+    /// diagnostic_msgs/DiagnosticArray on topics.diagnostics
     /// once a second (latency p50/p99/max, fault counters, frame counters, the goal, whether
     /// it guides, the distance to it, and the goals received, refused and dropped).
     ///
     /// ROS parameters: `config` (path of the node YAML, used when --config is not given) and
     /// `use_sim_time` (stamps and staleness follow /clock). The YAML has the sections model
-    /// (path, runtime: providers, require_providers, intra_threads, onnxruntime_library), planner (matrix, sampling, MCG, guidance and its
-    /// goal reward, warm start, replanning, seed), control (rate, fallback hold|stop), safety
-    /// (action limits, rate limit, input timeouts), camera, topics and serve (`serve`, and the
-    /// goal checks);
-    /// every field is documented in src/config.rs and commented in config/*.yaml, and an
-    /// unknown field is an error.
+    /// (path, runtime: providers, require_providers, intra_threads, onnxruntime_library),
+    /// planner (matrix, sampling, MCG, guidance and its goal reward, warm start, replanning,
+    /// seed), control (rate, fallback hold|stop), safety (action limits, rate limit, input
+    /// timeouts), camera, topics and serve (`serve`, and the goal checks); every field is
+    /// documented in src/config.rs and commented in config/*.yaml, and an unknown field is an
+    /// error.
     Run(RunArgs),
     /// Serve plans over a line protocol on stdin/stdout (JSON per line: reset, step, stats,
     /// score_path) for a simulator that steps the world itself; see src/serve.rs for the

@@ -173,13 +173,14 @@ fn planner_task(cfg: &NodeConfig, planner: DfPlanner) -> Result<PlannerTask, Nod
 /// The node's goal: the goal reward (`planner.goal`), its first goal `planner.goal.target`,
 /// then the goal messages on `topics.goal`; None without a goal reward. At a guidance scale of
 /// 0 (as the sampler reads it) goals are checked and reported but do not guide; the log says
-/// which. The reward is checked as
-/// `serve` checks it, and every goal as `serve` checks a reset's goal (finite, within
-/// `serve.goal_bounds`, outside `serve.goal_keepout`, where the config has them).
+/// which. The reward is checked as `serve` checks it, and every goal as `serve` checks a
+/// reset's goal (finite, within `serve.goal_bounds`, outside `serve.goal_keepout`, where the
+/// config has them).
 pub fn node_goal(cfg: &NodeConfig, contract: &ModelContract) -> Result<Option<NodeGoal>, NodeError> {
     let scale = cfg.planner.guidance_scale;
+    let guided = scale != 0.0;
     let Some(goal_cfg) = cfg.planner.goal.as_ref() else {
-        if scale != 0.0 {
+        if guided {
             tracing::warn!(scale, "the config has no planner.goal: the node plans without guidance");
         }
         return Ok(None);
@@ -187,13 +188,13 @@ pub fn node_goal(cfg: &NodeConfig, contract: &ModelContract) -> Result<Option<No
     let reward = GoalReward::new(goal_cfg.clone(), contract, [0.0, 0.0]).map_err(NodeError::Goal)?;
     let region = cfg.serve.as_ref().map(ServeSection::goal_region).unwrap_or_default();
     let frame_id = cfg.topics.goal.as_ref().map(|g| g.frame_id.clone()).unwrap_or_default();
-    let mut goal = NodeGoal::new(reward, region, frame_id, scale != 0.0);
+    let mut goal = NodeGoal::new(reward, region, frame_id, guided);
     if let Some(target) = goal_cfg.target {
         goal.set(target)
             .map_err(|e| NodeError::Goal(format!("goal.target {e}")))?;
     }
     let (target, topic) = (goal_cfg.target, cfg.topics.goal.as_ref().map(|g| g.topic.as_str()));
-    match (scale != 0.0, target, topic) {
+    match (guided, target, topic) {
         (false, ..) => tracing::info!(
             ?target,
             topic,

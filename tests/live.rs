@@ -34,9 +34,10 @@ impl ActionSink for Recorder {
     }
 }
 
-/// The point-mass node on the CPU, its camera optional (these tests feed it none).
-fn pointmass_config() -> NodeConfig {
-    let mut cfg = NodeConfig::load(&common::repo().join("config/pointmass.yaml")).unwrap();
+/// A shipped point-mass config (`config/NAME.yaml`) on the CPU, its camera optional (these
+/// tests feed it none).
+fn pointmass_config(name: &str) -> NodeConfig {
+    let mut cfg = NodeConfig::load(&common::repo().join(format!("config/{name}.yaml"))).unwrap();
     cfg.model.runtime = common::cpu();
     cfg.camera.required = false;
     cfg
@@ -67,7 +68,7 @@ fn spawn(
 
 #[test]
 fn plans_reach_the_tick_and_every_tick_reaches_the_sink() {
-    let cfg = pointmass_config();
+    let cfg = pointmass_config("pointmass");
     let ring = CameraRing {
         topic: cfg.topics.image.clone(),
         width: cfg.camera.width,
@@ -121,7 +122,7 @@ fn a_thread_that_panics_is_reported_so_the_node_can_stop() {
     let (_frames_in, frames) = camera_rings(&[]);
     let state = Arc::new(StateCell::default());
     let node = spawn(
-        &pointmass_config(),
+        &pointmass_config("pointmass"),
         frames,
         state,
         Box::new(Panicking),
@@ -143,17 +144,8 @@ fn a_thread_that_panics_is_reported_so_the_node_can_stop() {
 fn goal_messages_reach_the_planner_thread_in_order_and_the_diagnostics_count_them() {
     use df_planner::planner::{GoalMessage, GoalStatus};
 
-    let mut cfg = pointmass_config();
-    cfg.planner.guidance_scale = 30.0;
-    cfg.planner.goal = Some(common::goal_reward(None));
-    cfg.topics.goal = Some(df_planner::config::GoalTopic {
-        topic: "/goal_pose".into(),
-        frame_id: "map".into(),
-    });
-    cfg.serve = Some(df_planner::serve::ServeSection {
-        goal_bounds: Some([[-2.0, -2.0], [2.0, 2.0]]),
-        ..Default::default()
-    });
+    // Goals on /goal_pose in frame map, within [-2, 2]².
+    let cfg = pointmass_config("pointmass_goals");
     let (_frames_in, frames) = camera_rings(&[]);
     let state = Arc::new(StateCell::default());
     let clock = SystemClock;

@@ -799,17 +799,8 @@ fn shipped_with_goals(name: &str, goals: &[(f64, [f64; 2], &str)]) -> (PathBuf, 
 fn goal_messages_in_the_bag_move_the_goal_from_their_time_and_refused_ones_change_nothing() {
     use df_planner::planner::GoalStatus;
 
-    let mut cfg = config();
-    cfg.planner.guidance_scale = 30.0;
-    cfg.planner.goal = Some(common::goal_reward(None));
-    cfg.topics.goal = Some(df_planner::config::GoalTopic {
-        topic: "/goal_pose".into(),
-        frame_id: "base_link".into(),
-    });
-    cfg.serve = Some(df_planner::serve::ServeSection {
-        goal_bounds: Some([[-2.0, -2.0], [2.0, 2.0]]),
-        ..Default::default()
-    });
+    // Goals on /goal_pose in frame map, within [-2, 2]².
+    let cfg = NodeConfig::load(&common::repo().join("config/pointmass_goals.yaml")).unwrap();
     let actions = |name| messages(&out(name), "/df_planner/action");
     let split = |name, at: u64| -> (Vec<_>, Vec<_>) { actions(name).into_iter().partition(|(t, _)| *t < at) };
     // No goal message (the bag has no goal topic): unguided, as without a target.
@@ -829,7 +820,7 @@ fn goal_messages_in_the_bag_move_the_goal_from_their_time_and_refused_ones_chang
     // is the one with the first goal alone, and the diagnostics count them.
     let (bag, _) = shipped_with_goals(
         "goals_refused_bag.mcap",
-        &[(1.0, a, "base_link"), (2.0, [3.0, 0.0], ""), (2.5, [-1.0, 1.0], "odom")],
+        &[(1.0, a, "map"), (2.0, [3.0, 0.0], ""), (2.5, [-1.0, 1.0], "odom")],
     );
     let s = run_bag(&cfg, &bag, "goals_refused.mcap").unwrap();
     assert_eq!(actions("goals_refused.mcap"), actions("goals_a.mcap"));
@@ -845,7 +836,7 @@ fn goal_messages_in_the_bag_move_the_goal_from_their_time_and_refused_ones_chang
     assert!(
         reasons
             .iter()
-            .any(|r| r.starts_with("frame_id \"odom\": expected \"base_link\" (topics.goal.frame_id) or empty")),
+            .any(|r| r.starts_with("frame_id \"odom\": expected \"map\" (topics.goal.frame_id) or empty")),
         "{reasons:?}"
     );
     let status = s.diagnostics.goal.unwrap();

@@ -92,7 +92,6 @@ impl NodeGoal {
         let moved = self.status.target != Some(target);
         self.reward.set_goal(target);
         self.status.target = Some(target);
-        self.update_distance();
         Ok(moved && self.status.guided)
     }
 
@@ -122,14 +121,6 @@ impl NodeGoal {
     /// The robot's state is `observation` (physical units).
     pub fn observe(&mut self, observation: &[f64]) {
         self.position = Some(self.reward.position_dims().map(|d| observation[d]));
-        self.update_distance();
-    }
-
-    fn update_distance(&mut self) {
-        self.status.distance = match (self.status.target, self.position) {
-            (Some([gx, gy]), Some([x, y])) => Some((gx - x).hypot(gy - y)),
-            _ => None,
-        };
     }
 
     /// Goal messages dropped before they reached `receive`, in all.
@@ -138,7 +129,14 @@ impl NodeGoal {
     }
 
     pub fn status(&self) -> GoalStatus {
-        self.status
+        let distance = match (self.status.target, self.position) {
+            (Some([gx, gy]), Some([x, y])) => Some((gx - x).hypot(gy - y)),
+            _ => None,
+        };
+        GoalStatus {
+            distance,
+            ..self.status
+        }
     }
 }
 
