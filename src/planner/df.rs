@@ -614,6 +614,8 @@ pub(super) mod tests {
         images: Option<Array5<f32>>,
         levels: Vec<i64>,
         pub(in crate::planner) calls: usize,
+        /// The model's predictions are NaN while set (an inference that went wrong).
+        pub(in crate::planner) nan: bool,
     }
 
     /// A denoiser that predicts x0 = x_t and records its inputs.
@@ -638,6 +640,9 @@ pub(super) mod tests {
             seen.x_t.get_or_insert_with(|| x_t.to_owned());
             x0.assign(&x_t);
             eps.fill(0.0);
+            if seen.nan {
+                x0.fill(f32::NAN);
+            }
             Ok(())
         }
         fn set_images(&mut self, images: ArrayView5<f32>, levels: ArrayView1<i64>) -> Result<(), DenoiseError> {

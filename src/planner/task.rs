@@ -1,8 +1,9 @@
 //! The planner as a periodic task: once per model step it records a history frame (the
 //! action executed during the step, the observation now) and every `replan_every` steps it
-//! samples a new plan stamped for now. Camera models also take the cameras' newest frames
-//! with each history frame, guided toward the node's goal when it has one. The live planner
-//! thread and the offline (replay, bridge) loop both drive this same task.
+//! samples a new plan stamped for now (after a failed plan, at the next step). Camera models
+//! also take the cameras' newest frames with each history frame, guided toward the node's goal
+//! when it has one. The live planner thread and the offline (replay, bridge) loop both drive
+//! this same task.
 
 use std::time::Instant;
 
@@ -151,8 +152,13 @@ impl PlannerTask {
             return Ok(StepOutcome::Recorded);
         }
         let start = Instant::now();
-        self.planner
-            .plan(self.goal.as_ref().and_then(NodeGoal::guidance), plan)?;
+        let planned = self.planner.plan(self.goal.as_ref().and_then(NodeGoal::guidance), plan);
+        if planned.is_err() {
+            // No new plan: retry at the next step rather than a replan interval later, since
+            // the control loop runs on a stale plan or its fallback until one lands.
+            self.steps = 0;
+        }
+        planned?;
         let latency_ns = start.elapsed().as_nanos() as u64;
         self.latency.record(latency_ns);
         self.seq += 1;
@@ -240,6 +246,27 @@ mod tests {
         assert!(step(&mut task, &wrong).is_err());
         // The refused step is not counted: the next one makes the due plan, cold.
         assert_eq!(step(&mut task, &state).unwrap(), cold);
+    }
+
+    #[test]
+    fn a_failed_plan_is_retried_at_the_next_step_then_the_interval_counts_from_the_plan_that_landed() {
+        let (p, seen) = planner(false, 1);
+        let mut task = PlannerTask::new(p, 3, 100_000_000);
+        let mut plan = task.new_plan();
+        let state = StateSample::new(0, &[0.5, 0.5], &[0.0, 0.0]).unwrap();
+        let mut step = |task: &mut PlannerTask| task.step(0, Some(&state), &[0.0, 0.0], None, &mut plan);
+        assert_eq!(step(&mut task).unwrap(), StepOutcome::Planned);
+        assert_eq!(step(&mut task).unwrap(), StepOutcome::Recorded);
+        assert_eq!(step(&mut task).unwrap(), StepOutcome::Recorded);
+        seen.lock().nan = true;
+        let error = step(&mut task).unwrap_err().to_string();
+        assert!(error.contains("not finite"), "{error}");
+        assert!(step(&mut task).is_err(), "retried at once, and failing again");
+        seen.lock().nan = false;
+        assert_eq!(step(&mut task).unwrap(), StepOutcome::Planned);
+        assert_eq!(step(&mut task).unwrap(), StepOutcome::Recorded);
+        assert_eq!(step(&mut task).unwrap(), StepOutcome::Recorded);
+        assert_eq!(step(&mut task).unwrap(), StepOutcome::Planned);
     }
 
     #[test]
