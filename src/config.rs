@@ -473,6 +473,15 @@ impl NodeConfig {
                 format!("{}", self.topics.joint_names.len()),
             ));
         }
+        if let Some(r) = self.planner.goal.as_ref().and_then(|g| g.reached_within) {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(bad(
+                    "planner.goal.reached_within",
+                    "a distance > 0, or null".into(),
+                    format!("{r}"),
+                ));
+            }
+        }
         if let (Some(goal), None) = (&self.topics.goal, &self.planner.goal) {
             return Err(bad(
                 "topics.goal",

@@ -612,7 +612,7 @@ fn replay(a: ReplayArgs) -> Result<()> {
     match d.goal {
         Some(g) => writeln!(
             out,
-            "goal         {} at the end{}{}; {} goal messages, {} refused",
+            "goal         {} at the end{}{}{}; {} goal messages, {} refused",
             g.target.map_or_else(|| "none".into(), |t| format!("{t:?}")),
             match (g.guided, g.target) {
                 (false, _) => " (unguided: guidance_scale 0)",
@@ -621,6 +621,11 @@ fn replay(a: ReplayArgs) -> Result<()> {
             },
             g.distance
                 .map_or_else(String::new, |d| format!(", {d:.3} from the last state")),
+            match g.reached {
+                Some(true) => ", reached",
+                Some(false) => ", not reached",
+                None => "",
+            },
             g.received,
             g.rejected
         )?,

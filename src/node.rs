@@ -188,7 +188,7 @@ pub fn node_goal(cfg: &NodeConfig, contract: &ModelContract) -> Result<Option<No
     let reward = GoalReward::new(goal_cfg.clone(), contract, [0.0, 0.0]).map_err(NodeError::Goal)?;
     let region = cfg.serve.as_ref().map(ServeSection::goal_region).unwrap_or_default();
     let frame_id = cfg.topics.goal.as_ref().map(|g| g.frame_id.clone()).unwrap_or_default();
-    let mut goal = NodeGoal::new(reward, region, frame_id, guided);
+    let mut goal = NodeGoal::new(reward, region, frame_id, guided).with_reached_within(goal_cfg.reached_within);
     if let Some(target) = goal_cfg.target {
         goal.set(target)
             .map_err(|e| NodeError::Goal(format!("goal.target {e}")))?;

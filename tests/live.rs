@@ -188,7 +188,8 @@ fn goal_messages_reach_the_planner_thread_in_order_and_the_diagnostics_count_the
             received: 3,
             rejected: 1,
             dropped: 0,
-            distance: status.distance
+            distance: status.distance,
+            reached: Some(false),
         }
     );
 }

@@ -264,6 +264,13 @@ fn malformed_configs_are_named() {
             text.replace("  plan: /df_planner/plan", "  plan: /df_planner/plan\n  goal: /goal_pose"),
             "field `topics.goal`: invalid type: string \"/goal_pose\", expected struct GoalTopic",
         ),
+        (
+            text.replace(
+                "  seed: 0",
+                "  seed: 0\n  goal: {position_dims: [0, 1], squash: linear, sigma: 1.0, aggregate: {kind: mean}, reached_within: 0}",
+            ),
+            "`planner.goal.reached_within`: expected a distance > 0, or null, got 0",
+        ),
         ("model: [".to_string(), "config x.yaml:"),
     ];
     for (yaml, expected) in cases {
@@ -848,7 +855,8 @@ fn goal_messages_in_the_bag_move_the_goal_from_their_time_and_refused_ones_chang
             received: 3,
             rejected: 2,
             dropped: 0,
-            distance: status.distance
+            distance: status.distance,
+            reached: status.reached,
         }
     );
     // And so does the output's last /diagnostics message, as the node publishes it.
@@ -884,6 +892,36 @@ fn goal_messages_in_the_bag_move_the_goal_from_their_time_and_refused_ones_chang
 }
 
 #[test]
+fn a_goal_the_recorded_robot_passes_within_reached_within_is_reported_reached() {
+    let cfg = NodeConfig::load(&common::repo().join("config/pointmass_goals.yaml")).unwrap();
+    assert_eq!(cfg.planner.goal.as_ref().unwrap().reached_within, Some(0.25));
+    // The goal (sent at 1 s) is where the recorded robot is three quarters through the bag.
+    let states = messages(&bag("pointmass_mcap").join("pointmass_mcap.mcap"), "/joint_states");
+    let (at, bytes) = &states[3 * states.len() / 4];
+    let js = df_planner::msgs::from_cdr::<df_planner::msgs::JointState>(bytes).unwrap();
+    let passed = [js.position[0], js.position[1]];
+    let (bag, start) = shipped_with_goals("goal_passed_bag.mcap", &[(1.0, passed, "")]);
+    assert!(
+        *at > start + 1_500_000_000,
+        "the robot passes the goal after it is sent"
+    );
+    let s = run_bag(&cfg, &bag, "goal_passed.mcap").unwrap();
+    let status = s.diagnostics.goal.unwrap();
+    assert_eq!(
+        (status.target, status.reached),
+        (Some(passed), Some(true)),
+        "{status:?}"
+    );
+    let (_, last) = messages(&out("goal_passed.mcap"), "/diagnostics").pop().unwrap();
+    let array = df_planner::msgs::from_cdr::<df_planner::msgs::DiagnosticArray>(&last).unwrap();
+    let reached = array.status[0].values.iter().find(|kv| kv.key == "goal_reached");
+    assert_eq!(reached.map(|kv| kv.value.as_str()), Some("true"));
+    // The shipped goals end at [-1, 1]: the recorded robot does not come within 0.25 of it.
+    let s = run(&cfg, "goals_mcap", "goals_not_reached.mcap").unwrap();
+    assert_eq!(s.diagnostics.goal.unwrap().reached, Some(false));
+}
+
+#[test]
 fn the_shipped_goals_bag_replays_with_the_shipped_goals_config() {
     use df_planner::planner::GoalStatus;
 
@@ -900,7 +938,8 @@ fn the_shipped_goals_bag_replays_with_the_shipped_goals_config() {
             received: 4,
             rejected: 2,
             dropped: 0,
-            distance: status.distance
+            distance: status.distance,
+            reached: status.reached,
         }
     );
     // The same episode without the goals: the plans were unguided until the first (at 1 s).

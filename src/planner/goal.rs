@@ -56,6 +56,9 @@ pub struct GoalStatus {
     pub dropped: u64,
     /// Distance from the latest state's position to the goal.
     pub distance: Option<f64>,
+    /// Whether a state since the goal was set came within `planner.goal.reached_within` of it;
+    /// None without that distance or a goal.
+    pub reached: Option<bool>,
 }
 
 /// The goal reward and the goal it points at.
@@ -66,6 +69,8 @@ pub struct NodeGoal {
     frame_id: String,
     /// The latest state's position (planner.goal.position_dims).
     position: Option<[f64; 2]>,
+    /// Within this distance the goal counts as reached (planner.goal.reached_within).
+    reached_within: Option<f64>,
     status: GoalStatus,
 }
 
@@ -78,11 +83,18 @@ impl NodeGoal {
             region,
             frame_id,
             position: None,
+            reached_within: None,
             status: GoalStatus {
                 guided,
                 ..GoalStatus::default()
             },
         }
+    }
+
+    /// Report each goal reached once a state comes within `distance` of it (None: never).
+    pub fn with_reached_within(mut self, distance: Option<f64>) -> Self {
+        self.reached_within = distance;
+        self
     }
 
     /// Plan toward `target`, if the region allows it; otherwise the goal stays as it was.
@@ -92,6 +104,9 @@ impl NodeGoal {
         let moved = self.status.target != Some(target);
         self.reward.set_goal(target);
         self.status.target = Some(target);
+        if moved {
+            self.status.reached = self.reached_within.map(|_| false);
+        }
         Ok(moved && self.status.guided)
     }
 
@@ -118,9 +133,17 @@ impl NodeGoal {
         guides.then_some(&self.reward as &dyn Guidance)
     }
 
-    /// The robot's state is `observation` (physical units).
+    /// The robot's state is `observation` (physical units). The first state within
+    /// `reached_within` of the goal marks it reached, and says so in the log.
     pub fn observe(&mut self, observation: &[f64]) {
         self.position = Some(self.reward.position_dims().map(|d| observation[d]));
+        if let (Some(within), Some(false), Some(distance)) = (self.reached_within, self.status.reached, self.distance())
+        {
+            if distance <= within {
+                self.status.reached = Some(true);
+                tracing::info!(goal = ?self.status.target, distance, "goal reached");
+            }
+        }
     }
 
     /// Goal messages dropped before they reached `receive`, in all.
@@ -129,13 +152,16 @@ impl NodeGoal {
     }
 
     pub fn status(&self) -> GoalStatus {
-        let distance = match (self.status.target, self.position) {
+        GoalStatus {
+            distance: self.distance(),
+            ..self.status
+        }
+    }
+
+    fn distance(&self) -> Option<f64> {
+        match (self.status.target, self.position) {
             (Some([gx, gy]), Some([x, y])) => Some((gx - x).hypot(gy - y)),
             _ => None,
-        };
-        GoalStatus {
-            distance,
-            ..self.status
         }
     }
 }
@@ -201,6 +227,33 @@ mod tests {
         assert_eq!(status.distance, Some(3.0));
         assert_eq!(status.target, Some([0.5, 3.5]));
         assert_eq!((status.received, status.rejected), (7, 4));
+    }
+
+    #[test]
+    fn a_goal_is_reached_once_a_state_comes_within_reached_within_and_a_new_goal_starts_over() {
+        let mut g = goal(true);
+        assert_eq!(g.status().reached, None, "no reached_within");
+        g.set([3.0, 3.0]).unwrap();
+        g.observe(&[3.0, 3.0, 0.0, 0.0]);
+        assert_eq!(g.status().reached, None, "no reached_within: never reported");
+
+        let mut g = goal(true).with_reached_within(Some(0.5));
+        g.observe(&[0.5, 0.5, 0.0, 0.0]);
+        assert_eq!(g.status().reached, None, "no goal yet");
+        g.set([3.0, 3.0]).unwrap();
+        assert_eq!(g.status().reached, Some(false));
+        g.observe(&[2.6, 3.0, 0.0, 0.0]);
+        assert_eq!(g.status().reached, Some(true), "0.4 from the goal");
+        g.observe(&[0.5, 0.5, 0.0, 0.0]);
+        assert_eq!(g.status().reached, Some(true), "reached stays for this goal");
+        assert!(!g.set([3.0, 3.0]).unwrap());
+        assert_eq!(g.status().reached, Some(true), "the same goal again");
+        assert!(g.receive(&message(1.5, 1.5, "map")).is_err());
+        assert_eq!(g.status().reached, Some(true), "a refused goal changes nothing");
+        g.set([0.5, 3.5]).unwrap();
+        assert_eq!(g.status().reached, Some(false), "a new goal");
+        g.observe(&[0.5, 2.9, 0.0, 0.0]);
+        assert_eq!(g.status().reached, Some(false), "0.6 from it");
     }
 
     #[test]

@@ -56,6 +56,11 @@ pub struct GoalRewardConfig {
     /// episode's reset names its goal. None: the node plans without guidance until then.
     #[serde(default)]
     pub target: Option<[f64; 2]>,
+    /// The robot node reports its goal reached (diagnostics `goal_reached`, and the log once
+    /// per goal) from the first state within this distance of it; D4RL counts 0.5. None: no
+    /// such report.
+    #[serde(default)]
+    pub reached_within: Option<f64>,
 }
 
 fn one() -> f64 {
@@ -276,6 +281,7 @@ pub(crate) mod tests {
             discount: 0.9,
             weight: 2.0,
             target: None,
+            reached_within: None,
         }
     }
 

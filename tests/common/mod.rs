@@ -28,6 +28,7 @@ pub fn goal_reward(target: Option<[f64; 2]>) -> GoalRewardConfig {
         discount: 1.0,
         weight: 1.0,
         target,
+        reached_within: None,
     }
 }
 
