@@ -100,7 +100,8 @@ pub struct PlannerSection {
     pub guidance_form: GuidanceForm,
     /// DDIM η (default 0).
     pub eta: f64,
-    /// Replan every this many model steps (default 1).
+    /// Replan every this many model steps (default 1); a plan that fails is retried once at
+    /// the next step, off the schedule.
     pub replan_every: usize,
     /// Seed of the sampler's noise; replay is byte-identical for a seed (default 0).
     pub seed: u64,
@@ -256,7 +257,7 @@ pub struct TopicsSection {
 
 /// geometry_msgs/PoseStamped goals (e.g. RViz's 2D Goal Pose on /goal_pose): a goal's x and y
 /// replace the goal of `planner.goal` (whose `target` is the goal until one arrives), and the
-/// planner replans at its next step, cold, the replan interval counting from there. A goal
+/// planner replans at its next step, cold (the replan schedule keeps its phase). A goal
 /// stamped in another frame than `frame_id` (goals are not transformed), outside
 /// `serve.goal_bounds` or inside a `serve.goal_keepout` box is refused, logged and counted in
 /// the diagnostics, and the goal before it stays. A message with an empty frame id passes the

@@ -71,7 +71,8 @@ enum Command {
     /// the plan ending at rest, or pose_stamped), each plan's first token on topics.plan, and
     /// diagnostic_msgs/DiagnosticArray on topics.diagnostics
     /// once a second (latency p50/p99/max, fault counters, frame counters, the goal, whether
-    /// it guides, the distance to it, and the goals received, refused and dropped).
+    /// it guides, the distance to it, whether it was reached (planner.goal.reached_within),
+    /// and the goals received, refused and dropped).
     ///
     /// ROS parameters: `config` (path of the node YAML, used when --config is not given) and
     /// `use_sim_time` (stamps and staleness follow /clock). The YAML has the sections model

@@ -465,9 +465,8 @@ pub fn diagnostic_array(header: Header, d: &Diagnostics) -> DiagnosticArray {
         values.push(kv("goal_guided", g.guided.to_string()));
         let distance = g.distance.map_or_else(|| "none".into(), |d| format!("{d:.4}"));
         values.push(kv("goal_distance", distance));
-        if let Some(reached) = g.reached {
-            values.push(kv("goal_reached", reached.to_string()));
-        }
+        let reached = g.reached.map_or_else(|| "none".into(), |r| r.to_string());
+        values.push(kv("goal_reached", reached));
         values.push(kv("goals_received", g.received.to_string()));
         values.push(kv("goals_rejected", g.rejected.to_string()));
         values.push(kv("goals_dropped", g.dropped.to_string()));

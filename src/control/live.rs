@@ -1,6 +1,7 @@
 //! The loop on a real clock, in three threads:
-//! - planner: every model step, record history and (every `replan_every` steps) plan; it owns
-//!   the ORT session and may take as long as inference takes;
+//! - planner: every model step, record history and (every `replan_every` steps, and once more
+//!   after a new goal or a failed plan) plan; it owns the ORT session and may take as long as
+//!   inference takes;
 //! - control: at the fixed rate, one tick (`ControlTick::run`): take a new plan if one arrived,
 //!   choose and filter the action, hand the result to the publisher. Nothing in a tick
 //!   allocates, blocks or logs per element (tests/realtime.rs counts allocations);

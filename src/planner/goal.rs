@@ -91,9 +91,11 @@ impl NodeGoal {
         }
     }
 
-    /// Report each goal reached once a state comes within `distance` of it (None: never).
+    /// Report each goal reached once a state comes within `distance` of it (None: never);
+    /// the state that counts is the first observed after the goal was set.
     pub fn with_reached_within(mut self, distance: Option<f64>) -> Self {
         self.reached_within = distance;
+        self.status.reached = self.status.target.and(distance.map(|_| false));
         self
     }
 
@@ -254,6 +256,11 @@ mod tests {
         assert_eq!(g.status().reached, Some(false), "a new goal");
         g.observe(&[0.5, 2.9, 0.0, 0.0]);
         assert_eq!(g.status().reached, Some(false), "0.6 from it");
+
+        let mut g = goal(true);
+        g.set([3.0, 3.0]).unwrap();
+        let g = g.with_reached_within(Some(0.5));
+        assert_eq!(g.status().reached, Some(false), "a goal set before the distance was");
     }
 
     #[test]
