@@ -152,7 +152,9 @@ impl PlannerTask {
         }
         let scheduled = self.steps.is_multiple_of(self.replan_every);
         self.steps += 1;
-        if !(scheduled || std::mem::take(&mut self.plan_next)) {
+        // A scheduled plan serves as the extra one too.
+        let extra = std::mem::take(&mut self.plan_next);
+        if !(scheduled || extra) {
             return Ok(StepOutcome::Recorded);
         }
         let start = Instant::now();
@@ -353,6 +355,12 @@ mod tests {
         );
         // The same goal again changes nothing: warm again, every 2 steps.
         task.receive_goal(&message(0.5)).unwrap();
+        assert_eq!(step(&mut task), 0);
+        assert_eq!(step(&mut task), warm);
+        assert_eq!(step(&mut task), 0);
+        // A new goal just before a scheduled step: that plan is the goal's, and no extra one.
+        task.receive_goal(&message(0.7)).unwrap();
+        assert_eq!(step(&mut task), cold);
         assert_eq!(step(&mut task), 0);
         assert_eq!(step(&mut task), warm);
     }
