@@ -71,6 +71,8 @@ pub struct NodeGoal {
     position: Option<[f64; 2]>,
     /// Within this distance the goal counts as reached (planner.goal.reached_within).
     reached_within: Option<f64>,
+    /// A state since the goal was set came within `reached_within` of it.
+    reached: bool,
     status: GoalStatus,
 }
 
@@ -84,6 +86,7 @@ impl NodeGoal {
             frame_id,
             position: None,
             reached_within: None,
+            reached: false,
             status: GoalStatus {
                 guided,
                 ..GoalStatus::default()
@@ -95,7 +98,6 @@ impl NodeGoal {
     /// the state that counts is the first observed after the goal was set.
     pub fn with_reached_within(mut self, distance: Option<f64>) -> Self {
         self.reached_within = distance;
-        self.status.reached = self.status.target.and(distance.map(|_| false));
         self
     }
 
@@ -107,7 +109,7 @@ impl NodeGoal {
         self.reward.set_goal(target);
         self.status.target = Some(target);
         if moved {
-            self.status.reached = self.reached_within.map(|_| false);
+            self.reached = false;
         }
         Ok(moved && self.status.guided)
     }
@@ -139,10 +141,9 @@ impl NodeGoal {
     /// `reached_within` of the goal marks it reached, and says so in the log.
     pub fn observe(&mut self, observation: &[f64]) {
         self.position = Some(self.reward.position_dims().map(|d| observation[d]));
-        if let (Some(within), Some(false), Some(distance)) = (self.reached_within, self.status.reached, self.distance())
-        {
+        if let (Some(within), false, Some(distance)) = (self.reached_within, self.reached, self.distance()) {
             if distance <= within {
-                self.status.reached = Some(true);
+                self.reached = true;
                 tracing::info!(goal = ?self.status.target, distance, "goal reached");
             }
         }
@@ -156,6 +157,7 @@ impl NodeGoal {
     pub fn status(&self) -> GoalStatus {
         GoalStatus {
             distance: self.distance(),
+            reached: self.reached_within.and(self.status.target).map(|_| self.reached),
             ..self.status
         }
     }

@@ -216,8 +216,22 @@ impl PlannerTask {
 
 #[cfg(test)]
 mod tests {
+    use parking_lot::Mutex;
+
     use super::*;
-    use crate::planner::df::tests::{planner, warm_planner};
+    use crate::planner::df::tests::{planner, warm_planner, Seen};
+
+    /// One step of `task` at `state`: the model calls it made (0 when it only recorded).
+    fn model_calls(
+        task: &mut PlannerTask,
+        seen: &Mutex<Seen>,
+        state: &StateSample,
+        plan: &mut Plan,
+    ) -> Result<usize, PlanError> {
+        let before = seen.lock().calls;
+        task.step(0, Some(state), &[0.0, 0.0], None, plan)?;
+        Ok(seen.lock().calls - before)
+    }
 
     #[test]
     fn a_camera_model_records_nothing_until_every_camera_has_sent_an_image() {
@@ -241,12 +255,7 @@ mod tests {
         let mut task = PlannerTask::new(p, 2, 100_000_000);
         let mut plan = task.new_plan();
         let state = StateSample::new(0, &[0.5, 0.5], &[0.0, 0.0]).unwrap();
-        // Model calls made by one step (0 when it only records).
-        let mut step = |task: &mut PlannerTask, state: &StateSample| {
-            let before = seen.lock().calls;
-            let outcome = task.step(0, Some(state), &[0.0, 0.0], None, &mut plan);
-            outcome.map(|_| seen.lock().calls - before)
-        };
+        let mut step = |task: &mut PlannerTask, state: &StateSample| model_calls(task, &seen, state, &mut plan);
         let cold = step(&mut task, &state).unwrap();
         assert_eq!(step(&mut task, &state).unwrap(), 0);
         let warm = step(&mut task, &state).unwrap();
@@ -292,12 +301,8 @@ mod tests {
         let mut task = PlannerTask::new(p, 2, 100_000_000);
         let mut plan = task.new_plan();
         let state = StateSample::new(0, &[0.5, 0.5], &[0.0, 0.0]).unwrap();
-        // Model calls made by one step (0 when it only records), or None when it failed.
-        let mut step = |task: &mut PlannerTask| {
-            let before = seen.lock().calls;
-            let outcome = task.step(0, Some(&state), &[0.0, 0.0], None, &mut plan);
-            outcome.ok().map(|_| seen.lock().calls - before)
-        };
+        // None when the step failed.
+        let mut step = |task: &mut PlannerTask| model_calls(task, &seen, &state, &mut plan).ok();
         let cold = step(&mut task).unwrap();
         assert_eq!(step(&mut task), Some(0));
         let warm = step(&mut task).unwrap();
@@ -329,12 +334,7 @@ mod tests {
         let mut task = PlannerTask::new(p, 2, 100_000_000).with_goal(Some(goal));
         let mut plan = task.new_plan();
         let state = StateSample::new(0, &[0.5, 0.5], &[0.0, 0.0]).unwrap();
-        // Model calls made by one step (0 when it only records).
-        let mut step = |task: &mut PlannerTask| {
-            let before = seen.lock().calls;
-            task.step(0, Some(&state), &[0.0, 0.0], None, &mut plan).unwrap();
-            seen.lock().calls - before
-        };
+        let mut step = |task: &mut PlannerTask| model_calls(task, &seen, &state, &mut plan).unwrap();
         let message = |x| GoalMessage {
             position: [x, 0.0],
             frame_id: String::new(),
