@@ -675,6 +675,10 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
     }
     let (task, core) = node_parts(&cfg)?;
     let obs_dim = task.planner().contract().layout.observation_dim;
+    // What each plan costs depends on whether it is guided (a denoise_vjp per sample and step).
+    let goal = task
+        .goal_status()
+        .map(|g| json!({"target": g.target, "guided": g.guided}));
     let rings = df_planner::node::camera_rings(&cfg, task.planner().contract())?;
     let (mut frames_in, frames) = df_planner::frames::camera_rings(&rings);
     let state = Arc::new(StateCell::default());
@@ -726,6 +730,7 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
         "{}\n",
         json!({
             "rate_hz": cfg.control.rate_hz, "seconds": a.seconds, "ticks": c.ticks,
+            "samples": cfg.planner.samples, "goal": goal,
             "deadline_misses": stats.deadline_misses, "records_dropped": stats.records_dropped,
             "tick_latency": stats.tick_latency.summary_ms(), "tick_jitter": stats.tick_jitter.summary_ms(),
             "plan_latency": plan_latency.summary_ms(), "plans": c.plans_installed, "hold": c.hold, "stop": c.stop,

@@ -160,6 +160,25 @@ fn bad_arguments_fail_with_a_message() {
 }
 
 #[test]
+fn bench_config_runs_the_live_loop_and_says_what_it_planned() {
+    // The maze config guides every plan toward its planner.goal.target with 4 MCG samples: the
+    // figures are only comparable when the JSON says so.
+    let out = df_planner(&["bench", "--config", "config/maze2d_umaze.yaml", "--seconds", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["samples"], 4);
+    assert_eq!(
+        report["goal"],
+        serde_json::json!({"target": [1.0, 1.0], "guided": true})
+    );
+    assert!(report["ticks"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["plans"].as_u64().unwrap() > 0, "{report}");
+    for key in ["tick_latency", "plan_latency", "deadline_misses", "faults"] {
+        assert!(!report[key].is_null(), "{key} missing: {report}");
+    }
+}
+
+#[test]
 fn a_reader_that_goes_away_ends_the_output_quietly() {
     // `inspect ... | head`: the pipe closes before inspect has loaded the model and written.
     let mut child = Command::new(env!("CARGO_BIN_EXE_df_planner"))
