@@ -297,6 +297,10 @@ impl ModelContract {
         if self.max_tokens == 0 {
             return Err(invalid("max_tokens", ">= 1", 0));
         }
+        if self.cond_dim != 0 {
+            // Reserved: the runtime feeds no `cond` input.
+            return Err(invalid("cond_dim", "0 (version 1.x has no cond input)", self.cond_dim));
+        }
         if !self.causal {
             return Err(invalid(
                 "causal",
@@ -470,6 +474,11 @@ mod tests {
                 "diffusion.noise_clip: expected > 0, got 0",
             ),
             (&["max_tokens"], json!(0), "max_tokens: expected >= 1, got 0"),
+            (
+                &["cond_dim"],
+                json!(3),
+                "cond_dim: expected 0 (version 1.x has no cond input), got 3",
+            ),
             (&["causal"], json!(false), "causal: expected true"),
             (
                 &["layout", "field_order"],
