@@ -1,14 +1,15 @@
 //! The loop on a real clock, in three threads:
 //! - planner: every model step, record history and (every `replan_every` steps, and once more
-//!   after a new goal or a failed plan) plan; it owns the ORT session and may take as long as
-//!   inference takes;
+//!   after a new goal or a failed scheduled plan) plan; it owns the ORT session and may take as
+//!   long as inference takes;
 //! - control: at the fixed rate, one tick (`ControlTick::run`): take a new plan if one arrived,
 //!   choose and filter the action, hand the result to the publisher. Nothing in a tick
 //!   allocates, blocks or logs per element (tests/realtime.rs counts allocations);
 //! - publisher: the only thread that does I/O (ROS publishers, files) through the sink.
 //!
-//! Plans cycle planner → control → planner through bounded crossbeam channels; tick records
-//! go control → publisher through a preallocated SPSC ring.
+//! Plans cycle planner → control → planner through bounded crossbeam channels (`PlanBuffers`
+//! keeps the buffer a step did not send); tick records go control → publisher through a
+//! preallocated SPSC ring.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -213,7 +214,7 @@ pub struct LiveParts {
     pub state: Arc<StateCell>,
     pub sink: Box<dyn ActionSink + Send>,
     pub clock: Arc<dyn Clock>,
-    /// Goal messages (`topics.goal`); the planner thread takes the newest at its next step.
+    /// Goal messages (`topics.goal`); the planner thread takes them in order at its next step.
     pub goals: Arc<GoalInbox>,
     pub tick: Duration,
     pub step: Duration,
@@ -373,6 +374,7 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
     let plan_slack = step * task.replan_every() as u32;
     threads.push(std::thread::Builder::new().name("df_planner".into()).spawn(move || {
         let mut deadline = Instant::now();
+        let mut buffers = PlanBuffers::new(recycle_rx);
         let mut executed_now = vec![0.0; action_dim];
         let mut last_error: Option<String> = None;
         let (mut skipped_unsaid, mut last_skip_said) = (0u64, None);
@@ -402,7 +404,7 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
             let mut images: [&[u8]; MAX_CAMERAS] = [&[]; MAX_CAMERAS];
             let cameras = frames.latest(&mut images);
             executed_now.copy_from_slice(&executed.lock());
-            let mut plan = recycle_rx.try_recv().unwrap_or_else(|_| Box::new(task.new_plan()));
+            let mut plan = buffers.take(|| task.new_plan());
             let sample = state.read();
             match task.step(
                 clock.now_ns(),
@@ -414,10 +416,13 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
                 Ok(StepOutcome::Planned) => {
                     latency.lock().clone_from(task.latency());
                     let _ = copy_tx.try_send(plan.clone());
-                    let _ = plan_tx.try_send(plan);
+                    if let Err(unsent) = plan_tx.try_send(plan) {
+                        buffers.keep(unsent.into_inner());
+                    }
                 }
-                Ok(_) => {}
+                Ok(_) => buffers.keep(plan),
                 Err(e) => {
+                    buffers.keep(plan);
                     errors.fetch_add(1, Ordering::Relaxed);
                     let msg = e.to_string();
                     if last_error.as_deref() != Some(&msg) {
@@ -527,9 +532,77 @@ fn publisher(
     }
 }
 
+/// The planner thread's plan buffers: the one a step did not send (it only recorded, or the
+/// plan failed) and those the control thread is done with. A step plans into one of them, so
+/// the planner allocates a plan only while none has come back yet.
+struct PlanBuffers {
+    spare: Option<Box<Plan>>,
+    returned: Receiver<Box<Plan>>,
+}
+
+impl PlanBuffers {
+    fn new(returned: Receiver<Box<Plan>>) -> Self {
+        Self { spare: None, returned }
+    }
+
+    /// A buffer to plan into: a kept or returned one, else a `new` one. Empties the return
+    /// channel, so the control thread always finds room in it: a plan it could not hand back
+    /// would be freed inside a tick. Buffers beyond the one kept are freed here.
+    fn take(&mut self, new: impl FnOnce() -> Plan) -> Box<Plan> {
+        for plan in self.returned.try_iter() {
+            self.spare.get_or_insert(plan);
+        }
+        self.spare.take().unwrap_or_else(|| Box::new(new()))
+    }
+
+    fn keep(&mut self, plan: Box<Plan>) {
+        self.spare = Some(plan);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plan() -> Plan {
+        Plan::with_capacity(4, 2, 4, 24)
+    }
+
+    #[test]
+    fn plan_buffers_are_reused_and_the_return_channel_is_emptied() {
+        let (returns, returned) = bounded::<Box<Plan>>(8);
+        let mut buffers = PlanBuffers::new(returned);
+        let mut made = 0;
+        let mut take = |buffers: &mut PlanBuffers| {
+            buffers.take(|| {
+                made += 1;
+                plan()
+            })
+        };
+        let at = |p: &Plan| p as *const Plan;
+        // Step 1 plans into a new buffer A and sends it to the control thread.
+        let a = take(&mut buffers);
+        let a_at = at(&a);
+        // Step 2 only records, into a new buffer B, which it keeps.
+        let b = take(&mut buffers);
+        let b_at = at(&b);
+        buffers.keep(b);
+        // Step 3 plans into B; the control thread installs it and hands A back.
+        let b = take(&mut buffers);
+        assert_eq!(at(&b), b_at);
+        returns.send(a).unwrap();
+        // Step 4 takes A; returns beyond the one kept are emptied from the channel and freed.
+        let a = take(&mut buffers);
+        assert_eq!(at(&a), a_at);
+        buffers.keep(a);
+        returns.send(Box::new(plan())).unwrap();
+        returns.send(Box::new(plan())).unwrap();
+        let a = take(&mut buffers);
+        assert_eq!(at(&a), a_at, "the kept buffer is used first");
+        assert!(returns.is_empty(), "every returned buffer was taken off the channel");
+        drop(b);
+        assert_eq!(made, 2, "two buffers served four steps");
+    }
 
     fn message(x: f64) -> GoalMessage {
         GoalMessage {
