@@ -138,9 +138,15 @@ impl NodeGoal {
     }
 
     /// The robot's state is `observation` (physical units). The first state within
-    /// `reached_within` of the goal marks it reached, and says so in the log.
+    /// `reached_within` of the goal marks it reached, and says so in the log. A non-finite
+    /// position is passed over, as the planner refuses its frame: the distance stays that of
+    /// the last state it took.
     pub fn observe(&mut self, observation: &[f64]) {
-        self.position = Some(self.reward.position_dims().map(|d| observation[d]));
+        let position = self.reward.position_dims().map(|d| observation[d]);
+        if !position.iter().all(|v| v.is_finite()) {
+            return;
+        }
+        self.position = Some(position);
         if let (Some(within), false, Some(distance)) = (self.reached_within, self.reached, self.distance()) {
             if distance <= within {
                 self.reached = true;
@@ -245,6 +251,10 @@ mod tests {
         g.observe(&[0.5, 0.5, 0.0, 0.0]);
         assert_eq!(g.status().reached, None, "no goal yet");
         g.set([3.0, 3.0]).unwrap();
+        assert_eq!(g.status().reached, Some(false));
+        g.observe(&[2.0, 3.0, 0.0, 0.0]);
+        g.observe(&[f64::NAN, 3.0, 0.0, 0.0]);
+        assert_eq!(g.status().distance, Some(1.0), "a NaN position is passed over");
         assert_eq!(g.status().reached, Some(false));
         g.observe(&[2.6, 3.0, 0.0, 0.0]);
         assert_eq!(g.status().reached, Some(true), "0.4 from the goal");
