@@ -417,13 +417,73 @@ pub fn float64_array(data: &[f64]) -> Float64MultiArray {
     }
 }
 
-/// One DiagnosticStatus named `df_planner`; level WARN once any fault or plan error was seen.
-pub fn diagnostic_array(header: Header, d: &Diagnostics) -> DiagnosticArray {
+/// The node's `/diagnostics`: one DiagnosticStatus named `df_planner` per report, whose values
+/// count from the start and whose level and message say how the loop did since the previous
+/// report, so that a fault at start-up (no plan yet) does not mark a healthy node for good.
+#[derive(Debug, Default)]
+pub struct DiagnosticReports {
+    previous: Option<Diagnostics>,
+}
+
+impl DiagnosticReports {
+    pub fn array(&mut self, header: Header, d: &Diagnostics) -> DiagnosticArray {
+        let array = diagnostic_array(header, d, self.previous.as_ref());
+        self.previous = Some(d.clone());
+        array
+    }
+}
+
+/// The level and message of a report, from the counts since `previous` (the start when None):
+/// OK when no tick fell back and no plan failed; ERROR when every tick fell back (the node acts
+/// on its fallback only) or no tick ran at all; WARN otherwise. The message names the faults.
+fn status_since(d: &Diagnostics, previous: Option<&Diagnostics>) -> (u8, String) {
+    let since = |count: fn(&Diagnostics) -> u64| count(d).saturating_sub(previous.map_or(0, count));
+    let ticks = since(|d| d.ticks);
+    let fell_back = since(|d| d.hold + d.stop);
+    let plan_errors = since(|d| d.plan_errors);
+    let faults: Vec<String> = d
+        .faults
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &(name, count))| {
+            let new = count.saturating_sub(previous.map_or(0, |p| p.faults[i].1));
+            (new > 0).then(|| format!("{name} {new}"))
+        })
+        .collect();
+    let failed_plans = (plan_errors > 0).then(|| format!("plan_errors {plan_errors}"));
+    let (level, mut message) = if ticks == 0 && previous.is_some() {
+        (2, "no control tick ran since the last report".to_string())
+    } else if fell_back > 0 && fell_back == ticks {
+        (
+            2,
+            format!("every tick since the last report fell back ({})", faults.join(", ")),
+        )
+    } else if fell_back > 0 {
+        (
+            1,
+            format!(
+                "{fell_back} of {ticks} ticks since the last report fell back ({})",
+                faults.join(", ")
+            ),
+        )
+    } else if let Some(failed) = &failed_plans {
+        return (1, format!("{failed} since the last report"));
+    } else {
+        return (0, "ok".into());
+    };
+    if let Some(failed) = failed_plans {
+        message += &format!("; {failed}");
+    }
+    (level, message)
+}
+
+fn diagnostic_array(header: Header, d: &Diagnostics, previous: Option<&Diagnostics>) -> DiagnosticArray {
     let kv = |key: &str, value: String| KeyValue { key: key.into(), value };
     let mut values = vec![
         kv("ticks", d.ticks.to_string()),
         kv("plans", d.plans.to_string()),
         kv("plan_errors", d.plan_errors.to_string()),
+        kv("states_rejected", d.states_rejected.to_string()),
         kv("hold", d.hold.to_string()),
         kv("stop", d.stop.to_string()),
         kv("clipped", d.clipped.to_string()),
@@ -471,15 +531,11 @@ pub fn diagnostic_array(header: Header, d: &Diagnostics) -> DiagnosticArray {
         values.push(kv("goals_rejected", g.rejected.to_string()));
         values.push(kv("goals_dropped", g.dropped.to_string()));
     }
-    let faulty = d.faults.iter().any(|(_, c)| *c > 0) || d.plan_errors > 0;
+    let (level, message) = status_since(d, previous);
     let status = DiagnosticStatus {
-        level: u8::from(faulty),
+        level,
         name: "df_planner".into(),
-        message: if faulty {
-            "faults seen: acting on fallback at times".into()
-        } else {
-            "ok".into()
-        },
+        message,
         hardware_id: String::new(),
         values,
     };
@@ -492,6 +548,7 @@ pub fn diagnostic_array(header: Header, d: &Diagnostics) -> DiagnosticArray {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::Fault;
 
     #[test]
     fn cdr_round_trip_and_time_conversion() {
@@ -576,6 +633,68 @@ mod tests {
         assert!(ImageRef::from_cdr(&foreign)
             .unwrap_err()
             .starts_with("CDR encapsulation [00, 07]"));
+    }
+
+    /// A report after `ticks` ticks, `no_plan` + `state_stale` of which fell back (holding).
+    fn report(ticks: u64, no_plan: u64, state_stale: u64, plan_errors: u64) -> Diagnostics {
+        let count = |f: Fault| match f {
+            Fault::NoPlan => no_plan,
+            Fault::StateStale => state_stale,
+            _ => 0,
+        };
+        let latency = crate::control::Histogram::default().summary_ms();
+        Diagnostics {
+            ticks,
+            faults: Fault::ALL.iter().map(|&f| (f.name(), count(f))).collect(),
+            hold: no_plan + state_stale,
+            stop: 0,
+            clipped: 0,
+            rate_limited: 0,
+            late_actions_dropped: 0,
+            plans: 0,
+            plan_errors,
+            states_rejected: 0,
+            deadline_misses: 0,
+            records_dropped: 0,
+            tick_latency: latency,
+            tick_jitter: latency,
+            plan_latency: latency,
+            frames: Default::default(),
+            goal: None,
+        }
+    }
+
+    #[test]
+    fn the_diagnostics_level_says_how_the_loop_did_since_the_previous_report() {
+        let mut reports = DiagnosticReports::default();
+        let mut status = |d: Diagnostics| {
+            let array = reports.array(Header::default(), &d);
+            let s = &array.status[0];
+            let no_plan = s.values.iter().find(|kv| kv.key == "fault.no_plan").unwrap();
+            assert_eq!(no_plan.value, "20", "the values count from the start");
+            (s.level, s.message.clone())
+        };
+        // Start-up: no plan yet for the first 20 ticks.
+        assert_eq!(
+            status(report(100, 20, 0, 0)),
+            (1, "20 of 100 ticks since the last report fell back (no_plan 20)".into())
+        );
+        assert_eq!(status(report(200, 20, 0, 0)), (0, "ok".into()), "healthy since");
+        assert_eq!(
+            status(report(300, 20, 100, 1)),
+            (
+                2,
+                "every tick since the last report fell back (state_stale 100); plan_errors 1".into()
+            )
+        );
+        assert_eq!(
+            status(report(400, 20, 100, 3)),
+            (1, "plan_errors 2 since the last report".into())
+        );
+        assert_eq!(
+            status(report(400, 20, 100, 3)),
+            (2, "no control tick ran since the last report".into())
+        );
     }
 
     #[test]

@@ -136,6 +136,7 @@ fn every_fault_in_the_faulty_bag_is_counted() {
     let states = &s.topics["/joint_states"];
     assert_eq!(skipped(states, "duplicate stamp"), 1, "{states:?}");
     assert_eq!(states.read, 50 + 1);
+    assert_eq!(s.diagnostics.states_rejected, 1, "the diagnostics count it too");
     let actions = &s.topics["/action"];
     assert_eq!(skipped(actions, "3 values, expected 2"), 1);
 

@@ -29,6 +29,9 @@ pub struct Diagnostics {
     pub late_actions_dropped: u64,
     pub plans: u64,
     pub plan_errors: u64,
+    /// Robot state messages refused (`StateIntake`: joints, non-finite values, stamps out of
+    /// order); the state goes stale while they last.
+    pub states_rejected: u64,
     pub deadline_misses: u64,
     /// Tick records the publisher could not take in time (its queue was full): those ticks'
     /// actions were computed but not published.
@@ -44,6 +47,7 @@ pub struct Diagnostics {
 pub(crate) struct DiagnosticInputs<'a> {
     pub counters: &'a Counters,
     pub plan_errors: u64,
+    pub states_rejected: u64,
     pub deadline_misses: u64,
     pub records_dropped: u64,
     pub tick_latency: LatencySummary,
@@ -66,6 +70,7 @@ impl Diagnostics {
             late_actions_dropped: c.late_dropped,
             plans: c.plans_installed,
             plan_errors: i.plan_errors,
+            states_rejected: i.states_rejected,
             deadline_misses: i.deadline_misses,
             records_dropped: i.records_dropped,
             tick_latency: i.tick_latency,

@@ -327,6 +327,7 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
     let plan_latency = Arc::new(Mutex::new(Histogram::default()));
     let plan_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let goal_status = Arc::new(Mutex::new(p.task.goal_status()));
+    let state_counts = p.state.clone();
     let action_dim = p.task.planner().contract().layout.action_dim;
     let frame_stats = p.frames.stats();
     let control_clock = p.clock.clone();
@@ -450,6 +451,7 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
             plan_errors: &plan_errors,
             frames: &frame_stats,
             goal: &goal_status,
+            state: &state_counts,
         };
         publisher(records_rx, copy_rx, &mut *sink, &s, &sources, &*publish_clock)
     })?;
@@ -481,6 +483,7 @@ struct StatSources<'a> {
     plan_errors: &'a std::sync::atomic::AtomicU64,
     frames: &'a CameraStats,
     goal: &'a Mutex<Option<GoalStatus>>,
+    state: &'a StateCell,
 }
 
 fn publisher(
@@ -513,6 +516,7 @@ fn publisher(
             let diag = Diagnostics::collect(DiagnosticInputs {
                 counters: &s.counters,
                 plan_errors: sources.plan_errors.load(Ordering::Relaxed),
+                states_rejected: sources.state.rejected(),
                 deadline_misses: s.deadline_misses,
                 records_dropped: s.records_dropped,
                 tick_latency: s.tick_latency.summary_ms(),

@@ -40,6 +40,7 @@ pub struct OfflineLoop {
     out: Vec<f64>,
     spare: Option<Box<Plan>>,
     plan_errors: u64,
+    states_rejected: u64,
     last_plan_error: Option<String>,
     tick_latency: Histogram,
 }
@@ -69,6 +70,7 @@ impl OfflineLoop {
             out: vec![0.0; action_dim],
             spare,
             plan_errors: 0,
+            states_rejected: 0,
             last_plan_error: None,
             tick_latency: Histogram::default(),
         }
@@ -136,6 +138,11 @@ impl OfflineLoop {
         self.state = Some(sample);
     }
 
+    /// A robot state message the intake refused (counted in the diagnostics).
+    pub fn state_rejected(&mut self) {
+        self.states_rejected += 1;
+    }
+
     /// Replay: use the robot's recorded action as the executed action in the history.
     pub fn ingest_executed_action(&mut self, action: &[f64]) {
         match &mut self.executed_override {
@@ -199,6 +206,7 @@ impl OfflineLoop {
         Diagnostics::collect(DiagnosticInputs {
             counters: self.core.counters(),
             plan_errors: self.plan_errors,
+            states_rejected: self.states_rejected,
             deadline_misses: 0,
             records_dropped: 0,
             tick_latency: self.tick_latency.summary_ms(),

@@ -1,8 +1,12 @@
 //! The robot's latest state (from `sensor_msgs/JointState`), shared between the input
 //! callback and the planner and control threads. Fixed capacity: copying it never allocates.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use parking_lot::Mutex;
 use thiserror::Error;
+
+use crate::frames::CLOCK_RESET_NS;
 
 /// Joints the state can hold.
 pub const MAX_JOINTS: usize = 16;
@@ -53,6 +57,16 @@ pub enum StateRejected<'a> {
     Names { names: usize, positions: usize },
     #[error("joint {joint:?} (topics.state_joints) not named exactly once among the message's names {present:?}")]
     Joint { joint: &'a str, present: &'a [String] },
+    #[error("{what} {value} of the state's joint {joint}: expected finite values")]
+    NotFinite {
+        what: &'static str,
+        joint: usize,
+        value: f64,
+    },
+    #[error("duplicate stamp")]
+    Duplicate,
+    #[error("stamp out of order")]
+    OutOfOrder,
 }
 
 /// The joints of a `sensor_msgs/JointState` that make the state, by name in the model's order
@@ -112,7 +126,7 @@ impl JointSelection {
             velocities: velocity.len(),
         };
         if self.names.is_empty() {
-            return StateSample::new(stamp_ns, position, velocity).ok_or_else(counts);
+            return finite(StateSample::new(stamp_ns, position, velocity).ok_or_else(counts)?);
         }
         if !(velocity.is_empty() || velocity.len() == position.len()) {
             return Err(counts());
@@ -140,7 +154,62 @@ impl JointSelection {
                 s.velocity[k] = velocity[i];
             }
         }
-        Ok(s)
+        finite(s)
+    }
+}
+
+/// A NaN or infinite value would keep the state looking fresh while the planner refuses it:
+/// refused here, the state goes stale and the control loop falls back by its own timeout.
+fn finite<'a>(s: StateSample) -> Result<StateSample, StateRejected<'a>> {
+    let n = s.joints;
+    for (what, values) in [("position", &s.position[..n]), ("velocity", &s.velocity[..n])] {
+        if let Some(joint) = values.iter().position(|v| !v.is_finite()) {
+            return Err(StateRejected::NotFinite {
+                what,
+                joint,
+                value: values[joint],
+            });
+        }
+    }
+    Ok(s)
+}
+
+/// One JointState stream's way in, the same live and in replay: the configured joints
+/// (`JointSelection`), then stamps that move forward, so that a late message never replaces a
+/// newer state. A stamp more than CLOCK_RESET_NS before the last one is a clock reset (a
+/// restarted simulation), taken as the camera frames take it.
+#[derive(Debug)]
+pub struct StateIntake {
+    selection: JointSelection,
+    last_stamp_ns: Option<i64>,
+}
+
+impl StateIntake {
+    pub fn new(selection: JointSelection) -> Self {
+        Self {
+            selection,
+            last_stamp_ns: None,
+        }
+    }
+
+    pub fn take<'a>(
+        &'a mut self,
+        stamp_ns: i64,
+        names: &'a [String],
+        position: &[f64],
+        velocity: &[f64],
+    ) -> Result<StateSample, StateRejected<'a>> {
+        if let Some(last) = self.last_stamp_ns {
+            if stamp_ns == last {
+                return Err(StateRejected::Duplicate);
+            }
+            if stamp_ns < last && stamp_ns >= last.saturating_sub(CLOCK_RESET_NS) {
+                return Err(StateRejected::OutOfOrder);
+            }
+        }
+        let sample = self.selection.sample(stamp_ns, names, position, velocity)?;
+        self.last_stamp_ns = Some(stamp_ns);
+        Ok(sample)
     }
 }
 
@@ -149,11 +218,21 @@ impl JointSelection {
 #[derive(Debug, Default)]
 pub struct StateCell {
     inner: Mutex<Option<StateSample>>,
+    /// Messages the intake refused (`StateIntake`), for the diagnostics.
+    rejected: AtomicU64,
 }
 
 impl StateCell {
     pub fn publish(&self, sample: StateSample) {
         *self.inner.lock() = Some(sample);
+    }
+
+    pub fn count_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
     }
 
     pub fn read(&self) -> Option<StateSample> {
@@ -248,5 +327,41 @@ mod tests {
                 MAX_JOINTS + 1
             )
         );
+    }
+
+    #[test]
+    fn a_non_finite_value_is_refused_by_what_and_joint() {
+        let all = JointSelection::default();
+        let err = all.sample(0, &[], &[1.0, f64::NAN], &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "position NaN of the state's joint 1: expected finite values"
+        );
+        let selection = JointSelection::new(&names(&["ee_x", "ee_y"])).unwrap();
+        let msg = names(&["ee_y", "ee_x"]);
+        let err = selection
+            .sample(0, &msg, &[1.0, 2.0], &[f64::INFINITY, 0.0])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "velocity inf of the state's joint 1: expected finite values"
+        );
+    }
+
+    #[test]
+    fn the_intake_refuses_stamps_that_do_not_move_forward_unless_the_clock_was_reset() {
+        let mut intake = StateIntake::new(JointSelection::default());
+        let mut take = |stamp_ns: i64| {
+            intake
+                .take(stamp_ns, &[], &[1.0], &[])
+                .map(|s| s.stamp_ns)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(take(5_000_000_000), Ok(5_000_000_000));
+        assert_eq!(take(5_000_000_000), Err("duplicate stamp".into()));
+        assert_eq!(take(4_500_000_000), Err("stamp out of order".into()));
+        assert_eq!(take(5_010_000_000), Ok(5_010_000_000));
+        assert_eq!(take(1_000_000), Ok(1_000_000), "a simulation restarted");
+        assert_eq!(take(2_000_000), Ok(2_000_000));
     }
 }

@@ -14,13 +14,13 @@ use ringbuf::{HeapCons, HeapProd, HeapRb};
 
 use super::decode::{decode_into, Frame, FrameError, ImageView, Resize};
 
+/// How far an input's stamp may go back before it is taken as a clock reset, not an input out
+/// of order (camera frames here, robot states in `control::StateIntake`).
+pub const CLOCK_RESET_NS: i64 = 1_000_000_000;
+
 /// Counters shared by writer and reader. Every frame received ends up counted once as
 /// delivered (handed to the planner), superseded (replaced by a newer one before the planner
 /// looked), dropped_full, or rejected_*; up to ring capacity + 1 may still be in flight.
-/// How far a frame's stamp may go back before it is taken as a clock reset, not a frame out
-/// of order.
-pub const CLOCK_RESET_NS: i64 = 1_000_000_000;
-
 #[derive(Debug, Default)]
 pub struct FrameStats {
     pub received: AtomicU64,

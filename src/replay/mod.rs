@@ -24,7 +24,7 @@ use order::LogTimeOrder;
 pub use writer::McapSink;
 
 use crate::config::NodeConfig;
-use crate::control::{ActionSink, Diagnostics, JointSelection, LatencySummary, OfflineLoop, TickReport};
+use crate::control::{ActionSink, Diagnostics, LatencySummary, OfflineLoop, StateIntake, TickReport};
 use crate::frames::ImageView;
 use crate::model::{Field, MAX_STANDARD_DEVIATIONS};
 use crate::msgs;
@@ -227,7 +227,7 @@ pub fn replay(
         out.with_file_name(name)
     };
     let feed = Feed {
-        joints,
+        joints: StateIntake::new(joints),
         sink: Published {
             output: McapSink::create(&staged, cfg).map_err(ReplayError::Output)?,
             comparison: ActionComparison::default(),
@@ -236,7 +236,6 @@ pub fn replay(
         action_dim: cfg.action_dim(),
         inputs,
         topics: BTreeMap::new(),
-        last_state_stamp: i64::MIN,
         start: Instant::now(),
         rate: options.rate,
         first_ns: None,
@@ -364,12 +363,11 @@ impl ActionSink for Published {
 struct Feed {
     lp: OfflineLoop,
     sink: Published,
-    joints: JointSelection,
+    joints: StateIntake,
     action_dim: usize,
     /// Each input and its topic (two camera roles may share one topic).
     inputs: Vec<(Input, String)>,
     topics: BTreeMap<String, TopicCount>,
-    last_state_stamp: i64,
     start: Instant,
     rate: Option<f64>,
     first_ns: Option<i64>,
@@ -443,20 +441,15 @@ impl Feed {
 
     fn state(&mut self, m: &BagMessage) -> Result<(), String> {
         let js = msgs::from_cdr::<msgs::JointState>(&m.data).map_err(|e| format!("undecodable: {e}"))?;
-        let stamp = js.header.stamp.to_ns();
-        if stamp == self.last_state_stamp {
-            return Err("duplicate stamp".into());
-        }
-        if stamp < self.last_state_stamp {
-            return Err("stamp out of order".into());
-        }
-        let sample = self
+        let taken = self
             .joints
-            .sample(stamp, &js.name, &js.position, &js.velocity)
-            .map_err(|e| e.to_string())?;
-        self.last_state_stamp = stamp;
-        self.lp.ingest_state(sample);
-        Ok(())
+            .take(js.header.stamp.to_ns(), &js.name, &js.position, &js.velocity)
+            .map_err(|e| e.to_string());
+        match taken {
+            Ok(sample) => self.lp.ingest_state(sample),
+            Err(_) => self.lp.state_rejected(),
+        }
+        taken.map(|_| ())
     }
 
     fn goal(&mut self, m: &BagMessage) -> Result<(), String> {

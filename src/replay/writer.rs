@@ -11,13 +11,14 @@ use crate::config::{ActionType, NodeConfig};
 use crate::control::{ActionSink, Diagnostics, TickReport};
 use crate::planner::Plan;
 
-use crate::msgs::{diagnostic_array, float64_array, schema, to_cdr, ActionFormat, ActionMessage, Header, Time};
+use crate::msgs::{float64_array, schema, to_cdr, ActionFormat, ActionMessage, DiagnosticReports, Header, Time};
 
 pub struct McapSink {
     writer: Option<mcap::Writer<BufWriter<File>>>,
     action_channel: u16,
     plan_channel: u16,
     diag_channel: u16,
+    reports: DiagnosticReports,
     sequence: u32,
     format: ActionFormat,
     pub error: Option<String>,
@@ -56,6 +57,7 @@ impl McapSink {
             action_channel,
             plan_channel,
             diag_channel,
+            reports: DiagnosticReports::default(),
             sequence: 0,
             format: ActionFormat::new(cfg),
             error: None,
@@ -105,6 +107,7 @@ impl ActionSink for McapSink {
             stamp: Time::from_ns(now_ns),
             frame_id: self.format.frame_id.clone(),
         };
-        self.write(self.diag_channel, now_ns, &to_cdr(&diagnostic_array(header, diag)));
+        let array = self.reports.array(header, diag);
+        self.write(self.diag_channel, now_ns, &to_cdr(&array));
     }
 }

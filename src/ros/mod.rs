@@ -24,9 +24,9 @@ use r2r::{builtin_interfaces, diagnostic_msgs, geometry_msgs, sensor_msgs, std_m
 
 use crate::config::{ActionType, NodeConfig};
 use crate::control::live::{self, Clock, GoalInbox, LiveParts, SystemClock};
-use crate::control::{ActionSink, Diagnostics, StateCell, TickReport};
+use crate::control::{ActionSink, Diagnostics, StateCell, StateIntake, TickReport};
 use crate::frames::ImageView;
-use crate::msgs::{self, diagnostic_array, ActionFormat, ActionMessage};
+use crate::msgs::{self, ActionFormat, ActionMessage, DiagnosticReports};
 use crate::node::{camera_rings, joint_selection, node_parts};
 use crate::planner::{GoalMessage, Plan};
 
@@ -81,6 +81,7 @@ struct RosSink {
     action: ActionPublisher,
     plan: r2r::Publisher<std_msgs::msg::Float64MultiArray>,
     diagnostics: r2r::Publisher<diagnostic_msgs::msg::DiagnosticArray>,
+    reports: DiagnosticReports,
     format: ActionFormat,
     failures: u64,
 }
@@ -159,7 +160,7 @@ impl ActionSink for RosSink {
             stamp: msgs::Time::from_ns(now_ns),
             frame_id: self.format.frame_id.clone(),
         };
-        let array = diagnostic_array(header, d);
+        let array = self.reports.array(header, d);
         let status = array
             .status
             .into_iter()
@@ -224,6 +225,7 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
         action,
         plan: node.create_publisher(&t.plan, qos.clone())?,
         diagnostics: node.create_publisher(&t.diagnostics, qos)?,
+        reports: DiagnosticReports::default(),
         format: ActionFormat::new(&cfg),
         failures: 0,
     };
@@ -236,6 +238,7 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
     for (ring, mut frames_in) in rings.iter().zip(writers) {
         let images = node.subscribe::<sensor_msgs::msg::Image>(&ring.topic, QosProfile::sensor_data())?;
         let topic = ring.topic.clone();
+        let mut rejected = 0u64;
         spawner.spawn_local(images.for_each(move |img| {
             let view = ImageView {
                 encoding: &img.encoding,
@@ -246,24 +249,30 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
                 stamp_ns: stamp_ns(&img.header.stamp),
             };
             if let Err(e) = frames_in.write(&view) {
-                // Counted in the diagnostics; logged at debug to keep a bad camera from flooding.
-                tracing::debug!(topic = %topic, error = %e, "camera frame rejected");
+                // Counted in the diagnostics by kind; the reason (an encoding or size the
+                // config does not take) on the first rejection and every 1000th, not at the
+                // camera's rate.
+                rejected += 1;
+                if rejected % 1000 == 1 {
+                    tracing::warn!(topic = %topic, rejected, error = %e, "camera frame rejected");
+                }
             }
             future::ready(())
         }))?;
     }
     let state_in = state.clone();
     let joints = node.subscribe::<sensor_msgs::msg::JointState>(&t.state, QosProfile::sensor_data())?;
-    let selection = joint_selection(&cfg, task.planner().contract())?;
+    let mut intake = StateIntake::new(joint_selection(&cfg, task.planner().contract())?);
     let state_topic = t.state.clone();
-    let mut rejected = 0u64;
     spawner.spawn_local(joints.for_each(move |js| {
-        match selection.sample(stamp_ns(&js.header.stamp), &js.name, &js.position, &js.velocity) {
+        match intake.take(stamp_ns(&js.header.stamp), &js.name, &js.position, &js.velocity) {
             Ok(sample) => state_in.publish(sample),
-            // The state goes stale and the state_stale fault holds or stops the arm; warn on
-            // the first rejection and every 1000th, not at the driver's rate.
+            // Counted in the diagnostics; the state goes stale and the state_stale fault holds
+            // or stops the arm. Warn on the first rejection and every 1000th, not at the
+            // driver's rate.
             Err(e) => {
-                rejected += 1;
+                state_in.count_rejected();
+                let rejected = state_in.rejected();
                 if rejected % 1000 == 1 {
                     tracing::warn!(topic = %state_topic, rejected, error = %e, "joint state rejected");
                 }
