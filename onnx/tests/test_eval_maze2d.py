@@ -248,6 +248,13 @@ def test_runs_over_adjacent_seeds_merge_into_one_run_over_all_of_them(tmp_path):
         merge([tmp_path / "older.json", late], tmp_path / "m3.json")
     assert merged["no_mcg"]["df_mcg_minus_this"] == pytest.approx(paired_difference(mcg[0], plain[0]))
     assert (tmp_path / "merged.md").read_text().count("| medium ") == 2
+    # Configurations run in another order pair by name; the model named by any run is kept.
+    swapped = json.loads(late.read_text())
+    swapped = {name: {**swapped[name], "model_sha256": "0123456789abcdef"} for name in ("no_mcg", "df_mcg")}
+    (tmp_path / "swapped.json").write_text(json.dumps(swapped))
+    again = merge([early, tmp_path / "swapped.json"], tmp_path / "m4.json")
+    assert list(again) == ["df_mcg", "no_mcg"] and again["no_mcg"]["model_sha256"] == "0123456789abcdef"
+    assert again["no_mcg"]["df_mcg_minus_this"] == pytest.approx(paired_difference(mcg[0], plain[0]))
 
 
 def test_merge_refuses_overlapping_seeds_gaps_and_different_evaluations(tmp_path):
@@ -276,8 +283,17 @@ def test_merge_refuses_overlapping_seeds_gaps_and_different_evaluations(tmp_path
     first = json.loads(a.read_text())
     first["no_mcg"]["model_sha256"] = "fedcba9876543210"
     (tmp_path / "first.json").write_text(json.dumps(first))
-    with pytest.raises(ValueError, match=r"no_mcg\.model_sha256 is '0123456789abcdef', expected 'fedcba9876543210'"):
+    with pytest.raises(ValueError, match=r"no_mcg: model_sha256 differs between \[.*first.json', .*retrained.json'\]"):
         merge([tmp_path / "first.json", tmp_path / "retrained.json"], tmp_path / "out.json")
+    # Checked between every two runs that name their model, not only against the first file.
+    third = json.loads(run_file(tmp_path / "third.json", 3, {"no_mcg": ([1.0], [None])}).read_text())
+    third["no_mcg"]["model_sha256"] = "fedcba9876543210"
+    (tmp_path / "third.json").write_text(json.dumps(third))
+    with pytest.raises(ValueError, match=r"model_sha256 differs between"):
+        merge([a, tmp_path / "retrained.json", tmp_path / "third.json"], tmp_path / "out.json")
+    (tmp_path / "curve.json").write_text(json.dumps([{"step": 1000, "score": 3.0}]))
+    with pytest.raises(ValueError, match=r"curve.json: not a results.json of df-train eval maze2d"):
+        merge([a, tmp_path / "curve.json"], tmp_path / "out.json")
     (tmp_path / "truncated.json").write_text(a.read_text()[:-20])
     with pytest.raises(ValueError, match=r"truncated.json: cannot read a results.json"):
         merge([a, tmp_path / "truncated.json"], tmp_path / "out.json")
@@ -400,6 +416,29 @@ class ReachFrom(Maze2DEnv):
 
     def reset(self, cell=None):
         return super().reset(self.cell)
+
+
+def test_a_failing_worker_stops_the_others_at_their_next_episode(monkeypatch):
+    import time
+
+    from df_train.eval import maze2d
+    from df_train.eval.planner_process import PlannerError
+
+    played = []
+
+    def run_episode(planner, env, planner_seed, record):
+        played.append(planner_seed)
+        if planner_seed == 1:
+            raise PlannerError("the planner exited with code 101")
+        time.sleep(0.2)  # worker 0's episodes outlast worker 1's failure
+        return {}
+
+    monkeypatch.setattr(maze2d, "run_episode", run_episode)
+    with pytest.raises(PlannerError, match="exited with code 101"):
+        maze2d.evaluate_config("umaze", 10, None, str(ROOT / "config/maze2d_umaze.yaml"), None, 0, False, 2,
+                               record=False)
+    # Before, worker 0 played all five of its episodes (0, 2, 4, 6, 8) after worker 1 failed.
+    assert 1 in played and len(played) <= 3, played
 
 
 def test_a_hung_planner_is_killed_and_named(tmp_path):

@@ -6,6 +6,7 @@ Table 1 run side by side, normalized as D4RL does.
 import json
 import math
 import statistics
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -107,15 +108,23 @@ def run_episode(planner: Planner | StraightToGoal, env: Maze2DEnv, planner_seed:
 def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, workers, record,
                     planner_seed_offset=0) -> tuple[dict, list]:
     """Episodes split over `workers` planner processes; episode i uses env seed `seed + i` and
-    planner seed `seed + i + planner_seed_offset`, so its result does not depend on the split."""
+    planner seed `seed + i + planner_seed_offset`, so its result does not depend on the split.
+    The first worker to fail stops the others at their next episode: the run is lost anyway."""
+    failed = threading.Event()
+
     def worker(w: int):
         planner = Planner(binary, config, args) if args is not None else StraightToGoal(config)
         try:
             done = []
             for i in range(w, episodes, workers):
+                if failed.is_set():
+                    return done, None
                 env = Maze2DEnv(maze, seed=seed + i, multi_goal=multi_goal)
                 done.append((i, run_episode(planner, env, seed + i + planner_seed_offset, record=record and i < 4)))
             stats = planner.ask({"op": "stats"})
+        except BaseException:
+            failed.set()
+            raise
         finally:
             planner.close()
         return done, stats
@@ -321,6 +330,8 @@ def read_results(path) -> dict:
         results = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: cannot read a results.json ({e})") from None
+    if not isinstance(results, dict) or not all(isinstance(s, dict) for s in results.values()):
+        raise ValueError(f"{path}: not a results.json of df-train eval maze2d (expected an object of configurations)")
     for name, summary in results.items():
         missing = [f for f in MERGED_FIELDS if f not in summary]
         if missing:
@@ -338,18 +349,21 @@ def merge(paths: list, out) -> dict:
     first_path, first = runs[0]
     results = {}
     for path, run in runs[1:]:
-        if list(run) != list(first):
+        # Paired by name: the order the configurations were run in does not matter.
+        if sorted(run) != sorted(first):
             raise ValueError(f"{path}: configurations {list(run)}, expected {list(first)} as in {first_path}")
     for name in first:
         parts = sorted(((path, run[name]) for path, run in runs), key=lambda part: part[1]["env_seeds"][0])
         for path, part in parts:
-            # A run written before results named their model (no model_sha256) is not checked.
-            same_model = [] if part.get("model_sha256") is None or first[name].get("model_sha256") is None \
-                else ["model_sha256"]
-            for field in ("maze", "multi_goal", "config", "serve_args", *same_model):
+            for field in ("maze", "multi_goal", "config", "serve_args"):
                 if part[field] != first[name][field]:
                     raise ValueError(f"{path}: {name}.{field} is {part[field]!r}, expected {first[name][field]!r} "
                                      f"as in {first_path}: only runs of the same evaluation can be pooled")
+        # A run written before results named their model (no model_sha256) is not checked.
+        models = {part["model_sha256"]: path for path, part in parts if part.get("model_sha256") is not None}
+        if len(models) > 1:
+            raise ValueError(f"{name}: model_sha256 differs between {sorted(models.values())}: "
+                             f"only runs of the same model can be pooled")
         offsets = {part["planner_seeds"][0] - part["env_seeds"][0] for _, part in parts}
         if len(offsets) > 1:
             raise ValueError(f"{name}: planner seed offsets {sorted(offsets)} differ between runs "
@@ -380,7 +394,7 @@ def merge(paths: list, out) -> dict:
             "env_seeds": [summaries[0]["env_seeds"][0], summaries[-1]["env_seeds"][1]],
             "planner_seeds": [summaries[0]["planner_seeds"][0], summaries[-1]["planner_seeds"][1]],
             **{k: first[name][k] for k in ("serve_args", "config", "paper")},
-            "model_sha256": first[name].get("model_sha256"),
+            "model_sha256": next(iter(models), None),
             "wall_s": sum(part["wall_s"] for part in summaries),
             "merged_from": [path for path, _ in parts],
         }
