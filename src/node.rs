@@ -4,7 +4,7 @@
 use thiserror::Error;
 
 use crate::config::NodeConfig;
-use crate::control::{ControlCore, ControlParams, JointSelection, OfflineLoop, Safety};
+use crate::control::{ControlCore, ControlParams, JointSelection, OfflineLoop, Safety, StateIntake};
 use crate::frames::{CameraRing, MAX_CAMERAS};
 use crate::model::{Field, ModelContract, ModelError, OnnxDenoiser, MAX_STANDARD_DEVIATIONS};
 use crate::planner::{DfPlanner, GoalReward, NodeGoal, PlanError, PlannerSettings, PlannerTask};
@@ -95,7 +95,7 @@ pub fn planner(cfg: &NodeConfig) -> Result<DfPlanner, NodeError> {
             got: "false".into(),
         });
     }
-    joint_selection(cfg, &contract)?;
+    state_intake(cfg, &contract)?;
     actions_within_the_training_data(cfg, &contract)?;
     let settings = planner_settings(cfg, contract.layout.frame_stack);
     Ok(DfPlanner::new(Box::new(model), contract, &settings)?)
@@ -137,7 +137,7 @@ fn actions_within_the_training_data(cfg: &NodeConfig, contract: &ModelContract) 
 
 /// How the node reads `sensor_msgs/JointState` (`topics.state_joints`): names that fit the
 /// model's observation, positions or positions then velocities.
-pub fn joint_selection(cfg: &NodeConfig, contract: &ModelContract) -> Result<JointSelection, NodeError> {
+pub fn state_intake(cfg: &NodeConfig, contract: &ModelContract) -> Result<StateIntake, NodeError> {
     let mismatch = |expected: String, got: String| NodeError::Mismatch {
         field: "topics.state_joints",
         expected,
@@ -156,7 +156,7 @@ pub fn joint_selection(cfg: &NodeConfig, contract: &ModelContract) -> Result<Joi
         };
         return Err(mismatch(expected, joints.to_string()));
     }
-    Ok(selection)
+    Ok(StateIntake::new(selection, observation_dim))
 }
 
 /// The planner task, planning toward the node's goal, and the control core.

@@ -63,6 +63,8 @@ pub enum StateRejected<'a> {
         joint: usize,
         value: f64,
     },
+    #[error("no velocities for the {joints} joints: the model's observation ({observation_dim} values) is positions then velocities")]
+    NoVelocities { joints: usize, observation_dim: usize },
     #[error("duplicate stamp")]
     Duplicate,
     #[error("stamp out of order")]
@@ -175,19 +177,22 @@ fn finite<'a>(s: StateSample) -> Result<StateSample, StateRejected<'a>> {
 }
 
 /// One JointState stream's way in, the same live and in replay: the configured joints
-/// (`JointSelection`), then stamps that move forward, so that a late message never replaces a
-/// newer state. A stamp more than CLOCK_RESET_NS before the last one is a clock reset (a
-/// restarted simulation), taken as the camera frames take it.
+/// (`JointSelection`), velocities where the model's observation has them (rather than zeros
+/// that would read as a robot at rest), then stamps that move forward, so that a late message
+/// never replaces a newer state. A stamp more than CLOCK_RESET_NS before the last one is a
+/// clock reset (a restarted simulation), taken as the camera frames take it.
 #[derive(Debug)]
 pub struct StateIntake {
     selection: JointSelection,
+    observation_dim: usize,
     last_stamp_ns: Option<i64>,
 }
 
 impl StateIntake {
-    pub fn new(selection: JointSelection) -> Self {
+    pub fn new(selection: JointSelection, observation_dim: usize) -> Self {
         Self {
             selection,
+            observation_dim,
             last_stamp_ns: None,
         }
     }
@@ -208,6 +213,12 @@ impl StateIntake {
             }
         }
         let sample = self.selection.sample(stamp_ns, names, position, velocity)?;
+        if velocity.is_empty() && 2 * sample.joints == self.observation_dim {
+            return Err(StateRejected::NoVelocities {
+                joints: sample.joints,
+                observation_dim: self.observation_dim,
+            });
+        }
         self.last_stamp_ns = Some(stamp_ns);
         Ok(sample)
     }
@@ -350,7 +361,7 @@ mod tests {
 
     #[test]
     fn the_intake_refuses_stamps_that_do_not_move_forward_unless_the_clock_was_reset() {
-        let mut intake = StateIntake::new(JointSelection::default());
+        let mut intake = StateIntake::new(JointSelection::default(), 1);
         let mut take = |stamp_ns: i64| {
             intake
                 .take(stamp_ns, &[], &[1.0], &[])
@@ -363,5 +374,18 @@ mod tests {
         assert_eq!(take(5_010_000_000), Ok(5_010_000_000));
         assert_eq!(take(1_000_000), Ok(1_000_000), "a simulation restarted");
         assert_eq!(take(2_000_000), Ok(2_000_000));
+    }
+
+    #[test]
+    fn the_intake_wants_velocities_where_the_model_observes_them() {
+        // Observation of 4 values: two joints' positions then velocities, or four positions.
+        let mut intake = StateIntake::new(JointSelection::default(), 4);
+        let err = intake.take(1, &[], &[1.0, 2.0], &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no velocities for the 2 joints: the model's observation (4 values) is positions then velocities"
+        );
+        assert!(intake.take(2, &[], &[1.0, 2.0], &[0.1, 0.2]).is_ok());
+        assert!(intake.take(3, &[], &[1.0, 2.0, 3.0, 4.0], &[]).is_ok());
     }
 }

@@ -28,7 +28,7 @@ use crate::control::{ActionSink, Diagnostics, LatencySummary, OfflineLoop, State
 use crate::frames::ImageView;
 use crate::model::{Field, MAX_STANDARD_DEVIATIONS};
 use crate::msgs;
-use crate::node::{camera_rings, joint_selection, offline_loop, planner, NodeError};
+use crate::node::{camera_rings, offline_loop, planner, state_intake, NodeError};
 use crate::planner::Plan;
 
 #[derive(Debug, Error)]
@@ -213,7 +213,7 @@ pub fn replay(
         }
     }
     let inputs: Vec<(Input, String)> = wanted.iter().map(|w| (w.0, w.2.to_owned())).collect();
-    let joints = joint_selection(cfg, lp.contract())?;
+    let states = state_intake(cfg, lp.contract())?;
     check_output_outside(bag_path, out)?;
     // Written beside the output and renamed over it once the replay has succeeded: a failed
     // replay leaves a previous output as it was, and an output that is a link into the bag
@@ -227,7 +227,7 @@ pub fn replay(
         out.with_file_name(name)
     };
     let feed = Feed {
-        joints: StateIntake::new(joints),
+        states,
         sink: Published {
             output: McapSink::create(&staged, cfg).map_err(ReplayError::Output)?,
             comparison: ActionComparison::default(),
@@ -363,7 +363,7 @@ impl ActionSink for Published {
 struct Feed {
     lp: OfflineLoop,
     sink: Published,
-    joints: StateIntake,
+    states: StateIntake,
     action_dim: usize,
     /// Each input and its topic (two camera roles may share one topic).
     inputs: Vec<(Input, String)>,
@@ -442,7 +442,7 @@ impl Feed {
     fn state(&mut self, m: &BagMessage) -> Result<(), String> {
         let js = msgs::from_cdr::<msgs::JointState>(&m.data).map_err(|e| format!("undecodable: {e}"))?;
         let taken = self
-            .joints
+            .states
             .take(js.header.stamp.to_ns(), &js.name, &js.position, &js.velocity)
             .map_err(|e| e.to_string());
         match taken {

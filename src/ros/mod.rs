@@ -24,10 +24,10 @@ use r2r::{builtin_interfaces, diagnostic_msgs, geometry_msgs, sensor_msgs, std_m
 
 use crate::config::{ActionType, NodeConfig};
 use crate::control::live::{self, Clock, GoalInbox, LiveParts, SystemClock};
-use crate::control::{ActionSink, Diagnostics, StateCell, StateIntake, TickReport};
+use crate::control::{ActionSink, Diagnostics, StateCell, TickReport};
 use crate::frames::ImageView;
 use crate::msgs::{self, ActionFormat, ActionMessage, DiagnosticReports};
-use crate::node::{camera_rings, joint_selection, node_parts};
+use crate::node::{camera_rings, node_parts, state_intake};
 use crate::planner::{GoalMessage, Plan};
 
 /// ROS time as the loop sees it under `use_sim_time`: the spin thread stores `/clock` time
@@ -262,7 +262,7 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
     }
     let state_in = state.clone();
     let joints = node.subscribe::<sensor_msgs::msg::JointState>(&t.state, QosProfile::sensor_data())?;
-    let mut intake = StateIntake::new(joint_selection(&cfg, task.planner().contract())?);
+    let mut intake = state_intake(&cfg, task.planner().contract())?;
     let state_topic = t.state.clone();
     spawner.spawn_local(joints.for_each(move |js| {
         match intake.take(stamp_ns(&js.header.stamp), &js.name, &js.position, &js.velocity) {
