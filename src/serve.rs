@@ -9,7 +9,7 @@
 //! - `{"op": "step", "obs": [...]}` → `{"ok": true, "action": [...], "replanned": bool,
 //!   "plan_ms": f (when replanned), "plan": [[x, y], ...] (planned positions, when replanned),
 //!   "holding": bool (holding the goal at rest, serve.hold_radius), "mcg_shift": f (when
-//!   replanned with MCG: how much averaging over the sampled futures changed the executed
+//!   replanned with MCG and guided: how much averaging over the sampled futures changed the executed
 //!   tokens' guidance, ‖ḡ − g₀‖ / ‖g₀‖), "mcg_pull": f (with it: how strong the averaged
 //!   guidance was against plain guidance's, ‖ḡ‖ / ‖g₀‖), "mcg_guidance": f (with them: ‖g₀‖,
 //!   plain guidance's strength; its square weighs plans when pooling them), "futures":
@@ -21,8 +21,12 @@
 //!   frames), for the current goal: what guidance prefers among paths it did not plan
 //!
 //! A malformed line or a bad request is answered `{"ok": false, "error": "..."}` (naming the
-//! field, e.g. `goal` or `obs[2]`) and logged; the server keeps its state and waits for the
-//! next line.
+//! field, e.g. `goal`, `obs[2]`, or `observation` for an observation the model refuses) and
+//! logged; the server keeps its state and waits for the next line. Empty lines are skipped.
+//! A step whose plan fails (the model's output is not finite) is answered the same way, but
+//! its observation has entered the history, as a robot's would: hold the previous action for
+//! that step (the node's `hold` fallback) and send the next observation, whose step plans
+//! again; sending the same observation again would enter it twice.
 
 use std::io::{BufRead, Write};
 
@@ -147,11 +151,21 @@ impl Server {
                 l.action_dim
             ));
         }
-        // The PD controller reads velocity at position index + 2.
-        if serve.position_dims.iter().any(|&d| d + 2 >= l.observation_dim) {
+        // The planned positions are read at these indices; the PD controller reads velocity at
+        // position index + 2.
+        let limit = if drives_pd {
+            l.observation_dim.saturating_sub(2)
+        } else {
+            l.observation_dim
+        };
+        if serve.position_dims.iter().any(|&d| d >= limit) {
+            let why = if drives_pd {
+                "observation_dim - 2"
+            } else {
+                "observation_dim"
+            };
             return Err(format!(
-                "serve.position_dims: expected indices < observation_dim - 2 = {}, got {:?}",
-                l.observation_dim.saturating_sub(2),
+                "serve.position_dims: expected indices < {why} = {limit}, got {:?}",
                 serve.position_dims
             ));
         }

@@ -150,6 +150,19 @@ fn bad_arguments_fail_with_a_message() {
     let out = df_planner(&["bench", "--config", "config/pointmass.yaml", "--providers", "cpu"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("'--config <CONFIG>' cannot be used with"));
+    let out = df_planner(&[
+        "serve",
+        "--config",
+        "config/fruit_swap.yaml",
+        "--execute",
+        "pd_controller",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a camera model is served through the node's loop"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = df_planner(&["sample", "--model", "onnx/models/fruit_swap.onnx", "--out", "/dev/null"]);
     assert!(!out.status.success());
     assert!(

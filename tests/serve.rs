@@ -288,6 +288,26 @@ fn warm_start_is_accepted_only_for_whole_tokens() {
 }
 
 #[test]
+fn a_refused_observation_is_not_a_step_and_leaves_the_warm_start() {
+    let mut cfg = config("");
+    cfg.planner.warm_start_level = Some(5);
+    let episode = |bad_request_at: Option<usize>| {
+        let mut s = server(&cfg);
+        ask(&mut s, json!({"op": "reset", "goal": [1.0, 1.0], "seed": 3}));
+        let mut actions = vec![];
+        for k in 0..9 {
+            if bad_request_at == Some(k) {
+                assert_eq!(ask(&mut s, json!({"op": "step", "obs": [1.0]}))["ok"], false);
+            }
+            actions.push(ask(&mut s, json!({"op": "step", "obs": [0.05 * k as f64, 0.0, 0.0, 0.0]}))["action"].clone());
+        }
+        actions
+    };
+    // Plans at steps 0, 4 and 8, the later two warm: a refused request between them changes nothing.
+    assert_eq!(episode(Some(2)), episode(None));
+}
+
+#[test]
 fn a_seeded_reset_makes_the_episode_independent_of_what_ran_before() {
     let cfg = config("");
     let episode = |s: &mut Server, reset: Value| {
@@ -336,6 +356,30 @@ fn fruit_swap_config() -> NodeConfig {
     cfg.model.path = common::repo().join("onnx/models/fruit_swap.onnx");
     cfg.model.runtime = common::cpu();
     cfg
+}
+
+#[test]
+fn position_dims_leave_room_for_velocities_only_where_the_pd_controller_reads_them() {
+    let mut cfg = config("");
+    let serve = |execute| df_planner::serve::ServeSection {
+        execute,
+        position_dims: [2, 3],
+        ..Default::default()
+    };
+    cfg.serve = Some(serve(df_planner::serve::Execute::DiffusedActions));
+    let planner = |cfg: &NodeConfig| df_planner::node::planner(cfg).unwrap();
+    assert!(
+        Server::new(&cfg, planner(&cfg)).is_ok(),
+        "plans are read at 2 and 3 of 4"
+    );
+    cfg.serve = Some(serve(df_planner::serve::Execute::PdController));
+    let Err(e) = Server::new(&cfg, planner(&cfg)) else {
+        panic!("velocities at 4 and 5 of 4 were accepted")
+    };
+    assert!(
+        e.contains("serve.position_dims: expected indices < observation_dim - 2 = 2, got [2, 3]"),
+        "{e}"
+    );
 }
 
 #[test]

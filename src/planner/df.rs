@@ -331,14 +331,12 @@ impl DfPlanner {
 
     /// Append one frame: the action executed during the last step and the observation now.
     /// Camera models then take the frame's images with `push_images`. A frame that is not
-    /// finite or lies beyond `MAX_STANDARD_DEVIATIONS` is refused and leaves the history as it
-    /// was (recorded, it would fail every plan while it stays in the window); the next plan
-    /// starts cold, as after skipped steps, since a step has passed that the history lacks.
+    /// finite or lies beyond `MAX_STANDARD_DEVIATIONS` is refused and leaves the history and
+    /// the previous plan as they were (recorded, it would fail every plan while it stays in
+    /// the window). Where a step did pass all the same (the robot node), the history lacks it
+    /// and the caller starts the next plan cold (`PlannerTask`); `serve` refuses the request.
     pub fn push_frame(&mut self, prev_action: &[f64], observation: &[f64]) -> Result<(), PlanError> {
-        if let Err(e) = self.fill_frame(prev_action, observation) {
-            self.start_cold();
-            return Err(e);
-        }
+        self.fill_frame(prev_action, observation)?;
         let fd = self.contract.layout.frame_dim;
         let n = &self.contract.normalization;
         self.frames_seen += 1;
@@ -815,9 +813,10 @@ pub(super) mod tests {
         p.start_cold();
         assert_eq!(calls(&mut p, 10, true).unwrap(), cold);
         assert_eq!(calls(&mut p, 12, true).unwrap(), warm);
-        // A refused frame: a step the history lacks, so cold again.
+        // A refused frame leaves the previous plan: the next frame's plan is warm (the robot
+        // node, where the refused step did pass, starts cold itself: PlannerTask's tests).
         assert!(p.push_frame(&[0.0; 2], &[f64::NAN; 4]).is_err());
-        assert_eq!(calls(&mut p, 14, true).unwrap(), cold);
+        assert_eq!(calls(&mut p, 14, true).unwrap(), warm);
     }
 
     #[test]
