@@ -576,6 +576,13 @@ fn replay(a: ReplayArgs) -> Result<()> {
     if let Some(e) = &s.bag_read_error {
         writeln!(out, "bag damage   {e}")?;
     }
+    if s.gaps_jumped > 0 {
+        writeln!(
+            out,
+            "gaps         {} gaps between input messages over 60 s jumped, not ticked through ({:.1} s in all)",
+            s.gaps_jumped, s.gap_s_jumped
+        )?;
+    }
     if s.reordered_by_log_time > 0 {
         writeln!(
             out,

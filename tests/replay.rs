@@ -301,6 +301,59 @@ fn a_split_bag_replays_every_file_in_order() {
 }
 
 #[test]
+fn a_split_bag_whose_last_file_is_empty_replays_the_files_before_it() {
+    // A recording killed just after a split: the next file exists but holds nothing yet.
+    let dir = out("split_empty");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("split_empty_0.mcap"), shipped_mcap()).unwrap();
+    std::fs::write(dir.join("split_empty_1.mcap"), b"").unwrap();
+    let s = run_bag(&config(), &dir, "split_empty.mcap").unwrap();
+    for (topic, count) in &s.topics {
+        assert_eq!((count.read, count.used), (60, 60), "{topic}: {count:?}");
+    }
+    let damage = s.bag_read_error.expect("the empty file is reported");
+    assert!(damage.contains("split_empty_1.mcap"), "{damage}");
+}
+
+#[test]
+fn a_bag_whose_closing_magic_is_damaged_replays_whole() {
+    let mut bytes = shipped_mcap();
+    *bytes.last_mut().unwrap() ^= 0xff;
+    let path = out("end_magic.mcap");
+    std::fs::write(&path, bytes).unwrap();
+    let s = run_bag(&config(), &path, "end_magic_out.mcap").unwrap();
+    for (topic, count) in &s.topics {
+        assert_eq!((count.read, count.used), (60, 60), "{topic}: {count:?}");
+    }
+}
+
+#[test]
+fn a_gap_in_log_times_is_jumped_not_ticked_through() {
+    // The first message stamped 0, as under sim time before /clock arrives: ticking from 0 to
+    // the others' wall-clock times at 50 Hz would take ~8e10 ticks.
+    let whole = shipped_mcap();
+    let messages = mcap::MessageStream::new(&whole).unwrap().enumerate().map(|(k, m)| {
+        let mut m = m.unwrap();
+        if k == 0 {
+            m.log_time = 0;
+        }
+        m
+    });
+    let path = out("gap.mcap");
+    write_mcap(&path, messages);
+    let s = run_bag(&config(), &path, "gap_out.mcap").unwrap();
+    assert_eq!(s.gaps_jumped, 1);
+    assert!(s.gap_s_jumped > 1e9, "{}", s.gap_s_jumped);
+    let normal = run(&config(), "pointmass_mcap", "no_gap_out.mcap").unwrap();
+    assert!(
+        s.ticks <= normal.ticks + 1,
+        "{} ticks against {}",
+        s.ticks,
+        normal.ticks
+    );
+}
+
+#[test]
 fn a_non_finite_or_glitched_recorded_action_is_skipped_and_counted() {
     // The shipped bag with one recorded action's last value set to NaN, and another's to 1e9
     // (finite, but a billion standard deviations from the model's actions).
@@ -610,14 +663,21 @@ fn replay_options_out_of_range_are_named() {
                 rate: Some(0.0),
                 ..ReplayOptions::default()
             },
-            "rate: expected a number > 0, got 0",
+            "rate: expected a number >= 0.001, got 0.0",
+        ),
+        (
+            ReplayOptions {
+                rate: Some(1e-300),
+                ..ReplayOptions::default()
+            },
+            "rate: expected a number >= 0.001, got 1e-300",
         ),
         (
             ReplayOptions {
                 reorder_window_s: -1.0,
                 ..ReplayOptions::default()
             },
-            "reorder window: expected seconds from 0 to 86400, got -1",
+            "reorder window: expected seconds from 0 to 86400, got -1.0",
         ),
     ] {
         let err = replay(&cfg, &bag("pointmass_mcap"), &out("options.mcap"), &options).unwrap_err();

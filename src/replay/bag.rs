@@ -118,7 +118,20 @@ fn each_file(path: &Path, read: &mut dyn FnMut(&Path) -> Result<BagInfo, BagErro
     }
     let mut all: Option<BagInfo> = None;
     for file in &files {
-        let part = read(file)?;
+        let part = match (read(file), all.as_mut()) {
+            (Ok(part), _) => part,
+            // A later file that cannot be read (a recording killed just after a split leaves
+            // an empty one) ends the bag there, as damage inside a file does: what came before
+            // is replayed.
+            (Err(e), Some(all)) => {
+                all.append(BagInfo {
+                    read_error: Some(e.to_string()),
+                    ..BagInfo::default()
+                });
+                break;
+            }
+            (Err(e), None) => return Err(e),
+        };
         match all.as_mut() {
             None => all = Some(part),
             Some(all) => all.append(part),
@@ -274,14 +287,15 @@ fn read_mcap(path: &Path, keep: &dyn Fn(&str) -> bool, each: &mut dyn FnMut(BagM
                 }
             }
             Ok(LinearReadEvent::Record { opcode, data }) => {
+                bag.any_record = true;
                 mcap::parse_record(opcode, data).and_then(|r| bag.add(r, keep, each))
             }
             Err(e) => Err(e),
         };
         if let Err(e) = added {
             // Too short to hold the magic, or another format's bytes where it should be; past
-            // the magic, an error is damage to an MCAP file.
-            if bytes_read < mcap::MAGIC.len() || matches!(e, McapError::BadMagic) {
+            // the first record, an error (a bad closing magic included) is damage to an MCAP file.
+            if bytes_read < mcap::MAGIC.len() || (matches!(e, McapError::BadMagic) && !bag.any_record) {
                 return Err(BagError::Open {
                     path: path.to_owned(),
                     message: format!("not an MCAP file: {e}"),
@@ -397,6 +411,9 @@ struct McapRecords {
     messages_read: usize,
     /// Past the Data End record: what follows only repeats declarations (the summary).
     data_ended: bool,
+    /// A record has been read: the file is an MCAP file, damaged or not.
+    any_record: bool,
+    bad_log_time_said: bool,
     out: BagInfo,
 }
 
@@ -426,9 +443,23 @@ impl McapRecords {
                 if !kept {
                     return Ok(());
                 }
+                // Beyond the year 2262 (i64 nanoseconds, the loop's clock): a corrupt time,
+                // skipped and said once.
+                let Ok(log_time_ns) = i64::try_from(header.log_time) else {
+                    if !self.bad_log_time_said {
+                        self.bad_log_time_said = true;
+                        let topic = &self.out.topics[index].0;
+                        tracing::warn!(
+                            topic,
+                            log_time = header.log_time,
+                            "message log time beyond i64 nanoseconds: skipped"
+                        );
+                    }
+                    return Ok(());
+                };
                 each(BagMessage {
                     topic: self.out.topics[index].0.clone(),
-                    log_time_ns: header.log_time as i64,
+                    log_time_ns,
                     data: data.into_owned(),
                 });
             }

@@ -52,7 +52,7 @@ pub enum ReplayError {
     },
     #[error("output {0}")]
     Output(String),
-    #[error("{option}: expected {expected}, got {got}")]
+    #[error("{option}: expected {expected}, got {got:?}")]
     Option {
         option: &'static str,
         expected: &'static str,
@@ -76,6 +76,10 @@ pub struct ReplaySummary {
     pub storage: &'static str,
     pub bag_read_error: Option<String>,
     pub reordered_by_log_time: u64,
+    /// Gaps between input messages longer than MAX_GAP_NS, jumped rather than ticked through,
+    /// and their total length.
+    pub gaps_jumped: u64,
+    pub gap_s_jumped: f64,
     pub topics: BTreeMap<String, TopicCount>,
     pub ticks: u64,
     pub ticks_per_s: f64,
@@ -92,6 +96,12 @@ pub struct ReplaySummary {
 pub fn build_loop(cfg: &NodeConfig) -> Result<OfflineLoop, ReplayError> {
     Ok(offline_loop(cfg, planner(cfg)?)?)
 }
+
+/// A gap between input messages longer than this is jumped, not ticked through (`OfflineLoop::
+/// jump_to`): far beyond any input timeout, the loop would only fall back across it.
+pub const MAX_GAP_NS: i64 = 60_000_000_000;
+/// The slowest `--rate`: slower, a one-minute gap would pace for over two weeks.
+const MIN_RATE: f64 = 0.001;
 
 const IMAGE: &str = "sensor_msgs/msg/Image";
 
@@ -130,10 +140,10 @@ impl Default for ReplayOptions {
 
 impl ReplayOptions {
     fn check(&self) -> Result<(), ReplayError> {
-        if let Some(rate) = self.rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+        if let Some(rate) = self.rate.filter(|r| !(r.is_finite() && *r >= MIN_RATE)) {
             return Err(ReplayError::Option {
                 option: "rate",
-                expected: "a number > 0",
+                expected: "a number >= 0.001",
                 got: rate,
             });
         }
@@ -240,6 +250,8 @@ pub fn replay(
         rate: options.rate,
         first_ns: None,
         last_ns: 0,
+        gaps_jumped: 0,
+        gap_ns_jumped: 0,
     };
     let replayed = stream(feed, bag_path, (options.reorder_window_s * 1e9) as i64);
     if !direct {
@@ -314,6 +326,8 @@ fn stream(mut feed: Feed, bag_path: &Path, reorder_window_ns: i64) -> Result<Rep
         topics,
         start,
         last_ns,
+        gaps_jumped,
+        gap_ns_jumped,
         ..
     } = feed;
     let wall_s = start.elapsed().as_secs_f64();
@@ -326,6 +340,8 @@ fn stream(mut feed: Feed, bag_path: &Path, reorder_window_ns: i64) -> Result<Rep
         storage: read.storage,
         bag_read_error: read.read_error,
         reordered_by_log_time: order.reordered,
+        gaps_jumped,
+        gap_s_jumped: gap_ns_jumped as f64 / 1e9,
         topics,
         ticks: diagnostics.ticks,
         ticks_per_s: diagnostics.ticks as f64 / wall_s.max(1e-9),
@@ -372,6 +388,8 @@ struct Feed {
     rate: Option<f64>,
     first_ns: Option<i64>,
     last_ns: i64,
+    gaps_jumped: u64,
+    gap_ns_jumped: i128,
 }
 
 impl TopicCount {
@@ -393,9 +411,19 @@ impl Feed {
             return;
         };
         let first_ns = *self.first_ns.get_or_insert(m.log_time_ns);
+        let gap_ns = i128::from(m.log_time_ns) - i128::from(self.last_ns);
+        if self.first_ns != Some(m.log_time_ns) && gap_ns > i128::from(MAX_GAP_NS) {
+            // A recording paused, or a first message stamped before the clock was set (log
+            // time 0 under sim time): ticking through would take as long as the gap's ticks.
+            tracing::warn!(gap_s = gap_ns as f64 / 1e9, topic = %m.topic, "jumping a gap in the bag's log times");
+            self.lp.jump_to(m.log_time_ns);
+            self.gaps_jumped += 1;
+            self.gap_ns_jumped += gap_ns;
+        }
         self.last_ns = m.log_time_ns;
         if let Some(rate) = self.rate {
-            let due = (m.log_time_ns - first_ns) as f64 / 1e9 / rate;
+            let bag_ns = i128::from(m.log_time_ns) - i128::from(first_ns) - self.gap_ns_jumped;
+            let due = bag_ns as f64 / 1e9 / rate;
             let now = self.start.elapsed().as_secs_f64();
             if due > now {
                 std::thread::sleep(std::time::Duration::from_secs_f64(due - now));
