@@ -316,6 +316,38 @@ fn a_split_bag_whose_last_file_is_empty_replays_the_files_before_it() {
 }
 
 #[test]
+fn zstd_and_lz4_compressed_bags_replay_as_the_uncompressed_one() {
+    let whole = shipped_mcap();
+    run(&config(), "pointmass_mcap", "uncompressed_out.mcap").unwrap();
+    let actions = |name: &str| messages(&out(name), "/df_planner/action");
+    for (name, compression) in [("zstd", mcap::Compression::Zstd), ("lz4", mcap::Compression::Lz4)] {
+        let path = out(&format!("{name}.mcap"));
+        let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let mut w = mcap::WriteOptions::new()
+            .compression(Some(compression))
+            .create(file)
+            .unwrap();
+        for m in mcap::MessageStream::new(&whole).unwrap() {
+            w.write(&m.unwrap()).unwrap();
+        }
+        w.finish().unwrap();
+        assert!(
+            std::fs::read(&path)
+                .unwrap()
+                .windows(name.len())
+                .any(|b| b == name.as_bytes()),
+            "{name} chunks"
+        );
+        let out_name = format!("{name}_out.mcap");
+        let s = run_bag(&config(), &path, &out_name).unwrap();
+        for (topic, count) in &s.topics {
+            assert_eq!((count.read, count.used), (60, 60), "{name} {topic}: {count:?}");
+        }
+        assert_eq!(actions(&out_name), actions("uncompressed_out.mcap"), "{name}");
+    }
+}
+
+#[test]
 fn a_bag_whose_closing_magic_is_damaged_replays_whole() {
     let mut bytes = shipped_mcap();
     *bytes.last_mut().unwrap() ^= 0xff;
