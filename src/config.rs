@@ -296,8 +296,7 @@ impl NodeConfig {
         })?;
         let mut cfg = Self::parse(&text, path)?;
         if cfg.model.path.is_relative() {
-            let root = path.parent().and_then(Path::parent).unwrap_or(Path::new("."));
-            cfg.model.path = root.join(&cfg.model.path);
+            cfg.model.path = package_root(path).join(&cfg.model.path);
         }
         Ok(cfg)
     }
@@ -544,11 +543,26 @@ fn over_bases(mut value: Value, path: &Path, chain: &mut Vec<Link>) -> Result<Va
     // The base's own relative model path, from the base's package root (as `load` does).
     if let Some(Value::String(model)) = base_value.get_mut("model").and_then(|m| m.get_mut("path")) {
         if Path::new(model.as_str()).is_relative() {
-            let root = base_path.parent().and_then(Path::parent).unwrap_or(Path::new("."));
-            *model = root.join(model.as_str()).to_string_lossy().into_owned();
+            *model = package_root(&base_path)
+                .join(model.as_str())
+                .to_string_lossy()
+                .into_owned();
         }
     }
     Ok(laid_over(over_bases(base_value, &base_path, chain)?, value))
+}
+
+/// Where a config's relative model path starts: its folder's parent (`<package>/config/x.yaml`
+/// → `<package>`). The folder is resolved first, so that `x.yaml` given from inside `config/`,
+/// or a path through `..`, finds the same package; a link to the config file itself is not
+/// followed (an install's config links keep the install's models).
+fn package_root(config: &Path) -> PathBuf {
+    let folder = config
+        .parent()
+        .filter(|f| !f.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let folder = folder.canonicalize().unwrap_or_else(|_| folder.to_owned());
+    folder.parent().map_or(folder.clone(), Path::to_owned)
 }
 
 /// A config's path as the chain of bases records it: canonical where it exists.

@@ -175,6 +175,41 @@ fn a_yaml_merge_key_is_refused_pointing_at_base() {
 }
 
 #[test]
+fn a_relative_model_path_is_found_from_the_package_whatever_the_config_path_looks_like() {
+    // A package written under the target folder, loaded by paths relative to the working
+    // directory (the crate root under cargo test), one through `..` and one over a base.
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let relative = tmp
+        .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+        .expect("target under the crate");
+    let pkg = relative.join(format!("relative_paths_{}", std::process::id()));
+    let shipped = std::fs::read_to_string(common::repo().join("config/pointmass.yaml")).unwrap();
+    std::fs::create_dir_all(pkg.join("config/robots")).unwrap();
+    std::fs::write(pkg.join("config/pointmass.yaml"), &shipped).unwrap();
+    std::fs::write(
+        pkg.join("config/robots/arm.yaml"),
+        "base: ../pointmass.yaml
+",
+    )
+    .unwrap();
+    std::fs::write(
+        pkg.join("config/child.yaml"),
+        "base: pointmass.yaml
+",
+    )
+    .unwrap();
+    let expected = pkg.canonicalize().unwrap().join("onnx/models/pointmass.onnx");
+    for config in [
+        "config/child.yaml",
+        "config/robots/arm.yaml",
+        "config/robots/../pointmass.yaml",
+    ] {
+        let cfg = NodeConfig::load(&pkg.join(config)).unwrap();
+        assert_eq!(cfg.model.path, expected, "{config}");
+    }
+}
+
+#[test]
 fn a_changed_variant_replaces_the_bases_and_a_bases_model_path_stays_its_own() {
     let shipped = std::fs::read_to_string(common::repo().join("config/pointmass.yaml")).unwrap();
     // The base's pyramid has an uncertainty; a trapezoid over it must give its own.
