@@ -400,7 +400,14 @@ impl NodeConfig {
         }
         for i in 0..n {
             let (lo, hi) = (self.safety.action_min[i], self.safety.action_max[i]);
-            if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+            if !lo.is_finite() {
+                return Err(bad(
+                    "safety.action_min",
+                    "finite values".into(),
+                    format!("{lo} at [{i}]"),
+                ));
+            }
+            if !(hi.is_finite() && lo <= hi) {
                 return Err(bad(
                     "safety.action_max",
                     format!("finite and >= action_min[{i}] = {lo}"),

@@ -234,6 +234,10 @@ fn malformed_configs_are_named() {
             "`safety.max_rate`: expected 2 values (as safety.action_min), got 1",
         ),
         (
+            text.replace("action_min: [-1.0, -1.0]", "action_min: [.nan, -1.0]"),
+            "`safety.action_min`: expected finite values, got NaN at [0]",
+        ),
+        (
             text.replace("stop_action: [0.0, 0.0]", "stop_action: [0.0, 5.0]"),
             "`control.stop_action`: expected within [-1, 1] at index 1, got 5",
         ),
