@@ -95,6 +95,17 @@ pub fn planner(cfg: &NodeConfig) -> Result<DfPlanner, NodeError> {
             got: "false".into(),
         });
     }
+    // Guidance needs the vjp graph: found missing at the first goal, every plan would fail.
+    if cfg.planner.guidance_scale != 0.0 && cfg.planner.goal.is_some() && !model.has_vjp() {
+        return Err(NodeError::Mismatch {
+            field: "planner.guidance_scale",
+            expected: format!(
+                "0, or a model with its denoise_vjp graph ({} has none)",
+                cfg.model.path.display()
+            ),
+            got: cfg.planner.guidance_scale.to_string(),
+        });
+    }
     state_intake(cfg, &contract)?;
     actions_within_the_training_data(cfg, &contract)?;
     let settings = planner_settings(cfg, contract.layout.frame_stack);

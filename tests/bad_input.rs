@@ -185,6 +185,23 @@ fn vjp_named_in_metadata_but_absent_on_disk_loads_without_guidance() {
 }
 
 #[test]
+fn a_guided_node_is_refused_at_start_on_a_model_without_a_vjp_graph() {
+    let mut cfg = df_planner::config::NodeConfig::load(&common::repo().join("config/pointmass_goals.yaml")).unwrap();
+    cfg.model.path = common::repo().join("tests/fixtures/models/missing_vjp.onnx");
+    cfg.model.runtime = common::cpu();
+    cfg.planner.horizon_tokens = None; // the stand-in's window
+    let err = df_planner::node::planner(&cfg).err().expect("refused").to_string();
+    assert_contains(
+        &err,
+        "planner.guidance_scale: expected 0, or a model with its denoise_vjp graph",
+    );
+    cfg.planner.guidance_scale = 0.0;
+    if let Err(e) = df_planner::node::planner(&cfg) {
+        panic!("unguided, it plans: {e}");
+    }
+}
+
+#[test]
 fn sampler_settings_are_checked() {
     let ab = df_planner::diffusion::AlphaBar::new(vec![0.9, 0.5, 0.1]).unwrap();
     let bad = [
