@@ -54,6 +54,16 @@ fn graph_shape_disagrees_with_metadata() {
 }
 
 #[test]
+fn graph_with_a_fixed_token_axis() {
+    // Exported without dynamic axes: the planner's shorter first windows would fail in ORT.
+    let msg = load_err("fixed_tokens.onnx");
+    assert_contains(
+        &msg,
+        "graph input `x_t`: expected dynamic batch and token axes (onnx/CONTRACT.md: [B, T, ...]), got Float32 with shape [-1, 4, 12]",
+    );
+}
+
+#[test]
 fn graph_with_other_input_names() {
     assert_contains(
         &load_err("wrong_inputs.onnx"),

@@ -38,8 +38,9 @@ def contract(name: str, vjp: bool = False) -> dict:
     }
 
 
-def graph(dim: int = TOKEN_DIM, scale: float = 0.5, input_names=("x_t", "k")) -> onnx.ModelProto:
-    """x0 = scale * x_t, eps = x_t: a stand-in denoiser with the contract's ports."""
+def graph(dim: int = TOKEN_DIM, scale: float = 0.5, input_names=("x_t", "k"), tokens="T") -> onnx.ModelProto:
+    """x0 = scale * x_t, eps = x_t: a stand-in denoiser with the contract's ports (`tokens`: the
+    token axis, named for a dynamic one or a number for a fixed one)."""
     x, k = input_names
     nodes = [
         helper.make_node("Mul", [x, "scale"], ["x0"]),
@@ -47,10 +48,10 @@ def graph(dim: int = TOKEN_DIM, scale: float = 0.5, input_names=("x_t", "k")) ->
     ]
     g = helper.make_graph(
         nodes, "fixture",
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["B", "T", dim]),
-         helper.make_tensor_value_info(k, TensorProto.INT64, ["B", "T"])],
-        [helper.make_tensor_value_info("x0", TensorProto.FLOAT, ["B", "T", dim]),
-         helper.make_tensor_value_info("eps", TensorProto.FLOAT, ["B", "T", dim])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["B", tokens, dim]),
+         helper.make_tensor_value_info(k, TensorProto.INT64, ["B", tokens])],
+        [helper.make_tensor_value_info("x0", TensorProto.FLOAT, ["B", tokens, dim]),
+         helper.make_tensor_value_info("eps", TensorProto.FLOAT, ["B", tokens, dim])],
         [helper.make_tensor("scale", TensorProto.FLOAT, [], [scale])],
     )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
@@ -70,6 +71,7 @@ def main() -> int:
     save(graph(), "no_metadata", None)
     save(graph(), "malformed_metadata", "{not json")
     save(graph(dim=10), "shape_mismatch", contract("shape_mismatch"))
+    save(graph(tokens=4), "fixed_tokens", contract("fixed_tokens"))
     save(graph(input_names=("x", "t")), "wrong_inputs", contract("wrong_inputs"))
     bad = copy.deepcopy(contract("unknown_parameterization"))
     bad["diffusion"]["parameterization"] = "score"

@@ -428,6 +428,16 @@ fn check_ports(session: &Session, path: &Path, inputs: bool, ports: &[Port]) -> 
         if *ty != port.ty || shape.len() != port.rank || !last_ok {
             return Err(graph_err(path, field, expected, got));
         }
+        // Every port is [B, T, ...]: the planner's windows vary in length (the first steps of
+        // an episode) and in batch (MCG's futures), so fixed axes fail only once it runs.
+        if shape[..2] != [-1, -1] {
+            return Err(graph_err(
+                path,
+                field,
+                "dynamic batch and token axes (onnx/CONTRACT.md: [B, T, ...])",
+                got,
+            ));
+        }
     }
     Ok(())
 }
