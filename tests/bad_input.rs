@@ -189,6 +189,32 @@ fn guidance_without_a_vjp_graph() {
 }
 
 #[test]
+fn a_cotangent_of_another_shape_than_x_t_is_refused() {
+    use df_planner::diffusion::Denoiser;
+    use ndarray::Array2;
+
+    let mut den = common::load(Path::new("onnx/models/pointmass.onnx"));
+    let d = den.token_dim();
+    let (x_t, k) = (Array3::<f32>::zeros((1, 2, d)), Array2::<i64>::zeros((1, 2)));
+    let (mut x0, mut eps, mut grad) = (x_t.clone(), x_t.clone(), x_t.clone());
+    let short = Array3::<f32>::zeros((1, 1, d));
+    let err = den
+        .denoise_vjp(
+            x_t.view(),
+            k.view(),
+            short.view(),
+            x0.view_mut(),
+            eps.view_mut(),
+            grad.view_mut(),
+        )
+        .unwrap_err();
+    assert_contains(
+        &err.to_string(),
+        &format!("cotangent (1, 1, {d}): expected the shape of x_t, (1, 2, {d})"),
+    );
+}
+
+#[test]
 fn vjp_named_in_metadata_but_absent_on_disk_loads_without_guidance() {
     let den = common::load(Path::new("tests/fixtures/models/missing_vjp.onnx"));
     assert!(!den.has_vjp());

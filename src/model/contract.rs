@@ -239,6 +239,17 @@ impl ModelContract {
                 format!("{:?}", l.field_order),
             ));
         }
+        // Sizes from a file: checked arithmetic, so that absurd ones are refused, not wrapped.
+        for (field, size) in [
+            ("layout.action_dim", l.action_dim),
+            ("layout.observation_dim", l.observation_dim),
+            ("layout.frame_stack", l.frame_stack),
+            ("max_tokens", self.max_tokens),
+        ] {
+            if size > MAX_SIZE {
+                return Err(invalid(field, format!("at most {MAX_SIZE}"), size));
+            }
+        }
         let frame_dim = l.action_dim + l.observation_dim + usize::from(l.reward);
         if l.frame_dim != frame_dim {
             return Err(invalid("layout.frame_dim", frame_dim, l.frame_dim));
@@ -316,10 +327,10 @@ impl ModelContract {
                 if c.encoding != "rgb8" {
                     return Err(invalid("cameras.inputs[].encoding", "rgb8", &c.encoding));
                 }
-                if c.width == 0 || c.height == 0 {
+                if c.width == 0 || c.height == 0 || c.width > MAX_IMAGE_SIDE || c.height > MAX_IMAGE_SIDE {
                     return Err(invalid(
                         "cameras.inputs[].width/height",
-                        "> 0",
+                        format!("1 to {MAX_IMAGE_SIDE}"),
                         format!("{}x{}", c.width, c.height),
                     ));
                 }
@@ -344,6 +355,13 @@ impl ModelContract {
         Ok(())
     }
 }
+
+/// The largest layout size or token count a contract may state: far above any model's (the
+/// planner allocates windows of max_tokens × token_dim per sample), small enough that sizes
+/// multiply without overflow.
+const MAX_SIZE: usize = 1 << 16;
+/// The largest camera image side a model may take (its window holds max_tokens of them).
+const MAX_IMAGE_SIDE: u32 = 4096;
 
 fn invalid(field: &'static str, expected: impl ToString, got: impl ToString) -> ContractError {
     ContractError::Invalid {
@@ -475,6 +493,16 @@ mod tests {
             ),
             (&["max_tokens"], json!(0), "max_tokens: expected >= 1, got 0"),
             (
+                &["max_tokens"],
+                json!(1_000_000_000),
+                "max_tokens: expected at most 65536, got 1000000000",
+            ),
+            (
+                &["layout", "action_dim"],
+                json!(u64::MAX),
+                "layout.action_dim: expected at most 65536, got 18446744073709551615",
+            ),
+            (
                 &["cond_dim"],
                 json!(3),
                 "cond_dim: expected 0 (version 1.x has no cond input), got 3",
@@ -525,6 +553,13 @@ mod tests {
         assert_eq!(
             msg,
             "cameras.inputs[].width/height: expected 32x32 for every camera (the first camera's), got 64x32 for wrist"
+        );
+        v["cameras"]["inputs"][1]["width"] = json!(100_000);
+        v["cameras"]["inputs"][1]["height"] = json!(100_000);
+        let msg = ModelContract::from_json(&v.to_string()).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "cameras.inputs[].width/height: expected 1 to 4096, got 100000x100000"
         );
     }
 

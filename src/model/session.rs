@@ -506,6 +506,14 @@ impl Denoiser for OnnxDenoiser {
         grad: ArrayViewMut3<f32>,
     ) -> Result<(), DenoiseError> {
         self.check_window(&x_t, &k)?;
+        if cotangent.dim() != x_t.dim() {
+            return Err(DenoiseError::Backend(format!(
+                "{}: cotangent {:?}: expected the shape of x_t, {:?}",
+                self.path.display(),
+                cotangent.dim(),
+                x_t.dim()
+            )));
+        }
         let err = backend(&self.path);
         let Some(session) = self.vjp.as_mut() else {
             return Err(DenoiseError::NoVjp(format!(
