@@ -12,8 +12,10 @@ pub enum GuidanceForm {
     /// where the network barely depends on x_t.
     #[default]
     MeanShift,
-    /// gain = min((1 − ᾱ_t)/√ᾱ_t, max_gain): classifier guidance on the score (ε̂ − √(1−ᾱ)·g),
-    /// capped because 1/√ᾱ explodes at the noisiest levels of a cosine schedule.
+    /// gain = min((1 − ᾱ_t)/√ᾱ_t, max_gain): the x̂0 shift of classifier guidance on the score
+    /// (ε̂ − √(1−ᾱ)·g), capped because 1/√ᾱ explodes at the noisiest levels of a cosine
+    /// schedule. ε̂ stays the network's: full classifier guidance would move the step's ε̂ term
+    /// too.
     Score { max_gain: f64 },
 }
 

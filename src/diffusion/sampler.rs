@@ -421,6 +421,12 @@ impl Sampler {
             re.x0.view(),
             re.cotangent.view_mut(),
         );
+        // A clean token's redraw is the plan's own x0 (its reward is counted in c): its
+        // redrawn output carries none, or a clean token after noisy ones (trapezoid) would
+        // pull on them through the redraw network as well.
+        for (token, _) in cur.iter().enumerate().filter(|(_, &t)| t < 0) {
+            re.cotangent.slice_mut(s![.., token, ..]).fill(0.0);
+        }
         denoiser.denoise_vjp(
             re.x_in.view(),
             re.k_in.view(),
@@ -700,6 +706,78 @@ mod tests {
         assert!((report.shift - (moved / own).sqrt()).abs() < 1e-5);
         assert!((report.pull - (averaged / own).sqrt()).abs() < 1e-5);
         assert!((report.guidance - own.sqrt()).abs() < 1e-5);
+    }
+
+    /// `Identity`, recording the cotangents of the redrawn windows (batch > 1) it pulls back.
+    struct RedrawCotangents(Vec<Array3<f32>>);
+
+    impl Denoiser for RedrawCotangents {
+        fn token_dim(&self) -> usize {
+            Identity.token_dim()
+        }
+        fn max_tokens(&self) -> usize {
+            Identity.max_tokens()
+        }
+        fn denoise(
+            &mut self,
+            x_t: ArrayView3<f32>,
+            k: ArrayView2<i64>,
+            x0: ArrayViewMut3<f32>,
+            eps: ArrayViewMut3<f32>,
+        ) -> Result<(), DenoiseError> {
+            Identity.denoise(x_t, k, x0, eps)
+        }
+        fn denoise_vjp(
+            &mut self,
+            x_t: ArrayView3<f32>,
+            k: ArrayView2<i64>,
+            cotangent: ArrayView3<f32>,
+            x0: ArrayViewMut3<f32>,
+            eps: ArrayViewMut3<f32>,
+            grad: ArrayViewMut3<f32>,
+        ) -> Result<(), DenoiseError> {
+            if x_t.dim().0 > 1 {
+                self.0.push(cotangent.to_owned());
+            }
+            Identity.denoise_vjp(x_t, k, cotangent, x0, eps, grad)
+        }
+    }
+
+    #[test]
+    fn a_clean_tokens_redraw_carries_no_reward() {
+        // Trapezoid over 4 tokens: the last token goes clean with the first, before the middle.
+        let alpha_bar = AlphaBar::new(vec![0.9, 0.7, 0.5, 0.3, 0.1]).unwrap();
+        let rows = SchedulingMatrix::build(MatrixKind::Trapezoid { uncertainty: 1.5 }, 4, 4)
+            .unwrap()
+            .to_timesteps(0, 5);
+        let reward = QuadraticTarget {
+            target: vec![3.0; 2],
+            weights: vec![1.0; 2],
+        };
+        let mut x = Array3::from_elem((1, 4, 2), 0.5_f32);
+        let mut sampler = Sampler::new(settings(1.0, 2, None), alpha_bar, x.dim()).unwrap();
+        let mut recorder = RedrawCotangents(vec![]);
+        sampler
+            .run(
+                &mut recorder,
+                &mut x,
+                &rows,
+                Some(&reward),
+                &mut Counting(0.0),
+                |_, _| {},
+            )
+            .unwrap();
+        assert_eq!(recorder.0.len(), rows.rows() - 1, "one redraw pull-back per step");
+        let mut clean_after_noisy = false;
+        for (row, cotangent) in recorder.0.iter().enumerate() {
+            let cur = rows.row(row);
+            for (token, &t) in cur.iter().enumerate() {
+                let pulled = cotangent.slice(s![.., token, ..]).iter().any(|&c| c != 0.0);
+                assert_eq!(pulled, t >= 0, "row {row} {cur:?}, token {token}");
+                clean_after_noisy |= t < 0 && cur[..token].iter().any(|&e| e >= 0);
+            }
+        }
+        assert!(clean_after_noisy, "the case the trapezoid exists for");
     }
 
     #[test]

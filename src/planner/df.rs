@@ -178,6 +178,16 @@ impl DfPlanner {
         if s.samples == 0 {
             return Err(invalid("planner.samples", ">= 1", 0));
         }
+        // More levels than the model has timesteps would map some to the same timestep: rows
+        // that change nothing and still cost a network call.
+        let timesteps = contract.diffusion.timesteps;
+        if s.sampling_steps as usize > timesteps {
+            return Err(invalid(
+                "planner.sampling_steps",
+                format!("1..={timesteps} (the model's diffusion.timesteps)"),
+                s.sampling_steps,
+            ));
+        }
         let matrix = SchedulingMatrix::build(s.matrix, horizon, s.sampling_steps)?;
         let warm_level = match s.warm_start_level {
             None => None,
@@ -864,5 +874,27 @@ pub(super) mod tests {
                 format!("planner.context_tokens: expected 1..=7 (max_tokens - 1), got {bad}")
             );
         }
+    }
+
+    #[test]
+    fn sampling_steps_may_not_exceed_the_models_timesteps() {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let c = contract(false);
+        let timesteps = c.diffusion.timesteps;
+        let mut s = settings(1);
+        s.sampling_steps = timesteps as u32 + 1;
+        let err = DfPlanner::new(Box::new(Recorder(seen.clone(), false)), c.clone(), &s)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "planner.sampling_steps: expected 1..={timesteps} (the model's diffusion.timesteps), got {}",
+                timesteps + 1
+            )
+        );
+        s.sampling_steps = timesteps as u32;
+        assert!(DfPlanner::new(Box::new(Recorder(seen, false)), c, &s).is_ok());
     }
 }
