@@ -652,7 +652,10 @@ fn replay(a: ReplayArgs) -> Result<()> {
             "vs recorded  {} actions compared: RMSE {:.4} (per dimension {:.4?}), max abs {:.4}",
             e.compared, e.rmse, e.rmse_per_dim, e.max_abs
         )?,
-        None => writeln!(out, "vs recorded  no recorded actions in the bag")?,
+        None => writeln!(
+            out,
+            "vs recorded  none compared (no recorded actions in the bag, or all before the first tick)"
+        )?,
     }
     if let Some(e) = &s.last_plan_error {
         writeln!(out, "plan error   {e}")?;

@@ -237,3 +237,31 @@ fn serve_overrides_take_a_value_or_none() {
         "{stderr}"
     );
 }
+
+#[test]
+fn replay_prints_what_it_read_planned_and_compared() {
+    let dir = std::env::temp_dir().join(format!("df_planner_cli_replay_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out_file = dir.join("goals.mcap");
+    let out = df_planner(&[
+        "replay",
+        "--bag",
+        "tests/fixtures/bags/goals_mcap",
+        "--config",
+        "config/pointmass_goals.yaml",
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "/goal_pose: read 4, used 2",
+        "4 goal messages, 2 refused",
+        "actions compared: RMSE",
+        "plan latency p50",
+    ] {
+        assert!(text.contains(expected), "{text}\n  lacks {expected:?}");
+    }
+    assert!(std::fs::metadata(&out_file).unwrap().len() > 0);
+    std::fs::remove_dir_all(&dir).ok();
+}
