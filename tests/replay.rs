@@ -364,6 +364,44 @@ fn a_bag_whose_closing_magic_is_damaged_replays_whole() {
 }
 
 #[test]
+fn a_topic_not_encoded_as_cdr_is_named_before_anything_replays() {
+    let whole = shipped_mcap();
+    let messages = mcap::MessageStream::new(&whole).unwrap().map(|m| {
+        let mut m = m.unwrap();
+        if m.channel.topic == "/joint_states" {
+            let mut channel = (*m.channel).clone();
+            channel.message_encoding = "json".into();
+            m.channel = std::sync::Arc::new(channel);
+        }
+        m
+    });
+    let path = out("json_states.mcap");
+    write_mcap(&path, messages);
+    let expected = "config topics.state = \"/joint_states\": the bag's messages are encoded \"json\", expected \"cdr\"";
+    let err = run_bag(&config(), &path, "json_states_out.mcap")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with(expected), "{err}");
+
+    // sqlite3 bags say it in the topics table.
+    let dir = out("json_states_sqlite3");
+    std::fs::create_dir_all(&dir).unwrap();
+    let db3 = dir.join("json_states_sqlite3.db3");
+    std::fs::copy(bag("pointmass_sqlite3").join("pointmass_sqlite3.db3"), &db3).unwrap();
+    rusqlite::Connection::open(&db3)
+        .unwrap()
+        .execute(
+            "UPDATE topics SET serialization_format = 'json' WHERE name = '/joint_states'",
+            [],
+        )
+        .unwrap();
+    let err = run_bag(&config(), &db3, "json_states_sqlite3_out.mcap")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with(expected), "{err}");
+}
+
+#[test]
 fn a_gap_in_log_times_is_jumped_not_ticked_through() {
     // The first message stamped 0, as under sim time before /clock arrives: ticking from 0 to
     // the others' wall-clock times at 50 Hz would take ~8e10 ticks.
@@ -534,9 +572,8 @@ fn an_mcap_lists_its_declared_channels_even_those_without_messages() {
         &channels,
         messages.map(|(i, channel)| (channel, i as u64, [0u8; 64])),
     );
-    let declared = |bag: &df_planner::replay::BagContents| -> Vec<String> {
-        bag.topics.iter().map(|(topic, _)| topic.clone()).collect()
-    };
+    let declared =
+        |bag: &df_planner::replay::BagContents| -> Vec<String> { bag.topics.iter().map(|t| t.name.clone()).collect() };
 
     let whole = df_planner::replay::read_bag(&path).unwrap();
     assert_eq!(declared(&whole), ["/early", "/late", "/silent"]);
@@ -558,7 +595,7 @@ fn an_mcap_lists_its_declared_channels_even_those_without_messages() {
     assert_eq!((through.messages.len(), through.read_error), (20, None));
     assert_eq!(whole.messages.len(), 20);
     assert!(whole.read_error.is_none(), "{:?}", whole.read_error);
-    assert!(whole.topics.iter().all(|(_, ty)| ty == "sensor_msgs/msg/JointState"));
+    assert!(whole.topics.iter().all(|t| t.type_name == "sensor_msgs/msg/JointState"));
 
     // Cut inside the early messages: /late has no message left, but its channel was declared.
     let bytes = std::fs::read(&path).unwrap();

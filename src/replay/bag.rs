@@ -31,11 +31,22 @@ pub struct BagMessage {
     pub data: Vec<u8>,
 }
 
+/// A topic as a bag declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeclaredTopic {
+    pub name: String,
+    /// The ROS type, e.g. `sensor_msgs/msg/JointState`; empty when the bag does not say.
+    pub type_name: String,
+    /// How its messages are serialized: MCAP's message encoding, rosbag2 sqlite3's
+    /// serialization_format (`cdr` for ROS 2); empty when the bag does not say.
+    pub encoding: String,
+}
+
 /// What a bag declares, and why reading it stopped early, if it did.
 #[derive(Debug, Default)]
 pub struct BagInfo {
-    /// Topic → type of every topic the bag declares (also those without messages).
-    pub topics: Vec<(String, String)>,
+    /// Every topic the bag declares (also those without messages).
+    pub topics: Vec<DeclaredTopic>,
     pub read_error: Option<String>,
     pub storage: &'static str,
 }
@@ -44,7 +55,7 @@ pub struct BagInfo {
 #[derive(Debug, Default)]
 pub struct BagContents {
     pub messages: Vec<BagMessage>,
-    pub topics: Vec<(String, String)>,
+    pub topics: Vec<DeclaredTopic>,
     pub read_error: Option<String>,
     pub storage: &'static str,
 }
@@ -213,18 +224,26 @@ fn storage_files(dir: &Path) -> Result<Vec<PathBuf>, BagError> {
 }
 
 impl BagInfo {
-    /// The index of `topic` in `topics`, added if new; a type fills an empty one (a channel
-    /// declared without a schema), and the first type stays otherwise.
-    fn add_topic(&mut self, topic: &str, type_name: String) -> usize {
-        match self.topics.iter().position(|(t, _)| t == topic) {
+    /// The index of `topic` in `topics`, added if new; a type or encoding fills an empty one
+    /// (a channel declared without a schema), and the first stays otherwise.
+    fn add_topic(&mut self, name: &str, type_name: String, encoding: String) -> usize {
+        match self.topics.iter().position(|t| t.name == name) {
             Some(i) => {
-                if self.topics[i].1.is_empty() {
-                    self.topics[i].1 = type_name;
+                let known = &mut self.topics[i];
+                if known.type_name.is_empty() {
+                    known.type_name = type_name;
+                }
+                if known.encoding.is_empty() {
+                    known.encoding = encoding;
                 }
                 i
             }
             None => {
-                self.topics.push((topic.to_owned(), type_name));
+                self.topics.push(DeclaredTopic {
+                    name: name.to_owned(),
+                    type_name,
+                    encoding,
+                });
                 self.topics.len() - 1
             }
         }
@@ -232,8 +251,8 @@ impl BagInfo {
 
     /// Add the next file of a split bag.
     fn append(&mut self, next: BagInfo) {
-        for (topic, type_name) in next.topics {
-            self.add_topic(&topic, type_name);
+        for t in next.topics {
+            self.add_topic(&t.name, t.type_name, t.encoding);
         }
         self.read_error = match (self.read_error.take(), next.read_error) {
             (Some(a), Some(b)) => Some(format!("{a}; {b}")),
@@ -349,7 +368,7 @@ fn mcap_summary(path: &Path) -> Option<BagInfo> {
     };
     for channel in channels {
         let type_name = channel.schema.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-        info.add_topic(&channel.topic, type_name);
+        info.add_topic(&channel.topic, type_name, channel.message_encoding.clone());
     }
     (!info.topics.is_empty()).then_some(info)
 }
@@ -431,7 +450,9 @@ impl McapRecords {
                 self.channels.add_channel(channel)?;
                 let channel = self.channels.get(id).expect("the channel just added");
                 let type_name = channel.schema.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-                let index = self.out.add_topic(&channel.topic, type_name);
+                let index = self
+                    .out
+                    .add_topic(&channel.topic, type_name, channel.message_encoding.clone());
                 self.topic_of.insert(id, (index, keep(&channel.topic)));
             }
             Record::Message { header, data } => {
@@ -448,7 +469,7 @@ impl McapRecords {
                 let Ok(log_time_ns) = i64::try_from(header.log_time) else {
                     if !self.bad_log_time_said {
                         self.bad_log_time_said = true;
-                        let topic = &self.out.topics[index].0;
+                        let topic = &self.out.topics[index].name;
                         tracing::warn!(
                             topic,
                             log_time = header.log_time,
@@ -458,7 +479,7 @@ impl McapRecords {
                     return Ok(());
                 };
                 each(BagMessage {
-                    topic: self.out.topics[index].0.clone(),
+                    topic: self.out.topics[index].name.clone(),
                     log_time_ns,
                     data: data.into_owned(),
                 });
@@ -490,18 +511,23 @@ fn open_sqlite(path: &Path) -> Result<SqliteBag, BagError> {
         ..BagInfo::default()
     };
     let declared = db
-        .prepare("SELECT id, name, type FROM topics ORDER BY id")
+        .prepare("SELECT id, name, type, serialization_format FROM topics ORDER BY id")
         .and_then(|mut topics| {
             topics
                 .query_map([], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
                 })?
                 .collect::<Result<Vec<_>, _>>()
         })
         .map_err(open_err)?;
     let mut topic_ids = Vec::with_capacity(declared.len());
-    for (id, name, type_name) in declared {
-        info.add_topic(&name, type_name);
+    for (id, name, type_name, encoding) in declared {
+        info.add_topic(&name, type_name, encoding);
         topic_ids.push((id, name));
     }
     Ok(SqliteBag { db, info, topic_ids })
@@ -648,7 +674,12 @@ mod tests {
                 message(2),
             ],
         );
-        assert_eq!(bag.topics, [("/a".to_string(), "a/msg/A".to_string())]);
+        let a = DeclaredTopic {
+            name: "/a".into(),
+            type_name: "a/msg/A".into(),
+            encoding: "cdr".into(),
+        };
+        assert_eq!(bag.topics, [a]);
         assert_eq!(bag.messages.len(), 2);
         assert!(bag.read_error.is_none(), "{:?}", bag.read_error);
     }

@@ -50,6 +50,10 @@ pub enum ReplayError {
         got: String,
         expected: &'static str,
     },
+    #[error(
+        "config {field} = {topic:?}: the bag's messages are encoded {got:?}, expected \"cdr\" (ROS 2's serialization)"
+    )]
+    WrongEncoding { field: String, topic: String, got: String },
     #[error("output {0}")]
     Output(String),
     #[error("{option}: expected {expected}, got {got:?}")]
@@ -103,8 +107,6 @@ pub const MAX_GAP_NS: i64 = 60_000_000_000;
 /// The slowest `--rate`: slower, a one-minute gap would pace for over two weeks.
 const MIN_RATE: f64 = 0.001;
 
-const IMAGE: &str = "sensor_msgs/msg/Image";
-
 /// What a bag topic feeds.
 #[derive(Debug, Clone, Copy)]
 enum Input {
@@ -114,7 +116,10 @@ enum Input {
     RecordedAction,
     Goal,
 }
+const IMAGE: &str = "sensor_msgs/msg/Image";
 const JOINT_STATE: &str = "sensor_msgs/msg/JointState";
+/// The one message encoding replay decodes: ROS 2's.
+const CDR: &str = "cdr";
 const ARRAY: &str = "std_msgs/msg/Float64MultiArray";
 const POSE: &str = "geometry_msgs/msg/PoseStamped";
 
@@ -194,16 +199,16 @@ pub fn replay(
     // Goals are sent now and then: a bag may have none (the goal stays planner.goal.target).
     wanted.retain(|w| {
         let optional = matches!(w.0, Input::Goal) || (matches!(w.0, Input::Image(_)) && camera_optional);
-        !optional || declared.topics.iter().any(|(name, _)| name == w.2)
+        !optional || declared.topics.iter().any(|t| t.name == *w.2)
     });
     let available = declared
         .topics
         .iter()
-        .map(|(t, ty)| format!("{t} [{ty}]"))
+        .map(|t| format!("{} [{}]", t.name, t.type_name))
         .collect::<Vec<_>>()
         .join(", ");
     for (_, field, topic, expected) in &wanted {
-        match declared.topics.iter().find(|(name, _)| name == topic) {
+        match declared.topics.iter().find(|t| t.name == **topic) {
             None => {
                 return Err(ReplayError::MissingTopic {
                     field: field.clone(),
@@ -211,12 +216,20 @@ pub fn replay(
                     available: available.clone(),
                 })
             }
-            Some((_, ty)) if ty != expected => {
+            Some(t) if t.type_name != *expected => {
                 return Err(ReplayError::WrongType {
                     field: field.clone(),
                     topic: topic.to_string(),
-                    got: ty.clone(),
+                    got: t.type_name.clone(),
                     expected,
+                })
+            }
+            // Only CDR is decoded; messages in another encoding would all be skipped.
+            Some(t) if t.encoding != CDR => {
+                return Err(ReplayError::WrongEncoding {
+                    field: field.clone(),
+                    topic: topic.to_string(),
+                    got: t.encoding.clone(),
                 })
             }
             Some(_) => {}
