@@ -155,6 +155,10 @@ pub struct ControlSection {
     pub fallback: Fallback,
     /// The action published by `stop` and before any plan exists.
     pub stop_action: Vec<f64>,
+    /// Holding longer than this (seconds) without a plan action publishes `stop_action`
+    /// instead: a held force or velocity must not push on forever. Absent: hold indefinitely
+    /// (position targets, where holding is the safe state).
+    pub hold_timeout_s: Option<f64>,
 }
 
 impl ControlSection {
@@ -182,6 +186,10 @@ pub struct SafetySection {
     pub camera_timeout_s: f64,
     /// A robot state older than this is stale (seconds).
     pub state_timeout_s: f64,
+    /// A plan whose first action is older than this (seconds) is not executed (fault
+    /// plan_too_old): a hung or failing planner falls back instead of running its last plan
+    /// open loop to the end. Absent: a plan runs to its end (fault plan_exhausted).
+    pub max_plan_age_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -453,6 +461,15 @@ impl NodeConfig {
         period("control.action_dt_s", "a period", dt, dt)?;
         positive("safety.camera_timeout_s", self.safety.camera_timeout_s)?;
         positive("safety.state_timeout_s", self.safety.state_timeout_s)?;
+        for (field, v) in [
+            ("safety.max_plan_age_s", self.safety.max_plan_age_s),
+            ("control.hold_timeout_s", self.control.hold_timeout_s),
+        ] {
+            if let Some(v) = v {
+                positive(field, v)?;
+                period(field, "a time", v, v)?;
+            }
+        }
         if self.planner.samples == 0 {
             return Err(bad("planner.samples", ">= 1".into(), "0".into()));
         }

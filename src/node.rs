@@ -61,6 +61,8 @@ pub fn control_core(cfg: &NodeConfig) -> ControlCore {
         camera_required: cfg.camera.required,
         camera_timeout_ns: (cfg.safety.camera_timeout_s * 1e9) as i64,
         state_timeout_ns: (cfg.safety.state_timeout_s * 1e9) as i64,
+        max_plan_age_ns: cfg.safety.max_plan_age_s.map(|s| (s * 1e9) as i64),
+        hold_timeout_ns: cfg.control.hold_timeout_s.map(|s| (s * 1e9) as i64),
     };
     ControlCore::new(params, safety_filter(cfg))
 }

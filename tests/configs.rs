@@ -253,6 +253,10 @@ fn the_medium_variants_are_the_medium_config_with_their_changes() {
         expected.planner.guidance_scale = scale;
         let goal = expected.planner.goal.as_mut().unwrap();
         goal.squash = serde_yaml_ng::from_str(squash).unwrap();
+        if variant.ends_with("episode") {
+            // A whole-episode plan takes over a second on CPU: no plan age limit.
+            expected.safety.max_plan_age_s = None;
+        }
         assert_eq!(load(&format!("maze2d_medium_{variant}.yaml")), expected, "{variant}");
     }
 }

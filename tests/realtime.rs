@@ -74,22 +74,31 @@ impl Clock for ManualClock {
 
 const MS: i64 = 1_000_000;
 
-fn core(fallback: Fallback, camera_required: bool) -> ControlCore {
-    core_with_rate(fallback, camera_required, 100.0)
-}
-
-fn core_with_rate(fallback: Fallback, camera_required: bool, max_rate: f64) -> ControlCore {
-    let params = ControlParams {
+fn params(fallback: Fallback, camera_required: bool) -> ControlParams {
+    ControlParams {
         fallback,
         stop_action: vec![0.0, 0.0],
         camera_required,
         camera_timeout_ns: 200 * MS,
         state_timeout_ns: 200 * MS,
-    };
+        max_plan_age_ns: None,
+        hold_timeout_ns: None,
+    }
+}
+
+fn core_from(params: ControlParams, max_rate: f64) -> ControlCore {
     ControlCore::new(
         params,
         Safety::new(vec![-1.0; 2], vec![1.0; 2], &[max_rate, max_rate], 0.02),
     )
+}
+
+fn core(fallback: Fallback, camera_required: bool) -> ControlCore {
+    core_from(params(fallback, camera_required), 100.0)
+}
+
+fn core_with_rate(fallback: Fallback, camera_required: bool, max_rate: f64) -> ControlCore {
+    core_from(params(fallback, camera_required), max_rate)
 }
 
 fn plan(t0_ns: i64, actions: &[[f64; 2]]) -> Box<Plan> {
@@ -249,7 +258,13 @@ fn every_fault_falls_back_and_is_counted() {
         } else {
             Source::Stop
         };
-        let mut c = core(fallback, true);
+        let mut c = core_from(
+            ControlParams {
+                max_plan_age_ns: Some(350 * MS),
+                ..params(fallback, true)
+            },
+            100.0,
+        );
         // No plan yet.
         let (src, faults, out) = tick(&mut c, 0, fresh(0), fresh(0));
         assert_eq!((src, faults, out), (expected_source, vec![Fault::NoPlan], [0.0, 0.0]));
@@ -270,8 +285,18 @@ fn every_fault_falls_back_and_is_counted() {
         // The watchdog: the plan ran out and no new one came.
         let (src, faults, _) = tick(&mut c, 400 * MS, fresh(400 * MS), fresh(400 * MS));
         assert_eq!((src, faults), (expected_source, vec![Fault::PlanExhausted]));
+        // A long plan is not run beyond max_plan_age (the planner hung after it).
+        c.install(plan(500 * MS, &[[0.1, 0.1]; 10]));
+        assert_eq!(tick(&mut c, 500 * MS, fresh(500 * MS), fresh(500 * MS)).0, Source::Plan);
+        let (src, faults, _) = tick(&mut c, 850 * MS, fresh(850 * MS), fresh(850 * MS));
+        assert_eq!((src, faults.len()), (Source::Plan, 0), "350 ms old: still due");
+        let (src, faults, _) = tick(&mut c, 900 * MS, fresh(900 * MS), fresh(900 * MS));
+        assert_eq!((src, faults), (expected_source, vec![Fault::PlanTooOld]));
+        // The clock goes back (a simulator reset): the plan's times no longer apply.
+        let (src, faults, _) = tick(&mut c, 10 * MS, fresh(10 * MS), fresh(10 * MS));
+        assert_eq!((src, faults), (expected_source, vec![Fault::ClockWentBack]));
         let counts = &c.counters().faults;
-        assert_eq!(counts.iter().sum::<u64>(), 5);
+        assert_eq!(counts.iter().sum::<u64>(), Fault::ALL.len() as u64);
         assert!(Fault::ALL.iter().all(|f| counts[*f as usize] == 1), "{counts:?}");
     }
 }
@@ -289,6 +314,60 @@ fn hold_repeats_the_last_safe_action_and_stop_publishes_the_stop_action() {
     c.install(plan(0, &[[0.3, 0.3]]));
     tick(&mut c, 0, None, Some(0));
     assert_eq!(tick(&mut c, 500 * MS, None, Some(500 * MS)).2, [0.0, 0.0]);
+}
+
+#[test]
+fn holding_longer_than_the_hold_timeout_publishes_the_stop_action() {
+    let mut c = core_from(
+        ControlParams {
+            hold_timeout_ns: Some(300 * MS),
+            ..params(Fallback::Hold, false)
+        },
+        100.0,
+    );
+    c.install(plan(0, &[[0.3, 0.3]]));
+    assert_eq!(tick(&mut c, 0, None, Some(0)).2, [0.3, 0.3]);
+    let held = (Source::Hold, vec![Fault::PlanExhausted], [0.3, 0.3]);
+    assert_eq!(tick(&mut c, 100 * MS, None, Some(100 * MS)), held);
+    assert_eq!(tick(&mut c, 400 * MS, None, Some(400 * MS)), held);
+    let stopped = (Source::Stop, vec![Fault::PlanExhausted], [0.0, 0.0]);
+    assert_eq!(tick(&mut c, 401 * MS, None, Some(401 * MS)), stopped);
+    assert_eq!(tick(&mut c, 600 * MS, None, Some(600 * MS)), stopped);
+    // A plan action ends the hold; the next hold has its own timeout.
+    c.install(plan(700 * MS, &[[0.2, 0.2]]));
+    assert_eq!(tick(&mut c, 700 * MS, None, Some(700 * MS)).0, Source::Plan);
+    assert_eq!(tick(&mut c, 800 * MS, None, Some(800 * MS)).0, Source::Hold);
+}
+
+#[test]
+fn a_clock_that_goes_back_drops_the_current_and_the_waiting_plan() {
+    let mut c = core(Fallback::Hold, false);
+    c.install(plan(1000 * MS, &[[0.1, 0.1]; 10]));
+    assert_eq!(tick(&mut c, 1000 * MS, None, Some(1000 * MS)).0, Source::Plan);
+    c.install(plan(1200 * MS, &[[0.2, 0.2]; 10]));
+    assert_eq!(tick(&mut c, 1100 * MS, None, Some(1100 * MS)).0, Source::Plan);
+    // A simulator reset: the clock restarts near 0 and the state stamps with it.
+    let mut out = [0.0; 2];
+    let inputs = TickInputs {
+        now_ns: 10 * MS,
+        frame_ns: None,
+        state_ns: Some(10 * MS),
+    };
+    let (r, retired) = c.tick(inputs, &mut out);
+    assert_eq!(
+        (r.source, r.faults.iter().collect::<Vec<_>>()),
+        (Source::Hold, vec![Fault::ClockWentBack])
+    );
+    assert_eq!(
+        retired.iter().flatten().count(),
+        2,
+        "both plans are handed back for reuse"
+    );
+    assert!(c.current_plan().is_none());
+    assert_eq!(tick(&mut c, 20 * MS, None, Some(20 * MS)).1, vec![Fault::NoPlan]);
+    // A plan made on the new clock runs.
+    c.install(plan(20 * MS, &[[0.3, 0.3]; 10]));
+    assert_eq!(tick(&mut c, 30 * MS, None, Some(30 * MS)).0, Source::Plan);
 }
 
 #[test]

@@ -258,6 +258,14 @@ fn malformed_configs_are_named() {
             "`control.action_dt_s`: expected a period from 1 µs to 1 day, got 0.0000000001",
         ),
         (
+            text.replace("max_plan_age_s: 1.0", "max_plan_age_s: -1"),
+            "`safety.max_plan_age_s`: expected a finite number > 0, got -1",
+        ),
+        (
+            text.replace("hold_timeout_s: 0.5", "hold_timeout_s: 1e6"),
+            "`control.hold_timeout_s`: expected a time from 1 µs to 1 day, got 1000000",
+        ),
+        (
             text.replace("width: 32", "width: 0"),
             "`camera.width`: expected >= 1 pixel, got 0",
         ),

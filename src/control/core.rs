@@ -22,15 +22,23 @@ pub enum Fault {
     StateStale = 3,
     /// The plan's action has NaN or Inf.
     NonFinite = 4,
+    /// The plan's first action is older than `safety.max_plan_age_s`: the planner has not
+    /// delivered a newer plan in time (hung or failing), so the old one is not run open loop.
+    PlanTooOld = 5,
+    /// A plan is stamped ahead of the clock: the clock went back (a simulator reset, a clock
+    /// step), so its times no longer say which action is due. It is dropped.
+    ClockWentBack = 6,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 5] = [
+    pub const ALL: [Fault; 7] = [
         Fault::NoPlan,
         Fault::PlanExhausted,
         Fault::CameraStale,
         Fault::StateStale,
         Fault::NonFinite,
+        Fault::PlanTooOld,
+        Fault::ClockWentBack,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,6 +48,8 @@ impl Fault {
             Fault::CameraStale => "camera_stale",
             Fault::StateStale => "state_stale",
             Fault::NonFinite => "non_finite_action",
+            Fault::PlanTooOld => "plan_too_old",
+            Fault::ClockWentBack => "clock_went_back",
         }
     }
 }
@@ -100,6 +110,10 @@ pub struct ControlParams {
     pub camera_required: bool,
     pub camera_timeout_ns: i64,
     pub state_timeout_ns: i64,
+    /// A plan whose first action is older than this is not executed (None: until its end).
+    pub max_plan_age_ns: Option<i64>,
+    /// Holding longer than this without a plan action publishes the stop action instead.
+    pub hold_timeout_ns: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -124,8 +138,14 @@ pub struct ControlCore {
     last_output: Vec<f64>,
     /// When the previous tick ran: the rate limit allows as much change as time has passed.
     last_tick_ns: Option<i64>,
+    /// Since when the ticks have held without a plan action (for `hold_timeout_ns`).
+    holding_since_ns: Option<i64>,
     counters: Counters,
 }
+
+/// Plans a tick no longer needs, for recycling: at most a replaced current plan and a
+/// dropped pending one.
+pub type Retired = [Option<Box<Plan>>; 2];
 
 impl ControlCore {
     pub fn new(params: ControlParams, safety: Safety) -> Self {
@@ -139,6 +159,7 @@ impl ControlCore {
             last_index: None,
             last_output,
             last_tick_ns: None,
+            holding_since_ns: None,
             counters: Counters::default(),
         }
     }
@@ -158,23 +179,38 @@ impl ControlCore {
         self.pending.replace(plan)
     }
 
-    /// One tick: writes the action to publish into `out` (action_dim values). Returns a plan
-    /// that was retired this tick, for recycling.
-    pub fn tick(&mut self, inputs: TickInputs, out: &mut [f64]) -> (TickReport, Option<Box<Plan>>) {
+    /// One tick: writes the action to publish into `out` (action_dim values). Returns the
+    /// plans retired this tick, for recycling.
+    pub fn tick(&mut self, inputs: TickInputs, out: &mut [f64]) -> (TickReport, Retired) {
         let now = inputs.now_ns;
-        let mut retired = None;
+        let mut retired: Retired = [None, None];
+        let mut faults = Faults::default();
+        // Plans are stamped when planning starts, so never after the clock's now; one a step
+        // ahead of it was made before the clock went back.
+        let ahead = |p: &Plan| p.t0_ns > now + p.dt_ns;
+        if self.current.as_deref().is_some_and(ahead) {
+            retired[0] = self.current.take();
+            faults.insert(Fault::ClockWentBack);
+        }
+        if self.pending.as_deref().is_some_and(ahead) {
+            retired[1] = self.pending.take();
+            faults.insert(Fault::ClockWentBack);
+        }
         if self.pending.as_ref().is_some_and(|p| p.t0_ns <= now) {
-            retired = std::mem::replace(&mut self.current, self.pending.take());
+            retired[0] = std::mem::replace(&mut self.current, self.pending.take());
             self.last_index = None;
         }
-        let mut faults = Faults::default();
         let mut late_dropped = 0;
         let mut chosen = None;
         match self.current.as_deref() {
-            None => faults.insert(Fault::NoPlan),
+            None if faults.is_empty() => faults.insert(Fault::NoPlan),
+            None => {}
             Some(plan) => {
-                let index = ((now - plan.t0_ns).max(0) / plan.dt_ns) as usize;
-                if index >= plan.len() {
+                let age = now - plan.t0_ns;
+                let index = (age.max(0) / plan.dt_ns) as usize;
+                if self.params.max_plan_age_ns.is_some_and(|max| age > max) {
+                    faults.insert(Fault::PlanTooOld);
+                } else if index >= plan.len() {
                     faults.insert(Fault::PlanExhausted);
                 } else {
                     let next_unused = self.last_index.map_or(0, |i| i + 1);
@@ -210,17 +246,24 @@ impl ControlCore {
                     .filter(plan.action(index), &self.last_output, elapsed_s, out);
                 Source::Plan
             }
-            _ => match self.params.fallback {
-                Fallback::Hold => {
-                    out.copy_from_slice(&self.last_output);
-                    Source::Hold
+            _ => {
+                let since = *self.holding_since_ns.get_or_insert(now);
+                let held_too_long = self.params.hold_timeout_ns.is_some_and(|t| now - since > t);
+                match self.params.fallback {
+                    Fallback::Hold if !held_too_long => {
+                        out.copy_from_slice(&self.last_output);
+                        Source::Hold
+                    }
+                    _ => {
+                        self.safety.clip(&self.params.stop_action, out);
+                        Source::Stop
+                    }
                 }
-                Fallback::Stop => {
-                    self.safety.clip(&self.params.stop_action, out);
-                    Source::Stop
-                }
-            },
+            }
         };
+        if source == Source::Plan {
+            self.holding_since_ns = None;
+        }
         self.last_output.copy_from_slice(out);
         self.last_tick_ns = Some(now);
 

@@ -121,7 +121,7 @@ impl ControlTick {
             state_ns: self.last_state.map(|s| s.stamp_ns),
         };
         let (report, retired) = self.core.tick(inputs, &mut self.out);
-        if let Some(old) = retired {
+        for old in retired.into_iter().flatten() {
             let _ = self.recycle.try_send(old);
         }
         let mut record = TickRecord {

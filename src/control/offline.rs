@@ -201,7 +201,7 @@ impl OfflineLoop {
             state_ns: self.state.map(|s| s.stamp_ns),
         };
         let (report, retired) = self.core.tick(inputs, &mut self.out);
-        if let Some(plan) = retired {
+        for plan in retired.into_iter().flatten() {
             self.spare.get_or_insert(plan);
         }
         self.executed.copy_from_slice(&self.out);
