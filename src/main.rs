@@ -241,10 +241,10 @@ struct BenchArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Control loop benchmark: tick rate (overrides control.rate_hz).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_rate_hz)]
     rate_hz: Option<f64>,
     /// Control loop benchmark: how long to run.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
     seconds: f64,
     /// Control loop benchmark: the synthetic camera frames' size, WIDTHxHEIGHT (default: the
     /// model's), e.g. 640x480 to time `camera.resize: area` on an arm camera's images.
@@ -776,6 +776,22 @@ fn parse_size(text: &str) -> Result<(u32, u32), String> {
         .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
         .filter(|&(w, h)| w >= 1 && h >= 1 && u64::from(w) * u64::from(h) * 3 <= u64::from(u32::MAX));
     parsed.ok_or_else(|| format!("expected WIDTHxHEIGHT such as 640x480, got {text:?}"))
+}
+
+/// A tick rate whose period is from 1 µs to 1 day, as the config's control.rate_hz.
+fn parse_rate_hz(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|hz| (1.0 / 86_400.0..=1e6).contains(hz))
+        .ok_or_else(|| format!("expected a rate from 1/86400 to 1e6 Hz, got {text:?}"))
+}
+
+/// A duration from 1 ms to 1 day.
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| (0.001..=86_400.0).contains(s))
+        .ok_or_else(|| format!("expected seconds from 0.001 to 86400, got {text:?}"))
 }
 
 /// An override that is either a value or `none` (unset).

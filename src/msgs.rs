@@ -434,13 +434,14 @@ impl DiagnosticReports {
 }
 
 /// The level and message of a report, from the counts since `previous` (the start when None):
-/// OK when no tick fell back and no plan failed; ERROR when every tick fell back (the node acts
-/// on its fallback only) or no tick ran at all; WARN otherwise. The message names the faults.
+/// ERROR when every tick fell back (the node acts on its fallback only) or no tick ran at all;
+/// WARN when some fell back, a plan failed, a tick missed its deadline, a tick's record was
+/// dropped before publishing, or a robot state was refused; OK otherwise. The message names
+/// what happened.
 fn status_since(d: &Diagnostics, previous: Option<&Diagnostics>) -> (u8, String) {
     let since = |count: fn(&Diagnostics) -> u64| count(d).saturating_sub(previous.map_or(0, count));
     let ticks = since(|d| d.ticks);
     let fell_back = since(|d| d.hold + d.stop);
-    let plan_errors = since(|d| d.plan_errors);
     let faults: Vec<String> = d
         .faults
         .iter()
@@ -450,31 +451,38 @@ fn status_since(d: &Diagnostics, previous: Option<&Diagnostics>) -> (u8, String)
             (new > 0).then(|| format!("{name} {new}"))
         })
         .collect();
-    let failed_plans = (plan_errors > 0).then(|| format!("plan_errors {plan_errors}"));
-    let (level, mut message) = if ticks == 0 && previous.is_some() {
-        (2, "no control tick ran since the last report".to_string())
-    } else if fell_back > 0 && fell_back == ticks {
+    let (level, head) = if ticks == 0 {
+        (2, Some("no control tick ran since the last report".to_string()))
+    } else if fell_back == ticks {
         (
             2,
-            format!("every tick since the last report fell back ({})", faults.join(", ")),
+            Some(format!(
+                "every tick since the last report fell back ({})",
+                faults.join(", ")
+            )),
         )
     } else if fell_back > 0 {
-        (
-            1,
-            format!(
-                "{fell_back} of {ticks} ticks since the last report fell back ({})",
-                faults.join(", ")
-            ),
-        )
-    } else if let Some(failed) = &failed_plans {
-        return (1, format!("{failed} since the last report"));
+        let of = format!("{fell_back} of {ticks} ticks since the last report fell back");
+        (1, Some(format!("{of} ({})", faults.join(", "))))
     } else {
-        return (0, "ok".into());
+        (0, None)
     };
-    if let Some(failed) = failed_plans {
-        message += &format!("; {failed}");
+    let others: Vec<String> = [
+        ("plan_errors", since(|d| d.plan_errors)),
+        ("deadline_misses", since(|d| d.deadline_misses)),
+        ("records_dropped", since(|d| d.records_dropped)),
+        ("states_rejected", since(|d| d.states_rejected)),
+    ]
+    .into_iter()
+    .filter(|&(_, n)| n > 0)
+    .map(|(name, n)| format!("{name} {n}"))
+    .collect();
+    match (head, others.is_empty()) {
+        (None, true) => (0, "ok".into()),
+        (None, false) => (1, format!("{} since the last report", others.join(", "))),
+        (Some(head), true) => (level, head),
+        (Some(head), false) => (level, format!("{head}; {}", others.join(", "))),
     }
-    (level, message)
 }
 
 fn diagnostic_array(header: Header, d: &Diagnostics, previous: Option<&Diagnostics>) -> DiagnosticArray {
@@ -695,6 +703,17 @@ mod tests {
             status(report(400, 20, 100, 3)),
             (2, "no control tick ran since the last report".into())
         );
+        let mut late = report(500, 20, 100, 3);
+        (late.deadline_misses, late.records_dropped, late.states_rejected) = (2, 1, 4);
+        assert_eq!(
+            status(late),
+            (
+                1,
+                "deadline_misses 2, records_dropped 1, states_rejected 4 since the last report".into()
+            )
+        );
+        let first = DiagnosticReports::default().array(Header::default(), &report(0, 0, 0, 0));
+        assert_eq!(first.status[0].level, 2, "a first report without ticks is an error too");
     }
 
     #[test]

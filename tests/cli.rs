@@ -163,6 +163,14 @@ fn bad_arguments_fail_with_a_message() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    for (flag, expected) in [
+        ("--rate-hz=0", "expected a rate from 1/86400 to 1e6 Hz, got \"0\""),
+        ("--seconds=-1", "expected seconds from 0.001 to 86400, got \"-1\""),
+    ] {
+        let out = df_planner(&["bench", "--config", "config/pointmass.yaml", flag]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expected), "{err}");
+    }
     let out = df_planner(&["sample", "--model", "onnx/models/fruit_swap.onnx", "--out", "/dev/null"]);
     assert!(!out.status.success());
     assert!(

@@ -510,8 +510,11 @@ fn publisher(
             let plan = latest.as_deref().filter(|p| Some(p.seq) == r.plan_seq);
             sink.action(&r.report, &r.action[..r.dim], plan);
         }
-        if Instant::now() >= next_diag {
-            next_diag += Duration::from_secs(1);
+        let now = Instant::now();
+        if now >= next_diag {
+            // 1 s from now, not from when this one was due: after a stall, a burst of reports a
+            // few ms apart would each see no new tick.
+            next_diag = now + Duration::from_secs(1);
             let s = sources.stats.lock().clone();
             let diag = Diagnostics::collect(DiagnosticInputs {
                 counters: &s.counters,

@@ -265,7 +265,8 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
     let mut intake = state_intake(&cfg, task.planner().contract())?;
     let state_topic = t.state.clone();
     spawner.spawn_local(joints.for_each(move |js| {
-        match intake.take(stamp_ns(&js.header.stamp), &js.name, &js.position, &js.velocity) {
+        let stamp = stamp_ns(&js.header.stamp);
+        match intake.take(stamp, &js.name, &js.position, &js.velocity) {
             Ok(sample) => state_in.publish(sample),
             // Counted in the diagnostics; the state goes stale and the state_stale fault holds
             // or stops the arm. Warn on the first rejection and every 1000th, not at the
@@ -274,7 +275,7 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
                 state_in.count_rejected();
                 let rejected = state_in.rejected();
                 if rejected % 1000 == 1 {
-                    tracing::warn!(topic = %state_topic, rejected, error = %e, "joint state rejected");
+                    tracing::warn!(topic = %state_topic, rejected, stamp_ns = stamp, error = %e, "joint state rejected");
                 }
             }
         }
