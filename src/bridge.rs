@@ -196,6 +196,7 @@ impl Bridge {
             Some(Source::Plan) => "plan",
             Some(Source::Hold) => "hold",
             Some(Source::Stop) | None => "stop",
+            Some(Source::Waiting) => "waiting",
         };
         json!({
             "ok": true,

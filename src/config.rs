@@ -159,6 +159,13 @@ pub struct ControlSection {
     /// instead: a held force or velocity must not push on forever. Absent: hold indefinitely
     /// (position targets, where holding is the safe state).
     pub hold_timeout_s: Option<f64>,
+    /// Actions that are position targets: for each action dimension, the index among the
+    /// state's positions (`topics.state_joints` order) that measures it. The node then holds
+    /// where the robot is until a plan moves it (publishing nothing before the first state),
+    /// the first plan action is rate-limited from there, and `stop` moves to `stop_action` at
+    /// `safety.max_rate`. Empty (default): actions are not positions (forces, velocities).
+    #[serde(default)]
+    pub measured_action: Vec<usize>,
 }
 
 impl ControlSection {
@@ -395,6 +402,14 @@ impl NodeConfig {
         }
         if n == 0 {
             return Err(bad("safety.action_min", "at least one dimension".into(), "[]".into()));
+        }
+        let measured = self.control.measured_action.len();
+        if measured != 0 && measured != n {
+            return Err(bad(
+                "control.measured_action",
+                format!("[] (actions are not positions) or {n} state indices, one per action dimension"),
+                format!("{measured} indices"),
+            ));
         }
         if n > crate::control::live::MAX_ACTION_DIM {
             return Err(bad(

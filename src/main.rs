@@ -604,10 +604,11 @@ fn replay(a: ReplayArgs) -> Result<()> {
     )?;
     writeln!(
         out,
-        "actions      from plan {}, hold {}, stop {}; clipped {}, rate-limited {}, late dropped {}",
-        s.ticks - d.hold - d.stop,
+        "actions      from plan {}, hold {}, stop {}, none (waiting for the first state) {}; clipped {}, rate-limited {}, late dropped {}",
+        s.ticks - d.hold - d.stop - d.waiting,
         d.hold,
         d.stop,
+        d.waiting,
         d.clipped,
         d.rate_limited,
         d.late_actions_dropped

@@ -441,7 +441,7 @@ impl DiagnosticReports {
 fn status_since(d: &Diagnostics, previous: Option<&Diagnostics>) -> (u8, String) {
     let since = |count: fn(&Diagnostics) -> u64| count(d).saturating_sub(previous.map_or(0, count));
     let ticks = since(|d| d.ticks);
-    let fell_back = since(|d| d.hold + d.stop);
+    let fell_back = since(|d| d.hold + d.stop + d.waiting);
     let faults: Vec<String> = d
         .faults
         .iter()
@@ -494,6 +494,7 @@ fn diagnostic_array(header: Header, d: &Diagnostics, previous: Option<&Diagnosti
         kv("states_rejected", d.states_rejected.to_string()),
         kv("hold", d.hold.to_string()),
         kv("stop", d.stop.to_string()),
+        kv("waiting", d.waiting.to_string()),
         kv("clipped", d.clipped.to_string()),
         kv("rate_limited", d.rate_limited.to_string()),
         kv("late_actions_dropped", d.late_actions_dropped.to_string()),
@@ -656,6 +657,7 @@ mod tests {
             faults: Fault::ALL.iter().map(|&f| (f.name(), count(f))).collect(),
             hold: no_plan + state_stale,
             stop: 0,
+            waiting: 0,
             clipped: 0,
             rate_limited: 0,
             late_actions_dropped: 0,

@@ -63,6 +63,7 @@ pub fn control_core(cfg: &NodeConfig) -> ControlCore {
         state_timeout_ns: (cfg.safety.state_timeout_s * 1e9) as i64,
         max_plan_age_ns: cfg.safety.max_plan_age_s.map(|s| (s * 1e9) as i64),
         hold_timeout_ns: cfg.control.hold_timeout_s.map(|s| (s * 1e9) as i64),
+        measured_action: cfg.control.measured_action.clone(),
     };
     ControlCore::new(params, safety_filter(cfg))
 }
@@ -168,6 +169,15 @@ pub fn state_intake(cfg: &NodeConfig, contract: &ModelContract) -> Result<StateI
             format!("{observation_dim} names (the model's observation_dim)")
         };
         return Err(mismatch(expected, joints.to_string()));
+    }
+    // The state's positions: the listed joints, else at most the observation.
+    let positions = if joints > 0 { joints } else { observation_dim };
+    if let Some(&index) = cfg.control.measured_action.iter().find(|&&j| j >= positions) {
+        return Err(NodeError::Mismatch {
+            field: "control.measured_action",
+            expected: format!("indices below {positions} (the state's positions)"),
+            got: index.to_string(),
+        });
     }
     Ok(StateIntake::new(selection, observation_dim))
 }

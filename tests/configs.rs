@@ -61,6 +61,39 @@ fn state_joints_must_be_distinct_and_fit_the_model() {
     }
 }
 
+#[test]
+fn measured_action_names_one_state_position_per_action() {
+    let path = common::repo().join("config/pointmass.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let with = |measured: &str| {
+        let yaml = text.replace(
+            "  fallback: hold",
+            &format!("  fallback: hold\n  measured_action: {measured}"),
+        );
+        NodeConfig::parse(&yaml, &path)
+    };
+    let e = with("[0]").unwrap_err().to_string();
+    assert!(
+        e.ends_with("`control.measured_action`: expected [] (actions are not positions) or 2 state indices, one per action dimension, got 1 indices"),
+        "{e}"
+    );
+    // state_joints lists 2 joints: positions 0 and 1.
+    for (measured, fits) in [("[1, 0]", true), ("[0, 2]", false)] {
+        let mut cfg = with(measured).unwrap();
+        cfg.model.runtime = common::cpu();
+        match df_planner::node::planner(&cfg) {
+            Ok(_) => assert!(fits, "{measured} was accepted"),
+            Err(e) => assert_eq!(
+                (fits, e.to_string()),
+                (
+                    false,
+                    "control.measured_action: expected indices below 2 (the state's positions), got 2".into()
+                )
+            ),
+        }
+    }
+}
+
 /// Writes `files` (path, text) into a fresh folder of their own and loads the first.
 fn load_written(test: &str, files: &[(&str, &str)]) -> Result<NodeConfig, df_planner::config::ConfigError> {
     let dir = std::env::temp_dir().join(format!("df_planner_configs_{test}_{}", std::process::id()));

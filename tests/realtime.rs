@@ -83,6 +83,7 @@ fn params(fallback: Fallback, camera_required: bool) -> ControlParams {
         state_timeout_ns: 200 * MS,
         max_plan_age_ns: None,
         hold_timeout_ns: None,
+        measured_action: vec![],
     }
 }
 
@@ -337,6 +338,40 @@ fn holding_longer_than_the_hold_timeout_publishes_the_stop_action() {
     c.install(plan(700 * MS, &[[0.2, 0.2]]));
     assert_eq!(tick(&mut c, 700 * MS, None, Some(700 * MS)).0, Source::Plan);
     assert_eq!(tick(&mut c, 800 * MS, None, Some(800 * MS)).0, Source::Hold);
+}
+
+#[test]
+fn position_targets_start_where_the_robot_is_and_move_from_there_at_the_rate_limit() {
+    for fallback in [Fallback::Hold, Fallback::Stop] {
+        // Targets for the state's positions 2 and 0; 1 per second at 50 Hz: 0.02 per tick.
+        let position_params = ControlParams {
+            measured_action: vec![2, 0],
+            ..params(fallback, false)
+        };
+        let mut c = core_from(position_params, 1.0);
+        // No state yet: nothing is known to be safe to publish.
+        assert_eq!(tick(&mut c, 0, None, None).0, Source::Waiting);
+        c.observe_positions(&[-0.5, 9.0, 0.5]);
+        c.observe_positions(&[0.0, 0.0, 0.0]); // only the first state seeds
+        let (src, faults, out) = tick(&mut c, 20 * MS, None, Some(20 * MS));
+        match fallback {
+            // Before any plan the robot stays where it was measured, not at the stop action.
+            Fallback::Hold => assert_eq!((src, faults, out), (Source::Hold, vec![Fault::NoPlan], [0.5, -0.5])),
+            // Stop moves toward the stop action [0, 0] at the rate limit.
+            Fallback::Stop => {
+                assert_eq!((src, faults), (Source::Stop, vec![Fault::NoPlan]));
+                assert!((out[0] - 0.48).abs() < 1e-9 && (out[1] + 0.48).abs() < 1e-9, "{out:?}");
+            }
+        }
+        c.install(plan(40 * MS, &[[1.0, 1.0]]));
+        let (src, _, next) = tick(&mut c, 40 * MS, None, Some(40 * MS));
+        assert_eq!(src, Source::Plan);
+        assert!(
+            (next[0] - out[0] - 0.02).abs() < 1e-9 && (next[1] - out[1] - 0.02).abs() < 1e-9,
+            "the first plan action moves 0.02 from {out:?}: {next:?}"
+        );
+        assert_eq!(c.counters().waiting, 1);
+    }
 }
 
 #[test]

@@ -79,6 +79,10 @@ pub enum Source {
     Plan,
     Hold,
     Stop,
+    /// Nothing to publish: actions are position targets (`control.measured_action`) and no
+    /// robot state has said where the robot is yet. Sinks publish nothing; the robot's own
+    /// controller keeps it where it is.
+    Waiting,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +118,10 @@ pub struct ControlParams {
     pub max_plan_age_ns: Option<i64>,
     /// Holding longer than this without a plan action publishes the stop action instead.
     pub hold_timeout_ns: Option<i64>,
+    /// For position-target actions, the state position measuring each action dimension:
+    /// the held action starts where the robot is, and fallbacks are rate-limited too. Empty:
+    /// actions are not positions (forces, velocities).
+    pub measured_action: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -122,6 +130,7 @@ pub struct Counters {
     pub faults: [u64; Fault::ALL.len()],
     pub hold: u64,
     pub stop: u64,
+    pub waiting: u64,
     pub clipped: u64,
     pub rate_limited: u64,
     pub late_dropped: u64,
@@ -136,6 +145,11 @@ pub struct ControlCore {
     /// Last plan index a tick reached in `current` (published or not).
     last_index: Option<usize>,
     last_output: Vec<f64>,
+    /// Whether `last_output` says where the robot should be: always for actions that are not
+    /// positions (it starts as the stop action); for position targets, from the first state.
+    seeded: bool,
+    /// The latest state's positions as an action (position targets, until seeded).
+    measured: Option<Vec<f64>>,
     /// When the previous tick ran: the rate limit allows as much change as time has passed.
     last_tick_ns: Option<i64>,
     /// Since when the ticks have held without a plan action (for `hold_timeout_ns`).
@@ -151,7 +165,10 @@ impl ControlCore {
     pub fn new(params: ControlParams, safety: Safety) -> Self {
         let mut last_output = params.stop_action.clone();
         safety.clip(&params.stop_action, &mut last_output);
+        let positions = !params.measured_action.is_empty();
         Self {
+            seeded: !positions,
+            measured: positions.then(|| vec![0.0; last_output.len()]),
             params,
             safety,
             current: None,
@@ -162,6 +179,25 @@ impl ControlCore {
             holding_since_ns: None,
             counters: Counters::default(),
         }
+    }
+
+    /// The robot's latest positions (its state's, in `topics.state_joints` order). For
+    /// position targets, the first of them seeds the held action, so that the robot stays
+    /// where it is until a plan moves it, and the plan's first action is rate-limited from
+    /// there. Ignored otherwise, and once seeded.
+    pub fn observe_positions(&mut self, positions: &[f64]) {
+        if self.seeded {
+            return;
+        }
+        let Some(measured) = self.measured.as_mut() else { return };
+        if self.params.measured_action.iter().any(|&j| j >= positions.len()) {
+            return;
+        }
+        for (m, &j) in measured.iter_mut().zip(&self.params.measured_action) {
+            *m = positions[j];
+        }
+        self.safety.clip(measured, &mut self.last_output);
+        self.seeded = true;
     }
 
     pub fn counters(&self) -> &Counters {
@@ -235,12 +271,17 @@ impl ControlCore {
         }
 
         let mut safety = SafetyEvents::default();
+        let elapsed_s = self
+            .last_tick_ns
+            .map_or(self.safety.period_s(), |t| (now - t) as f64 / 1e9);
         let source = match chosen {
+            // Position targets with no state yet: no action is known to be safe.
+            _ if !self.seeded => {
+                out.copy_from_slice(&self.last_output);
+                Source::Waiting
+            }
             Some(index) if faults.is_empty() => {
                 let plan = self.current.as_deref().expect("chosen implies a plan");
-                let elapsed_s = self
-                    .last_tick_ns
-                    .map_or(self.safety.period_s(), |t| (now - t) as f64 / 1e9);
                 safety = self
                     .safety
                     .filter(plan.action(index), &self.last_output, elapsed_s, out);
@@ -253,6 +294,14 @@ impl ControlCore {
                     Fallback::Hold if !held_too_long => {
                         out.copy_from_slice(&self.last_output);
                         Source::Hold
+                    }
+                    // A position target moves the robot: it goes to the stop action no faster
+                    // than any other.
+                    _ if self.measured.is_some() => {
+                        safety = self
+                            .safety
+                            .filter(&self.params.stop_action, &self.last_output, elapsed_s, out);
+                        Source::Stop
                     }
                     _ => {
                         self.safety.clip(&self.params.stop_action, out);
@@ -274,6 +323,7 @@ impl ControlCore {
         }
         c.hold += u64::from(source == Source::Hold);
         c.stop += u64::from(source == Source::Stop);
+        c.waiting += u64::from(source == Source::Waiting);
         c.clipped += u64::from(safety.clipped);
         c.rate_limited += u64::from(safety.rate_limited);
         c.late_dropped += late_dropped;

@@ -24,6 +24,8 @@ pub struct Diagnostics {
     pub faults: Vec<(&'static str, u64)>,
     pub hold: u64,
     pub stop: u64,
+    /// Ticks that published nothing: position targets before the first state.
+    pub waiting: u64,
     pub clipped: u64,
     pub rate_limited: u64,
     pub late_actions_dropped: u64,
@@ -65,6 +67,7 @@ impl Diagnostics {
             faults: Fault::ALL.iter().map(|f| (f.name(), c.faults[*f as usize])).collect(),
             hold: c.hold,
             stop: c.stop,
+            waiting: c.waiting,
             clipped: c.clipped,
             rate_limited: c.rate_limited,
             late_actions_dropped: c.late_dropped,

@@ -115,6 +115,9 @@ impl ControlTick {
         if let Some(sample) = self.state.try_read() {
             self.last_state = sample;
         }
+        if let Some(s) = &self.last_state {
+            self.core.observe_positions(&s.position[..s.joints]);
+        }
         let inputs = TickInputs {
             now_ns: self.clock.now_ns(),
             frame_ns: self.frame_stats.newest_stamp_ns(),

@@ -146,6 +146,7 @@ impl OfflineLoop {
 
     pub fn ingest_state(&mut self, sample: StateSample) {
         self.start_at(sample.stamp_ns);
+        self.core.observe_positions(&sample.position[..sample.joints]);
         self.state = Some(sample);
     }
 

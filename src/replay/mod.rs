@@ -24,7 +24,7 @@ use order::LogTimeOrder;
 pub use writer::McapSink;
 
 use crate::config::NodeConfig;
-use crate::control::{ActionSink, Diagnostics, LatencySummary, OfflineLoop, StateIntake, TickReport};
+use crate::control::{ActionSink, Diagnostics, LatencySummary, OfflineLoop, Source, StateIntake, TickReport};
 use crate::frames::ImageView;
 use crate::model::{Field, MAX_STANDARD_DEVIATIONS};
 use crate::msgs;
@@ -375,6 +375,10 @@ struct Published {
 
 impl ActionSink for Published {
     fn action(&mut self, report: &TickReport, action: &[f64], plan: Option<&Plan>) {
+        // Nothing is published while waiting for the first state (position targets).
+        if report.source == Source::Waiting {
+            return;
+        }
         self.comparison.published(report.now_ns, action);
         self.output.action(report, action, plan);
     }

@@ -24,7 +24,7 @@ use r2r::{builtin_interfaces, diagnostic_msgs, geometry_msgs, sensor_msgs, std_m
 
 use crate::config::{ActionType, NodeConfig};
 use crate::control::live::{self, Clock, GoalInbox, LiveParts, SystemClock};
-use crate::control::{ActionSink, Diagnostics, StateCell, TickReport};
+use crate::control::{ActionSink, Diagnostics, Source, StateCell, TickReport};
 use crate::frames::ImageView;
 use crate::msgs::{self, ActionFormat, ActionMessage, DiagnosticReports};
 use crate::node::{camera_rings, node_parts, state_intake};
@@ -99,6 +99,9 @@ impl RosSink {
 
 impl ActionSink for RosSink {
     fn action(&mut self, report: &TickReport, action: &[f64], plan: Option<&Plan>) {
+        if report.source == Source::Waiting {
+            return;
+        }
         let msg = self.format.message(report, action, plan);
         let result = match (&self.action, msg) {
             (ActionPublisher::Array(p), ActionMessage::Array(m)) => p.publish(&ros_array(m)),
