@@ -190,7 +190,10 @@ pub fn node_parts(cfg: &NodeConfig) -> Result<(PlannerTask, ControlCore), NodeEr
 fn planner_task(cfg: &NodeConfig, planner: DfPlanner) -> Result<PlannerTask, NodeError> {
     let goal = node_goal(cfg, planner.contract())?;
     let step_ns = cfg.control.step().as_nanos() as i64;
-    Ok(PlannerTask::new(planner, cfg.planner.replan_every, step_ns).with_goal(goal))
+    let state_timeout_ns = (cfg.safety.state_timeout_s * 1e9) as i64;
+    Ok(PlannerTask::new(planner, cfg.planner.replan_every, step_ns)
+        .with_state_timeout(state_timeout_ns)
+        .with_goal(goal))
 }
 
 /// The node's goal: the goal reward (`planner.goal`), its first goal `planner.goal.target`,

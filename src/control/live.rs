@@ -24,7 +24,7 @@ use ringbuf::{HeapCons, HeapProd, HeapRb};
 use crate::frames::{CameraStats, Cameras, MAX_CAMERAS};
 use crate::planner::{GoalMessage, GoalStatus, Plan, PlannerTask, StepOutcome};
 
-use super::core::{ControlCore, Counters, TickInputs, TickReport};
+use super::core::{ControlCore, Counters, Fault, Source, TickInputs, TickReport};
 use super::diagnostics::{ActionSink, DiagnosticInputs, Diagnostics};
 use super::histogram::Histogram;
 use super::state::{StateCell, StateSample};
@@ -79,6 +79,42 @@ impl Clone for LiveStats {
         self.tick_jitter.clone_from(&s.tick_jitter);
         self.deadline_misses = s.deadline_misses;
         self.records_dropped = s.records_dropped;
+    }
+}
+
+/// Says in the log when the published actions stop or start coming from the plan: at once,
+/// then at most once a second while the source keeps changing (the changes in between
+/// counted), so that a flapping fault cannot flood the log and the last change is still said.
+#[derive(Default)]
+struct SourceLog {
+    said: Option<Source>,
+    said_at: Option<Instant>,
+    changes: u64,
+    last: Option<Source>,
+}
+
+impl SourceLog {
+    /// A published tick at `now`; the number of source changes it said, if it said one.
+    fn record(&mut self, r: &TickReport, now: Instant) -> Option<u64> {
+        if self.last != Some(r.source) {
+            self.last = Some(r.source);
+            self.changes += 1;
+        }
+        let due = self.said_at.is_none_or(|t| now - t >= Duration::from_secs(1));
+        if self.said == self.last || !due {
+            return None;
+        }
+        let changes = std::mem::take(&mut self.changes);
+        match r.source {
+            Source::Plan => tracing::info!(changes, "actions come from the plan"),
+            source => {
+                let faults: Vec<&str> = r.faults.iter().map(Fault::name).collect();
+                tracing::warn!(?source, ?faults, changes, "actions fall back");
+            }
+        }
+        self.said = self.last;
+        self.said_at = Some(now);
+        Some(changes)
     }
 }
 
@@ -418,6 +454,9 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
                 &mut plan,
             ) {
                 Ok(StepOutcome::Planned) => {
+                    if last_error.take().is_some() {
+                        tracing::info!("planning recovered");
+                    }
                     latency.lock().clone_from(task.latency());
                     let _ = copy_tx.try_send(plan.clone());
                     if let Err(unsent) = plan_tx.try_send(plan) {
@@ -430,7 +469,7 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
                     errors.fetch_add(1, Ordering::Relaxed);
                     let msg = e.to_string();
                     if last_error.as_deref() != Some(&msg) {
-                        tracing::warn!(error = %msg, "planning failed; the control loop falls back");
+                        tracing::warn!(error = %msg, "planning failed; the ticks run the current plan while it is due, else fall back");
                         last_error = Some(msg);
                     }
                 }
@@ -499,6 +538,7 @@ fn publisher(
 ) {
     let mut latest: Option<Box<Plan>> = None;
     let mut next_diag = Instant::now() + Duration::from_secs(1);
+    let mut source_log = SourceLog::default();
     loop {
         // Read the flag first: once it is set no tick is left to come, so one more pass drains all.
         let stopping = stop.load(Ordering::Acquire);
@@ -512,6 +552,7 @@ fn publisher(
             idle = false;
             let plan = latest.as_deref().filter(|p| Some(p.seq) == r.plan_seq);
             sink.action(&r.report, &r.action[..r.dim], plan);
+            source_log.record(&r.report, Instant::now());
         }
         let now = Instant::now();
         if now >= next_diag {
@@ -572,6 +613,42 @@ impl PlanBuffers {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn fallbacks_are_said_at_once_then_at_most_once_a_second_and_the_last_change_too() {
+        let report = |source| TickReport {
+            now_ns: 0,
+            source,
+            faults: Default::default(),
+            plan_index: None,
+            safety: Default::default(),
+            late_dropped: 0,
+        };
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut log = SourceLog::default();
+        assert_eq!(
+            log.record(&report(Source::Hold), at(0)),
+            Some(1),
+            "start-up: no plan yet"
+        );
+        assert_eq!(log.record(&report(Source::Hold), at(10)), None);
+        // Flapping within the second: nothing said until a second has passed.
+        assert_eq!(log.record(&report(Source::Plan), at(20)), None);
+        assert_eq!(log.record(&report(Source::Hold), at(30)), None);
+        assert_eq!(log.record(&report(Source::Plan), at(40)), None);
+        assert_eq!(
+            log.record(&report(Source::Plan), at(1000)),
+            Some(3),
+            "the last change, with the count"
+        );
+        assert_eq!(
+            log.record(&report(Source::Plan), at(3000)),
+            None,
+            "no change: nothing said"
+        );
+        assert_eq!(log.record(&report(Source::Stop), at(3010)), Some(1));
+    }
     use super::*;
 
     fn plan() -> Plan {

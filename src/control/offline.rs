@@ -42,6 +42,8 @@ pub struct OfflineLoop {
     plan_errors: u64,
     states_rejected: u64,
     last_plan_error: Option<String>,
+    /// The latest plan attempt failed (a recovery is logged).
+    plan_failing: bool,
     tick_latency: Histogram,
 }
 
@@ -72,6 +74,7 @@ impl OfflineLoop {
             plan_errors: 0,
             states_rejected: 0,
             last_plan_error: None,
+            plan_failing: false,
             tick_latency: Histogram::default(),
         }
     }
@@ -177,6 +180,9 @@ impl OfflineLoop {
         let images = cameras.map(|n| &images[..n]);
         match self.task.step(t_ns, self.state.as_ref(), executed, images, &mut plan) {
             Ok(StepOutcome::Planned) => {
+                if std::mem::take(&mut self.plan_failing) {
+                    tracing::info!("planning recovered");
+                }
                 sink.plan(&plan);
                 self.spare = self.core.install(plan);
             }
@@ -184,9 +190,10 @@ impl OfflineLoop {
             Err(e) => {
                 self.plan_errors += 1;
                 let msg = e.to_string();
-                if self.last_plan_error.as_deref() != Some(&msg) {
-                    tracing::warn!(error = %msg, "planning failed; the control loop falls back");
+                if !self.plan_failing || self.last_plan_error.as_deref() != Some(&msg) {
+                    tracing::warn!(error = %msg, "planning failed; the ticks run the current plan while it is due, else fall back");
                 }
+                self.plan_failing = true;
                 self.last_plan_error = Some(msg);
                 self.spare = Some(plan);
             }

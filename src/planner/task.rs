@@ -17,6 +17,9 @@ use crate::control::{Histogram, StateSample};
 pub enum StepOutcome {
     /// No robot state yet: nothing recorded.
     NoState,
+    /// The robot state is older than the state timeout: nothing recorded or planned (a plan
+    /// from it would run once the state is back); the step after it returns plans, cold.
+    StaleState,
     /// A camera model before every camera has sent an image: nothing recorded, so that its
     /// memory starts with a frame that has them (a history token without images would fail
     /// every plan for as long as it stays in the window).
@@ -34,6 +37,10 @@ pub struct PlannerTask {
     steps: usize,
     /// Plan at the next step, off the schedule (a new goal, or a retry).
     plan_next: bool,
+    /// A state older than this is stale (`safety.state_timeout_s`), as the control tick says.
+    state_timeout_ns: i64,
+    /// The previous step found the state stale.
+    state_was_stale: bool,
     seq: u64,
     observation: Vec<f64>,
     latency: Histogram,
@@ -49,11 +56,19 @@ impl PlannerTask {
             step_ns,
             steps: 0,
             plan_next: false,
+            state_timeout_ns: i64::MAX,
+            state_was_stale: false,
             seq: 0,
             observation: vec![0.0; obs_dim],
             latency: Histogram::default(),
             goal: None,
         }
+    }
+
+    /// Treat a state older than `timeout_ns` as stale (default: never).
+    pub fn with_state_timeout(mut self, timeout_ns: i64) -> Self {
+        self.state_timeout_ns = timeout_ns;
+        self
     }
 
     /// Plan toward `goal` (unguided while it has no target).
@@ -140,6 +155,20 @@ impl PlannerTask {
         let Some(state) = state else {
             return Ok(StepOutcome::NoState);
         };
+        // Stamped further ahead than the timeout is as stale as old, as in the control tick.
+        if (now_ns - state.stamp_ns).abs() > self.state_timeout_ns {
+            if !self.state_was_stale {
+                tracing::warn!(stamp_ns = state.stamp_ns, now_ns, "robot state stale: planning pauses");
+                self.state_was_stale = true;
+            }
+            return Ok(StepOutcome::StaleState);
+        }
+        if std::mem::take(&mut self.state_was_stale) {
+            tracing::info!("robot state back: planning at once, cold");
+            // The history skipped the stale steps: the previous plan's shift no longer fits.
+            self.planner.start_cold();
+            self.plan_next = true;
+        }
         match self.record(state, executed_action, images) {
             Ok(true) => {}
             Ok(false) => return Ok(StepOutcome::NoImages),
@@ -293,6 +322,38 @@ mod tests {
         for expected in [Planned, Recorded, Planned, Recorded, Recorded, Planned] {
             assert_eq!(step(&mut task).unwrap(), expected);
         }
+    }
+
+    #[test]
+    fn a_stale_state_pauses_planning_and_its_return_plans_at_once_cold() {
+        let (p, seen) = warm_planner(false);
+        let mut task = PlannerTask::new(p, 2, 100_000_000).with_state_timeout(300_000_000);
+        let mut plan = task.new_plan();
+        let mut step = |task: &mut PlannerTask, now_ns: i64, stamp_ns: i64| {
+            let state = StateSample::new(stamp_ns, &[0.5, 0.5], &[0.0, 0.0]).unwrap();
+            let before = seen.lock().calls;
+            let outcome = task.step(now_ns, Some(&state), &[0.0, 0.0], None, &mut plan).unwrap();
+            (outcome, seen.lock().calls - before)
+        };
+        let (_, cold) = step(&mut task, 0, 0);
+        assert_eq!(step(&mut task, 100, 100), (StepOutcome::Recorded, 0));
+        let (_, warm) = step(&mut task, 200, 200);
+        assert!(0 < warm && warm < cold, "warm {warm}, cold {cold}");
+        assert_eq!(step(&mut task, 300, 300), (StepOutcome::Recorded, 0));
+        assert_eq!(step(&mut task, 400, 400), (StepOutcome::Planned, warm));
+        // The state stops: 0.3 s later planning pauses, recording nothing.
+        let ms = 1_000_000;
+        assert_eq!(step(&mut task, 301 * ms, 400), (StepOutcome::StaleState, 0));
+        assert_eq!(step(&mut task, 400 * ms, 400), (StepOutcome::StaleState, 0));
+        // A state stamped far ahead of the clock is no fresher.
+        assert_eq!(step(&mut task, 500 * ms, 900 * ms), (StepOutcome::StaleState, 0));
+        // Back: the next step (step 5, off the replan schedule) plans at once, cold.
+        assert_eq!(step(&mut task, 600 * ms, 600 * ms), (StepOutcome::Planned, cold));
+        assert_eq!(
+            step(&mut task, 700 * ms, 700 * ms),
+            (StepOutcome::Planned, cold),
+            "scheduled after an extra plan: cold"
+        );
     }
 
     #[test]
