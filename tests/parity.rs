@@ -2,8 +2,8 @@
 //! (onnx/df_train/reference_sampler.py) row by row, for every scheduling matrix, with and
 //! without guidance through denoise_vjp and Monte Carlo Guidance (its forms: futures sharing
 //! the near tokens, the same with only those guided or weighted by their rewards, and
-//! redraws), and for the camera model with the images of its history tokens. Keep this test
-//! forever.
+//! redraws), at a noise clip the network's eps exceeds, and for the camera model with the
+//! images of its history tokens. Keep this test forever.
 
 mod common;
 
@@ -247,6 +247,7 @@ parity! {
     pyramid_guided_mcg_redraws => "pyramid_guided_redraws",
     pyramid_guided_mcg_prior_futures => "pyramid_guided_prior",
     pyramid_guided_mcg_softmax => "pyramid_guided_softmax",
+    pyramid_plain_noise_clip => "pyramid_plain_clip",
 }
 
 parity! {
@@ -340,6 +341,27 @@ fn moved_by(golden: &Golden, settings: SamplerSettings) -> f32 {
     let expected = array(golden.shape, golden.states.last().unwrap());
     let x = resampled_final_state(golden, &mut model, settings);
     max_abs_diff(x.view(), expected.view()) / golden.tolerance
+}
+
+/// The clip golden must exercise the noise clip: the same recorded noise without the clamp, or
+/// with the model's own clip (6, never reached on this case), misses its plan by far more than
+/// the tolerance. (No other golden reaches its clip.)
+#[test]
+fn clip_golden_depends_on_the_noise_clip() {
+    let golden = load_golden("pointmass", "pyramid_plain_clip");
+    assert!(golden.guidance.is_none() && golden.settings.noise_clip < 6.0);
+    for noise_clip in [6.0, f32::MAX] {
+        let settings = SamplerSettings {
+            noise_clip,
+            ..sampler_settings(&golden, 0.0, 0)
+        };
+        let moved = moved_by(&golden, settings);
+        println!("pyramid_plain_clip at clip {noise_clip}: the final state moves {moved:.0} tolerances");
+        assert!(
+            moved > 100.0,
+            "clip {noise_clip}: the clamp changed the plan by only {moved} tolerances"
+        );
+    }
 }
 
 /// The redraws golden must exercise the redraws: plain guidance from the same recorded start

@@ -7,11 +7,19 @@ them tagged noisy, and the planned tokens without images, as the planner hands t
 guided cases use a guidance scale of 0.1 (the fruit swap plans without guidance). Models without
 cameras also get MCG's redraws form (one plan, `REDRAWS` redrawn x0 per row, with their noise)
 its prior-futures probe (only the shared tokens guided) and the futures weighted by the softmax
-of their rewards (`MCG_TEMPERATURE`).
+of their rewards (`MCG_TEMPERATURE`), and a plain pyramid at a noise clip the network's eps
+exceeds (`CLIP_GOLDEN`), so that the sampler's clamp is checked too.
+
+A plain case can also be written from an exported graph when its checkpoint is gone:
+`python -m df_train.golden --onnx onnx/models/pointmass.onnx --out onnx/golden/pointmass
+--only pyramid_plain_clip` runs the same reference sampler with ONNX Runtime as the network
+(`OnnxNetwork`); guided cases need PyTorch's gradients and the checkpoint.
 """
 
+import argparse
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -33,14 +41,46 @@ REDRAWS = 2
 # MCG's futures weighted by softmax(reward / tau): a tau at which the golden's weights are
 # uneven (the quadratic rewards of its samples differ by a few units).
 MCG_TEMPERATURE = 2.0
+# A noise clip below the |eps| the point mass predicts on the plain pyramid case (up to ~4.7;
+# the config's 6.0 is never reached there), so that the golden depends on the clamp.
+CLIP_GOLDEN = 2.0
 
 
 def _floats(t) -> list:
     return [float(f"{v:.9g}") for v in np.asarray(t, dtype=np.float32).ravel()]
 
 
+class OnnxNetwork:
+    """An exported denoise graph as the reference sampler's network, with the schedule and the
+    settings of its contract: (x0, eps) as the PyTorch model gives them, without gradients."""
+
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        contract = json.loads(self.session.get_modelmeta().custom_metadata_map["df_planner.contract"])
+        diffusion = contract["diffusion"]
+        self.alphas_cumprod = torch.tensor(diffusion["alphas_cumprod"], dtype=torch.float64)
+        if contract.get("cameras"):
+            raise ValueError(f"{path}: a camera model; write its goldens from the checkpoint (df-train export --golden)")
+        self.cfg = SimpleNamespace(cameras=0)
+        self.train_cfg = SimpleNamespace(
+            layout=SimpleNamespace(token_dim=contract["layout"]["token_dim"]),
+            timesteps=diffusion["timesteps"],
+            stabilization_level=diffusion["stabilization_level"],
+            noise_clip=diffusion["noise_clip"],
+        )
+
+    def __call__(self, x_t: torch.Tensor, k: torch.Tensor):
+        if x_t.requires_grad:
+            raise ValueError("an exported graph gives no gradients: write guided cases from the checkpoint")
+        x0, eps = self.session.run(None, {"x_t": x_t.numpy(), "k": k.numpy()})
+        return torch.from_numpy(x0), torch.from_numpy(eps)
+
+
 def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
-                 context_tokens: int = 1, horizon: int = 6, sampling_steps: int = 8) -> list[Path]:
+                 context_tokens: int = 1, horizon: int = 6, sampling_steps: int = 8,
+                 only: set[str] | None = None) -> list[Path]:
+    """The golden cases of `model` (all, or those whose file stems are in `only`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     d = cfg.layout.token_dim
     t = context_tokens + horizon
@@ -50,21 +90,27 @@ def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
         context_tokens = 2
         t = context_tokens + horizon
     # (matrix kind, uncertainty, guided, guidance form, redraws, only the shared tokens guided,
-    # MCG temperature); new cases go last, as a case's index seeds its draws.
-    cases = [(kind, u, guided, "mean_shift", 0, False, None) for kind, u in CASE_KINDS.items()
+    # MCG temperature, noise clip or None for the model's); new cases go last, as a case's
+    # index seeds its draws.
+    cases = [(kind, u, guided, "mean_shift", 0, False, None, None) for kind, u in CASE_KINDS.items()
              for guided in (False, True) if not cameras or kind == "pyramid"]
-    cases.append(("pyramid", CASE_KINDS["pyramid"], True, "score", 0, False, None))
+    cases.append(("pyramid", CASE_KINDS["pyramid"], True, "score", 0, False, None, None))
     if not cameras:
-        cases.append(("pyramid", CASE_KINDS["pyramid"], True, "mean_shift", REDRAWS, False, None))
-        cases.append(("pyramid", CASE_KINDS["pyramid"], True, "mean_shift", 0, True, None))
-        cases.append(("pyramid", CASE_KINDS["pyramid"], True, "mean_shift", 0, False, MCG_TEMPERATURE))
-    for case, (kind, u, guided, form, redraws, prior, temperature) in enumerate(cases):
+        cases.append(("pyramid", CASE_KINDS["pyramid"], True, "mean_shift", REDRAWS, False, None, None))
+        cases.append(("pyramid", CASE_KINDS["pyramid"], True, "mean_shift", 0, True, None, None))
+        cases.append(("pyramid", CASE_KINDS["pyramid"], True, "mean_shift", 0, False, MCG_TEMPERATURE, None))
+        cases.append(("pyramid", CASE_KINDS["pyramid"], False, "mean_shift", 0, False, None, CLIP_GOLDEN))
+    for case, (kind, u, guided, form, redraws, prior, temperature, clip) in enumerate(cases):
+        suffix = ("guided" if guided else "plain") + ("_score" if form == "score" else "") + ("_redraws" if redraws else "") + ("_prior" if prior else "") + ("_softmax" if temperature else "") + ("_clip" if clip else "")
+        name = f"{kind}_{suffix}"
+        if only is not None and name not in only:
+            continue
         gen = torch.Generator().manual_seed(seed * 1000 + case)
         batch = 1 if redraws else 3 if guided else 2
         settings = SamplerSettings(
             eta=0.5,
             stabilization_level=cfg.stabilization_level,
-            noise_clip=cfg.noise_clip,
+            noise_clip=clip or cfg.noise_clip,
             guidance_scale=(0.1 if cameras else 1.0) if guided else 0.0,
             guidance_form=form,
             max_gain=20.0,
@@ -112,8 +158,27 @@ def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
         if redraws:
             # Per row, the redrawn windows' draw [redraws, T, D]; the sampler takes it before the step's.
             doc["redraw_noise"] = [_floats(n) for n in redraw_noise]
-        suffix = ("guided" if guided else "plain") + ("_score" if form == "score" else "") + ("_redraws" if redraws else "") + ("_prior" if prior else "") + ("_softmax" if temperature else "")
-        path = out_dir / f"{kind}_{suffix}.json"
+        path = out_dir / f"{name}.json"
         path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
         written.append(path)
     return written
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m df_train.golden",
+                                description="Write plain golden cases from an exported denoise graph.")
+    p.add_argument("--onnx", type=Path, required=True, help="the exported model, e.g. onnx/models/pointmass.onnx")
+    p.add_argument("--out", type=Path, required=True, help="the model's golden folder, e.g. onnx/golden/pointmass")
+    p.add_argument("--only", nargs="+", required=True, help="case names (file stems), e.g. pyramid_plain_clip")
+    a = p.parse_args(argv)
+    net = OnnxNetwork(a.onnx)
+    written = write_golden(net, net.train_cfg, a.out, str(a.onnx), only=set(a.only))
+    unknown = set(a.only) - {p.stem for p in written}
+    if unknown:
+        p.error(f"--only: no such case {sorted(unknown)}")
+    for path in written:
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
