@@ -7,6 +7,7 @@ the last one after an interruption, with optimizer, EMA and RNG state restored.
 import copy
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -167,8 +168,31 @@ def check_training_source(data: str, bags: str) -> None:
         raise FileNotFoundError(f"bags: {bags}: no manifest.json there (a folder from df-train datagen fruit-swap)")
 
 
+def check_settings(cfg: TrainConfig) -> None:
+    """Refuse settings the exported contract or its sampler cannot use, naming the field, before
+    a run folder is made (the Rust planner would refuse the model only after training)."""
+    if cfg.reward:
+        raise ValueError("reward: expected false: the Rust planner has no reward input, so a model whose tokens "
+                         "carry the reward would see 0 as every reward it was given")
+    if cfg.timesteps < 1:
+        raise ValueError(f"timesteps: expected >= 1, got {cfg.timesteps}")
+    if not 0 <= cfg.stabilization_level < cfg.timesteps:
+        raise ValueError(f"stabilization_level: expected a level in [0, timesteps = {cfg.timesteps}), "
+                         f"got {cfg.stabilization_level}")
+    if not (math.isfinite(cfg.noise_clip) and cfg.noise_clip > 0):
+        raise ValueError(f"noise_clip: expected a finite number > 0, got {cfg.noise_clip}")
+    if cfg.heads < 1 or cfg.width % cfg.heads:
+        raise ValueError(f"heads: expected a divisor of width = {cfg.width}, got {cfg.heads}")
+    if cfg.parameterization == "eps":
+        gain = 1 / math.sqrt(schedule.alphas_cumprod(cfg.schedule, cfg.timesteps)[-1])
+        raise ValueError(f"parameterization: expected v or x0: from eps the sampler's x0 = (x_t - sqrt(1 - abar) eps) "
+                         f"/ sqrt(abar) multiplies an eps error by up to {gain:.0f} at the last level of this "
+                         f"schedule, and the contract clips eps, not x0")
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     device = training_device(cfg.device)
+    check_settings(cfg)
     check_training_source(cfg.data, cfg.bags)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

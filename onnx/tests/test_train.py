@@ -118,6 +118,19 @@ def test_a_missing_training_source_is_named_and_no_run_folder_is_left(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("override, message", [
+    ({"reward": True}, r"reward: expected false: the Rust planner has no reward input"),
+    ({"stabilization_level": 100}, r"stabilization_level: expected a level in \[0, timesteps = 100\), got 100"),
+    ({"noise_clip": -1.0}, r"noise_clip: expected a finite number > 0, got -1.0"),
+    ({"heads": 3}, r"heads: expected a divisor of width = 32, got 3"),
+    ({"parameterization": "eps"}, r"parameterization: expected v or x0: .* multiplies an eps error by up to \d+"),
+])
+def test_settings_the_contract_cannot_use_are_named_before_a_run_folder_is_made(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        train(tiny_config(tmp_path, **override), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_loss_weight_floor_keeps_the_noisiest_tokens_counting():
     snr = torch.tensor([1e-3, 0.5, 2.0, 50.0])
     x0_space = {"x0": lambda w: w, "eps": lambda w: w * snr, "v": lambda w: w * (snr + 1)}

@@ -232,6 +232,14 @@ impl ModelContract {
                 format!("{:?}", l.field_order),
             ));
         }
+        if l.reward {
+            // No port feeds the reward a context frame received: it would be 0 in every frame.
+            return Err(invalid(
+                "layout.reward",
+                "false (the planner has no reward input)",
+                true,
+            ));
+        }
         if l.field_order.contains(&Field::Reward) != l.reward {
             return Err(invalid(
                 "layout.field_order",
@@ -508,6 +516,11 @@ mod tests {
                 "cond_dim: expected 0 (version 1.x has no cond input), got 3",
             ),
             (&["causal"], json!(false), "causal: expected true"),
+            (
+                &["layout", "reward"],
+                json!(true),
+                "layout.reward: expected false (the planner has no reward input), got true",
+            ),
             (
                 &["layout", "field_order"],
                 json!(["action", "action"]),
