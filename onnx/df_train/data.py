@@ -94,11 +94,9 @@ class DemoWindows:
     def __init__(self, folder: Path, layout: TokenLayout, tokens: int, timesteps: int, image_levels: int = 4,
                  rest_tokens: int = 2, noisy_fraction: float = 0.3, planning_fraction: float = 0.5,
                  short_context: int = 1):
-        from .datagen.fruit_swap import read_demo_bag
+        from .datagen.fruit_swap import listed_bags, read_demo_bag
 
-        bags = sorted(p for p in Path(folder).iterdir() if (p / "metadata.yaml").exists())
-        if not bags:
-            raise ValueError(f"{folder}: no rosbag2 folders (with metadata.yaml) in it")
+        bags = listed_bags(Path(folder))
         fs = layout.frame_stack
         self.layout, self.tokens, self.image_levels, self.noisy_fraction = layout, tokens, image_levels, noisy_fraction
         self.timesteps, self.planning_fraction, self.short_context = timesteps, planning_fraction, short_context

@@ -152,6 +152,33 @@ def test_demo_windows_hold_history_images_and_rest(demos):
     assert (inputs["image_level"] < 4).all(axis=1).any(), "fully observed windows (no future) are sampled too"
 
 
+def test_training_reads_exactly_the_bags_the_manifest_lists_as_they_were_written(demos, tmp_path):
+    import shutil
+
+    from df_train.datagen.fruit_swap import generate, listed_bags
+
+    assert [p.name for p in listed_bags(demos)] == [f"episode_{i:04d}" for i in range(3)]
+    copy = tmp_path / "demos"
+    shutil.copytree(demos, copy)
+    # A smaller dataset generated into the same folder would leave the old bags behind.
+    with pytest.raises(ValueError, match=r"out: .* holds bag folders this run would not rewrite \(\['episode_0001', "
+                                         r"'episode_0002'\]\): generate into an empty folder"):
+        generate(copy, 1, seed=0)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["bags"] = manifest["bags"][:1]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"bag folders \['episode_0001', 'episode_0002'\] are not in manifest.json"):
+        listed_bags(copy)
+    shutil.rmtree(copy / "episode_0001")
+    shutil.rmtree(copy / "episode_0002")
+    assert [p.name for p in listed_bags(copy)] == ["episode_0000"]
+    # An edited bag no longer matches its digest.
+    storage = next(f for f in (copy / "episode_0000").iterdir() if f.name != "metadata.yaml")
+    storage.write_bytes(storage.read_bytes()[:-10])
+    with pytest.raises(ValueError, match=r"episode_0000: its files no longer match manifest.json's sha256"):
+        listed_bags(copy)
+
+
 def test_train_from_bags(demos, tmp_path):
     import torch
 

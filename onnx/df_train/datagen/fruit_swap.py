@@ -59,11 +59,40 @@ def _bag_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
+def listed_bags(folder: Path) -> list[Path]:
+    """The bags manifest.json lists, each checked against its recorded digest; a bag folder
+    there that the manifest does not list is refused (training on it would change the data
+    under the manifest's hash, which the checkpoint and the exported contract name)."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    listing = manifest.get("bags") or []
+    if not listing:
+        raise ValueError(f"{folder}/manifest.json: bags: expected the listed demonstration bags, got none")
+    listed = {entry["bag"] for entry in listing}
+    unlisted = sorted(p.name for p in folder.iterdir() if (p / "metadata.yaml").exists() and p.name not in listed)
+    if unlisted:
+        raise ValueError(f"{folder}: bag folders {unlisted} are not in manifest.json (left by an earlier datagen?): "
+                         "remove them, or generate into an empty folder")
+    bags = []
+    for entry in listing:
+        bag = folder / entry["bag"]
+        if not (bag / "metadata.yaml").exists():
+            raise ValueError(f"{folder}/manifest.json: bag {entry['bag']!r}: no such rosbag2 folder")
+        if _bag_digest(bag) != entry["sha256"]:
+            raise ValueError(f"{bag}: its files no longer match manifest.json's sha256 {entry['sha256'][:12]}…")
+        bags.append(bag)
+    return bags
+
+
 def generate(out: Path, episodes: int, seed: int, storage: str = "mcap", distractor: bool = False) -> dict:
     """Write `episodes` expert bags under `out` (episode i has seed `seed + i`) and a
-    manifest.json beside them; returns the manifest."""
+    manifest.json beside them; returns the manifest. Refuses a folder holding other bags."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    names = {f"episode_{i:04d}" for i in range(episodes)}
+    others = sorted(p.name for p in out.iterdir() if (p / "metadata.yaml").exists() and p.name not in names)
+    if others:
+        raise ValueError(f"out: {out} holds bag folders this run would not rewrite ({others[:3]}{'…' if len(others) > 3 else ''}): "
+                         "generate into an empty folder")
     listing = []
     for i in range(episodes):
         episode = run_expert(seed + i, distractor=distractor)
