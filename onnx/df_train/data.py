@@ -24,6 +24,15 @@ def dataset_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def check_sizes(source: Path, layout: TokenLayout, observations: np.ndarray, actions: np.ndarray) -> None:
+    """The data's observation and action sizes are the layout's, or an error naming the flag."""
+    for flag, expected, array, what in (("--observation-dim", layout.observation_dim, observations, "observations"),
+                                        ("--action-dim", layout.action_dim, actions, "actions")):
+        if array.ndim != 2 or array.shape[1] != expected:
+            raise ValueError(f"{flag} {expected}: {source} has {what} of shape {list(array.shape)} "
+                             f"(expected [steps, {expected}])")
+
+
 class TokenWindows:
     """Random windows of `tokens` tokens from a set of episodes."""
 
@@ -31,6 +40,7 @@ class TokenWindows:
         """`continuous`: one run, ignoring episode_starts (D4RL maze2d never resets; its
         segments only mark reached targets, so windows may span them)."""
         data = np.load(path)
+        check_sizes(path, layout, data["observations"], data["actions"])
         starts = [0] if continuous else list(data["episode_starts"])
         starts = starts + [len(data["actions"])]
         rewards = data["rewards"] if "rewards" in data else None
@@ -103,6 +113,7 @@ class DemoWindows:
         self.episodes, self.images = [], []
         for bag in bags:
             demo = read_demo_bag(bag)
+            check_sizes(bag, layout, demo["state"], demo["action"])
             n = len(demo["action"])
             # Token j ends with observation j·fs, as the planner's context token ends with the
             # current observation: the first token repeats the first frame (as the planner does

@@ -10,7 +10,6 @@ Both files carry the same contract JSON under the metadata key `df_planner.contr
 
 import datetime
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,17 +21,21 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from . import CONTRACT_VERSION
 from .data import DemoWindows
 from .model import DFTransformer
+from .provenance import git_commit
 from .train import TrainConfig, build_model, load_checkpoint
 
 METADATA_KEY = "df_planner.contract"
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except OSError:
-        return "unknown"
+def training_commits(ckpt: dict) -> str:
+    """The code that trained a checkpoint: its commit, or each run's with the step it started
+    from when a resume ran other code. Checkpoints from before this was recorded say so."""
+    runs = ckpt.get("train_commits")
+    if not runs:
+        return f"unknown (not recorded; exported from {git_commit()})"
+    if len({r["commit"] for r in runs}) == 1:
+        return runs[0]["commit"]
+    return ", ".join(f"{r['commit']} from step {r['step']}" for r in runs)
 
 
 def load_model(checkpoint: Path) -> tuple[DFTransformer, TrainConfig, dict]:
@@ -65,7 +68,7 @@ def contract(cfg: TrainConfig, ckpt: dict, model: DFTransformer, name: str) -> d
         "provenance": {
             "dataset_sha256": ckpt["dataset_sha256"],
             "train_steps": ckpt["step"],
-            "git_commit": git_commit(),
+            "git_commit": training_commits(ckpt),
             "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__,
         },
@@ -151,6 +154,9 @@ def _attach(path: Path, meta: dict) -> None:
 
 def export(checkpoint: Path, out: Path) -> dict:
     """Write out (denoise) and its .vjp.onnx sibling; returns timings and sizes."""
+    if out.suffix != ".onnx":
+        # The contract names the graphs NAME.onnx and NAME.vjp.onnx beside each other.
+        raise ValueError(f"out: expected a path ending in .onnx (the contract names the graphs by it), got {out}")
     model, cfg, ckpt = load_model(checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
     name = out.name.removesuffix(".onnx")

@@ -21,6 +21,7 @@ from . import schedule
 from .data import DemoWindows, TokenWindows, dataset_hash
 from .layout import TokenLayout
 from .model import DFTransformer, ModelConfig
+from .provenance import git_commit
 
 
 @dataclass
@@ -194,15 +195,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     device = training_device(cfg.device)
     check_settings(cfg)
     check_training_source(cfg.data, cfg.bags)
+    # The data before the run folder: data that does not fit the settings leaves nothing behind.
+    if cfg.bags:
+        windows = DemoWindows(Path(cfg.bags), cfg.layout, cfg.tokens, cfg.timesteps)
+    else:
+        windows = TokenWindows(Path(cfg.data), cfg.layout, cfg.tokens, cfg.continuous)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if cfg.bags:
-        windows = DemoWindows(Path(cfg.bags), cfg.layout, cfg.tokens, cfg.timesteps)
-    else:
-        windows = TokenWindows(Path(cfg.data), cfg.layout, cfg.tokens, cfg.continuous)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -211,6 +213,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     step = 0
+    train_commits = []
     dataset_sha256 = dataset_hash(Path(cfg.bags) / "manifest.json" if cfg.bags else Path(cfg.data))
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
@@ -229,6 +232,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         rng.bit_generator.state = ckpt["numpy_rng"]
         gen.set_state(ckpt["torch_rng"])
         step = ckpt["step"]
+        if step >= cfg.steps:
+            print(f"{ckpt_path}: already at step {step} of --steps {cfg.steps}: nothing to train (a larger --steps continues it)")
+        train_commits = ckpt.get("train_commits", [])
+    # The code each (re)start trains with, for the exported contract's provenance.
+    train_commits.append({"step": step, "commit": git_commit()})
     log_path = out / "log.jsonl"
 
     def exportable() -> dict:
@@ -239,6 +247,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             "step": step,
             "normalization": {"mean": windows.mean.tolist(), "std": windows.std.tolist()},
             "dataset_sha256": dataset_sha256,
+            "train_commits": train_commits,
         }
 
     def checkpoint():

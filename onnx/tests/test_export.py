@@ -6,7 +6,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from df_train.export import METADATA_KEY, export, load_model
+from df_train.export import METADATA_KEY, export, load_model, training_commits
+from df_train.provenance import git_commit
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,22 @@ def test_both_graphs_carry_the_contract(exported):
         assert contract["layout"]["token_dim"] == 12
         assert len(contract["diffusion"]["alphas_cumprod"]) == contract["diffusion"]["timesteps"]
     assert report["denoise_bytes"] > 0 and report["vjp_bytes"] > 0
+
+
+def test_provenance_names_the_code_that_trained_the_model(exported):
+    _, out, _ = exported
+    contract = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}[METADATA_KEY])
+    assert contract["provenance"]["git_commit"] == git_commit(), "trained and exported from this checkout"
+    resumed = {"train_commits": [{"step": 0, "commit": "aaa"}, {"step": 500, "commit": "bbb+dirty"}]}
+    assert training_commits(resumed) == "aaa from step 0, bbb+dirty from step 500"
+    assert training_commits({"train_commits": [{"step": 0, "commit": "aaa"}, {"step": 9, "commit": "aaa"}]}) == "aaa"
+    assert training_commits({}).startswith("unknown (not recorded; exported from ")
+
+
+def test_an_output_not_named_onnx_is_refused(trained, tmp_path):
+    with pytest.raises(ValueError, match=r"out: expected a path ending in .onnx .*, got .*tiny$"):
+        export(trained[1], tmp_path / "tiny")
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("batch,tokens", [(1, 1), (3, 6), (5, 4)])

@@ -58,12 +58,15 @@ def test_a_changed_variant_replaces_the_bases_and_a_bases_model_path_stays_its_o
 def test_the_medium_variants_are_the_medium_config_with_their_changes():
     medium = load_node_config(ROOT / "config/maze2d_medium.yaml")
     changes = {
-        "episode": {("model", "path"): "onnx/models/maze2d_medium_episode.onnx", ("planner", "horizon_tokens"): 60},
+        # Whole-episode plans take over a second on CPU: no plan age limit.
+        "episode": {("model", "path"): "onnx/models/maze2d_medium_episode.onnx", ("planner", "horizon_tokens"): 60,
+                    ("safety", "max_plan_age_s"): None},
         "long": {("model", "path"): "onnx/models/maze2d_medium_long.onnx", ("planner", "horizon_tokens"): 31,
                  ("planner", "goal", "squash"): "tanh"},
         "wide": {("model", "path"): "onnx/models/maze2d_medium_wide.onnx", ("planner", "guidance_scale"): 10.0},
         "wide_episode": {("model", "path"): "onnx/models/maze2d_medium_wide_episode.onnx",
-                         ("planner", "horizon_tokens"): 60, ("planner", "guidance_scale"): 10.0},
+                         ("planner", "horizon_tokens"): 60, ("planner", "guidance_scale"): 10.0,
+                         ("safety", "max_plan_age_s"): None},
     }
     for variant, fields in changes.items():
         expected = yaml.safe_load(yaml.safe_dump(medium))

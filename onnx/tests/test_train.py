@@ -124,6 +124,8 @@ def test_a_missing_training_source_is_named_and_no_run_folder_is_left(tmp_path):
     ({"noise_clip": -1.0}, r"noise_clip: expected a finite number > 0, got -1.0"),
     ({"heads": 3}, r"heads: expected a divisor of width = 32, got 3"),
     ({"parameterization": "eps"}, r"parameterization: expected v or x0: .* multiplies an eps error by up to \d+"),
+    ({"observation_dim": 3}, r"--observation-dim 3: .*data.npz has observations of shape \[480, 4\] \(expected \[steps, 3\]\)"),
+    ({"action_dim": 3}, r"--action-dim 3: .*data.npz has actions of shape \[480, 2\] \(expected \[steps, 3\]\)"),
 ])
 def test_settings_the_contract_cannot_use_are_named_before_a_run_folder_is_made(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
@@ -251,7 +253,8 @@ def test_train_help_describes_every_flag_with_its_default(capsys):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for expected in ["--seed SEED seed of the weights, batches and noise (default: 0)",
-                     "--reward REWARD true: the token also carries the reward (default: off)",
+                     "--reward REWARD true: the token also carries the reward (refused for now: the Rust planner "
+                     "has no reward input) (default: off)",
                      "--action-dim ACTION_DIM action size per frame (default: from the dataset's manifest)",
                      "--data DATA an episodes .npz"]:
         assert expected in text, expected
