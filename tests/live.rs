@@ -51,6 +51,18 @@ fn spawn(
     sink: Box<dyn ActionSink + Send>,
     goals: Arc<GoalInbox>,
 ) -> LiveNode {
+    spawn_on(cfg, frames, state, sink, goals, Arc::new(SystemClock))
+}
+
+/// The same on `clock`.
+fn spawn_on(
+    cfg: &NodeConfig,
+    frames: Cameras,
+    state: Arc<StateCell>,
+    sink: Box<dyn ActionSink + Send>,
+    goals: Arc<GoalInbox>,
+    clock: Arc<dyn Clock>,
+) -> LiveNode {
     let (task, core) = node_parts(cfg).unwrap();
     live::spawn(LiveParts {
         task,
@@ -58,7 +70,7 @@ fn spawn(
         frames,
         state,
         sink,
-        clock: Arc::new(SystemClock),
+        clock,
         goals,
         tick: Duration::from_millis(20),
         step: Duration::from_millis(100),
@@ -191,5 +203,49 @@ fn goal_messages_reach_the_planner_thread_in_order_and_the_diagnostics_count_the
             distance: status.distance,
             reached: Some(false),
         }
+    );
+}
+
+/// A clock that moves only when told: sim time.
+#[derive(Default)]
+struct SimClock(std::sync::atomic::AtomicI64);
+
+impl Clock for SimClock {
+    fn now_ns(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_paused_sim_clock_gives_the_planner_no_steps() {
+    let cfg = pointmass_config("pointmass"); // replans every 2 steps of 100 ms
+    let (_frames_in, frames) = camera_rings(&[]);
+    let state = Arc::new(StateCell::default());
+    let clock = Arc::new(SimClock::default());
+    clock.0.store(1_000_000_000, std::sync::atomic::Ordering::SeqCst);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let sink = Box::new(Recorder(seen.clone()));
+    let node = spawn_on(&cfg, frames, state.clone(), sink, Default::default(), clock.clone());
+    let fresh_state = || state.publish(StateSample::new(clock.now_ns(), &[0.2, -0.1], &[0.0, 0.0]).unwrap());
+    // Paused for 0.8 s of wall time (8 wall steps): one step, its plan, and nothing more.
+    for _ in 0..40 {
+        fresh_state();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let paused_plans = seen.lock().unwrap().plans;
+    // Running at real time for 0.8 s: a step each 100 ms, a plan every other one.
+    for i in 1..=40 {
+        clock.0.fetch_add(20_000_000, std::sync::atomic::Ordering::SeqCst);
+        if i % 5 == 0 {
+            fresh_state();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.stop();
+    let plans = seen.lock().unwrap().plans;
+    assert!(paused_plans <= 1, "{paused_plans} plans while the clock stood still");
+    assert!(
+        plans >= paused_plans + 2,
+        "{plans} plans after it ran, {paused_plans} before"
     );
 }

@@ -418,9 +418,19 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
         let mut executed_now = vec![0.0; action_dim];
         let mut last_error: Option<String> = None;
         let (mut skipped_unsaid, mut last_skip_said) = (0u64, None);
+        let min_step_ns = (step.as_nanos() * 3 / 4) as i64;
+        let mut last_step_ns: Option<i64> = None;
         while !s.load(Ordering::Acquire) {
             sleep_until(deadline);
             deadline += step;
+            // Steps are paced by the wall clock, but a step is a step of the node's clock: under
+            // sim time a paused or slow simulator must not give the memory frames closer
+            // together than the model was trained on (a clock gone back is a new start).
+            let now_ns = clock.now_ns();
+            if last_step_ns.is_some_and(|t| (0..min_step_ns).contains(&(now_ns - t))) {
+                continue;
+            }
+            last_step_ns = Some(now_ns);
             let skipped = skip_missed(&mut deadline, step, plan_slack);
             if skipped > 0 {
                 // A planner slower than its replan interval falls behind at every plan: say so
@@ -447,7 +457,7 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
             let mut plan = buffers.take(|| task.new_plan());
             let sample = state.read();
             match task.step(
-                clock.now_ns(),
+                now_ns,
                 sample.as_ref(),
                 &executed_now,
                 cameras.map(|n| &images[..n]),
