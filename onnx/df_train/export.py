@@ -18,9 +18,9 @@ import torch
 from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from . import CONTRACT_VERSION
+from . import CONTRACT_VERSION, schedule
 from .data import DemoWindows
-from .model import DFTransformer
+from .model import DFTransformer, ModelConfig
 from .provenance import git_commit
 from .train import TrainConfig, build_model, load_checkpoint
 
@@ -42,7 +42,10 @@ def load_model(checkpoint: Path) -> tuple[DFTransformer, TrainConfig, dict]:
     """The EMA weights of a checkpoint, in eval mode."""
     ckpt = load_checkpoint(checkpoint)
     cfg = TrainConfig(**ckpt["config"])
-    model = build_model(cfg)
+    if "model_config" in ckpt:
+        model = DFTransformer(ModelConfig(**ckpt["model_config"]), schedule.alphas_cumprod(cfg.schedule, cfg.timesteps))
+    else:  # checkpoints from before it was recorded: today's defaults
+        model = build_model(cfg)
     model.load_state_dict(ckpt["ema"])
     return model.eval(), cfg, ckpt
 
@@ -62,9 +65,9 @@ def contract(cfg: TrainConfig, ckpt: dict, model: DFTransformer, name: str) -> d
             "noise_clip": cfg.noise_clip,
         },
         "max_tokens": cfg.tokens,
-        "causal": True,
+        "causal": model.cfg.causal,
         "cond_dim": 0,
-        **camera_contract(cfg, model),
+        **camera_contract(ckpt, model),
         "provenance": {
             "dataset_sha256": ckpt["dataset_sha256"],
             "train_steps": ckpt["step"],
@@ -75,20 +78,24 @@ def contract(cfg: TrainConfig, ckpt: dict, model: DFTransformer, name: str) -> d
     }
 
 
-def camera_contract(cfg: TrainConfig, model: DFTransformer) -> dict:
+def camera_contract(ckpt: dict, model: DFTransformer) -> dict:
     """Contract 1.1: what a camera model's extra inputs are, so the node can check its frames.
     `images` f32 [B, T, cameras, height, width, 3] in [0, 1] (RGB, the cameras in this order,
     each token with the frames of its last observation) and `image_level` i64 [B, T]."""
     if not model.cfg.cameras:
         return {}
-    from .datagen.fruit_swap import TOPICS
+    # As the run trained; checkpoints from before it was recorded: today's code.
+    recorded = ckpt.get("camera_inputs")
+    if recorded is None:
+        from .datagen.fruit_swap import TOPICS
 
+        recorded = {"topics": TOPICS, "noise_std_per_level": DemoWindows.NOISE_STD_PER_LEVEL}
     size = model.cfg.image_size
     return {"cameras": {
-        "inputs": [{"role": role, "topic": TOPICS[role], "encoding": "rgb8", "width": size, "height": size}
-                   for role in ("front", "wrist")][: model.cfg.cameras],
+        "inputs": [{"role": role, "topic": recorded["topics"][role], "encoding": "rgb8", "width": size,
+                    "height": size} for role in ("front", "wrist")][: model.cfg.cameras],
         "image_levels": model.cfg.image_levels,
-        "noise_std_per_level": DemoWindows.NOISE_STD_PER_LEVEL,
+        "noise_std_per_level": recorded["noise_std_per_level"],
     }}
 
 

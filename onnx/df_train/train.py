@@ -126,6 +126,16 @@ def run_differences(saved: dict, wanted: dict) -> list[str]:
     return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in values.items() if old != new]
 
 
+def camera_inputs(windows) -> dict | None:
+    """The camera topics and the image-noise scale a camera model trains with; None without."""
+    if not isinstance(windows, DemoWindows):
+        return None
+    from .datagen.fruit_swap import TOPICS
+
+    return {"topics": {role: TOPICS[role] for role in ("front", "wrist")},
+            "noise_std_per_level": DemoWindows.NOISE_STD_PER_LEVEL}
+
+
 def build_model(cfg: TrainConfig) -> DFTransformer:
     return DFTransformer(cfg.model_config(), schedule.alphas_cumprod(cfg.schedule, cfg.timesteps))
 
@@ -248,6 +258,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             "normalization": {"mean": windows.mean.tolist(), "std": windows.std.tolist()},
             "dataset_sha256": dataset_sha256,
             "train_commits": train_commits,
+            # What export puts in the contract, as this run had it (later code may differ).
+            "model_config": model.cfg.to_dict(),
+            "camera_inputs": camera_inputs(windows),
         }
 
     def checkpoint():

@@ -39,6 +39,22 @@ def test_provenance_names_the_code_that_trained_the_model(exported):
     assert training_commits({}).startswith("unknown (not recorded; exported from ")
 
 
+def test_export_builds_the_model_the_run_trained_not_todays_defaults(trained, tmp_path):
+    from df_train.export import contract
+
+    ckpt = torch.load(trained[1], weights_only=False)
+    model, cfg, _ = load_model(trained[1])
+    assert ckpt["model_config"] == model.cfg.to_dict(), "recorded at training"
+    assert ckpt["camera_inputs"] is None, "no cameras"
+    # A run whose recorded model says non-causal (the contract's runtime would refuse it) is
+    # exported as it trained, not as today's default says.
+    ckpt["model_config"]["causal"] = False
+    path = tmp_path / "noncausal.pt"
+    torch.save(ckpt, path)
+    model, cfg, ckpt = load_model(path)
+    assert contract(cfg, ckpt, model, "x")["causal"] is False
+
+
 def test_an_output_not_named_onnx_is_refused(trained, tmp_path):
     with pytest.raises(ValueError, match=r"out: expected a path ending in .onnx .*, got .*tiny$"):
         export(trained[1], tmp_path / "tiny")

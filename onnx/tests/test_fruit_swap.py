@@ -232,6 +232,9 @@ def test_camera_model_exports_with_its_camera_contract(demos, tmp_path):
     from df_train.export import METADATA_KEY, export, load_model
 
     checkpoint = train_tiny(demos, tmp_path / "run", tokens=4)
+    recorded = torch.load(checkpoint, weights_only=False)["camera_inputs"]
+    assert recorded == {"topics": {"front": "/camera/front/image_raw", "wrist": "/camera/wrist/image_raw"},
+                        "noise_std_per_level": 0.15}, "as the run trained, for export"
     out = tmp_path / "fruit_swap.onnx"
     export(checkpoint, out)
     model, _, _ = load_model(checkpoint)
