@@ -113,7 +113,9 @@ def diffusion_loss(model: DFTransformer, x0: torch.Tensor, mask: torch.Tensor, g
 
 
 # Fields that may change when a run is resumed: they do not change what is trained.
-OPERATIONAL = {"steps", "checkpoint_every", "snapshot_every", "threads", "device"}
+# Where the run and its data are found is not what it trains: the checkpoint is found in `out`,
+# and the data is the same data by its sha256 (checked on resume), by whatever path.
+OPERATIONAL = {"steps", "checkpoint_every", "snapshot_every", "threads", "device", "out", "data", "bags"}
 
 
 def run_differences(saved: dict, wanted: dict) -> list[str]:

@@ -104,6 +104,10 @@ def test_resuming_accepts_operational_changes_and_refuses_others(tmp_path):
 
     train(tiny_config(tmp_path, steps=10), progress=False)
     train(tiny_config(tmp_path, steps=12, checkpoint_every=5, snapshot_every=6, threads=2), progress=False)
+    # The same run and data by other paths (absolute, through a link).
+    (tmp_path / "link").symlink_to(tmp_path)
+    train(tiny_config(tmp_path, steps=13, out=str(tmp_path / "link" / "run"),
+                      data=str((tmp_path / "link" / "data.npz").absolute())), progress=False)
     with pytest.raises(ValueError, match=r"checkpoint\.pt: written by another run \(lr: 0\.0003 -> 0\.001\); resume"):
         train(tiny_config(tmp_path, steps=14, lr=1e-3), progress=False)
     with pytest.raises(ValueError, match=r"\(batch: 8 -> 4; width: 32 -> 64\)"):
