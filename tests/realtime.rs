@@ -175,7 +175,7 @@ fn a_running_control_tick_does_not_allocate() {
         capacity: 2,
         resize: Resize::Exact,
     };
-    let (mut frames_in, frames_out) = camera_rings(&[ring]);
+    let (mut frames_in, mut frames_out) = camera_rings(&[ring]);
     let state = Arc::new(StateCell::default());
     let clock = Arc::new(ManualClock(AtomicU64::new(1_000 * MS as u64)));
     let (mut tick, mut ports) = ControlTick::new(
@@ -195,8 +195,9 @@ fn a_running_control_tick_does_not_allocate() {
     };
     frames_in[0].write(&image).unwrap();
     state.publish(StateSample::new(1_000 * MS, &[0.1, 0.2], &[0.0, 0.0]).unwrap());
-    // Plans are made (and allocated) by the planner thread, before the ticks we count.
-    let plans: Vec<Box<Plan>> = (0..5)
+    // Plans are made (and allocated) by the planner thread, before the ticks we count: one
+    // every 400 ms, each 800 ms long, over the first 900 ticks.
+    let plans: Vec<Box<Plan>> = (0..45)
         .map(|k| plan(1_000 * MS + k * 400 * MS, &[[0.1, 0.1]; 8]))
         .collect();
     let period = Duration::from_millis(20);
@@ -205,6 +206,7 @@ fn a_running_control_tick_does_not_allocate() {
     COUNTING.with(|c| c.set(true));
     let before = ALLOCATIONS.load(Ordering::SeqCst);
     let mut plans = plans.into_iter();
+    let mut from_plan = 0;
     for i in 0..1_000u64 {
         if i % 20 == 0 {
             if let Some(p) = plans.next() {
@@ -212,18 +214,28 @@ fn a_running_control_tick_does_not_allocate() {
                 ports.plans.try_send(p).unwrap();
             }
         }
-        clock.0.fetch_add(20 * MS as u64, Ordering::Relaxed);
+        let now = clock.0.fetch_add(20 * MS as u64, Ordering::Relaxed) as i64 + 20 * MS;
+        // Fresh inputs for 900 ticks (the plan path), then none (the fallback path).
+        if i < 900 {
+            state.publish(StateSample::new(now, &[0.1, 0.2], &[0.0, 0.0]).unwrap());
+            frames_in[0].write(&ImageView { stamp_ns: now, ..image }).unwrap();
+            // The planner thread takes the newest frame, freeing the ring's slots.
+            let _ = frames_out.latest(&mut [&[]; df_planner::frames::MAX_CAMERAS]);
+        }
         tick.run(Duration::from_micros(50), period);
         // Drain what the publisher thread would take, and recycle as the planner would.
-        while ports.records.try_pop().is_some() {}
+        while let Some(record) = ports.records.try_pop() {
+            from_plan += u32::from(record.report.source == Source::Plan);
+        }
         while let Ok(p) = ports.recycled.try_recv() {
             std::mem::forget(p); // freeing is the planner thread's business, not the tick's
         }
     }
     let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
     COUNTING.with(|c| c.set(false));
-    println!("allocations in 1000 control ticks: {allocations}");
+    println!("allocations in 1000 control ticks ({from_plan} from a plan): {allocations}");
     assert_eq!(allocations, 0);
+    assert!(from_plan >= 850, "{from_plan} ticks took the plan path");
     let stats = ports.stats.lock();
     assert_eq!(stats.counters.ticks, 1_001);
     assert!(
