@@ -153,17 +153,19 @@ pub struct ControlSection {
     pub action_dt_s: f64,
     /// Hold or stop when the plan is missing, exhausted, stale or invalid.
     pub fallback: Fallback,
-    /// The action published by `stop` and before any plan exists.
+    /// The action `stop` publishes; also what `hold` holds before any plan exists, unless the
+    /// actions are position targets (`measured_action`).
     pub stop_action: Vec<f64>,
     /// Holding longer than this (seconds) without a plan action publishes `stop_action`
     /// instead: a held force or velocity must not push on forever. Absent: hold indefinitely
     /// (position targets, where holding is the safe state).
     pub hold_timeout_s: Option<f64>,
     /// Actions that are position targets: for each action dimension, the index among the
-    /// state's positions (`topics.state_joints` order) that measures it. The node then holds
-    /// where the robot is until a plan moves it (publishing nothing before the first state),
-    /// the first plan action is rate-limited from there, and `stop` moves to `stop_action` at
-    /// `safety.max_rate`. Empty (default): actions are not positions (forces, velocities).
+    /// state's positions (`topics.state_joints` order) that measures it. The node publishes
+    /// nothing until a fresh state says where the robot is; from there `hold` keeps it in
+    /// place until a plan moves it, `stop` moves it to `stop_action` at `safety.max_rate`, and
+    /// the first plan action is rate-limited from it; the same again after the clock goes back
+    /// (a simulator reset). Empty (default): actions are not positions (forces, velocities).
     #[serde(default)]
     pub measured_action: Vec<usize>,
 }
@@ -411,6 +413,14 @@ impl NodeConfig {
                 format!("{measured} indices"),
             ));
         }
+        if measured != 0 && self.topics.state_joints.is_empty() {
+            // Without names a JointState's positions may be the observation or half of it.
+            return Err(bad(
+                "control.measured_action",
+                "topics.state_joints naming the joints it indexes".into(),
+                "no topics.state_joints".into(),
+            ));
+        }
         if n > crate::control::live::MAX_ACTION_DIM {
             return Err(bad(
                 "safety.action_min",
@@ -484,6 +494,17 @@ impl NodeConfig {
                 positive(field, v)?;
                 period(field, "a time", v, v)?;
             }
+        }
+        // A plan is replaced once a replan interval later at the soonest.
+        let replan_s = self.planner.replan_every as f64 * dt;
+        if let Some(age) = self.safety.max_plan_age_s.filter(|&age| age <= replan_s) {
+            return Err(bad(
+                "safety.max_plan_age_s",
+                format!(
+                    "more than the replan interval, planner.replan_every x control.action_dt_s = {replan_s} s, plus the plans' latency"
+                ),
+                format!("{age}"),
+            ));
         }
         if self.planner.samples == 0 {
             return Err(bad("planner.samples", ">= 1".into(), "0".into()));

@@ -350,6 +350,10 @@ fn holding_longer_than_the_hold_timeout_publishes_the_stop_action() {
     c.install(plan(700 * MS, &[[0.2, 0.2]]));
     assert_eq!(tick(&mut c, 700 * MS, None, Some(700 * MS)).0, Source::Plan);
     assert_eq!(tick(&mut c, 800 * MS, None, Some(800 * MS)).0, Source::Hold);
+    // The clock goes back while holding (a simulator reset): the timeout counts from there.
+    assert_eq!(tick(&mut c, 50 * MS, None, Some(50 * MS)).0, Source::Hold);
+    assert_eq!(tick(&mut c, 350 * MS, None, Some(350 * MS)).0, Source::Hold);
+    assert_eq!(tick(&mut c, 351 * MS, None, Some(351 * MS)).0, Source::Stop);
 }
 
 #[test]
@@ -361,18 +365,21 @@ fn position_targets_start_where_the_robot_is_and_move_from_there_at_the_rate_lim
             ..params(fallback, false)
         };
         let mut c = core_from(position_params, 1.0);
-        // No state yet: nothing is known to be safe to publish.
+        // No state yet, or only a stale one: nothing is known to be safe to publish.
         assert_eq!(tick(&mut c, 0, None, None).0, Source::Waiting);
-        c.observe_positions(&[-0.5, 9.0, 0.5]);
-        c.observe_positions(&[0.0, 0.0, 0.0]); // only the first state seeds
+        c.observe_positions(-500 * MS, &[9.0, 9.0, 9.0]);
+        assert_eq!(tick(&mut c, 10 * MS, None, Some(-500 * MS)).0, Source::Waiting);
+        c.observe_positions(10 * MS, &[-0.5, 9.0, 0.5]);
         let (src, faults, out) = tick(&mut c, 20 * MS, None, Some(20 * MS));
+        c.observe_positions(30 * MS, &[0.0, 0.0, 0.0]); // seeded: later states change nothing
         match fallback {
             // Before any plan the robot stays where it was measured, not at the stop action.
             Fallback::Hold => assert_eq!((src, faults, out), (Source::Hold, vec![Fault::NoPlan], [0.5, -0.5])),
             // Stop moves toward the stop action [0, 0] at the rate limit.
             Fallback::Stop => {
                 assert_eq!((src, faults), (Source::Stop, vec![Fault::NoPlan]));
-                assert!((out[0] - 0.48).abs() < 1e-9 && (out[1] + 0.48).abs() < 1e-9, "{out:?}");
+                // 10 ms since the previous tick: 0.01.
+                assert!((out[0] - 0.49).abs() < 1e-9 && (out[1] + 0.49).abs() < 1e-9, "{out:?}");
             }
         }
         c.install(plan(40 * MS, &[[1.0, 1.0]]));
@@ -382,7 +389,17 @@ fn position_targets_start_where_the_robot_is_and_move_from_there_at_the_rate_lim
             (next[0] - out[0] - 0.02).abs() < 1e-9 && (next[1] - out[1] - 0.02).abs() < 1e-9,
             "the first plan action moves 0.02 from {out:?}: {next:?}"
         );
-        assert_eq!(c.counters().waiting, 1);
+        assert_eq!(c.counters().waiting, 2);
+        // A simulator reset (the clock goes back) puts the robot elsewhere: wait for its state
+        // and hold there again.
+        c.install(plan(300 * MS, &[[1.0, 1.0]; 30]));
+        assert_eq!(tick(&mut c, 300 * MS, None, Some(300 * MS)).0, Source::Plan);
+        assert_eq!(tick(&mut c, 0, None, Some(0)).1, vec![Fault::ClockWentBack]);
+        assert_eq!(tick(&mut c, 5 * MS, None, Some(5 * MS)).0, Source::Waiting);
+        c.observe_positions(5 * MS, &[0.1, 0.0, -0.1]);
+        if fallback == Fallback::Hold {
+            assert_eq!(tick(&mut c, 10 * MS, None, Some(10 * MS)).2, [-0.1, 0.1]);
+        }
     }
 }
 
@@ -410,6 +427,23 @@ fn a_clock_that_goes_back_drops_the_current_and_the_waiting_plan() {
         2,
         "both plans are handed back for reuse"
     );
+    // A plan stamped on the new clock may already wait when the tick notices: the dropped plan
+    // is still handed back, and the new one runs from the next tick.
+    let mut c2 = core(Fallback::Hold, false);
+    c2.install(plan(1000 * MS, &[[0.1, 0.1]; 10]));
+    tick(&mut c2, 1000 * MS, None, Some(1000 * MS));
+    c2.install(plan(5 * MS, &[[0.3, 0.3]; 10]));
+    let (r, retired) = c2.tick(inputs, &mut out);
+    assert_eq!(
+        (r.source, r.faults.iter().collect::<Vec<_>>()),
+        (Source::Hold, vec![Fault::ClockWentBack])
+    );
+    assert_eq!(
+        retired.iter().flatten().count(),
+        1,
+        "the old plan is handed back, not freed in the tick"
+    );
+    assert_eq!(tick(&mut c2, 20 * MS, None, Some(20 * MS)).2, [0.3, 0.3]);
     assert!(c.current_plan().is_none());
     assert_eq!(tick(&mut c, 20 * MS, None, Some(20 * MS)).1, vec![Fault::NoPlan]);
     // A plan made on the new clock runs.

@@ -262,6 +262,10 @@ fn malformed_configs_are_named() {
             "`safety.max_plan_age_s`: expected a finite number > 0, got -1",
         ),
         (
+            text.replace("max_plan_age_s: 1.0", "max_plan_age_s: 0.2"),
+            "`safety.max_plan_age_s`: expected more than the replan interval, planner.replan_every x control.action_dt_s = 0.2 s, plus the plans' latency, got 0.2",
+        ),
+        (
             text.replace("hold_timeout_s: 0.5", "hold_timeout_s: 1e6"),
             "`control.hold_timeout_s`: expected a time from 1 µs to 1 day, got 1000000",
         ),

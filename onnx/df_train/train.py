@@ -246,7 +246,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         step = ckpt["step"]
         if step >= cfg.steps:
             print(f"{ckpt_path}: already at step {step} of --steps {cfg.steps}: nothing to train (a larger --steps continues it)")
-        train_commits = ckpt.get("train_commits", [])
+        # A checkpoint from before commits were recorded: its first steps' code is unknown.
+        train_commits = ckpt.get("train_commits") or [{"step": 0, "commit": "unknown (not recorded)"}]
     # The code each (re)start trains with, for the exported contract's provenance.
     train_commits.append({"step": step, "commit": git_commit()})
     log_path = out / "log.jsonl"

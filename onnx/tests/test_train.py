@@ -114,6 +114,19 @@ def test_resuming_accepts_operational_changes_and_refuses_others(tmp_path):
         train(tiny_config(tmp_path, steps=14, batch=4, width=64), progress=False)
 
 
+def test_a_resumed_run_records_the_code_of_each_part_and_an_unrecorded_start_as_unknown(tmp_path):
+    from df_train.provenance import git_commit
+
+    path = train(tiny_config(tmp_path, steps=10), progress=False)
+    assert load_checkpoint(path)["train_commits"] == [{"step": 0, "commit": git_commit()}]
+    old = load_checkpoint(path)
+    del old["train_commits"]  # as written before commits were recorded
+    torch.save(old, path)
+    train(tiny_config(tmp_path, steps=12), progress=False)
+    assert load_checkpoint(path)["train_commits"] == [{"step": 0, "commit": "unknown (not recorded)"},
+                                                      {"step": 10, "commit": git_commit()}]
+
+
 def test_a_missing_training_source_is_named_and_no_run_folder_is_left(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"data: .*nope\.npz: no such file"):
         train(tiny_config(tmp_path, data=str(tmp_path / "nope.npz")), progress=False)

@@ -146,10 +146,12 @@ pub struct ControlCore {
     last_index: Option<usize>,
     last_output: Vec<f64>,
     /// Whether `last_output` says where the robot should be: always for actions that are not
-    /// positions (it starts as the stop action); for position targets, from the first state.
+    /// positions (it starts as the stop action); for position targets, from the first fresh
+    /// state, and again after the clock goes back (a simulator reset moves the robot).
     seeded: bool,
-    /// The latest state's positions as an action (position targets, until seeded).
+    /// Position targets: the latest state's positions as an action, and its stamp.
     measured: Option<Vec<f64>>,
+    measured_ns: Option<i64>,
     /// When the previous tick ran: the rate limit allows as much change as time has passed.
     last_tick_ns: Option<i64>,
     /// Since when the ticks have held without a plan action (for `hold_timeout_ns`).
@@ -169,6 +171,7 @@ impl ControlCore {
         Self {
             seeded: !positions,
             measured: positions.then(|| vec![0.0; last_output.len()]),
+            measured_ns: None,
             params,
             safety,
             current: None,
@@ -181,12 +184,12 @@ impl ControlCore {
         }
     }
 
-    /// The robot's latest positions (its state's, in `topics.state_joints` order). For
-    /// position targets, the first of them seeds the held action, so that the robot stays
-    /// where it is until a plan moves it, and the plan's first action is rate-limited from
-    /// there. Ignored otherwise, and once seeded.
-    pub fn observe_positions(&mut self, positions: &[f64]) {
-        if self.seeded {
+    /// The robot's latest positions (its state's, in `topics.state_joints` order), stamped
+    /// `stamp_ns`. For position targets, the first fresh one seeds the held action, so that the
+    /// robot stays where it is until a plan moves it, and the plan's first action is
+    /// rate-limited from there. Ignored otherwise, and while seeded.
+    pub fn observe_positions(&mut self, stamp_ns: i64, positions: &[f64]) {
+        if self.seeded || self.measured_ns == Some(stamp_ns) {
             return;
         }
         let Some(measured) = self.measured.as_mut() else { return };
@@ -196,8 +199,7 @@ impl ControlCore {
         for (m, &j) in measured.iter_mut().zip(&self.params.measured_action) {
             *m = positions[j];
         }
-        self.safety.clip(measured, &mut self.last_output);
-        self.seeded = true;
+        self.measured_ns = Some(stamp_ns);
     }
 
     pub fn counters(&self) -> &Counters {
@@ -232,8 +234,15 @@ impl ControlCore {
             retired[1] = self.pending.take();
             faults.insert(Fault::ClockWentBack);
         }
+        if faults.contains(Fault::ClockWentBack) && self.measured.is_some() {
+            // A reset simulator puts the robot elsewhere: hold where its next state says.
+            (self.seeded, self.measured_ns) = (false, None);
+        }
         if self.pending.as_ref().is_some_and(|p| p.t0_ns <= now) {
-            retired[0] = std::mem::replace(&mut self.current, self.pending.take());
+            // The slot is empty when the current plan was just dropped.
+            if let Some(old) = std::mem::replace(&mut self.current, self.pending.take()) {
+                retired[0] = Some(old);
+            }
             self.last_index = None;
         }
         let mut late_dropped = 0;
@@ -263,6 +272,11 @@ impl ControlCore {
         // A stamp further in the future than the timeout is as untrustworthy as an old one (a
         // clock ahead of ours, a reset sim time): it must not keep a dead input looking fresh.
         let stale = |stamp: Option<i64>, timeout: i64| stamp.is_none_or(|s| (now - s).abs() > timeout);
+        if !self.seeded && !stale(self.measured_ns, self.params.state_timeout_ns) {
+            let measured = self.measured.as_deref().expect("unseeded only for position targets");
+            self.safety.clip(measured, &mut self.last_output);
+            self.seeded = true;
+        }
         if self.params.camera_required && stale(inputs.frame_ns, self.params.camera_timeout_ns) {
             faults.insert(Fault::CameraStale);
         }
@@ -288,7 +302,11 @@ impl ControlCore {
                 Source::Plan
             }
             _ => {
-                let since = *self.holding_since_ns.get_or_insert(now);
+                // A hold that began after now began before the clock went back: it starts now.
+                let since = match self.holding_since_ns {
+                    Some(since) if since <= now => since,
+                    _ => *self.holding_since_ns.insert(now),
+                };
                 let held_too_long = self.params.hold_timeout_ns.is_some_and(|t| now - since > t);
                 match self.params.fallback {
                     Fallback::Hold if !held_too_long => {

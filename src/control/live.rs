@@ -118,6 +118,38 @@ impl SourceLog {
     }
 }
 
+/// Whether a planner step paced by the wall clock is also a step of the node's clock. Under
+/// sim time a paused or slow simulator moves its clock less than the wall's: such a step is let
+/// go, so that the memory gets no frames closer together than the model's step. Steps that run
+/// back to back to catch up after a slow plan move neither clock much, and run; a clock gone
+/// back is a new start.
+struct StepGate {
+    min_ns: i64,
+    /// The wall time and the node's time of the last step that ran.
+    last: Option<(Instant, i64)>,
+}
+
+impl StepGate {
+    fn new(step: Duration) -> Self {
+        Self {
+            min_ns: (step.as_nanos() * 3 / 4) as i64,
+            last: None,
+        }
+    }
+
+    fn admit(&mut self, wall: Instant, clock_ns: i64) -> bool {
+        if let Some((last_wall, last_clock_ns)) = self.last {
+            let wall_moved = wall.saturating_duration_since(last_wall).as_nanos() as i64;
+            let clock_moved = clock_ns - last_clock_ns;
+            if wall_moved >= self.min_ns && (0..self.min_ns).contains(&clock_moved) {
+                return false;
+            }
+        }
+        self.last = Some((wall, clock_ns));
+        true
+    }
+}
+
 /// The control thread's state: everything one tick touches, allocated up front.
 pub struct ControlTick {
     core: ControlCore,
@@ -152,7 +184,7 @@ impl ControlTick {
             self.last_state = sample;
         }
         if let Some(s) = &self.last_state {
-            self.core.observe_positions(&s.position[..s.joints]);
+            self.core.observe_positions(s.stamp_ns, &s.position[..s.joints]);
         }
         let inputs = TickInputs {
             now_ns: self.clock.now_ns(),
@@ -418,19 +450,14 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
         let mut executed_now = vec![0.0; action_dim];
         let mut last_error: Option<String> = None;
         let (mut skipped_unsaid, mut last_skip_said) = (0u64, None);
-        let min_step_ns = (step.as_nanos() * 3 / 4) as i64;
-        let mut last_step_ns: Option<i64> = None;
+        let mut gate = StepGate::new(step);
         while !s.load(Ordering::Acquire) {
             sleep_until(deadline);
             deadline += step;
-            // Steps are paced by the wall clock, but a step is a step of the node's clock: under
-            // sim time a paused or slow simulator must not give the memory frames closer
-            // together than the model was trained on (a clock gone back is a new start).
             let now_ns = clock.now_ns();
-            if last_step_ns.is_some_and(|t| (0..min_step_ns).contains(&(now_ns - t))) {
+            if !gate.admit(Instant::now(), now_ns) {
                 continue;
             }
-            last_step_ns = Some(now_ns);
             let skipped = skip_missed(&mut deadline, step, plan_slack);
             if skipped > 0 {
                 // A planner slower than its replan interval falls behind at every plan: say so
@@ -623,6 +650,28 @@ impl PlanBuffers {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn planner_steps_follow_the_node_clock_under_sim_time_and_catch_up_under_the_wall_clock() {
+        let ms = 1_000_000;
+        let t0 = Instant::now();
+        let at = |wall_ms: u64| t0 + Duration::from_millis(wall_ms);
+        let mut gate = StepGate::new(Duration::from_millis(100));
+        // Real time: every step runs, also three due steps back to back after a slow plan.
+        for (wall, clock) in [(0, 0), (100, 100), (350, 350), (351, 351), (352, 352), (450, 450)] {
+            assert!(gate.admit(at(wall), clock * ms), "real time, wall {wall} ms");
+        }
+        // Sim time at half speed: one step in two runs; paused: none.
+        let mut gate = StepGate::new(Duration::from_millis(100));
+        let admitted: Vec<bool> = (0..6).map(|k| gate.admit(at(100 * k), 50 * k as i64 * ms)).collect();
+        assert_eq!(admitted, [true, false, true, false, true, false]);
+        assert!(
+            !gate.admit(at(600), 200 * ms) && !gate.admit(at(700), 200 * ms),
+            "paused"
+        );
+        // A simulator reset: the clock goes back, a new start.
+        assert!(gate.admit(at(800), 0));
+    }
 
     #[test]
     fn fallbacks_are_said_at_once_then_at_most_once_a_second_and_the_last_change_too() {
