@@ -399,6 +399,14 @@ fn position_targets_start_where_the_robot_is_and_move_from_there_at_the_rate_lim
         c.observe_positions(5 * MS, &[0.1, 0.0, -0.1]);
         if fallback == Fallback::Hold {
             assert_eq!(tick(&mut c, 10 * MS, None, Some(10 * MS)).2, [-0.1, 0.1]);
+            // A reset with no plan to show it (none has come since): the tick's own clock
+            // going back by more than a clock reset says so.
+            let late = 5_000 * MS;
+            c.observe_positions(late, &[0.3, 0.0, 0.3]);
+            assert_eq!(tick(&mut c, late, None, Some(late)).2, [-0.1, 0.1], "seeded: holds");
+            assert_eq!(tick(&mut c, 0, None, Some(0)).0, Source::Waiting);
+            c.observe_positions(0, &[0.2, 0.0, 0.4]);
+            assert_eq!(tick(&mut c, 10 * MS, None, Some(10 * MS)).2, [0.4, 0.2]);
         }
     }
 }

@@ -4,6 +4,7 @@
 //! action and a report of what it did. No allocation, no locks, no I/O.
 
 use crate::config::Fallback;
+use crate::frames::CLOCK_RESET_NS;
 use crate::planner::Plan;
 
 use super::safety::{Safety, SafetyEvents};
@@ -234,7 +235,12 @@ impl ControlCore {
             retired[1] = self.pending.take();
             faults.insert(Fault::ClockWentBack);
         }
-        if faults.contains(Fault::ClockWentBack) && self.measured.is_some() {
+        // A plan from before, or a tick a clock reset ago (the state intake's measure).
+        let went_back = faults.contains(Fault::ClockWentBack)
+            || self
+                .last_tick_ns
+                .is_some_and(|t| now < t.saturating_sub(CLOCK_RESET_NS));
+        if went_back && self.measured.is_some() {
             // A reset simulator puts the robot elsewhere: hold where its next state says.
             (self.seeded, self.measured_ns) = (false, None);
         }

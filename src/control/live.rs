@@ -118,35 +118,49 @@ impl SourceLog {
     }
 }
 
-/// Whether a planner step paced by the wall clock is also a step of the node's clock. Under
-/// sim time a paused or slow simulator moves its clock less than the wall's: such a step is let
-/// go, so that the memory gets no frames closer together than the model's step. Steps that run
-/// back to back to catch up after a slow plan move neither clock much, and run; a clock gone
-/// back is a new start.
+/// Which of the planner's wall-clock wake-ups are steps of the node's clock. Each step has a
+/// slot on the node's clock, one model step after the last; a wake-up before its slot is let
+/// go (under sim time a paused or slow simulator must not give the memory frames closer
+/// together than the model's step), one after it runs (back to back after a slow plan, as
+/// many as the node's clock passed). Further behind than the slack, or with the clock gone
+/// back, the cadence starts again from now.
 struct StepGate {
-    min_ns: i64,
-    /// The wall time and the node's time of the last step that ran.
-    last: Option<(Instant, i64)>,
+    step_ns: i64,
+    slack_ns: i64,
+    /// The node's time of the last step's slot.
+    slot_ns: Option<i64>,
 }
 
 impl StepGate {
-    fn new(step: Duration) -> Self {
+    fn new(step: Duration, slack: Duration) -> Self {
         Self {
-            min_ns: (step.as_nanos() * 3 / 4) as i64,
-            last: None,
+            step_ns: step.as_nanos() as i64,
+            slack_ns: slack.as_nanos() as i64,
+            slot_ns: None,
         }
     }
 
-    fn admit(&mut self, wall: Instant, clock_ns: i64) -> bool {
-        if let Some((last_wall, last_clock_ns)) = self.last {
-            let wall_moved = wall.saturating_duration_since(last_wall).as_nanos() as i64;
-            let clock_moved = clock_ns - last_clock_ns;
-            if wall_moved >= self.min_ns && (0..self.min_ns).contains(&clock_moved) {
-                return false;
-            }
+    /// None: not a step yet. Some(k): a step, after k skipped ones (a gap in the memory).
+    fn admit(&mut self, clock_ns: i64) -> Option<u64> {
+        let Some(slot) = self.slot_ns else {
+            self.slot_ns = Some(clock_ns);
+            return Some(0);
+        };
+        let ahead = clock_ns - slot;
+        // A quarter step early still counts: the node's clock is read at a wall wake-up.
+        if (0..self.step_ns * 3 / 4).contains(&ahead) {
+            return None;
         }
-        self.last = Some((wall, clock_ns));
-        true
+        if (0..=self.step_ns + self.slack_ns).contains(&ahead) {
+            self.slot_ns = Some(slot + self.step_ns);
+            return Some(0);
+        }
+        self.slot_ns = Some(clock_ns);
+        Some(if ahead > 0 {
+            (ahead / self.step_ns - 1) as u64
+        } else {
+            0
+        })
     }
 }
 
@@ -450,19 +464,21 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
         let mut executed_now = vec![0.0; action_dim];
         let mut last_error: Option<String> = None;
         let (mut skipped_unsaid, mut last_skip_said) = (0u64, None);
-        let mut gate = StepGate::new(step);
+        let mut gate = StepGate::new(step, plan_slack);
         while !s.load(Ordering::Acquire) {
             sleep_until(deadline);
             deadline += step;
+            // Wake-ups follow the wall clock, their backlog bounded; which of them are steps is
+            // the node's clock's business.
+            skip_missed(&mut deadline, step, plan_slack);
             let now_ns = clock.now_ns();
-            if !gate.admit(Instant::now(), now_ns) {
+            let Some(skipped) = gate.admit(now_ns) else {
                 continue;
-            }
-            let skipped = skip_missed(&mut deadline, step, plan_slack);
+            };
             if skipped > 0 {
                 // A planner slower than its replan interval falls behind at every plan: say so
                 // at most once a second, with what was skipped since.
-                skipped_unsaid += u64::from(skipped);
+                skipped_unsaid += skipped;
                 if last_skip_said.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1)) {
                     tracing::warn!(
                         skipped = skipped_unsaid,
@@ -652,25 +668,29 @@ impl PlanBuffers {
 mod tests {
 
     #[test]
-    fn planner_steps_follow_the_node_clock_under_sim_time_and_catch_up_under_the_wall_clock() {
+    fn planner_steps_follow_the_node_clock_and_catch_up_as_far_as_it_moved() {
         let ms = 1_000_000;
-        let t0 = Instant::now();
-        let at = |wall_ms: u64| t0 + Duration::from_millis(wall_ms);
-        let mut gate = StepGate::new(Duration::from_millis(100));
-        // Real time: every step runs, also three due steps back to back after a slow plan.
-        for (wall, clock) in [(0, 0), (100, 100), (350, 350), (351, 351), (352, 352), (450, 450)] {
-            assert!(gate.admit(at(wall), clock * ms), "real time, wall {wall} ms");
-        }
-        // Sim time at half speed: one step in two runs; paused: none.
-        let mut gate = StepGate::new(Duration::from_millis(100));
-        let admitted: Vec<bool> = (0..6).map(|k| gate.admit(at(100 * k), 50 * k as i64 * ms)).collect();
-        assert_eq!(admitted, [true, false, true, false, true, false]);
-        assert!(
-            !gate.admit(at(600), 200 * ms) && !gate.admit(at(700), 200 * ms),
-            "paused"
+        // Steps of 100 ms, a slack of two.
+        let gate = || StepGate::new(Duration::from_millis(100), Duration::from_millis(200));
+        let steps = |gate: &mut StepGate, clock_ms: &[i64]| -> Vec<Option<u64>> {
+            clock_ms.iter().map(|&c| gate.admit(c * ms)).collect()
+        };
+        // Real time with a slow plan: the wake-ups after it run back to back, as many as the
+        // clock passed (steps 200 and 300 at 350 and 351), then wait for the next slot.
+        let mut g = gate();
+        let s = steps(&mut g, &[0, 100, 350, 351, 352, 400]);
+        assert_eq!(s, [Some(0), Some(0), Some(0), Some(0), None, Some(0)]);
+        // Sim time at half speed with a slow plan: the late wake-up runs, the next (the sim
+        // 10 ms on) waits; paused: no steps.
+        let mut g = gate();
+        assert_eq!(
+            steps(&mut g, &[0, 90, 100, 150, 200, 200, 200]),
+            [Some(0), Some(0), None, None, Some(0), None, None]
         );
+        // Further behind than the slack: a gap of 9 steps, the cadence from there.
+        assert_eq!(steps(&mut g, &[1200, 1250, 1300]), [Some(9), None, Some(0)]);
         // A simulator reset: the clock goes back, a new start.
-        assert!(gate.admit(at(800), 0));
+        assert_eq!(steps(&mut g, &[0, 50, 100]), [Some(0), None, Some(0)]);
     }
 
     #[test]
