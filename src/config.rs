@@ -322,6 +322,14 @@ impl NodeConfig {
     /// folder.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let cfg = match serde_yaml_ng::from_str::<Value>(text) {
+            // Not YAML: say where, before any field is looked at (a `base` would be refused as
+            // an unknown field by the plain reading below).
+            Err(e) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })
+            }
             Ok(value) if value.get(BASE).is_some() => {
                 let mut chain = vec![Link {
                     path: canonical(path),
@@ -337,8 +345,8 @@ impl NodeConfig {
                     other => other,
                 })?
             }
-            // Without a base (or not YAML), straight from the text: errors keep their lines.
-            _ => Self::deserialize_reporting(serde_yaml_ng::Deserializer::from_str(text), path)?,
+            // Without a base, straight from the text: errors keep their lines.
+            Ok(_) => Self::deserialize_reporting(serde_yaml_ng::Deserializer::from_str(text), path)?,
         };
         cfg.validate(path)?;
         Ok(cfg)

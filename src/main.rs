@@ -233,6 +233,11 @@ struct SampleArgs {
 // With --config the runtime is the config's model.runtime; a runtime flag would be ignored.
 #[command(group(clap::ArgGroup::new("runtime_flags").multiple(true)
     .args(["providers", "require_providers", "ort_lib", "threads"]).conflicts_with("config")))]
+// Each benchmark's own flags would be ignored by the other.
+#[command(group(clap::ArgGroup::new("loop_flags").multiple(true)
+    .args(["rate_hz", "seconds", "camera_size"]).conflicts_with("model")))]
+#[command(group(clap::ArgGroup::new("model_flags").multiple(true)
+    .args(["batch", "tokens", "iters", "warmup"]).conflicts_with("config")))]
 struct BenchArgs {
     /// Benchmark one model's denoise / denoise_vjp calls.
     #[arg(long)]
@@ -522,7 +527,28 @@ fn bench(a: BenchArgs) -> Result<()> {
     };
     let mut model = OnnxDenoiser::load(&model_path, &a.runtime.config())?;
     let c = model.contract().clone();
+    if c.cameras.is_some() {
+        bail!(
+            "--model: {} is a camera model (its calls need a window's images); time it through its node \
+             config: `bench --config config/fruit_swap.yaml`",
+            model_path.display()
+        );
+    }
     let t = a.tokens.unwrap_or(c.max_tokens);
+    for (flag, value, max) in [
+        ("--batch", a.batch, usize::MAX),
+        ("--tokens", t, c.max_tokens),
+        ("--iters", a.iters, usize::MAX),
+    ] {
+        if !(1..=max).contains(&value) {
+            let expected = if max == usize::MAX {
+                ">= 1".to_string()
+            } else {
+                format!("1 to max_tokens = {max}")
+            };
+            bail!("{flag}: expected {expected}, got {value}");
+        }
+    }
     let shape = (a.batch, t, c.layout.token_dim);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let x = Array3::from_shape_simple_fn(shape, || StandardNormal.sample(&mut rng));
@@ -744,7 +770,9 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
             "samples": cfg.planner.samples, "goal": goal,
             "deadline_misses": stats.deadline_misses, "records_dropped": stats.records_dropped,
             "tick_latency": stats.tick_latency.summary_ms(), "tick_jitter": stats.tick_jitter.summary_ms(),
+            // A plan still on its way to the tick when the run ends is timed but not installed.
             "plan_latency": plan_latency.summary_ms(), "plans": c.plans_installed, "hold": c.hold, "stop": c.stop,
+            "waiting": c.waiting, "clipped": c.clipped, "rate_limited": c.rate_limited,
             "late_actions_dropped": c.late_dropped,
             "camera_size": sizes, "frame_write_latency": frame_writes.summary_ms(),
             "faults": Fault::ALL.iter().map(|f| (f.name(), c.faults[*f as usize])).collect::<std::collections::BTreeMap<_, _>>(),
@@ -888,9 +916,10 @@ fn serve(a: ServeArgs) -> Result<()> {
             bail!(
                 "serve.execute / serve.hold_radius (--execute / --hold-radius): a camera model is served \
                  through the node's loop, which executes the plan's own actions; expected diffused_actions \
-                 and no hold radius, got {:?} and {:?}",
-                s.execute,
+                 and no hold radius, got {} and {}",
+                s.execute.name(),
                 s.hold_radius
+                    .map_or("no hold radius".into(), |r| format!("hold radius {r}"))
             );
         }
         drop(planner);

@@ -5,6 +5,7 @@ use thiserror::Error;
 
 use crate::config::NodeConfig;
 use crate::control::{ControlCore, ControlParams, JointSelection, OfflineLoop, Safety, StateIntake};
+use crate::diffusion::MatrixError;
 use crate::frames::{CameraRing, MAX_CAMERAS};
 use crate::model::{Field, ModelContract, ModelError, OnnxDenoiser, MAX_STANDARD_DEVIATIONS};
 use crate::planner::{DfPlanner, GoalReward, NodeGoal, PlanError, PlannerSettings, PlannerTask};
@@ -80,7 +81,16 @@ pub fn safety_filter(cfg: &NodeConfig) -> Safety {
 
 /// Load the model and build the planner.
 pub fn planner(cfg: &NodeConfig) -> Result<DfPlanner, NodeError> {
-    let model = OnnxDenoiser::load(&cfg.model.path, &cfg.model.runtime)?;
+    let model = OnnxDenoiser::load(&cfg.model.path, &cfg.model.runtime).map_err(|e| match e {
+        ModelError::MissingFile { path } => NodeError::Mismatch {
+            field: "model.path",
+            expected: "an ONNX model; a relative model.path starts at the config folder's parent (the \
+                       package root of config/x.yaml), so a config kept elsewhere needs an absolute one"
+                .into(),
+            got: format!("{} (not found)", path.display()),
+        },
+        other => other.into(),
+    })?;
     let contract = model.contract().clone();
     if contract.layout.action_dim != cfg.action_dim() {
         return Err(NodeError::Mismatch {
@@ -112,7 +122,27 @@ pub fn planner(cfg: &NodeConfig) -> Result<DfPlanner, NodeError> {
     state_intake(cfg, &contract)?;
     actions_within_the_training_data(cfg, &contract)?;
     let settings = planner_settings(cfg, contract.layout.frame_stack);
-    Ok(DfPlanner::new(Box::new(model), contract, &settings)?)
+    DfPlanner::new(Box::new(model), contract, &settings).map_err(|e| match e {
+        // Named as the config names them (the sampler's own names lack `planner.`).
+        PlanError::Matrix(m) => {
+            let (field, expected, got) = match m {
+                MatrixError::NoSteps(n) => ("planner.sampling_steps", ">= 1", n.to_string()),
+                MatrixError::EmptyHorizon(n) => ("planner.horizon_tokens", ">= 1", n.to_string()),
+                MatrixError::BadUncertainty(u) => ("planner.matrix.uncertainty", "a finite value >= 0", u.to_string()),
+                MatrixError::UnknownKind(k) => (
+                    "planner.matrix.kind",
+                    "one of pyramid, autoregressive, full_sequence, trapezoid",
+                    k,
+                ),
+            };
+            NodeError::Mismatch {
+                field,
+                expected: expected.into(),
+                got,
+            }
+        }
+        other => other.into(),
+    })
 }
 
 /// Every action the arm can be sent (the stop action, the safety limits) enters the planner's

@@ -47,6 +47,16 @@ pub enum Execute {
     PdController,
 }
 
+impl Execute {
+    /// As the config spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Execute::DiffusedActions => "diffused_actions",
+            Execute::PdController => "pd_controller",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServeSection {
@@ -134,10 +144,9 @@ impl Server {
             ));
         }
         let serve = cfg.serve.clone().unwrap_or_default();
-        if serve.hold_radius.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        if let Some(r) = serve.hold_radius.filter(|r| r.is_nan() || *r <= 0.0) {
             return Err(format!(
-                "serve.hold_radius: expected a positive distance or null, got {:?}",
-                serve.hold_radius
+                "serve.hold_radius: expected a positive distance or null, got {r}"
             ));
         }
         // The PD controller (execute: pd_controller, and holding at the goal) commands one

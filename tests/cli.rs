@@ -163,6 +163,24 @@ fn bad_arguments_fail_with_a_message() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    for (args, expected) in [
+        (&["--iters", "0"][..], "--iters: expected >= 1, got 0"),
+        (
+            &["--tokens", "20"][..],
+            "--tokens: expected 1 to max_tokens = 8, got 20",
+        ),
+        (&["--seconds", "3"][..], "'--model <MODEL>' cannot be used with"),
+    ] {
+        let out = df_planner(&[&["bench", "--model", "onnx/models/pointmass.onnx"][..], args].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expected), "{err}");
+    }
+    let out = df_planner(&["bench", "--model", "onnx/models/fruit_swap.onnx"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a camera model (its calls need a window's images)"));
+    let out = df_planner(&["inspect", "onnx/models/pointmass.vjp.onnx"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("(this is a denoise_vjp graph: give the model's denoise graph")
+    );
     for (flag, expected) in [
         ("--rate-hz=0", "expected a rate from 1/86400 to 1e6 Hz, got \"0\""),
         ("--seconds=-1", "expected seconds from 0.001 to 86400, got \"-1\""),
@@ -194,7 +212,15 @@ fn bench_config_runs_the_live_loop_and_says_what_it_planned() {
     );
     assert!(report["ticks"].as_u64().unwrap() > 0, "{report}");
     assert!(report["plans"].as_u64().unwrap() > 0, "{report}");
-    for key in ["tick_latency", "plan_latency", "deadline_misses", "faults"] {
+    for key in [
+        "tick_latency",
+        "plan_latency",
+        "deadline_misses",
+        "faults",
+        "waiting",
+        "clipped",
+        "rate_limited",
+    ] {
         assert!(!report[key].is_null(), "{key} missing: {report}");
     }
 }

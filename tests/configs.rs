@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use df_planner::config::NodeConfig;
 
 #[test]
@@ -102,6 +104,30 @@ fn measured_action_names_one_state_position_per_action() {
     }
 }
 
+#[test]
+fn model_and_matrix_problems_name_the_config_field() {
+    let path = common::repo().join("config/pointmass.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let planner_err = |yaml: &str, at: &Path| {
+        let mut cfg = NodeConfig::parse(yaml, at).unwrap();
+        cfg.model.runtime = common::cpu();
+        if cfg.model.path.is_relative() {
+            cfg.model.path = at.parent().unwrap().parent().unwrap().join(&cfg.model.path);
+        }
+        df_planner::node::planner(&cfg).err().expect("refused").to_string()
+    };
+    let e = planner_err(&text.replace("sampling_steps: 10", "sampling_steps: 0"), &path);
+    assert_eq!(e, "planner.sampling_steps: expected >= 1, got 0");
+    // A copy kept elsewhere finds no model from its folder's parent, and says where it looked.
+    let elsewhere = std::env::temp_dir().join("df_planner_copy").join("copy.yaml");
+    let e = planner_err(&text, &elsewhere);
+    assert!(
+        e.starts_with("model.path: expected an ONNX model; a relative model.path starts at the config folder's parent")
+            && e.ends_with("onnx/models/pointmass.onnx (not found)"),
+        "{e}"
+    );
+}
+
 /// Writes `files` (path, text) into a fresh folder of their own and loads the first.
 fn load_written(test: &str, files: &[(&str, &str)]) -> Result<NodeConfig, df_planner::config::ConfigError> {
     let dir = std::env::temp_dir().join(format!("df_planner_configs_{test}_{}", std::process::id()));
@@ -146,6 +172,15 @@ fn a_bad_base_is_refused_naming_it() {
     assert!(e.contains("field `base`: ") && e.ends_with("a cycle"), "{e}");
     let e = error("not_a_path", &[("a.yaml", "base: [b.yaml]\n")]);
     assert!(e.contains("field `base`: expected the path of another config"), "{e}");
+    // Not YAML over a base: the syntax error and where, not `base` as an unknown field.
+    let e = error(
+        "unclosed",
+        &[
+            ("a.yaml", "base: b.yaml\nplanner: {samples: 2\n"),
+            ("b.yaml", shipped.as_str()),
+        ],
+    );
+    assert!(e.ends_with("a.yaml: did not find expected ',' or '}' at line 3 column 1, while parsing a flow mapping at line 2 column 10"), "{e}");
     // A typo over a base is still an unknown field, named.
     let e = error(
         "typo",

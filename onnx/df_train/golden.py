@@ -171,6 +171,12 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, required=True, help="the model's golden folder, e.g. onnx/golden/pointmass")
     p.add_argument("--only", nargs="+", required=True, help="case names (file stems), e.g. pyramid_plain_clip")
     a = p.parse_args(argv)
+    if not a.onnx.is_file():
+        p.error(f"--onnx: {a.onnx}: no such file")
+    guided = sorted(name for name in a.only if "_guided" in name)
+    if guided:
+        p.error(f"--only: {guided} are guided cases, which need PyTorch's gradients: write them from the "
+                "checkpoint with df-train export --golden")
     net = OnnxNetwork(a.onnx)
     written = write_golden(net, net.train_cfg, a.out, str(a.onnx), only=set(a.only))
     unknown = set(a.only) - {p.stem for p in written}

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -149,7 +150,10 @@ def _save_atomic(obj, path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as e:
+        raise ValueError(f"checkpoint: {path} is not a training checkpoint ({type(e).__name__}: {e})") from e
 
 
 def training_device(name: str) -> torch.device:

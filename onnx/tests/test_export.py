@@ -55,6 +55,13 @@ def test_export_builds_the_model_the_run_trained_not_todays_defaults(trained, tm
     assert contract(cfg, ckpt, model, "x")["causal"] is False
 
 
+def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path):
+    fake = tmp_path / "notes.pt"
+    fake.write_text("# not a checkpoint\n")
+    with pytest.raises(ValueError, match=r"checkpoint: .*notes.pt is not a training checkpoint \(UnpicklingError"):
+        export(fake, tmp_path / "x.onnx")
+
+
 def test_an_output_not_named_onnx_is_refused(trained, tmp_path):
     with pytest.raises(ValueError, match=r"out: expected a path ending in .onnx .*, got .*tiny$"):
         export(trained[1], tmp_path / "tiny")

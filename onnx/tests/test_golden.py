@@ -33,9 +33,12 @@ def test_plain_cases_from_the_exported_graph_are_the_checkpoints_and_the_clip_ca
         assert _states_differ_by(written, shipped) < TOLERANCE / 10, name
 
 
-def test_unknown_or_guided_cases_are_refused(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["--onnx", str(MODEL), "--out", str(tmp_path), "--only", "pyramid_plain_clipped"])
-    assert "--only: no such case ['pyramid_plain_clipped']" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="an exported graph gives no gradients"):
-        main(["--onnx", str(MODEL), "--out", str(tmp_path), "--only", "pyramid_guided"])
+def test_unknown_or_guided_cases_and_missing_models_are_refused(tmp_path, capsys):
+    for args, message in [
+        (["--onnx", str(MODEL), "--only", "pyramid_plain_clipped"], "--only: no such case ['pyramid_plain_clipped']"),
+        (["--onnx", str(MODEL), "--only", "pyramid_guided"], "--only: ['pyramid_guided'] are guided cases"),
+        (["--onnx", str(tmp_path / "nope.onnx"), "--only", "pyramid_plain"], "nope.onnx: no such file"),
+    ]:
+        with pytest.raises(SystemExit):
+            main([*args, "--out", str(tmp_path)])
+        assert message in capsys.readouterr().err

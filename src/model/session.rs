@@ -405,10 +405,17 @@ fn check_ports(session: &Session, path: &Path, inputs: bool, ports: &[Port]) -> 
     let names: Vec<&str> = outlets.iter().map(|o| o.name()).collect();
     let wanted: Vec<&str> = ports.iter().map(|p| p.name).collect();
     if names != wanted {
+        // The usual mistake: the .vjp.onnx given where the model (its denoise graph) goes.
+        let vjp_given = names.contains(&"cotangent") && !wanted.contains(&"cotangent");
+        let hint = if vjp_given {
+            " (this is a denoise_vjp graph: give the model's denoise graph, its contract's graphs.denoise)"
+        } else {
+            ""
+        };
         return Err(graph_err(
             path,
             format!("{kind}s"),
-            format!("{wanted:?}"),
+            format!("{wanted:?}{hint}"),
             format!("{names:?}"),
         ));
     }
