@@ -105,6 +105,8 @@ struct RunArgs {
 }
 
 #[derive(Args)]
+// `--hold-radius -1` reaches the value check instead of reading as another flag.
+#[command(allow_negative_numbers = true)]
 struct ServeArgs {
     /// Node configuration (YAML), e.g. config/maze2d_umaze.yaml.
     #[arg(long)]
@@ -145,6 +147,8 @@ struct ServeArgs {
 }
 
 #[derive(Args)]
+// `--rate -1` reaches the value check instead of reading as another flag.
+#[command(allow_negative_numbers = true)]
 struct ReplayArgs {
     /// The bag: a .mcap file, a .db3 file or a rosbag2 folder.
     #[arg(long)]
@@ -196,6 +200,8 @@ impl RuntimeArgs {
 }
 
 #[derive(Args)]
+// `--eta -1` reaches the value check instead of reading as another flag.
+#[command(allow_negative_numbers = true)]
 struct SampleArgs {
     /// The denoise graph (.onnx with df_planner metadata), e.g. onnx/models/pointmass.onnx.
     #[arg(long)]

@@ -175,6 +175,17 @@ fn bad_arguments_fail_with_a_message() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(expected), "{err}");
     }
+    // A negative value reaches its check rather than reading as a flag.
+    let out = df_planner(&[
+        "sample",
+        "--model",
+        "onnx/models/pointmass.onnx",
+        "--eta",
+        "-1",
+        "--out",
+        "/dev/null",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("eta: expected 0..=1"));
     let out = df_planner(&["bench", "--model", "onnx/models/fruit_swap.onnx"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("is a camera model (its calls need a window's images)"));
     let out = df_planner(&["inspect", "onnx/models/pointmass.vjp.onnx"]);
