@@ -283,6 +283,17 @@ def cmd_bench(a) -> None:
                       "p99_ms": times[int(0.99 * (len(times) - 1))]}))
 
 
+def _count(text: str) -> int:
+    """A whole number >= 1, for argparse."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="df-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -290,10 +301,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("datagen", help="generate a dataset of episodes (.npz + manifest; fruit-swap: a folder "
                                        "of ROS 2 bags + manifest.json)")
     p.add_argument("task", choices=["pointmass", "maze2d", "fruit-swap"])
-    p.add_argument("--episodes", type=int, default=400, help="pointmass, fruit-swap (one bag per episode)")
+    p.add_argument("--episodes", type=_count, default=400, help="pointmass, fruit-swap (one bag per episode)")
     p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap", help="fruit-swap: bag storage")
     p.add_argument("--distractor", action="store_true", help="fruit-swap: a random occluder in the front camera")
-    p.add_argument("--length", type=int, default=200, help="pointmass")
+    p.add_argument("--length", type=_count, default=200, help="pointmass")
     p.add_argument("--maze", choices=list(MAZE2D_STEPS), help="maze2d (required)")
     p.add_argument("--steps", type=int, help="maze2d (default: D4RL's size, " +
                    ", ".join(f"{k} {v:_}" for k, v in MAZE2D_STEPS.items()) + ")")
@@ -316,7 +327,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="closed-loop evaluation with the Rust planner (df_planner serve) in the loop")
     p.add_argument("task", choices=["maze2d", "fruit-swap"])
     p.add_argument("--maze", choices=["umaze", "medium", "large"], help="maze2d (required)")
-    p.add_argument("--episodes", type=int, default=100, help="episodes per configuration (default: 100)")
+    p.add_argument("--episodes", type=_count, default=100, help="episodes per configuration (default: 100)")
     p.add_argument("--planner", help="path of the df_planner binary (maze2d: required; fruit-swap: the node's "
                                      "closed loop, with --config)")
     p.add_argument("--config", help="node config, e.g. config/maze2d_umaze.yaml or config/fruit_swap.yaml")

@@ -181,6 +181,8 @@ def check_training_source(data: str, bags: str) -> None:
         raise ValueError(f"data / bags: expected exactly one training source, got data={data!r} bags={bags!r}")
     if data and not Path(data).is_file():
         raise FileNotFoundError(f"data: {data}: no such file (an .npz from df-train datagen)")
+    if data and Path(data).suffix != ".npz":
+        raise ValueError(f"data: {data}: expected an .npz from df-train datagen")
     if bags and not (Path(bags) / "manifest.json").is_file():
         raise FileNotFoundError(f"bags: {bags}: no manifest.json there (a folder from df-train datagen fruit-swap)")
 

@@ -132,6 +132,9 @@ def test_a_missing_training_source_is_named_and_no_run_folder_is_left(tmp_path):
         train(tiny_config(tmp_path, data=str(tmp_path / "nope.npz")), progress=False)
     with pytest.raises(FileNotFoundError, match=r"bags: .*: no manifest\.json there"):
         train(tiny_config(tmp_path, data="", bags=str(tmp_path)), progress=False)
+    (tmp_path / "notes.md").write_text("# not data\n")
+    with pytest.raises(ValueError, match=r"data: .*notes\.md: expected an \.npz from df-train datagen"):
+        train(tiny_config(tmp_path, data=str(tmp_path / "notes.md")), progress=False)
     assert not (tmp_path / "run").exists()
 
 
@@ -164,6 +167,8 @@ def test_the_cli_takes_the_layout_dims_from_the_dataset_manifest(tmp_path):
     from df_train.cli import main
 
     data = tmp_path / "pm.npz"
+    with pytest.raises(SystemExit):
+        main(["datagen", "pointmass", "--episodes", "0", "--out", str(data)])
     main(["datagen", "pointmass", "--episodes", "4", "--length", "40", "--out", str(data)])
     small = ["--frame-stack", "2", "--tokens", "4", "--width", "32", "--depth", "1", "--heads", "2", "--steps", "2",
              "--batch", "4", "--warmup", "1", "--threads", "1", "--quiet"]
