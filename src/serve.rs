@@ -357,8 +357,10 @@ pub(crate) fn parse_request<T: serde::de::DeserializeOwned>(line: &str, ops: &st
         error(format!("malformed request: {at}{e}; expected {ops}"))
     };
     let mut de = serde_json::Deserializer::from_str(line);
-    let value: Value =
-        serde_path_to_error::deserialize(&mut de).map_err(|e| reject(&e.path().to_string(), e.inner()))?;
+    let value: Value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let not_json = format!("not JSON ({})", e.inner());
+        reject(&e.path().to_string(), &not_json)
+    })?;
     de.end().map_err(|e| reject("", &e))?;
     // {"op": "step", ...} is read as {"step": {...}}: serde buffers an internally tagged
     // enum's fields and loses their names, an externally tagged one keeps them.
