@@ -239,7 +239,8 @@ struct SampleArgs {
 // With --config the runtime is the config's model.runtime; a runtime flag would be ignored.
 #[command(group(clap::ArgGroup::new("runtime_flags").multiple(true)
     .args(["providers", "require_providers", "ort_lib", "threads"]).conflicts_with("config")))]
-// Each benchmark's own flags would be ignored by the other.
+// Each benchmark's own flags would be ignored by the other. `--seconds -1` reaches its check.
+#[command(allow_negative_numbers = true)]
 #[command(group(clap::ArgGroup::new("loop_flags").multiple(true)
     .args(["rate_hz", "seconds", "camera_size"]).conflicts_with("model")))]
 #[command(group(clap::ArgGroup::new("model_flags").multiple(true)

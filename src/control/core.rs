@@ -278,7 +278,11 @@ impl ControlCore {
         // A stamp further in the future than the timeout is as untrustworthy as an old one (a
         // clock ahead of ours, a reset sim time): it must not keep a dead input looking fresh.
         let stale = |stamp: Option<i64>, timeout: i64| stamp.is_none_or(|s| (now - s).abs() > timeout);
-        if !self.seeded && !stale(self.measured_ns, self.params.state_timeout_ns) {
+        // Not from a state stamped after now: after a reset that is the robot before it.
+        if !self.seeded
+            && !stale(self.measured_ns, self.params.state_timeout_ns)
+            && self.measured_ns.is_some_and(|t| t <= now)
+        {
             let measured = self.measured.as_deref().expect("unseeded only for position targets");
             self.safety.clip(measured, &mut self.last_output);
             self.seeded = true;

@@ -118,49 +118,63 @@ impl SourceLog {
     }
 }
 
-/// Which of the planner's wall-clock wake-ups are steps of the node's clock. Each step has a
-/// slot on the node's clock, one model step after the last; a wake-up before its slot is let
-/// go (under sim time a paused or slow simulator must not give the memory frames closer
-/// together than the model's step), one after it runs (back to back after a slow plan, as
-/// many as the node's clock passed). Further behind than the slack, or with the clock gone
-/// back, the cadence starts again from now.
-struct StepGate {
+/// When the planner's steps are due: at slots one model step apart on the node's clock, so
+/// that under sim time a paused, slow or fast simulator gives the memory one frame per step of
+/// its clock, as the model was trained. After a slow plan the due steps run back to back; a
+/// clock further behind than the slack skips whole steps (a gap in the memory), keeping the
+/// cadence; a clock gone back more than a step (a simulator reset) starts it again.
+struct StepPacer {
     step_ns: i64,
     slack_ns: i64,
-    /// The node's time of the last step's slot.
+    /// The node's time the next step is due.
     slot_ns: Option<i64>,
+    last_reading_ns: i64,
 }
 
-impl StepGate {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// Not yet: this many ns of the node's clock to go (0: its clock has not started).
+    Wait(i64),
+    /// A step, after `skipped` missed ones; `reset` when the clock went back.
+    Step { skipped: u64, reset: bool },
+}
+
+impl StepPacer {
     fn new(step: Duration, slack: Duration) -> Self {
         Self {
             step_ns: step.as_nanos() as i64,
             slack_ns: slack.as_nanos() as i64,
             slot_ns: None,
+            last_reading_ns: 0,
         }
     }
 
-    /// None: not a step yet. Some(k): a step, after k skipped ones (a gap in the memory).
-    fn admit(&mut self, clock_ns: i64) -> Option<u64> {
-        let Some(slot) = self.slot_ns else {
-            self.slot_ns = Some(clock_ns);
-            return Some(0);
+    fn due(&mut self, clock_ns: i64) -> Due {
+        let went_back = clock_ns < self.last_reading_ns - self.step_ns;
+        self.last_reading_ns = self.last_reading_ns.max(clock_ns);
+        let slot = match self.slot_ns {
+            // ROS time reads 0 until the first /clock message.
+            None if clock_ns == 0 => return Due::Wait(0),
+            Some(slot) if !went_back => slot,
+            _ => {
+                self.last_reading_ns = clock_ns;
+                self.slot_ns = Some(clock_ns + self.step_ns);
+                return Due::Step {
+                    skipped: 0,
+                    reset: went_back,
+                };
+            }
         };
-        let ahead = clock_ns - slot;
-        // A quarter step early still counts: the node's clock is read at a wall wake-up.
-        if (0..self.step_ns * 3 / 4).contains(&ahead) {
-            return None;
+        let lag = clock_ns - slot;
+        if lag < 0 {
+            return Due::Wait(-lag);
         }
-        if (0..=self.step_ns + self.slack_ns).contains(&ahead) {
-            self.slot_ns = Some(slot + self.step_ns);
-            return Some(0);
+        let skipped = if lag > self.slack_ns { lag / self.step_ns } else { 0 };
+        self.slot_ns = Some(slot + (skipped + 1) * self.step_ns);
+        Due::Step {
+            skipped: skipped as u64,
+            reset: false,
         }
-        self.slot_ns = Some(clock_ns);
-        Some(if ahead > 0 {
-            (ahead / self.step_ns - 1) as u64
-        } else {
-            0
-        })
     }
 }
 
@@ -459,22 +473,27 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
     // interval's worth: a backlog beyond that would only grow.
     let plan_slack = step * task.replan_every() as u32;
     threads.push(std::thread::Builder::new().name("df_planner".into()).spawn(move || {
-        let mut deadline = Instant::now();
         let mut buffers = PlanBuffers::new(recycle_rx);
         let mut executed_now = vec![0.0; action_dim];
         let mut last_error: Option<String> = None;
         let (mut skipped_unsaid, mut last_skip_said) = (0u64, None);
-        let mut gate = StepGate::new(step, plan_slack);
+        let mut pacer = StepPacer::new(step, plan_slack);
+        // A wait sleeps at most this long of the wall's time: the node's clock may run faster.
+        let poll = step / 4;
         while !s.load(Ordering::Acquire) {
-            sleep_until(deadline);
-            deadline += step;
-            // Wake-ups follow the wall clock, their backlog bounded; which of them are steps is
-            // the node's clock's business.
-            skip_missed(&mut deadline, step, plan_slack);
             let now_ns = clock.now_ns();
-            let Some(skipped) = gate.admit(now_ns) else {
-                continue;
+            let (skipped, reset) = match pacer.due(now_ns) {
+                Due::Wait(ns) => {
+                    let ns = if ns == 0 { poll } else { poll.min(Duration::from_nanos(ns as u64)) };
+                    std::thread::sleep(ns);
+                    continue;
+                }
+                Due::Step { skipped, reset } => (skipped, reset),
             };
+            if reset {
+                tracing::info!("the node's clock went back (a simulator reset?): planning starts cold");
+                task.steps_skipped();
+            }
             if skipped > 0 {
                 // A planner slower than its replan interval falls behind at every plan: say so
                 // at most once a second, with what was skipped since.
@@ -668,29 +687,47 @@ impl PlanBuffers {
 mod tests {
 
     #[test]
-    fn planner_steps_follow_the_node_clock_and_catch_up_as_far_as_it_moved() {
+    fn planner_steps_are_due_at_slots_of_the_node_clock() {
         let ms = 1_000_000;
+        let step = |skipped| Due::Step { skipped, reset: false };
         // Steps of 100 ms, a slack of two.
-        let gate = || StepGate::new(Duration::from_millis(100), Duration::from_millis(200));
-        let steps = |gate: &mut StepGate, clock_ms: &[i64]| -> Vec<Option<u64>> {
-            clock_ms.iter().map(|&c| gate.admit(c * ms)).collect()
-        };
-        // Real time with a slow plan: the wake-ups after it run back to back, as many as the
-        // clock passed (steps 200 and 300 at 350 and 351), then wait for the next slot.
-        let mut g = gate();
-        let s = steps(&mut g, &[0, 100, 350, 351, 352, 400]);
-        assert_eq!(s, [Some(0), Some(0), Some(0), Some(0), None, Some(0)]);
-        // Sim time at half speed with a slow plan: the late wake-up runs, the next (the sim
-        // 10 ms on) waits; paused: no steps.
-        let mut g = gate();
+        let pacer = || StepPacer::new(Duration::from_millis(100), Duration::from_millis(200));
+        let dues =
+            |p: &mut StepPacer, clock_ms: &[i64]| -> Vec<Due> { clock_ms.iter().map(|&c| p.due(c * ms)).collect() };
+        // ROS time before the first /clock reads 0: no step yet. Then a step at once.
+        let mut p = pacer();
+        assert_eq!(dues(&mut p, &[0, 0, 30]), [Due::Wait(0), Due::Wait(0), step(0)]);
+        // The next is due at 130: waits say how long; a plan that ends at 380 is followed by the
+        // steps due at 130, 230 and 330 back to back, then a wait for 430.
+        assert_eq!(dues(&mut p, &[60, 130]), [Due::Wait(70 * ms), step(0)]);
         assert_eq!(
-            steps(&mut g, &[0, 90, 100, 150, 200, 200, 200]),
-            [Some(0), Some(0), None, None, Some(0), None, None]
+            dues(&mut p, &[380, 380, 380, 380]),
+            [step(0), step(0), Due::Wait(50 * ms), Due::Wait(50 * ms)]
         );
-        // Further behind than the slack: a gap of 9 steps, the cadence from there.
-        assert_eq!(steps(&mut g, &[1200, 1250, 1300]), [Some(9), None, Some(0)]);
-        // A simulator reset: the clock goes back, a new start.
-        assert_eq!(steps(&mut g, &[0, 50, 100]), [Some(0), None, Some(0)]);
+        // A slow or paused simulator: one step per step of its clock however often it is asked.
+        assert_eq!(
+            dues(&mut p, &[400, 410, 420, 429, 430]),
+            [
+                Due::Wait(30 * ms),
+                Due::Wait(20 * ms),
+                Due::Wait(10 * ms),
+                Due::Wait(ms),
+                step(0)
+            ]
+        );
+        // Further behind than the slack (a plan of 560 ms): the 4 steps due at 530..830 are
+        // skipped, this one is the 930 step's, and the cadence holds (next at 1030).
+        assert_eq!(dues(&mut p, &[990, 1000, 1030]), [step(4), Due::Wait(30 * ms), step(0)]);
+        // Back by less than a step: not a reset, just not due. Back by more: a new start.
+        assert_eq!(p.due(1100 * ms), Due::Wait(30 * ms));
+        assert_eq!(
+            p.due(5 * ms),
+            Due::Step {
+                skipped: 0,
+                reset: true
+            }
+        );
+        assert_eq!(p.due(105 * ms), step(0));
     }
 
     #[test]

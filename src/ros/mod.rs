@@ -7,9 +7,9 @@
 //! - the publisher thread sends each tick's action as `topics.action_type` on `topics.action`,
 //!   plans' first tokens on `topics.plan`, and `diagnostic_msgs/DiagnosticArray` once a second;
 //! - ROS parameters: `config` (path of the node YAML) and `use_sim_time` (stamps and
-//!   staleness then follow `/clock`, and the planner's steps are steps of `/clock`: a paused
-//!   or slow simulator gives it no extra frames; one faster than real time gets fewer, the
-//!   loops waking on the wall clock).
+//!   staleness then follow `/clock`, and the planner's steps are due at steps of `/clock`: a
+//!   paused, slow or fast simulator gives its memory one frame per model step of sim time, as
+//!   long as the plans keep up; the control tick still wakes on the wall clock).
 //!
 //! It is type-checked without ROS (`cargo clippy --features ros,r2r/doc-only`) and built for
 //! real in a sourced ROS 2 workspace (colcon + cargo-ament-build).
