@@ -464,7 +464,7 @@ def test_a_planner_that_cannot_start_is_one_clear_error(setup, tmp_path, capfd):
     with pytest.raises(RuntimeError, match="exited with code 1"):
         planner.ask({"op": "reset", "goal": [1.0, 1.0]})
     planner.close()
-    assert "missing.onnx: not found" in capfd.readouterr().err
+    assert "model.path: expected an ONNX model" in (err := capfd.readouterr().err) and "missing.onnx (not found)" in err
 
 
 def test_missing_or_absent_inputs_are_named_before_any_episode(setup, tmp_path):
