@@ -412,6 +412,32 @@ fn position_targets_start_where_the_robot_is_and_move_from_there_at_the_rate_lim
 }
 
 #[test]
+fn position_targets_seed_from_a_state_a_little_ahead_but_not_from_the_robot_before_a_reset() {
+    let position_params = ControlParams {
+        measured_action: vec![0, 1],
+        state_timeout_ns: 5_000 * MS, // long enough that the pre-reset state still looks fresh
+        ..params(Fallback::Hold, false)
+    };
+    let mut c = core_from(position_params, 100.0);
+    // A driver whose clock leads ours by 5 ms.
+    c.observe_positions(3_005 * MS, &[0.5, 0.5]);
+    assert_eq!(
+        tick(&mut c, 3_000 * MS, None, Some(3_005 * MS)),
+        (Source::Hold, vec![Fault::NoPlan], [0.5, 0.5])
+    );
+    // The simulator resets to 0; the newest state is still the one from before.
+    assert_eq!(tick(&mut c, 0, None, Some(3_005 * MS)).0, Source::Waiting);
+    c.observe_positions(3_005 * MS, &[0.5, 0.5]);
+    assert_eq!(
+        tick(&mut c, 10 * MS, None, Some(3_005 * MS)).0,
+        Source::Waiting,
+        "not the robot before the reset"
+    );
+    c.observe_positions(15 * MS, &[-0.2, 0.1]);
+    assert_eq!(tick(&mut c, 20 * MS, None, Some(15 * MS)).2, [-0.2, 0.1]);
+}
+
+#[test]
 fn a_clock_that_goes_back_drops_the_current_and_the_waiting_plan() {
     let mut c = core(Fallback::Hold, false);
     c.install(plan(1000 * MS, &[[0.1, 0.1]; 10]));

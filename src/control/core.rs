@@ -153,6 +153,9 @@ pub struct ControlCore {
     /// Position targets: the latest state's positions as an action, and its stamp.
     measured: Option<Vec<f64>>,
     measured_ns: Option<i64>,
+    /// After the clock went back: the newest state stamp then, on the old clock. That state is
+    /// the robot before the reset and must not seed, while the new clock is short of it.
+    pre_reset_stamp_ns: Option<i64>,
     /// When the previous tick ran: the rate limit allows as much change as time has passed.
     last_tick_ns: Option<i64>,
     /// Since when the ticks have held without a plan action (for `hold_timeout_ns`).
@@ -173,6 +176,7 @@ impl ControlCore {
             seeded: !positions,
             measured: positions.then(|| vec![0.0; last_output.len()]),
             measured_ns: None,
+            pre_reset_stamp_ns: None,
             params,
             safety,
             current: None,
@@ -243,6 +247,7 @@ impl ControlCore {
         if went_back && self.measured.is_some() {
             // A reset simulator puts the robot elsewhere: hold where its next state says.
             (self.seeded, self.measured_ns) = (false, None);
+            self.pre_reset_stamp_ns = self.pre_reset_stamp_ns.or(inputs.state_ns);
         }
         if self.pending.as_ref().is_some_and(|p| p.t0_ns <= now) {
             // The slot is empty when the current plan was just dropped.
@@ -278,14 +283,15 @@ impl ControlCore {
         // A stamp further in the future than the timeout is as untrustworthy as an old one (a
         // clock ahead of ours, a reset sim time): it must not keep a dead input looking fresh.
         let stale = |stamp: Option<i64>, timeout: i64| stamp.is_none_or(|s| (now - s).abs() > timeout);
-        // Not from a state stamped after now: after a reset that is the robot before it.
+        let before_reset = |t: i64| self.pre_reset_stamp_ns.is_some_and(|r| t >= r && now < r);
         if !self.seeded
             && !stale(self.measured_ns, self.params.state_timeout_ns)
-            && self.measured_ns.is_some_and(|t| t <= now)
+            && self.measured_ns.is_some_and(|t| !before_reset(t))
         {
             let measured = self.measured.as_deref().expect("unseeded only for position targets");
             self.safety.clip(measured, &mut self.last_output);
             self.seeded = true;
+            self.pre_reset_stamp_ns = None;
         }
         if self.params.camera_required && stale(inputs.frame_ns, self.params.camera_timeout_ns) {
             faults.insert(Fault::CameraStale);

@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use ringbuf::traits::{Consumer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 
-use crate::frames::{CameraStats, Cameras, MAX_CAMERAS};
+use crate::frames::{CameraStats, Cameras, CLOCK_RESET_NS, MAX_CAMERAS};
 use crate::planner::{GoalMessage, GoalStatus, Plan, PlannerTask, StepOutcome};
 
 use super::core::{ControlCore, Counters, Fault, Source, TickInputs, TickReport};
@@ -122,7 +122,8 @@ impl SourceLog {
 /// that under sim time a paused, slow or fast simulator gives the memory one frame per step of
 /// its clock, as the model was trained. After a slow plan the due steps run back to back; a
 /// clock further behind than the slack skips whole steps (a gap in the memory), keeping the
-/// cadence; a clock gone back more than a step (a simulator reset) starts it again.
+/// cadence; a clock gone back by a clock reset (`CLOCK_RESET_NS`, as the state intake and the
+/// frame rings count one: a simulator reset) starts it again; back by less, steps wait.
 struct StepPacer {
     step_ns: i64,
     slack_ns: i64,
@@ -150,7 +151,7 @@ impl StepPacer {
     }
 
     fn due(&mut self, clock_ns: i64) -> Due {
-        let went_back = clock_ns < self.last_reading_ns - self.step_ns;
+        let went_back = clock_ns < self.last_reading_ns - CLOCK_RESET_NS;
         self.last_reading_ns = self.last_reading_ns.max(clock_ns);
         let slot = match self.slot_ns {
             // ROS time reads 0 until the first /clock message.
@@ -478,21 +479,27 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
         let mut last_error: Option<String> = None;
         let (mut skipped_unsaid, mut last_skip_said) = (0u64, None);
         let mut pacer = StepPacer::new(step, plan_slack);
-        // A wait sleeps at most this long of the wall's time: the node's clock may run faster.
-        let poll = step / 4;
+        // A wait sleeps at most this long of the wall's time (the node's clock may run faster),
+        // and at least 50 µs (a sim clock read a few ns short of a slot is not worth a spin).
+        let (poll, min_sleep) = (step / 4, Duration::from_micros(50));
+        let mut last_look_ns = None;
         while !s.load(Ordering::Acquire) {
             let now_ns = clock.now_ns();
+            // A clock that has not moved since the last look (a paused simulator, a /clock
+            // message not yet in) will not reach the slot by itself.
+            let stood_still = last_look_ns.replace(now_ns) == Some(now_ns);
             let (skipped, reset) = match pacer.due(now_ns) {
                 Due::Wait(ns) => {
-                    let ns = if ns == 0 { poll } else { poll.min(Duration::from_nanos(ns as u64)) };
-                    std::thread::sleep(ns);
+                    let remaining = Duration::from_nanos(ns as u64);
+                    let nap = if ns == 0 || stood_still { poll } else { poll.min(remaining).max(min_sleep) };
+                    std::thread::sleep(nap);
                     continue;
                 }
                 Due::Step { skipped, reset } => (skipped, reset),
             };
             if reset {
-                tracing::info!("the node's clock went back (a simulator reset?): planning starts cold");
-                task.steps_skipped();
+                tracing::info!("the node's clock went back (a simulator reset?): the planner's memory starts anew");
+                task.clock_reset();
             }
             if skipped > 0 {
                 // A planner slower than its replan interval falls behind at every plan: say so
@@ -718,8 +725,10 @@ mod tests {
         // Further behind than the slack (a plan of 560 ms): the 4 steps due at 530..830 are
         // skipped, this one is the 930 step's, and the cadence holds (next at 1030).
         assert_eq!(dues(&mut p, &[990, 1000, 1030]), [step(4), Due::Wait(30 * ms), step(0)]);
-        // Back by less than a step: not a reset, just not due. Back by more: a new start.
+        // Back by less than a clock reset (1 s): not a reset, just not due. Back by more: a new
+        // start.
         assert_eq!(p.due(1100 * ms), Due::Wait(30 * ms));
+        assert_eq!(p.due(500 * ms), Due::Wait(630 * ms));
         assert_eq!(
             p.due(5 * ms),
             Due::Step {

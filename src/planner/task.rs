@@ -130,6 +130,13 @@ impl PlannerTask {
         self.planner.start_cold();
     }
 
+    /// The node's clock went back (a simulator reset): a new episode, its memory empty.
+    pub fn clock_reset(&mut self) {
+        self.planner.reset();
+        self.steps = 0;
+        self.plan_next = false;
+    }
+
     pub fn replan_every(&self) -> usize {
         self.replan_every
     }
