@@ -600,7 +600,11 @@ fn replay(a: ReplayArgs) -> Result<()> {
         rate: a.rate,
         reorder_window_s: a.reorder_window,
     };
-    let s = df_planner::replay::replay(&cfg, &a.bag, &a.out, &options)?;
+    // A config the model or the planner refuses is named by its file, as `serve` names it.
+    let s = df_planner::replay::replay(&cfg, &a.bag, &a.out, &options).map_err(|e| match e {
+        df_planner::replay::ReplayError::Node(e) => anyhow::Error::new(e).context(a.config.display().to_string()),
+        other => other.into(),
+    })?;
     if a.json {
         return emit(&(serde_json::to_string_pretty(&s)? + "\n"));
     }
@@ -717,7 +721,8 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
     if let Some(hz) = a.rate_hz {
         cfg.control.rate_hz = hz;
     }
-    let (task, core) = node_parts(&cfg)?;
+    let (task, core) =
+        node_parts(&cfg).with_context(|| a.config.as_ref().expect("bench --config").display().to_string())?;
     let obs_dim = task.planner().contract().layout.observation_dim;
     // What each plan costs depends on whether it is guided (a denoise_vjp per sample and step).
     let goal = task

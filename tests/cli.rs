@@ -175,6 +175,37 @@ fn bad_arguments_fail_with_a_message() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(expected), "{err}");
     }
+    // A config the planner refuses is named by its file in replay and bench, as in serve.
+    let dir = std::env::temp_dir().join(format!("df_planner_cli_cfg_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("no_steps.yaml");
+    let base = common::repo().join("config/pointmass.yaml");
+    std::fs::write(
+        &bad,
+        format!("base: {}\nplanner:\n  sampling_steps: 0\n", base.display()),
+    )
+    .unwrap();
+    let bad_path = bad.to_str().unwrap();
+    let replay_out = dir.join("out.mcap");
+    for args in [
+        &[
+            "replay",
+            "--bag",
+            "tests/fixtures/bags/pointmass_mcap",
+            "--config",
+            bad_path,
+            "--out",
+            replay_out.to_str().unwrap(),
+        ][..],
+        &["bench", "--config", bad_path, "--seconds", "1"][..],
+    ] {
+        let err = String::from_utf8_lossy(&df_planner(args).stderr).to_string();
+        assert!(
+            err.contains("no_steps.yaml: planner.sampling_steps: expected >= 1, got 0"),
+            "{err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
     // A negative value reaches its check rather than reading as a flag.
     let out = df_planner(&[
         "sample",
