@@ -5,7 +5,6 @@ use thiserror::Error;
 
 use crate::config::NodeConfig;
 use crate::control::{ControlCore, ControlParams, JointSelection, OfflineLoop, Safety, StateIntake};
-use crate::diffusion::MatrixError;
 use crate::frames::{CameraRing, MAX_CAMERAS};
 use crate::model::{Field, ModelContract, ModelError, OnnxDenoiser, MAX_STANDARD_DEVIATIONS};
 use crate::planner::{DfPlanner, GoalReward, NodeGoal, PlanError, PlannerSettings, PlannerTask};
@@ -122,27 +121,7 @@ pub fn planner(cfg: &NodeConfig) -> Result<DfPlanner, NodeError> {
     state_intake(cfg, &contract)?;
     actions_within_the_training_data(cfg, &contract)?;
     let settings = planner_settings(cfg, contract.layout.frame_stack);
-    DfPlanner::new(Box::new(model), contract, &settings).map_err(|e| match e {
-        // Named as the config names them (the sampler's own names lack `planner.`).
-        PlanError::Matrix(m) => {
-            let (field, expected, got) = match m {
-                MatrixError::NoSteps(n) => ("planner.sampling_steps", ">= 1", n.to_string()),
-                MatrixError::EmptyHorizon(n) => ("planner.horizon_tokens", ">= 1", n.to_string()),
-                MatrixError::BadUncertainty(u) => ("planner.matrix.uncertainty", "a finite value >= 0", u.to_string()),
-                MatrixError::UnknownKind(k) => (
-                    "planner.matrix.kind",
-                    "one of pyramid, autoregressive, full_sequence, trapezoid",
-                    k,
-                ),
-            };
-            NodeError::Mismatch {
-                field,
-                expected: expected.into(),
-                got,
-            }
-        }
-        other => other.into(),
-    })
+    Ok(DfPlanner::new(Box::new(model), contract, &settings)?)
 }
 
 /// Every action the arm can be sent (the stop action, the safety limits) enters the planner's

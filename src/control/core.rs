@@ -4,7 +4,7 @@
 //! action and a report of what it did. No allocation, no locks, no I/O.
 
 use crate::config::Fallback;
-use crate::frames::CLOCK_RESET_NS;
+use crate::frames::clock_reset;
 use crate::planner::Plan;
 
 use super::safety::{Safety, SafetyEvents};
@@ -163,6 +163,13 @@ pub struct ControlCore {
     counters: Counters,
 }
 
+/// Whether an input stamped `stamp_ns` (None: none yet) is stale at `now_ns`. A stamp further
+/// in the future than the timeout is as untrustworthy as an old one (a clock ahead of ours, a
+/// reset sim time): it must not keep a dead input looking fresh.
+pub fn input_stale(now_ns: i64, stamp_ns: Option<i64>, timeout_ns: i64) -> bool {
+    stamp_ns.is_none_or(|s| (now_ns - s).abs() > timeout_ns)
+}
+
 /// Plans a tick no longer needs, for recycling: at most a replaced current plan and a
 /// dropped pending one.
 pub type Retired = [Option<Box<Plan>>; 2];
@@ -240,10 +247,7 @@ impl ControlCore {
             faults.insert(Fault::ClockWentBack);
         }
         // A plan from before, or a tick a clock reset ago (the state intake's measure).
-        let went_back = faults.contains(Fault::ClockWentBack)
-            || self
-                .last_tick_ns
-                .is_some_and(|t| now < t.saturating_sub(CLOCK_RESET_NS));
+        let went_back = faults.contains(Fault::ClockWentBack) || self.last_tick_ns.is_some_and(|t| clock_reset(t, now));
         if went_back && self.measured.is_some() {
             // A reset simulator puts the robot elsewhere: hold where its next state says.
             (self.seeded, self.measured_ns) = (false, None);
@@ -280,9 +284,7 @@ impl ControlCore {
                 }
             }
         }
-        // A stamp further in the future than the timeout is as untrustworthy as an old one (a
-        // clock ahead of ours, a reset sim time): it must not keep a dead input looking fresh.
-        let stale = |stamp: Option<i64>, timeout: i64| stamp.is_none_or(|s| (now - s).abs() > timeout);
+        let stale = |stamp: Option<i64>, timeout: i64| input_stale(now, stamp, timeout);
         let before_reset = |t: i64| self.pre_reset_stamp_ns.is_some_and(|r| t >= r && now < r);
         if !self.seeded
             && !stale(self.measured_ns, self.params.state_timeout_ns)

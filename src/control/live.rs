@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use ringbuf::traits::{Consumer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 
-use crate::frames::{CameraStats, Cameras, CLOCK_RESET_NS, MAX_CAMERAS};
+use crate::frames::{clock_reset, CameraStats, Cameras, MAX_CAMERAS};
 use crate::planner::{GoalMessage, GoalStatus, Plan, PlannerTask, StepOutcome};
 
 use super::core::{ControlCore, Counters, Fault, Source, TickInputs, TickReport};
@@ -151,7 +151,7 @@ impl StepPacer {
     }
 
     fn due(&mut self, clock_ns: i64) -> Due {
-        let went_back = clock_ns < self.last_reading_ns - CLOCK_RESET_NS;
+        let went_back = clock_reset(self.last_reading_ns, clock_ns);
         self.last_reading_ns = self.last_reading_ns.max(clock_ns);
         let slot = match self.slot_ns {
             // ROS time reads 0 until the first /clock message.

@@ -11,7 +11,9 @@ mod output;
 mod safety;
 mod state;
 
-pub use self::core::{ControlCore, ControlParams, Counters, Fault, Faults, Source, TickInputs, TickReport};
+pub use self::core::{
+    input_stale, ControlCore, ControlParams, Counters, Fault, Faults, Source, TickInputs, TickReport,
+};
 pub use diagnostics::{ActionSink, Diagnostics};
 pub use histogram::{Histogram, LatencySummary};
 pub use offline::{OfflineError, OfflineLoop};

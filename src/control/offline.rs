@@ -98,22 +98,18 @@ impl OfflineLoop {
 
     fn start_at(&mut self, t_ns: i64) {
         if self.now_ns.is_none() {
-            self.restart_clock(t_ns);
+            self.jump_to(t_ns);
         }
-    }
-
-    fn restart_clock(&mut self, t_ns: i64) {
-        self.now_ns = Some(t_ns);
-        self.next_tick_ns = t_ns;
-        self.next_step_ns = t_ns;
-        self.next_diag_ns = t_ns.saturating_add(1_000_000_000);
     }
 
     /// Move the clock to `t_ns` without running the ticks and planner steps between: across a
     /// gap in a recording far longer than any input timeout, where they would only fall back.
     /// The inputs keep their stamps, so they read stale until new ones arrive.
     pub fn jump_to(&mut self, t_ns: i64) {
-        self.restart_clock(t_ns);
+        self.now_ns = Some(t_ns);
+        self.next_tick_ns = t_ns;
+        self.next_step_ns = t_ns;
+        self.next_diag_ns = t_ns.saturating_add(1_000_000_000);
     }
 
     /// Run every planner step and tick due strictly before `t_ns`, then hold the clock at it.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use thiserror::Error;
 
-use crate::frames::CLOCK_RESET_NS;
+use crate::frames::clock_reset;
 
 /// Joints the state can hold.
 pub const MAX_JOINTS: usize = 16;
@@ -208,7 +208,7 @@ impl StateIntake {
             if stamp_ns == last {
                 return Err(StateRejected::Duplicate);
             }
-            if stamp_ns < last && stamp_ns >= last.saturating_sub(CLOCK_RESET_NS) {
+            if stamp_ns < last && !clock_reset(last, stamp_ns) {
                 return Err(StateRejected::OutOfOrder);
             }
         }

@@ -8,4 +8,4 @@ mod ring;
 
 pub use cameras::{camera_rings, CameraRing, CameraStats, Cameras, MAX_CAMERAS};
 pub use decode::{decode_into, Encoding, Frame, FrameError, ImageView, Resize};
-pub use ring::{frame_ring, FrameReader, FrameStats, FrameStatsSnapshot, FrameWriter, CLOCK_RESET_NS};
+pub use ring::{clock_reset, frame_ring, FrameReader, FrameStats, FrameStatsSnapshot, FrameWriter, CLOCK_RESET_NS};

@@ -18,6 +18,11 @@ use super::decode::{decode_into, Frame, FrameError, ImageView, Resize};
 /// of order (camera frames here, robot states in `control::StateIntake`).
 pub const CLOCK_RESET_NS: i64 = 1_000_000_000;
 
+/// Whether `ns` lies more than CLOCK_RESET_NS before `previous_ns`: the clock was reset.
+pub fn clock_reset(previous_ns: i64, ns: i64) -> bool {
+    ns < previous_ns.saturating_sub(CLOCK_RESET_NS)
+}
+
 /// Counters shared by writer and reader. Every frame received ends up counted once as
 /// delivered (handed to the planner), superseded (replaced by a newer one before the planner
 /// looked), dropped_full, or rejected_*; up to ring capacity + 1 may still be in flight.
@@ -150,7 +155,7 @@ impl FrameWriter {
             // A jump back this far is a new clock (a simulator reset, a bag played in a
             // loop, after a frame stamped far ahead): start over from it rather than reject
             // every frame until the stamps pass the old ones.
-            if img.stamp_ns < prev && img.stamp_ns >= prev.saturating_sub(CLOCK_RESET_NS) {
+            if img.stamp_ns < prev && !clock_reset(prev, img.stamp_ns) {
                 s.rejected_out_of_order.fetch_add(1, Ordering::Relaxed);
                 return Err(FrameError::OutOfOrder {
                     stamp_ns: img.stamp_ns,

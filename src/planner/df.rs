@@ -27,8 +27,6 @@ pub enum PlanError {
     #[error(transparent)]
     Sample(#[from] SampleError),
     #[error(transparent)]
-    Matrix(#[from] MatrixError),
-    #[error(transparent)]
     Schedule(#[from] ScheduleError),
     #[error("{field}: expected {expected}, got {got}")]
     Invalid {
@@ -40,6 +38,21 @@ pub enum PlanError {
     NoHistory,
     #[error("no camera images for the frame {frames_ago} steps ago: a camera model plans from the images of every history token")]
     NoImages { frames_ago: usize },
+}
+
+/// A matrix the settings cannot build, named by the setting as the node config names it (the
+/// matrix's own names lack `planner.`).
+fn matrix_setting(e: MatrixError) -> PlanError {
+    match e {
+        MatrixError::NoSteps(n) => invalid("planner.sampling_steps", ">= 1", n),
+        MatrixError::EmptyHorizon(n) => invalid("planner.horizon_tokens", ">= 1", n),
+        MatrixError::BadUncertainty(u) => invalid("planner.matrix.uncertainty", "a finite value >= 0", u),
+        MatrixError::UnknownKind(k) => invalid(
+            "planner.matrix.kind",
+            "one of pyramid, autoregressive, full_sequence, trapezoid",
+            k,
+        ),
+    }
 }
 
 fn invalid(field: &'static str, expected: impl ToString, got: impl ToString) -> PlanError {
@@ -188,7 +201,7 @@ impl DfPlanner {
                 s.sampling_steps,
             ));
         }
-        let matrix = SchedulingMatrix::build(s.matrix, horizon, s.sampling_steps)?;
+        let matrix = SchedulingMatrix::build(s.matrix, horizon, s.sampling_steps).map_err(matrix_setting)?;
         let warm_level = match s.warm_start_level {
             None => None,
             Some(level) if level > s.sampling_steps => {

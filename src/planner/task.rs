@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::df::{DfPlanner, PlanError};
 use super::goal::{GoalMessage, GoalStatus, NodeGoal};
 use super::plan::Plan;
-use crate::control::{Histogram, StateSample};
+use crate::control::{input_stale, Histogram, StateSample};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepOutcome {
@@ -162,8 +162,8 @@ impl PlannerTask {
         let Some(state) = state else {
             return Ok(StepOutcome::NoState);
         };
-        // Stamped further ahead than the timeout is as stale as old, as in the control tick.
-        if (now_ns - state.stamp_ns).abs() > self.state_timeout_ns {
+        // As the control tick judges it.
+        if input_stale(now_ns, Some(state.stamp_ns), self.state_timeout_ns) {
             if !self.state_was_stale {
                 tracing::warn!(stamp_ns = state.stamp_ns, now_ns, "robot state stale: planning pauses");
                 self.state_was_stale = true;
