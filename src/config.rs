@@ -405,7 +405,7 @@ impl NodeConfig {
             if v.len() != n {
                 return Err(bad(
                     field,
-                    format!("{n} values (as safety.action_min)"),
+                    format!("{n} values, as many as safety.action_min has"),
                     format!("{}", v.len()),
                 ));
             }

@@ -183,7 +183,7 @@ struct RuntimeArgs {
     /// installed).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
-    /// ORT intra-op threads (0 = ORT default).
+    /// ORT intra-op threads (0 = ORT default; capped at this machine's cores).
     #[arg(long, default_value_t = 1)]
     threads: usize,
 }
@@ -589,7 +589,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     };
     emit(&format!(
         "{}\n",
-        json!({"backend": "onnxruntime", "model": model_path, "threads": a.runtime.threads, "batch": a.batch, "tokens": t,
+        json!({"backend": "onnxruntime", "model": model_path, "threads": a.runtime.config().intra_threads_capped(), "batch": a.batch, "tokens": t,
                "denoise": denoise, "denoise_vjp": vjp})
     ))
 }

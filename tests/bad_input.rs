@@ -109,6 +109,25 @@ fn required_gpu_provider_that_is_missing_is_an_error() {
     );
 }
 
+#[test]
+fn intra_threads_beyond_the_cores_are_capped() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    // 100000 used to leave ORT's session builder spawning threads for minutes.
+    let runtime = RuntimeConfig {
+        intra_threads: 100_000,
+        ..common::cpu()
+    };
+    assert_eq!(runtime.intra_threads_capped(), cores);
+    OnnxDenoiser::load(&common::repo().join("tests/fixtures/models/stand_in.onnx"), &runtime).unwrap();
+    for asked in [0, 1] {
+        let runtime = RuntimeConfig {
+            intra_threads: asked,
+            ..common::cpu()
+        };
+        assert_eq!(runtime.intra_threads_capped(), asked);
+    }
+}
+
 fn settings() -> SamplerSettings {
     SamplerSettings {
         eta: 0.0,

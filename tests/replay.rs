@@ -231,7 +231,7 @@ fn malformed_configs_are_named() {
         ),
         (
             text.replace("max_rate: [20.0, 20.0]", "max_rate: [20.0]"),
-            "`safety.max_rate`: expected 2 values (as safety.action_min), got 1",
+            "`safety.max_rate`: expected 2 values, as many as safety.action_min has, got 1",
         ),
         (
             text.replace("action_min: [-1.0, -1.0]", "action_min: [.nan, -1.0]"),

@@ -179,6 +179,70 @@ impl StepPacer {
     }
 }
 
+/// How long the planner thread sleeps before it looks at the node's clock again, in the wall's
+/// time. The node's clock may run faster than the wall's (a simulator at several times real
+/// time): its rate, measured between looks, turns the node time still to go into wall time,
+/// since a nap of the node time would oversleep the slot by several steps, and the steps after
+/// it would then run back to back, their history frames bunched in the node's time.
+struct Napper {
+    /// The longest nap, in wall time.
+    poll: Duration,
+    /// The shortest: a sim clock read a few ns short of a slot is not worth a spin.
+    min_sleep: Duration,
+    /// Node ns per wall ns over the latest window (None before the first); never taken below 1
+    /// (a slower clock only makes the thread look early and sleep again).
+    rate: Option<f64>,
+    /// Where the current rate window started.
+    window_start: Option<(Instant, i64)>,
+    last_clock_ns: Option<i64>,
+}
+
+impl Napper {
+    /// A rate window: long enough that a sim clock's quantum hardly shows in it.
+    const WINDOW: Duration = Duration::from_millis(10);
+
+    fn new(step: Duration) -> Self {
+        Self {
+            poll: step / 4,
+            min_sleep: Duration::from_micros(50),
+            rate: None,
+            window_start: None,
+            last_clock_ns: None,
+        }
+    }
+
+    /// The nap after a look at `wall`, the clock reading `clock_ns`, with `wait_ns` of it to go
+    /// (0: the clock has not started).
+    fn nap(&mut self, wall: Instant, clock_ns: i64, wait_ns: i64) -> Duration {
+        // A clock that has not moved since the last look (a paused simulator, a /clock message
+        // not yet in) will not reach the slot by itself.
+        let stood_still = self.last_clock_ns.replace(clock_ns) == Some(clock_ns);
+        match self.window_start {
+            Some((start, start_ns)) => {
+                let elapsed = wall.saturating_duration_since(start);
+                if elapsed >= Self::WINDOW {
+                    let moved_ns = clock_ns - start_ns;
+                    // A clock gone back (a reset) keeps the rate it had.
+                    if moved_ns >= 0 {
+                        self.rate = Some(moved_ns as f64 / elapsed.as_nanos() as f64);
+                    }
+                    self.window_start = Some((wall, clock_ns));
+                }
+            }
+            None => self.window_start = Some((wall, clock_ns)),
+        }
+        if wait_ns == 0 || stood_still {
+            return self.poll;
+        }
+        let Some(rate) = self.rate else {
+            // Short looks until the first window gives the rate.
+            return (Self::WINDOW / 10).min(self.poll);
+        };
+        let wall_to_go = Duration::from_nanos((wait_ns as f64 / rate.max(1.0)) as u64);
+        wall_to_go.clamp(self.min_sleep, self.poll)
+    }
+}
+
 /// The control thread's state: everything one tick touches, allocated up front.
 pub struct ControlTick {
     core: ControlCore,
@@ -476,23 +540,14 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
     threads.push(std::thread::Builder::new().name("df_planner".into()).spawn(move || {
         let mut buffers = PlanBuffers::new(recycle_rx);
         let mut executed_now = vec![0.0; action_dim];
-        let mut last_error: Option<String> = None;
         let (mut skipped_unsaid, mut last_skip_said) = (0u64, None);
         let mut pacer = StepPacer::new(step, plan_slack);
-        // A wait sleeps at most this long of the wall's time (the node's clock may run faster),
-        // and at least 50 µs (a sim clock read a few ns short of a slot is not worth a spin).
-        let (poll, min_sleep) = (step / 4, Duration::from_micros(50));
-        let mut last_look_ns = None;
+        let mut napper = Napper::new(step);
         while !s.load(Ordering::Acquire) {
             let now_ns = clock.now_ns();
-            // A clock that has not moved since the last look (a paused simulator, a /clock
-            // message not yet in) will not reach the slot by itself.
-            let stood_still = last_look_ns.replace(now_ns) == Some(now_ns);
             let (skipped, reset) = match pacer.due(now_ns) {
                 Due::Wait(ns) => {
-                    let remaining = Duration::from_nanos(ns as u64);
-                    let nap = if ns == 0 || stood_still { poll } else { poll.min(remaining).max(min_sleep) };
-                    std::thread::sleep(nap);
+                    std::thread::sleep(napper.nap(Instant::now(), now_ns, ns));
                     continue;
                 }
                 Due::Step { skipped, reset } => (skipped, reset),
@@ -533,9 +588,6 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
                 &mut plan,
             ) {
                 Ok(StepOutcome::Planned) => {
-                    if last_error.take().is_some() {
-                        tracing::info!("planning recovered");
-                    }
                     latency.lock().clone_from(task.latency());
                     let _ = copy_tx.try_send(plan.clone());
                     if let Err(unsent) = plan_tx.try_send(plan) {
@@ -543,14 +595,10 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
                     }
                 }
                 Ok(_) => buffers.keep(plan),
-                Err(e) => {
+                Err(_) => {
+                    // Logged by the task.
                     buffers.keep(plan);
                     errors.fetch_add(1, Ordering::Relaxed);
-                    let msg = e.to_string();
-                    if last_error.as_deref() != Some(&msg) {
-                        tracing::warn!(error = %msg, "planning failed; the ticks run the current plan while it is due, else fall back");
-                        last_error = Some(msg);
-                    }
                 }
             }
             // The goal and the distance to it, for the diagnostics (the next step retries a
@@ -737,6 +785,49 @@ mod tests {
             }
         );
         assert_eq!(p.due(105 * ms), step(0));
+    }
+
+    /// The node clock's readings at each planner step, as the planner thread paces them with a
+    /// clock running `speed` times the wall's, read in quanta of `quantum_ms` of its own, and
+    /// steps (with their plans) that take `step_cost_ms` of wall time each.
+    fn paced_steps(speed: i64, quantum_ms: i64, step_cost_ms: u64) -> Vec<i64> {
+        let ms = 1_000_000;
+        let step = Duration::from_millis(100);
+        let (mut pacer, mut napper) = (StepPacer::new(step, 2 * step), Napper::new(step));
+        let start = Instant::now();
+        let mut wall = Duration::ZERO;
+        let mut steps = Vec::new();
+        while steps.len() < 50 {
+            let clock_ns = 1_000 * ms + (speed * wall.as_nanos() as i64) / (quantum_ms * ms) * (quantum_ms * ms);
+            match pacer.due(clock_ns) {
+                Due::Wait(ns) => wall += napper.nap(start + wall, clock_ns, ns),
+                Due::Step { .. } => {
+                    steps.push(clock_ns);
+                    wall += Duration::from_millis(step_cost_ms);
+                }
+            }
+        }
+        steps
+    }
+
+    #[test]
+    fn a_clock_faster_than_the_wall_still_gets_one_step_per_step_of_it() {
+        let ms = 1_000_000;
+        for (speed, quantum_ms) in [(1, 1), (4, 1), (8, 4), (20, 10)] {
+            let steps = paced_steps(speed, quantum_ms, 2);
+            // Every step (after the first, at the start) within a clock quantum and a step's cost
+            // of its slot, one step after the one before.
+            let late = (quantum_ms + 2 * speed) * ms;
+            for pair in steps[1..].windows(2) {
+                let gap = pair[1] - pair[0];
+                assert!(
+                    (100 * ms - late..=100 * ms + late).contains(&gap),
+                    "{speed}x real time, quantum {quantum_ms} ms: steps {} ms apart, in {:?}",
+                    gap as f64 / 1e6,
+                    steps.iter().map(|s| s / ms).collect::<Vec<_>>()
+                );
+            }
+        }
     }
 
     #[test]

@@ -41,9 +41,6 @@ pub struct OfflineLoop {
     spare: Option<Box<Plan>>,
     plan_errors: u64,
     states_rejected: u64,
-    last_plan_error: Option<String>,
-    /// The latest plan attempt failed (a recovery is logged).
-    plan_failing: bool,
     tick_latency: Histogram,
 }
 
@@ -73,8 +70,6 @@ impl OfflineLoop {
             spare,
             plan_errors: 0,
             states_rejected: 0,
-            last_plan_error: None,
-            plan_failing: false,
             tick_latency: Histogram::default(),
         }
     }
@@ -93,7 +88,7 @@ impl OfflineLoop {
     }
 
     pub fn plan_errors(&self) -> (u64, Option<&str>) {
-        (self.plan_errors, self.last_plan_error.as_deref())
+        (self.plan_errors, self.task.last_error())
     }
 
     fn start_at(&mut self, t_ns: i64) {
@@ -177,21 +172,13 @@ impl OfflineLoop {
         let images = cameras.map(|n| &images[..n]);
         match self.task.step(t_ns, self.state.as_ref(), executed, images, &mut plan) {
             Ok(StepOutcome::Planned) => {
-                if std::mem::take(&mut self.plan_failing) {
-                    tracing::info!("planning recovered");
-                }
                 sink.plan(&plan);
                 self.spare = self.core.install(plan);
             }
             Ok(_) => self.spare = Some(plan),
-            Err(e) => {
+            Err(_) => {
+                // Logged by the task.
                 self.plan_errors += 1;
-                let msg = e.to_string();
-                if !self.plan_failing || self.last_plan_error.as_deref() != Some(&msg) {
-                    tracing::warn!(error = %msg, "planning failed; the ticks run the current plan while it is due, else fall back");
-                }
-                self.plan_failing = true;
-                self.last_plan_error = Some(msg);
                 self.spare = Some(plan);
             }
         }

@@ -71,6 +71,16 @@ pub struct RuntimeConfig {
     pub intra_threads: usize,
 }
 
+impl RuntimeConfig {
+    /// The intra-op threads ORT is asked for: `intra_threads` capped at this machine's cores, since
+    /// more only slow inference down, and a slip such as 100000 left ORT's session builder
+    /// spawning threads for minutes. 0 stays 0 (ORT's default).
+    pub fn intra_threads_capped(&self) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.intra_threads.min(cores)
+    }
+}
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {

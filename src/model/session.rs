@@ -239,6 +239,14 @@ impl OnnxDenoiser {
         }
         let env = environment(runtime)?;
         let providers = execution_providers(runtime)?;
+        let threads = runtime.intra_threads_capped();
+        if threads != runtime.intra_threads {
+            tracing::warn!(
+                requested = runtime.intra_threads,
+                using = threads,
+                "runtime.intra_threads exceeds this machine's cores; using one thread per core"
+            );
+        }
         let open = |p: &Path| -> Result<Session, ModelError> {
             let ort_err = |e: String| ModelError::Ort {
                 path: p.to_owned(),
@@ -248,7 +256,7 @@ impl OnnxDenoiser {
                 .map_err(|e| ort_err(e.to_string()))?
                 .with_optimization_level(GraphOptimizationLevel::All)
                 .map_err(|e| ort_err(e.to_string()))?
-                .with_intra_threads(runtime.intra_threads)
+                .with_intra_threads(threads)
                 .map_err(|e| ort_err(e.to_string()))?
                 .with_execution_providers(providers.clone())
                 .map_err(|e| ort_err(e.to_string()))?

@@ -45,6 +45,11 @@ pub struct PlannerTask {
     observation: Vec<f64>,
     latency: Histogram,
     goal: Option<NodeGoal>,
+    /// The latest step that failed, and whether steps still fail: a failure is logged when it
+    /// starts or its message changes, and the recovery once (a model failing every step would
+    /// flood the log).
+    last_error: Option<String>,
+    failing: bool,
 }
 
 impl PlannerTask {
@@ -62,6 +67,8 @@ impl PlannerTask {
             observation: vec![0.0; obs_dim],
             latency: Histogram::default(),
             goal: None,
+            last_error: None,
+            failing: false,
         }
     }
 
@@ -137,6 +144,11 @@ impl PlannerTask {
         self.plan_next = false;
     }
 
+    /// The error of the latest step that failed, recovered or not.
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
     pub fn replan_every(&self) -> usize {
         self.replan_every
     }
@@ -152,6 +164,34 @@ impl PlannerTask {
     }
 
     pub fn step(
+        &mut self,
+        now_ns: i64,
+        state: Option<&StateSample>,
+        executed_action: &[f64],
+        images: Option<&[&[u8]]>,
+        plan: &mut Plan,
+    ) -> Result<StepOutcome, PlanError> {
+        let outcome = self.attempt_step(now_ns, state, executed_action, images, plan);
+        match &outcome {
+            Ok(StepOutcome::Planned) => {
+                if std::mem::take(&mut self.failing) {
+                    tracing::info!("planning recovered");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let msg = e.to_string();
+                if !self.failing || self.last_error.as_deref() != Some(&msg) {
+                    tracing::warn!(error = %msg, "planning failed; the ticks run the current plan while it is due, else fall back");
+                }
+                self.failing = true;
+                self.last_error = Some(msg);
+            }
+        }
+        outcome
+    }
+
+    fn attempt_step(
         &mut self,
         now_ns: i64,
         state: Option<&StateSample>,
@@ -329,6 +369,60 @@ mod tests {
         for expected in [Planned, Recorded, Planned, Recorded, Recorded, Planned] {
             assert_eq!(step(&mut task).unwrap(), expected);
         }
+    }
+
+    #[test]
+    fn a_failure_is_logged_when_it_starts_or_changes_and_the_recovery_once() {
+        use std::sync::Arc;
+
+        #[derive(Clone, Default)]
+        struct Log(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Log {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = Log::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let lines = |needle: &str| {
+            let text = String::from_utf8(log.0.lock().clone()).unwrap();
+            text.lines().filter(|l| l.contains(needle)).count()
+        };
+
+        let (p, seen) = planner(false, 1);
+        let mut task = PlannerTask::new(p, 1, 100_000_000);
+        let mut plan = task.new_plan();
+        let good = StateSample::new(0, &[0.5, 0.5], &[0.0, 0.0]).unwrap();
+        let wrong = StateSample::new(0, &[0.5, 0.5, 0.5], &[]).unwrap();
+        let failed = "planning failed";
+        tracing::subscriber::with_default(subscriber, || {
+            let mut step = |task: &mut PlannerTask, state: &StateSample| {
+                task.step(0, Some(state), &[0.0, 0.0], None, &mut plan).is_ok()
+            };
+            assert!(step(&mut task, &good));
+            seen.lock().nan = true;
+            assert!(!step(&mut task, &good) && !step(&mut task, &good));
+            assert_eq!(lines(failed), 1, "a model failing every step is logged once");
+            assert!(!step(&mut task, &wrong) && !step(&mut task, &wrong));
+            assert_eq!(lines(failed), 2, "another error is logged");
+            seen.lock().nan = false;
+            assert!(step(&mut task, &good) && step(&mut task, &good));
+            assert_eq!(lines("planning recovered"), 1);
+            assert!(
+                task.last_error().unwrap().contains("robot state"),
+                "kept after the recovery"
+            );
+            assert!(!step(&mut task, &wrong));
+            assert_eq!(lines(failed), 3, "the same error after a recovery is logged again");
+        });
     }
 
     #[test]
