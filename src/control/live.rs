@@ -181,42 +181,35 @@ impl StepPacer {
 
 /// How long the planner thread sleeps before it looks at the node's clock again, in the wall's
 /// time. The node's clock may run faster than the wall's (a simulator at several times real
-/// time): its rate, measured between looks, turns the node time still to go into wall time,
-/// since a nap of the node time would oversleep the slot by several steps, and the steps after
-/// it would then run back to back, their history frames bunched in the node's time.
+/// time): its rate, measured over windows of wall time, turns the node time still to go into
+/// wall time, since a nap of the node time would oversleep the slot by most of a step, and the
+/// steps after it would then run back to back, their history frames bunched in the node's time.
 struct Napper {
     /// The longest nap, in wall time.
     poll: Duration,
-    /// The shortest: a sim clock read a few ns short of a slot is not worth a spin.
-    min_sleep: Duration,
-    /// Node ns per wall ns over the latest window (None before the first); never taken below 1
-    /// (a slower clock only makes the thread look early and sleep again).
+    /// Node ns per wall ns over the latest window (None before the first).
     rate: Option<f64>,
     /// Where the current rate window started.
     window_start: Option<(Instant, i64)>,
-    last_clock_ns: Option<i64>,
 }
 
 impl Napper {
     /// A rate window: long enough that a sim clock's quantum hardly shows in it.
     const WINDOW: Duration = Duration::from_millis(10);
+    /// The shortest nap: a sim clock read a few ns short of a slot is not worth a spin.
+    const MIN_NAP: Duration = Duration::from_micros(50);
 
     fn new(step: Duration) -> Self {
         Self {
             poll: step / 4,
-            min_sleep: Duration::from_micros(50),
             rate: None,
             window_start: None,
-            last_clock_ns: None,
         }
     }
 
     /// The nap after a look at `wall`, the clock reading `clock_ns`, with `wait_ns` of it to go
     /// (0: the clock has not started).
     fn nap(&mut self, wall: Instant, clock_ns: i64, wait_ns: i64) -> Duration {
-        // A clock that has not moved since the last look (a paused simulator, a /clock message
-        // not yet in) will not reach the slot by itself.
-        let stood_still = self.last_clock_ns.replace(clock_ns) == Some(clock_ns);
         match self.window_start {
             Some((start, start_ns)) => {
                 let elapsed = wall.saturating_duration_since(start);
@@ -231,15 +224,21 @@ impl Napper {
             }
             None => self.window_start = Some((wall, clock_ns)),
         }
-        if wait_ns == 0 || stood_still {
-            return self.poll;
-        }
-        let Some(rate) = self.rate else {
+        match self.rate {
+            // Not started, or stood still for a window (a paused simulator, /clock not coming):
+            // it will not reach the slot by itself.
+            _ if wait_ns == 0 => self.poll,
+            Some(rate) if rate == 0.0 => self.poll,
             // Short looks until the first window gives the rate.
-            return (Self::WINDOW / 10).min(self.poll);
-        };
-        let wall_to_go = Duration::from_nanos((wait_ns as f64 / rate.max(1.0)) as u64);
-        wall_to_go.clamp(self.min_sleep, self.poll)
+            None => (Self::WINDOW / 10).min(self.poll),
+            // Half the wall time to go, so that a rate measured up to twice too low (a clock
+            // read in coarse quanta) does not oversleep; a slower clock than the wall's only
+            // makes the thread look early and sleep again.
+            Some(rate) => {
+                let wall_to_go = wait_ns as f64 / rate.max(1.0);
+                Duration::from_nanos((wall_to_go / 2.0) as u64).clamp(Self::MIN_NAP, self.poll)
+            }
+        }
     }
 }
 
@@ -813,7 +812,7 @@ mod tests {
     #[test]
     fn a_clock_faster_than_the_wall_still_gets_one_step_per_step_of_it() {
         let ms = 1_000_000;
-        for (speed, quantum_ms) in [(1, 1), (4, 1), (8, 4), (20, 10)] {
+        for (speed, quantum_ms) in [(1, 1), (4, 1), (8, 4), (8, 20), (20, 10), (20, 50)] {
             let steps = paced_steps(speed, quantum_ms, 2);
             // Every step (after the first, at the start) within a clock quantum and a step's cost
             // of its slot, one step after the one before.
@@ -828,6 +827,15 @@ mod tests {
                 );
             }
         }
+        // A paused clock with a slot 30 ms ahead: short looks for the first rate window, then a
+        // full poll (25 ms) each, not a spin.
+        let mut napper = Napper::new(Duration::from_millis(100));
+        let (start, mut wall, mut looks) = (Instant::now(), Duration::ZERO, 0);
+        while wall < Duration::from_secs(1) {
+            wall += napper.nap(start + wall, 5 * ms, 30 * ms);
+            looks += 1;
+        }
+        assert!(looks <= 50, "{looks} looks at a paused clock in a second");
     }
 
     #[test]
