@@ -228,7 +228,7 @@ impl Napper {
             // Not started, or stood still for a window (a paused simulator, /clock not coming):
             // it will not reach the slot by itself.
             _ if wait_ns == 0 => self.poll,
-            Some(rate) if rate == 0.0 => self.poll,
+            Some(rate) if rate <= 0.0 => self.poll,
             // Short looks until the first window gives the rate.
             None => (Self::WINDOW / 10).min(self.poll),
             // Half the wall time to go, so that a rate measured up to twice too low (a clock
