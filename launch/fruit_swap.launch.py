@@ -43,6 +43,10 @@ def generate_launch_description():
             "use_sim_time", default_value="false",
             description="Follow /clock for stamps and staleness (simulation or bag playback)."),
         DeclareLaunchArgument(
+            "onnxruntime_library", default_value="",
+            description="libonnxruntime.so to load (ORT_DYLIB_PATH); empty: the config's "
+                        "model.runtime.onnxruntime_library, else the one scripts/setup.sh installed."),
+        DeclareLaunchArgument(
             "log_level", default_value="info",
             description="RUST_LOG-style filter for the node's tracing output (e.g. info, df_planner=debug)."),
         Node(
@@ -60,7 +64,7 @@ def generate_launch_description():
                 ("/ee_state", arg("ee_state")),
                 ("/df_planner/action", arg("action")),
             ],
-            additional_env={"RUST_LOG": arg("log_level")},
+            additional_env={"RUST_LOG": arg("log_level"), "ORT_DYLIB_PATH": arg("onnxruntime_library")},
             output="screen",
             emulate_tty=True,
         ),

@@ -14,7 +14,8 @@ from launch_ros.substitutions import FindPackageShare
 
 def generate_launch_description():
     maze = LaunchConfiguration("maze")
-    default_config = PathJoinSubstitution([FindPackageShare("df_planner"), "config", ["maze2d_", maze, ".yaml"]])
+    # A path component made of a list needs launch from 2025 on: join the name as text instead.
+    default_config = [PathJoinSubstitution([FindPackageShare("df_planner"), "config"]), "/maze2d_", maze, ".yaml"]
     return LaunchDescription([
         DeclareLaunchArgument(
             "maze", default_value="umaze", choices=["umaze", "medium", "large"],
@@ -28,6 +29,10 @@ def generate_launch_description():
             "use_sim_time", default_value="false",
             description="Follow /clock for stamps and staleness (simulation or bag playback)."),
         DeclareLaunchArgument(
+            "onnxruntime_library", default_value="",
+            description="libonnxruntime.so to load (ORT_DYLIB_PATH); empty: the config's "
+                        "model.runtime.onnxruntime_library, else the one scripts/setup.sh installed."),
+        DeclareLaunchArgument(
             "log_level", default_value="info",
             description="RUST_LOG-style filter for the node's tracing output (e.g. info, df_planner=debug)."),
         Node(
@@ -39,7 +44,7 @@ def generate_launch_description():
                 "config": LaunchConfiguration("config"),
                 "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
             }],
-            additional_env={"RUST_LOG": LaunchConfiguration("log_level")},
+            additional_env={"RUST_LOG": LaunchConfiguration("log_level"), "ORT_DYLIB_PATH": LaunchConfiguration("onnxruntime_library")},
             output="screen",
             emulate_tty=True,
         ),

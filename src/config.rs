@@ -165,7 +165,8 @@ pub struct ControlSection {
     /// nothing until a fresh state says where the robot is; from there `hold` keeps it in
     /// place until a plan moves it, `stop` moves it to `stop_action` at `safety.max_rate`, and
     /// the first plan action is rate-limited from it; the same again after the clock goes back
-    /// (a simulator reset). Empty (default): actions are not positions (forces, velocities).
+    /// (a simulator reset). Empty (default): actions are not positions (forces, velocities);
+    /// required for the position outputs `joint_trajectory` and `pose_stamped`.
     #[serde(default)]
     pub measured_action: Vec<usize>,
 }
@@ -313,7 +314,7 @@ impl NodeConfig {
         })?;
         let mut cfg = Self::parse(&text, path)?;
         if cfg.model.path.is_relative() {
-            cfg.model.path = package_root(path).join(&cfg.model.path);
+            cfg.model.path = model_in_package(&package_root(path), &cfg.model.path);
         }
         Ok(cfg)
     }
@@ -419,6 +420,15 @@ impl NodeConfig {
                 "control.measured_action",
                 format!("[] (actions are not positions) or {n} state indices, one per action dimension"),
                 format!("{measured} indices"),
+            ));
+        }
+        if measured == 0 && self.topics.action_type != ActionType::Float64MultiArray {
+            // Position targets held or stopped before any measurement would command
+            // stop_action wherever the arm is.
+            return Err(bad(
+                "control.measured_action",
+                "the state indices the actions are positions of: joint_trajectory and pose_stamped outputs are position targets".into(),
+                "[]".into(),
             ));
         }
         if measured != 0 && self.topics.state_joints.is_empty() {
@@ -611,8 +621,7 @@ fn over_bases(mut value: Value, path: &Path, chain: &mut Vec<Link>) -> Result<Va
     // The base's own relative model path, from the base's package root (as `load` does).
     if let Some(Value::String(model)) = base_value.get_mut("model").and_then(|m| m.get_mut("path")) {
         if Path::new(model.as_str()).is_relative() {
-            *model = package_root(&base_path)
-                .join(model.as_str())
+            *model = model_in_package(&package_root(&base_path), Path::new(model.as_str()))
                 .to_string_lossy()
                 .into_owned();
         }
@@ -631,6 +640,22 @@ fn package_root(config: &Path) -> PathBuf {
         .unwrap_or(Path::new("."));
     let folder = folder.canonicalize().unwrap_or_else(|_| folder.to_owned());
     folder.parent().map_or(folder.clone(), Path::to_owned)
+}
+
+/// A relative model path in the package at `root`. In a colcon install (`share/df_planner`)
+/// the models are in `models/`, not `onnx/models/`: cargo-ament-build installs each
+/// `install_to_share` entry under its last name only.
+fn model_in_package(root: &Path, model: &Path) -> PathBuf {
+    let in_tree = root.join(model);
+    if !in_tree.exists() {
+        if let Ok(name) = model.strip_prefix("onnx/models") {
+            let installed = root.join("models").join(name);
+            if installed.exists() {
+                return installed;
+            }
+        }
+    }
+    in_tree
 }
 
 /// A config's path as the chain of bases records it: canonical where it exists.

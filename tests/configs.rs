@@ -87,6 +87,18 @@ fn measured_action_names_one_state_position_per_action() {
         e.ends_with("`control.measured_action`: expected [] (actions are not positions) or 2 state indices, one per action dimension, got 1 indices"),
         "{e}"
     );
+    // Position outputs: without measured_action a hold would command stop_action, wherever
+    // the arm is.
+    for output in ["joint_trajectory\n  joint_names: [j0, j1]", "pose_stamped"] {
+        let yaml = text.replace("action_type: float64_multi_array", &format!("action_type: {output}"));
+        let e = NodeConfig::parse(&yaml, &path).unwrap_err().to_string();
+        assert!(
+            e.ends_with("`control.measured_action`: expected the state indices the actions are positions of: joint_trajectory and pose_stamped outputs are position targets, got []"),
+            "{e}"
+        );
+        let measured = yaml.replace("  fallback: hold", "  fallback: hold\n  measured_action: [0, 1]");
+        NodeConfig::parse(&measured, &path).unwrap();
+    }
     // state_joints lists 2 joints: positions 0 and 1.
     for (measured, fits) in [("[1, 0]", true), ("[0, 2]", false)] {
         let mut cfg = with(measured).unwrap();
@@ -282,6 +294,33 @@ fn a_relative_model_path_is_found_from_the_package_whatever_the_config_path_look
     ] {
         let cfg = NodeConfig::load(&pkg.join(config)).unwrap();
         assert_eq!(cfg.model.path, expected, "{config}");
+    }
+}
+
+#[test]
+fn in_a_colcon_install_the_models_are_found_where_cargo_ament_build_puts_them() {
+    // cargo-ament-build installs `onnx/models` as `share/df_planner/models`; the configs say
+    // `onnx/models/...`. A user's config over an installed one finds them too.
+    let share = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("install_{}/share/df_planner", std::process::id()));
+    std::fs::create_dir_all(share.join("config")).unwrap();
+    std::fs::create_dir_all(share.join("models")).unwrap();
+    std::fs::copy(
+        common::repo().join("config/pointmass.yaml"),
+        share.join("config/pointmass.yaml"),
+    )
+    .unwrap();
+    std::fs::write(share.join("models/pointmass.onnx"), b"").unwrap();
+    let mine = share.parent().unwrap().join("mine.yaml");
+    std::fs::write(&mine, "base: df_planner/config/pointmass.yaml\n").unwrap();
+    let expected = share.canonicalize().unwrap().join("models/pointmass.onnx");
+    for config in [share.join("config/pointmass.yaml"), mine] {
+        assert_eq!(
+            NodeConfig::load(&config).unwrap().model.path,
+            expected,
+            "{}",
+            config.display()
+        );
     }
 }
 

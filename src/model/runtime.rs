@@ -107,7 +107,9 @@ pub(crate) fn environment(cfg: &RuntimeConfig) -> Result<&'static Environment, M
     if let Some(env) = ENVIRONMENT.get() {
         return Ok(env);
     }
-    let path = match (&cfg.onnxruntime_library, std::env::var_os("ORT_DYLIB_PATH")) {
+    // An empty ORT_DYLIB_PATH is unset (the launch files pass their argument's empty default).
+    let from_env = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty());
+    let path = match (&cfg.onnxruntime_library, from_env) {
         (Some(p), _) => p.clone(),
         (None, Some(p)) => PathBuf::from(p),
         (None, None) => setup_venv_library().ok_or_else(|| {
