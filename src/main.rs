@@ -653,8 +653,8 @@ fn replay(a: ReplayArgs) -> Result<()> {
     let faults: Vec<String> = d.faults.iter().map(|(n, c)| format!("{n} {c}")).collect();
     writeln!(out, "faults       {}", faults.join(", "))?;
     let f = &d.frames;
-    writeln!(out, "frames       received {}, delivered {}, superseded {}, dropped {}, rejected: encoding {}, size {}, malformed {}, out of order {}, duplicate {}; clock resets {}",
-        f.received, f.delivered, f.superseded, f.dropped_full, f.rejected_encoding, f.rejected_size, f.rejected_malformed, f.rejected_out_of_order, f.rejected_duplicate, f.clock_resets)?;
+    writeln!(out, "frames       received {}, delivered {}, superseded {}, rejected: encoding {}, size {}, malformed {}, out of order {}, duplicate {}; clock resets {}",
+        f.received, f.delivered, f.superseded, f.rejected_encoding, f.rejected_size, f.rejected_malformed, f.rejected_out_of_order, f.rejected_duplicate, f.clock_resets)?;
     match d.goal {
         Some(g) => writeln!(
             out,

@@ -518,7 +518,6 @@ fn diagnostic_array(header: Header, d: &Diagnostics, previous: Option<&Diagnosti
         ("frames.received", f.received),
         ("frames.delivered", f.delivered),
         ("frames.superseded", f.superseded),
-        ("frames.dropped_full", f.dropped_full),
         ("frames.rejected_encoding", f.rejected_encoding),
         ("frames.rejected_size", f.rejected_size),
         ("frames.rejected_malformed", f.rejected_malformed),

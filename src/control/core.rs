@@ -102,7 +102,7 @@ pub struct TickReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TickInputs {
     pub now_ns: i64,
-    /// Stamp of the newest camera frame, if any.
+    /// Stamp of the camera frames: the stalest camera's newest (`CameraStats::stalest_stamp_ns`).
     pub frame_ns: Option<i64>,
     /// Stamp of the newest robot state, if any.
     pub state_ns: Option<i64>,

@@ -278,9 +278,10 @@ impl ControlTick {
         if let Some(s) = &self.last_state {
             self.core.observe_positions(s.stamp_ns, &s.position[..s.joints]);
         }
+        let now_ns = self.clock.now_ns();
         let inputs = TickInputs {
-            now_ns: self.clock.now_ns(),
-            frame_ns: self.frame_stats.newest_stamp_ns(),
+            now_ns,
+            frame_ns: self.frame_stats.stalest_stamp_ns(now_ns),
             state_ns: self.last_state.map(|s| s.stamp_ns),
         };
         let (report, retired) = self.core.tick(inputs, &mut self.out);

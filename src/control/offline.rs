@@ -189,7 +189,7 @@ impl OfflineLoop {
         let start = Instant::now();
         let inputs = TickInputs {
             now_ns: t_ns,
-            frame_ns: self.frame_stats.newest_stamp_ns(),
+            frame_ns: self.frame_stats.stalest_stamp_ns(t_ns),
             state_ns: self.state.map(|s| s.stamp_ns),
         };
         let (report, retired) = self.core.tick(inputs, &mut self.out);

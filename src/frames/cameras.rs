@@ -1,6 +1,6 @@
 //! Every camera the planner sees, one frame ring each: the callbacks write their own ring, the
 //! planner reads the newest frame of all of them together, and the control tick judges the
-//! freshness of the set by its oldest camera.
+//! freshness of the set by its stalest camera.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -60,18 +60,23 @@ impl Cameras {
 }
 
 impl CameraStats {
-    /// The stamp of the oldest camera's newest frame: the set is as fresh as that. None when a
-    /// camera has sent nothing yet, or when there are no cameras.
-    pub fn newest_stamp_ns(&self) -> Option<i64> {
-        let mut oldest: Option<i64> = None;
+    /// Of the cameras' newest frames, the stamp furthest from `now_ns` either way: the set is
+    /// as fresh as that (a camera stamped ahead of the clock, as after a simulator reset while
+    /// it was silent, must be judged too, not hidden behind the oldest). None when a camera has
+    /// sent nothing yet, or when there are no cameras.
+    pub fn stalest_stamp_ns(&self, now_ns: i64) -> Option<i64> {
+        let mut stalest: Option<i64> = None;
         for s in &self.0 {
             let stamp = s.newest_stamp_ns.load(Ordering::Acquire);
             if stamp == i64::MIN {
                 return None;
             }
-            oldest = Some(oldest.map_or(stamp, |o| o.min(stamp)));
+            let off = |t: i64| now_ns.abs_diff(t);
+            if stalest.is_none_or(|worst| off(stamp) > off(worst)) {
+                stalest = Some(stamp);
+            }
         }
-        oldest
+        stalest
     }
 
     /// Counters summed over the cameras.
@@ -109,15 +114,18 @@ mod tests {
     }
 
     #[test]
-    fn the_set_is_complete_and_as_fresh_as_its_oldest_camera() {
+    fn the_set_is_complete_and_as_fresh_as_its_stalest_camera() {
         let (mut writers, mut cameras) = camera_rings(&[ring("/front"), ring("/wrist")]);
         let stats = cameras.stats();
         writers[0].write(&pixel(10, &[1, 2, 3])).unwrap();
-        assert_eq!(stats.newest_stamp_ns(), None, "the wrist camera has sent nothing");
+        assert_eq!(stats.stalest_stamp_ns(10), None, "the wrist camera has sent nothing");
         assert_eq!(cameras.latest(&mut [&[]; MAX_CAMERAS]), None);
         writers[1].write(&pixel(5, &[4, 5, 6])).unwrap();
         writers[0].write(&pixel(20, &[7, 8, 9])).unwrap();
-        assert_eq!(stats.newest_stamp_ns(), Some(5));
+        assert_eq!(stats.stalest_stamp_ns(20), Some(5));
+        // A camera stamped ahead of the clock is the staler one when it is further off.
+        assert_eq!(stats.stalest_stamp_ns(12), Some(20));
+        assert_eq!(stats.stalest_stamp_ns(13), Some(5));
         let mut out: [&[u8]; MAX_CAMERAS] = [&[]; MAX_CAMERAS];
         assert_eq!(cameras.latest(&mut out), Some(2));
         assert_eq!((out[0], out[1]), (&[7, 8, 9][..], &[4, 5, 6][..]));

@@ -1,14 +1,16 @@
-//! A single-producer / single-consumer ring of preallocated frames between the camera
-//! callback (writer) and the planner (reader). Frames cycle through two lock-free rings:
-//! `free` (reader → writer) and `filled` (writer → reader), so nothing is allocated after
-//! start-up. Newest wins: the reader drains `filled` and keeps only the newest frame, handing
-//! the older ones back and counting them as dropped. If the reader stalls until no free frame
-//! is left, incoming frames are dropped and counted instead (and the stale-camera watchdog
-//! fires).
+//! A ring of preallocated frames between the camera callback (writer) and the planner
+//! (reader). Frames cycle through two lock-free rings: `free` (reader → writer) and `filled`
+//! (writer → reader), so nothing is allocated after start-up. Newest wins: the reader drains
+//! `filled` and keeps only the newest frame, handing the older ones back and counting them as
+//! superseded. While the reader is away (a plan takes a while) and no free frame is left, the
+//! writer takes the oldest frame back out of `filled` for the new one, so that the newest
+//! always gets through and the stale-camera watchdog judges the camera, not the planner's
+//! pace; `filled` is therefore a bounded crossbeam channel, which both ends may take from.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crossbeam_channel::{bounded, Receiver, Sender};
 use ringbuf::traits::{Consumer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 
@@ -25,12 +27,11 @@ pub fn clock_reset(previous_ns: i64, ns: i64) -> bool {
 
 /// Counters shared by writer and reader. Every frame received ends up counted once as
 /// delivered (handed to the planner), superseded (replaced by a newer one before the planner
-/// looked), dropped_full, or rejected_*; up to ring capacity + 1 may still be in flight.
+/// looked), or rejected_*; up to ring capacity + 1 may still be in flight.
 #[derive(Debug, Default)]
 pub struct FrameStats {
     pub received: AtomicU64,
     pub superseded: AtomicU64,
-    pub dropped_full: AtomicU64,
     pub rejected_encoding: AtomicU64,
     pub rejected_size: AtomicU64,
     pub rejected_malformed: AtomicU64,
@@ -47,7 +48,6 @@ pub struct FrameStats {
 pub struct FrameStatsSnapshot {
     pub received: u64,
     pub superseded: u64,
-    pub dropped_full: u64,
     pub rejected_encoding: u64,
     pub rejected_size: u64,
     pub rejected_malformed: u64,
@@ -63,7 +63,6 @@ impl std::ops::Add for FrameStatsSnapshot {
         Self {
             received: self.received + o.received,
             superseded: self.superseded + o.superseded,
-            dropped_full: self.dropped_full + o.dropped_full,
             rejected_encoding: self.rejected_encoding + o.rejected_encoding,
             rejected_size: self.rejected_size + o.rejected_size,
             rejected_malformed: self.rejected_malformed + o.rejected_malformed,
@@ -81,7 +80,6 @@ impl FrameStats {
         FrameStatsSnapshot {
             received: r(&self.received),
             superseded: r(&self.superseded),
-            dropped_full: r(&self.dropped_full),
             rejected_encoding: r(&self.rejected_encoding),
             rejected_size: r(&self.rejected_size),
             rejected_malformed: r(&self.rejected_malformed),
@@ -95,7 +93,9 @@ impl FrameStats {
 
 pub struct FrameWriter {
     free: HeapCons<Box<Frame>>,
-    filled: HeapProd<Box<Frame>>,
+    filled: Sender<Box<Frame>>,
+    /// `filled` from the writer's end: where it takes back the oldest undelivered frame.
+    reclaim: Receiver<Box<Frame>>,
     /// A frame taken from `free` and not yet filled: kept across decode errors so that no
     /// frame leaves the pool.
     spare: Option<Box<Frame>>,
@@ -106,7 +106,7 @@ pub struct FrameWriter {
 
 pub struct FrameReader {
     free: HeapProd<Box<Frame>>,
-    filled: HeapCons<Box<Frame>>,
+    filled: Receiver<Box<Frame>>,
     current: Option<Box<Frame>>,
     /// Whether `current` was handed to the planner (else replacing it counts as superseded).
     current_seen: bool,
@@ -117,9 +117,9 @@ pub struct FrameReader {
 /// sizes resized as `resize` says.
 pub fn frame_ring(capacity: usize, width: u32, height: u32, resize: Resize) -> (FrameWriter, FrameReader) {
     // capacity in flight + the reader's current frame + the one being written.
-    let pool = capacity + 2;
+    let pool = capacity.max(1) + 2;
     let (mut free_prod, free_cons) = HeapRb::<Box<Frame>>::new(pool).split();
-    let (filled_prod, filled_cons) = HeapRb::<Box<Frame>>::new(pool).split();
+    let (filled_tx, filled_rx) = bounded::<Box<Frame>>(pool);
     for _ in 0..pool {
         let _ = free_prod.try_push(Box::new(Frame::new(width, height)));
     }
@@ -130,7 +130,8 @@ pub fn frame_ring(capacity: usize, width: u32, height: u32, resize: Resize) -> (
     (
         FrameWriter {
             free: free_cons,
-            filled: filled_prod,
+            filled: filled_tx,
+            reclaim: filled_rx.clone(),
             spare: None,
             last_stamp_ns: None,
             resize,
@@ -138,7 +139,7 @@ pub fn frame_ring(capacity: usize, width: u32, height: u32, resize: Resize) -> (
         },
         FrameReader {
             free: free_prod,
-            filled: filled_cons,
+            filled: filled_rx,
             current: None,
             current_seen: false,
             stats,
@@ -168,12 +169,18 @@ impl FrameWriter {
             }
         }
         if self.spare.is_none() {
-            self.spare = self.free.try_pop();
+            self.spare = self.free.try_pop().or_else(|| {
+                // The reader is away and every other frame waits for it: the oldest makes room.
+                let oldest = self.reclaim.try_recv().ok();
+                if oldest.is_some() {
+                    s.superseded.fetch_add(1, Ordering::Relaxed);
+                }
+                oldest
+            });
         }
-        let Some(frame) = self.spare.as_mut() else {
-            s.dropped_full.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        };
+        // The pool (capacity + 2, at least 3) outnumbers what the reader can hold at once (its
+        // current frame and one it is swapping in), so a frame is always free or waiting.
+        let frame = self.spare.as_mut().expect("a frame free or waiting in the pool");
         if let Err(e) = decode_into(img, frame, self.resize) {
             let counter = match e {
                 FrameError::Encoding { .. } => &s.rejected_encoding,
@@ -191,7 +198,7 @@ impl FrameWriter {
         self.last_stamp_ns = Some(img.stamp_ns);
         s.newest_stamp_ns.store(img.stamp_ns, Ordering::Release);
         let frame = self.spare.take().expect("checked above");
-        if self.filled.try_push(frame).is_err() {
+        if self.filled.try_send(frame).is_err() {
             unreachable!("the pool never holds more frames than `filled` can take");
         }
         Ok(())
@@ -205,7 +212,7 @@ impl FrameWriter {
 impl FrameReader {
     /// The newest frame received so far (older undelivered ones are returned to the pool).
     pub fn latest(&mut self) -> Option<&Frame> {
-        while let Some(frame) = self.filled.try_pop() {
+        while let Ok(frame) = self.filled.try_recv() {
             if let Some(old) = self.current.replace(frame) {
                 if !self.current_seen {
                     self.stats.superseded.fetch_add(1, Ordering::Relaxed);
@@ -256,25 +263,33 @@ mod tests {
         // Asking again without new frames returns the same frame and counts nothing new.
         assert_eq!(r.latest().unwrap().stamp_ns, 2);
         let s = w.stats().snapshot();
-        assert_eq!((s.received, s.delivered, s.superseded, s.dropped_full), (3, 1, 2, 0));
+        assert_eq!((s.received, s.delivered, s.superseded), (3, 1, 2));
     }
 
     #[test]
-    fn a_stalled_reader_drops_incoming_frames_and_the_pool_survives() {
+    fn a_reader_away_gets_the_newest_frame_and_the_writer_keeps_its_stamp_fresh() {
         let (mut w, mut r) = frame_ring(2, 2, 2, Resize::Exact);
         let mut buf = Vec::new();
+        assert_eq!(r.latest(), None);
+        // The planner is away for 10 frames: the pool (capacity + 2 = 4) fills after 4, and
+        // each later frame takes the oldest waiting one's place.
         for i in 0..10 {
-            w.write(&img(i, 0, &mut buf)).unwrap();
+            w.write(&img(i, i as u8, &mut buf)).unwrap();
+            assert_eq!(w.stats().newest_stamp_ns.load(Ordering::Acquire), i);
         }
+        assert_eq!(w.stats().snapshot().superseded, 6);
+        let f = r.latest().unwrap();
+        assert_eq!((f.stamp_ns, f.rgb[0]), (9, 9));
         let s = w.stats().snapshot();
-        assert_eq!(s.dropped_full, 10 - 4, "pool = capacity + 2 frames");
-        assert_eq!(r.latest().unwrap().stamp_ns, 3);
-        // After draining, every frame but the reader's current one is free again.
-        for i in 10..13 {
-            w.write(&img(i, 0, &mut buf)).unwrap();
+        assert_eq!((s.received, s.delivered, s.superseded), (10, 1, 9));
+        // The reader holds one frame; the other three cycle on.
+        for i in 10..20 {
+            w.write(&img(i, i as u8, &mut buf)).unwrap();
         }
-        assert_eq!(w.stats().snapshot().dropped_full, 6);
-        assert_eq!(r.latest().unwrap().stamp_ns, 12);
+        let f = r.latest().unwrap();
+        assert_eq!((f.stamp_ns, f.rgb[0]), (19, 19));
+        let s = w.stats().snapshot();
+        assert_eq!((s.received, s.delivered + s.superseded), (20, 20));
     }
 
     #[test]
@@ -333,7 +348,6 @@ mod tests {
         assert_eq!(r.latest().unwrap().stamp_ns, 5);
         w.write(&img(9, 0, &mut buf)).unwrap();
         assert_eq!(r.latest().unwrap().stamp_ns, 9);
-        assert_eq!(w.stats().snapshot().dropped_full, 0);
         // More data than step x height describes is refused too.
         let oversized = ImageView {
             data: &[0; 13],

@@ -45,11 +45,7 @@ pub struct PlannerTask {
     observation: Vec<f64>,
     latency: Histogram,
     goal: Option<NodeGoal>,
-    /// The latest step that failed, and whether steps still fail: a failure is logged when it
-    /// starts or its message changes, and the recovery once (a model failing every step would
-    /// flood the log).
-    last_error: Option<String>,
-    failing: bool,
+    failures: FailureLog,
 }
 
 impl PlannerTask {
@@ -67,8 +63,7 @@ impl PlannerTask {
             observation: vec![0.0; obs_dim],
             latency: Histogram::default(),
             goal: None,
-            last_error: None,
-            failing: false,
+            failures: FailureLog::default(),
         }
     }
 
@@ -146,7 +141,7 @@ impl PlannerTask {
 
     /// The error of the latest step that failed, recovered or not.
     pub fn last_error(&self) -> Option<&str> {
-        self.last_error.as_deref()
+        self.failures.last_error.as_deref()
     }
 
     pub fn replan_every(&self) -> usize {
@@ -174,18 +169,15 @@ impl PlannerTask {
         let outcome = self.attempt_step(now_ns, state, executed_action, images, plan);
         match &outcome {
             Ok(StepOutcome::Planned) => {
-                if std::mem::take(&mut self.failing) {
+                if self.failures.planned() {
                     tracing::info!("planning recovered");
                 }
             }
             Ok(_) => {}
             Err(e) => {
-                let msg = e.to_string();
-                if !self.failing || self.last_error.as_deref() != Some(&msg) {
+                if let Some(msg) = self.failures.failed(e.to_string()) {
                     tracing::warn!(error = %msg, "planning failed; the ticks run the current plan while it is due, else fall back");
                 }
-                self.failing = true;
-                self.last_error = Some(msg);
             }
         }
         outcome
@@ -290,6 +282,30 @@ impl PlannerTask {
     }
 }
 
+/// Which plan failures the log tells: a failure when it starts or its message changes, and the
+/// recovery once (a model failing every step would flood the log).
+#[derive(Default)]
+struct FailureLog {
+    /// The latest step that failed, recovered or not.
+    last_error: Option<String>,
+    failing: bool,
+}
+
+impl FailureLog {
+    /// A step failed with `error`: the error when it is news.
+    fn failed(&mut self, error: String) -> Option<&str> {
+        let news = !self.failing || self.last_error.as_deref() != Some(error.as_str());
+        self.failing = true;
+        self.last_error = Some(error);
+        news.then_some(self.last_error.as_deref().expect("just set"))
+    }
+
+    /// A step planned: whether that ends a failure.
+    fn planned(&mut self) -> bool {
+        std::mem::take(&mut self.failing)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use parking_lot::Mutex;
@@ -372,57 +388,44 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_is_logged_when_it_starts_or_changes_and_the_recovery_once() {
-        use std::sync::Arc;
+    fn a_failure_is_told_when_it_starts_or_changes_and_the_recovery_once() {
+        let mut log = FailureLog::default();
+        let nan = || "the model's x0 is not finite".to_string();
+        let joints = || "robot state: expected 2 joints".to_string();
+        assert!(!log.planned(), "nothing to recover from");
+        assert!(log.failed(nan()).is_some());
+        assert!(log.failed(nan()).is_none(), "a model failing every step is told once");
+        assert_eq!(log.failed(joints()), Some(joints().as_str()), "another error");
+        assert!(log.planned());
+        assert!(!log.planned(), "the recovery once");
+        assert_eq!(
+            log.last_error.as_deref(),
+            Some(joints().as_str()),
+            "kept after the recovery"
+        );
+        assert!(
+            log.failed(joints()).is_some(),
+            "the same error after a recovery is news"
+        );
+    }
 
-        #[derive(Clone, Default)]
-        struct Log(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Log {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let log = Log::default();
-        let writer = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        let lines = |needle: &str| {
-            let text = String::from_utf8(log.0.lock().clone()).unwrap();
-            text.lines().filter(|l| l.contains(needle)).count()
-        };
-
+    #[test]
+    fn the_task_keeps_its_last_error_after_a_recovery() {
         let (p, seen) = planner(false, 1);
         let mut task = PlannerTask::new(p, 1, 100_000_000);
         let mut plan = task.new_plan();
-        let good = StateSample::new(0, &[0.5, 0.5], &[0.0, 0.0]).unwrap();
-        let wrong = StateSample::new(0, &[0.5, 0.5, 0.5], &[]).unwrap();
-        let failed = "planning failed";
-        tracing::subscriber::with_default(subscriber, || {
-            let mut step = |task: &mut PlannerTask, state: &StateSample| {
-                task.step(0, Some(state), &[0.0, 0.0], None, &mut plan).is_ok()
-            };
-            assert!(step(&mut task, &good));
-            seen.lock().nan = true;
-            assert!(!step(&mut task, &good) && !step(&mut task, &good));
-            assert_eq!(lines(failed), 1, "a model failing every step is logged once");
-            assert!(!step(&mut task, &wrong) && !step(&mut task, &wrong));
-            assert_eq!(lines(failed), 2, "another error is logged");
-            seen.lock().nan = false;
-            assert!(step(&mut task, &good) && step(&mut task, &good));
-            assert_eq!(lines("planning recovered"), 1);
-            assert!(
-                task.last_error().unwrap().contains("robot state"),
-                "kept after the recovery"
-            );
-            assert!(!step(&mut task, &wrong));
-            assert_eq!(lines(failed), 3, "the same error after a recovery is logged again");
-        });
+        let state = StateSample::new(0, &[0.5, 0.5], &[0.0, 0.0]).unwrap();
+        let mut step = |task: &mut PlannerTask| task.step(0, Some(&state), &[0.0, 0.0], None, &mut plan).is_ok();
+        assert!(step(&mut task) && task.last_error().is_none());
+        seen.lock().nan = true;
+        assert!(!step(&mut task));
+        seen.lock().nan = false;
+        assert!(step(&mut task));
+        assert!(
+            task.last_error().unwrap().contains("not finite"),
+            "{:?}",
+            task.last_error()
+        );
     }
 
     #[test]
