@@ -11,8 +11,9 @@
 //!   shorter (a camera that sent nothing this step). → `{"ok": true, "action": [...],
 //!   "source": "plan" | "hold" | "stop", "faults": [...], "replanned": bool,
 //!   "frame_errors": [...], "plan_error": null | "..."}`. A rejected frame is counted and
-//!   named in `frame_errors`; the tick then holds or stops as the config says, as on the
-//!   robot. `plan_error` says why a plan failed this step (the tick kept the last plan or
+//!   named in `frame_errors`, and the camera's previous frame serves, as on the robot, until
+//!   it is `safety.camera_timeout_s` old: then planning pauses and the tick holds or stops as
+//!   the config says. `plan_error` says why a plan failed this step (the tick kept the last plan or
 //!   fell back). A state of the wrong size is refused before it reaches the loop.
 //! - `{"op": "stats"}` → `{"ok": true, "diagnostics": {...}}` (the node's diagnostics: ticks,
 //!   faults, hold/stop counts, plan and tick latency, frame counters) for the current episode.

@@ -199,9 +199,10 @@ pub fn node_parts(cfg: &NodeConfig) -> Result<(PlannerTask, ControlCore), NodeEr
 fn planner_task(cfg: &NodeConfig, planner: DfPlanner) -> Result<PlannerTask, NodeError> {
     let goal = node_goal(cfg, planner.contract())?;
     let step_ns = cfg.control.step().as_nanos() as i64;
-    let state_timeout_ns = (cfg.safety.state_timeout_s * 1e9) as i64;
+    let timeout_ns = |s: f64| (s * 1e9) as i64;
     Ok(PlannerTask::new(planner, cfg.planner.replan_every, step_ns)
-        .with_state_timeout(state_timeout_ns)
+        .with_state_timeout(timeout_ns(cfg.safety.state_timeout_s))
+        .with_camera_timeout(timeout_ns(cfg.safety.camera_timeout_s))
         .with_goal(goal))
 }
 

@@ -137,9 +137,9 @@ fn resizing_camera_frames_into_the_ring_does_not_allocate() {
     for k in 1..=100 {
         frames_in[0].write(&image(k)).unwrap();
         if k % 3 == 0 {
-            let mut latest = [&[][..]; MAX_CAMERAS];
-            assert_eq!(frames_out.latest(&mut latest), Some(1));
-            assert_eq!(&latest[0][..3], &[7, 7, 7]);
+            let (mut rgb, mut stamps) = ([&[][..]; MAX_CAMERAS], [0; MAX_CAMERAS]);
+            let latest = frames_out.latest(&mut rgb, &mut stamps).unwrap();
+            assert_eq!((&latest.rgb[0][..3], latest.stamps_ns[0]), (&[7, 7, 7][..], k * MS));
         }
     }
     let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
@@ -220,7 +220,10 @@ fn a_running_control_tick_does_not_allocate() {
             state.publish(StateSample::new(now, &[0.1, 0.2], &[0.0, 0.0]).unwrap());
             frames_in[0].write(&ImageView { stamp_ns: now, ..image }).unwrap();
             // The planner thread takes the newest frame, freeing the ring's slots.
-            let _ = frames_out.latest(&mut [&[]; df_planner::frames::MAX_CAMERAS]);
+            let _ = frames_out.latest(
+                &mut [&[]; df_planner::frames::MAX_CAMERAS],
+                &mut [0; df_planner::frames::MAX_CAMERAS],
+            );
         }
         tick.run(Duration::from_micros(50), period);
         // Drain what the publisher thread would take, and recycle as the planner would.

@@ -575,18 +575,12 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
             }
             task.goals_dropped(goals.dropped());
             let _plan = tracing::trace_span!("plan").entered();
-            let mut images: [&[u8]; MAX_CAMERAS] = [&[]; MAX_CAMERAS];
-            let cameras = frames.latest(&mut images);
+            let (mut rgb, mut stamps) = ([&[][..]; MAX_CAMERAS], [0; MAX_CAMERAS]);
+            let images = frames.latest(&mut rgb, &mut stamps);
             executed_now.copy_from_slice(&executed.lock());
             let mut plan = buffers.take(|| task.new_plan());
             let sample = state.read();
-            match task.step(
-                now_ns,
-                sample.as_ref(),
-                &executed_now,
-                cameras.map(|n| &images[..n]),
-                &mut plan,
-            ) {
+            match task.step(now_ns, sample.as_ref(), &executed_now, images, &mut plan) {
                 Ok(StepOutcome::Planned) => {
                     latency.lock().clone_from(task.latency());
                     let _ = copy_tx.try_send(plan.clone());

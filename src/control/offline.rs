@@ -165,11 +165,10 @@ impl OfflineLoop {
 
     fn planner_step(&mut self, t_ns: i64, sink: &mut dyn ActionSink) {
         let _span = tracing::trace_span!("plan", t_ns).entered();
-        let mut images: [&[u8]; MAX_CAMERAS] = [&[]; MAX_CAMERAS];
-        let cameras = self.frames.latest(&mut images);
+        let (mut rgb, mut stamps) = ([&[][..]; MAX_CAMERAS], [0; MAX_CAMERAS]);
+        let images = self.frames.latest(&mut rgb, &mut stamps);
         let mut plan = self.spare.take().unwrap_or_else(|| Box::new(self.task.new_plan()));
         let executed = self.executed_override.as_deref().unwrap_or(&self.executed);
-        let images = cameras.map(|n| &images[..n]);
         match self.task.step(t_ns, self.state.as_ref(), executed, images, &mut plan) {
             Ok(StepOutcome::Planned) => {
                 sink.plan(&plan);

@@ -21,6 +21,14 @@ pub struct CameraRing {
     pub resize: Resize,
 }
 
+/// The cameras' newest frames for one planner step, in the rings' (the contract's) order:
+/// rgb8 bytes and their stamps.
+#[derive(Debug, Clone, Copy)]
+pub struct CameraFrames<'a> {
+    pub rgb: &'a [&'a [u8]],
+    pub stamps_ns: &'a [i64],
+}
+
 /// The reading side of every camera's ring.
 pub struct Cameras {
     readers: Vec<FrameReader>,
@@ -41,17 +49,26 @@ pub fn camera_rings(rings: &[CameraRing]) -> (Vec<FrameWriter>, Cameras) {
 }
 
 impl Cameras {
-    /// The newest frame of every camera (rgb8 bytes) into `out`, and how many cameras there
-    /// are; None until every camera has delivered a frame.
-    pub fn latest<'a>(&'a mut self, out: &mut [&'a [u8]; MAX_CAMERAS]) -> Option<usize> {
+    /// The newest frame of every camera, its bytes in `rgb` and its stamp in `stamps_ns`
+    /// (buffers of the caller's, so that nothing is allocated); None until every camera has
+    /// delivered a frame.
+    pub fn latest<'a>(
+        &'a mut self,
+        rgb: &'a mut [&'a [u8]; MAX_CAMERAS],
+        stamps_ns: &'a mut [i64; MAX_CAMERAS],
+    ) -> Option<CameraFrames<'a>> {
         let (n, mut complete) = (self.readers.len(), true);
-        for (slot, reader) in out.iter_mut().zip(self.readers.iter_mut()) {
+        for ((slot, stamp), reader) in rgb.iter_mut().zip(stamps_ns.iter_mut()).zip(self.readers.iter_mut()) {
             match reader.latest() {
-                Some(frame) => *slot = &frame.rgb,
+                Some(frame) => (*slot, *stamp) = (&frame.rgb, frame.stamp_ns),
                 None => complete = false,
             }
         }
-        complete.then_some(n)
+        let (rgb, stamps_ns): (&'a [&'a [u8]; MAX_CAMERAS], &'a [i64; MAX_CAMERAS]) = (rgb, stamps_ns);
+        complete.then_some(CameraFrames {
+            rgb: &rgb[..n],
+            stamps_ns: &stamps_ns[..n],
+        })
     }
 
     pub fn stats(&self) -> CameraStats {
@@ -119,16 +136,17 @@ mod tests {
         let stats = cameras.stats();
         writers[0].write(&pixel(10, &[1, 2, 3])).unwrap();
         assert_eq!(stats.stalest_stamp_ns(10), None, "the wrist camera has sent nothing");
-        assert_eq!(cameras.latest(&mut [&[]; MAX_CAMERAS]), None);
+        assert!(cameras.latest(&mut [&[]; MAX_CAMERAS], &mut [0; MAX_CAMERAS]).is_none());
         writers[1].write(&pixel(5, &[4, 5, 6])).unwrap();
         writers[0].write(&pixel(20, &[7, 8, 9])).unwrap();
         assert_eq!(stats.stalest_stamp_ns(20), Some(5));
         // A camera stamped ahead of the clock is the staler one when it is further off.
         assert_eq!(stats.stalest_stamp_ns(12), Some(20));
         assert_eq!(stats.stalest_stamp_ns(13), Some(5));
-        let mut out: [&[u8]; MAX_CAMERAS] = [&[]; MAX_CAMERAS];
-        assert_eq!(cameras.latest(&mut out), Some(2));
-        assert_eq!((out[0], out[1]), (&[7, 8, 9][..], &[4, 5, 6][..]));
+        let (mut rgb, mut stamps) = ([&[][..]; MAX_CAMERAS], [0; MAX_CAMERAS]);
+        let latest = cameras.latest(&mut rgb, &mut stamps).unwrap();
+        assert_eq!(latest.rgb, [&[7, 8, 9][..], &[4, 5, 6][..]]);
+        assert_eq!(latest.stamps_ns, [20, 5]);
         let sum = stats.snapshot();
         assert_eq!((sum.received, sum.delivered, sum.superseded), (3, 3, 0));
     }

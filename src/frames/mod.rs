@@ -6,6 +6,6 @@ mod cameras;
 mod decode;
 mod ring;
 
-pub use cameras::{camera_rings, CameraRing, CameraStats, Cameras, MAX_CAMERAS};
+pub use cameras::{camera_rings, CameraFrames, CameraRing, CameraStats, Cameras, MAX_CAMERAS};
 pub use decode::{decode_into, Encoding, Frame, FrameError, ImageView, Resize};
 pub use ring::{clock_reset, frame_ring, FrameReader, FrameStats, FrameStatsSnapshot, FrameWriter, CLOCK_RESET_NS};

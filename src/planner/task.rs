@@ -12,6 +12,7 @@ use super::df::{DfPlanner, PlanError};
 use super::goal::{GoalMessage, GoalStatus, NodeGoal};
 use super::plan::Plan;
 use crate::control::{input_stale, Histogram, StateSample};
+use crate::frames::CameraFrames;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepOutcome {
@@ -20,6 +21,10 @@ pub enum StepOutcome {
     /// The robot state is older than the state timeout: nothing recorded or planned (a plan
     /// from it would run once the state is back); the step after it returns plans, cold.
     StaleState,
+    /// A camera's newest frame is older than the camera timeout (or stamped from before a
+    /// clock reset): as for a stale state, so that the memory never takes an old image as
+    /// this step's.
+    StaleImages,
     /// A camera model before every camera has sent an image: nothing recorded, so that its
     /// memory starts with a frame that has them (a history token without images would fail
     /// every plan for as long as it stays in the window).
@@ -39,8 +44,10 @@ pub struct PlannerTask {
     plan_next: bool,
     /// A state older than this is stale (`safety.state_timeout_s`), as the control tick says.
     state_timeout_ns: i64,
-    /// The previous step found the state stale.
-    state_was_stale: bool,
+    /// A camera frame older than this is stale (`safety.camera_timeout_s`).
+    camera_timeout_ns: i64,
+    /// The previous step found the state or a camera stale.
+    input_was_stale: bool,
     seq: u64,
     observation: Vec<f64>,
     latency: Histogram,
@@ -58,7 +65,8 @@ impl PlannerTask {
             steps: 0,
             plan_next: false,
             state_timeout_ns: i64::MAX,
-            state_was_stale: false,
+            camera_timeout_ns: i64::MAX,
+            input_was_stale: false,
             seq: 0,
             observation: vec![0.0; obs_dim],
             latency: Histogram::default(),
@@ -70,6 +78,12 @@ impl PlannerTask {
     /// Treat a state older than `timeout_ns` as stale (default: never).
     pub fn with_state_timeout(mut self, timeout_ns: i64) -> Self {
         self.state_timeout_ns = timeout_ns;
+        self
+    }
+
+    /// Treat a camera frame older than `timeout_ns` as stale (default: never).
+    pub fn with_camera_timeout(mut self, timeout_ns: i64) -> Self {
+        self.camera_timeout_ns = timeout_ns;
         self
     }
 
@@ -163,7 +177,7 @@ impl PlannerTask {
         now_ns: i64,
         state: Option<&StateSample>,
         executed_action: &[f64],
-        images: Option<&[&[u8]]>,
+        images: Option<CameraFrames<'_>>,
         plan: &mut Plan,
     ) -> Result<StepOutcome, PlanError> {
         let outcome = self.attempt_step(now_ns, state, executed_action, images, plan);
@@ -188,22 +202,35 @@ impl PlannerTask {
         now_ns: i64,
         state: Option<&StateSample>,
         executed_action: &[f64],
-        images: Option<&[&[u8]]>,
+        images: Option<CameraFrames<'_>>,
         plan: &mut Plan,
     ) -> Result<StepOutcome, PlanError> {
         let Some(state) = state else {
             return Ok(StepOutcome::NoState);
         };
-        // As the control tick judges it.
+        // As the control tick judges them.
+        let stale_camera = images.filter(|_| self.planner.has_cameras()).and_then(|frames| {
+            let stale = |&stamp_ns: &i64| input_stale(now_ns, Some(stamp_ns), self.camera_timeout_ns);
+            frames
+                .stamps_ns
+                .iter()
+                .position(stale)
+                .map(|i| (i, frames.stamps_ns[i]))
+        });
         if input_stale(now_ns, Some(state.stamp_ns), self.state_timeout_ns) {
-            if !self.state_was_stale {
+            if !std::mem::replace(&mut self.input_was_stale, true) {
                 tracing::warn!(stamp_ns = state.stamp_ns, now_ns, "robot state stale: planning pauses");
-                self.state_was_stale = true;
             }
             return Ok(StepOutcome::StaleState);
         }
-        if std::mem::take(&mut self.state_was_stale) {
-            tracing::info!("robot state back: planning at once, cold");
+        if let Some((camera, stamp_ns)) = stale_camera {
+            if !std::mem::replace(&mut self.input_was_stale, true) {
+                tracing::warn!(camera, stamp_ns, now_ns, "camera frame stale: planning pauses");
+            }
+            return Ok(StepOutcome::StaleImages);
+        }
+        if std::mem::take(&mut self.input_was_stale) {
+            tracing::info!("inputs back: planning at once, cold");
             // The history skipped the stale steps: the previous plan's shift no longer fits.
             self.planner.start_cold();
             self.plan_next = true;
@@ -254,7 +281,7 @@ impl PlannerTask {
         &mut self,
         state: &StateSample,
         executed_action: &[f64],
-        images: Option<&[&[u8]]>,
+        images: Option<CameraFrames<'_>>,
     ) -> Result<bool, PlanError> {
         let obs = self.observation.len();
         if 2 * state.joints != obs && state.joints != obs {
@@ -276,7 +303,7 @@ impl PlannerTask {
         }
         self.planner.push_frame(executed_action, &self.observation)?;
         if let (Some(images), true) = (images, self.planner.has_cameras()) {
-            self.planner.push_images(images)?;
+            self.planner.push_images(images.rgb)?;
         }
         Ok(true)
     }
@@ -337,8 +364,49 @@ mod tests {
         }
         // The first step with images starts the memory: it plans, with no imageless token.
         let image: &[u8] = &[128; 6];
-        let outcome = task.step(0, Some(&state), &[0.0, 0.0], Some(&[image]), &mut plan);
+        let frames = CameraFrames {
+            rgb: &[image],
+            stamps_ns: &[0],
+        };
+        let outcome = task.step(0, Some(&state), &[0.0, 0.0], Some(frames), &mut plan);
         assert_eq!(outcome.unwrap(), StepOutcome::Planned);
+    }
+
+    #[test]
+    fn a_stale_camera_frame_pauses_planning_and_its_return_plans_at_once_cold() {
+        let (p, seen) = planner(true, 3);
+        let ms = 1_000_000;
+        let mut task = PlannerTask::new(p, 2, 100 * ms).with_camera_timeout(300 * ms);
+        let mut plan = task.new_plan();
+        let image: &[u8] = &[128; 6];
+        let mut step = |task: &mut PlannerTask, now_ns: i64, frame_ns: i64| {
+            let state = StateSample::new(now_ns, &[0.5, 0.5], &[0.0, 0.0]).unwrap();
+            let frames = CameraFrames {
+                rgb: &[image],
+                stamps_ns: &[frame_ns],
+            };
+            let before = seen.lock().calls;
+            let outcome = task
+                .step(now_ns, Some(&state), &[0.0, 0.0], Some(frames), &mut plan)
+                .unwrap();
+            (outcome, seen.lock().calls - before)
+        };
+        let (outcome, cold) = step(&mut task, 0, 0);
+        assert_eq!(outcome, StepOutcome::Planned);
+        assert_eq!(step(&mut task, 100 * ms, 100 * ms), (StepOutcome::Recorded, 0));
+        // The camera stops at 100 ms: its frame serves until 300 ms old, then goes stale, and
+        // nothing is recorded.
+        assert_eq!(step(&mut task, 400 * ms, 100 * ms).0, StepOutcome::Planned);
+        assert_eq!(step(&mut task, 500 * ms, 100 * ms), (StepOutcome::StaleImages, 0));
+        // A frame from before a clock reset (stamped far ahead) is no fresher.
+        assert_eq!(step(&mut task, 600 * ms, 90_000 * ms), (StepOutcome::StaleImages, 0));
+        // Back: the next step (step 4, off the replan schedule) plans at once, cold.
+        assert_eq!(step(&mut task, 700 * ms, 690 * ms), (StepOutcome::Planned, cold));
+        assert_eq!(
+            step(&mut task, 800 * ms, 790 * ms),
+            (StepOutcome::Planned, cold),
+            "scheduled"
+        );
     }
 
     #[test]
