@@ -104,7 +104,11 @@ fn plans_reach_the_tick_and_every_tick_reaches_the_sink() {
     let seen = seen.lock().unwrap();
     let c = &stats.counters;
     assert!(c.ticks >= 40, "{} ticks in 1.6 s at 50 Hz", c.ticks);
-    assert_eq!(seen.actions.len() as u64, c.ticks, "every tick reached the sink");
+    assert_eq!(
+        seen.actions.len() as u64,
+        c.ticks + 1,
+        "every tick reached the sink, and the last action"
+    );
     assert_eq!(stats.records_dropped, 0);
     assert!(seen.plans >= 5 && plan_latency.count() >= 5, "{} plans", seen.plans);
     assert!(
@@ -115,7 +119,14 @@ fn plans_reach_the_tick_and_every_tick_reaches_the_sink() {
         c.faults[Fault::StateStale as usize] > 0,
         "the stalled state was noticed"
     );
-    assert_eq!(seen.actions.last().unwrap().0, Source::Hold, "and the loop held");
+    let n = seen.actions.len();
+    assert_eq!(seen.actions[n - 2].0, Source::Hold, "and the loop held");
+    // Stopped: the point mass's actions are forces, so the last one is the stop action.
+    assert_eq!(
+        seen.actions[n - 1],
+        (Source::Stop, cfg.control.stop_action.clone()),
+        "the last action"
+    );
 }
 
 /// A sink whose publishing panics on the first tick.

@@ -441,6 +441,30 @@ fn position_targets_seed_from_a_state_a_little_ahead_but_not_from_the_robot_befo
 }
 
 #[test]
+fn on_shutdown_forces_stop_at_once_and_position_targets_hold_where_they_are() {
+    let shutdown = |c: &mut ControlCore| {
+        let mut out = [0.0; 2];
+        let source = c.shutdown(500 * MS, &mut out).source;
+        (source, out)
+    };
+    // Forces: the stop action, without the rate limit (1 per second would take a second).
+    let mut c = core_from(params(Fallback::Hold, false), 1.0);
+    c.install(plan(0, &[[0.3, 0.3]; 30]));
+    assert_eq!(tick(&mut c, 0, None, Some(0)).0, Source::Plan);
+    assert_eq!(shutdown(&mut c), (Source::Stop, [0.0, 0.0]));
+    // Position targets: where the last tick commanded; nothing before a state seeded them.
+    let position_params = ControlParams {
+        measured_action: vec![0, 1],
+        ..params(Fallback::Hold, false)
+    };
+    let mut c = core_from(position_params, 1.0);
+    assert_eq!(shutdown(&mut c).0, Source::Waiting);
+    c.observe_positions(0, &[0.4, -0.4]);
+    assert_eq!(tick(&mut c, 0, None, Some(0)).2, [0.4, -0.4]);
+    assert_eq!(shutdown(&mut c), (Source::Hold, [0.4, -0.4]));
+}
+
+#[test]
 fn a_clock_that_goes_back_drops_the_current_and_the_waiting_plan() {
     let mut c = core(Fallback::Hold, false);
     c.install(plan(1000 * MS, &[[0.1, 0.1]; 10]));

@@ -373,4 +373,29 @@ impl ControlCore {
         };
         (report, retired)
     }
+
+    /// The action when the node stops, so that the robot's controller is not left with the
+    /// last plan's command: forces and velocities go to the stop action at once; position
+    /// targets hold where they are (Waiting, nothing to send, before a state seeded them).
+    pub fn shutdown(&mut self, now_ns: i64, out: &mut [f64]) -> TickReport {
+        let source = if !self.seeded {
+            out.copy_from_slice(&self.last_output);
+            Source::Waiting
+        } else if self.measured.is_some() {
+            out.copy_from_slice(&self.last_output);
+            Source::Hold
+        } else {
+            self.safety.clip(&self.params.stop_action, out);
+            Source::Stop
+        };
+        self.last_output.copy_from_slice(out);
+        TickReport {
+            now_ns,
+            source,
+            faults: Default::default(),
+            plan_index: None,
+            safety: Default::default(),
+            late_dropped: 0,
+        }
+    }
 }

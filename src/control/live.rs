@@ -288,6 +288,29 @@ impl ControlTick {
         for old in retired.into_iter().flatten() {
             let _ = self.recycle.try_send(old);
         }
+        self.hand_over(report);
+        let took = start.elapsed();
+        self.stats.tick_latency.record(took.as_nanos() as u64);
+        self.stats.tick_jitter.record(late_by.as_nanos() as u64);
+        if took + late_by > period {
+            self.stats.deadline_misses += 1;
+        }
+        self.stats.counters.clone_from(self.core.counters());
+        if let Some(mut shared) = self.shared.try_lock() {
+            shared.clone_from(&self.stats);
+        }
+    }
+
+    /// The last tick, when the node stops: `ControlCore::shutdown`'s action, published after
+    /// every tick before it.
+    pub fn finish(&mut self) {
+        let report = self.core.shutdown(self.clock.now_ns(), &mut self.out);
+        tracing::info!(source = ?report.source, action = ?self.out, "stopping: the last action");
+        self.hand_over(report);
+    }
+
+    /// The tick's record to the publisher, its action to the planner's history.
+    fn hand_over(&mut self, report: TickReport) {
         let mut record = TickRecord {
             report,
             action: [0.0; MAX_ACTION_DIM],
@@ -300,16 +323,6 @@ impl ControlTick {
         }
         if let Some(mut executed) = self.executed.try_lock() {
             executed.copy_from_slice(&self.out);
-        }
-        let took = start.elapsed();
-        self.stats.tick_latency.record(took.as_nanos() as u64);
-        self.stats.tick_jitter.record(late_by.as_nanos() as u64);
-        if took + late_by > period {
-            self.stats.deadline_misses += 1;
-        }
-        self.stats.counters.clone_from(self.core.counters());
-        if let Some(mut shared) = self.shared.try_lock() {
-            shared.clone_from(&self.stats);
         }
     }
 }
@@ -340,7 +353,8 @@ impl LiveNode {
         (self.shared.lock().clone(), self.plan_latency.lock().clone())
     }
 
-    /// Stop every thread, wait for them, and log the latency summary.
+    /// Stop every thread (the control thread's last tick publishes `ControlCore::shutdown`'s
+    /// action), wait for them, and log the latency summary.
     pub fn stop(mut self) -> (LiveStats, Histogram) {
         self.stop.store(true, Ordering::Release);
         for t in self.threads.drain(..) {
@@ -528,6 +542,7 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
                 control.count_skipped(skipped);
             }
         }
+        control.finish();
     })?);
 
     let s = stop.clone();

@@ -15,7 +15,7 @@
 //! real in a sourced ROS 2 workspace (colcon + cargo-ament-build).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -192,8 +192,16 @@ impl ActionSink for RosSink {
     }
 }
 
-/// Run the node until the process is stopped. `config` overrides the `config` parameter.
+/// Run the node until SIGINT or SIGTERM (or a thread of it dies). `config` overrides the
+/// `config` parameter.
 pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
+    // A signal ends the loop below, whose stop publishes the last action (ControlCore::
+    // shutdown); a second one, should that hang, ends the process at once.
+    let signalled = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 1, signalled.clone())?;
+        signal_hook::flag::register(signal, signalled.clone())?;
+    }
     let ctx = r2r::Context::create()?;
     let mut node = r2r::Node::create(ctx, "df_planner", "")?;
     let config_path: PathBuf = match config {
@@ -208,8 +216,14 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
     // when use_sim_time is set.
     let mut pool = LocalPool::new();
     let spawner = pool.spawner();
-    let (parameter_services, _changes) = node.make_parameter_handler()?;
+    let (parameter_services, changes) = node.make_parameter_handler()?;
     spawner.spawn_local(parameter_services)?;
+    // The node reads its parameters once: a change is accepted by the parameter service but
+    // changes nothing until a restart, and says so.
+    spawner.spawn_local(changes.for_each(|(name, _)| {
+        tracing::warn!(parameter = %name, "parameters are read at start only: restart the node for this change");
+        future::ready(())
+    }))?;
     let use_sim_time = node.get_parameter::<bool>("use_sim_time").unwrap_or(false);
     let sim_clock = Arc::new(SimClock(AtomicI64::new(0)));
     let clock: Arc<dyn Clock> = if use_sim_time {
@@ -315,10 +329,19 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
     let live = live::spawn(parts)?;
     tracing::info!(config = %config_path.display(), use_sim_time, "df_planner node running");
     loop {
-        // A dead thread means no action, safe or not, per tick: exit rather than look alive,
-        // so that the arm's controller times out and a supervisor (respawn) can restart it.
+        if signalled.load(Ordering::Acquire) {
+            tracing::info!("signalled: stopping");
+            live.stop();
+            // DDS sends in the background: give the last action time to leave before the
+            // participant goes.
+            std::thread::sleep(Duration::from_millis(200));
+            return Ok(());
+        }
+        // A dead thread means no action, safe or not, per tick: stop (the control thread, if
+        // alive, publishes the last action) and exit rather than look alive.
         if let Some(thread) = live.ended_thread() {
             tracing::error!(%thread, "a node thread ended unexpectedly; stopping");
+            live.stop();
             anyhow::bail!("the {thread} thread ended unexpectedly (a panic; see the log above)");
         }
         node.spin_once(Duration::from_millis(2));
