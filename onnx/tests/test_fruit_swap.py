@@ -102,6 +102,25 @@ def test_a_bag_without_the_cameras_is_refused(tmp_path):
         read_demo_bag(tmp_path / "bag")
 
 
+def test_camera_images_are_read_by_step_and_must_have_the_model_size():
+    from df_train import rosbag_io
+    from df_train.datagen.fruit_swap import camera_image
+
+    pixels = np.arange(32 * 32 * 3, dtype=np.uint32).astype(np.uint8).reshape(32, 32, 3)
+    msg = rosbag_io.image(1, pixels)
+    assert np.array_equal(camera_image(msg, "t"), pixels)
+    # Rows padded to 100 bytes (a driver's alignment): the padding is skipped.
+    padded = np.zeros((32, 100), dtype=np.uint8)
+    padded[:, :96] = pixels.reshape(32, 96)
+    msg.step, msg.data = 100, padded.reshape(-1)
+    assert np.array_equal(camera_image(msg, "t"), pixels)
+    msg.data = msg.data[:-1]
+    with pytest.raises(ValueError, match=r"t: step 100 and 3199 data bytes, expected step >= 96 and step x height = 3200"):
+        camera_image(msg, "t")
+    with pytest.raises(ValueError, match=r"t: 64x48 images, expected 32x32"):
+        camera_image(rosbag_io.image(1, np.zeros((48, 64, 3), dtype=np.uint8)), "t")
+
+
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory):
     from df_train.datagen.fruit_swap import generate

@@ -21,7 +21,7 @@ import numpy as np
 from rosbags.rosbag2 import Reader
 
 from .. import rosbag_io
-from ..envs.fruit_swap import ACTION_DIM, CONTROL_HZ, run_expert
+from ..envs.fruit_swap import ACTION_DIM, CONTROL_HZ, IMAGE_SIZE, run_expert
 
 TOPICS = {
     "front": "/camera/front/image_raw",
@@ -109,6 +109,20 @@ def generate(out: Path, episodes: int, seed: int, storage: str = "mcap", distrac
     return manifest
 
 
+def camera_image(msg, where: str) -> np.ndarray:
+    """An rgb8 sensor_msgs/Image as [IMAGE_SIZE, IMAGE_SIZE, 3] uint8, rows read by `step` (a
+    driver may pad them), as the node's frame ring reads it."""
+    if (msg.width, msg.height) != (IMAGE_SIZE, IMAGE_SIZE):
+        raise ValueError(f"{where}: {msg.width}x{msg.height} images, expected {IMAGE_SIZE}x{IMAGE_SIZE} "
+                         "(the model's camera size; record demonstrations at it)")
+    row = 3 * msg.width
+    if msg.step < row or len(msg.data) != msg.step * msg.height:
+        raise ValueError(f"{where}: step {msg.step} and {len(msg.data)} data bytes, expected step >= {row} "
+                         f"and step x height = {msg.step * msg.height} bytes")
+    rows = np.asarray(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
+    return rows[:, :row].reshape(msg.height, msg.width, 3)
+
+
 def read_demo_bag(folder: Path) -> dict:
     """A demonstration bag as arrays, one row per control step: state [T, 4], front and wrist
     [T, 32, 32, 3] uint8, action [T, 4], stamp_ns [T]. Steps missing any topic are dropped and
@@ -127,7 +141,7 @@ def read_demo_bag(folder: Path) -> dict:
                 if msg.encoding != "rgb8":
                     raise ValueError(f"{folder}: {connection.topic}: encoding {msg.encoding!r}, expected 'rgb8'")
                 ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                value = np.asarray(msg.data, dtype=np.uint8).reshape(msg.height, msg.width, 3)
+                value = camera_image(msg, f"{folder}: {connection.topic}")
             elif role == "state":
                 ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
                 if list(msg.name) != STATE_NAMES:
