@@ -6,7 +6,7 @@ there and in src/config.rs); the launch arguments below choose it and the clock.
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
@@ -29,9 +29,9 @@ def generate_launch_description():
             "use_sim_time", default_value="false",
             description="Follow /clock for stamps and staleness (simulation or bag playback)."),
         DeclareLaunchArgument(
-            "onnxruntime_library", default_value="",
-            description="libonnxruntime.so to load (ORT_DYLIB_PATH); empty: the config's "
-                        "model.runtime.onnxruntime_library, else the one scripts/setup.sh installed."),
+            "onnxruntime_library", default_value=EnvironmentVariable("ORT_DYLIB_PATH", default_value=""),
+            description="libonnxruntime.so (sets ORT_DYLIB_PATH; default: the environment's). The config's "
+                        "model.runtime.onnxruntime_library comes first; with neither, the one scripts/setup.sh installed."),
         DeclareLaunchArgument(
             "log_level", default_value="info",
             description="RUST_LOG-style filter for the node's tracing output (e.g. info, df_planner=debug)."),

@@ -307,6 +307,8 @@ impl ControlTick {
         let report = self.core.shutdown(self.clock.now_ns(), &mut self.out);
         tracing::info!(source = ?report.source, action = ?self.out, "stopping: the last action");
         self.hand_over(report);
+        // Off the tick path: wait for the lock, so that the final stats hold this record too.
+        self.shared.lock().clone_from(&self.stats);
     }
 
     /// The tick's record to the publisher, its action to the planner's history.

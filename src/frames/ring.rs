@@ -169,17 +169,23 @@ impl FrameWriter {
             }
         }
         if self.spare.is_none() {
-            self.spare = self.free.try_pop().or_else(|| {
-                // The reader is away and every other frame waits for it: the oldest makes room.
-                let oldest = self.reclaim.try_recv().ok();
-                if oldest.is_some() {
-                    s.superseded.fetch_add(1, Ordering::Relaxed);
-                }
-                oldest
-            });
+            self.spare = self
+                .free
+                .try_pop()
+                .or_else(|| {
+                    // The reader is away and every other frame waits for it: the oldest makes
+                    // room.
+                    let oldest = self.reclaim.try_recv().ok();
+                    if oldest.is_some() {
+                        s.superseded.fetch_add(1, Ordering::Relaxed);
+                    }
+                    oldest
+                })
+                // Nothing waiting either: the reader drained `filled` in between, and it holds
+                // at most two frames of a pool of at least three, so one is free now (and only
+                // this writer takes free frames).
+                .or_else(|| self.free.try_pop());
         }
-        // The pool (capacity + 2, at least 3) outnumbers what the reader can hold at once (its
-        // current frame and one it is swapping in), so a frame is always free or waiting.
         let frame = self.spare.as_mut().expect("a frame free or waiting in the pool");
         if let Err(e) = decode_into(img, frame, self.resize) {
             let counter = match e {
@@ -290,6 +296,30 @@ mod tests {
         assert_eq!((f.stamp_ns, f.rgb[0]), (19, 19));
         let s = w.stats().snapshot();
         assert_eq!((s.received, s.delivered + s.superseded), (20, 20));
+    }
+
+    #[test]
+    fn a_writer_and_a_reader_racing_lose_no_frame_and_never_run_dry() {
+        let (mut w, mut r) = frame_ring(1, 2, 2, Resize::Exact);
+        let stats = w.stats().clone();
+        let frames = 200_000;
+        let writer = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            for i in 1..=frames {
+                w.write(&img(i, 0, &mut buf)).unwrap();
+            }
+        });
+        let mut newest = 0;
+        while !writer.is_finished() {
+            if let Some(f) = r.latest() {
+                assert!(f.stamp_ns >= newest, "frames in order");
+                newest = f.stamp_ns;
+            }
+        }
+        writer.join().expect("the writer never found the pool empty");
+        assert_eq!(r.latest().unwrap().stamp_ns, frames, "the newest gets through");
+        let s = stats.snapshot();
+        assert_eq!(s.delivered + s.superseded, s.received);
     }
 
     #[test]

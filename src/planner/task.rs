@@ -46,8 +46,9 @@ pub struct PlannerTask {
     state_timeout_ns: i64,
     /// A camera frame older than this is stale (`safety.camera_timeout_s`).
     camera_timeout_ns: i64,
-    /// The previous step found the state or a camera stale.
-    input_was_stale: bool,
+    /// The previous step found the state stale; a camera stale.
+    state_was_stale: bool,
+    images_were_stale: bool,
     seq: u64,
     observation: Vec<f64>,
     latency: Histogram,
@@ -66,7 +67,8 @@ impl PlannerTask {
             plan_next: false,
             state_timeout_ns: i64::MAX,
             camera_timeout_ns: i64::MAX,
-            input_was_stale: false,
+            state_was_stale: false,
+            images_were_stale: false,
             seq: 0,
             observation: vec![0.0; obs_dim],
             latency: Histogram::default(),
@@ -217,20 +219,30 @@ impl PlannerTask {
                 .position(stale)
                 .map(|i| (i, frames.stamps_ns[i]))
         });
-        if input_stale(now_ns, Some(state.stamp_ns), self.state_timeout_ns) {
-            if !std::mem::replace(&mut self.input_was_stale, true) {
-                tracing::warn!(stamp_ns = state.stamp_ns, now_ns, "robot state stale: planning pauses");
+        let state_stale = input_stale(now_ns, Some(state.stamp_ns), self.state_timeout_ns);
+        let was_stale = self.state_was_stale || self.images_were_stale;
+        if state_stale != std::mem::replace(&mut self.state_was_stale, state_stale) {
+            match state_stale {
+                true => tracing::warn!(stamp_ns = state.stamp_ns, now_ns, "robot state stale: planning pauses"),
+                false => tracing::info!("robot state fresh again"),
             }
+        }
+        if stale_camera.is_some() != std::mem::replace(&mut self.images_were_stale, stale_camera.is_some()) {
+            match stale_camera {
+                Some((camera, stamp_ns)) => {
+                    tracing::warn!(camera, stamp_ns, now_ns, "camera frame stale: planning pauses")
+                }
+                None => tracing::info!("camera frames fresh again"),
+            }
+        }
+        if state_stale {
             return Ok(StepOutcome::StaleState);
         }
-        if let Some((camera, stamp_ns)) = stale_camera {
-            if !std::mem::replace(&mut self.input_was_stale, true) {
-                tracing::warn!(camera, stamp_ns, now_ns, "camera frame stale: planning pauses");
-            }
+        if stale_camera.is_some() {
             return Ok(StepOutcome::StaleImages);
         }
-        if std::mem::take(&mut self.input_was_stale) {
-            tracing::info!("inputs back: planning at once, cold");
+        if was_stale {
+            tracing::info!("inputs fresh: planning at once, cold");
             // The history skipped the stale steps: the previous plan's shift no longer fits.
             self.planner.start_cold();
             self.plan_next = true;

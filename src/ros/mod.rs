@@ -196,10 +196,10 @@ impl ActionSink for RosSink {
 /// `config` parameter.
 pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
     // A signal ends the loop below, whose stop publishes the last action (ControlCore::
-    // shutdown); a second one, should that hang, ends the process at once.
+    // shutdown). Not a second signal but a watchdog bounds the stop: ros2 launch adds its own
+    // SIGINT to systemd's SIGTERM, and Ctrl-C under launch reaches the node twice.
     let signalled = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(signal, 1, signalled.clone())?;
         signal_hook::flag::register(signal, signalled.clone())?;
     }
     let ctx = r2r::Context::create()?;
@@ -331,17 +331,14 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
     loop {
         if signalled.load(Ordering::Acquire) {
             tracing::info!("signalled: stopping");
-            live.stop();
-            // DDS sends in the background: give the last action time to leave before the
-            // participant goes.
-            std::thread::sleep(Duration::from_millis(200));
+            stop(live);
             return Ok(());
         }
         // A dead thread means no action, safe or not, per tick: stop (the control thread, if
         // alive, publishes the last action) and exit rather than look alive.
         if let Some(thread) = live.ended_thread() {
             tracing::error!(%thread, "a node thread ended unexpectedly; stopping");
-            live.stop();
+            stop(live);
             anyhow::bail!("the {thread} thread ended unexpectedly (a panic; see the log above)");
         }
         node.spin_once(Duration::from_millis(2));
@@ -356,4 +353,18 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Stop the node's threads (the control thread's last tick publishes the last action) and give
+/// DDS, which sends in the background, time to send it before the participant goes; a stop that
+/// hangs ends the process after STOP_LIMIT.
+fn stop(live: live::LiveNode) {
+    const STOP_LIMIT: Duration = Duration::from_secs(3);
+    std::thread::spawn(|| {
+        std::thread::sleep(STOP_LIMIT);
+        tracing::error!("stopping took longer than {STOP_LIMIT:?}: exiting");
+        std::process::exit(1);
+    });
+    live.stop();
+    std::thread::sleep(Duration::from_millis(200));
 }
