@@ -9,8 +9,9 @@
 //!                                           does not fade with distance)
 //! and l_f = γ^f · s_f aggregated over the plan's steps:
 //!   mean:     r = weight · (1/F) Σ_f l_f            (every step counts: get there early and
-//!                                                   stay; the official DF maze guidance is
-//!                                                   this with tanh and σ = 2)
+//!                                                   stay; the official `main` branch's maze
+//!                                                   guidance is this with tanh and σ = 2 in
+//!                                                   normalized coordinates, 2 std per axis)
 //!   soft_max: r = weight · τ ln Σ_f exp(l_f / τ)    (reach the goal at any one step)
 //! The gradient ∂r/∂p_f = weight · ∂r/∂l_f · γ^f · ∂s_f/∂p_f is chained through the
 //! normalization (x = (p − mean)/std) to the normalized token.
