@@ -87,7 +87,7 @@ pub struct PlannerSection {
     pub samples: usize,
     /// What the N samples are: `futures` (default; N futures share the executed tokens),
     /// `prior_futures` (the same, with only the executed tokens guided) or `redraws` (N draws
-    /// of one plan's x0, the official code's form); see planner::McgForm.
+    /// of one plan's x0, after the official code's `ddim_repeats`); see planner::McgForm.
     pub mcg: McgForm,
     /// MCG's average over the futures: none (default) weights them evenly, the expected
     /// reward; τ > 0 weights each future's guidance by softmax(its reward / τ) at each row,

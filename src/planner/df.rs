@@ -107,8 +107,8 @@ pub enum McgForm {
     /// expected over the model's own futures. With N = 1, one such future.
     PriorFutures,
     /// One plan; at every row the reward is averaged over its own x0 and N − 1 redraws of it,
-    /// each noisy token re-noised to its level and denoised again (the official code's
-    /// `ddim_repeats`; `Sampler` module doc).
+    /// each noisy token re-noised to its level and denoised again (modelled on the official code's
+    /// `ddim_repeats`, whose redraws are chained; `Sampler` module doc).
     Redraws,
 }
 
