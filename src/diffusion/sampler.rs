@@ -8,8 +8,8 @@
 //!    with `denoise_vjp` to g = (∂x0/∂x_t)ᵀc. Monte Carlo Guidance: tokens [0, shared) are
 //!    common to every sample of the batch; their g is the batch mean (the expected reward
 //!    over the sampled futures), or with `mcg_temperature` τ the mean weighted by
-//!    softmax(r_b / τ) of each sample's reward, and their noise draw is sample 0's. Redraws (the official
-//!    code's `ddim_repeats`) instead average the reward over R extra x0 draws of the same
+//!    softmax(r_b / τ) of each sample's reward, and their noise draw is sample 0's. Redraws
+//!    (modelled on the official code's `ddim_repeats`, whose redraws are chained) instead average the reward over R extra x0 draws of the same
 //!    plan: every noisy token re-noised from x0 to its level t, x_t' = √ᾱ_t·x0 + √(1−ᾱ_t)·ε,
 //!    and denoised again; the cotangent on x0 becomes (c(x0) + Σ_r √ᾱ_t·(∂x0'_r/∂x_t')ᵀc(x0'_r))
 //!    / (R + 1) before the pull-back.
