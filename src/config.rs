@@ -263,6 +263,11 @@ pub struct TopicsSection {
     pub joint_names: Vec<String>,
     /// Frame id for PoseStamped output.
     pub frame_id: String,
+    /// PoseStamped output: the orientation of every pose, a unit quaternion [x, y, z, w] in
+    /// `frame_id` (default identity; a tool pointing down is usually [1, 0, 0, 0]).
+    pub pose_orientation: [f64; 4],
+    /// PoseStamped output: the z of a 2-D action's poses (the table's height, say).
+    pub pose_z: f64,
     /// Goals from a topic; null: the goal stays `planner.goal.target`.
     pub goal: Option<GoalTopic>,
     /// diagnostic_msgs/DiagnosticArray output.
@@ -298,6 +303,8 @@ impl Default for TopicsSection {
             action_type: ActionType::Float64MultiArray,
             joint_names: Vec::new(),
             frame_id: "base_link".into(),
+            pose_orientation: [0.0, 0.0, 0.0, 1.0],
+            pose_z: 0.0,
             goal: None,
             diagnostics: "/diagnostics".into(),
             plan: "/df_planner/plan".into(),
@@ -549,6 +556,22 @@ impl NodeConfig {
                 "topics.joint_names",
                 format!("{n} names for joint_trajectory output"),
                 format!("{}", self.topics.joint_names.len()),
+            ));
+        }
+        let q = self.topics.pose_orientation;
+        let norm = q.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if !(q.iter().all(|v| v.is_finite()) && (norm - 1.0).abs() < 1e-6) {
+            return Err(bad(
+                "topics.pose_orientation",
+                "a unit quaternion [x, y, z, w]".into(),
+                format!("{q:?} (norm {norm})"),
+            ));
+        }
+        if !self.topics.pose_z.is_finite() {
+            return Err(bad(
+                "topics.pose_z",
+                "a finite height".into(),
+                self.topics.pose_z.to_string(),
             ));
         }
         if let Some(r) = self.planner.goal.as_ref().and_then(|g| g.reached_within) {

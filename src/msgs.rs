@@ -349,6 +349,9 @@ pub struct ActionFormat {
     pub kind: ActionType,
     pub joint_names: Vec<String>,
     pub frame_id: String,
+    /// PoseStamped: the fixed orientation [x, y, z, w] and a 2-D action's z.
+    pub pose_orientation: [f64; 4],
+    pub pose_z: f64,
     pub safety: Safety,
 }
 
@@ -359,12 +362,15 @@ impl ActionFormat {
             kind: t.action_type,
             joint_names: t.joint_names.clone(),
             frame_id: t.frame_id.clone(),
+            pose_orientation: t.pose_orientation,
+            pose_z: t.pose_z,
             safety: safety_filter(cfg),
         }
     }
 
     /// What the node publishes for a tick. JointTrajectory carries the rest of the plan, ending
-    /// at rest; PoseStamped reads the action as (x, y[, z]).
+    /// at rest; PoseStamped reads the action as (x, y[, z]) (z `pose_z` for a 2-D action) at
+    /// `pose_orientation`.
     pub fn message(&self, report: &TickReport, action: &[f64], plan: Option<&Plan>) -> ActionMessage {
         let header = Header {
             stamp: Time::from_ns(report.now_ns),
@@ -390,18 +396,18 @@ impl ActionFormat {
                 })
             }
             ActionType::PoseStamped => {
-                let c = |i: usize| action.get(i).copied().unwrap_or(0.0);
+                let [qx, qy, qz, qw] = self.pose_orientation;
                 let pose = Pose {
                     position: Point {
-                        x: c(0),
-                        y: c(1),
-                        z: c(2),
+                        x: action[0],
+                        y: action.get(1).copied().unwrap_or(0.0),
+                        z: action.get(2).copied().unwrap_or(self.pose_z),
                     },
                     orientation: Quaternion {
-                        x: 0.0,
-                        y: 0.0,
-                        z: 0.0,
-                        w: 1.0,
+                        x: qx,
+                        y: qy,
+                        z: qz,
+                        w: qw,
                     },
                 };
                 ActionMessage::Pose(PoseStamped { header, pose })
@@ -574,6 +580,39 @@ mod tests {
                 sec: 1,
                 nanosec: 500_000_000
             }
+        );
+    }
+
+    #[test]
+    fn pose_outputs_carry_the_configured_orientation_and_a_planar_actions_height() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pointmass.yaml");
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "action_type: float64_multi_array",
+            "action_type: pose_stamped\n  pose_orientation: [1, 0, 0, 0]\n  pose_z: 0.75",
+        );
+        let positions = text.replace("  fallback: hold", "  fallback: hold\n  measured_action: [0, 1]");
+        let format = ActionFormat::new(&NodeConfig::parse(&positions, &path).unwrap());
+        let report = TickReport {
+            now_ns: 5,
+            source: crate::control::Source::Plan,
+            faults: Default::default(),
+            plan_index: Some(0),
+            safety: Default::default(),
+            late_dropped: 0,
+        };
+        let ActionMessage::Pose(pose) = format.message(&report, &[0.3, -0.2], None) else {
+            panic!("a pose");
+        };
+        let (p, q) = (&pose.pose.position, &pose.pose.orientation);
+        assert_eq!(
+            [p.x, p.y, p.z, q.x, q.y, q.z, q.w],
+            [0.3, -0.2, 0.75, 1.0, 0.0, 0.0, 0.0]
+        );
+        let skewed = positions.replace("[1, 0, 0, 0]", "[1, 1, 0, 0]");
+        let e = NodeConfig::parse(&skewed, &path).unwrap_err().to_string();
+        assert!(
+            e.contains("`topics.pose_orientation`: expected a unit quaternion [x, y, z, w]"),
+            "{e}"
         );
     }
 
