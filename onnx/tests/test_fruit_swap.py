@@ -1,6 +1,7 @@
 """The fruit-swap simulator, its scripted expert, and demonstrations recorded as ROS 2 bags."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,8 +118,19 @@ def test_camera_images_are_read_by_step_and_must_have_the_model_size():
     msg.data = msg.data[:-1]
     with pytest.raises(ValueError, match=r"t: step 100 and 3199 data bytes, expected step >= 96 and step x height = 3200"):
         camera_image(msg, "t")
-    with pytest.raises(ValueError, match=r"t: 64x48 images, expected 32x32"):
-        camera_image(rosbag_io.image(1, np.zeros((48, 64, 3), dtype=np.uint8)), "t")
+
+
+def test_a_larger_camera_image_is_resized_as_the_node_resizes_it():
+    """The Rust test `area_resize_matches_its_python_twin_on_the_shared_fixture` resizes the same
+    pattern to the same fixture."""
+    from df_train import rosbag_io
+    from df_train.datagen.fruit_swap import camera_image
+
+    y, x, c = np.mgrid[0:45, 0:70, 0:3]
+    pattern = ((7 * x + 13 * y + 5 * c) % 256).astype(np.uint8)
+    fixture = Path(__file__).resolve().parents[2] / "tests/fixtures/area_resize_70x45_to_32.bin"
+    expected = np.frombuffer(fixture.read_bytes(), dtype=np.uint8).reshape(32, 32, 3)
+    assert np.array_equal(camera_image(rosbag_io.image(1, pattern), "t"), expected)
 
 
 @pytest.fixture(scope="module")

@@ -268,6 +268,29 @@ mod tests {
         }
     }
 
+    /// The pattern both sides of the area-resize parity resize: 70x45 rgb8, value
+    /// (7x + 13y + 5c) mod 256 (onnx/tests/test_fruit_swap.py reads the same fixture;
+    /// DF_WRITE_AREA_FIXTURE=1 rewrites it, for a resize meant to change, which the Python twin
+    /// must then follow).
+    fn parity_pattern() -> Vec<u8> {
+        let (w, h) = (70, 45);
+        (0..h)
+            .flat_map(|y| (0..w).flat_map(move |x| (0..3).map(move |c| ((7 * x + 13 * y + 5 * c) % 256) as u8)))
+            .collect()
+    }
+
+    #[test]
+    fn area_resize_matches_its_python_twin_on_the_shared_fixture() {
+        let fixture =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/area_resize_70x45_to_32.bin");
+        let mut f = Frame::new(32, 32);
+        decode_into(&view("rgb8", 70, 45, 210, &parity_pattern()), &mut f, Resize::Area).unwrap();
+        if std::env::var_os("DF_WRITE_AREA_FIXTURE").is_some() {
+            std::fs::write(&fixture, &f.rgb).unwrap();
+        }
+        assert_eq!(f.rgb, std::fs::read(&fixture).unwrap());
+    }
+
     #[test]
     fn area_resize_averages_boxes_of_the_centred_crop() {
         // 4x2 rgb8 -> 2x1: each output pixel is the mean of a 2x2 block.

@@ -111,16 +111,46 @@ def generate(out: Path, episodes: int, seed: int, storage: str = "mcap", distrac
 
 def camera_image(msg, where: str) -> np.ndarray:
     """An rgb8 sensor_msgs/Image as [IMAGE_SIZE, IMAGE_SIZE, 3] uint8, rows read by `step` (a
-    driver may pad them), as the node's frame ring reads it."""
-    if (msg.width, msg.height) != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(f"{where}: {msg.width}x{msg.height} images, expected {IMAGE_SIZE}x{IMAGE_SIZE} "
-                         "(the model's camera size; record demonstrations at it)")
+    driver may pad them), as the node's frame ring reads it; another size is resized as the
+    node's `camera.resize: area` does (config/fruit_swap.yaml), so that training sees what the
+    node will."""
+    if msg.width == 0 or msg.height == 0:
+        raise ValueError(f"{where}: an empty {msg.width}x{msg.height} image")
     row = 3 * msg.width
     if msg.step < row or len(msg.data) != msg.step * msg.height:
         raise ValueError(f"{where}: step {msg.step} and {len(msg.data)} data bytes, expected step >= {row} "
                          f"and step x height = {msg.step * msg.height} bytes")
     rows = np.asarray(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
-    return rows[:, :row].reshape(msg.height, msg.width, 3)
+    pixels = rows[:, :row].reshape(msg.height, msg.width, 3)
+    if (msg.width, msg.height) == (IMAGE_SIZE, IMAGE_SIZE):
+        return pixels
+    return area_resize(pixels, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def area_resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The node's `Resize::Area` (src/frames/decode.rs; tests/fixtures/area_resize_70x45_to_32.bin
+    holds its output on a shared pattern): the centred crop of the output's aspect ratio, each
+    output pixel the mean of its box of input pixels (at least one), rounded half up."""
+    sh, sw = pixels.shape[:2]
+    # Wider than the output: crop the sides; taller: crop top and bottom.
+    if sw * height > sh * width:
+        cw, ch = max(sh * width // height, 1), sh
+    else:
+        cw, ch = sw, max(sw * height // width, 1)
+    x_off, y_off = (sw - cw) // 2, (sh - ch) // 2
+
+    def span(i: int, crop: int, out: int, offset: int) -> slice:
+        start = offset + i * crop // out
+        return slice(start, max(offset + (i + 1) * crop // out, start + 1))
+
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    for oy in range(height):
+        rows = span(oy, ch, height, y_off)
+        for ox in range(width):
+            box = pixels[rows, span(ox, cw, width, x_off)].astype(np.uint64)
+            n = box.shape[0] * box.shape[1]
+            out[oy, ox] = (box.sum(axis=(0, 1)) + n // 2) // n
+    return out
 
 
 def read_demo_bag(folder: Path) -> dict:
