@@ -44,6 +44,9 @@ def test_results_have_every_key_for_every_configuration(setup, tmp_path):
     for name, r in results.items():
         assert KEYS <= set(r), name
         assert r["episodes"] == 2 and 0.0 <= r["success_rate"] <= 1.0
+        reached = r["success_rate"] * 2
+        expected = ((r["time_to_first_reach_mean"] or 0) * reached + (2 - reached) * 300) / 2
+        assert r["time_to_first_reach_censored_mean"] == pytest.approx(expected)
         assert r["replan_ms_p99"] >= r["replan_ms_p50"] > 0
         assert r["plans"] == 2 * (300 // 8 + 1), "one plan every 8 steps of each 300-step episode"
     assert results["no_mcg"]["serve_args"] == ["--samples", "1"]
@@ -221,6 +224,9 @@ def test_runs_over_adjacent_seeds_merge_into_one_run_over_all_of_them(tmp_path):
         reached = [x for x in reaches if x is not None]
         assert r["success_rate"] == pytest.approx(len(reached) / 5)
         assert r["time_to_first_reach_mean"] == pytest.approx(statistics.fmean(reached))
+        # Medium's episodes are 600 steps: one that never reached counts as 600.
+        assert r["time_to_first_reach_censored_mean"] == pytest.approx(
+            statistics.fmean([600 if x is None else x for x in reaches]))
         assert r["reached"] == [x is not None for x in reaches]
         assert r["replan_ms_p99"] == 92.0 and r["plans"] == 50
         assert r["merged_from"] == [str(early), str(late)]
