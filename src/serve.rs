@@ -5,7 +5,8 @@
 //! - `{"op": "reset", "goal": [x, y], "seed": n}` (goal may be null: no guidance; seed is
 //!   optional: the planner's noise restarts from it, so an episode samples the same whichever
 //!   process runs it and whatever ran before) → `{"ok": true}`; a goal outside
-//!   `serve.goal_bounds` or inside a `serve.goal_keepout` box (a wall) is refused
+//!   `serve.goal_bounds` or inside a `serve.goal_keepout` box (a wall) is refused, and steps
+//!   are then refused too until a reset is accepted (not run on in the episode before)
 //! - `{"op": "step", "obs": [...]}` → `{"ok": true, "action": [...], "replanned": bool,
 //!   "plan_ms": f (when replanned), "plan": [[x, y], ...] (planned positions, when replanned),
 //!   "holding": bool (holding the goal at rest, serve.hold_radius), "mcg_shift": f (when
@@ -130,6 +131,9 @@ pub struct Server {
     arrival: Option<usize>,
     last_action: Vec<f64>,
     latency: Histogram,
+    /// Why the latest reset was refused, until one is accepted: steps are refused meanwhile,
+    /// rather than go on with the episode before it.
+    refused_reset: Option<String>,
 }
 
 impl Server {
@@ -195,6 +199,7 @@ impl Server {
             hold_target: vec![0.0; l.observation_dim],
             arrival: None,
             latency: Histogram::default(),
+            refused_reset: None,
             planner,
         })
     }
@@ -217,15 +222,23 @@ impl Server {
     }
 
     fn reset(&mut self, goal: Option<[f64; 2]>, seed: Option<u64>) -> Value {
-        if let Some(g) = goal {
+        let refused = goal.and_then(|g| {
             if let Err(e) = self.serve.goal_region().check(g) {
-                return error(format!("goal {e}"));
+                return Some(format!("goal {e}"));
             }
             match self.reward.as_mut() {
-                Some(r) => r.set_goal(g),
-                None => return error("goal given, but the config has no planner.goal reward".into()),
+                Some(r) => {
+                    r.set_goal(g);
+                    None
+                }
+                None => Some("goal given, but the config has no planner.goal reward".to_string()),
             }
+        });
+        if let Some(why) = refused {
+            self.refused_reset = Some(why.clone());
+            return error(why);
         }
+        self.refused_reset = None;
         self.guided = goal.is_some();
         self.hold_target.iter_mut().for_each(|v| *v = 0.0);
         if let Some(g) = goal {
@@ -258,6 +271,11 @@ impl Server {
     }
 
     fn step(&mut self, obs: &[f64]) -> Result<Value, String> {
+        if let Some(why) = &self.refused_reset {
+            return Err(format!(
+                "no episode: the last reset was refused ({why}); send a reset that is accepted"
+            ));
+        }
         self.planner
             .push_frame(&self.last_action, obs)
             .map_err(|e| e.to_string())?;

@@ -110,6 +110,31 @@ fn bad_requests_are_answered_and_the_server_keeps_going() {
 }
 
 #[test]
+fn after_a_refused_reset_steps_are_refused_until_a_reset_is_accepted() {
+    let mut cfg = config("");
+    cfg.serve = Some(df_planner::serve::ServeSection {
+        goal_keepout: vec![[[0.5, -1.0], [1.5, 0.0]]],
+        ..Default::default()
+    });
+    let mut s = server(&cfg);
+    let step = |s: &mut Server| ask(s, json!({"op": "step", "obs": [0.0, 0.0, 0.0, 0.0]}));
+    assert_eq!(ask(&mut s, json!({"op": "reset", "goal": [1.0, 1.0]}))["ok"], true);
+    assert_eq!(step(&mut s)["ok"], true);
+    // A goal in a wall: the episode before must not run on toward the old goal.
+    assert_eq!(ask(&mut s, json!({"op": "reset", "goal": [1.0, -0.5]}))["ok"], false);
+    let r = step(&mut s);
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("no episode: the last reset was refused (goal [1.0, -0.5]: inside a keep-out box"),
+        "{r}"
+    );
+    assert_eq!(ask(&mut s, json!({"op": "reset", "goal": [-1.0, 1.0]}))["ok"], true);
+    assert_eq!(step(&mut s)["ok"], true);
+}
+
+#[test]
 fn a_goal_without_a_goal_reward_is_refused() {
     let mut cfg = config("");
     cfg.planner.goal = None;
