@@ -1,4 +1,5 @@
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -193,3 +194,15 @@ def test_each_shipped_config_keeps_goals_out_of_its_maze_s_walls():
             assert not any(x0 < x < x1 and y0 < y < y1 for (x0, y0), (x1, y1) in boxes), (maze, cell)
         for config in root.glob(f"config/maze2d_{maze}*.yaml"):
             assert load_node_config(config)["serve"]["goal_keepout"] == boxes, config
+
+
+def test_d4rls_expert_reference_run_again_scores_about_100_and_a_fresh_expert_more():
+    """D4RL's REF_MAX came from one waypoint controller kept across episodes (its route planned
+    for the first start only); run that way on the rebuilt task it lands near 100, the random
+    policy near 0, and an expert planning each episode afresh well above 100."""
+    from df_train.eval.reference import scores
+
+    shared = statistics.fmean(scores("umaze", 40, 0, "shared"))
+    fresh = statistics.fmean(scores("umaze", 40, 0, "fresh"))
+    random = statistics.fmean(scores("umaze", 40, 0, "random"))
+    assert 70 < shared < 130 and fresh > 130 and -20 < random < 20, (shared, fresh, random)
