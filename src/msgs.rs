@@ -362,7 +362,10 @@ impl ActionFormat {
             kind: t.action_type,
             joint_names: t.joint_names.clone(),
             frame_id: t.frame_id.clone(),
-            pose_orientation: t.pose_orientation,
+            pose_orientation: {
+                let norm = t.pose_orientation.iter().map(|v| v * v).sum::<f64>().sqrt();
+                t.pose_orientation.map(|v| v / norm)
+            },
             pose_z: t.pose_z,
             safety: safety_filter(cfg),
         }
@@ -614,6 +617,14 @@ mod tests {
             e.contains("`topics.pose_orientation`: expected a unit quaternion [x, y, z, w]"),
             "{e}"
         );
+        // Four digits of √½ are accepted and sent at unit length.
+        let typed = positions.replace("[1, 0, 0, 0]", "[0.7071, 0, 0, 0.7071]");
+        let format = ActionFormat::new(&NodeConfig::parse(&typed, &path).unwrap());
+        let ActionMessage::Pose(pose) = format.message(&report, &[0.3, -0.2], None) else {
+            panic!("a pose");
+        };
+        let q = &pose.pose.orientation;
+        assert!((q.x * q.x + q.w * q.w - 1.0).abs() < 1e-12 && q.x == q.w);
     }
 
     fn image() -> Image {

@@ -208,7 +208,16 @@ impl Server {
     pub fn handle(&mut self, line: &str) -> Value {
         let request: Request = match parse_request(line, OPS) {
             Ok(r) => r,
-            Err(reply) => return reply,
+            Err(reply) => {
+                // A reset that could not be read ends the episode before it all the same.
+                let op = serde_json::from_str::<Value>(line)
+                    .ok()
+                    .and_then(|v| v.get("op").cloned());
+                if op.as_ref().and_then(Value::as_str) == Some("reset") {
+                    self.refused_reset = reply["error"].as_str().map(str::to_owned);
+                }
+                return reply;
+            }
         };
         match request {
             Request::Reset { goal, seed } => self.reset(goal, seed),

@@ -132,6 +132,16 @@ fn after_a_refused_reset_steps_are_refused_until_a_reset_is_accepted() {
     );
     assert_eq!(ask(&mut s, json!({"op": "reset", "goal": [-1.0, 1.0]}))["ok"], true);
     assert_eq!(step(&mut s)["ok"], true);
+    // A reset that cannot be read ends the episode too.
+    assert_eq!(ask(&mut s, json!({"op": "reset", "goal": [1.0]}))["ok"], false);
+    let r = step(&mut s);
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("no episode: the last reset was refused (malformed request: goal: invalid length 1"),
+        "{r}"
+    );
 }
 
 #[test]
