@@ -103,7 +103,7 @@ def test_a_bag_without_the_cameras_is_refused(tmp_path):
         read_demo_bag(tmp_path / "bag")
 
 
-def test_camera_images_are_read_by_step_and_must_have_the_model_size():
+def test_camera_images_are_read_by_step():
     from df_train import rosbag_io
     from df_train.datagen.fruit_swap import camera_image
 

@@ -197,9 +197,9 @@ def test_each_shipped_config_keeps_goals_out_of_its_maze_s_walls():
 
 
 def test_d4rls_expert_reference_run_again_scores_about_100_and_a_fresh_expert_more():
-    """D4RL's REF_MAX came from one waypoint controller kept across episodes (its route planned
-    for the first start only); run that way on the rebuilt task it lands near 100, the random
-    policy near 0, and an expert planning each episode afresh well above 100."""
+    """D4RL's REF_MAX came from one waypoint controller kept across episodes (after the first
+    episode, aimed straight at the goal); run that way on the rebuilt task it lands near 100,
+    the random policy near 0, and an expert planning each episode afresh well above 100."""
     from df_train.eval.reference import scores
 
     shared = statistics.fmean(scores("umaze", 40, 0, "shared"))

@@ -2,11 +2,12 @@
 
 D4RL's `scripts/reference_scores/maze2d_controller.py` made REF_MAX_SCORE from one waypoint
 controller kept across 100 episodes. The controller plans its waypoints only when the target
-changes, so with the fixed goal of maze2d-*-v1 every episode after the first follows the first
-episode's route from wherever it starts, pressing at walls on the way. `shared` repeats that
-(it should give about 100, which checks the rebuilt tasks against D4RL's); `fresh` gives each
+changes, and maze2d-*-v1 has one fixed goal: once the first episode has reached it, the
+controller's waypoint stays at the goal cell, so every later episode is a PD controller (P 10,
+D −1) aimed straight at the goal, pressing at walls on the way. `shared` repeats that (it
+should give about 100, which checks the rebuilt tasks against D4RL's); `fresh` gives each
 episode its own controller, the waypoint expert the datasets come from (the score a planner
-that planned as well as it would reach); `random` draws uniform actions (REF_MIN's policy,
+that routed as well as it would reach); `random` draws uniform actions (REF_MIN's policy,
 about 0).
 
     python -m df_train.eval.reference --maze medium --episodes 100 --seed 0
