@@ -118,30 +118,24 @@ fn after_a_refused_reset_steps_are_refused_until_a_reset_is_accepted() {
     });
     let mut s = server(&cfg);
     let step = |s: &mut Server| ask(s, json!({"op": "step", "obs": [0.0, 0.0, 0.0, 0.0]}));
+    // After a refused reset `goal`, a step is refused, naming why.
+    let refused_after = |s: &mut Server, goal: Value, why: &str| {
+        assert_eq!(ask(s, json!({"op": "reset", "goal": goal}))["ok"], false);
+        let r = step(s);
+        let error = r["error"].as_str().unwrap_or_default();
+        assert!(
+            error.starts_with(&format!("no episode: the last reset was refused ({why}")),
+            "{r}"
+        );
+    };
     assert_eq!(ask(&mut s, json!({"op": "reset", "goal": [1.0, 1.0]}))["ok"], true);
     assert_eq!(step(&mut s)["ok"], true);
     // A goal in a wall: the episode before must not run on toward the old goal.
-    assert_eq!(ask(&mut s, json!({"op": "reset", "goal": [1.0, -0.5]}))["ok"], false);
-    let r = step(&mut s);
-    assert!(
-        r["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("no episode: the last reset was refused (goal [1.0, -0.5]: inside a keep-out box"),
-        "{r}"
-    );
+    refused_after(&mut s, json!([1.0, -0.5]), "goal [1.0, -0.5]: inside a keep-out box");
     assert_eq!(ask(&mut s, json!({"op": "reset", "goal": [-1.0, 1.0]}))["ok"], true);
     assert_eq!(step(&mut s)["ok"], true);
     // A reset that cannot be read ends the episode too.
-    assert_eq!(ask(&mut s, json!({"op": "reset", "goal": [1.0]}))["ok"], false);
-    let r = step(&mut s);
-    assert!(
-        r["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("no episode: the last reset was refused (malformed request: goal: invalid length 1"),
-        "{r}"
-    );
+    refused_after(&mut s, json!([1.0]), "malformed request: goal: invalid length 1");
 }
 
 #[test]
