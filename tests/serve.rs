@@ -72,14 +72,7 @@ fn bad_requests_are_answered_and_the_server_keeps_going() {
             "malformed request: op: unknown variant `fly`",
         ),
         (json!({"goal": [1.0, 1.0]}).to_string(), "malformed request: op: "),
-        (
-            json!({"op": "reset", "goal": [1.0]}).to_string(),
-            "malformed request: goal: invalid length 1",
-        ),
-        (
-            json!({"op": "reset", "goal": [1.0, 1.0], "speed": 2}).to_string(),
-            "malformed request: speed: unknown field `speed`",
-        ),
+        // Steps first: after a refused reset a step is refused for that.
         (
             json!({"op": "step", "obs": [1.0]}).to_string(),
             "observation: expected 4 values (layout.observation_dim), got 1",
@@ -87,6 +80,14 @@ fn bad_requests_are_answered_and_the_server_keeps_going() {
         (
             json!({"op": "step", "obs": [0.0, f64::NAN, 0.0, 0.0]}).to_string(),
             "malformed request: obs[1]: invalid type: null, expected f64",
+        ),
+        (
+            json!({"op": "reset", "goal": [1.0]}).to_string(),
+            "malformed request: goal: invalid length 1",
+        ),
+        (
+            json!({"op": "reset", "goal": [1.0, 1.0], "speed": 2}).to_string(),
+            "malformed request: speed: unknown field `speed`",
         ),
         (
             json!({"op": "reset", "goal": [5.0, 0.0]}).to_string(),
