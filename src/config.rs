@@ -294,6 +294,18 @@ pub struct GoalTopic {
     pub frame_id: String,
 }
 
+impl TopicsSection {
+    /// `pose_orientation` at unit length (the config may be 1e-3 off it).
+    pub fn unit_pose_orientation(&self) -> [f64; 4] {
+        let norm = quaternion_norm(self.pose_orientation);
+        self.pose_orientation.map(|v| v / norm)
+    }
+}
+
+fn quaternion_norm(q: [f64; 4]) -> f64 {
+    q.iter().map(|v| v * v).sum::<f64>().sqrt()
+}
+
 impl Default for TopicsSection {
     fn default() -> Self {
         Self {
@@ -560,7 +572,7 @@ impl NodeConfig {
             ));
         }
         let q = self.topics.pose_orientation;
-        let norm = q.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let norm = quaternion_norm(q);
         // Hand-typed values (0.7071 for √½) are a little off unit length: they are normalized
         // where the messages are made.
         if !(q.iter().all(|v| v.is_finite()) && (norm - 1.0).abs() < 1e-3) {

@@ -362,10 +362,7 @@ impl ActionFormat {
             kind: t.action_type,
             joint_names: t.joint_names.clone(),
             frame_id: t.frame_id.clone(),
-            pose_orientation: {
-                let norm = t.pose_orientation.iter().map(|v| v * v).sum::<f64>().sqrt();
-                t.pose_orientation.map(|v| v / norm)
-            },
+            pose_orientation: t.unit_pose_orientation(),
             pose_z: t.pose_z,
             safety: safety_filter(cfg),
         }
