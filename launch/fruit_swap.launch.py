@@ -37,8 +37,13 @@ def generate_launch_description():
             description="End-effector state (sensor_msgs/JointState with joints named ee_x, ee_y, ee_z, gripper: "
                         "topics.state_joints in the config reads them by name; a state without them holds the arm)."),
         DeclareLaunchArgument(
-            "action", default_value="/df_planner/action",
-            description="Where the commanded [x, y, z, gripper] goes (std_msgs/Float64MultiArray)."),
+            "action", default_value="~/action",
+            description="Where the commanded [x, y, z, gripper] goes (std_msgs/Float64MultiArray; ~/action is "
+                        "<namespace>/df_planner/action)."),
+        DeclareLaunchArgument(
+            "namespace", default_value="",
+            description="The node's namespace: it moves the node's own topics (~/action, ~/plan: "
+                        "<namespace>/df_planner/action); absolute topics in the config (/diagnostics) stay."),
         DeclareLaunchArgument(
             "use_sim_time", default_value="false",
             description="Follow /clock for stamps and staleness (simulation or bag playback)."),
@@ -53,6 +58,7 @@ def generate_launch_description():
             package="df_planner",
             executable="df_planner",
             name="df_planner",
+            namespace=LaunchConfiguration("namespace"),
             arguments=["run"],
             parameters=[{
                 "config": arg("config"),
@@ -62,7 +68,7 @@ def generate_launch_description():
                 ("/camera/front/image_raw", arg("front_camera")),
                 ("/camera/wrist/image_raw", arg("wrist_camera")),
                 ("/ee_state", arg("ee_state")),
-                ("/df_planner/action", arg("action")),
+                ("~/action", arg("action")),
             ],
             additional_env={"RUST_LOG": arg("log_level"), "ORT_DYLIB_PATH": arg("onnxruntime_library")},
             output="screen",

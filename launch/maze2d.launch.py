@@ -26,6 +26,10 @@ def generate_launch_description():
                         "control (rate_hz, action_dt_s, fallback hold|stop), safety limits and timeouts, "
                         "camera, topics. Overrides the maze choice."),
         DeclareLaunchArgument(
+            "namespace", default_value="",
+            description="The node's namespace: it moves the node's own topics (~/action, ~/plan: "
+                        "<namespace>/df_planner/action); absolute topics in the config (/diagnostics) stay."),
+        DeclareLaunchArgument(
             "use_sim_time", default_value="false",
             description="Follow /clock for stamps and staleness (simulation or bag playback)."),
         DeclareLaunchArgument(
@@ -39,6 +43,7 @@ def generate_launch_description():
             package="df_planner",
             executable="df_planner",
             name="df_planner",
+            namespace=LaunchConfiguration("namespace"),
             arguments=["run"],
             parameters=[{
                 "config": LaunchConfiguration("config"),

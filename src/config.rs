@@ -20,6 +20,7 @@ use crate::diffusion::{GuidanceForm, MatrixKind};
 use crate::frames::Resize;
 use crate::model::RuntimeConfig;
 use crate::planner::{GoalRewardConfig, McgForm};
+use crate::ros::names::topic_name_error;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -241,10 +242,15 @@ pub enum ActionType {
     Float64MultiArray,
     /// trajectory_msgs/JointTrajectory: the remaining plan as a time-stamped chunk ending at rest.
     JointTrajectory,
-    /// geometry_msgs/PoseStamped: the action as an end-effector position (x, y[, z]).
+    /// geometry_msgs/PoseStamped: the action as an end-effector position (x, y[, z]); refused
+    /// for an action of more dimensions (a gripper would be dropped).
     PoseStamped,
 }
 
+/// Topic names are ROS 2 names, checked when the config loads: absolute (`/joint_states`)
+/// stays as written; relative (`joint_states`) goes under the node's namespace and private
+/// (`~/action`, the default outputs) under the namespace and the node's name, so a launch
+/// `namespace` moves them. Replay resolves them the same way (`replay --namespace`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TopicsSection {
@@ -312,7 +318,7 @@ impl Default for TopicsSection {
             image: "/camera/image_raw".into(),
             state: "/joint_states".into(),
             state_joints: Vec::new(),
-            action: "/df_planner/action".into(),
+            action: "~/action".into(),
             action_type: ActionType::Float64MultiArray,
             joint_names: Vec::new(),
             frame_id: "base_link".into(),
@@ -320,7 +326,7 @@ impl Default for TopicsSection {
             pose_z: 0.0,
             goal: None,
             diagnostics: "/diagnostics".into(),
-            plan: "/df_planner/plan".into(),
+            plan: "~/plan".into(),
             recorded_action: None,
         }
     }
@@ -449,6 +455,14 @@ impl NodeConfig {
                 "control.measured_action",
                 "the state indices the actions are positions of: joint_trajectory and pose_stamped outputs are position targets".into(),
                 "[]".into(),
+            ));
+        }
+        if n > 3 && self.topics.action_type == ActionType::PoseStamped {
+            // The dimensions after x, y, z (a gripper) would be dropped on the way out.
+            return Err(bad(
+                "topics.action_type",
+                "float64_multi_array or joint_trajectory for an action of more than 3 dimensions: a pose carries x, y, z only".into(),
+                format!("pose_stamped for {n} dimensions"),
             ));
         }
         if measured != 0 && self.topics.state_joints.is_empty() {
@@ -588,6 +602,22 @@ impl NodeConfig {
                 "a finite height".into(),
                 self.topics.pose_z.to_string(),
             ));
+        }
+        let t = &self.topics;
+        let mut named = vec![
+            ("topics.image", t.image.as_str()),
+            ("topics.state", &t.state),
+            ("topics.action", &t.action),
+            ("topics.diagnostics", &t.diagnostics),
+            ("topics.plan", &t.plan),
+        ];
+        named.extend(t.recorded_action.as_deref().map(|n| ("topics.recorded_action", n)));
+        named.extend(t.goal.as_ref().map(|g| ("topics.goal.topic", g.topic.as_str())));
+        named.extend(self.camera.topics.values().map(|n| ("camera.topics", n.as_str())));
+        for (field, name) in named {
+            if let Some(why) = topic_name_error(name) {
+                return Err(bad(field, format!("a ROS 2 topic name ({why})"), format!("{name:?}")));
+            }
         }
         if let Some(r) = self.planner.goal.as_ref().and_then(|g| g.reached_within) {
             if !(r.is_finite() && r > 0.0) {

@@ -13,6 +13,5 @@ pub mod msgs;
 pub mod node;
 pub mod planner;
 pub mod replay;
-#[cfg(feature = "ros")]
 pub mod ros;
 pub mod serve;

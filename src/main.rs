@@ -166,6 +166,10 @@ struct ReplayArgs {
     /// place (later ones are skipped and counted); memory holds this much of the inputs.
     #[arg(long, default_value_t = 2.0)]
     reorder_window: f64,
+    /// The namespace the recorded node ran in (its launch `namespace`): the config's relative
+    /// and private topic names (~/action) resolve in it, as on the robot.
+    #[arg(long, default_value = "/")]
+    namespace: String,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -599,6 +603,7 @@ fn replay(a: ReplayArgs) -> Result<()> {
     let options = df_planner::replay::ReplayOptions {
         rate: a.rate,
         reorder_window_s: a.reorder_window,
+        namespace: a.namespace,
     };
     // A config the model or the planner refuses is named by its file, as `serve` names it.
     let s = df_planner::replay::replay(&cfg, &a.bag, &a.out, &options).map_err(|e| match e {

@@ -117,6 +117,19 @@ fn measured_action_names_one_state_position_per_action() {
 }
 
 #[test]
+fn a_pose_output_refuses_an_action_it_would_cut_short() {
+    // Fruit swap's [x, y, z, gripper]: a pose would drop the gripper.
+    let path = common::repo().join("config/fruit_swap.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let yaml = text.replace("action_type: float64_multi_array", "action_type: pose_stamped");
+    let e = NodeConfig::parse(&yaml, &path).unwrap_err().to_string();
+    assert!(
+        e.ends_with("`topics.action_type`: expected float64_multi_array or joint_trajectory for an action of more than 3 dimensions: a pose carries x, y, z only, got pose_stamped for 4 dimensions"),
+        "{e}"
+    );
+}
+
+#[test]
 fn model_and_matrix_problems_name_the_config_field() {
     let path = common::repo().join("config/pointmass.yaml");
     let text = std::fs::read_to_string(&path).unwrap();

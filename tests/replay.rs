@@ -274,11 +274,11 @@ fn malformed_configs_are_named() {
             "`camera.width`: expected >= 1 pixel, got 0",
         ),
         (
-            text.replace("  plan: /df_planner/plan", "  plan: /df_planner/plan\n  goal: {topic: /goal_pose, frame_id: map}"),
+            text.replace("  plan: ~/plan", "  plan: ~/plan\n  goal: {topic: /goal_pose, frame_id: map}"),
             "`topics.goal`: expected null, or a planner.goal section (the goal reward whose goal it sets), got topic \"/goal_pose\" with no planner.goal",
         ),
         (
-            text.replace("  plan: /df_planner/plan", "  plan: /df_planner/plan\n  goal: /goal_pose"),
+            text.replace("  plan: ~/plan", "  plan: ~/plan\n  goal: /goal_pose"),
             "field `topics.goal`: invalid type: string \"/goal_pose\", expected struct GoalTopic",
         ),
         (
@@ -287,6 +287,10 @@ fn malformed_configs_are_named() {
                 "  seed: 0\n  goal: {position_dims: [0, 1], squash: linear, sigma: 1.0, aggregate: {kind: mean}, reached_within: 0}",
             ),
             "`planner.goal.reached_within`: expected a distance > 0, or null, got 0",
+        ),
+        (
+            text.replace("  plan: ~/plan", "  plan: ~/df planner/plan"),
+            "`topics.plan`: expected a ROS 2 topic name (character ' ': a name has only letters, digits, '_', '/' and a leading '~'), got \"~/df planner/plan\"",
         ),
         ("model: [".to_string(), "config x.yaml:"),
     ];
@@ -739,6 +743,50 @@ fn messages_stored_out_of_log_time_order_replay_in_order_within_the_window() {
 }
 
 #[test]
+fn relative_and_private_topics_resolve_in_the_recorded_namespace() {
+    // The shipped bag as a robot in /arm1 records it; the config names the inputs relative to
+    // the node and the outputs privately (~/action, the default).
+    let moved: Vec<_> = mcap::MessageStream::new(&shipped_mcap())
+        .unwrap()
+        .map(|m| {
+            let mut m = m.unwrap();
+            let mut channel = (*m.channel).clone();
+            channel.topic = format!("/arm1{}", channel.topic);
+            m.channel = std::sync::Arc::new(channel);
+            m
+        })
+        .collect();
+    let path = out("arm1.mcap");
+    write_mcap(&path, moved);
+    let mut cfg = config();
+    cfg.model.runtime = common::cpu();
+    (cfg.topics.state, cfg.topics.image) = ("joint_states".into(), "camera/image_raw".into());
+    cfg.topics.recorded_action = Some("action".into());
+    assert_eq!(
+        (cfg.topics.action.as_str(), cfg.topics.plan.as_str()),
+        ("~/action", "~/plan")
+    );
+    let in_arm1 = ReplayOptions {
+        namespace: "/arm1".into(),
+        ..ReplayOptions::default()
+    };
+    let s = replay(&cfg, &path, &out("arm1_out.mcap"), &in_arm1).unwrap();
+    assert_eq!(s.topics["/arm1/joint_states"].used, 60);
+    run(&config(), "pointmass_mcap", "root_out.mcap").unwrap();
+    let arm1_actions = messages(&out("arm1_out.mcap"), "/arm1/df_planner/action");
+    assert!(!arm1_actions.is_empty());
+    assert_eq!(arm1_actions, messages(&out("root_out.mcap"), "/df_planner/action"));
+    assert!(!messages(&out("arm1_out.mcap"), "/arm1/df_planner/plan").is_empty());
+
+    // In the root namespace the same config looks for /joint_states, which this bag lacks.
+    let err = run_bag(&cfg, &path, "arm1_root.mcap").unwrap_err().to_string();
+    assert!(
+        err.starts_with("config topics.state = \"/joint_states\": not in the bag"),
+        "{err}"
+    );
+}
+
+#[test]
 fn replay_options_out_of_range_are_named() {
     let mut cfg = config();
     cfg.model.runtime = common::cpu();
@@ -763,6 +811,13 @@ fn replay_options_out_of_range_are_named() {
                 ..ReplayOptions::default()
             },
             "reorder window: expected seconds from 0 to 86400, got -1.0",
+        ),
+        (
+            ReplayOptions {
+                namespace: "arm1".into(),
+                ..ReplayOptions::default()
+            },
+            "namespace \"arm1\": expected an absolute ROS 2 namespace such as / or /arm1 (a namespace starts with '/' (/arm1))",
         ),
     ] {
         let err = replay(&cfg, &bag("pointmass_mcap"), &out("options.mcap"), &options).unwrap_err();

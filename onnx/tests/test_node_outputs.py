@@ -47,9 +47,9 @@ def test_replay_output_opens_in_python_mcap_with_ros2_decoding(tmp_path, bag):
 
 
 @pytest.mark.parametrize("launch, arguments", [
-    ("maze2d.launch.py", {"maze", "config", "use_sim_time", "onnxruntime_library", "log_level"}),
+    ("maze2d.launch.py", {"maze", "config", "use_sim_time", "onnxruntime_library", "log_level", "namespace"}),
     ("fruit_swap.launch.py", {"config", "front_camera", "wrist_camera", "ee_state", "action", "use_sim_time",
-                              "onnxruntime_library", "log_level"}),
+                              "onnxruntime_library", "log_level", "namespace"}),
 ])
 def test_launch_file_documents_every_argument(launch, arguments):
     tree = ast.parse((ROOT / "launch" / launch).read_text())

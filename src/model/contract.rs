@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::diffusion::{AlphaBar, ScheduleError};
+use crate::ros::names::topic_name_error;
 
 /// The metadata_props key that holds the contract JSON.
 pub const METADATA_KEY: &str = "df_planner.contract";
@@ -335,6 +336,13 @@ impl ModelContract {
                 if c.encoding != "rgb8" {
                     return Err(invalid("cameras.inputs[].encoding", "rgb8", &c.encoding));
                 }
+                if let Some(why) = topic_name_error(&c.topic) {
+                    return Err(invalid(
+                        "cameras.inputs[].topic",
+                        format!("a ROS 2 topic name ({why})"),
+                        format!("{:?}", c.topic),
+                    ));
+                }
                 if c.width == 0 || c.height == 0 || c.width > MAX_IMAGE_SIDE || c.height > MAX_IMAGE_SIDE {
                     return Err(invalid(
                         "cameras.inputs[].width/height",
@@ -560,6 +568,13 @@ mod tests {
         let msg = ModelContract::from_json(&v.to_string()).unwrap_err().to_string();
         assert_eq!(msg, "cameras.inputs[].encoding: expected rgb8, got bgr8");
         v["cameras"]["inputs"][0]["encoding"] = json!("rgb8");
+        v["cameras"]["inputs"][0]["topic"] = json!("/camera/front image");
+        let msg = ModelContract::from_json(&v.to_string()).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("cameras.inputs[].topic: expected a ROS 2 topic name (character ' '"),
+            "{msg}"
+        );
+        v["cameras"]["inputs"][0]["topic"] = json!("/camera/front/image_raw");
         let wrist = json!({"role": "wrist", "topic": "/w", "encoding": "rgb8", "width": 64, "height": 32});
         v["cameras"]["inputs"].as_array_mut().unwrap().push(wrist);
         let msg = ModelContract::from_json(&v.to_string()).unwrap_err().to_string();

@@ -30,6 +30,7 @@ use crate::model::{Field, MAX_STANDARD_DEVIATIONS};
 use crate::msgs;
 use crate::node::{camera_rings, offline_loop, planner, state_intake, NodeError};
 use crate::planner::Plan;
+use crate::ros::names::{namespace_error, resolve_topic};
 
 #[derive(Debug, Error)]
 pub enum ReplayError {
@@ -62,6 +63,8 @@ pub enum ReplayError {
         expected: &'static str,
         got: f64,
     },
+    #[error("namespace {got:?}: expected an absolute ROS 2 namespace such as / or /arm1 ({why})")]
+    Namespace { got: String, why: String },
     #[error("bag has no messages on the configured topics{damage}")]
     Empty { damage: String },
 }
@@ -124,7 +127,7 @@ const ARRAY: &str = "std_msgs/msg/Float64MultiArray";
 const POSE: &str = "geometry_msgs/msg/PoseStamped";
 
 /// How a bag is replayed.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReplayOptions {
     /// Pace the replay at this multiple of real time; None: as fast as possible.
     pub rate: Option<f64>,
@@ -132,6 +135,9 @@ pub struct ReplayOptions {
     /// place. Memory holds this much of the input topics' data (a 30 Hz VGA rgb8 camera: 28 MB
     /// a second).
     pub reorder_window_s: f64,
+    /// The namespace the recorded node ran in: the config's relative and private topic names
+    /// resolve in it, as on the robot.
+    pub namespace: String,
 }
 
 impl Default for ReplayOptions {
@@ -139,6 +145,7 @@ impl Default for ReplayOptions {
         Self {
             rate: None,
             reorder_window_s: 2.0,
+            namespace: "/".into(),
         }
     }
 }
@@ -160,6 +167,12 @@ impl ReplayOptions {
                 got: w,
             });
         }
+        if let Some(why) = namespace_error(&self.namespace) {
+            return Err(ReplayError::Namespace {
+                got: self.namespace.clone(),
+                why,
+            });
+        }
         Ok(())
     }
 }
@@ -175,21 +188,22 @@ pub fn replay(
     let camera_model = lp.has_cameras();
     let rings = camera_rings(cfg, lp.contract())?;
     let t = &cfg.topics;
-    let mut wanted: Vec<(Input, String, &str, &'static str)> =
-        vec![(Input::State, "topics.state".into(), &t.state, JOINT_STATE)];
+    let full = |name: &str| resolve_topic(name, &options.namespace);
+    let mut wanted: Vec<(Input, String, String, &'static str)> =
+        vec![(Input::State, "topics.state".into(), full(&t.state), JOINT_STATE)];
     for (i, ring) in rings.iter().enumerate() {
         let field = if camera_model {
             format!("camera topic (camera.topics or the model's cameras.inputs[{i}].topic)")
         } else {
             "topics.image".into()
         };
-        wanted.push((Input::Image(i), field, &ring.topic, IMAGE));
+        wanted.push((Input::Image(i), field, full(&ring.topic), IMAGE));
     }
     if let Some(rec) = &t.recorded_action {
-        wanted.push((Input::RecordedAction, "topics.recorded_action".into(), rec, ARRAY));
+        wanted.push((Input::RecordedAction, "topics.recorded_action".into(), full(rec), ARRAY));
     }
     if let Some(goal) = &t.goal {
-        wanted.push((Input::Goal, "topics.goal.topic".into(), &goal.topic, POSE));
+        wanted.push((Input::Goal, "topics.goal.topic".into(), full(&goal.topic), POSE));
     }
     // First the topics the bag declares, so a config that does not fit it fails before
     // anything is replayed.
@@ -199,7 +213,7 @@ pub fn replay(
     // Goals are sent now and then: a bag may have none (the goal stays planner.goal.target).
     wanted.retain(|w| {
         let optional = matches!(w.0, Input::Goal) || (matches!(w.0, Input::Image(_)) && camera_optional);
-        !optional || declared.topics.iter().any(|t| t.name == *w.2)
+        !optional || declared.topics.iter().any(|t| t.name == w.2)
     });
     let available = declared
         .topics
@@ -208,7 +222,7 @@ pub fn replay(
         .collect::<Vec<_>>()
         .join(", ");
     for (_, field, topic, expected) in &wanted {
-        match declared.topics.iter().find(|t| t.name == **topic) {
+        match declared.topics.iter().find(|t| t.name == *topic) {
             None => {
                 return Err(ReplayError::MissingTopic {
                     field: field.clone(),
@@ -235,7 +249,7 @@ pub fn replay(
             Some(_) => {}
         }
     }
-    let inputs: Vec<(Input, String)> = wanted.iter().map(|w| (w.0, w.2.to_owned())).collect();
+    let inputs: Vec<(Input, String)> = wanted.into_iter().map(|w| (w.0, w.2)).collect();
     let states = state_intake(cfg, lp.contract())?;
     check_output_outside(bag_path, out)?;
     // Written beside the output and renamed over it once the replay has succeeded: a failed
@@ -252,7 +266,7 @@ pub fn replay(
     let feed = Feed {
         states,
         sink: Published {
-            output: McapSink::create(&staged, cfg).map_err(ReplayError::Output)?,
+            output: McapSink::create(&staged, cfg, &options.namespace).map_err(ReplayError::Output)?,
             comparison: ActionComparison::default(),
         },
         lp,

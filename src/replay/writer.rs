@@ -10,6 +10,7 @@ use std::path::Path;
 use crate::config::{ActionType, NodeConfig};
 use crate::control::{ActionSink, Diagnostics, TickReport};
 use crate::planner::Plan;
+use crate::ros::names::resolve_topic;
 
 use crate::msgs::{float64_array, schema, to_cdr, ActionFormat, ActionMessage, DiagnosticReports, Header, Time};
 
@@ -33,7 +34,8 @@ fn type_name(t: ActionType) -> &'static str {
 }
 
 impl McapSink {
-    pub fn create(path: &Path, cfg: &NodeConfig) -> Result<Self, String> {
+    /// The topics are the config's, resolved in `namespace` as the node resolves them.
+    pub fn create(path: &Path, cfg: &NodeConfig, namespace: &str) -> Result<Self, String> {
         let file = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut w = mcap::WriteOptions::new()
             .profile("ros2")
@@ -45,7 +47,7 @@ impl McapSink {
             let id = w
                 .add_schema(ty, "ros2msg", schema.as_bytes())
                 .map_err(|e| e.to_string())?;
-            w.add_channel(id, topic, "cdr", &BTreeMap::new())
+            w.add_channel(id, &resolve_topic(topic, namespace), "cdr", &BTreeMap::new())
                 .map_err(|e| e.to_string())
         };
         let t = &cfg.topics;
