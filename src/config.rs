@@ -53,8 +53,9 @@ pub struct NodeConfig {
     pub camera: CameraSection,
     #[serde(default)]
     pub topics: TopicsSection,
-    /// `df_planner serve`: how plans are executed between replans; and, for every command, where
-    /// goals may lie (`goal_bounds`, `goal_keepout`).
+    /// How plans are executed between replans (the plan's actions, a PD controller tracking
+    /// it, arrive-and-hold at the goal), by the node's control tick and `df_planner serve`
+    /// alike; and where goals may lie (`goal_bounds`, `goal_keepout`).
     #[serde(default)]
     pub serve: Option<crate::serve::ServeSection>,
 }

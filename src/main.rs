@@ -22,7 +22,7 @@ use df_planner::frames::ImageView;
 use df_planner::model::{available_providers, Field, ModelContract, OnnxDenoiser, Provider, RuntimeConfig};
 use df_planner::node::node_parts;
 use df_planner::planner::Plan;
-use df_planner::serve::{Execute, Server};
+use df_planner::serve::Server;
 use ndarray::{Array2, Array3};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -923,22 +923,6 @@ fn serve(a: ServeArgs) -> Result<()> {
     let planner = df_planner::node::planner(&cfg).context(origin.clone())?;
     let stdin = std::io::stdin();
     if planner.has_cameras() {
-        // The node's loop executes the plan's own actions; a PD controller or a hold would
-        // otherwise be asked for and silently not run.
-        if let Some(s) = cfg
-            .serve
-            .as_ref()
-            .filter(|s| s.execute != Execute::DiffusedActions || s.hold_radius.is_some())
-        {
-            bail!(
-                "serve.execute / serve.hold_radius (--execute / --hold-radius): a camera model is served \
-                 through the node's loop, which executes the plan's own actions; expected diffused_actions \
-                 and no hold radius, got {} and {}",
-                s.execute.name(),
-                s.hold_radius
-                    .map_or("no hold radius".into(), |r| format!("hold radius {r}"))
-            );
-        }
         drop(planner);
         let mut bridge = Bridge::new(&cfg).map_err(anyhow::Error::msg).context(origin)?;
         df_planner::serve::run(|line| bridge.handle(line), stdin.lock(), std::io::stdout().lock())?;

@@ -504,6 +504,7 @@ fn diagnostic_array(header: Header, d: &Diagnostics, previous: Option<&Diagnosti
         kv("clipped", d.clipped.to_string()),
         kv("rate_limited", d.rate_limited.to_string()),
         kv("late_actions_dropped", d.late_actions_dropped.to_string()),
+        kv("goal_held_ticks", d.goal_held.to_string()),
         kv("deadline_misses", d.deadline_misses.to_string()),
         kv("records_dropped", d.records_dropped.to_string()),
     ];
@@ -707,6 +708,7 @@ mod tests {
             clipped: 0,
             rate_limited: 0,
             late_actions_dropped: 0,
+            goal_held: 0,
             plans: 0,
             plan_errors,
             states_rejected: 0,

@@ -4,7 +4,7 @@
 use thiserror::Error;
 
 use crate::config::NodeConfig;
-use crate::control::{ControlCore, ControlParams, JointSelection, OfflineLoop, Safety, StateIntake};
+use crate::control::{ControlCore, ControlParams, JointSelection, OfflineLoop, PdExecution, Safety, StateIntake};
 use crate::frames::{CameraRing, MAX_CAMERAS};
 use crate::model::{Field, ModelContract, ModelError, OnnxDenoiser, MAX_STANDARD_DEVIATIONS};
 use crate::planner::{DfPlanner, GoalReward, NodeGoal, PlanError, PlannerSettings, PlannerTask};
@@ -19,6 +19,9 @@ pub enum NodeError {
     /// The goal reward's own message, which names its field under `goal.`.
     #[error("planner.{0}")]
     Goal(String),
+    /// How the plans are executed (`serve.execute`, `serve.hold_radius`), in the check's words.
+    #[error("{0}")]
+    Execution(String),
     #[error("{field}: expected {expected}, got {got}")]
     Mismatch {
         field: &'static str,
@@ -53,8 +56,9 @@ pub fn planner_settings(cfg: &NodeConfig, frame_stack: usize) -> PlannerSettings
     }
 }
 
-/// Control core parameters and safety filter from the config.
-pub fn control_core(cfg: &NodeConfig) -> ControlCore {
+/// Control core parameters, safety filter and PD controller (when `serve.execute` or
+/// `serve.hold_radius` asks for one) from the config.
+pub fn control_core(cfg: &NodeConfig, contract: &ModelContract) -> Result<ControlCore, NodeError> {
     let params = ControlParams {
         fallback: cfg.control.fallback,
         stop_action: cfg.control.stop_action.clone(),
@@ -65,7 +69,20 @@ pub fn control_core(cfg: &NodeConfig) -> ControlCore {
         hold_timeout_ns: cfg.control.hold_timeout_s.map(|s| (s * 1e9) as i64),
         measured_action: cfg.control.measured_action.clone(),
     };
-    ControlCore::new(params, safety_filter(cfg))
+    let core = ControlCore::new(params, safety_filter(cfg));
+    Ok(match pd_execution(cfg, contract)? {
+        Some(pd) => core.with_execution(pd, contract.layout.observation_dim),
+        None => core,
+    })
+}
+
+/// The PD controller `serve.execute` and `serve.hold_radius` put in the loop, if any.
+fn pd_execution(cfg: &NodeConfig, contract: &ModelContract) -> Result<Option<PdExecution>, NodeError> {
+    let l = &contract.layout;
+    let serve = cfg.serve.clone().unwrap_or_default();
+    serve
+        .pd_execution(l.action_dim, l.observation_dim)
+        .map_err(NodeError::Execution)
 }
 
 /// The config's limits and rates, per control tick.
@@ -193,7 +210,9 @@ pub fn state_intake(cfg: &NodeConfig, contract: &ModelContract) -> Result<StateI
 
 /// The planner task, planning toward the node's goal, and the control core.
 pub fn node_parts(cfg: &NodeConfig) -> Result<(PlannerTask, ControlCore), NodeError> {
-    Ok((planner_task(cfg, planner(cfg)?)?, control_core(cfg)))
+    let planner = planner(cfg)?;
+    let core = control_core(cfg, planner.contract())?;
+    Ok((planner_task(cfg, planner)?, core))
 }
 
 fn planner_task(cfg: &NodeConfig, planner: DfPlanner) -> Result<PlannerTask, NodeError> {
@@ -203,7 +222,8 @@ fn planner_task(cfg: &NodeConfig, planner: DfPlanner) -> Result<PlannerTask, Nod
     Ok(PlannerTask::new(planner, cfg.planner.replan_every, step_ns)
         .with_state_timeout(timeout_ns(cfg.safety.state_timeout_s))
         .with_camera_timeout(timeout_ns(cfg.safety.camera_timeout_s))
-        .with_goal(goal))
+        .with_goal(goal)
+        .with_hold(cfg.serve.as_ref().and_then(|s| Some((s.hold_radius?, s.position_dims)))))
 }
 
 /// The node's goal: the goal reward (`planner.goal`), its first goal `planner.goal.target`,
@@ -253,10 +273,11 @@ pub fn node_goal(cfg: &NodeConfig, contract: &ModelContract) -> Result<Option<No
 /// The loop on a virtual clock (replay, the simulator bridge) around a loaded planner.
 pub fn offline_loop(cfg: &NodeConfig, planner: DfPlanner) -> Result<OfflineLoop, NodeError> {
     let cameras = camera_rings(cfg, planner.contract())?;
+    let core = control_core(cfg, planner.contract())?;
     let task = planner_task(cfg, planner)?;
     let step_ns = cfg.control.step().as_nanos() as i64;
     let tick_ns = cfg.control.tick().as_nanos() as i64;
-    Ok(OfflineLoop::new(task, control_core(cfg), tick_ns, step_ns, &cameras))
+    Ok(OfflineLoop::new(task, core, tick_ns, step_ns, &cameras))
 }
 
 /// The camera rings of a node: a camera model's inputs (their topics from the contract unless

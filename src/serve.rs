@@ -35,8 +35,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::NodeConfig;
-use crate::control::Histogram;
-use crate::planner::{DfPlanner, GoalRegion, GoalReward, Plan};
+use crate::control::{arrival, Histogram, PdExecution};
+use crate::planner::{DfPlanner, GoalRegion, GoalReward, Plan, PlanHold};
 
 /// How a plan becomes actions between replans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -125,10 +125,12 @@ pub struct Server {
     action_max: Vec<f64>,
     plan: Plan,
     since_plan: Option<usize>,
-    /// The goal at rest as a PD target (goal at position_dims, zero elsewhere), when guided.
-    hold_target: Vec<f64>,
-    /// First step of the current plan within serve.hold_radius of the goal.
-    arrival: Option<usize>,
+    /// The PD controller, when it tracks the plan or holds the goal.
+    pd: Option<PdExecution>,
+    /// The PD controller's scratch target.
+    pd_target: Vec<f64>,
+    /// The episode's goal, when guided.
+    goal: Option<[f64; 2]>,
     last_action: Vec<f64>,
     latency: Histogram,
     /// Why the latest reset was refused, until one is accepted: steps are refused meanwhile,
@@ -148,40 +150,7 @@ impl Server {
             ));
         }
         let serve = cfg.serve.clone().unwrap_or_default();
-        if let Some(r) = serve.hold_radius.filter(|r| r.is_nan() || *r <= 0.0) {
-            return Err(format!(
-                "serve.hold_radius: expected a positive distance or null, got {r}"
-            ));
-        }
-        // The PD controller (execute: pd_controller, and holding at the goal) commands one
-        // action per position dimension.
-        let drives_pd = serve.execute == Execute::PdController || serve.hold_radius.is_some();
-        if drives_pd && l.action_dim != serve.position_dims.len() {
-            return Err(format!(
-                "serve.execute / serve.hold_radius: the PD controller commands one action per position \
-                 dimension, expected a model with action_dim {}, got {}",
-                serve.position_dims.len(),
-                l.action_dim
-            ));
-        }
-        // The planned positions are read at these indices; the PD controller reads velocity at
-        // position index + 2.
-        let limit = if drives_pd {
-            l.observation_dim.saturating_sub(2)
-        } else {
-            l.observation_dim
-        };
-        if serve.position_dims.iter().any(|&d| d >= limit) {
-            let why = if drives_pd {
-                "observation_dim - 2"
-            } else {
-                "observation_dim"
-            };
-            return Err(format!(
-                "serve.position_dims: expected indices < {why} = {limit}, got {:?}",
-                serve.position_dims
-            ));
-        }
+        let pd = serve.pd_execution(l.action_dim, l.observation_dim)?;
         let reward = match &cfg.planner.goal {
             Some(goal) => Some(GoalReward::new(goal.clone(), c, [0.0, 0.0])?),
             None => None,
@@ -196,8 +165,9 @@ impl Server {
             action_min: cfg.safety.action_min.clone(),
             action_max: cfg.safety.action_max.clone(),
             since_plan: None,
-            hold_target: vec![0.0; l.observation_dim],
-            arrival: None,
+            pd,
+            pd_target: vec![0.0; l.observation_dim],
+            goal: None,
             latency: Histogram::default(),
             refused_reset: None,
             planner,
@@ -249,12 +219,7 @@ impl Server {
         }
         self.refused_reset = None;
         self.guided = goal.is_some();
-        self.hold_target.iter_mut().for_each(|v| *v = 0.0);
-        if let Some(g) = goal {
-            for (&d, v) in self.serve.position_dims.iter().zip(g) {
-                self.hold_target[d] = v;
-            }
-        }
+        self.goal = goal;
         self.planner.reset();
         if let Some(seed) = seed {
             self.planner.reseed(seed);
@@ -322,23 +287,18 @@ impl Server {
                     response["futures"] = json!(futures);
                 }
             }
-            self.arrival = match self.serve.hold_radius {
-                Some(r) if self.guided => {
-                    let [gx, gy] = [self.hold_target[px], self.hold_target[py]];
-                    positions.iter().position(|p| (p[0] - gx).hypot(p[1] - gy) < r)
-                }
-                _ => None,
-            };
+            self.plan.hold = self.goal.zip(self.serve.hold_radius).and_then(|(goal, radius)| {
+                let from = arrival(&self.plan, self.serve.position_dims, goal, radius)?;
+                Some(PlanHold { from, goal })
+            });
             response["plan_ms"] = json!(ms);
             response["plan"] = json!(positions);
         }
         let k = self.since_plan.expect("a plan exists");
-        let holding = self.arrival.is_some_and(|a| k >= a);
-        let mut action = match self.serve.execute {
-            _ if holding => self.serve.pd_action(&self.hold_target, obs),
-            Execute::DiffusedActions => self.plan.action(k).to_vec(),
-            Execute::PdController => self.serve.pd_action(self.plan.observation(k), obs),
-        };
+        let mut action = self.plan.action(k).to_vec();
+        let holding = self
+            .pd
+            .is_some_and(|pd| pd.action(&self.plan, k, obs, &mut self.pd_target, &mut action));
         response["holding"] = json!(holding);
         for (i, a) in action.iter_mut().enumerate() {
             *a = a.clamp(self.action_min[i], self.action_max[i]);
@@ -359,12 +319,42 @@ impl ServeSection {
         }
     }
 
-    /// The PD controller's action (unclipped) toward the planned observation `target` from `obs`.
-    fn pd_action(&self, target: &[f64], obs: &[f64]) -> Vec<f64> {
-        self.position_dims
-            .iter()
-            .map(|&d| self.kp * (target[d] - obs[d]) + self.kd * (target[d + 2] - obs[d + 2]))
-            .collect()
+    /// The PD controller that `execute` and `hold_radius` put in the loop (None: the plan's
+    /// own actions run as planned), checked against the model's layout.
+    pub fn pd_execution(&self, action_dim: usize, observation_dim: usize) -> Result<Option<PdExecution>, String> {
+        if let Some(r) = self.hold_radius.filter(|r| r.is_nan() || *r <= 0.0) {
+            return Err(format!(
+                "serve.hold_radius: expected a positive distance or null, got {r}"
+            ));
+        }
+        let drives_pd = self.execute == Execute::PdController || self.hold_radius.is_some();
+        // The PD controller commands one action per position dimension.
+        if drives_pd && action_dim != self.position_dims.len() {
+            return Err(format!(
+                "serve.execute / serve.hold_radius: the PD controller commands one action per position \
+                 dimension, expected a model with action_dim {}, got {action_dim}",
+                self.position_dims.len(),
+            ));
+        }
+        // The planned positions are read at these indices; the PD controller reads velocity at
+        // position index + 2.
+        let (limit, why) = if drives_pd {
+            (observation_dim.saturating_sub(2), "observation_dim - 2")
+        } else {
+            (observation_dim, "observation_dim")
+        };
+        if self.position_dims.iter().any(|&d| d >= limit) {
+            return Err(format!(
+                "serve.position_dims: expected indices < {why} = {limit}, got {:?}",
+                self.position_dims
+            ));
+        }
+        Ok(drives_pd.then_some(PdExecution {
+            position_dims: self.position_dims,
+            kp: self.kp,
+            kd: self.kd,
+            track_plan: self.execute == Execute::PdController,
+        }))
     }
 }
 
@@ -461,19 +451,5 @@ mod tests {
             .unwrap()
             .starts_with("request: not UTF-8 text"));
         assert_eq!(seen, ["{\"op\": \"stats\"}", "{\"op\": \"reset\"}"]);
-    }
-
-    #[test]
-    fn pd_action_tracks_planned_position_and_velocity() {
-        let serve = ServeSection {
-            kp: 10.0,
-            kd: 4.0,
-            ..Default::default()
-        };
-        let target = [1.0, 2.0, 0.5, -0.5];
-        let obs = [0.9, 2.1, 0.25, 0.0];
-        let a = serve.pd_action(&target, &obs);
-        assert!((a[0] - (10.0 * 0.1 + 4.0 * 0.25)).abs() < 1e-12, "{a:?}");
-        assert!((a[1] - (10.0 * -0.1 + 4.0 * -0.5)).abs() < 1e-12, "{a:?}");
     }
 }

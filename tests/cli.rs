@@ -159,7 +159,9 @@ fn bad_arguments_fail_with_a_message() {
     ]);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("a camera model is served through the node's loop"),
+        String::from_utf8_lossy(&out.stderr).contains(
+            "serve.execute / serve.hold_radius: the PD controller commands one action per position dimension, expected a model with action_dim 2, got 4"
+        ),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -11,13 +11,13 @@ use std::time::Duration;
 use df_planner::config::{Fallback, NodeConfig};
 use df_planner::control::live::{Clock, ControlTick};
 use df_planner::control::{
-    ControlCore, ControlParams, Fault, JointSelection, Safety, Source, StateCell, StateRejected, StateSample,
-    TickInputs,
+    ControlCore, ControlParams, Fault, JointSelection, PdExecution, Safety, Source, StateCell, StateRejected,
+    StateSample, TickInputs,
 };
 use df_planner::diffusion::{DenoiseError, Denoiser};
 use df_planner::frames::{camera_rings, CameraRing, ImageView, Resize, MAX_CAMERAS};
 use df_planner::node::planner_settings;
-use df_planner::planner::{DfPlanner, GoalReward, Plan};
+use df_planner::planner::{DfPlanner, GoalReward, Plan, PlanHold};
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut3};
 use ringbuf::traits::Consumer;
 
@@ -245,6 +245,52 @@ fn a_running_control_tick_does_not_allocate() {
         stats.counters.faults[Fault::StateStale as usize] > 0,
         "state went stale as the clock ran"
     );
+}
+
+#[test]
+fn a_pd_controller_in_the_tick_holds_the_goal_from_the_plans_arrival_without_allocating() {
+    let pd = PdExecution {
+        position_dims: [0, 1],
+        kp: 10.0,
+        kd: 4.0,
+        track_plan: false,
+    };
+    let mut c = core(Fallback::Hold, false).with_execution(pd, 4);
+    // An 8-step plan on [x, y, vx, vy] that comes within the hold radius at step 3.
+    let mut p = Plan::with_capacity(8, 2, 4, 6);
+    p.set_len(8);
+    p.dt_ns = 100 * MS;
+    for k in 0..8 {
+        p.action_mut(k).copy_from_slice(&[0.1, 0.1]);
+    }
+    p.hold = Some(PlanHold {
+        from: 3,
+        goal: [1.0, 0.5],
+    });
+    c.install(Box::new(p));
+    let state = |t| StateSample::new(t, &[0.9, 0.5], &[0.1, 0.0]).unwrap();
+    c.observe_state(&state(40 * MS));
+    assert_eq!(
+        tick(&mut c, 50 * MS, None, Some(40 * MS)),
+        (Source::Plan, vec![], [0.1, 0.1])
+    );
+    assert_eq!(c.counters().goal_held, 0);
+
+    COUNTING.with(|c| c.set(true));
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    c.observe_state(&state(340 * MS));
+    let (source, faults, out) = tick(&mut c, 350 * MS, None, Some(340 * MS));
+    let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
+    COUNTING.with(|c| c.set(false));
+    assert_eq!(allocations, 0);
+    // kp·(goal − x) + kd·(0 − vx), kp·(goal − y) + kd·(0 − vy).
+    assert_eq!((source, faults), (Source::Plan, vec![]));
+    assert!((out[0] - 0.6).abs() < 1e-12 && out[1].abs() < 1e-12, "{out:?}");
+    assert_eq!(c.counters().goal_held, 1);
+    // A stale state is a fault as ever: the tick falls back rather than act on it.
+    let (source, faults, _) = tick(&mut c, 600 * MS, None, Some(340 * MS));
+    assert_eq!((source, faults), (Source::Hold, vec![Fault::StateStale]));
+    assert_eq!(c.counters().goal_held, 1);
 }
 
 fn tick(

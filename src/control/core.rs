@@ -1,5 +1,5 @@
 //! One control tick, as pure logic over time given as an argument: choose the plan action
-//! meant for now, check every input is fresh and every value finite, fall back to hold or
+//! meant for now (or a PD controller's on it, `execute`), check every input is fresh and every value finite, fall back to hold or
 //! stop otherwise, and pass the result through the safety filter. Every tick yields an
 //! action and a report of what it did. No allocation, no locks, no I/O.
 
@@ -7,7 +7,9 @@ use crate::config::Fallback;
 use crate::frames::clock_reset;
 use crate::planner::Plan;
 
+use super::execute::PdExecution;
 use super::safety::{Safety, SafetyEvents};
+use super::state::StateSample;
 
 /// Why a tick could not publish the plan's action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +138,8 @@ pub struct Counters {
     pub rate_limited: u64,
     pub late_dropped: u64,
     pub plans_installed: u64,
+    /// Ticks whose action held the goal at rest (arrive-and-hold, `serve.hold_radius`).
+    pub goal_held: u64,
 }
 
 pub struct ControlCore {
@@ -160,7 +164,17 @@ pub struct ControlCore {
     last_tick_ns: Option<i64>,
     /// Since when the ticks have held without a plan action (for `hold_timeout_ns`).
     holding_since_ns: Option<i64>,
+    /// A PD controller in the loop (`with_execution`), with the latest state as an observation
+    /// and scratch for its target and action.
+    pd: Option<PdLoop>,
     counters: Counters,
+}
+
+struct PdLoop {
+    execution: PdExecution,
+    observation: Vec<f64>,
+    target: Vec<f64>,
+    action: Vec<f64>,
 }
 
 /// Whether an input stamped `stamp_ns` (None: none yet) is stale at `now_ns`. A stamp further
@@ -192,7 +206,30 @@ impl ControlCore {
             last_output,
             last_tick_ns: None,
             holding_since_ns: None,
+            pd: None,
             counters: Counters::default(),
+        }
+    }
+
+    /// Run the plans through a PD controller (`serve.execute: pd_controller`, or arrive-and-
+    /// hold with `serve.hold_radius`) on the latest state, an observation of
+    /// `observation_dim` values (`observe_state`).
+    pub fn with_execution(mut self, execution: PdExecution, observation_dim: usize) -> Self {
+        self.pd = Some(PdLoop {
+            execution,
+            observation: vec![0.0; observation_dim],
+            target: vec![0.0; observation_dim],
+            action: vec![0.0; self.last_output.len()],
+        });
+        self
+    }
+
+    /// The latest robot state: seeds position targets (`observe_positions`) and is what a PD
+    /// controller in the loop acts on.
+    pub fn observe_state(&mut self, state: &StateSample) {
+        self.observe_positions(state.stamp_ns, &state.position[..state.joints]);
+        if let Some(pd) = &mut self.pd {
+            state.observation(&mut pd.observation);
         }
     }
 
@@ -262,6 +299,7 @@ impl ControlCore {
         }
         let mut late_dropped = 0;
         let mut chosen = None;
+        let mut holds_goal = false;
         match self.current.as_deref() {
             None if faults.is_empty() => faults.insert(Fault::NoPlan),
             None => {}
@@ -276,7 +314,13 @@ impl ControlCore {
                     let next_unused = self.last_index.map_or(0, |i| i + 1);
                     late_dropped = index.saturating_sub(next_unused) as u64;
                     self.last_index = Some(index);
-                    if plan.action(index).iter().all(|v| v.is_finite()) {
+                    if let Some(pd) = &mut self.pd {
+                        holds_goal = pd
+                            .execution
+                            .action(plan, index, &pd.observation, &mut pd.target, &mut pd.action);
+                    }
+                    let action = self.pd.as_ref().map_or(plan.action(index), |pd| &pd.action);
+                    if action.iter().all(|v| v.is_finite()) {
                         chosen = Some(index);
                     } else {
                         faults.insert(Fault::NonFinite);
@@ -314,9 +358,8 @@ impl ControlCore {
             }
             Some(index) if faults.is_empty() => {
                 let plan = self.current.as_deref().expect("chosen implies a plan");
-                safety = self
-                    .safety
-                    .filter(plan.action(index), &self.last_output, elapsed_s, out);
+                let action = self.pd.as_ref().map_or(plan.action(index), |pd| &pd.action);
+                safety = self.safety.filter(action, &self.last_output, elapsed_s, out);
                 Source::Plan
             }
             _ => {
@@ -362,6 +405,7 @@ impl ControlCore {
         c.waiting += u64::from(source == Source::Waiting);
         c.clipped += u64::from(safety.clipped);
         c.rate_limited += u64::from(safety.rate_limited);
+        c.goal_held += u64::from(holds_goal && source == Source::Plan);
         c.late_dropped += late_dropped;
         let report = TickReport {
             now_ns: now,

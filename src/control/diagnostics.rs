@@ -29,6 +29,8 @@ pub struct Diagnostics {
     pub clipped: u64,
     pub rate_limited: u64,
     pub late_actions_dropped: u64,
+    /// Ticks that held the goal at rest (arrive-and-hold, `serve.hold_radius`).
+    pub goal_held: u64,
     pub plans: u64,
     pub plan_errors: u64,
     /// Robot state messages refused (`StateIntake`: joints, non-finite values, stamps out of
@@ -71,6 +73,7 @@ impl Diagnostics {
             clipped: c.clipped,
             rate_limited: c.rate_limited,
             late_actions_dropped: c.late_dropped,
+            goal_held: c.goal_held,
             plans: c.plans_installed,
             plan_errors: i.plan_errors,
             states_rejected: i.states_rejected,

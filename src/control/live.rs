@@ -276,7 +276,7 @@ impl ControlTick {
             self.last_state = sample;
         }
         if let Some(s) = &self.last_state {
-            self.core.observe_positions(s.stamp_ns, &s.position[..s.joints]);
+            self.core.observe_state(s);
         }
         let now_ns = self.clock.now_ns();
         let inputs = TickInputs {

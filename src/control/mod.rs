@@ -4,6 +4,7 @@
 
 mod core;
 mod diagnostics;
+mod execute;
 mod histogram;
 pub mod live;
 mod offline;
@@ -15,6 +16,7 @@ pub use self::core::{
     input_stale, ControlCore, ControlParams, Counters, Fault, Faults, Source, TickInputs, TickReport,
 };
 pub use diagnostics::{ActionSink, Diagnostics};
+pub use execute::{arrival, PdExecution};
 pub use histogram::{Histogram, LatencySummary};
 pub use offline::{OfflineError, OfflineLoop};
 pub use output::{trajectory_chunk, TrajectoryPoint};

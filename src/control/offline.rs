@@ -140,8 +140,7 @@ impl OfflineLoop {
 
     pub fn ingest_state(&mut self, sample: StateSample) {
         self.start_at(sample.stamp_ns);
-        self.core
-            .observe_positions(sample.stamp_ns, &sample.position[..sample.joints]);
+        self.core.observe_state(&sample);
         self.state = Some(sample);
     }
 

@@ -137,6 +137,11 @@ impl NodeGoal {
         guides.then_some(&self.reward as &dyn Guidance)
     }
 
+    /// The goal the plans are guided toward; None before the first goal and when not guided.
+    pub fn guided_target(&self) -> Option<[f64; 2]> {
+        self.status.target.filter(|_| self.status.guided)
+    }
+
     /// The robot's state is `observation` (physical units). The first state within
     /// `reached_within` of the goal marks it reached, and says so in the log. A non-finite
     /// position is passed over, as the planner refuses its frame: the distance stays that of

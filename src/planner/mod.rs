@@ -9,6 +9,6 @@ mod task;
 
 pub use df::{DfPlanner, McgForm, PlanError, PlannerSettings};
 pub use goal::{GoalMessage, GoalRegion, GoalStatus, NodeGoal};
-pub use plan::Plan;
+pub use plan::{Plan, PlanHold};
 pub use reward::{Aggregate, GoalReward, GoalRewardConfig, Squash};
 pub use task::{PlannerTask, StepOutcome};

@@ -23,6 +23,16 @@ pub struct Plan {
     pub latency_ns: u64,
     /// What Monte Carlo Guidance did to the executed tokens' guidance (`Sampler::mcg_report`).
     pub mcg: Option<McgReport>,
+    /// Arrive-and-hold (`serve.hold_radius`): from which step the goal is held at rest.
+    pub hold: Option<PlanHold>,
+}
+
+/// From step `from` on (the plan's first within the hold radius of the goal), the PD
+/// controller holds `goal` at rest instead of executing the plan.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlanHold {
+    pub from: usize,
+    pub goal: [f64; 2],
 }
 
 impl Plan {
@@ -39,6 +49,7 @@ impl Plan {
             seq: 0,
             latency_ns: 0,
             mcg: None,
+            hold: None,
         }
     }
 

@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use super::df::{DfPlanner, PlanError};
 use super::goal::{GoalMessage, GoalStatus, NodeGoal};
-use super::plan::Plan;
-use crate::control::{input_stale, Histogram, StateSample};
+use super::plan::{Plan, PlanHold};
+use crate::control::{arrival, input_stale, Histogram, StateSample};
 use crate::frames::CameraFrames;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +53,9 @@ pub struct PlannerTask {
     observation: Vec<f64>,
     latency: Histogram,
     goal: Option<NodeGoal>,
+    /// Arrive-and-hold (`serve.hold_radius`, `serve.position_dims`): each guided plan marks
+    /// where it comes within the radius of the goal.
+    hold: Option<(f64, [usize; 2])>,
     failures: FailureLog,
 }
 
@@ -73,6 +76,7 @@ impl PlannerTask {
             observation: vec![0.0; obs_dim],
             latency: Histogram::default(),
             goal: None,
+            hold: None,
             failures: FailureLog::default(),
         }
     }
@@ -92,6 +96,13 @@ impl PlannerTask {
     /// Plan toward `goal` (unguided while it has no target).
     pub fn with_goal(mut self, goal: Option<NodeGoal>) -> Self {
         self.goal = goal;
+        self
+    }
+
+    /// Mark in each guided plan the first step within `radius` of the goal (at the
+    /// observation's `position_dims`), from which the control tick holds the goal at rest.
+    pub fn with_hold(mut self, hold: Option<(f64, [usize; 2])>) -> Self {
+        self.hold = hold;
         self
     }
 
@@ -284,6 +295,11 @@ impl PlannerTask {
         plan.t0_ns = now_ns;
         plan.dt_ns = self.step_ns;
         plan.latency_ns = latency_ns;
+        let goal = self.goal.as_ref().and_then(NodeGoal::guided_target);
+        plan.hold = self.hold.zip(goal).and_then(|((radius, dims), goal)| {
+            let from = arrival(plan, dims, goal, radius)?;
+            Some(PlanHold { from, goal })
+        });
         Ok(StepOutcome::Planned)
     }
 
@@ -608,5 +624,38 @@ mod tests {
         assert_eq!(step(&mut task), cold);
         assert_eq!(step(&mut task), 0);
         assert_eq!(step(&mut task), warm);
+    }
+
+    #[test]
+    fn a_guided_plan_marks_where_it_arrives_at_the_goal_for_the_hold() {
+        use crate::planner::goal::GoalRegion;
+        use crate::planner::reward::tests::config as reward_config;
+        use crate::planner::{Aggregate, GoalReward, Squash};
+
+        let state = StateSample::new(0, &[0.5, 0.5], &[0.0, 0.0]).unwrap();
+        let hold_after = |radius: f64, guided: bool| {
+            let (p, _) = warm_planner(false);
+            let reward = GoalReward::new(reward_config(Squash::Linear, Aggregate::Mean), p.contract(), [0.0, 0.0]);
+            let mut goal = NodeGoal::new(reward.unwrap(), GoalRegion::default(), "map".into(), guided);
+            goal.set([0.25, -0.5]).unwrap();
+            let mut task = PlannerTask::new(p, 2, 100_000_000)
+                .with_goal(Some(goal))
+                .with_hold(Some((radius, [0, 1])));
+            let mut plan = task.new_plan();
+            plan.hold = Some(PlanHold {
+                from: 7,
+                goal: [9.0, 9.0],
+            }); // a recycled plan's
+            task.step(0, Some(&state), &[0.0, 0.0], None, &mut plan).unwrap();
+            plan.hold
+        };
+        // Every planned position lies within a huge radius: the hold starts at step 0.
+        let all = Some(PlanHold {
+            from: 0,
+            goal: [0.25, -0.5],
+        });
+        assert_eq!(hold_after(1e9, true), all);
+        assert_eq!(hold_after(1e-12, true), None, "never within");
+        assert_eq!(hold_after(1e9, false), None, "an unguided plan does not hold");
     }
 }

@@ -1,0 +1,115 @@
+//! How a plan step becomes an action when a PD controller is in the loop (config `serve`:
+//! `execute: pd_controller`, `hold_radius`): tracking the planned state (Diffuser's way), and
+//! arrive-and-hold, where from the plan's first step within `hold_radius` of the goal the
+//! controller holds the goal at rest. The control tick and `serve` both execute plans here, so
+//! the node on a robot does what the evaluation measured.
+
+use crate::planner::Plan;
+
+/// A PD controller on the observation's position dims; velocities sit at position + 2.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PdExecution {
+    pub position_dims: [usize; 2],
+    pub kp: f64,
+    pub kd: f64,
+    /// Track the planned state at every step (`execute: pd_controller`); otherwise the plan's
+    /// own actions run until it holds the goal.
+    pub track_plan: bool,
+}
+
+impl PdExecution {
+    /// The action (unclipped) for plan step `index` from the observed state `obs`, into `out`:
+    /// toward the goal at rest once the plan has arrived (`plan.hold`), toward the planned
+    /// state when tracking it, else the plan's own action. `target` is scratch of the
+    /// observation's size. Returns whether it holds the goal.
+    pub fn action(&self, plan: &Plan, index: usize, obs: &[f64], target: &mut [f64], out: &mut [f64]) -> bool {
+        match plan.hold.filter(|h| index >= h.from) {
+            Some(hold) => {
+                target.fill(0.0);
+                for (&d, g) in self.position_dims.iter().zip(hold.goal) {
+                    target[d] = g;
+                }
+                self.toward(target, obs, out);
+                true
+            }
+            None if self.track_plan => {
+                self.toward(plan.observation(index), obs, out);
+                false
+            }
+            None => {
+                out.copy_from_slice(plan.action(index));
+                false
+            }
+        }
+    }
+
+    /// action = kp·(p* − p) + kd·(v* − v) per position dim, toward the observation `target`.
+    fn toward(&self, target: &[f64], obs: &[f64], out: &mut [f64]) {
+        for (a, &d) in out.iter_mut().zip(&self.position_dims) {
+            *a = self.kp * (target[d] - obs[d]) + self.kd * (target[d + 2] - obs[d + 2]);
+        }
+    }
+}
+
+/// The first step of `plan` whose planned position (at `position_dims`) lies within `radius`
+/// of `goal`: where arrive-and-hold takes over.
+pub fn arrival(plan: &Plan, position_dims: [usize; 2], goal: [f64; 2], radius: f64) -> Option<usize> {
+    let [px, py] = position_dims;
+    (0..plan.len()).position(|k| {
+        let o = plan.observation(k);
+        (o[px] - goal[0]).hypot(o[py] - goal[1]) < radius
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::PlanHold;
+
+    /// A 3-step plan on [x, y, vx, vy] moving along x at speed 1, actions [k, -k].
+    fn plan() -> Plan {
+        let mut p = Plan::with_capacity(3, 2, 4, 6);
+        p.set_len(3);
+        for k in 0..3 {
+            p.action_mut(k).copy_from_slice(&[k as f64, -(k as f64)]);
+            p.observation_mut(k).copy_from_slice(&[k as f64 + 1.0, 0.0, 1.0, 0.0]);
+        }
+        p
+    }
+
+    #[test]
+    fn the_plan_runs_until_it_arrives_then_the_goal_is_held_at_rest() {
+        let pd = PdExecution {
+            position_dims: [0, 1],
+            kp: 10.0,
+            kd: 4.0,
+            track_plan: false,
+        };
+        let mut p = plan();
+        let goal = [3.0, 0.0];
+        assert_eq!(arrival(&p, [0, 1], goal, 0.5), Some(2));
+        assert_eq!(arrival(&p, [0, 1], [9.0, 9.0], 0.5), None);
+        p.hold = Some(PlanHold { from: 2, goal });
+        let (mut target, mut out) = ([0.0; 4], [0.0; 2]);
+        let obs = [2.5, 0.2, 0.5, -0.1];
+        assert!(!pd.action(&p, 1, &obs, &mut target, &mut out));
+        assert_eq!(out, [1.0, -1.0], "the plan's own action");
+        assert!(pd.action(&p, 2, &obs, &mut target, &mut out));
+        let expected = [10.0 * 0.5 - 4.0 * 0.5, 10.0 * -0.2 + 4.0 * 0.1];
+        assert!(out.iter().zip(expected).all(|(a, e)| (a - e).abs() < 1e-12), "{out:?}");
+    }
+
+    #[test]
+    fn tracking_follows_the_planned_state() {
+        let pd = PdExecution {
+            position_dims: [0, 1],
+            kp: 10.0,
+            kd: 4.0,
+            track_plan: true,
+        };
+        let (mut target, mut out) = ([0.0; 4], [0.0; 2]);
+        assert!(!pd.action(&plan(), 0, &[0.5, 0.1, 0.0, 0.0], &mut target, &mut out));
+        let expected = [10.0 * 0.5 + 4.0 * 1.0, 10.0 * -0.1];
+        assert!(out.iter().zip(expected).all(|(a, e)| (a - e).abs() < 1e-12), "{out:?}");
+    }
+}
