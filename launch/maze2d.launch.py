@@ -24,7 +24,8 @@ def generate_launch_description():
             "config", default_value=default_config,
             description="Node YAML: model, planner (matrix, steps, horizon, MCG samples, guidance), "
                         "control (rate_hz, action_dt_s, fallback hold|stop), safety limits and timeouts, "
-                        "camera, topics. Overrides the maze choice."),
+                        "camera, topics, serve (plan execution: diffused actions or PD, arrive-and-hold). "
+                        "Overrides the maze choice."),
         DeclareLaunchArgument(
             "namespace", default_value="",
             description="The node's namespace: it moves the node's own topics (~/action, ~/plan: "

@@ -81,7 +81,7 @@ fn pd_execution(cfg: &NodeConfig, contract: &ModelContract) -> Result<Option<PdE
     let l = &contract.layout;
     let serve = cfg.serve.clone().unwrap_or_default();
     serve
-        .pd_execution(l.action_dim, l.observation_dim)
+        .pd_execution(l.action_dim, l.observation_dim, &cfg.control.measured_action)
         .map_err(NodeError::Execution)
 }
 

@@ -35,7 +35,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::NodeConfig;
-use crate::control::{arrival, Histogram, PdExecution};
+use crate::control::{Histogram, PdExecution};
 use crate::planner::{DfPlanner, GoalRegion, GoalReward, Plan, PlanHold};
 
 /// How a plan becomes actions between replans.
@@ -69,7 +69,9 @@ pub struct ServeSection {
     /// PD gains tracking the planned state: action = kp·(p* − p) + kd·(v* − v), with p*, v* the
     /// position and velocity the plan expects after this action (Diffuser's controller, gains
     /// free). On D4RL's point mass one step changes v by 0.234·action, so kd ≈ 4 matches v* in
-    /// about one step.
+    /// about one step. The gains are per action step: the node's tick acts on the latest state,
+    /// so they assume a fresh state every `control.action_dt_s` (a simulator at the model's
+    /// rate sends one); a slower state is corrected for again each tick and over-corrects.
     pub kp: f64,
     pub kd: f64,
     /// Goals outside [[x_min, y_min], [x_max, y_max]] are refused (default: no bounds).
@@ -150,7 +152,7 @@ impl Server {
             ));
         }
         let serve = cfg.serve.clone().unwrap_or_default();
-        let pd = serve.pd_execution(l.action_dim, l.observation_dim)?;
+        let pd = serve.pd_execution(l.action_dim, l.observation_dim, &cfg.control.measured_action)?;
         let reward = match &cfg.planner.goal {
             Some(goal) => Some(GoalReward::new(goal.clone(), c, [0.0, 0.0])?),
             None => None,
@@ -287,10 +289,10 @@ impl Server {
                     response["futures"] = json!(futures);
                 }
             }
-            self.plan.hold = self.goal.zip(self.serve.hold_radius).and_then(|(goal, radius)| {
-                let from = arrival(&self.plan, self.serve.position_dims, goal, radius)?;
-                Some(PlanHold { from, goal })
-            });
+            self.plan.hold = self
+                .goal
+                .zip(self.serve.hold_radius)
+                .and_then(|(goal, radius)| PlanHold::at_arrival(&self.plan, self.serve.position_dims, goal, radius));
             response["plan_ms"] = json!(ms);
             response["plan"] = json!(positions);
         }
@@ -320,8 +322,15 @@ impl ServeSection {
     }
 
     /// The PD controller that `execute` and `hold_radius` put in the loop (None: the plan's
-    /// own actions run as planned), checked against the model's layout.
-    pub fn pd_execution(&self, action_dim: usize, observation_dim: usize) -> Result<Option<PdExecution>, String> {
+    /// own actions run as planned), checked against the model's layout and the actions' kind:
+    /// it commands forces, so `measured_action` (the indices of positions that the actions
+    /// are targets for) must be empty.
+    pub fn pd_execution(
+        &self,
+        action_dim: usize,
+        observation_dim: usize,
+        measured_action: &[usize],
+    ) -> Result<Option<PdExecution>, String> {
         if let Some(r) = self.hold_radius.filter(|r| r.is_nan() || *r <= 0.0) {
             return Err(format!(
                 "serve.hold_radius: expected a positive distance or null, got {r}"
@@ -334,6 +343,13 @@ impl ServeSection {
                 "serve.execute / serve.hold_radius: the PD controller commands one action per position \
                  dimension, expected a model with action_dim {}, got {action_dim}",
                 self.position_dims.len(),
+            ));
+        }
+        if drives_pd && !measured_action.is_empty() {
+            // Its output near the goal is about zero force: as a position target, the origin.
+            return Err(format!(
+                "serve.execute / serve.hold_radius: the PD controller commands forces, expected \
+                 control.measured_action [] (actions that are not positions), got {measured_action:?}"
             ));
         }
         // The planned positions are read at these indices; the PD controller reads velocity at
@@ -451,5 +467,20 @@ mod tests {
             .unwrap()
             .starts_with("request: not UTF-8 text"));
         assert_eq!(seen, ["{\"op\": \"stats\"}", "{\"op\": \"reset\"}"]);
+    }
+
+    #[test]
+    fn the_pd_controller_is_refused_where_actions_are_position_targets() {
+        let hold = ServeSection {
+            hold_radius: Some(0.3),
+            ..Default::default()
+        };
+        assert!(hold.pd_execution(2, 4, &[]).unwrap().is_some());
+        assert_eq!(
+            hold.pd_execution(2, 4, &[0, 1]).unwrap_err(),
+            "serve.execute / serve.hold_radius: the PD controller commands forces, expected \
+             control.measured_action [] (actions that are not positions), got [0, 1]"
+        );
+        assert_eq!(ServeSection::default().pd_execution(4, 4, &[0, 1, 2, 3]), Ok(None));
     }
 }

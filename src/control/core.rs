@@ -1,5 +1,5 @@
 //! One control tick, as pure logic over time given as an argument: choose the plan action
-//! meant for now (or a PD controller's on it, `execute`), check every input is fresh and every value finite, fall back to hold or
+//! meant for now (or a PD controller's on it), check every input is fresh and every value finite, fall back to hold or
 //! stop otherwise, and pass the result through the safety filter. Every tick yields an
 //! action and a report of what it did. No allocation, no locks, no I/O.
 
@@ -319,6 +319,7 @@ impl ControlCore {
                             .execution
                             .action(plan, index, &pd.observation, &mut pd.target, &mut pd.action);
                     }
+                    // What would be sent: the PD controller's action where it acts on the plan.
                     let action = self.pd.as_ref().map_or(plan.action(index), |pd| &pd.action);
                     if action.iter().all(|v| v.is_finite()) {
                         chosen = Some(index);

@@ -51,16 +51,6 @@ impl PdExecution {
     }
 }
 
-/// The first step of `plan` whose planned position (at `position_dims`) lies within `radius`
-/// of `goal`: where arrive-and-hold takes over.
-pub fn arrival(plan: &Plan, position_dims: [usize; 2], goal: [f64; 2], radius: f64) -> Option<usize> {
-    let [px, py] = position_dims;
-    (0..plan.len()).position(|k| {
-        let o = plan.observation(k);
-        (o[px] - goal[0]).hypot(o[py] - goal[1]) < radius
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,9 +77,9 @@ mod tests {
         };
         let mut p = plan();
         let goal = [3.0, 0.0];
-        assert_eq!(arrival(&p, [0, 1], goal, 0.5), Some(2));
-        assert_eq!(arrival(&p, [0, 1], [9.0, 9.0], 0.5), None);
-        p.hold = Some(PlanHold { from: 2, goal });
+        p.hold = PlanHold::at_arrival(&p, [0, 1], goal, 0.5);
+        assert_eq!(p.hold, Some(PlanHold { from: 2, goal }));
+        assert_eq!(PlanHold::at_arrival(&p, [0, 1], [9.0, 9.0], 0.5), None);
         let (mut target, mut out) = ([0.0; 4], [0.0; 2]);
         let obs = [2.5, 0.2, 0.5, -0.1];
         assert!(!pd.action(&p, 1, &obs, &mut target, &mut out));

@@ -16,7 +16,7 @@ pub use self::core::{
     input_stale, ControlCore, ControlParams, Counters, Fault, Faults, Source, TickInputs, TickReport,
 };
 pub use diagnostics::{ActionSink, Diagnostics};
-pub use execute::{arrival, PdExecution};
+pub use execute::PdExecution;
 pub use histogram::{Histogram, LatencySummary};
 pub use offline::{OfflineError, OfflineLoop};
 pub use output::{trajectory_chunk, TrajectoryPoint};

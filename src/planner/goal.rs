@@ -137,9 +137,9 @@ impl NodeGoal {
         guides.then_some(&self.reward as &dyn Guidance)
     }
 
-    /// The goal the plans are guided toward; None before the first goal and when not guided.
-    pub fn guided_target(&self) -> Option<[f64; 2]> {
-        self.status.target.filter(|_| self.status.guided)
+    /// The current goal, guided toward or not; None before the first goal.
+    pub fn target(&self) -> Option<[f64; 2]> {
+        self.status.target
     }
 
     /// The robot's state is `observation` (physical units). The first state within

@@ -35,6 +35,19 @@ pub struct PlanHold {
     pub goal: [f64; 2],
 }
 
+impl PlanHold {
+    /// From the first step of `plan` whose planned position (at `position_dims`) lies within
+    /// `radius` of `goal`; None when none does.
+    pub fn at_arrival(plan: &Plan, position_dims: [usize; 2], goal: [f64; 2], radius: f64) -> Option<Self> {
+        let [px, py] = position_dims;
+        let from = (0..plan.len()).position(|k| {
+            let o = plan.observation(k);
+            (o[px] - goal[0]).hypot(o[py] - goal[1]) < radius
+        })?;
+        Some(Self { from, goal })
+    }
+}
+
 impl Plan {
     pub fn with_capacity(max_actions: usize, action_dim: usize, observation_dim: usize, token_dim: usize) -> Self {
         Self {

@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::df::{DfPlanner, PlanError};
 use super::goal::{GoalMessage, GoalStatus, NodeGoal};
 use super::plan::{Plan, PlanHold};
-use crate::control::{arrival, input_stale, Histogram, StateSample};
+use crate::control::{input_stale, Histogram, StateSample};
 use crate::frames::CameraFrames;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +53,8 @@ pub struct PlannerTask {
     observation: Vec<f64>,
     latency: Histogram,
     goal: Option<NodeGoal>,
-    /// Arrive-and-hold (`serve.hold_radius`, `serve.position_dims`): each guided plan marks
-    /// where it comes within the radius of the goal.
+    /// Arrive-and-hold (`serve.hold_radius`, `serve.position_dims`): each plan marks where it
+    /// comes within the radius of the goal.
     hold: Option<(f64, [usize; 2])>,
     failures: FailureLog,
 }
@@ -99,7 +99,7 @@ impl PlannerTask {
         self
     }
 
-    /// Mark in each guided plan the first step within `radius` of the goal (at the
+    /// Mark in each plan the first step within `radius` of the goal (at the
     /// observation's `position_dims`), from which the control tick holds the goal at rest.
     pub fn with_hold(mut self, hold: Option<(f64, [usize; 2])>) -> Self {
         self.hold = hold;
@@ -295,11 +295,12 @@ impl PlannerTask {
         plan.t0_ns = now_ns;
         plan.dt_ns = self.step_ns;
         plan.latency_ns = latency_ns;
-        let goal = self.goal.as_ref().and_then(NodeGoal::guided_target);
-        plan.hold = self.hold.zip(goal).and_then(|((radius, dims), goal)| {
-            let from = arrival(plan, dims, goal, radius)?;
-            Some(PlanHold { from, goal })
-        });
+        // As serve: the goal is held whether or not the plans are guided toward it.
+        let goal = self.goal.as_ref().and_then(NodeGoal::target);
+        plan.hold = self
+            .hold
+            .zip(goal)
+            .and_then(|((radius, dims), goal)| PlanHold::at_arrival(plan, dims, goal, radius));
         Ok(StepOutcome::Planned)
     }
 
@@ -627,7 +628,7 @@ mod tests {
     }
 
     #[test]
-    fn a_guided_plan_marks_where_it_arrives_at_the_goal_for_the_hold() {
+    fn a_plan_marks_where_it_arrives_at_the_goal_for_the_hold() {
         use crate::planner::goal::GoalRegion;
         use crate::planner::reward::tests::config as reward_config;
         use crate::planner::{Aggregate, GoalReward, Squash};
@@ -649,13 +650,14 @@ mod tests {
             task.step(0, Some(&state), &[0.0, 0.0], None, &mut plan).unwrap();
             plan.hold
         };
-        // Every planned position lies within a huge radius: the hold starts at step 0.
+        // Every planned position lies within a huge radius: the hold starts at step 0, guided
+        // or not (as serve holds in its no-guidance ablation).
         let all = Some(PlanHold {
             from: 0,
             goal: [0.25, -0.5],
         });
         assert_eq!(hold_after(1e9, true), all);
+        assert_eq!(hold_after(1e9, false), all);
         assert_eq!(hold_after(1e-12, true), None, "never within");
-        assert_eq!(hold_after(1e9, false), None, "an unguided plan does not hold");
     }
 }

@@ -6,12 +6,22 @@
 /// The node's name; `~/x` resolves to `<namespace>/df_planner/x`.
 pub const NODE_NAME: &str = "df_planner";
 
+/// rmw's longest topic name (`RMW_TOPIC_MAX_NAME_LENGTH`).
+const MAX_NAME_LENGTH: usize = 247;
+
 /// What is wrong with `name` as a ROS 2 topic name, or None. The rules are rcl's
 /// (`rcl_validate_topic_name`) except that substitutions (`{node}`) are refused: write the
 /// name out.
 pub fn topic_name_error(name: &str) -> Option<String> {
     if name.is_empty() {
         return Some("the name is empty".into());
+    }
+    // rmw's limit on a full name, which resolving only lengthens.
+    if name.len() > MAX_NAME_LENGTH {
+        return Some(format!(
+            "{} characters, more than ROS 2's {MAX_NAME_LENGTH}",
+            name.len()
+        ));
     }
     if let Some(c) = name
         .chars()
@@ -88,6 +98,7 @@ mod tests {
         ] {
             assert_eq!(topic_name_error(ok), None, "{ok}");
         }
+        let long = "/a".repeat(124);
         for (bad, why) in [
             ("", "empty"),
             ("/df planner/action", "' '"),
@@ -99,6 +110,7 @@ mod tests {
             ("/a//b", "empty part"),
             ("/arm/2cam", "\"2cam\" starts with a digit"),
             ("3d", "starts with a digit"),
+            (long.as_str(), "248 characters"),
         ] {
             let got = topic_name_error(bad).unwrap_or_else(|| panic!("{bad:?} passed"));
             assert!(got.contains(why), "{bad:?}: {got}");
