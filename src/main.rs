@@ -790,7 +790,7 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
             // A plan still on its way to the tick when the run ends is timed but not installed.
             "plan_latency": plan_latency.summary_ms(), "plans": c.plans_installed, "hold": c.hold, "stop": c.stop,
             "waiting": c.waiting, "clipped": c.clipped, "rate_limited": c.rate_limited,
-            "late_actions_dropped": c.late_dropped,
+            "late_actions_dropped": c.late_dropped, "goal_held": c.goal_held,
             "camera_size": sizes, "frame_write_latency": frame_writes.summary_ms(),
             "faults": Fault::ALL.iter().map(|f| (f.name(), c.faults[*f as usize])).collect::<std::collections::BTreeMap<_, _>>(),
         })
