@@ -198,6 +198,8 @@ impl Napper {
     const WINDOW: Duration = Duration::from_millis(10);
     /// The shortest nap: a sim clock read a few ns short of a slot is not worth a spin.
     const MIN_NAP: Duration = Duration::from_micros(50);
+    /// A look at a clock whose rate is not known, or zero: a clock read, a thousand a second.
+    const LOOK: Duration = Duration::from_millis(1);
 
     fn new(step: Duration) -> Self {
         Self {
@@ -215,8 +217,13 @@ impl Napper {
                 let elapsed = wall.saturating_duration_since(start);
                 if elapsed >= Self::WINDOW {
                     let moved_ns = clock_ns - start_ns;
-                    // A clock gone back (a reset) keeps the rate it had.
-                    if moved_ns >= 0 {
+                    let was_still = self.rate.is_some_and(|r| r <= 0.0);
+                    // A clock gone back (a reset) keeps the rate it had. The first window after
+                    // a standstill holds some of it and reads the rate low, by any factor:
+                    // short looks until a whole window has seen the clock run.
+                    if moved_ns > 0 && was_still {
+                        self.rate = None;
+                    } else if moved_ns >= 0 {
                         self.rate = Some(moved_ns as f64 / elapsed.as_nanos() as f64);
                     }
                     self.window_start = Some((wall, clock_ns));
@@ -225,12 +232,13 @@ impl Napper {
             None => self.window_start = Some((wall, clock_ns)),
         }
         match self.rate {
-            // Not started, or stood still for a window (a paused simulator, /clock not coming):
-            // it will not reach the slot by itself.
+            // Not started (no /clock yet): nothing to catch.
             _ if wait_ns == 0 => self.poll,
-            Some(rate) if rate <= 0.0 => self.poll,
-            // Short looks until the first window gives the rate.
-            None => (Self::WINDOW / 10).min(self.poll),
+            // Stood still for a window (a paused simulator), or no rate yet: short looks, so
+            // that a clock that starts or resumes fast is caught within a millisecond of wall
+            // time (a nap of a full poll would oversleep it by steps).
+            None => Self::LOOK.min(self.poll),
+            Some(rate) if rate <= 0.0 => Self::LOOK.min(self.poll),
             // Half the wall time to go, so that a rate measured up to twice too low (a clock
             // read in coarse quanta) does not oversleep; a slower clock than the wall's only
             // makes the thread look early and sleep again.
@@ -803,13 +811,22 @@ mod tests {
     /// steps (with their plans) that take `step_cost_ms` of wall time each.
     fn paced_steps(speed: i64, quantum_ms: i64, step_cost_ms: u64) -> Vec<i64> {
         let ms = 1_000_000;
+        paced_steps_on(
+            |wall| 1_000 * ms + (speed * wall.as_nanos() as i64) / (quantum_ms * ms) * (quantum_ms * ms),
+            step_cost_ms,
+        )
+    }
+
+    /// The node clock's readings at each planner step, as the planner thread paces them with
+    /// the node clock `clock_at(wall time)` and steps that take `step_cost_ms` of wall time.
+    fn paced_steps_on(clock_at: impl Fn(Duration) -> i64, step_cost_ms: u64) -> Vec<i64> {
         let step = Duration::from_millis(100);
         let (mut pacer, mut napper) = (StepPacer::new(step, 2 * step), Napper::new(step));
         let start = Instant::now();
         let mut wall = Duration::ZERO;
         let mut steps = Vec::new();
         while steps.len() < 50 {
-            let clock_ns = 1_000 * ms + (speed * wall.as_nanos() as i64) / (quantum_ms * ms) * (quantum_ms * ms);
+            let clock_ns = clock_at(wall);
             match pacer.due(clock_ns) {
                 Due::Wait(ns) => wall += napper.nap(start + wall, clock_ns, ns),
                 Due::Step { .. } => {
@@ -839,15 +856,36 @@ mod tests {
                 );
             }
         }
-        // A paused clock with a slot 30 ms ahead: short looks for the first rate window, then a
-        // full poll (25 ms) each, not a spin.
+        // A paused clock with a slot 30 ms ahead: looks a millisecond apart, not a spin.
         let mut napper = Napper::new(Duration::from_millis(100));
         let (start, mut wall, mut looks) = (Instant::now(), Duration::ZERO, 0);
         while wall < Duration::from_secs(1) {
             wall += napper.nap(start + wall, 5 * ms, 30 * ms);
             looks += 1;
         }
-        assert!(looks <= 50, "{looks} looks at a paused clock in a second");
+        assert!(looks <= 1_000, "{looks} looks at a paused clock in a second");
+    }
+
+    #[test]
+    fn a_fast_clock_that_pauses_and_resumes_gets_no_steps_bunched() {
+        // 8x real time, read in 1 ms quanta, paused from 0.3 s to 0.8 s of wall time.
+        let ms = 1_000_000;
+        let (pause, resume) = (Duration::from_millis(300), Duration::from_millis(800));
+        let clock = |wall: Duration| {
+            let running = wall.min(pause) + wall.saturating_sub(resume);
+            1_000 * ms + 8 * running.as_nanos() as i64 / ms * ms
+        };
+        let steps = paced_steps_on(clock, 2);
+        // Within a quantum and two steps' cost (16 ms of the clock) of one step after the other.
+        for pair in steps[1..].windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                (83 * ms..=117 * ms).contains(&gap),
+                "steps {} ms apart, in {:?}",
+                gap as f64 / 1e6,
+                steps.iter().map(|s| s / ms).collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]
