@@ -4,7 +4,7 @@ The node's behaviour is set by its YAML (config/fruit_swap.yaml, documented fiel
 there and in src/config.rs): the camera model with memory, its two cameras (front and wrist,
 32x32 per the model's contract; larger images are averaged down), the end-effector state, the commanded
 target and the safety limits. The launch arguments choose the YAML, remap the arm's topics onto
-the ones the model was trained with, and set the clock and logging.
+the ones the model was trained with, and set the namespace, the clock and logging.
 """
 
 from launch import LaunchDescription

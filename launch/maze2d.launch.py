@@ -1,7 +1,8 @@
 """Launch df_planner on a Maze2D point mass: ros2 launch df_planner maze2d.launch.py maze:=medium
 
 The node's behaviour is set by its YAML (config/maze2d_<maze>.yaml, documented field by field
-there and in src/config.rs); the launch arguments below choose it and the clock.
+there and in src/config.rs); the launch arguments below choose it, the namespace, the clock, the
+ONNX Runtime library and the log level.
 """
 
 from launch import LaunchDescription

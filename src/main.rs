@@ -72,14 +72,16 @@ enum Command {
     /// diagnostic_msgs/DiagnosticArray on topics.diagnostics
     /// once a second (latency p50/p99/max, fault counters, frame counters, the goal, whether
     /// it guides, the distance to it, whether it was reached (planner.goal.reached_within),
-    /// and the goals received, refused and dropped).
+    /// the ticks that held it at rest (serve.hold_radius), and the goals received, refused
+    /// and dropped).
     ///
     /// ROS parameters: `config` (path of the node YAML, used when --config is not given) and
     /// `use_sim_time` (stamps and staleness follow /clock). The YAML has the sections model
     /// (path, runtime: providers, require_providers, intra_threads, onnxruntime_library),
     /// planner (matrix, sampling, MCG, guidance and its goal reward, warm start, replanning,
     /// seed), control (rate, fallback hold|stop), safety (action limits, rate limit, input
-    /// timeouts), camera, topics and serve (`serve`, and the goal checks); every field is
+    /// timeouts), camera, topics and serve (how plans are executed: their actions, a PD
+    /// controller tracking them, arrive-and-hold at the goal; and the goal checks); every field is
     /// documented in src/config.rs and commented in config/*.yaml, and an unknown field is an
     /// error.
     Run(RunArgs),
@@ -132,7 +134,7 @@ struct ServeArgs {
     /// Override serve.execute (diffused_actions or pd_controller).
     #[arg(long)]
     execute: Option<String>,
-    /// Override serve.hold_radius; `none` to execute plans as planned.
+    /// Override serve.hold_radius; `none`: no hold at the goal (plans run as serve.execute says).
     #[arg(long)]
     hold_radius: Option<String>,
     /// Override planner.seed.

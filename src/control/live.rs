@@ -187,7 +187,8 @@ impl StepPacer {
 struct Napper {
     /// The longest nap, in wall time.
     poll: Duration,
-    /// Node ns per wall ns over the latest window (None before the first).
+    /// Node ns per wall ns over the latest window (None before the first, and after a
+    /// standstill until a whole window has seen the clock run).
     rate: Option<f64>,
     /// Where the current rate window started.
     window_start: Option<(Instant, i64)>,
