@@ -1,7 +1,8 @@
 //! One control tick, as pure logic over time given as an argument: choose the plan action
-//! meant for now (or a PD controller's on it), check every input is fresh and every value finite, fall back to hold or
-//! stop otherwise, and pass the result through the safety filter. Every tick yields an
-//! action and a report of what it did. No allocation, no locks, no I/O.
+//! meant for now (or a PD controller's on it), check every input is fresh and every value
+//! finite, fall back to hold or stop otherwise, and pass the result through the safety
+//! filter. Every tick yields an action and a report of what it did. No allocation, no locks,
+//! no I/O.
 
 use crate::config::Fallback;
 use crate::frames::clock_reset;
