@@ -29,7 +29,7 @@ use crate::frames::ImageView;
 use crate::node::offline_loop;
 use crate::planner::Plan;
 use crate::replay::build_loop;
-use crate::serve::{error, parse_request};
+use crate::serve::{error, parse_request, Execute};
 
 /// The ops of this protocol, for error replies.
 const OPS: &str = r#"{"op": "reset" | "step" | "stats", ...}"#;
@@ -81,6 +81,20 @@ pub struct Bridge {
 
 impl Bridge {
     pub fn new(cfg: &NodeConfig) -> Result<Self, String> {
+        // Its states are positions only: a PD controller would read other positions as velocities.
+        if let Some(s) = cfg
+            .serve
+            .as_ref()
+            .filter(|s| s.execute != Execute::DiffusedActions || s.hold_radius.is_some())
+        {
+            return Err(format!(
+                "serve.execute / serve.hold_radius: the bridge sends positions only, without the velocities \
+                 the PD controller reads; expected diffused_actions and no hold radius, got {} and {}",
+                s.execute.name(),
+                s.hold_radius
+                    .map_or("no hold radius".into(), |r| format!("hold radius {r}"))
+            ));
+        }
         let lp = build_loop(cfg).map_err(|e| e.to_string())?;
         if (cfg.control.rate_hz * cfg.control.action_dt_s - 1.0).abs() > 1e-9 {
             return Err(format!(
