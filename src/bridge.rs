@@ -29,7 +29,7 @@ use crate::frames::ImageView;
 use crate::node::offline_loop;
 use crate::planner::Plan;
 use crate::replay::build_loop;
-use crate::serve::{error, parse_request, Execute};
+use crate::serve::{error, parse_request};
 
 /// The ops of this protocol, for error replies.
 const OPS: &str = r#"{"op": "reset" | "step" | "stats", ...}"#;
@@ -82,11 +82,7 @@ pub struct Bridge {
 impl Bridge {
     pub fn new(cfg: &NodeConfig) -> Result<Self, String> {
         // Its states are positions only: a PD controller would read other positions as velocities.
-        if let Some(s) = cfg
-            .serve
-            .as_ref()
-            .filter(|s| s.execute != Execute::DiffusedActions || s.hold_radius.is_some())
-        {
+        if let Some(s) = cfg.serve.as_ref().filter(|s| s.drives_pd()) {
             return Err(format!(
                 "serve.execute / serve.hold_radius: the bridge sends positions only, without the velocities \
                  the PD controller reads; expected diffused_actions and no hold radius, got {} and {}",

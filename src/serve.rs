@@ -120,7 +120,6 @@ enum Request {
 pub struct Server {
     planner: DfPlanner,
     reward: Option<GoalReward>,
-    guided: bool,
     serve: ServeSection,
     replan_every: usize,
     action_min: Vec<f64>,
@@ -131,7 +130,7 @@ pub struct Server {
     pd: Option<PdExecution>,
     /// The PD controller's scratch target.
     pd_target: Vec<f64>,
-    /// The episode's goal, when guided.
+    /// The episode's goal: with one, the plans are guided toward it.
     goal: Option<[f64; 2]>,
     last_action: Vec<f64>,
     latency: Histogram,
@@ -161,7 +160,6 @@ impl Server {
             plan: Plan::with_capacity(planner.plan_len(), l.action_dim, l.observation_dim, l.token_dim),
             last_action: vec![0.0; l.action_dim],
             reward,
-            guided: false,
             serve,
             replan_every: cfg.planner.replan_every.min(planner.plan_len()),
             action_min: cfg.safety.action_min.clone(),
@@ -220,7 +218,6 @@ impl Server {
             return error(why);
         }
         self.refused_reset = None;
-        self.guided = goal.is_some();
         self.goal = goal;
         self.planner.reset();
         if let Some(seed) = seed {
@@ -235,7 +232,7 @@ impl Server {
         let reward = self
             .reward
             .as_ref()
-            .filter(|_| self.guided)
+            .filter(|_| self.goal.is_some())
             .ok_or("score_path: no goal; reset with a goal first")?;
         if positions.is_empty() || positions.iter().flatten().any(|v| !v.is_finite()) {
             return Err(format!(
@@ -262,7 +259,7 @@ impl Server {
             let guidance = self
                 .reward
                 .as_ref()
-                .filter(|_| self.guided)
+                .filter(|_| self.goal.is_some())
                 .map(|r| r as &dyn crate::diffusion::Guidance);
             self.planner.plan(guidance, &mut self.plan).map_err(|e| e.to_string())?;
             let ms = start.elapsed().as_secs_f64() * 1e3;
@@ -321,6 +318,11 @@ impl ServeSection {
         }
     }
 
+    /// Whether `execute` or `hold_radius` puts a PD controller in the loop.
+    pub fn drives_pd(&self) -> bool {
+        self.execute == Execute::PdController || self.hold_radius.is_some()
+    }
+
     /// The PD controller that `execute` and `hold_radius` put in the loop (None: the plan's
     /// own actions run as planned), checked against the model's layout and the actions' kind:
     /// it commands forces, so `measured_action` (the indices of positions that the actions
@@ -336,7 +338,7 @@ impl ServeSection {
                 "serve.hold_radius: expected a positive distance or null, got {r}"
             ));
         }
-        let drives_pd = self.execute == Execute::PdController || self.hold_radius.is_some();
+        let drives_pd = self.drives_pd();
         // The PD controller commands one action per position dimension.
         if drives_pd && action_dim != self.position_dims.len() {
             return Err(format!(

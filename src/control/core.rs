@@ -178,6 +178,12 @@ struct PdLoop {
     action: Vec<f64>,
 }
 
+/// What a tick at plan step `index` would send: the PD controller's action (computed for this
+/// tick) where one acts on the plan, else the plan's own.
+fn executed<'a>(pd: Option<&'a PdLoop>, plan: &'a Plan, index: usize) -> &'a [f64] {
+    pd.map_or(plan.action(index), |pd| &pd.action)
+}
+
 /// Whether an input stamped `stamp_ns` (None: none yet) is stale at `now_ns`. A stamp further
 /// in the future than the timeout is as untrustworthy as an old one (a clock ahead of ours, a
 /// reset sim time): it must not keep a dead input looking fresh.
@@ -320,9 +326,7 @@ impl ControlCore {
                             .execution
                             .action(plan, index, &pd.observation, &mut pd.target, &mut pd.action);
                     }
-                    // What would be sent: the PD controller's action where it acts on the plan.
-                    let action = self.pd.as_ref().map_or(plan.action(index), |pd| &pd.action);
-                    if action.iter().all(|v| v.is_finite()) {
+                    if executed(self.pd.as_ref(), plan, index).iter().all(|v| v.is_finite()) {
                         chosen = Some(index);
                     } else {
                         faults.insert(Fault::NonFinite);
@@ -360,7 +364,7 @@ impl ControlCore {
             }
             Some(index) if faults.is_empty() => {
                 let plan = self.current.as_deref().expect("chosen implies a plan");
-                let action = self.pd.as_ref().map_or(plan.action(index), |pd| &pd.action);
+                let action = executed(self.pd.as_ref(), plan, index);
                 safety = self.safety.filter(action, &self.last_output, elapsed_s, out);
                 Source::Plan
             }

@@ -67,14 +67,19 @@ mod tests {
         p
     }
 
-    #[test]
-    fn the_plan_runs_until_it_arrives_then_the_goal_is_held_at_rest() {
-        let pd = PdExecution {
+    /// D4RL's gains on [x, y, vx, vy].
+    fn pd(track_plan: bool) -> PdExecution {
+        PdExecution {
             position_dims: [0, 1],
             kp: 10.0,
             kd: 4.0,
-            track_plan: false,
-        };
+            track_plan,
+        }
+    }
+
+    #[test]
+    fn the_plan_runs_until_it_arrives_then_the_goal_is_held_at_rest() {
+        let pd = pd(false);
         let mut p = plan();
         let goal = [3.0, 0.0];
         p.hold = PlanHold::at_arrival(&p, [0, 1], goal, 0.5);
@@ -91,12 +96,7 @@ mod tests {
 
     #[test]
     fn tracking_follows_the_planned_state() {
-        let pd = PdExecution {
-            position_dims: [0, 1],
-            kp: 10.0,
-            kd: 4.0,
-            track_plan: true,
-        };
+        let pd = pd(true);
         let (mut target, mut out) = ([0.0; 4], [0.0; 2]);
         assert!(!pd.action(&plan(), 0, &[0.5, 0.1, 0.0, 0.0], &mut target, &mut out));
         let expected = [10.0 * 0.5 + 4.0 * 1.0, 10.0 * -0.1];

@@ -235,18 +235,17 @@ impl Napper {
         match self.rate {
             // Not started (no /clock yet): nothing to catch.
             _ if wait_ns == 0 => self.poll,
-            // Stood still for a window (a paused simulator), or no rate yet: short looks, so
-            // that a clock that starts or resumes fast is caught within a millisecond of wall
-            // time (a nap of a full poll would oversleep it by steps).
-            None => Self::LOOK.min(self.poll),
-            Some(rate) if rate <= 0.0 => Self::LOOK.min(self.poll),
             // Half the wall time to go, so that a rate measured up to twice too low (a clock
             // read in coarse quanta) does not oversleep; a slower clock than the wall's only
             // makes the thread look early and sleep again.
-            Some(rate) => {
+            Some(rate) if rate > 0.0 => {
                 let wall_to_go = wait_ns as f64 / rate.max(1.0);
                 Duration::from_nanos((wall_to_go / 2.0) as u64).clamp(Self::MIN_NAP, self.poll)
             }
+            // Stood still for a window (a paused simulator), or no rate yet: short looks, so
+            // that a clock that starts or resumes fast is caught within a millisecond of wall
+            // time (a nap of a full poll would oversleep it by steps).
+            _ => Self::LOOK.min(self.poll),
         }
     }
 }
