@@ -64,7 +64,8 @@ pub struct ServeSection {
     /// diffused_actions (default) or pd_controller.
     pub execute: Execute,
     /// Observation indices of the position tracked by the PD controller (default [0, 1]);
-    /// the velocity is taken from the same indices + 2.
+    /// its velocity is read half the observation further on (positions then velocities, as
+    /// the node makes the observation from a JointState: [x, y, vx, vy] in the mazes).
     pub position_dims: [usize; 2],
     /// PD gains tracking the planned state: action = kp·(p* − p) + kd·(v* − v), with p*, v* the
     /// position and velocity the plan expects after this action (Diffuser's controller, gains
@@ -354,10 +355,16 @@ impl ServeSection {
                  control.measured_action [] (actions that are not positions), got {measured_action:?}"
             ));
         }
-        // The planned positions are read at these indices; the PD controller reads velocity at
-        // position index + 2.
+        // The planned positions are read at these indices; the PD controller reads the
+        // observation as positions then velocities, as the node makes it from a JointState.
+        if drives_pd && !observation_dim.is_multiple_of(2) {
+            return Err(format!(
+                "serve.execute / serve.hold_radius: the PD controller reads the observation as positions \
+                 then as many velocities, expected an even observation_dim, got {observation_dim}"
+            ));
+        }
         let (limit, why) = if drives_pd {
-            (observation_dim.saturating_sub(2), "observation_dim - 2")
+            (observation_dim / 2, "observation_dim / 2 (the positions)")
         } else {
             (observation_dim, "observation_dim")
         };
@@ -369,6 +376,7 @@ impl ServeSection {
         }
         Ok(drives_pd.then_some(PdExecution {
             position_dims: self.position_dims,
+            velocity_offset: observation_dim / 2,
             kp: self.kp,
             kd: self.kd,
             track_plan: self.execute == Execute::PdController,

@@ -251,6 +251,7 @@ fn a_running_control_tick_does_not_allocate() {
 fn a_pd_controller_in_the_tick_holds_the_goal_from_the_plans_arrival_without_allocating() {
     let pd = PdExecution {
         position_dims: [0, 1],
+        velocity_offset: 2,
         kp: 10.0,
         kd: 4.0,
         track_plan: false,

@@ -407,7 +407,7 @@ fn position_dims_leave_room_for_velocities_only_where_the_pd_controller_reads_th
         panic!("velocities at 4 and 5 of 4 were accepted")
     };
     assert!(
-        e.contains("serve.position_dims: expected indices < observation_dim - 2 = 2, got [2, 3]"),
+        e.contains("serve.position_dims: expected indices < observation_dim / 2 (the positions) = 2, got [2, 3]"),
         "{e}"
     );
 }

@@ -6,10 +6,13 @@
 
 use crate::planner::Plan;
 
-/// A PD controller on the observation's position dims; velocities sit at position + 2.
+/// A PD controller on the observation's position dims.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PdExecution {
     pub position_dims: [usize; 2],
+    /// A position's velocity sits this far after it: the observation is positions then as
+    /// many velocities (half its size), as the node makes it from a JointState.
+    pub velocity_offset: usize,
     pub kp: f64,
     pub kd: f64,
     /// Track the planned state at every step (`execute: pd_controller`); otherwise the plan's
@@ -46,7 +49,8 @@ impl PdExecution {
     /// action = kp·(p* − p) + kd·(v* − v) per position dim, toward the observation `target`.
     fn toward(&self, target: &[f64], obs: &[f64], out: &mut [f64]) {
         for (a, &d) in out.iter_mut().zip(&self.position_dims) {
-            *a = self.kp * (target[d] - obs[d]) + self.kd * (target[d + 2] - obs[d + 2]);
+            let v = d + self.velocity_offset;
+            *a = self.kp * (target[d] - obs[d]) + self.kd * (target[v] - obs[v]);
         }
     }
 }
@@ -71,6 +75,7 @@ mod tests {
     fn pd(track_plan: bool) -> PdExecution {
         PdExecution {
             position_dims: [0, 1],
+            velocity_offset: 2,
             kp: 10.0,
             kd: 4.0,
             track_plan,
@@ -101,5 +106,23 @@ mod tests {
         assert!(!pd.action(&plan(), 0, &[0.5, 0.1, 0.0, 0.0], &mut target, &mut out));
         let expected = [10.0 * 0.5 + 4.0 * 1.0, 10.0 * -0.1];
         assert!(out.iter().zip(expected).all(|(a, e)| (a - e).abs() < 1e-12), "{out:?}");
+    }
+
+    #[test]
+    fn velocities_are_read_half_an_observation_after_their_positions() {
+        // [x, y, z, vx, vy, vz]: a 3-joint state's observation; the PD acts on x and y.
+        let pd = PdExecution {
+            velocity_offset: 3,
+            ..pd(false)
+        };
+        let mut p = Plan::with_capacity(1, 2, 6, 8);
+        p.set_len(1);
+        p.hold = Some(PlanHold {
+            from: 0,
+            goal: [1.0, 1.0],
+        });
+        let (mut target, mut out) = ([0.0; 6], [0.0; 2]);
+        assert!(pd.action(&p, 0, &[1.0, 1.0, 5.0, 0.5, -0.5, 9.0], &mut target, &mut out));
+        assert_eq!(out, [-4.0 * 0.5, 4.0 * 0.5], "damps vx and vy, not z and vx");
     }
 }
