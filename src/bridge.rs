@@ -1,22 +1,35 @@
-//! `df_planner serve` for camera models: a simulator drives the robot's own pipeline — camera
-//! frames into the frame rings, the end-effector state, the planner task with its memory, the
-//! control tick with its safety filter and fallbacks — on a virtual clock (`OfflineLoop`),
-//! one simulator step per request. What the arm would have been sent is what comes back.
+//! `df_planner serve` through the node's own loop: a simulator drives the robot's pipeline —
+//! camera frames into the frame rings, the robot state, the planner task with its memory and
+//! goal, the control tick with its PD execution, safety filter and fallbacks — on a virtual
+//! clock (`OfflineLoop`), one simulator step per request. What the robot would have been sent
+//! is what comes back. Camera models are always served this way; a state model with
+//! `serve --node-loop` (the Maze2D evaluation's `--node-loop`: the node's own score).
 //!
 //! One JSON object per line in, one per line out:
-//! - `{"op": "reset"}` → `{"ok": true}`: a new episode (history, plans and clock start over).
-//! - `{"op": "step", "state": [...], "images": [[...], ...]}`: the state now (one value per
-//!   state joint, as `sensor_msgs/JointState` positions) and one rgb8 frame per camera, in the
+//! - `{"op": "reset", "goal": [x, y], "seed": n}` (both optional) → `{"ok": true}`: a new
+//!   episode (history, plans and clock start over). `goal` arrives as a goal message would
+//!   (checked against `serve.goal_bounds` and `serve.goal_keepout`; without one the node plans
+//!   toward `planner.goal.target`); `seed` restarts the planner's noise from it (default
+//!   `planner.seed`). A refused goal refuses the steps after it until a reset is accepted.
+//! - `{"op": "step", "state": [...], "velocity": [...], "images": [[...], ...]}`: the state now
+//!   (as `sensor_msgs/JointState` positions, one per state joint, and, where the model's
+//!   observation is positions then velocities, as many velocities; the PD controller of
+//!   `serve.execute` / `serve.hold_radius` needs them) and one rgb8 frame per camera, in the
 //!   model's `cameras.inputs` order, each height × width × 3 bytes; `images` may be null or
 //!   shorter (a camera that sent nothing this step). → `{"ok": true, "action": [...],
 //!   "source": "plan" | "hold" | "stop", "faults": [...], "replanned": bool,
-//!   "frame_errors": [...], "plan_error": null | "..."}`. A rejected frame is counted and
-//!   named in `frame_errors`, and the camera's previous frame serves, as on the robot, until
-//!   it is `safety.camera_timeout_s` old: then planning pauses and the tick holds or stops as
-//!   the config says. `plan_error` says why a plan failed this step (the tick kept the last plan or
-//!   fell back). A state of the wrong size is refused before it reaches the loop.
-//! - `{"op": "stats"}` → `{"ok": true, "diagnostics": {...}}` (the node's diagnostics: ticks,
-//!   faults, hold/stop counts, plan and tick latency, frame counters) for the current episode.
+//!   "frame_errors": [...], "plan_error": null | "...", "holding": bool}`, and when replanned
+//!   `"plan_ms"`, `"plan"` (the planned positions at `serve.position_dims`, one per step) and,
+//!   with MCG, `"mcg_shift"`, `"mcg_pull"`, `"mcg_guidance"` as `serve` says them. A rejected
+//!   frame is counted and named in `frame_errors`, and the camera's previous frame serves, as
+//!   on the robot, until it is `safety.camera_timeout_s` old: then planning pauses and the tick
+//!   holds or stops as the config says. `plan_error` says why a plan failed this step (the tick
+//!   kept the last plan or fell back); `holding`: the tick held the goal at rest. A state of the
+//!   wrong size is refused before it reaches the loop.
+//! - `{"op": "stats"}` → `{"ok": true, "diagnostics": {...}, "plans": n, "replan_ms_p50": f,
+//!   "replan_ms_p99": f, "replan_ms_max": f}`: the node's diagnostics (ticks, faults, hold/stop
+//!   counts, plan and tick latency, frame counters) for the current episode, and the plans and
+//!   their latency since the process started, as `serve` reports them.
 //!
 //! A malformed line or a bad request is answered `{"ok": false, "error": "..."}` and logged.
 
@@ -24,10 +37,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::NodeConfig;
-use crate::control::{ActionSink, Diagnostics, OfflineLoop, Source, StateSample, TickReport};
+use crate::control::{ActionSink, Diagnostics, Histogram, OfflineLoop, Source, StateSample, TickReport};
+use crate::diffusion::McgReport;
 use crate::frames::ImageView;
 use crate::node::offline_loop;
-use crate::planner::Plan;
+use crate::planner::{GoalMessage, Plan};
 use crate::replay::build_loop;
 use crate::serve::{error, parse_request};
 
@@ -37,22 +51,36 @@ const OPS: &str = r#"{"op": "reset" | "step" | "stats", ...}"#;
 #[derive(Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 enum Request {
-    Reset {},
+    Reset {
+        #[serde(default)]
+        goal: Option<[f64; 2]>,
+        #[serde(default)]
+        seed: Option<u64>,
+    },
     Step {
         state: Vec<f64>,
+        #[serde(default)]
+        velocity: Vec<f64>,
         #[serde(default)]
         images: Option<Vec<Vec<u8>>>,
     },
     Stats {},
 }
 
-/// The last tick's output.
+/// The last tick's output, and the last plan's.
 #[derive(Default)]
 struct LastTick {
     action: Vec<f64>,
     source: Option<Source>,
     faults: Vec<&'static str>,
+    holding: bool,
     plans: u64,
+    position_dims: [usize; 2],
+    plan_positions: Vec<[f64; 2]>,
+    plan_ms: f64,
+    mcg: Option<McgReport>,
+    /// Every plan's latency since the process started.
+    latency: Histogram,
 }
 
 impl ActionSink for LastTick {
@@ -61,9 +89,17 @@ impl ActionSink for LastTick {
         self.action.extend_from_slice(action);
         self.source = Some(report.source);
         self.faults = report.faults.iter().map(|f| f.name()).collect();
+        self.holding = report.goal_held;
     }
-    fn plan(&mut self, _: &Plan) {
+    fn plan(&mut self, plan: &Plan) {
         self.plans += 1;
+        let [px, py] = self.position_dims;
+        self.plan_positions = (0..plan.len())
+            .map(|k| [plan.observation(k)[px], plan.observation(k)[py]])
+            .collect();
+        self.plan_ms = plan.latency_ns as f64 / 1e6;
+        self.mcg = plan.mcg;
+        self.latency.record(plan.latency_ns);
     }
     fn diagnostics(&mut self, _: i64, _: &Diagnostics) {}
 }
@@ -77,20 +113,15 @@ pub struct Bridge {
     steps: i64,
     /// Camera (role, height, width) in the model's order.
     cameras: Vec<(String, u32, u32)>,
+    /// Whether a PD controller executes the plans (it reads the state's velocities).
+    drives_pd: bool,
+    /// Why the latest reset was refused, until one is accepted: steps are refused meanwhile,
+    /// rather than go on toward the goal before it.
+    refused_reset: Option<String>,
 }
 
 impl Bridge {
     pub fn new(cfg: &NodeConfig) -> Result<Self, String> {
-        // Its states are positions only: a PD controller would read other positions as velocities.
-        if let Some(s) = cfg.serve.as_ref().filter(|s| s.drives_pd()) {
-            return Err(format!(
-                "serve.execute / serve.hold_radius: the bridge sends positions only, without the velocities \
-                 the PD controller reads; expected diffused_actions and no hold radius, got {} and {}",
-                s.execute.name(),
-                s.hold_radius
-                    .map_or("no hold radius".into(), |r| format!("hold radius {r}"))
-            ));
-        }
         let lp = build_loop(cfg).map_err(|e| e.to_string())?;
         if (cfg.control.rate_hz * cfg.control.action_dt_s - 1.0).abs() > 1e-9 {
             return Err(format!(
@@ -105,13 +136,19 @@ impl Bridge {
             .as_ref()
             .map(|c| c.inputs.iter().map(|i| (i.role.clone(), i.height, i.width)).collect())
             .unwrap_or_default();
+        let serve = cfg.serve.clone().unwrap_or_default();
         Ok(Self {
             cfg: cfg.clone(),
             lp: Some(lp),
-            sink: LastTick::default(),
+            sink: LastTick {
+                position_dims: serve.position_dims,
+                ..LastTick::default()
+            },
             step_ns: cfg.control.step().as_nanos() as i64,
             steps: 0,
             cameras,
+            drives_pd: serve.drives_pd(),
+            refused_reset: None,
         })
     }
 
@@ -122,15 +159,29 @@ impl Bridge {
             Err(reply) => return reply,
         };
         match request {
-            Request::Reset {} => self.reset(),
-            Request::Step { state, images } => self.step(&state, images.as_deref().unwrap_or(&[])),
-            Request::Stats {} => json!({"ok": true, "diagnostics": self.lp().diagnostics()}),
+            Request::Reset { goal, seed } => self.reset(goal, seed),
+            Request::Step {
+                state,
+                velocity,
+                images,
+            } => match &self.refused_reset {
+                Some(why) => error(format!(
+                    "no episode: the last reset was refused ({why}); send a reset that is accepted"
+                )),
+                None => self.step(&state, &velocity, images.as_deref().unwrap_or(&[])),
+            },
+            Request::Stats {} => {
+                let s = self.sink.latency.summary_ms();
+                json!({"ok": true, "diagnostics": self.lp().diagnostics(), "plans": s.count,
+                       "replan_ms_p50": s.p50_ms, "replan_ms_p99": s.p99_ms, "replan_ms_max": s.max_ms})
+            }
         }
     }
 
     /// A new episode: the loaded model in a fresh loop (history, plans, control state, frame
-    /// rings, counters and clock start over; the planner's noise restarts from its seed).
-    fn reset(&mut self) -> Value {
+    /// rings, counters and clock start over; the planner's noise restarts from `seed`, else
+    /// the config's), planning toward `goal` if given.
+    fn reset(&mut self, goal: Option<[f64; 2]>, seed: Option<u64>) -> Value {
         let mut planner = self
             .lp
             .take()
@@ -138,15 +189,31 @@ impl Bridge {
             .into_task()
             .into_planner();
         planner.reset();
-        planner.reseed(self.cfg.planner.seed);
-        match offline_loop(&self.cfg, planner) {
-            Ok(lp) => {
-                self.lp = Some(lp);
-                self.steps = 0;
-                self.sink = LastTick::default();
-                json!({"ok": true})
-            }
-            Err(e) => error(e.to_string()),
+        planner.reseed(seed.unwrap_or(self.cfg.planner.seed));
+        let mut lp = match offline_loop(&self.cfg, planner) {
+            Ok(lp) => lp,
+            Err(e) => return error(e.to_string()),
+        };
+        // As a goal message in the goal topic's frame would arrive.
+        let refused = goal.and_then(|position| {
+            lp.receive_goal(&GoalMessage {
+                position,
+                frame_id: String::new(),
+            })
+            .err()
+            .map(|e| format!("goal {e}"))
+        });
+        self.lp = Some(lp);
+        self.steps = 0;
+        self.sink = LastTick {
+            position_dims: self.sink.position_dims,
+            latency: std::mem::take(&mut self.sink.latency),
+            ..LastTick::default()
+        };
+        self.refused_reset = refused.clone();
+        match refused {
+            Some(why) => error(why),
+            None => json!({"ok": true}),
         }
     }
 
@@ -154,18 +221,43 @@ impl Bridge {
         self.lp.as_mut().expect("the loop exists between requests")
     }
 
-    fn step(&mut self, state: &[f64], images: &[Vec<u8>]) -> Value {
+    /// The state as the node's state intake takes it: positions, or positions then velocities
+    /// where the model's observation has them (and a PD controller needs them).
+    fn state_sample(&mut self, t: i64, state: &[f64], velocity: &[f64]) -> Result<StateSample, String> {
+        let observation_dim = self.lp().contract().layout.observation_dim;
+        let positions_only = velocity.is_empty() && state.len() == observation_dim && !self.drives_pd;
+        let with_velocities = velocity.len() == state.len() && 2 * state.len() == observation_dim;
+        let sample = StateSample::new(t, state, velocity).filter(|_| positions_only || with_velocities);
+        sample.ok_or_else(|| {
+            let expected = if self.drives_pd {
+                format!(
+                    "{half} values in state and {half} in velocity (the model's observation_dim {observation_dim}: \
+                     positions then velocities, which the PD controller of serve.execute / serve.hold_radius reads)",
+                    half = observation_dim / 2
+                )
+            } else if observation_dim.is_multiple_of(2) {
+                format!(
+                    "{observation_dim} values in state and none in velocity, or {half} in each (the model's \
+                     observation_dim {observation_dim}: positions, or positions then velocities)",
+                    half = observation_dim / 2
+                )
+            } else {
+                format!("{observation_dim} values in state (the model's observation_dim: one position per state joint)")
+            };
+            format!(
+                "state/velocity: expected {expected}, got {} and {}",
+                state.len(),
+                velocity.len()
+            )
+        })
+    }
+
+    fn step(&mut self, state: &[f64], velocity: &[f64], images: &[Vec<u8>]) -> Value {
         // Step k happens at (k + 1) · step: the loop's clock starts at the first input.
         let t = (self.steps + 1) * self.step_ns;
-        // The bridge sends positions only, so the state is the observation itself.
-        let observation_dim = self.lp().contract().layout.observation_dim;
-        let sample = StateSample::new(t, state, &[]).filter(|_| state.len() == observation_dim);
-        let Some(sample) = sample else {
-            return error(format!(
-                "state: expected {} values (the model's observation_dim: one position per state joint), got {}",
-                observation_dim,
-                state.len()
-            ));
+        let sample = match self.state_sample(t, state, velocity) {
+            Ok(sample) => sample,
+            Err(e) => return error(e),
         };
         if images.len() > self.cameras.len() {
             return error(format!(
@@ -203,20 +295,32 @@ impl Bridge {
             _ => None,
         };
         self.steps += 1;
+        let replanned = self.sink.plans > plans;
         let source = match self.sink.source {
             Some(Source::Plan) => "plan",
             Some(Source::Hold) => "hold",
             Some(Source::Stop) | None => "stop",
             Some(Source::Waiting) => "waiting",
         };
-        json!({
+        let mut reply = json!({
             "ok": true,
             "action": self.sink.action,
             "source": source,
             "faults": self.sink.faults,
-            "replanned": self.sink.plans > plans,
+            "replanned": replanned,
             "frame_errors": frame_errors,
             "plan_error": plan_error,
-        })
+            "holding": self.sink.holding,
+        });
+        if replanned {
+            reply["plan_ms"] = json!(self.sink.plan_ms);
+            reply["plan"] = json!(self.sink.plan_positions);
+            if let Some(mcg) = self.sink.mcg {
+                reply["mcg_shift"] = json!(mcg.shift);
+                reply["mcg_pull"] = json!(mcg.pull);
+                reply["mcg_guidance"] = json!(mcg.guidance);
+            }
+        }
+        reply
     }
 }

@@ -88,8 +88,9 @@ enum Command {
     /// Serve plans over a line protocol on stdin/stdout (JSON per line: reset, step, stats,
     /// score_path) for a simulator that steps the world itself; see src/serve.rs for the
     /// protocol. A camera model is served through the node's own loop (frame rings, planner
-    /// task, control tick) instead: the simulator sends the state and the camera frames; see
-    /// src/bridge.rs. The flags override the config, for ablations.
+    /// task, control tick) instead, and a state model with --node-loop: the simulator sends the
+    /// state (and camera frames); see src/bridge.rs. The flags override the config, for
+    /// ablations.
     Serve(ServeArgs),
     /// Replay a ROS 2 bag (MCAP file, .db3, or rosbag2 folder) through the control loop on the
     /// bag's clock; write actions, plans and diagnostics to an MCAP file and print a summary.
@@ -146,6 +147,11 @@ struct ServeArgs {
     /// Override planner.image_level (camera models: > 0 tells the model its images are noisy).
     #[arg(long)]
     image_level: Option<i64>,
+    /// Serve a state model through the robot node's own loop (planner task, control tick with
+    /// its safety filter and fallbacks, on a virtual clock) instead of serve's planner loop:
+    /// the protocol of src/bridge.rs. Camera models are always served so.
+    #[arg(long)]
+    node_loop: bool,
 }
 
 #[derive(Args)]
@@ -924,7 +930,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     }
     let planner = df_planner::node::planner(&cfg).context(origin.clone())?;
     let stdin = std::io::stdin();
-    if planner.has_cameras() {
+    if planner.has_cameras() || a.node_loop {
         drop(planner);
         let mut bridge = Bridge::new(&cfg).map_err(anyhow::Error::msg).context(origin)?;
         df_planner::serve::run(|line| bridge.handle(line), stdin.lock(), std::io::stdout().lock())?;

@@ -600,6 +600,7 @@ mod tests {
             plan_index: Some(0),
             safety: Default::default(),
             late_dropped: 0,
+            goal_held: false,
         };
         let ActionMessage::Pose(pose) = format.message(&report, &[0.3, -0.2], None) else {
             panic!("a pose");

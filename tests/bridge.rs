@@ -1,11 +1,12 @@
-//! `df_planner serve` for a camera model: the shipped fruit-swap model driven through the
-//! node's own loop (frame rings, planner task with memory, control tick), and what bad camera
-//! input does: counted, named, and the arm holds.
+//! `df_planner serve` through the node's own loop: the shipped fruit-swap camera model (frame
+//! rings, planner task with memory, control tick), what bad camera input does (counted, named,
+//! and the arm holds); and the U-Maze model with `--node-loop`, against `serve`'s own loop.
 
 mod common;
 
 use df_planner::bridge::Bridge;
 use df_planner::config::NodeConfig;
+use df_planner::serve::Server;
 use serde_json::{json, Value};
 
 fn bridge() -> Bridge {
@@ -93,7 +94,8 @@ fn bad_requests_are_refused_by_name_and_the_bridge_keeps_going() {
         assert_eq!(
             r["error"],
             json!(format!(
-                "state: expected 4 values (the model's observation_dim: one position per state joint), got {n}"
+                "state/velocity: expected 4 values in state and none in velocity, or 2 in each (the model's \
+                 observation_dim 4: positions, or positions then velocities), got {n} and 0"
             ))
         );
     }
@@ -179,4 +181,113 @@ fn a_glitched_state_is_a_named_plan_error_that_does_not_stay_in_the_memory() {
     assert_eq!(replans, [16, 31, 46]);
     let d = &b.handle(r#"{"op": "stats"}"#)["diagnostics"];
     assert_eq!(d["plan_errors"], json!(1));
+}
+
+fn umaze() -> NodeConfig {
+    let mut cfg = NodeConfig::load(&common::repo().join("config/maze2d_umaze.yaml")).unwrap();
+    cfg.model.runtime = common::cpu();
+    cfg
+}
+
+/// D4RL's point mass (gear 100, Euler at 0.01 s, velocity clipped to ±5): one step.
+fn point_mass(obs: &mut [f64; 4], action: &[f64]) {
+    for d in 0..2 {
+        obs[d + 2] = (obs[d + 2] + 0.234 * action[d]).clamp(-5.0, 5.0);
+        obs[d] += 0.01 * obs[d + 2];
+    }
+}
+
+fn actions(reply: &Value) -> Vec<f64> {
+    let action = reply["action"].as_array().unwrap_or_else(|| panic!("{reply}"));
+    action.iter().map(|a| a.as_f64().unwrap()).collect()
+}
+
+/// The robot node's loop executes what `serve` executed: an episode (U-Maze from its
+/// lower-right corridor toward D4RL's goal, one seed, MCG, arrive-and-hold) closed around the
+/// point mass through `serve` and fed through the bridge as the robot's states gives the same
+/// plans, actions and goal holds at every step, once the node's rate limit (which serve does
+/// not have) is out of the way: with U-Maze's own `safety.max_rate` it changes an action at
+/// step 60, and from there the node's own history, and so its plans, differ (`df-train eval
+/// maze2d --configs df_mcg,node_loop` measures what that does to the score).
+#[test]
+fn the_node_loop_executes_what_serve_executed() {
+    let mut cfg = umaze();
+    cfg.safety.max_rate = vec![1e6, 1e6];
+    let mut server = Server::new(&cfg, df_planner::node::planner(&cfg).unwrap()).unwrap();
+    let mut bridge = Bridge::new(&cfg).unwrap();
+    let reset = json!({"op": "reset", "goal": [1.0, 1.0], "seed": 7}).to_string();
+    assert_eq!(server.handle(&reset), json!({"ok": true}));
+    assert_eq!(bridge.handle(&reset), json!({"ok": true}));
+    let mut obs = [3.0, 1.0, 0.0, 0.0];
+    let (mut held, mut plans) = (0, 0);
+    for k in 0..300 {
+        let served = server.handle(&json!({"op": "step", "obs": obs}).to_string());
+        let node = bridge.handle(&json!({"op": "step", "state": &obs[..2], "velocity": &obs[2..]}).to_string());
+        assert_eq!(node["source"], json!("plan"), "step {k}: {node}");
+        let (a, b) = (actions(&served), actions(&node));
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-9),
+            "step {k}: serve {a:?}, node {b:?}"
+        );
+        assert_eq!(node["replanned"], served["replanned"], "step {k}");
+        assert_eq!(node["holding"], served["holding"], "step {k}");
+        if served["replanned"] == json!(true) {
+            assert_eq!(node["plan"], served["plan"], "step {k}");
+            plans += 1;
+        }
+        held += u64::from(node["holding"] == json!(true));
+        point_mass(&mut obs, &a);
+    }
+    let stats = bridge.handle(r#"{"op": "stats"}"#);
+    println!("300 steps alike, {held} held the goal; final state {obs:?}");
+    assert!(held > 100, "{held}");
+    assert_eq!(
+        (&stats["plans"], &stats["diagnostics"]["plans"]),
+        (&json!(plans), &json!(plans)),
+        "{stats}"
+    );
+    assert_eq!(stats["diagnostics"]["goal_held"], json!(held), "{stats}");
+}
+
+#[test]
+fn a_maze_state_without_velocities_or_a_goal_in_a_wall_is_refused_by_name() {
+    let mut b = Bridge::new(&umaze()).unwrap();
+    assert_eq!(b.handle(r#"{"op": "reset", "goal": [1.0, 1.0]}"#), json!({"ok": true}));
+    // The PD controller (hold_radius) reads velocities: positions alone are refused.
+    let r = b.handle(r#"{"op": "step", "state": [3.0, 1.0, 0.0, 0.0]}"#);
+    assert_eq!(
+        r["error"],
+        json!(
+            "state/velocity: expected 2 values in state and 2 in velocity (the model's observation_dim 4: \
+             positions then velocities, which the PD controller of serve.execute / serve.hold_radius reads), got 4 and 0"
+        )
+    );
+    // A goal inside U-Maze's middle wall: refused, and so are steps until a reset is accepted.
+    let r = b.handle(r#"{"op": "reset", "goal": [2.0, 2.0]}"#);
+    let why = r["error"].as_str().unwrap().to_owned();
+    assert!(why.starts_with("goal "), "{why}");
+    let step = r#"{"op": "step", "state": [3.0, 1.0], "velocity": [0.0, 0.0]}"#;
+    assert_eq!(
+        b.handle(step)["error"],
+        json!(format!(
+            "no episode: the last reset was refused ({why}); send a reset that is accepted"
+        ))
+    );
+    assert_eq!(b.handle(r#"{"op": "reset", "goal": [1.0, 1.0]}"#), json!({"ok": true}));
+    let r = b.handle(step);
+    assert_eq!((&r["ok"], &r["replanned"]), (&json!(true), &json!(true)), "{r}");
+    assert_eq!(r["plan"].as_array().unwrap().len(), 150, "{r}");
+    // Without the hold and the PD, a positions-only state is what the model's layout refuses.
+    let mut cfg = umaze();
+    cfg.serve.as_mut().unwrap().hold_radius = None;
+    let mut b = Bridge::new(&cfg).unwrap();
+    b.handle(r#"{"op": "reset"}"#);
+    let r = b.handle(r#"{"op": "step", "state": [3.0, 1.0]}"#);
+    assert_eq!(
+        r["error"],
+        json!(
+            "state/velocity: expected 4 values in state and none in velocity, or 2 in each (the model's \
+             observation_dim 4: positions, or positions then velocities), got 2 and 0"
+        )
+    );
 }

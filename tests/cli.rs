@@ -160,7 +160,7 @@ fn bad_arguments_fail_with_a_message() {
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(
-            "serve.execute / serve.hold_radius: the bridge sends positions only, without the velocities the PD controller reads; expected diffused_actions and no hold radius, got pd_controller and no hold radius"
+            "serve.execute / serve.hold_radius: the PD controller commands one action per position dimension, expected a model with action_dim 2, got 4"
         ),
         "{}",
         String::from_utf8_lossy(&out.stderr)

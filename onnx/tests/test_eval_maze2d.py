@@ -340,16 +340,33 @@ def test_the_planner_refuses_a_goal_outside_the_maze_and_keeps_serving(setup):
 
 
 def test_serve_takes_every_configuration_s_overrides(setup):
+    from df_train.eval.maze2d import open_planner
+
     binary, config = setup
     for name, args in ABLATIONS.items():
         if args is None:
             continue  # a baseline without the planner
-        planner = Planner(binary, config, args)
+        planner = open_planner(binary, config, args)
         try:
             planner.ask({"op": "reset", "goal": [1.0, 1.0]})
             assert planner.ask({"op": "step", "obs": [1.0, 2.0, 0.0, 0.0]})["replanned"], name
         finally:
             planner.close()
+
+
+def test_the_node_loop_runs_the_same_episodes_and_counts_what_the_node_did(setup, tmp_path):
+    binary, config = setup
+    out = tmp_path / "node.json"
+    results = evaluate("umaze", 2, binary, config, out, ["df_mcg", "node_loop"], seed=3, workers=2)
+    node, served = results["node_loop"], results["df_mcg"]
+    assert KEYS <= set(node) and node["serve_args"] == ["--node-loop"]
+    assert node["plans"] == served["plans"] == 2 * (300 // 8 + 1), "the node replans on serve's schedule"
+    assert node["replan_ms_p99"] >= node["replan_ms_p50"] > 0
+    counters = node["node_loop"]
+    assert counters["ticks"] == 600 and counters["plan_errors"] == 0 and counters["stop"] == 0
+    assert 0 <= counters["goal_held"] <= 600 and served["node_loop"] is None
+    assert "df_mcg_minus_this" in node and len(node["scores"]) == 2
+    assert 0 <= node["plans_through_walls_rate"] <= 1, "the node's plans come back as serve's do"
 
 
 def test_straight_to_goal_reaches_the_goal_only_along_an_open_straight_line(setup, tmp_path):

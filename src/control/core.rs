@@ -99,6 +99,8 @@ pub struct TickReport {
     pub safety: SafetyEvents,
     /// Plan actions skipped because their time had passed.
     pub late_dropped: u64,
+    /// The action held the goal at rest (arrive-and-hold, `serve.hold_radius`).
+    pub goal_held: bool,
 }
 
 /// What the tick knows about its inputs' freshness.
@@ -411,7 +413,8 @@ impl ControlCore {
         c.waiting += u64::from(source == Source::Waiting);
         c.clipped += u64::from(safety.clipped);
         c.rate_limited += u64::from(safety.rate_limited);
-        c.goal_held += u64::from(holds_goal && source == Source::Plan);
+        let goal_held = holds_goal && source == Source::Plan;
+        c.goal_held += u64::from(goal_held);
         c.late_dropped += late_dropped;
         let report = TickReport {
             now_ns: now,
@@ -420,6 +423,7 @@ impl ControlCore {
             plan_index: chosen.filter(|_| source == Source::Plan),
             safety,
             late_dropped,
+            goal_held,
         };
         (report, retired)
     }
@@ -446,6 +450,7 @@ impl ControlCore {
             plan_index: None,
             safety: Default::default(),
             late_dropped: 0,
+            goal_held: false,
         }
     }
 }

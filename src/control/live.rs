@@ -897,6 +897,7 @@ mod tests {
             plan_index: None,
             safety: Default::default(),
             late_dropped: 0,
+            goal_held: false,
         };
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);

@@ -38,6 +38,9 @@ ABLATIONS = {
     "warm_start": ["--warm-start-level", "5"],
     "pd_controller": ["--execute", "pd_controller"],
     "no_hold": ["--hold-radius", "none"],
+    # df_mcg executed by the robot node's own loop (planner task, control tick with its safety
+    # filter, on a virtual clock) instead of serve's: what the node itself would score.
+    "node_loop": ["--node-loop"],
     # A probe of why MCG does not help here (docs/maze2d.md): only the executed tokens are
     # guided, so each sample's far tokens are the model's own, unguided future.
     "mcg_prior": ["--mcg", "prior_futures"],
@@ -45,8 +48,9 @@ ABLATIONS = {
     # No planner: serve's PD controller aimed straight at the goal (StraightToGoal).
     "straight_to_goal": None,
 }
-# What an eval runs unless --configs names others: all but the probe.
-DEFAULT_CONFIGS = [name for name in ABLATIONS if name not in ("mcg_prior", "no_mcg_prior")]
+# What an eval runs unless --configs names others: all but the probe and the node's loop (a
+# check of the node against df_mcg, not an ablation).
+DEFAULT_CONFIGS = [name for name in ABLATIONS if name not in ("mcg_prior", "no_mcg_prior", "node_loop")]
 
 
 class StraightToGoal:
@@ -74,6 +78,52 @@ class StraightToGoal:
 
     def close(self) -> None:
         pass
+
+
+# The node's per-episode counters (`stats` of the node loop) that a run sums over its episodes.
+NODE_COUNTERS = ("ticks", "hold", "stop", "clipped", "rate_limited", "goal_held", "plan_errors")
+
+
+class NodeLoop(Planner):
+    """`df_planner serve --node-loop`: the robot node's own loop (planner task, control tick
+    with its PD execution, safety filter and fallbacks, on a virtual clock; src/bridge.rs) in
+    place of serve's planner loop, spoken to in serve's terms. The observation [x, y, vx, vy]
+    goes in as the robot state's positions and velocities; the goal as a goal message. The
+    node's counters (ticks that fell back, rate-limited or clipped actions) are summed over
+    the episodes and come back with the stats."""
+
+    NODE_LOOP = "--node-loop"
+
+    def __init__(self, binary: str, config: str, args: list[str]):
+        super().__init__(binary, config, args)
+        self.counters = dict.fromkeys(NODE_COUNTERS, 0)
+        self.stepped = False
+
+    def ask(self, request: dict) -> dict:
+        op = request["op"]
+        if op == "step":
+            obs = request["obs"]
+            half = len(obs) // 2
+            self.stepped = True
+            return super().ask({"op": "step", "state": obs[:half], "velocity": obs[half:]})
+        if op in ("reset", "stats") and self.stepped:
+            # The node's counters start over with each episode: take the last one's first.
+            stats = super().ask({"op": "stats"})
+            for key in NODE_COUNTERS:
+                self.counters[key] += stats["diagnostics"][key]
+            self.stepped = False
+            if op == "stats":
+                return {**stats, "node_loop": dict(self.counters)}
+        reply = super().ask(request)
+        return {**reply, "node_loop": dict(self.counters)} if op == "stats" else reply
+
+
+def open_planner(binary: str, config: str, args: list[str] | None) -> Planner | StraightToGoal:
+    """What runs a configuration's episodes: serve with its `args`, the node's loop where they
+    say `--node-loop`, or the baseline (None)."""
+    if args is None:
+        return StraightToGoal(config)
+    return (NodeLoop if NodeLoop.NODE_LOOP in args else Planner)(binary, config, args)
 
 
 def run_episode(planner: Planner | StraightToGoal, env: Maze2DEnv, planner_seed: int, record: bool = False) -> dict:
@@ -114,7 +164,7 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
     failed = threading.Event()
 
     def worker(w: int):
-        planner = Planner(binary, config, args) if args is not None else StraightToGoal(config)
+        planner = open_planner(binary, config, args)
         try:
             done = []
             for i in range(w, episodes, workers):
@@ -149,6 +199,11 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
         # Worst worker's percentiles: conservative when episodes run in parallel processes.
         **worst_replan_ms(stats),
         "plans": sum(s["plans"] for s in stats),
+        # Through the node's own loop: its counters summed over the episodes (ticks that fell
+        # back to hold or stop, actions the safety filter clipped or rate-limited, ticks that
+        # held the goal); None through serve.
+        "node_loop": ({key: sum(s["node_loop"][key] for s in stats) for key in NODE_COUNTERS}
+                      if all("node_loop" in s for s in stats) else None),
         # How much averaging over the sampled futures changed the executed tokens' guidance
         # (serve's mcg_shift s), how strong it left it (mcg_pull p), the part of it along
         # plain guidance's direction ((p² + 1 − s²) / 2 of plain guidance's length), and how
@@ -400,6 +455,8 @@ def merge(paths: list, out) -> dict:
                if all("reached" in part for part in summaries) else {}),
             **worst_replan_ms(summaries),
             "plans": sum(part["plans"] for part in summaries),
+            "node_loop": ({key: sum(part["node_loop"][key] for part in summaries) for key in NODE_COUNTERS}
+                          if all(part.get("node_loop") for part in summaries) else None),
             **{k: pooled_per_plan(summaries, k) for k in MCG_MEANS},
             **pooled_weighted(summaries),
             "mcg_by_futures_apart": pooled_by_futures_apart(summaries),
