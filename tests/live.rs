@@ -17,6 +17,7 @@ use df_planner::planner::Plan;
 struct Seen {
     actions: Vec<(Source, Vec<f64>)>,
     plans: usize,
+    plan_t0_ns: Vec<i64>,
     diagnostics: Option<Diagnostics>,
 }
 
@@ -26,8 +27,10 @@ impl ActionSink for Recorder {
     fn action(&mut self, report: &TickReport, action: &[f64], _: Option<&Plan>) {
         self.0.lock().unwrap().actions.push((report.source, action.to_vec()));
     }
-    fn plan(&mut self, _: &Plan) {
-        self.0.lock().unwrap().plans += 1;
+    fn plan(&mut self, plan: &Plan) {
+        let mut seen = self.0.lock().unwrap();
+        seen.plans += 1;
+        seen.plan_t0_ns.push(plan.t0_ns);
     }
     fn diagnostics(&mut self, _: i64, d: &Diagnostics) {
         self.0.lock().unwrap().diagnostics = Some(d.clone());
@@ -259,4 +262,41 @@ fn a_paused_sim_clock_gives_the_planner_no_steps() {
         plans >= paused_plans + 2,
         "{plans} plans after it ran, {paused_plans} before"
     );
+}
+
+/// A planner step that runs late (its slot passed while the planner was busy, here a sim clock
+/// that jumps three steps at a time) is still its slot's step: it reads the state stamped at
+/// the slot, and its plan starts there, as a planner on time would have planned.
+#[test]
+fn a_planner_behind_its_clock_plans_each_step_as_of_its_slot() {
+    let cfg = pointmass_config("pointmass"); // replans every 2 steps of 100 ms
+    let (_frames_in, frames) = camera_rings(&[]);
+    let state = Arc::new(StateCell::default());
+    let clock = Arc::new(SimClock::default());
+    let ms = 1_000_000;
+    let publish = |t_ns: i64| {
+        let x = t_ns as f64 * 1e-10; // a state that moves: 0.1 per 1 s
+        state.publish(StateSample::new(t_ns, &[x, -0.1], &[0.1, 0.0]).unwrap());
+    };
+    publish(1_000 * ms);
+    clock.0.store(1_000 * ms, std::sync::atomic::Ordering::SeqCst);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let sink = Box::new(Recorder(seen.clone()));
+    let node = spawn_on(&cfg, frames, state.clone(), sink, Default::default(), clock.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    // Every 300 ms of sim time at once: the steps at +100 and +200 run late, back to back.
+    for jump in 1..=6 {
+        let base = 1_000 * ms + (jump - 1) * 300 * ms;
+        for k in 1..=3 {
+            publish(base + k * 100 * ms);
+        }
+        clock.0.store(base + 300 * ms, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    node.stop();
+    let t0: Vec<i64> = seen.lock().unwrap().plan_t0_ns.iter().map(|t| t / ms).collect();
+    // One plan every 2 steps, at 1000, 1200, ... however the clock read when it ran.
+    let expected: Vec<i64> = (0..t0.len() as i64).map(|k| 1_000 + 200 * k).collect();
+    assert!(t0.len() >= 9, "{t0:?}");
+    assert_eq!(t0, expected);
 }

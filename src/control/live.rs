@@ -27,7 +27,7 @@ use crate::planner::{GoalMessage, GoalStatus, Plan, PlannerTask, StepOutcome};
 use super::core::{ControlCore, Counters, Fault, Source, TickInputs, TickReport};
 use super::diagnostics::{ActionSink, DiagnosticInputs, Diagnostics};
 use super::histogram::Histogram;
-use super::state::{StateCell, StateSample};
+use super::state::{Recent, StateCell, StateSample};
 
 /// The node's notion of now (ROS time, sim time, or the system clock), in nanoseconds.
 pub trait Clock: Send + Sync {
@@ -46,6 +46,13 @@ impl Clock for SystemClock {
 
 /// Largest action dimension a tick record carries.
 pub const MAX_ACTION_DIM: usize = 16;
+
+/// The actions of the latest ticks, stamped with the tick's time.
+pub type ExecutedLog = Recent<[f64; MAX_ACTION_DIM]>;
+
+/// Ticks whose actions are kept for a planner step that runs late: 2.56 s at 100 Hz, more than
+/// a replan interval behind (beyond that the planner skips the steps).
+const TICKS_KEPT: usize = 256;
 
 /// One tick's result on its way to the publisher.
 #[derive(Debug, Clone, Copy)]
@@ -120,7 +127,8 @@ impl SourceLog {
 
 /// When the planner's steps are due: at slots one model step apart on the node's clock, so
 /// that under sim time a paused, slow or fast simulator gives the memory one frame per step of
-/// its clock, as the model was trained. After a slow plan the due steps run back to back; a
+/// its clock, as the model was trained. After a slow plan the due steps run back to back, each
+/// as of its slot (the state and executed action then: `StateCell::read_at`, `ExecutedLog`); a
 /// clock further behind than the slack skips whole steps (a gap in the memory), keeping the
 /// cadence; a clock gone back by a clock reset (`CLOCK_RESET_NS`, as the state intake and the
 /// frame rings count one: a simulator reset) starts it again; back by less, steps wait.
@@ -136,8 +144,9 @@ struct StepPacer {
 enum Due {
     /// Not yet: this many ns of the node's clock to go (0: its clock has not started).
     Wait(i64),
-    /// A step, after `skipped` missed ones; `reset` when the clock went back.
-    Step { skipped: u64, reset: bool },
+    /// The step due at `slot_ns` (at most the clock's reading), after `skipped` missed ones;
+    /// `reset` when the clock went back.
+    Step { slot_ns: i64, skipped: u64, reset: bool },
 }
 
 impl StepPacer {
@@ -161,6 +170,7 @@ impl StepPacer {
                 self.last_reading_ns = clock_ns;
                 self.slot_ns = Some(clock_ns + self.step_ns);
                 return Due::Step {
+                    slot_ns: clock_ns,
                     skipped: 0,
                     reset: went_back,
                 };
@@ -171,8 +181,10 @@ impl StepPacer {
             return Due::Wait(-lag);
         }
         let skipped = if lag > self.slack_ns { lag / self.step_ns } else { 0 };
-        self.slot_ns = Some(slot + (skipped + 1) * self.step_ns);
+        let slot_ns = slot + skipped * self.step_ns;
+        self.slot_ns = Some(slot_ns + self.step_ns);
         Due::Step {
+            slot_ns,
             skipped: skipped as u64,
             reset: false,
         }
@@ -258,7 +270,7 @@ pub struct ControlTick {
     frame_stats: CameraStats,
     state: Arc<StateCell>,
     last_state: Option<StateSample>,
-    executed: Arc<Mutex<Vec<f64>>>,
+    executed: Arc<Mutex<ExecutedLog>>,
     records: HeapProd<TickRecord>,
     clock: Arc<dyn Clock>,
     out: Vec<f64>,
@@ -332,7 +344,7 @@ impl ControlTick {
             self.stats.records_dropped += 1;
         }
         if let Some(mut executed) = self.executed.try_lock() {
-            executed.copy_from_slice(&self.out);
+            executed.push(record.report.now_ns, record.action);
         }
     }
 }
@@ -465,8 +477,8 @@ pub struct ControlPorts {
     pub recycled: Receiver<Box<Plan>>,
     /// Control → publisher: one record per tick.
     pub records: HeapCons<TickRecord>,
-    /// The action published last (the planner's history reads it).
-    pub executed: Arc<Mutex<Vec<f64>>>,
+    /// The actions of the latest ticks, stamped (the planner's history reads them).
+    pub executed: Arc<Mutex<ExecutedLog>>,
     /// The tick's statistics, copied in every tick when uncontended.
     pub stats: Arc<Mutex<LiveStats>>,
 }
@@ -482,7 +494,7 @@ impl ControlTick {
         let (plan_tx, plan_rx) = bounded::<Box<Plan>>(4);
         let (recycle_tx, recycle_rx) = bounded::<Box<Plan>>(8);
         let (records_tx, records_rx) = HeapRb::<TickRecord>::new(1024).split();
-        let executed = Arc::new(Mutex::new(vec![0.0; action_dim]));
+        let executed = Arc::new(Mutex::new(Recent::new(TICKS_KEPT, [0.0; MAX_ACTION_DIM])));
         let shared = Arc::new(Mutex::new(LiveStats::default()));
         let tick = Self {
             core,
@@ -570,12 +582,16 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
         let mut napper = Napper::new(step);
         while !s.load(Ordering::Acquire) {
             let now_ns = clock.now_ns();
-            let (skipped, reset) = match pacer.due(now_ns) {
+            let (slot_ns, skipped, reset) = match pacer.due(now_ns) {
                 Due::Wait(ns) => {
                     std::thread::sleep(napper.nap(Instant::now(), now_ns, ns));
                     continue;
                 }
-                Due::Step { skipped, reset } => (skipped, reset),
+                Due::Step {
+                    slot_ns,
+                    skipped,
+                    reset,
+                } => (slot_ns, skipped, reset),
             };
             if reset {
                 tracing::info!("the node's clock went back (a simulator reset?): the planner's memory starts anew");
@@ -602,10 +618,13 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
             let _plan = tracing::trace_span!("plan").entered();
             let (mut rgb, mut stamps) = ([&[][..]; MAX_CAMERAS], [0; MAX_CAMERAS]);
             let images = frames.latest(&mut rgb, &mut stamps);
-            executed_now.copy_from_slice(&executed.lock());
+            // The step is its slot's, however late it runs: the state then, and the action the
+            // ticks before it executed, as a planner on time would have seen them.
+            let executed_then = executed.lock().at(slot_ns - 1);
+            executed_now.copy_from_slice(&executed_then.unwrap_or_default()[..action_dim]);
             let mut plan = buffers.take(|| task.new_plan());
-            let sample = state.read();
-            match task.step(now_ns, sample.as_ref(), &executed_now, images, &mut plan) {
+            let sample = state.read_at(slot_ns);
+            match task.step(slot_ns, sample.as_ref(), &executed_now, images, &mut plan) {
                 Ok(StepOutcome::Planned) => {
                     latency.lock().clone_from(task.latency());
                     let _ = copy_tx.try_send(plan.clone());
@@ -763,20 +782,24 @@ mod tests {
     #[test]
     fn planner_steps_are_due_at_slots_of_the_node_clock() {
         let ms = 1_000_000;
-        let step = |skipped| Due::Step { skipped, reset: false };
+        let step = |slot_ms: i64, skipped| Due::Step {
+            slot_ns: slot_ms * ms,
+            skipped,
+            reset: false,
+        };
         // Steps of 100 ms, a slack of two.
         let pacer = || StepPacer::new(Duration::from_millis(100), Duration::from_millis(200));
         let dues =
             |p: &mut StepPacer, clock_ms: &[i64]| -> Vec<Due> { clock_ms.iter().map(|&c| p.due(c * ms)).collect() };
         // ROS time before the first /clock reads 0: no step yet. Then a step at once.
         let mut p = pacer();
-        assert_eq!(dues(&mut p, &[0, 0, 30]), [Due::Wait(0), Due::Wait(0), step(0)]);
+        assert_eq!(dues(&mut p, &[0, 0, 30]), [Due::Wait(0), Due::Wait(0), step(30, 0)]);
         // The next is due at 130: waits say how long; a plan that ends at 380 is followed by the
-        // steps due at 130, 230 and 330 back to back, then a wait for 430.
-        assert_eq!(dues(&mut p, &[60, 130]), [Due::Wait(70 * ms), step(0)]);
+        // steps due at 230 and 330 back to back, each its own slot's, then a wait for 430.
+        assert_eq!(dues(&mut p, &[60, 130]), [Due::Wait(70 * ms), step(130, 0)]);
         assert_eq!(
             dues(&mut p, &[380, 380, 380, 380]),
-            [step(0), step(0), Due::Wait(50 * ms), Due::Wait(50 * ms)]
+            [step(230, 0), step(330, 0), Due::Wait(50 * ms), Due::Wait(50 * ms)]
         );
         // A slow or paused simulator: one step per step of its clock however often it is asked.
         assert_eq!(
@@ -786,12 +809,15 @@ mod tests {
                 Due::Wait(20 * ms),
                 Due::Wait(10 * ms),
                 Due::Wait(ms),
-                step(0)
+                step(430, 0)
             ]
         );
         // Further behind than the slack (a plan of 560 ms): the 4 steps due at 530..830 are
         // skipped, this one is the 930 step's, and the cadence holds (next at 1030).
-        assert_eq!(dues(&mut p, &[990, 1000, 1030]), [step(4), Due::Wait(30 * ms), step(0)]);
+        assert_eq!(
+            dues(&mut p, &[990, 1000, 1030]),
+            [step(930, 4), Due::Wait(30 * ms), step(1030, 0)]
+        );
         // Back by less than a clock reset (1 s): not a reset, just not due. Back by more: a new
         // start.
         assert_eq!(p.due(1100 * ms), Due::Wait(30 * ms));
@@ -799,11 +825,12 @@ mod tests {
         assert_eq!(
             p.due(5 * ms),
             Due::Step {
+                slot_ns: 5 * ms,
                 skipped: 0,
                 reset: true
             }
         );
-        assert_eq!(p.due(105 * ms), step(0));
+        assert_eq!(p.due(105 * ms), step(105, 0));
     }
 
     /// The node clock's readings at each planner step, as the planner thread paces them with a

@@ -21,4 +21,6 @@ pub use histogram::{Histogram, LatencySummary};
 pub use offline::{OfflineError, OfflineLoop};
 pub use output::{trajectory_chunk, TrajectoryPoint};
 pub use safety::{Safety, SafetyEvents};
-pub use state::{InvalidJointList, JointSelection, StateCell, StateIntake, StateRejected, StateSample, MAX_JOINTS};
+pub use state::{
+    InvalidJointList, JointSelection, Recent, StateCell, StateIntake, StateRejected, StateSample, MAX_JOINTS,
+};

@@ -224,18 +224,88 @@ impl StateIntake {
     }
 }
 
-/// Latest-value cell: writers replace, readers copy. The control tick uses `try_read` so it
-/// never waits; a contended read returns None and the tick keeps its previous sample.
-#[derive(Debug, Default)]
+/// The newest values, stamped, in a fixed ring (no allocation after `new`): a thread that
+/// runs a step late reads what was current at the step's time, not what is current now.
+#[derive(Debug, Clone)]
+pub struct Recent<T: Copy> {
+    entries: Vec<(i64, T)>,
+    /// Where the next entry goes.
+    next: usize,
+    len: usize,
+}
+
+impl<T: Copy> Recent<T> {
+    pub fn new(capacity: usize, fill: T) -> Self {
+        Self {
+            entries: vec![(i64::MIN, fill); capacity.max(1)],
+            next: 0,
+            len: 0,
+        }
+    }
+
+    /// Keep `value`, stamped `stamp_ns`; the oldest goes when the ring is full.
+    pub fn push(&mut self, stamp_ns: i64, value: T) {
+        self.entries[self.next] = (stamp_ns, value);
+        self.next = (self.next + 1) % self.entries.len();
+        self.len = (self.len + 1).min(self.entries.len());
+    }
+
+    /// Newest first.
+    fn newest_first(&self) -> impl Iterator<Item = &(i64, T)> {
+        let n = self.entries.len();
+        (1..=self.len).map(move |k| &self.entries[(self.next + n - k) % n])
+    }
+
+    pub fn latest(&self) -> Option<T> {
+        self.newest_first().next().map(|&(_, v)| v)
+    }
+
+    /// The newest value stamped at or before `t_ns` (after a clock reset, the newest on the
+    /// new clock); if every value kept is newer, the oldest kept, the nearest to `t_ns`.
+    /// None when empty.
+    pub fn at(&self, t_ns: i64) -> Option<T> {
+        let mut oldest = None;
+        for &(stamp, v) in self.newest_first() {
+            if stamp <= t_ns {
+                return Some(v);
+            }
+            oldest = Some(v);
+        }
+        oldest
+    }
+}
+
+/// Robot states kept: at 1 kHz the last 0.25 s, more than a maze model's replan interval (a
+/// planner behind by more skips the steps).
+const STATES_KEPT: usize = 256;
+
+/// The robot's recent states: writers push, readers copy. The control tick uses `try_read`
+/// so it never waits; a contended read returns None and the tick keeps its previous sample.
+#[derive(Debug)]
 pub struct StateCell {
-    inner: Mutex<Option<StateSample>>,
+    inner: Mutex<Recent<StateSample>>,
     /// Messages the intake refused (`StateIntake`), for the diagnostics.
     rejected: AtomicU64,
 }
 
+impl Default for StateCell {
+    fn default() -> Self {
+        let empty = StateSample {
+            stamp_ns: 0,
+            joints: 0,
+            position: [0.0; MAX_JOINTS],
+            velocity: [0.0; MAX_JOINTS],
+        };
+        Self {
+            inner: Mutex::new(Recent::new(STATES_KEPT, empty)),
+            rejected: AtomicU64::new(0),
+        }
+    }
+}
+
 impl StateCell {
     pub fn publish(&self, sample: StateSample) {
-        *self.inner.lock() = Some(sample);
+        self.inner.lock().push(sample.stamp_ns, sample);
     }
 
     pub fn count_rejected(&self) {
@@ -246,12 +316,18 @@ impl StateCell {
         self.rejected.load(Ordering::Relaxed)
     }
 
+    /// The newest state.
     pub fn read(&self) -> Option<StateSample> {
-        *self.inner.lock()
+        self.inner.lock().latest()
+    }
+
+    /// The state at `t_ns` (`Recent::at`): for a planner step that runs late.
+    pub fn read_at(&self, t_ns: i64) -> Option<StateSample> {
+        self.inner.lock().at(t_ns)
     }
 
     pub fn try_read(&self) -> Option<Option<StateSample>> {
-        self.inner.try_lock().map(|g| *g)
+        self.inner.try_lock().map(|g| g.latest())
     }
 }
 
@@ -387,5 +463,24 @@ mod tests {
         );
         assert!(intake.take(2, &[], &[1.0, 2.0], &[0.1, 0.2]).is_ok());
         assert!(intake.take(3, &[], &[1.0, 2.0, 3.0, 4.0], &[]).is_ok());
+    }
+
+    #[test]
+    fn recent_values_are_read_as_they_were_at_a_time() {
+        let mut r = Recent::new(3, 0);
+        assert_eq!((r.latest(), r.at(5)), (None, None));
+        for (stamp, v) in [(10, 1), (20, 2), (30, 3), (40, 4)] {
+            r.push(stamp, v);
+        }
+        // 10 fell out of the ring of three.
+        assert_eq!(r.latest(), Some(4));
+        assert_eq!(
+            [r.at(20), r.at(29), r.at(30), r.at(100)],
+            [Some(2), Some(2), Some(3), Some(4)]
+        );
+        assert_eq!(r.at(15), Some(2), "every kept value is newer: the oldest, the nearest");
+        // A clock reset: the newest on the new clock.
+        r.push(5, 9);
+        assert_eq!([r.at(7), r.at(35)], [Some(9), Some(9)]);
     }
 }
