@@ -3,7 +3,10 @@
 //! goal, the control tick with its PD execution, safety filter and fallbacks — on a virtual
 //! clock (`OfflineLoop`), one simulator step per request. What the robot would have been sent
 //! is what comes back. Camera models are always served this way; a state model with
-//! `serve --node-loop` (the Maze2D evaluation's `--node-loop`: the node's own score).
+//! `serve --node-loop` (the Maze2D evaluation's `node_loop`: the node's own score). Plans land
+//! at the step that made them, unless `serve --plan-time-ms T` says how long one takes: then
+//! the planner runs beside the simulator's clock as the live planner thread would at that
+//! speed (the ticks meanwhile run the previous plan; `OfflineLoop::with_plan_time`).
 //!
 //! One JSON object per line in, one per line out:
 //! - `{"op": "reset", "goal": [x, y], "seed": n}` (both optional) → `{"ok": true}`: a new
@@ -26,10 +29,11 @@
 //!   holds or stops as the config says. `plan_error` says why a plan failed this step (the tick
 //!   kept the last plan or fell back); `holding`: the tick held the goal at rest. A state of the
 //!   wrong size is refused before it reaches the loop.
-//! - `{"op": "stats"}` → `{"ok": true, "diagnostics": {...}, "plans": n, "replan_ms_p50": f,
-//!   "replan_ms_p99": f, "replan_ms_max": f}`: the node's diagnostics (ticks, faults, hold/stop
-//!   counts, plan and tick latency, frame counters) for the current episode, and the plans and
-//!   their latency since the process started, as `serve` reports them.
+//! - `{"op": "stats"}` → `{"ok": true, "diagnostics": {...}, "steps_skipped": n, "plans": n,
+//!   "replan_ms_p50": f, "replan_ms_p99": f, "replan_ms_max": f}`: the node's diagnostics
+//!   (ticks, faults, hold/stop counts, plan and tick latency, frame counters) and the planner
+//!   steps skipped a replan interval behind (`serve --plan-time-ms`) for the current episode,
+//!   and the plans and their latency since the process started, as `serve` reports them.
 //!
 //! A malformed line or a bad request is answered `{"ok": false, "error": "..."}` and logged.
 
@@ -118,11 +122,20 @@ pub struct Bridge {
     /// Why the latest reset was refused, until one is accepted: steps are refused meanwhile,
     /// rather than go on toward the goal before it.
     refused_reset: Option<String>,
+    /// How long a plan takes on the loop's clock (`OfflineLoop::with_plan_time`); None: at once.
+    plan_time_ns: Option<i64>,
 }
 
 impl Bridge {
-    pub fn new(cfg: &NodeConfig) -> Result<Self, String> {
+    /// `plan_time`: how long each plan takes on the simulator's clock, as if the planner ran
+    /// in real time beside it at that speed (None: a plan lands at the step that made it).
+    pub fn new(cfg: &NodeConfig, plan_time: Option<std::time::Duration>) -> Result<Self, String> {
+        let plan_time_ns = plan_time.map(|d| d.as_nanos() as i64);
         let lp = build_loop(cfg).map_err(|e| e.to_string())?;
+        let lp = match plan_time_ns {
+            Some(ns) => lp.with_plan_time(ns),
+            None => lp,
+        };
         if (cfg.control.rate_hz * cfg.control.action_dt_s - 1.0).abs() > 1e-9 {
             return Err(format!(
                 "control.rate_hz: expected 1 / action_dt_s = {} (one tick per simulator step), got {}",
@@ -149,6 +162,7 @@ impl Bridge {
             cameras,
             drives_pd: serve.drives_pd(),
             refused_reset: None,
+            plan_time_ns,
         })
     }
 
@@ -172,8 +186,10 @@ impl Bridge {
             },
             Request::Stats {} => {
                 let s = self.sink.latency.summary_ms();
-                json!({"ok": true, "diagnostics": self.lp().diagnostics(), "plans": s.count,
-                       "replan_ms_p50": s.p50_ms, "replan_ms_p99": s.p99_ms, "replan_ms_max": s.max_ms})
+                let lp = self.lp();
+                json!({"ok": true, "diagnostics": lp.diagnostics(), "steps_skipped": lp.steps_skipped(),
+                       "plans": s.count, "replan_ms_p50": s.p50_ms, "replan_ms_p99": s.p99_ms,
+                       "replan_ms_max": s.max_ms})
             }
         }
     }
@@ -191,7 +207,10 @@ impl Bridge {
         planner.reset();
         planner.reseed(seed.unwrap_or(self.cfg.planner.seed));
         let mut lp = match offline_loop(&self.cfg, planner) {
-            Ok(lp) => lp,
+            Ok(lp) => match self.plan_time_ns {
+                Some(ns) => lp.with_plan_time(ns),
+                None => lp,
+            },
             Err(e) => return error(e.to_string()),
         };
         // As a goal message in the goal topic's frame would arrive.

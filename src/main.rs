@@ -152,6 +152,12 @@ struct ServeArgs {
     /// the protocol of src/bridge.rs. Camera models are always served so.
     #[arg(long)]
     node_loop: bool,
+    /// Through the node's loop: each plan takes this many ms of the simulator's clock, as a
+    /// planner that slow would in real time (the ticks run the previous plan meanwhile, late
+    /// steps run as of their time, a replan interval behind the planner skips steps); default:
+    /// a plan lands at the step that made it.
+    #[arg(long)]
+    plan_time_ms: Option<f64>,
 }
 
 #[derive(Args)]
@@ -930,10 +936,21 @@ fn serve(a: ServeArgs) -> Result<()> {
     }
     let planner = df_planner::node::planner(&cfg).context(origin.clone())?;
     let stdin = std::io::stdin();
+    let plan_time = a
+        .plan_time_ms
+        .map(|ms| {
+            std::time::Duration::try_from_secs_f64(ms / 1e3)
+                .map_err(|_| anyhow::anyhow!("--plan-time-ms: expected a duration >= 0, got {ms}"))
+        })
+        .transpose()?;
     if planner.has_cameras() || a.node_loop {
         drop(planner);
-        let mut bridge = Bridge::new(&cfg).map_err(anyhow::Error::msg).context(origin)?;
+        let mut bridge = Bridge::new(&cfg, plan_time)
+            .map_err(anyhow::Error::msg)
+            .context(origin)?;
         df_planner::serve::run(|line| bridge.handle(line), stdin.lock(), std::io::stdout().lock())?;
+    } else if plan_time.is_some() {
+        anyhow::bail!("--plan-time-ms: only through the node's loop (--node-loop, or a camera model)");
     } else {
         let mut server = Server::new(&cfg, planner).map_err(anyhow::Error::msg).context(origin)?;
         df_planner::serve::run(|line| server.handle(line), stdin.lock(), std::io::stdout().lock())?;

@@ -13,7 +13,7 @@ fn bridge() -> Bridge {
     let path = common::repo().join("config/fruit_swap.yaml");
     let mut cfg = NodeConfig::load(&path).unwrap();
     cfg.model.runtime = common::cpu();
-    Bridge::new(&cfg).unwrap()
+    Bridge::new(&cfg, None).unwrap()
 }
 
 const REST: [f64; 4] = [0.30, 0.08, 0.20, 1.0];
@@ -214,7 +214,7 @@ fn the_node_loop_executes_what_serve_executed() {
     let mut cfg = umaze();
     cfg.safety.max_rate = vec![1e6, 1e6];
     let mut server = Server::new(&cfg, df_planner::node::planner(&cfg).unwrap()).unwrap();
-    let mut bridge = Bridge::new(&cfg).unwrap();
+    let mut bridge = Bridge::new(&cfg, None).unwrap();
     let reset = json!({"op": "reset", "goal": [1.0, 1.0], "seed": 7}).to_string();
     assert_eq!(server.handle(&reset), json!({"ok": true}));
     assert_eq!(bridge.handle(&reset), json!({"ok": true}));
@@ -251,7 +251,7 @@ fn the_node_loop_executes_what_serve_executed() {
 
 #[test]
 fn a_maze_state_without_velocities_or_a_goal_in_a_wall_is_refused_by_name() {
-    let mut b = Bridge::new(&umaze()).unwrap();
+    let mut b = Bridge::new(&umaze(), None).unwrap();
     assert_eq!(b.handle(r#"{"op": "reset", "goal": [1.0, 1.0]}"#), json!({"ok": true}));
     // The PD controller (hold_radius) reads velocities: positions alone are refused.
     let r = b.handle(r#"{"op": "step", "state": [3.0, 1.0, 0.0, 0.0]}"#);
@@ -280,7 +280,7 @@ fn a_maze_state_without_velocities_or_a_goal_in_a_wall_is_refused_by_name() {
     // Without the hold and the PD, a positions-only state is what the model's layout refuses.
     let mut cfg = umaze();
     cfg.serve.as_mut().unwrap().hold_radius = None;
-    let mut b = Bridge::new(&cfg).unwrap();
+    let mut b = Bridge::new(&cfg, None).unwrap();
     b.handle(r#"{"op": "reset"}"#);
     let r = b.handle(r#"{"op": "step", "state": [3.0, 1.0]}"#);
     assert_eq!(
@@ -290,4 +290,63 @@ fn a_maze_state_without_velocities_or_a_goal_in_a_wall_is_refused_by_name() {
              observation_dim 4: positions, or positions then velocities), got 2 and 0"
         )
     );
+}
+
+/// The U-Maze episode of `the_node_loop_executes_what_serve_executed` for `steps` steps through
+/// the node's loop with plans taking `plan_ms` of the simulator's clock: each step's reply.
+fn timed_episode(plan_ms: Option<u64>, steps: usize) -> (Vec<Value>, Value) {
+    let mut b = Bridge::new(&umaze(), plan_ms.map(std::time::Duration::from_millis)).unwrap();
+    b.handle(&json!({"op": "reset", "goal": [1.0, 1.0], "seed": 7}).to_string());
+    let mut obs = [3.0, 1.0, 0.0, 0.0];
+    let replies = (0..steps)
+        .map(|_| {
+            let r = b.handle(&json!({"op": "step", "state": &obs[..2], "velocity": &obs[2..]}).to_string());
+            point_mass(&mut obs, &actions(&r));
+            r
+        })
+        .collect();
+    (replies, b.handle(r#"{"op": "stats"}"#))
+}
+
+#[test]
+fn a_plan_that_takes_time_reaches_the_tick_when_done_and_a_slow_one_skips_steps() {
+    // No time at all is the untimed loop.
+    let acted = |replies: Vec<Value>| -> Vec<String> {
+        replies
+            .iter()
+            .map(|r| format!("{} {} {}", r["action"], r["source"], r["replanned"]))
+            .collect()
+    };
+    let (untimed, _) = timed_episode(None, 30);
+    let (instant, _) = timed_episode(Some(0), 30);
+    assert_eq!(acted(untimed), acted(instant));
+    // 35 ms (steps of 10 ms, a plan every 10): the first plan, made at the first step, reaches
+    // the tick at the fifth; the ticks before it have no plan and hold. Each plan starts at
+    // its step's time, so the tick drops the actions already past.
+    let (replies, stats) = timed_episode(Some(35), 60);
+    let sources: Vec<&str> = replies.iter().map(|r| r["source"].as_str().unwrap()).collect();
+    assert_eq!(
+        sources[..5],
+        ["hold", "hold", "hold", "hold", "plan"],
+        "{:?}",
+        &replies[..5]
+    );
+    assert!(sources[5..].iter().all(|&s| s == "plan"), "{sources:?}");
+    let landed: Vec<usize> = (0..60).filter(|&k| replies[k]["replanned"] == json!(true)).collect();
+    assert_eq!(landed, [4, 14, 24, 34, 44, 54]);
+    // Six plans, each landing at +35 ms: the actions for +0 to +30 ms are past.
+    let d = &stats["diagnostics"];
+    assert_eq!(
+        (&d["late_actions_dropped"], &stats["steps_skipped"]),
+        (&json!(24), &json!(0)),
+        "{stats}"
+    );
+    // 150 ms, more than the replan interval (100 ms): the planner falls behind and skips the
+    // missed steps, as the live planner thread does, yet the arm keeps a plan.
+    let (replies, stats) = timed_episode(Some(150), 100);
+    let skipped = stats["steps_skipped"].as_u64().unwrap();
+    assert!(skipped > 0, "{stats}");
+    let on_plan = replies.iter().filter(|r| r["source"] == json!("plan")).count();
+    println!("150 ms plans: {skipped} steps skipped, {on_plan} of 100 ticks on a plan");
+    assert!(on_plan >= 80, "{on_plan}");
 }

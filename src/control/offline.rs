@@ -1,6 +1,10 @@
 //! The loop on a virtual clock, single-threaded and deterministic: the planner task runs at
 //! every model step and the control tick at every control period, in time order, between
 //! the inputs fed in. Replay and the simulator bridge drive the robot's code through this.
+//! A plan lands at once, unless `with_plan_time` says how long planning takes: then the loop
+//! times the planner as the live planner thread runs (`live::spawn`): busy while it plans,
+//! the steps it missed run late as of their own time, a replan interval behind it skips them
+//! and plans cold, and each plan reaches the tick when it is done.
 
 use std::time::Instant;
 
@@ -42,6 +46,20 @@ pub struct OfflineLoop {
     plan_errors: u64,
     states_rejected: u64,
     tick_latency: Histogram,
+    plan_time: Option<PlanTime>,
+}
+
+/// How long each plan takes on the virtual clock, and where the planner is in its work.
+struct PlanTime {
+    plan_ns: i64,
+    /// How far behind the planner runs late steps; further, it skips them (the live slack).
+    slack_ns: i64,
+    busy_until_ns: i64,
+    /// Steps before this are skipped; the step at it runs, cold.
+    skip_until_ns: Option<i64>,
+    /// A plan done at this time, not yet with the tick.
+    in_flight: Option<(i64, Box<Plan>)>,
+    steps_skipped: u64,
 }
 
 impl OfflineLoop {
@@ -71,7 +89,27 @@ impl OfflineLoop {
             plan_errors: 0,
             states_rejected: 0,
             tick_latency: Histogram::default(),
+            plan_time: None,
         }
+    }
+
+    /// Each plan takes `plan_ns` of the virtual clock (see the module's doc); the planner
+    /// skips steps when more than `replan_every` steps behind, as the live planner thread.
+    pub fn with_plan_time(mut self, plan_ns: i64) -> Self {
+        self.plan_time = Some(PlanTime {
+            plan_ns,
+            slack_ns: self.step_ns * self.task.replan_every() as i64,
+            busy_until_ns: i64::MIN,
+            skip_until_ns: None,
+            in_flight: None,
+            steps_skipped: 0,
+        });
+        self
+    }
+
+    /// Planner steps skipped because the planner was a replan interval behind (`with_plan_time`).
+    pub fn steps_skipped(&self) -> u64 {
+        self.plan_time.as_ref().map_or(0, |p| p.steps_skipped)
     }
 
     /// The planner task back, the loop's other state dropped (a new episode reuses the model).
@@ -162,17 +200,63 @@ impl OfflineLoop {
         self.task.receive_goal(message)
     }
 
+    /// The plan done by `t_ns` to the control core (`with_plan_time`).
+    fn land_plan(&mut self, t_ns: i64, sink: &mut dyn ActionSink) {
+        let Some(time) = &mut self.plan_time else { return };
+        if time.in_flight.as_ref().is_some_and(|(done, _)| *done <= t_ns) {
+            let (_, plan) = time.in_flight.take().expect("checked");
+            sink.plan(&plan);
+            self.spare = self.core.install(plan);
+        }
+    }
+
+    /// Whether the planner runs the step at `t_ns`, as the live thread paces it; and when it
+    /// gets to it.
+    fn planner_free(&mut self, t_ns: i64) -> Option<i64> {
+        let Some(time) = &mut self.plan_time else {
+            return Some(t_ns);
+        };
+        match time.skip_until_ns {
+            Some(until) if t_ns < until => return None,
+            Some(_) => {
+                time.skip_until_ns = None;
+                self.task.steps_skipped();
+            }
+            None => {}
+        }
+        let lag = time.busy_until_ns.saturating_sub(t_ns);
+        if lag > time.slack_ns {
+            let skipped = lag / self.step_ns;
+            time.steps_skipped += skipped as u64;
+            time.skip_until_ns = Some(t_ns + skipped * self.step_ns);
+            return None;
+        }
+        let start = t_ns.max(time.busy_until_ns);
+        time.busy_until_ns = start;
+        Some(start)
+    }
+
     fn planner_step(&mut self, t_ns: i64, sink: &mut dyn ActionSink) {
         let _span = tracing::trace_span!("plan", t_ns).entered();
+        self.land_plan(t_ns, sink);
+        let Some(start_ns) = self.planner_free(t_ns) else {
+            return;
+        };
         let (mut rgb, mut stamps) = ([&[][..]; MAX_CAMERAS], [0; MAX_CAMERAS]);
         let images = self.frames.latest(&mut rgb, &mut stamps);
         let mut plan = self.spare.take().unwrap_or_else(|| Box::new(self.task.new_plan()));
         let executed = self.executed_override.as_deref().unwrap_or(&self.executed);
         match self.task.step(t_ns, self.state.as_ref(), executed, images, &mut plan) {
-            Ok(StepOutcome::Planned) => {
-                sink.plan(&plan);
-                self.spare = self.core.install(plan);
-            }
+            Ok(StepOutcome::Planned) => match &mut self.plan_time {
+                Some(time) => {
+                    time.busy_until_ns = start_ns + time.plan_ns;
+                    time.in_flight = Some((time.busy_until_ns, plan));
+                }
+                None => {
+                    sink.plan(&plan);
+                    self.spare = self.core.install(plan);
+                }
+            },
             Ok(_) => self.spare = Some(plan),
             Err(_) => {
                 // Logged by the task.
@@ -184,6 +268,7 @@ impl OfflineLoop {
 
     fn tick(&mut self, t_ns: i64, sink: &mut dyn ActionSink) {
         let _span = tracing::trace_span!("tick", t_ns).entered();
+        self.land_plan(t_ns, sink);
         let start = Instant::now();
         let inputs = TickInputs {
             now_ns: t_ns,

@@ -41,6 +41,9 @@ ABLATIONS = {
     # df_mcg executed by the robot node's own loop (planner task, control tick with its safety
     # filter, on a virtual clock) instead of serve's: what the node itself would score.
     "node_loop": ["--node-loop"],
+    # The same with each plan taking 100 ms of the simulator's clock (about MCG's on 2 CPU
+    # cores), as the live planner thread would run beside a point mass in real time.
+    "node_loop_100ms": ["--node-loop", "--plan-time-ms", "100"],
     # A probe of why MCG does not help here (docs/maze2d.md): only the executed tokens are
     # guided, so each sample's far tokens are the model's own, unguided future.
     "mcg_prior": ["--mcg", "prior_futures"],
@@ -48,9 +51,10 @@ ABLATIONS = {
     # No planner: serve's PD controller aimed straight at the goal (StraightToGoal).
     "straight_to_goal": None,
 }
-# What an eval runs unless --configs names others: all but the probe and the node's loop (a
-# check of the node against df_mcg, not an ablation).
-DEFAULT_CONFIGS = [name for name in ABLATIONS if name not in ("mcg_prior", "no_mcg_prior", "node_loop")]
+# What an eval runs unless --configs names others: all but the probe and the node's loop
+# (checks of the node against df_mcg, not ablations).
+DEFAULT_CONFIGS = [name for name in ABLATIONS
+                   if name not in ("mcg_prior", "no_mcg_prior", "node_loop", "node_loop_100ms")]
 
 
 class StraightToGoal:
@@ -80,8 +84,10 @@ class StraightToGoal:
         pass
 
 
-# The node's per-episode counters (`stats` of the node loop) that a run sums over its episodes.
-NODE_COUNTERS = ("ticks", "hold", "stop", "clipped", "rate_limited", "goal_held", "plan_errors")
+# The node's per-episode counters (`stats` of the node loop: its diagnostics, and the planner
+# steps skipped a replan interval behind) that a run sums over its episodes.
+NODE_COUNTERS = ("ticks", "hold", "stop", "clipped", "rate_limited", "late_actions_dropped", "goal_held",
+                 "plan_errors", "steps_skipped")
 
 
 class NodeLoop(Planner):
@@ -109,8 +115,9 @@ class NodeLoop(Planner):
         if op in ("reset", "stats") and self.stepped:
             # The node's counters start over with each episode: take the last one's first.
             stats = super().ask({"op": "stats"})
+            counts = {**stats["diagnostics"], "steps_skipped": stats["steps_skipped"]}
             for key in NODE_COUNTERS:
-                self.counters[key] += stats["diagnostics"][key]
+                self.counters[key] += counts[key]
             self.stepped = False
             if op == "stats":
                 return {**stats, "node_loop": dict(self.counters)}
@@ -200,8 +207,9 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
         **worst_replan_ms(stats),
         "plans": sum(s["plans"] for s in stats),
         # Through the node's own loop: its counters summed over the episodes (ticks that fell
-        # back to hold or stop, actions the safety filter clipped or rate-limited, ticks that
-        # held the goal); None through serve.
+        # back to hold or stop, actions the safety filter clipped or rate-limited, plan actions
+        # already past when their plan landed, ticks that held the goal, planner steps
+        # skipped); None through serve.
         "node_loop": ({key: sum(s["node_loop"][key] for s in stats) for key in NODE_COUNTERS}
                       if all("node_loop" in s for s in stats) else None),
         # How much averaging over the sampled futures changed the executed tokens' guidance
