@@ -244,11 +244,23 @@ impl Bridge {
     /// where the model's observation has them (and a PD controller needs them).
     fn state_sample(&mut self, t: i64, state: &[f64], velocity: &[f64]) -> Result<StateSample, String> {
         let observation_dim = self.lp().contract().layout.observation_dim;
-        let positions_only = velocity.is_empty() && state.len() == observation_dim && !self.drives_pd;
-        let with_velocities = velocity.len() == state.len() && 2 * state.len() == observation_dim;
+        // The layout the config fixes (`topics.state_joints`, checked against the model at load;
+        // a PD controller only with velocities), else either that fits the model.
+        let named = self.cfg.topics.state_joints.len();
+        let with_velocities_only = self.drives_pd || (named > 0 && 2 * named == observation_dim);
+        let positions_only = velocity.is_empty() && state.len() == observation_dim && !with_velocities_only;
+        let with_velocities =
+            velocity.len() == state.len() && 2 * state.len() == observation_dim && (named == 0 || named == state.len());
         let sample = StateSample::new(t, state, velocity).filter(|_| positions_only || with_velocities);
         sample.ok_or_else(|| {
-            let expected = if self.drives_pd {
+            let expected = if named == observation_dim {
+                format!("{named} values in state and none in velocity (topics.state_joints: {named} names)")
+            } else if named > 0 {
+                format!(
+                    "{named} values in state and {named} in velocity (topics.state_joints: {named} names; the \
+                     model's observation_dim {observation_dim}: positions then velocities)"
+                )
+            } else if self.drives_pd {
                 format!(
                     "{half} values in state and {half} in velocity (the model's observation_dim {observation_dim}: \
                      positions then velocities, which the PD controller of serve.execute / serve.hold_radius reads)",

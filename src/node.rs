@@ -80,9 +80,25 @@ pub fn control_core(cfg: &NodeConfig, contract: &ModelContract) -> Result<Contro
 fn pd_execution(cfg: &NodeConfig, contract: &ModelContract) -> Result<Option<PdExecution>, NodeError> {
     let l = &contract.layout;
     let serve = cfg.serve.clone().unwrap_or_default();
-    serve
+    let pd = serve
         .pd_execution(l.action_dim, l.observation_dim, &cfg.control.measured_action)
-        .map_err(NodeError::Execution)
+        .map_err(NodeError::Execution)?;
+    // It reads positions then velocities: joints named for positions alone would be read as
+    // velocities.
+    let joints = cfg.topics.state_joints.len();
+    if pd.is_some() && joints > 0 && 2 * joints != l.observation_dim {
+        return Err(NodeError::Mismatch {
+            field: "topics.state_joints",
+            expected: format!(
+                "{} names (serve.execute / serve.hold_radius: the PD controller reads positions then velocities \
+                 of the model's observation_dim {})",
+                l.observation_dim / 2,
+                l.observation_dim
+            ),
+            got: joints.to_string(),
+        });
+    }
+    Ok(pd)
 }
 
 /// The config's limits and rates, per control tick.
@@ -205,7 +221,13 @@ pub fn state_intake(cfg: &NodeConfig, contract: &ModelContract) -> Result<StateI
             got: index.to_string(),
         });
     }
-    Ok(StateIntake::new(selection, observation_dim))
+    let intake = StateIntake::new(selection, observation_dim);
+    // A PD controller reads positions then velocities (`PdExecution`; its layout is checked
+    // with it, in `pd_execution`).
+    Ok(match cfg.serve.as_ref().is_some_and(ServeSection::drives_pd) {
+        true => intake.requiring_velocities(),
+        false => intake,
+    })
 }
 
 /// The planner task, planning toward the node's goal, and the control core.

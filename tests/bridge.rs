@@ -88,14 +88,20 @@ fn bad_requests_are_refused_by_name_and_the_bridge_keeps_going() {
         r["error"],
         json!("images: expected at most 2 frames (the model's cameras), got 3")
     );
-    for state in [json!([0.3, 0.08, 0.2]), json!([0.3, 0.08])] {
-        let r = b.handle(&json!({"op": "step", "state": state, "images": [gray(3072), gray(3072)]}).to_string());
-        let n = state.as_array().unwrap().len();
+    // The config names the state's four joints (topics.state_joints): positions only. Two
+    // positions with two velocities fit the model's size but not that layout.
+    for (state, velocity) in [
+        (json!([0.3, 0.08, 0.2]), json!([])),
+        (json!([0.3, 0.08]), json!([])),
+        (json!([0.3, 0.08]), json!([0.0, 0.0])),
+    ] {
+        let step = json!({"op": "step", "state": state, "velocity": velocity, "images": [gray(3072), gray(3072)]});
+        let r = b.handle(&step.to_string());
+        let (n, v) = (state.as_array().unwrap().len(), velocity.as_array().unwrap().len());
         assert_eq!(
             r["error"],
             json!(format!(
-                "state/velocity: expected 4 values in state and none in velocity, or 2 in each (the model's \
-                 observation_dim 4: positions, or positions then velocities), got {n} and 0"
+                "state/velocity: expected 4 values in state and none in velocity (topics.state_joints: 4 names), got {n} and {v}"
             ))
         );
     }
@@ -277,6 +283,17 @@ fn a_maze_state_without_velocities_or_a_goal_in_a_wall_is_refused_by_name() {
     let r = b.handle(step);
     assert_eq!((&r["ok"], &r["replanned"]), (&json!(true), &json!(true)), "{r}");
     assert_eq!(r["plan"].as_array().unwrap().len(), 150, "{r}");
+    // A config that names four joints for [x, y, vx, vy] would give the PD positions to read as
+    // velocities: refused at load, as the robot node refuses it.
+    let mut cfg = umaze();
+    cfg.topics.state_joints = ["x", "y", "vx", "vy"].map(String::from).to_vec();
+    let Err(e) = Bridge::new(&cfg, None) else {
+        panic!("four position joints with the PD were accepted")
+    };
+    assert!(
+        e.contains("topics.state_joints") && e.contains("expected 2 names"),
+        "{e}"
+    );
     // Without the hold and the PD, a positions-only state is what the model's layout refuses.
     let mut cfg = umaze();
     cfg.serve.as_mut().unwrap().hold_radius = None;
@@ -341,6 +358,12 @@ fn a_plan_that_takes_time_reaches_the_tick_when_done_and_a_slow_one_skips_steps(
         (&json!(24), &json!(0)),
         "{stats}"
     );
+    // 105 ms, a little more than the replan interval: each scheduled step runs late, and every
+    // plan reaches the tick (the one made last may still be under way).
+    let (replies, stats) = timed_episode(Some(105), 100);
+    let landed = replies.iter().filter(|r| r["replanned"] == json!(true)).count() as u64;
+    let made = stats["diagnostics"]["plan_latency"]["count"].as_u64().unwrap();
+    assert!(landed >= 6 && made - landed <= 1, "{landed} of {made} plans landed");
     // 150 ms, more than the replan interval (100 ms): the planner falls behind and skips the
     // missed steps, as the live planner thread does, yet the arm keeps a plan.
     let (replies, stats) = timed_episode(Some(150), 100);

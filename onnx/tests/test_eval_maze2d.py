@@ -359,7 +359,9 @@ def test_serve_takes_every_configuration_s_overrides(setup):
 def test_the_node_loop_runs_the_same_episodes_and_counts_what_the_node_did(setup, tmp_path):
     binary, config = setup
     out = tmp_path / "node.json"
-    results = evaluate("umaze", 2, binary, config, out, ["df_mcg", "node_loop"], seed=3, workers=2)
+    # One worker: its process runs both episodes, so the counters of the first are summed at
+    # the second's reset.
+    results = evaluate("umaze", 2, binary, config, out, ["df_mcg", "node_loop"], seed=3, workers=1)
     node, served = results["node_loop"], results["df_mcg"]
     assert KEYS <= set(node) and node["serve_args"] == ["--node-loop"]
     assert node["plans"] == served["plans"] == 2 * (300 // 8 + 1), "the node replans on serve's schedule"
@@ -370,6 +372,14 @@ def test_the_node_loop_runs_the_same_episodes_and_counts_what_the_node_did(setup
     assert 0 <= counters["goal_held"] <= 600 and served["node_loop"] is None
     assert "df_mcg_minus_this" in node and len(node["scores"]) == 2
     assert 0 <= node["plans_through_walls_rate"] <= 1, "the node's plans come back as serve's do"
+    # Pooled over runs by merge; a run from before a counter existed leaves that counter unknown.
+    from df_train.eval.maze2d import merge
+
+    later = {name: {**r, "env_seeds": [5, 6], "planner_seeds": [5, 6]} for name, r in results.items()}
+    del later["node_loop"]["node_loop"]["steps_skipped"]
+    (tmp_path / "later.json").write_text(json.dumps(later))
+    pooled = merge([out, tmp_path / "later.json"], tmp_path / "pooled.json")["node_loop"]["node_loop"]
+    assert pooled["ticks"] == 1200 and pooled["steps_skipped"] is None
 
 
 def test_straight_to_goal_reaches_the_goal_only_along_an_open_straight_line(setup, tmp_path):

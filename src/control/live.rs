@@ -571,9 +571,9 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
     let (mut task, mut frames, state, clock) = (p.task, p.frames, p.state, p.clock);
     let (latency, errors) = (plan_latency.clone(), plan_errors.clone());
     let (goals, goal_out) = (p.goals, goal_status.clone());
-    // A plan may take several steps (the steps after it catch up), but no more than a replan
-    // interval's worth: a backlog beyond that would only grow.
-    let plan_slack = step * task.replan_every() as u32;
+    // A plan may take several steps (the steps after it catch up), but no more than
+    // `max_lateness_ns`.
+    let plan_slack = Duration::from_nanos(task.max_lateness_ns() as u64);
     threads.push(std::thread::Builder::new().name("df_planner".into()).spawn(move || {
         let mut buffers = PlanBuffers::new(recycle_rx);
         let mut executed_now = vec![0.0; action_dim];

@@ -3,9 +3,10 @@
 //! the inputs fed in. Replay and the simulator bridge drive the robot's code through this.
 //! A plan lands at once, unless `with_plan_time` says how long planning takes: then the loop
 //! times the planner as the live planner thread runs (`live::spawn`): busy while it plans,
-//! the steps it missed run late as of their own time, a replan interval behind it skips them
-//! and plans cold, and each plan reaches the tick when it is done.
+//! the steps it missed run late as of their own time, further behind (a replan interval, or
+//! an input timeout) it skips them and plans cold, and each plan reaches the tick when done.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use thiserror::Error;
@@ -57,8 +58,9 @@ struct PlanTime {
     busy_until_ns: i64,
     /// Steps before this are skipped; the step at it runs, cold.
     skip_until_ns: Option<i64>,
-    /// A plan done at this time, not yet with the tick.
-    in_flight: Option<(i64, Box<Plan>)>,
+    /// Plans done at these times, in order, not yet with the tick: a plan made by a late step
+    /// is done before the tick has taken the one before it.
+    in_flight: VecDeque<(i64, Box<Plan>)>,
     steps_skipped: u64,
 }
 
@@ -94,14 +96,14 @@ impl OfflineLoop {
     }
 
     /// Each plan takes `plan_ns` of the virtual clock (see the module's doc); the planner
-    /// skips steps when more than `replan_every` steps behind, as the live planner thread.
+    /// skips steps when further behind than `PlannerTask::max_lateness_ns`, as the live thread.
     pub fn with_plan_time(mut self, plan_ns: i64) -> Self {
         self.plan_time = Some(PlanTime {
             plan_ns,
-            slack_ns: self.step_ns * self.task.replan_every() as i64,
+            slack_ns: self.task.max_lateness_ns(),
             busy_until_ns: i64::MIN,
             skip_until_ns: None,
-            in_flight: None,
+            in_flight: VecDeque::new(),
             steps_skipped: 0,
         });
         self
@@ -200,11 +202,11 @@ impl OfflineLoop {
         self.task.receive_goal(message)
     }
 
-    /// The plan done by `t_ns` to the control core (`with_plan_time`).
+    /// The plans done by `t_ns` to the control core (`with_plan_time`).
     fn land_plan(&mut self, t_ns: i64, sink: &mut dyn ActionSink) {
         let Some(time) = &mut self.plan_time else { return };
-        if time.in_flight.as_ref().is_some_and(|(done, _)| *done <= t_ns) {
-            let (_, plan) = time.in_flight.take().expect("checked");
+        while time.in_flight.front().is_some_and(|(done, _)| *done <= t_ns) {
+            let (_, plan) = time.in_flight.pop_front().expect("checked");
             sink.plan(&plan);
             self.spare = self.core.install(plan);
         }
@@ -250,7 +252,7 @@ impl OfflineLoop {
             Ok(StepOutcome::Planned) => match &mut self.plan_time {
                 Some(time) => {
                     time.busy_until_ns = start_ns + time.plan_ns;
-                    time.in_flight = Some((time.busy_until_ns, plan));
+                    time.in_flight.push_back((time.busy_until_ns, plan));
                 }
                 None => {
                     sink.plan(&plan);

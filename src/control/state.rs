@@ -65,6 +65,12 @@ pub enum StateRejected<'a> {
     },
     #[error("no velocities for the {joints} joints: the model's observation ({observation_dim} values) is positions then velocities")]
     NoVelocities { joints: usize, observation_dim: usize },
+    #[error(
+        "{joints} joints: the PD controller (serve.execute / serve.hold_radius) reads positions then velocities, \
+         expected {} joints with velocities (the model's observation_dim {observation_dim})",
+        observation_dim / 2
+    )]
+    NotPositionsThenVelocities { joints: usize, observation_dim: usize },
     #[error("duplicate stamp")]
     Duplicate,
     #[error("stamp out of order")]
@@ -186,6 +192,8 @@ pub struct StateIntake {
     selection: JointSelection,
     observation_dim: usize,
     last_stamp_ns: Option<i64>,
+    /// Only positions then velocities (a PD controller in the loop reads them).
+    velocities_required: bool,
 }
 
 impl StateIntake {
@@ -194,7 +202,15 @@ impl StateIntake {
             selection,
             observation_dim,
             last_stamp_ns: None,
+            velocities_required: false,
         }
+    }
+
+    /// Refuse states that are not positions then velocities: a PD controller would read
+    /// other positions as velocities.
+    pub fn requiring_velocities(mut self) -> Self {
+        self.velocities_required = true;
+        self
     }
 
     pub fn take<'a>(
@@ -215,6 +231,12 @@ impl StateIntake {
         let sample = self.selection.sample(stamp_ns, names, position, velocity)?;
         if velocity.is_empty() && 2 * sample.joints == self.observation_dim {
             return Err(StateRejected::NoVelocities {
+                joints: sample.joints,
+                observation_dim: self.observation_dim,
+            });
+        }
+        if self.velocities_required && 2 * sample.joints != self.observation_dim {
+            return Err(StateRejected::NotPositionsThenVelocities {
                 joints: sample.joints,
                 observation_dim: self.observation_dim,
             });
@@ -260,24 +282,28 @@ impl<T: Copy> Recent<T> {
         self.newest_first().next().map(|&(_, v)| v)
     }
 
-    /// The newest value stamped at or before `t_ns` (after a clock reset, the newest on the
-    /// new clock); if every value kept is newer, the oldest kept, the nearest to `t_ns`.
-    /// None when empty.
+    /// The newest value stamped at or before `t_ns`; if every value kept is newer, the oldest
+    /// kept, the nearest to `t_ns`. Values from before a clock reset (a stamp that went back
+    /// by `CLOCK_RESET_NS`) are not read once one on the new clock exists. None when empty.
     pub fn at(&self, t_ns: i64) -> Option<T> {
-        let mut oldest = None;
+        let mut oldest: Option<(i64, T)> = None;
         for &(stamp, v) in self.newest_first() {
+            if oldest.is_some_and(|(newer, _)| clock_reset(stamp, newer)) {
+                break;
+            }
             if stamp <= t_ns {
                 return Some(v);
             }
-            oldest = Some(v);
+            oldest = Some((stamp, v));
         }
-        oldest
+        oldest.map(|(_, v)| v)
     }
 }
 
-/// Robot states kept: at 1 kHz the last 0.25 s, more than a maze model's replan interval (a
-/// planner behind by more skips the steps).
-const STATES_KEPT: usize = 256;
+/// Robot states kept: at 1 kHz the last 0.5 s. A planner step runs at most a replan interval
+/// or a state timeout late (`PlannerTask::max_lateness_ns`); the shipped configs' timeouts are
+/// 0.3 s or less.
+const STATES_KEPT: usize = 512;
 
 /// The robot's recent states: writers push, readers copy. The control tick uses `try_read`
 /// so it never waits; a contended read returns None and the tick keeps its previous sample.
@@ -479,8 +505,29 @@ mod tests {
             [Some(2), Some(2), Some(3), Some(4)]
         );
         assert_eq!(r.at(15), Some(2), "every kept value is newer: the oldest, the nearest");
-        // A clock reset: the newest on the new clock.
-        r.push(5, 9);
-        assert_eq!([r.at(7), r.at(35)], [Some(9), Some(9)]);
+        // A clock reset (back by more than CLOCK_RESET_NS): the old clock's values are not read.
+        let s = 2 * crate::frames::CLOCK_RESET_NS;
+        let mut r = Recent::new(4, 0);
+        for (stamp, v) in [(s, 1), (s + 10, 2), (5, 3), (15, 4)] {
+            r.push(stamp, v);
+        }
+        assert_eq!([r.at(20), r.at(15), r.at(10)], [Some(4), Some(4), Some(3)]);
+        assert_eq!(
+            r.at(1),
+            Some(3),
+            "before the new clock's first value: that one, not the old clock's"
+        );
+    }
+
+    #[test]
+    fn with_a_pd_controller_only_positions_then_velocities_are_taken() {
+        let mut intake = StateIntake::new(JointSelection::default(), 4).requiring_velocities();
+        let err = intake.take(1, &[], &[1.0, 2.0, 3.0, 4.0], &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "4 joints: the PD controller (serve.execute / serve.hold_radius) reads positions then velocities, \
+             expected 2 joints with velocities (the model's observation_dim 4)"
+        );
+        assert!(intake.take(2, &[], &[1.0, 2.0], &[0.1, 0.2]).is_ok());
     }
 }

@@ -175,6 +175,19 @@ impl PlannerTask {
         self.replan_every
     }
 
+    /// How far behind its clock the planner may run a step as of the step's own time: a
+    /// replan interval (a backlog beyond that would only grow), and no more than an input
+    /// timeout, beyond which the step's inputs would read as stale against it (the camera
+    /// frames are the newest). Further behind, the missed steps are skipped.
+    pub fn max_lateness_ns(&self) -> i64 {
+        let timeouts = if self.planner.has_cameras() {
+            self.state_timeout_ns.min(self.camera_timeout_ns)
+        } else {
+            self.state_timeout_ns
+        };
+        (self.step_ns * self.replan_every as i64).min(timeouts)
+    }
+
     pub fn latency(&self) -> &Histogram {
         &self.latency
     }

@@ -463,8 +463,7 @@ def merge(paths: list, out) -> dict:
                if all("reached" in part for part in summaries) else {}),
             **worst_replan_ms(summaries),
             "plans": sum(part["plans"] for part in summaries),
-            "node_loop": ({key: sum(part["node_loop"][key] for part in summaries) for key in NODE_COUNTERS}
-                          if all(part.get("node_loop") for part in summaries) else None),
+            "node_loop": pooled_node_loop(summaries),
             **{k: pooled_per_plan(summaries, k) for k in MCG_MEANS},
             **pooled_weighted(summaries),
             "mcg_by_futures_apart": pooled_by_futures_apart(summaries),
@@ -480,6 +479,15 @@ def merge(paths: list, out) -> dict:
     fill_paired_differences(results)
     write_results(results, out)
     return results
+
+
+def pooled_node_loop(summaries: list) -> dict | None:
+    """The node loop's counters summed over runs; a counter that a run lacks (written before
+    it was counted) is None; None through serve."""
+    if not all(part.get("node_loop") for part in summaries):
+        return None
+    return {key: (sum(part["node_loop"][key] for part in summaries)
+                  if all(key in part["node_loop"] for part in summaries) else None) for key in NODE_COUNTERS}
 
 
 def worst_replan_ms(parts: list) -> dict:
