@@ -339,7 +339,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "full_sequence, warm_start, pd_controller, no_hold, straight_to_goal (no planner: PD "
                                      "straight at the goal) (default: these), the probe mcg_prior, "
                                      "no_mcg_prior, node_loop (df_mcg through the robot node's own loop) and "
-                                     "node_loop_100ms (the same, plans taking 100 ms of sim time); "
+                                     "node_loop_100ms (the same, plans taking 100 ms of sim time), "
+                                     "node_loop_no_mcg_40ms (no_mcg so, 40 ms); "
                                      "fruit-swap: memory, memoryless, distractor, distractor_k2")
     p.add_argument("--probe", action="store_true", help="fruit-swap: the first planned move for each of the six "
                                                           "arrangements (does the policy read its cameras?)")

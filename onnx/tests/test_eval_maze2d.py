@@ -349,9 +349,10 @@ def test_serve_takes_every_configuration_s_overrides(setup):
         planner = open_planner(binary, config, args)
         try:
             planner.ask({"op": "reset", "goal": [1.0, 1.0]})
-            # A plan lands at the first step, or when it is done (node_loop_100ms: the 11th).
+            # A plan lands at the first step, or when it is done (steps of 10 ms: 100 ms, the 11th).
             replanned = [planner.ask({"op": "step", "obs": [1.0, 2.0, 0.0, 0.0]})["replanned"] for _ in range(11)]
-            assert replanned.index(True) == (10 if "--plan-time-ms" in args else 0), name
+            plan_ms = float(args[args.index("--plan-time-ms") + 1]) if "--plan-time-ms" in args else 0
+            assert replanned.index(True) == plan_ms // 10, name
         finally:
             planner.close()
 
