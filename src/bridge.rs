@@ -32,7 +32,7 @@
 //! - `{"op": "stats"}` → `{"ok": true, "diagnostics": {...}, "steps_skipped": n, "plans": n,
 //!   "replan_ms_p50": f, "replan_ms_p99": f, "replan_ms_max": f}`: the node's diagnostics
 //!   (ticks, faults, hold/stop counts, plan and tick latency, frame counters) and the planner
-//!   steps skipped a replan interval behind (`serve --plan-time-ms`) for the current episode,
+//!   steps skipped too far behind (`serve --plan-time-ms`) for the current episode,
 //!   and the plans and their latency since the process started, as `serve` reports them.
 //!
 //! A malformed line or a bad request is answered `{"ok": false, "error": "..."}` and logged.
@@ -131,11 +131,7 @@ impl Bridge {
     /// in real time beside it at that speed (None: a plan lands at the step that made it).
     pub fn new(cfg: &NodeConfig, plan_time: Option<std::time::Duration>) -> Result<Self, String> {
         let plan_time_ns = plan_time.map(|d| d.as_nanos() as i64);
-        let lp = build_loop(cfg).map_err(|e| e.to_string())?;
-        let lp = match plan_time_ns {
-            Some(ns) => lp.with_plan_time(ns),
-            None => lp,
-        };
+        let lp = build_loop(cfg).map_err(|e| e.to_string())?.with_plan_time(plan_time_ns);
         if (cfg.control.rate_hz * cfg.control.action_dt_s - 1.0).abs() > 1e-9 {
             return Err(format!(
                 "control.rate_hz: expected 1 / action_dt_s = {} (one tick per simulator step), got {}",
@@ -207,10 +203,7 @@ impl Bridge {
         planner.reset();
         planner.reseed(seed.unwrap_or(self.cfg.planner.seed));
         let mut lp = match offline_loop(&self.cfg, planner) {
-            Ok(lp) => match self.plan_time_ns {
-                Some(ns) => lp.with_plan_time(ns),
-                None => lp,
-            },
+            Ok(lp) => lp.with_plan_time(self.plan_time_ns),
             Err(e) => return error(e.to_string()),
         };
         // As a goal message in the goal topic's frame would arrive.

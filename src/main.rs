@@ -154,8 +154,8 @@ struct ServeArgs {
     node_loop: bool,
     /// Through the node's loop: each plan takes this many ms of the simulator's clock, as a
     /// planner that slow would in real time (the ticks run the previous plan meanwhile, late
-    /// steps run as of their time, a replan interval behind the planner skips steps); default:
-    /// a plan lands at the step that made it.
+    /// steps run as of their time, a replan interval or an input timeout behind the planner
+    /// skips steps); default: a plan lands at the step that made it.
     #[arg(long)]
     plan_time_ms: Option<f64>,
 }

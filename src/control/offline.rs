@@ -95,12 +95,14 @@ impl OfflineLoop {
         }
     }
 
-    /// Each plan takes `plan_ns` of the virtual clock (see the module's doc); the planner
-    /// skips steps when further behind than `PlannerTask::max_lateness_ns`, as the live thread.
-    pub fn with_plan_time(mut self, plan_ns: i64) -> Self {
-        self.plan_time = Some(PlanTime {
+    /// Each plan takes `plan_ns` of the virtual clock (see the module's doc; None: a plan lands
+    /// at the step that made it); the planner skips steps when further behind than
+    /// `PlannerTask::max_lateness_ns`, as the live thread.
+    pub fn with_plan_time(mut self, plan_ns: Option<i64>) -> Self {
+        let slack_ns = self.task.max_lateness_ns();
+        self.plan_time = plan_ns.map(|plan_ns| PlanTime {
             plan_ns,
-            slack_ns: self.task.max_lateness_ns(),
+            slack_ns,
             busy_until_ns: i64::MIN,
             skip_until_ns: None,
             in_flight: VecDeque::new(),
@@ -109,7 +111,7 @@ impl OfflineLoop {
         self
     }
 
-    /// Planner steps skipped because the planner was a replan interval behind (`with_plan_time`).
+    /// Planner steps skipped because the planner was too far behind (`with_plan_time`).
     pub fn steps_skipped(&self) -> u64 {
         self.plan_time.as_ref().map_or(0, |p| p.steps_skipped)
     }

@@ -342,11 +342,6 @@ impl StateCell {
         self.rejected.load(Ordering::Relaxed)
     }
 
-    /// The newest state.
-    pub fn read(&self) -> Option<StateSample> {
-        self.inner.lock().latest()
-    }
-
     /// The state at `t_ns` (`Recent::at`): for a planner step that runs late.
     pub fn read_at(&self, t_ns: i64) -> Option<StateSample> {
         self.inner.lock().at(t_ns)

@@ -87,7 +87,7 @@ class StraightToGoal:
 
 
 # The node's per-episode counters (`stats` of the node loop: its diagnostics, and the planner
-# steps skipped a replan interval behind) that a run sums over its episodes.
+# steps skipped too far behind) that a run sums over its episodes.
 NODE_COUNTERS = ("ticks", "hold", "stop", "clipped", "rate_limited", "late_actions_dropped", "goal_held",
                  "plan_errors", "steps_skipped")
 
@@ -114,17 +114,22 @@ class NodeLoop(Planner):
             half = len(obs) // 2
             self.stepped = True
             return super().ask({"op": "step", "state": obs[:half], "velocity": obs[half:]})
-        if op in ("reset", "stats") and self.stepped:
+        if op == "stats":
+            stats = super().ask(request)
+            self._count(stats)
+            return {**stats, "node_loop": dict(self.counters)}
+        if op == "reset" and self.stepped:
             # The node's counters start over with each episode: take the last one's first.
-            stats = super().ask({"op": "stats"})
+            self._count(super().ask({"op": "stats"}))
+        return super().ask(request)
+
+    def _count(self, stats: dict) -> None:
+        """Add the current episode's counters, once."""
+        if self.stepped:
             counts = {**stats["diagnostics"], "steps_skipped": stats["steps_skipped"]}
             for key in NODE_COUNTERS:
                 self.counters[key] += counts[key]
             self.stepped = False
-            if op == "stats":
-                return {**stats, "node_loop": dict(self.counters)}
-        reply = super().ask(request)
-        return {**reply, "node_loop": dict(self.counters)} if op == "stats" else reply
 
 
 def open_planner(binary: str, config: str, args: list[str] | None) -> Planner | StraightToGoal:
@@ -212,8 +217,7 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
         # back to hold or stop, actions the safety filter clipped or rate-limited, plan actions
         # already past when their plan landed, ticks that held the goal, planner steps
         # skipped); None through serve.
-        "node_loop": ({key: sum(s["node_loop"][key] for s in stats) for key in NODE_COUNTERS}
-                      if all("node_loop" in s for s in stats) else None),
+        "node_loop": pooled_node_loop(stats),
         # How much averaging over the sampled futures changed the executed tokens' guidance
         # (serve's mcg_shift s), how strong it left it (mcg_pull p), the part of it along
         # plain guidance's direction ((p² + 1 − s²) / 2 of plain guidance's length), and how
@@ -484,8 +488,8 @@ def merge(paths: list, out) -> dict:
 
 
 def pooled_node_loop(summaries: list) -> dict | None:
-    """The node loop's counters summed over runs; a counter that a run lacks (written before
-    it was counted) is None; None through serve."""
+    """The node loop's counters summed over runs (or a run's workers); a counter that a run
+    lacks (written before it was counted) is None; None through serve."""
     if not all(part.get("node_loop") for part in summaries):
         return None
     return {key: (sum(part["node_loop"][key] for part in summaries)
