@@ -27,8 +27,10 @@
 //!   frame is counted and named in `frame_errors`, and the camera's previous frame serves, as
 //!   on the robot, until it is `safety.camera_timeout_s` old: then planning pauses and the tick
 //!   holds or stops as the config says. `plan_error` says why a plan failed this step (the tick
-//!   kept the last plan or fell back); `holding`: the tick held the goal at rest. A state of the
-//!   wrong size is refused before it reaches the loop.
+//!   kept the last plan or fell back); `holding`: the tick held the goal at rest. The state is taken as the node's
+//!   state intake takes a JointState (`StateIntake`: as many joints as the model observes,
+//!   velocities where it observes them or a PD controller reads them, finite values); one it
+//!   refuses refuses the step, which then takes no time.
 //! - `{"op": "stats"}` → `{"ok": true, "diagnostics": {...}, "steps_skipped": n, "plans": n,
 //!   "replan_ms_p50": f, "replan_ms_p99": f, "replan_ms_max": f}`: the node's diagnostics
 //!   (ticks, faults, hold/stop counts, plan and tick latency, frame counters) and the planner
@@ -41,10 +43,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::NodeConfig;
-use crate::control::{ActionSink, Diagnostics, Histogram, OfflineLoop, Source, StateSample, TickReport};
+use crate::control::{ActionSink, Diagnostics, Histogram, OfflineLoop, Source, StateIntake, TickReport};
 use crate::diffusion::McgReport;
 use crate::frames::ImageView;
-use crate::node::offline_loop;
+use crate::node::{offline_loop, state_intake};
 use crate::planner::{GoalMessage, Plan};
 use crate::replay::build_loop;
 use crate::serve::{error, parse_request};
@@ -117,8 +119,8 @@ pub struct Bridge {
     steps: i64,
     /// Camera (role, height, width) in the model's order.
     cameras: Vec<(String, u32, u32)>,
-    /// Whether a PD controller executes the plans (it reads the state's velocities).
-    drives_pd: bool,
+    /// The node's state intake (`node::state_intake`): layout, finiteness, stamps.
+    states: StateIntake,
     /// Why the latest reset was refused, until one is accepted: steps are refused meanwhile,
     /// rather than go on toward the goal before it.
     refused_reset: Option<String>,
@@ -146,6 +148,7 @@ impl Bridge {
             .map(|c| c.inputs.iter().map(|i| (i.role.clone(), i.height, i.width)).collect())
             .unwrap_or_default();
         let serve = cfg.serve.clone().unwrap_or_default();
+        let states = state_intake(cfg, lp.contract()).map_err(|e| e.to_string())?;
         Ok(Self {
             cfg: cfg.clone(),
             lp: Some(lp),
@@ -156,7 +159,7 @@ impl Bridge {
             step_ns: cfg.control.step().as_nanos() as i64,
             steps: 0,
             cameras,
-            drives_pd: serve.drives_pd(),
+            states,
             refused_reset: None,
             plan_time_ns,
         })
@@ -216,6 +219,7 @@ impl Bridge {
             .map(|e| format!("goal {e}"))
         });
         self.lp = Some(lp);
+        self.states.restart();
         self.steps = 0;
         self.sink = LastTick {
             position_dims: self.sink.position_dims,
@@ -233,56 +237,9 @@ impl Bridge {
         self.lp.as_mut().expect("the loop exists between requests")
     }
 
-    /// The state as the node's state intake takes it: positions, or positions then velocities
-    /// where the model's observation has them (and a PD controller needs them).
-    fn state_sample(&mut self, t: i64, state: &[f64], velocity: &[f64]) -> Result<StateSample, String> {
-        let observation_dim = self.lp().contract().layout.observation_dim;
-        // The layout the config fixes (`topics.state_joints`, checked against the model at load;
-        // a PD controller only with velocities), else either that fits the model.
-        let named = self.cfg.topics.state_joints.len();
-        let with_velocities_only = self.drives_pd || (named > 0 && 2 * named == observation_dim);
-        let positions_only = velocity.is_empty() && state.len() == observation_dim && !with_velocities_only;
-        let with_velocities =
-            velocity.len() == state.len() && 2 * state.len() == observation_dim && (named == 0 || named == state.len());
-        let sample = StateSample::new(t, state, velocity).filter(|_| positions_only || with_velocities);
-        sample.ok_or_else(|| {
-            let expected = if named == observation_dim {
-                format!("{named} values in state and none in velocity (topics.state_joints: {named} names)")
-            } else if named > 0 {
-                format!(
-                    "{named} values in state and {named} in velocity (topics.state_joints: {named} names; the \
-                     model's observation_dim {observation_dim}: positions then velocities)"
-                )
-            } else if self.drives_pd {
-                format!(
-                    "{half} values in state and {half} in velocity (the model's observation_dim {observation_dim}: \
-                     positions then velocities, which the PD controller of serve.execute / serve.hold_radius reads)",
-                    half = observation_dim / 2
-                )
-            } else if observation_dim.is_multiple_of(2) {
-                format!(
-                    "{observation_dim} values in state and none in velocity, or {half} in each (the model's \
-                     observation_dim {observation_dim}: positions, or positions then velocities)",
-                    half = observation_dim / 2
-                )
-            } else {
-                format!("{observation_dim} values in state (the model's observation_dim: one position per state joint)")
-            };
-            format!(
-                "state/velocity: expected {expected}, got {} and {}",
-                state.len(),
-                velocity.len()
-            )
-        })
-    }
-
     fn step(&mut self, state: &[f64], velocity: &[f64], images: &[Vec<u8>]) -> Value {
         // Step k happens at (k + 1) · step: the loop's clock starts at the first input.
         let t = (self.steps + 1) * self.step_ns;
-        let sample = match self.state_sample(t, state, velocity) {
-            Ok(sample) => sample,
-            Err(e) => return error(e),
-        };
         if images.len() > self.cameras.len() {
             return error(format!(
                 "images: expected at most {} frames (the model's cameras), got {}",
@@ -290,6 +247,12 @@ impl Bridge {
                 images.len()
             ));
         }
+        // As a JointState named `topics.state_joints` (in its own order without them). After the
+        // checks that refuse the whole step: the intake keeps the stamp of a state it takes.
+        let sample = match self.states.take(t, &self.cfg.topics.state_joints, state, velocity) {
+            Ok(sample) => sample,
+            Err(e) => return error(format!("state/velocity: {e}")),
+        };
         let mut frame_errors = Vec::new();
         let lp = self.lp.as_mut().expect("the loop exists between requests");
         for (i, (data, (role, height, width))) in images.iter().zip(&self.cameras).enumerate() {

@@ -97,11 +97,11 @@ fn bad_requests_are_refused_by_name_and_the_bridge_keeps_going() {
     ] {
         let step = json!({"op": "step", "state": state, "velocity": velocity, "images": [gray(3072), gray(3072)]});
         let r = b.handle(&step.to_string());
-        let (n, v) = (state.as_array().unwrap().len(), velocity.as_array().unwrap().len());
+        let n = state.as_array().unwrap().len();
         assert_eq!(
             r["error"],
             json!(format!(
-                "state/velocity: expected 4 values in state and none in velocity (topics.state_joints: 4 names), got {n} and {v}"
+                "state/velocity: 4 names for {n} positions: topics.state_joints reads joints by name"
             ))
         );
     }
@@ -264,8 +264,8 @@ fn a_maze_state_without_velocities_or_a_goal_in_a_wall_is_refused_by_name() {
     assert_eq!(
         r["error"],
         json!(
-            "state/velocity: expected 2 values in state and 2 in velocity (the model's observation_dim 4: \
-             positions then velocities, which the PD controller of serve.execute / serve.hold_radius reads), got 4 and 0"
+            "state/velocity: 4 joints: the PD controller (serve.execute / serve.hold_radius) reads positions \
+             then velocities, expected 2 joints with velocities (the model's observation_dim 4)"
         )
     );
     // A goal inside U-Maze's middle wall: refused, and so are steps until a reset is accepted.
@@ -302,11 +302,19 @@ fn a_maze_state_without_velocities_or_a_goal_in_a_wall_is_refused_by_name() {
     let r = b.handle(r#"{"op": "step", "state": [3.0, 1.0]}"#);
     assert_eq!(
         r["error"],
+        json!("state/velocity: no velocities for the 2 joints: the model's observation (4 values) is positions then velocities")
+    );
+    let r = b.handle(r#"{"op": "step", "state": [3.0, 1.0, 0.0]}"#);
+    assert_eq!(
+        r["error"],
         json!(
-            "state/velocity: expected 4 values in state and none in velocity, or 2 in each (the model's \
-             observation_dim 4: positions, or positions then velocities), got 2 and 0"
+            "state/velocity: 3 joints: expected 4 (positions only) or 2 (positions then velocities) for the \
+             model's observation_dim 4"
         )
     );
+    // Refused steps take no time: the next accepted step is the episode's first.
+    let r = b.handle(r#"{"op": "step", "state": [3.0, 1.0], "velocity": [0.0, 0.0]}"#);
+    assert_eq!((&r["ok"], &r["replanned"]), (&json!(true), &json!(true)), "{r}");
 }
 
 /// The U-Maze episode of `the_node_loop_executes_what_serve_executed` for `steps` steps through

@@ -63,6 +63,8 @@ pub enum StateRejected<'a> {
         joint: usize,
         value: f64,
     },
+    #[error("{joints} joints: expected {} for the model's observation_dim {observation_dim}", joints_for(*.observation_dim))]
+    Size { joints: usize, observation_dim: usize },
     #[error("no velocities for the {joints} joints: the model's observation ({observation_dim} values) is positions then velocities")]
     NoVelocities { joints: usize, observation_dim: usize },
     #[error(
@@ -75,6 +77,17 @@ pub enum StateRejected<'a> {
     Duplicate,
     #[error("stamp out of order")]
     OutOfOrder,
+}
+
+/// The joint counts that make an observation of `observation_dim` values.
+fn joints_for(observation_dim: usize) -> String {
+    match observation_dim % 2 {
+        0 => format!(
+            "{observation_dim} (positions only) or {} (positions then velocities)",
+            observation_dim / 2
+        ),
+        _ => format!("{observation_dim} (positions only)"),
+    }
 }
 
 /// The joints of a `sensor_msgs/JointState` that make the state, by name in the model's order
@@ -182,11 +195,12 @@ fn finite<'a>(s: StateSample) -> Result<StateSample, StateRejected<'a>> {
     Ok(s)
 }
 
-/// One JointState stream's way in, the same live and in replay: the configured joints
-/// (`JointSelection`), velocities where the model's observation has them (rather than zeros
-/// that would read as a robot at rest), then stamps that move forward, so that a late message
-/// never replaces a newer state. A stamp more than CLOCK_RESET_NS before the last one is a
-/// clock reset (a restarted simulation), taken as the camera frames take it.
+/// One JointState stream's way in, the same live, in replay and through `serve`'s bridge: the
+/// configured joints (`JointSelection`), as many as the model's observation takes, velocities
+/// where the model's observation has them (rather than zeros that would read as a robot at
+/// rest), then stamps that move forward, so that a late message never replaces a newer state.
+/// A stamp more than CLOCK_RESET_NS before the last one is a clock reset (a restarted
+/// simulation), taken as the camera frames take it.
 #[derive(Debug)]
 pub struct StateIntake {
     selection: JointSelection,
@@ -213,6 +227,11 @@ impl StateIntake {
         self
     }
 
+    /// A new episode on a clock that starts over: the next stamp may be any.
+    pub fn restart(&mut self) {
+        self.last_stamp_ns = None;
+    }
+
     pub fn take<'a>(
         &'a mut self,
         stamp_ns: i64,
@@ -229,6 +248,13 @@ impl StateIntake {
             }
         }
         let sample = self.selection.sample(stamp_ns, names, position, velocity)?;
+        // Only a message-order selection (no `topics.state_joints`) can have another count.
+        if sample.joints != self.observation_dim && 2 * sample.joints != self.observation_dim {
+            return Err(StateRejected::Size {
+                joints: sample.joints,
+                observation_dim: self.observation_dim,
+            });
+        }
         if velocity.is_empty() && 2 * sample.joints == self.observation_dim {
             return Err(StateRejected::NoVelocities {
                 joints: sample.joints,
@@ -471,6 +497,30 @@ mod tests {
         assert_eq!(take(5_010_000_000), Ok(5_010_000_000));
         assert_eq!(take(1_000_000), Ok(1_000_000), "a simulation restarted");
         assert_eq!(take(2_000_000), Ok(2_000_000));
+        intake.restart();
+        assert_eq!(
+            intake.take(1_000_000, &[], &[1.0], &[]).map(|s| s.stamp_ns),
+            Ok(1_000_000),
+            "a new episode's clock, however near the last stamp"
+        );
+    }
+
+    #[test]
+    fn the_intake_takes_as_many_joints_as_the_observation_has() {
+        // Joints in the message's order: the count is the message's, checked here.
+        let mut intake = StateIntake::new(JointSelection::default(), 4);
+        let err = intake.take(1, &[], &[1.0, 2.0, 3.0], &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "3 joints: expected 4 (positions only) or 2 (positions then velocities) for the model's observation_dim 4"
+        );
+        let mut intake = StateIntake::new(JointSelection::default(), 3);
+        let err = intake.take(1, &[], &[1.0, 2.0], &[0.0, 0.0]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "2 joints: expected 3 (positions only) for the model's observation_dim 3"
+        );
+        assert!(intake.take(2, &[], &[1.0, 2.0, 3.0], &[]).is_ok());
     }
 
     #[test]
