@@ -184,6 +184,13 @@ struct ReplayArgs {
     /// and private topic names (~/action) resolve in it, as on the robot.
     #[arg(long, default_value = "/")]
     namespace: String,
+    /// The recorded node's name (its launch `name`): private names (~/action) resolve under it.
+    #[arg(long, default_value = df_planner::ros::names::NODE_NAME)]
+    node_name: String,
+    /// A remap rule of the recorded node, FROM:=TO as its launch remappings or `--ros-args -r`
+    /// gave it (NODE:FROM:=TO for that node only); repeat for several, first match wins.
+    #[arg(long = "remap", value_name = "FROM:=TO")]
+    remaps: Vec<String>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -618,6 +625,8 @@ fn replay(a: ReplayArgs) -> Result<()> {
         rate: a.rate,
         reorder_window_s: a.reorder_window,
         namespace: a.namespace,
+        node_name: a.node_name,
+        remaps: a.remaps,
     };
     // A config the model or the planner refuses is named by its file, as `serve` names it.
     let s = df_planner::replay::replay(&cfg, &a.bag, &a.out, &options).map_err(|e| match e {

@@ -787,6 +787,48 @@ fn relative_and_private_topics_resolve_in_the_recorded_namespace() {
 }
 
 #[test]
+fn a_node_renamed_and_remapped_by_its_launch_is_replayed_under_its_names() {
+    // The shipped bag as a node named `planner` records it, its launch having remapped the
+    // state onto the arm's topic and the action elsewhere.
+    let moved: Vec<_> = mcap::MessageStream::new(&shipped_mcap())
+        .unwrap()
+        .map(|m| {
+            let mut m = m.unwrap();
+            if m.channel.topic == "/joint_states" {
+                let mut channel = (*m.channel).clone();
+                channel.topic = "/arm/joint_states".into();
+                m.channel = std::sync::Arc::new(channel);
+            }
+            m
+        })
+        .collect();
+    let path = out("remapped.mcap");
+    write_mcap(&path, moved);
+    let mut cfg = config();
+    cfg.model.runtime = common::cpu();
+    let launched = ReplayOptions {
+        node_name: "planner".into(),
+        remaps: ["/joint_states:=/arm/joint_states", "~/action:=/arm/command"]
+            .map(String::from)
+            .to_vec(),
+        ..ReplayOptions::default()
+    };
+    let s = replay(&cfg, &path, &out("remapped_out.mcap"), &launched).unwrap();
+    assert_eq!(s.topics["/arm/joint_states"].used, 60);
+    run(&config(), "pointmass_mcap", "remapped_root_out.mcap").unwrap();
+    let commands = messages(&out("remapped_out.mcap"), "/arm/command");
+    assert!(!commands.is_empty());
+    assert_eq!(commands, messages(&out("remapped_root_out.mcap"), "/df_planner/action"));
+    assert!(!messages(&out("remapped_out.mcap"), "/planner/plan").is_empty());
+    // Without the remaps the state is looked for where the config names it.
+    let err = run_bag(&cfg, &path, "remapped_plain.mcap").unwrap_err().to_string();
+    assert!(
+        err.contains("\"/joint_states\": not in the bag") && err.ends_with("--remap"),
+        "{err}"
+    );
+}
+
+#[test]
 fn replay_options_out_of_range_are_named() {
     let mut cfg = config();
     cfg.model.runtime = common::cpu();
@@ -818,6 +860,13 @@ fn replay_options_out_of_range_are_named() {
                 ..ReplayOptions::default()
             },
             "namespace \"arm1\": expected an absolute ROS 2 namespace such as / or /arm1 (a namespace starts with '/' (/arm1))",
+        ),
+        (
+            ReplayOptions {
+                remaps: vec!["/joint_states=/arm/joint_states".into()],
+                ..ReplayOptions::default()
+            },
+            "remap \"/joint_states=/arm/joint_states\": expected FROM:=TO (a topic name on each side)",
         ),
     ] {
         let err = replay(&cfg, &bag("pointmass_mcap"), &out("options.mcap"), &options).unwrap_err();

@@ -30,7 +30,7 @@ use crate::model::{Field, MAX_STANDARD_DEVIATIONS};
 use crate::msgs;
 use crate::node::{camera_rings, offline_loop, planner, state_intake, NodeError};
 use crate::planner::Plan;
-use crate::ros::names::{namespace_error, resolve_topic};
+use crate::ros::names::TopicNames;
 
 #[derive(Debug, Error)]
 pub enum ReplayError {
@@ -38,7 +38,10 @@ pub enum ReplayError {
     Bag(#[from] BagError),
     #[error(transparent)]
     Node(#[from] NodeError),
-    #[error("config {field} = {topic:?}: not in the bag (its topics: {available})")]
+    #[error(
+        "config {field} = {topic:?}: not in the bag (its topics: {available}); if the recorded node ran under \
+         another namespace or name, or its launch remapped topics, say so: --namespace, --node-name, --remap"
+    )]
     MissingTopic {
         field: String,
         topic: String,
@@ -63,8 +66,9 @@ pub enum ReplayError {
         expected: &'static str,
         got: f64,
     },
-    #[error("namespace {got:?}: expected an absolute ROS 2 namespace such as / or /arm1 ({why})")]
-    Namespace { got: String, why: String },
+    /// The recorded node's namespace, name or remap rules (`TopicNames::new` says which).
+    #[error("{0}")]
+    Names(String),
     #[error("bag has no messages on the configured topics{damage}")]
     Empty { damage: String },
 }
@@ -138,6 +142,10 @@ pub struct ReplayOptions {
     /// The namespace the recorded node ran in: the config's relative and private topic names
     /// resolve in it, as on the robot.
     pub namespace: String,
+    /// The recorded node's name (private names resolve under it).
+    pub node_name: String,
+    /// The recorded node's remap rules (`from:=to`, as its launch remapped its topics).
+    pub remaps: Vec<String>,
 }
 
 impl Default for ReplayOptions {
@@ -146,12 +154,15 @@ impl Default for ReplayOptions {
             rate: None,
             reorder_window_s: 2.0,
             namespace: "/".into(),
+            node_name: crate::ros::names::NODE_NAME.into(),
+            remaps: Vec::new(),
         }
     }
 }
 
 impl ReplayOptions {
-    fn check(&self) -> Result<(), ReplayError> {
+    /// The recorded node's topic names, once the options are checked.
+    fn check(&self) -> Result<TopicNames, ReplayError> {
         if let Some(rate) = self.rate.filter(|r| !(r.is_finite() && *r >= MIN_RATE)) {
             return Err(ReplayError::Option {
                 option: "rate",
@@ -167,13 +178,7 @@ impl ReplayOptions {
                 got: w,
             });
         }
-        if let Some(why) = namespace_error(&self.namespace) {
-            return Err(ReplayError::Namespace {
-                got: self.namespace.clone(),
-                why,
-            });
-        }
-        Ok(())
+        TopicNames::new(&self.namespace, &self.node_name, &self.remaps).map_err(ReplayError::Names)
     }
 }
 
@@ -183,12 +188,12 @@ pub fn replay(
     out: &Path,
     options: &ReplayOptions,
 ) -> Result<ReplaySummary, ReplayError> {
-    options.check()?;
+    let names = options.check()?;
     let lp = build_loop(cfg)?;
     let camera_model = lp.has_cameras();
     let rings = camera_rings(cfg, lp.contract())?;
     let t = &cfg.topics;
-    let full = |name: &str| resolve_topic(name, &options.namespace);
+    let full = |name: &str| names.resolve(name);
     let mut wanted: Vec<(Input, String, String, &'static str)> =
         vec![(Input::State, "topics.state".into(), full(&t.state), JOINT_STATE)];
     for (i, ring) in rings.iter().enumerate() {
@@ -266,7 +271,7 @@ pub fn replay(
     let feed = Feed {
         states,
         sink: Published {
-            output: McapSink::create(&staged, cfg, &options.namespace).map_err(ReplayError::Output)?,
+            output: McapSink::create(&staged, cfg, &names).map_err(ReplayError::Output)?,
             comparison: ActionComparison::default(),
         },
         lp,

@@ -10,7 +10,7 @@ use std::path::Path;
 use crate::config::{ActionType, NodeConfig};
 use crate::control::{ActionSink, Diagnostics, TickReport};
 use crate::planner::Plan;
-use crate::ros::names::resolve_topic;
+use crate::ros::names::TopicNames;
 
 use crate::msgs::{float64_array, schema, to_cdr, ActionFormat, ActionMessage, DiagnosticReports, Header, Time};
 
@@ -34,8 +34,8 @@ fn type_name(t: ActionType) -> &'static str {
 }
 
 impl McapSink {
-    /// The topics are the config's, resolved in `namespace` as the node resolves them.
-    pub fn create(path: &Path, cfg: &NodeConfig, namespace: &str) -> Result<Self, String> {
+    /// The topics are the config's, named as the recorded node named them.
+    pub fn create(path: &Path, cfg: &NodeConfig, names: &TopicNames) -> Result<Self, String> {
         let file = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut w = mcap::WriteOptions::new()
             .profile("ros2")
@@ -47,7 +47,7 @@ impl McapSink {
             let id = w
                 .add_schema(ty, "ros2msg", schema.as_bytes())
                 .map_err(|e| e.to_string())?;
-            w.add_channel(id, &resolve_topic(topic, namespace), "cdr", &BTreeMap::new())
+            w.add_channel(id, &names.resolve(topic), "cdr", &BTreeMap::new())
                 .map_err(|e| e.to_string())
         };
         let t = &cfg.topics;

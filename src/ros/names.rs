@@ -1,9 +1,10 @@
 //! ROS 2 topic names: the rules rcl checks them by, and how it resolves a relative (`state`) or
-//! private (`~/action`) name against the node's namespace, so that a launch namespace moves
-//! the node's topics. Checked when the config loads, not when r2r first refuses one on the
-//! robot; replay resolves names the same way to find them in a bag.
+//! private (`~/action`) name against the node's namespace and name, then remaps it, so that a
+//! launch namespace moves the node's topics and launch remappings rename them. Checked when
+//! the config loads, not when r2r first refuses one on the robot; replay resolves names the
+//! same way to find them in a bag (on the robot rcl does it, from the launch's `--ros-args`).
 
-/// The node's name; `~/x` resolves to `<namespace>/df_planner/x`.
+/// The node's name unless the launch renames it; `~/x` resolves to `<namespace>/df_planner/x`.
 pub const NODE_NAME: &str = "df_planner";
 
 /// rmw's longest topic name (`RMW_TOPIC_MAX_NAME_LENGTH`).
@@ -64,21 +65,121 @@ pub fn namespace_error(namespace: &str) -> Option<String> {
     (namespace != "/").then(|| topic_name_error(namespace)).flatten()
 }
 
-/// The fully qualified name rcl gives the valid topic `name` for the node [`NODE_NAME`] in
-/// the valid `namespace`, before remapping: absolute names stay, relative ones go under the
-/// namespace, private ones under the namespace and the node's name.
-pub fn resolve_topic(name: &str, namespace: &str) -> String {
-    let under = |prefix: &str, rest: &str| format!("{}/{rest}", prefix.trim_end_matches('/'));
-    if name.starts_with('/') {
-        name.to_owned()
-    } else if let Some(rest) = name.strip_prefix('~') {
-        let node = under(namespace, NODE_NAME);
-        match rest.strip_prefix('/') {
-            Some(rest) => under(&node, rest),
-            None => node,
+/// What is wrong with `name` as a node name, or None (rcl's rules: letters, digits and '_',
+/// not starting with a digit).
+pub fn node_name_error(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("the name is empty".into());
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_')) {
+        return Some(format!("character {c:?}: a node name has only letters, digits and '_'"));
+    }
+    name.starts_with(|c: char| c.is_ascii_digit())
+        .then(|| "it starts with a digit".into())
+}
+
+/// A remap rule as `ros2 launch` remappings and `--ros-args -r` give it: `from:=to`, or
+/// `node:from:=to` for the node named `node` only.
+#[derive(Debug, Clone, PartialEq)]
+struct Remap {
+    node: Option<String>,
+    from: String,
+    to: String,
+}
+
+impl Remap {
+    fn parse(rule: &str) -> Result<Self, String> {
+        let refuse = |why: String| Err(format!("remap {rule:?}: {why}"));
+        let Some((lhs, to)) = rule.split_once(":=") else {
+            return refuse("expected FROM:=TO (a topic name on each side)".into());
+        };
+        let (node, from) = match lhs.split_once(':') {
+            Some((node, from)) => (Some(node), from),
+            None => (None, lhs),
+        };
+        if let Some(why) = node.and_then(node_name_error) {
+            return refuse(format!("the node name before ':': {why}"));
         }
-    } else {
-        under(namespace, name)
+        if matches!(from, "__ns" | "__node" | "__name") {
+            return refuse("the node's namespace and name are --namespace and --node-name".into());
+        }
+        for (side, name) in [("FROM", from), ("TO", to)] {
+            if let Some(why) = topic_name_error(name) {
+                return refuse(format!("{side}: {why}"));
+            }
+        }
+        Ok(Self {
+            node: node.map(String::from),
+            from: from.into(),
+            to: to.into(),
+        })
+    }
+}
+
+/// The names the node's topics have on the wire, as rcl gives them: a name resolved in the
+/// node's namespace (private ones under its name too), then replaced by the first remap rule
+/// for this node whose `from`, resolved the same way, is that name (its `to` resolved too).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicNames {
+    namespace: String,
+    node: String,
+    remaps: Vec<Remap>,
+}
+
+impl Default for TopicNames {
+    fn default() -> Self {
+        Self {
+            namespace: "/".into(),
+            node: NODE_NAME.into(),
+            remaps: Vec::new(),
+        }
+    }
+}
+
+impl TopicNames {
+    /// The node `node` in `namespace` with the remap rules `remaps`, in order; refused with the
+    /// reason naming the argument.
+    pub fn new(namespace: &str, node: &str, remaps: &[String]) -> Result<Self, String> {
+        if let Some(why) = namespace_error(namespace) {
+            return Err(format!(
+                "namespace {namespace:?}: expected an absolute ROS 2 namespace such as / or /arm1 ({why})"
+            ));
+        }
+        if let Some(why) = node_name_error(node) {
+            return Err(format!("node name {node:?}: {why}"));
+        }
+        Ok(Self {
+            namespace: namespace.into(),
+            node: node.into(),
+            remaps: remaps.iter().map(|r| Remap::parse(r)).collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The fully qualified name of the valid topic `name`, remapped.
+    pub fn resolve(&self, name: &str) -> String {
+        let full = self.expand(name);
+        self.remaps
+            .iter()
+            .filter(|r| r.node.as_ref().is_none_or(|n| *n == self.node))
+            .find(|r| self.expand(&r.from) == full)
+            .map_or(full, |r| self.expand(&r.to))
+    }
+
+    /// Absolute names stay, relative ones go under the namespace, private ones under the
+    /// namespace and the node's name.
+    fn expand(&self, name: &str) -> String {
+        let under = |prefix: &str, rest: &str| format!("{}/{rest}", prefix.trim_end_matches('/'));
+        if name.starts_with('/') {
+            name.to_owned()
+        } else if let Some(rest) = name.strip_prefix('~') {
+            let node = under(&self.namespace, &self.node);
+            match rest.strip_prefix('/') {
+                Some(rest) => under(&node, rest),
+                None => node,
+            }
+        } else {
+            under(&self.namespace, name)
+        }
     }
 }
 
@@ -142,7 +243,48 @@ mod tests {
             ("~/action", "/arm1", "/arm1/df_planner/action"),
             ("~", "/arm1", "/arm1/df_planner"),
         ] {
-            assert_eq!(resolve_topic(name, namespace), full, "{name} in {namespace}");
+            let names = TopicNames::new(namespace, NODE_NAME, &[]).unwrap();
+            assert_eq!(names.resolve(name), full, "{name} in {namespace}");
+        }
+    }
+
+    #[test]
+    fn remaps_and_a_renamed_node_apply_as_rcl_applies_them() {
+        let rules = [
+            "/camera/front/image_raw:=/arm/front",
+            // Resolved on both sides: ~/action is /arm1/planner/action, cmd /arm1/cmd.
+            "~/action:=cmd",
+            "other_node:state:=/never",
+            "planner:state:=/arm1/joint_states",
+            "state:=/not_reached",
+        ]
+        .map(String::from);
+        let names = TopicNames::new("/arm1", "planner", &rules).unwrap();
+        for (name, full) in [
+            ("/camera/front/image_raw", "/arm/front"),
+            ("~/action", "/arm1/cmd"),
+            ("/arm1/planner/action", "/arm1/cmd"),
+            ("state", "/arm1/joint_states"),
+            ("~/plan", "/arm1/planner/plan"),
+            ("/camera/wrist/image_raw", "/camera/wrist/image_raw"),
+        ] {
+            assert_eq!(names.resolve(name), full, "{name}");
+        }
+        for (namespace, node, rule, why) in [
+            ("arm1", NODE_NAME, "a:=b", "namespace \"arm1\": expected an absolute"),
+            ("/", "df-planner", "a:=b", "node name \"df-planner\": character '-'"),
+            ("/", NODE_NAME, "a=b", "remap \"a=b\": expected FROM:=TO"),
+            ("/", NODE_NAME, "a:=", "remap \"a:=\": TO: the name is empty"),
+            ("/", NODE_NAME, "__ns:=/arm1", "--namespace and --node-name"),
+            (
+                "/",
+                NODE_NAME,
+                "2nd:a:=b",
+                "the node name before ':': it starts with a digit",
+            ),
+        ] {
+            let err = TopicNames::new(namespace, node, &[rule.to_string()]).unwrap_err();
+            assert!(err.contains(why), "{rule}: {err}");
         }
     }
 }
