@@ -43,7 +43,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::NodeConfig;
-use crate::control::{ActionSink, Diagnostics, Histogram, OfflineLoop, Source, StateIntake, TickReport};
+use crate::control::{ActionSink, Diagnostics, Histogram, OfflineLoop, Source, StateIntake, StateRejected, TickReport};
 use crate::diffusion::McgReport;
 use crate::frames::ImageView;
 use crate::node::{offline_loop, state_intake};
@@ -251,7 +251,18 @@ impl Bridge {
         // checks that refuse the whole step: the intake keeps the stamp of a state it takes.
         let sample = match self.states.take(t, &self.cfg.topics.state_joints, state, velocity) {
             Ok(sample) => sample,
-            Err(e) => return error(format!("state/velocity: {e}")),
+            Err(rejected) => {
+                // Counted as the node counts it; the client names no joints, so the count is
+                // what it got wrong.
+                let why = match rejected {
+                    StateRejected::Names { names, positions } => format!(
+                        "expected {names} values in state (topics.state_joints names {names} joints), got {positions}"
+                    ),
+                    other => other.to_string(),
+                };
+                self.lp().state_rejected();
+                return error(format!("state/velocity: {why}"));
+            }
         };
         let mut frame_errors = Vec::new();
         let lp = self.lp.as_mut().expect("the loop exists between requests");
@@ -273,6 +284,8 @@ impl Bridge {
         }
         lp.ingest_state(sample);
         let (plans, plan_errors) = (self.sink.plans, lp.plan_errors().0);
+        // The step's time is spent once its state is in, whatever follows.
+        self.steps += 1;
         if let Err(e) = lp.advance_to(t + 1, &mut self.sink) {
             return error(e.to_string());
         }
@@ -281,7 +294,6 @@ impl Bridge {
             (n, Some(e)) if n > plan_errors => Some(e.to_string()),
             _ => None,
         };
-        self.steps += 1;
         let replanned = self.sink.plans > plans;
         let source = match self.sink.source {
             Some(Source::Plan) => "plan",

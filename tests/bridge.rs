@@ -101,10 +101,13 @@ fn bad_requests_are_refused_by_name_and_the_bridge_keeps_going() {
         assert_eq!(
             r["error"],
             json!(format!(
-                "state/velocity: 4 names for {n} positions: topics.state_joints reads joints by name"
+                "state/velocity: expected 4 values in state (topics.state_joints names 4 joints), got {n}"
             ))
         );
     }
+    // Counted as the node counts the states it refuses.
+    let stats = b.handle(r#"{"op": "stats"}"#);
+    assert_eq!(stats["diagnostics"]["states_rejected"], json!(3), "{stats}");
     let r = b.handle(&json!({"op": "step", "state": REST, "images": [gray(3072), 300]}).to_string());
     assert!(
         r["error"]

@@ -856,10 +856,10 @@ fn replay_options_out_of_range_are_named() {
         ),
         (
             ReplayOptions {
-                namespace: "arm1".into(),
+                namespace: "/arm-1".into(),
                 ..ReplayOptions::default()
             },
-            "namespace \"arm1\": expected an absolute ROS 2 namespace such as / or /arm1 (a namespace starts with '/' (/arm1))",
+            "namespace \"/arm-1\": expected a ROS 2 namespace such as / or /arm1 (character '-': a name has only letters, digits, '_', '/' and a leading '~')",
         ),
         (
             ReplayOptions {

@@ -248,6 +248,12 @@ impl StateIntake {
             }
         }
         let sample = self.selection.sample(stamp_ns, names, position, velocity)?;
+        if self.velocities_required && 2 * sample.joints != self.observation_dim {
+            return Err(StateRejected::NotPositionsThenVelocities {
+                joints: sample.joints,
+                observation_dim: self.observation_dim,
+            });
+        }
         // Only a message-order selection (no `topics.state_joints`) can have another count.
         if sample.joints != self.observation_dim && 2 * sample.joints != self.observation_dim {
             return Err(StateRejected::Size {
@@ -257,12 +263,6 @@ impl StateIntake {
         }
         if velocity.is_empty() && 2 * sample.joints == self.observation_dim {
             return Err(StateRejected::NoVelocities {
-                joints: sample.joints,
-                observation_dim: self.observation_dim,
-            });
-        }
-        if self.velocities_required && 2 * sample.joints != self.observation_dim {
-            return Err(StateRejected::NotPositionsThenVelocities {
                 joints: sample.joints,
                 observation_dim: self.observation_dim,
             });

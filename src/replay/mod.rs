@@ -205,7 +205,9 @@ pub fn replay(
         wanted.push((Input::Image(i), field, full(&ring.topic), IMAGE));
     }
     if let Some(rec) = &t.recorded_action {
-        wanted.push((Input::RecordedAction, "topics.recorded_action".into(), full(rec), ARRAY));
+        // Replay's own input, not a topic of the node: its launch's remaps do not apply.
+        let rec = names.expand(rec);
+        wanted.push((Input::RecordedAction, "topics.recorded_action".into(), rec, ARRAY));
     }
     if let Some(goal) = &t.goal {
         wanted.push((Input::Goal, "topics.goal.topic".into(), full(&goal.topic), POSE));

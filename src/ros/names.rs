@@ -55,7 +55,7 @@ pub fn topic_name_error(name: &str) -> Option<String> {
 }
 
 /// What is wrong with `namespace` as a node namespace (absolute: `/` or `/arm1`), or None.
-pub fn namespace_error(namespace: &str) -> Option<String> {
+fn namespace_error(namespace: &str) -> Option<String> {
     if !namespace.starts_with('/') {
         return Some("a namespace starts with '/' (/arm1)".into());
     }
@@ -79,7 +79,7 @@ pub fn node_name_error(name: &str) -> Option<String> {
 }
 
 /// A remap rule as `ros2 launch` remappings and `--ros-args -r` give it: `from:=to`, or
-/// `node:from:=to` for the node named `node` only.
+/// `node:from:=to` for the node named `node` only; `from` may say `rostopic://`.
 #[derive(Debug, Clone, PartialEq)]
 struct Remap {
     node: Option<String>,
@@ -88,18 +88,24 @@ struct Remap {
 }
 
 impl Remap {
-    fn parse(rule: &str) -> Result<Self, String> {
+    /// None for a `rosservice://` rule: it renames no topic.
+    fn parse(rule: &str) -> Result<Option<Self>, String> {
         let refuse = |why: String| Err(format!("remap {rule:?}: {why}"));
         let Some((lhs, to)) = rule.split_once(":=") else {
             return refuse("expected FROM:=TO (a topic name on each side)".into());
         };
+        // `node:` comes before a scheme's `://`.
         let (node, from) = match lhs.split_once(':') {
-            Some((node, from)) => (Some(node), from),
-            None => (None, lhs),
+            Some((node, from)) if !from.starts_with("//") => (Some(node), from),
+            _ => (None, lhs),
         };
         if let Some(why) = node.and_then(node_name_error) {
             return refuse(format!("the node name before ':': {why}"));
         }
+        if from.starts_with("rosservice://") {
+            return Ok(None);
+        }
+        let from = from.strip_prefix("rostopic://").unwrap_or(from);
         if matches!(from, "__ns" | "__node" | "__name") {
             return refuse("the node's namespace and name are --namespace and --node-name".into());
         }
@@ -108,11 +114,11 @@ impl Remap {
                 return refuse(format!("{side}: {why}"));
             }
         }
-        Ok(Self {
+        Ok(Some(Self {
             node: node.map(String::from),
             from: from.into(),
             to: to.into(),
-        })
+        }))
     }
 }
 
@@ -138,24 +144,27 @@ impl Default for TopicNames {
 
 impl TopicNames {
     /// The node `node` in `namespace` with the remap rules `remaps`, in order; refused with the
-    /// reason naming the argument.
+    /// reason naming the argument. The namespace is taken as a launch file's `namespace`
+    /// (launch_ros makes it absolute and drops a trailing '/'): `arm1/` is `/arm1`.
     pub fn new(namespace: &str, node: &str, remaps: &[String]) -> Result<Self, String> {
-        if let Some(why) = namespace_error(namespace) {
+        let absolute = format!("/{}", namespace.trim_start_matches('/').trim_end_matches('/'));
+        if let Some(why) = namespace_error(&absolute) {
             return Err(format!(
-                "namespace {namespace:?}: expected an absolute ROS 2 namespace such as / or /arm1 ({why})"
+                "namespace {namespace:?}: expected a ROS 2 namespace such as / or /arm1 ({why})"
             ));
         }
         if let Some(why) = node_name_error(node) {
             return Err(format!("node name {node:?}: {why}"));
         }
+        let remaps = remaps.iter().map(|r| Remap::parse(r)).collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            namespace: namespace.into(),
+            namespace: absolute,
             node: node.into(),
-            remaps: remaps.iter().map(|r| Remap::parse(r)).collect::<Result<_, _>>()?,
+            remaps: remaps.into_iter().flatten().collect(),
         })
     }
 
-    /// The fully qualified name of the valid topic `name`, remapped.
+    /// The fully qualified name of the valid topic `name` of the node, remapped.
     pub fn resolve(&self, name: &str) -> String {
         let full = self.expand(name);
         self.remaps
@@ -165,9 +174,10 @@ impl TopicNames {
             .map_or(full, |r| self.expand(&r.to))
     }
 
-    /// Absolute names stay, relative ones go under the namespace, private ones under the
-    /// namespace and the node's name.
-    fn expand(&self, name: &str) -> String {
+    /// The fully qualified name of the valid topic `name`, not remapped (a topic the node does
+    /// not use itself): absolute names stay, relative ones go under the namespace, private
+    /// ones under the namespace and the node's name.
+    pub fn expand(&self, name: &str) -> String {
         let under = |prefix: &str, rest: &str| format!("{}/{rest}", prefix.trim_end_matches('/'));
         if name.starts_with('/') {
             name.to_owned()
@@ -219,7 +229,19 @@ mod tests {
     }
 
     #[test]
-    fn namespaces_are_absolute() {
+    fn namespaces_are_absolute_and_a_launch_file_s_spellings_are_taken_as_launch_ros_takes_them() {
+        for (launch, namespace) in [
+            ("", "/"),
+            ("arm1", "/arm1"),
+            ("/arm1/", "/arm1"),
+            ("lab/arm1", "/lab/arm1"),
+        ] {
+            let names = TopicNames::new(launch, NODE_NAME, &[]).unwrap();
+            assert_eq!(
+                names.resolve("state"),
+                format!("{}/state", namespace.trim_end_matches('/'))
+            );
+        }
         for ok in ["/", "/arm1", "/lab/arm1"] {
             assert_eq!(namespace_error(ok), None, "{ok}");
         }
@@ -257,6 +279,8 @@ mod tests {
             "other_node:state:=/never",
             "planner:state:=/arm1/joint_states",
             "state:=/not_reached",
+            "rostopic://~/plan:=/arm1/plans",
+            "rosservice://~/plan:=/never",
         ]
         .map(String::from);
         let names = TopicNames::new("/arm1", "planner", &rules).unwrap();
@@ -265,13 +289,19 @@ mod tests {
             ("~/action", "/arm1/cmd"),
             ("/arm1/planner/action", "/arm1/cmd"),
             ("state", "/arm1/joint_states"),
-            ("~/plan", "/arm1/planner/plan"),
+            ("~/plan", "/arm1/plans"),
+            ("~/diagnostics", "/arm1/planner/diagnostics"),
             ("/camera/wrist/image_raw", "/camera/wrist/image_raw"),
         ] {
             assert_eq!(names.resolve(name), full, "{name}");
         }
         for (namespace, node, rule, why) in [
-            ("arm1", NODE_NAME, "a:=b", "namespace \"arm1\": expected an absolute"),
+            (
+                "/1arm",
+                NODE_NAME,
+                "a:=b",
+                "namespace \"/1arm\": expected a ROS 2 namespace",
+            ),
             ("/", "df-planner", "a:=b", "node name \"df-planner\": character '-'"),
             ("/", NODE_NAME, "a=b", "remap \"a=b\": expected FROM:=TO"),
             ("/", NODE_NAME, "a:=", "remap \"a:=\": TO: the name is empty"),
