@@ -98,7 +98,8 @@ pub struct PlannerSection {
     pub mcg_temperature: Option<f64>,
     /// Guidance strength (default 0: no guidance).
     pub guidance_scale: f64,
-    /// {form: mean_shift} (default) or {form: score, max_gain: G}; see onnx/CONTRACT.md.
+    /// {form: mean_shift} (default), {form: score, max_gain: G} or {form: next_state}; see
+    /// onnx/CONTRACT.md.
     pub guidance_form: GuidanceForm,
     /// DDIM η (default 0).
     pub eta: f64,

@@ -80,6 +80,7 @@ fn form(s: &GoldenSettings) -> GuidanceForm {
     match s.guidance_form.as_str() {
         "mean_shift" => GuidanceForm::MeanShift,
         "score" => GuidanceForm::Score { max_gain: s.max_gain },
+        "next_state" => GuidanceForm::NextState,
         other => panic!("golden guidance_form {other:?}"),
     }
 }
@@ -248,6 +249,7 @@ parity! {
     pyramid_guided_mcg_prior_futures => "pyramid_guided_prior",
     pyramid_guided_mcg_softmax => "pyramid_guided_softmax",
     pyramid_plain_noise_clip => "pyramid_plain_clip",
+    pyramid_guided_mcg_next_state_form => "pyramid_guided_next_state",
 }
 
 parity! {
@@ -279,6 +281,25 @@ fn guided_goldens_depend_on_guidance_and_share_tokens() {
     assert!(
         diff > 100.0 * golden.tolerance,
         "guidance changed the plan by only {diff}"
+    );
+}
+
+/// The next-state golden must exercise its form: the same guidance in Diffuser's form misses
+/// it by far more than the tolerance.
+#[test]
+fn the_next_state_golden_depends_on_its_guidance_form() {
+    let golden = load_golden("pointmass", "pyramid_guided_next_state");
+    let final_state = array(golden.shape, golden.states.last().unwrap());
+    let mut model = common::load(Path::new(&golden.model));
+    let settings = SamplerSettings {
+        guidance_form: GuidanceForm::MeanShift,
+        ..sampler_settings(&golden, golden.settings.guidance_scale, 0)
+    };
+    let x = resampled_final_state(&golden, &mut model, settings);
+    let diff = max_abs_diff(x.view(), final_state.view());
+    assert!(
+        diff > 100.0 * golden.tolerance,
+        "the form changed the plan by only {diff}"
     );
 }
 

@@ -7,8 +7,9 @@ them tagged noisy, and the planned tokens without images, as the planner hands t
 guided cases use a guidance scale of 0.1 (the fruit swap plans without guidance). Models without
 cameras also get MCG's redraws form (one plan, `REDRAWS` redrawn x0 per row, with their noise)
 its prior-futures probe (only the shared tokens guided) and the futures weighted by the softmax
-of their rewards (`MCG_TEMPERATURE`), and a plain pyramid at a noise clip the network's eps
-exceeds (`CLIP_GOLDEN`), so that the sampler's clamp is checked too.
+of their rewards (`MCG_TEMPERATURE`), a plain pyramid at a noise clip the network's eps
+exceeds (`CLIP_GOLDEN`), so that the sampler's clamp is checked too, and MCG under the
+`next_state` guidance form.
 
 A plain case can also be written from an exported graph when its checkpoint is gone:
 `python -m df_train.golden --onnx onnx/models/pointmass.onnx --out onnx/golden/pointmass
@@ -100,8 +101,9 @@ def write_golden(model, cfg, out_dir: Path, model_path: str, seed: int = 0,
         cases.append(("pyramid", CASE_KINDS["pyramid"], True, "mean_shift", 0, True, None, None))
         cases.append(("pyramid", CASE_KINDS["pyramid"], True, "mean_shift", 0, False, MCG_TEMPERATURE, None))
         cases.append(("pyramid", CASE_KINDS["pyramid"], False, "mean_shift", 0, False, None, CLIP_GOLDEN))
+        cases.append(("pyramid", CASE_KINDS["pyramid"], True, "next_state", 0, False, None, None))
     for case, (kind, u, guided, form, redraws, prior, temperature, clip) in enumerate(cases):
-        suffix = ("guided" if guided else "plain") + ("_score" if form == "score" else "") + ("_redraws" if redraws else "") + ("_prior" if prior else "") + ("_softmax" if temperature else "") + ("_clip" if clip else "")
+        suffix = ("guided" if guided else "plain") + {"mean_shift": "", "score": "_score", "next_state": "_next_state"}[form] + ("_redraws" if redraws else "") + ("_prior" if prior else "") + ("_softmax" if temperature else "") + ("_clip" if clip else "")
         name = f"{kind}_{suffix}"
         if only is not None and name not in only:
             continue

@@ -19,7 +19,8 @@ class SamplerSettings:
     stabilization_level: int = 10
     noise_clip: float = 6.0
     guidance_scale: float = 0.0
-    # "mean_shift": gain 1 - ab_t; "score": min((1 - ab_t) / sqrt(ab_t), max_gain) (CONTRACT.md).
+    # "mean_shift": gain 1 - ab_t; "score": min((1 - ab_t) / sqrt(ab_t), max_gain); "next_state":
+    # ((1 - ab_t) - c_eps sqrt(1 - ab_t)) / sqrt(ab_t'), 0 on a step to clean (CONTRACT.md).
     guidance_form: str = "mean_shift"
     max_gain: float = 100.0
     # Tokens [0, shared_tokens) are shared by all samples of the batch: MCG averages their
@@ -110,19 +111,25 @@ class ReferenceSampler:
         def per_token(v):
             return torch.as_tensor(np.where(changed, v, 0.0), dtype=torch.float32)[None, :, None]
 
-        if grad is not None:
-            # Guidance shifts the clean estimate by scale * gain(alpha_bar_t) * grad; eps stays
-            # the network's.
-            gain = (1 - a_t) if s.guidance_form == "mean_shift" else np.minimum((1 - a_t) / np.sqrt(a_t), s.max_gain)
-            x0 = x0 + per_token(s.guidance_scale * gain) * grad
         with np.errstate(divide="ignore", invalid="ignore"):
             sigma = s.eta * np.sqrt((1 - a_n) / (1 - a_t)) * np.sqrt(1 - a_t / a_n)
         sigma = np.where(changed, sigma, 0.0)
+        c_eps = np.sqrt(np.clip(1 - a_n - sigma**2, 0, None))
+        if grad is not None:
+            # Guidance shifts the clean estimate by scale * gain * grad; eps stays the network's.
+            if s.guidance_form == "mean_shift":
+                gain = 1 - a_t
+            elif s.guidance_form == "score":
+                gain = np.minimum((1 - a_t) / np.sqrt(a_t), s.max_gain)
+            else:
+                moved = (1 - a_t) - c_eps * np.sqrt(1 - a_t)
+                gain = np.where(a_n >= 1.0, 0.0, moved / np.sqrt(a_n))
+            x0 = x0 + per_token(s.guidance_scale * gain) * grad
         z = z.clone()
         z[:, : s.shared_tokens] = z[:1, : s.shared_tokens]
         x_next = (
             per_token(np.sqrt(a_n)) * x0
-            + per_token(np.sqrt(np.clip(1 - a_n - sigma**2, 0, None))) * eps
+            + per_token(c_eps) * eps
             + per_token(sigma) * z
         )
         return torch.where(torch.as_tensor(changed)[None, :, None], x_next, x)

@@ -177,3 +177,28 @@ def test_mcg_temperature_weights_the_futures_by_the_softmax_of_their_rewards():
     best = int(reward.reward(Causal()(x_in, None)[0]).argmax())
     torch.testing.assert_close(near_token(x, 1e-6), near_token(x[best].expand(3, -1, -1).clone(), None))
     assert not torch.allclose(near_token(x, 1e-6), even)
+
+
+def test_the_next_state_form_moves_the_next_state_by_the_paper_branch_constant():
+    ab = np.linspace(0.99, 0.05, 10)
+    x = torch.randn(1, 3, 2, generator=torch.Generator().manual_seed(1))
+    reward = QuadraticTarget(torch.zeros(2), torch.ones(2))
+
+    def moved(cur, nxt, scale):
+        s = SamplerSettings(eta=0.5, stabilization_level=0, guidance_scale=scale, guidance_form="next_state")
+        sampler = ReferenceSampler(Causal(), ab, s)
+        return sampler.step(x, cur, nxt, torch.zeros_like(x), reward) - sampler.step(x, cur, nxt, torch.zeros_like(x))
+
+    cur, nxt = np.array([-1, 5, 7]), np.array([-1, 3, 5])
+    # g = dr/dx_t through Causal: token 1 reads x0_1 = 2 x_1 + x_0 and x0_2 = 2 x_2 + x_1.
+    x_in = x.clone()
+    x_in[:, 0] *= np.sqrt(ab[0])
+    x0 = Causal()(x_in, None)[0]
+    g = -torch.stack([torch.zeros(1, 2), 2 * x0[:, 1] + x0[:, 2], 2 * x0[:, 2]], dim=1)
+    for token in (1, 2):
+        a_t, a_n = ab[cur[token]], ab[nxt[token]]
+        sigma = 0.5 * np.sqrt((1 - a_n) / (1 - a_t)) * np.sqrt(1 - a_t / a_n)
+        const = (1 - a_t) - np.sqrt(1 - a_n - sigma**2) * np.sqrt(1 - a_t)
+        torch.testing.assert_close(moved(cur, nxt, 3.0)[:, token], (3.0 * const * g[:, token]).float())
+    # A step to clean takes no guidance.
+    assert torch.equal(moved(np.array([-1, 1, 1]), np.array([-1, -1, -1]), 3.0), torch.zeros_like(x))

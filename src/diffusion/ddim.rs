@@ -10,12 +10,21 @@ pub struct DdimCoefficients {
 
 /// Coefficients in f64, rounded once to f32 (as the PyTorch reference does).
 pub fn ddim_coefficients(ab_t: f64, ab_next: f64, eta: f64) -> DdimCoefficients {
-    let sigma = eta * ((1.0 - ab_next) / (1.0 - ab_t)).sqrt() * (1.0 - ab_t / ab_next).sqrt();
     DdimCoefficients {
         x0: ab_next.sqrt() as f32,
-        eps: (1.0 - ab_next - sigma * sigma).max(0.0).sqrt() as f32,
-        noise: sigma as f32,
+        eps: ddim_eps_coefficient(ab_t, ab_next, eta) as f32,
+        noise: ddim_sigma(ab_t, ab_next, eta) as f32,
     }
+}
+
+fn ddim_sigma(ab_t: f64, ab_next: f64, eta: f64) -> f64 {
+    eta * ((1.0 - ab_next) / (1.0 - ab_t)).sqrt() * (1.0 - ab_t / ab_next).sqrt()
+}
+
+/// √(1 − ᾱ_t' − σ²), ε̂'s coefficient.
+pub fn ddim_eps_coefficient(ab_t: f64, ab_next: f64, eta: f64) -> f64 {
+    let sigma = ddim_sigma(ab_t, ab_next, eta);
+    (1.0 - ab_next - sigma * sigma).max(0.0).sqrt()
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut3, Axis};
 
-/// How the reward gradient g = ∂r/∂x_t (through the network) moves the clean estimate:
-/// x̂0 = x0 + scale · gain(ᾱ_t) · g.
+use super::ddim::ddim_eps_coefficient;
+
+/// How the reward gradient g = ∂r/∂x_t (through the network) moves the clean estimate of a
+/// step from ᾱ_t to ᾱ_t': x̂0 = x0 + scale · gain · g.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(tag = "form", rename_all = "snake_case", deny_unknown_fields)]
 pub enum GuidanceForm {
@@ -17,13 +19,24 @@ pub enum GuidanceForm {
     /// schedule. ε̂ stays the network's: full classifier guidance would move the step's ε̂ term
     /// too.
     Score { max_gain: f64 },
+    /// The official `paper` branch's: the next state moves by ((1 − ᾱ_t) − c_ε·√(1 − ᾱ_t))·g,
+    /// c_ε the step's ε̂ coefficient (gain = that / √ᾱ_t'), and not at all on a step to clean.
+    /// Near 0 at the noisiest rows, largest at the nearly clean ones: the guidance acts where
+    /// a token is almost decided and the far tokens, still noisy, differ between futures.
+    NextState,
 }
 
 impl GuidanceForm {
-    pub fn gain(self, ab_t: f64) -> f64 {
+    /// The gain of a step from ᾱ_t to ᾱ_t' with DDIM's η.
+    pub fn gain(self, ab_t: f64, ab_next: f64, eta: f64) -> f64 {
         match self {
             Self::MeanShift => 1.0 - ab_t,
             Self::Score { max_gain } => ((1.0 - ab_t) / ab_t.sqrt()).min(max_gain),
+            Self::NextState if ab_next >= 1.0 => 0.0,
+            Self::NextState => {
+                let moved = (1.0 - ab_t) - ddim_eps_coefficient(ab_t, ab_next, eta) * (1.0 - ab_t).sqrt();
+                moved / ab_next.sqrt()
+            }
         }
     }
 }
@@ -59,5 +72,32 @@ impl Guidance for QuadraticTarget {
             .flat_map(|lane| lane.into_iter().enumerate())
             .map(|(d, x)| -0.5 * f64::from(self.weights[d] * (x - self.target[d]).powi(2)))
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How far the next state moves per unit of scale·g: √ᾱ_t'·gain.
+    fn moved(form: GuidanceForm, ab_t: f64, ab_next: f64) -> f64 {
+        ab_next.sqrt() * form.gain(ab_t, ab_next, 0.0)
+    }
+
+    #[test]
+    fn the_next_state_form_pulls_at_the_nearly_clean_rows_and_not_at_the_noisiest() {
+        let form = GuidanceForm::NextState;
+        // At η = 0: (1 − ᾱ_t) − √(1 − ᾱ_t')·√(1 − ᾱ_t).
+        let expected = (1.0 - 0.9) - (1.0_f64 - 0.99).sqrt() * (1.0_f64 - 0.9).sqrt();
+        assert!((moved(form, 0.9, 0.99) - expected).abs() < 1e-12);
+        assert_eq!(form.gain(0.97, 1.0, 0.0), 0.0, "no pull on the step to clean");
+        let (noisiest, nearly_clean) = (moved(form, 0.001, 0.01), moved(form, 0.9, 0.99));
+        assert!(
+            noisiest < 0.01 && nearly_clean > 5.0 * noisiest,
+            "{noisiest} {nearly_clean}"
+        );
+        // The score form does the opposite.
+        let score = GuidanceForm::Score { max_gain: 100.0 };
+        assert!(moved(score, 0.001, 0.01) > 10.0 * moved(score, 0.9, 0.99));
     }
 }

@@ -338,7 +338,8 @@ impl Sampler {
                 // (docs/maze2d.md, "Where the guidance acts"); off unless RUST_LOG asks for it.
                 if let Some(token) = (0..shared).find(|&token| cur[token] != next[token]) {
                     let timestep = cur[token];
-                    let gain = self.settings.guidance_form.gain(self.alpha_bar.at(timestep));
+                    let (ab_t, ab_next) = (self.alpha_bar.at(timestep), self.alpha_bar.at(next[token]));
+                    let gain = self.settings.guidance_form.gain(ab_t, ab_next, self.settings.eta);
                     tracing::trace!(row, timestep, gain, moved = shift.moved, own = shift.own, "mcg row");
                 }
             }
@@ -353,10 +354,10 @@ impl Sampler {
             if t == t_next {
                 continue;
             }
-            let ab_t = self.alpha_bar.at(t);
-            let c = ddim_coefficients(ab_t, self.alpha_bar.at(t_next), s.eta);
+            let (ab_t, ab_next) = (self.alpha_bar.at(t), self.alpha_bar.at(t_next));
+            let c = ddim_coefficients(ab_t, ab_next, s.eta);
             let shift = if guidance.is_some() && s.guided_tokens.is_none_or(|n| token < n) {
-                (s.guidance_scale * s.guidance_form.gain(ab_t)) as f32
+                (s.guidance_scale * s.guidance_form.gain(ab_t, ab_next, s.eta)) as f32
             } else {
                 0.0
             };
