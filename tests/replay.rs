@@ -742,22 +742,50 @@ fn messages_stored_out_of_log_time_order_replay_in_order_within_the_window() {
     assert_eq!(actions("reordered_wide.mcap"), actions("reordered_plain.mcap"));
 }
 
-#[test]
-fn relative_and_private_topics_resolve_in_the_recorded_namespace() {
-    // The shipped bag as a robot in /arm1 records it; the config names the inputs relative to
-    // the node and the outputs privately (~/action, the default).
-    let moved: Vec<_> = mcap::MessageStream::new(&shipped_mcap())
+/// The shipped MCAP bag at `name` (in the output folder) with each topic renamed by `rename`,
+/// as a robot whose launch named its topics otherwise records it.
+fn shipped_bag_renamed(name: &str, rename: impl Fn(&str) -> String) -> PathBuf {
+    let bytes = shipped_mcap();
+    let renamed: Vec<_> = mcap::MessageStream::new(&bytes)
         .unwrap()
         .map(|m| {
             let mut m = m.unwrap();
             let mut channel = (*m.channel).clone();
-            channel.topic = format!("/arm1{}", channel.topic);
+            channel.topic = rename(&channel.topic);
             m.channel = std::sync::Arc::new(channel);
             m
         })
         .collect();
-    let path = out("arm1.mcap");
-    write_mcap(&path, moved);
+    let path = out(name);
+    write_mcap(&path, renamed);
+    path
+}
+
+/// Replays `path` with `options` into `out_name`: the actions it writes on `action_topic` must
+/// be those the shipped bag's root replay writes on /df_planner/action, and plans must be on
+/// `plan_topic`.
+fn assert_replays_as_the_root_replay(
+    cfg: &NodeConfig,
+    path: &Path,
+    options: &ReplayOptions,
+    out_name: &str,
+    [action_topic, plan_topic]: [&str; 2],
+) -> ReplaySummary {
+    let s = replay(cfg, path, &out(out_name), options).unwrap();
+    let root_name = format!("{out_name}.root.mcap");
+    run(&config(), "pointmass_mcap", &root_name).unwrap();
+    let actions = messages(&out(out_name), action_topic);
+    assert!(!actions.is_empty());
+    assert_eq!(actions, messages(&out(&root_name), "/df_planner/action"));
+    assert!(!messages(&out(out_name), plan_topic).is_empty());
+    s
+}
+
+#[test]
+fn relative_and_private_topics_resolve_in_the_recorded_namespace() {
+    // The shipped bag as a robot in /arm1 records it; the config names the inputs relative to
+    // the node and the outputs privately (~/action, the default).
+    let path = shipped_bag_renamed("arm1.mcap", |topic| format!("/arm1{topic}"));
     let mut cfg = config();
     cfg.model.runtime = common::cpu();
     (cfg.topics.state, cfg.topics.image) = ("joint_states".into(), "camera/image_raw".into());
@@ -770,14 +798,9 @@ fn relative_and_private_topics_resolve_in_the_recorded_namespace() {
         namespace: "/arm1".into(),
         ..ReplayOptions::default()
     };
-    let s = replay(&cfg, &path, &out("arm1_out.mcap"), &in_arm1).unwrap();
+    let topics = ["/arm1/df_planner/action", "/arm1/df_planner/plan"];
+    let s = assert_replays_as_the_root_replay(&cfg, &path, &in_arm1, "arm1_out.mcap", topics);
     assert_eq!(s.topics["/arm1/joint_states"].used, 60);
-    run(&config(), "pointmass_mcap", "root_out.mcap").unwrap();
-    let arm1_actions = messages(&out("arm1_out.mcap"), "/arm1/df_planner/action");
-    assert!(!arm1_actions.is_empty());
-    assert_eq!(arm1_actions, messages(&out("root_out.mcap"), "/df_planner/action"));
-    assert!(!messages(&out("arm1_out.mcap"), "/arm1/df_planner/plan").is_empty());
-
     // In the root namespace the same config looks for /joint_states, which this bag lacks.
     let err = run_bag(&cfg, &path, "arm1_root.mcap").unwrap_err().to_string();
     assert!(
@@ -790,20 +813,10 @@ fn relative_and_private_topics_resolve_in_the_recorded_namespace() {
 fn a_node_renamed_and_remapped_by_its_launch_is_replayed_under_its_names() {
     // The shipped bag as a node named `planner` records it, its launch having remapped the
     // state onto the arm's topic and the action elsewhere.
-    let moved: Vec<_> = mcap::MessageStream::new(&shipped_mcap())
-        .unwrap()
-        .map(|m| {
-            let mut m = m.unwrap();
-            if m.channel.topic == "/joint_states" {
-                let mut channel = (*m.channel).clone();
-                channel.topic = "/arm/joint_states".into();
-                m.channel = std::sync::Arc::new(channel);
-            }
-            m
-        })
-        .collect();
-    let path = out("remapped.mcap");
-    write_mcap(&path, moved);
+    let path = shipped_bag_renamed("remapped.mcap", |topic| match topic {
+        "/joint_states" => "/arm/joint_states".into(),
+        other => other.into(),
+    });
     let mut cfg = config();
     cfg.model.runtime = common::cpu();
     let launched = ReplayOptions {
@@ -813,13 +826,9 @@ fn a_node_renamed_and_remapped_by_its_launch_is_replayed_under_its_names() {
             .to_vec(),
         ..ReplayOptions::default()
     };
-    let s = replay(&cfg, &path, &out("remapped_out.mcap"), &launched).unwrap();
+    let topics = ["/arm/command", "/planner/plan"];
+    let s = assert_replays_as_the_root_replay(&cfg, &path, &launched, "remapped_out.mcap", topics);
     assert_eq!(s.topics["/arm/joint_states"].used, 60);
-    run(&config(), "pointmass_mcap", "remapped_root_out.mcap").unwrap();
-    let commands = messages(&out("remapped_out.mcap"), "/arm/command");
-    assert!(!commands.is_empty());
-    assert_eq!(commands, messages(&out("remapped_root_out.mcap"), "/df_planner/action"));
-    assert!(!messages(&out("remapped_out.mcap"), "/planner/plan").is_empty());
     // Without the remaps the state is looked for where the config names it.
     let err = run_bag(&cfg, &path, "remapped_plain.mcap").unwrap_err().to_string();
     assert!(
