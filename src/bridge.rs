@@ -27,10 +27,10 @@
 //!   frame is counted and named in `frame_errors`, and the camera's previous frame serves, as
 //!   on the robot, until it is `safety.camera_timeout_s` old: then planning pauses and the tick
 //!   holds or stops as the config says. `plan_error` says why a plan failed this step (the tick
-//!   kept the last plan or fell back); `holding`: the tick held the goal at rest. The state is taken as the node's
-//!   state intake takes a JointState (`StateIntake`: as many joints as the model observes,
-//!   velocities where it observes them or a PD controller reads them, finite values); one it
-//!   refuses refuses the step, which then takes no time.
+//!   kept the last plan or fell back); `holding`: the tick held the goal at rest. The state is
+//!   taken as the node's state intake takes a JointState (`StateIntake`: as many joints as the
+//!   model observes, velocities where it observes them or a PD controller reads them, finite
+//!   values); one it refuses refuses the step, which then takes no time.
 //! - `{"op": "stats"}` → `{"ok": true, "diagnostics": {...}, "steps_skipped": n, "plans": n,
 //!   "replan_ms_p50": f, "replan_ms_p99": f, "replan_ms_max": f}`: the node's diagnostics
 //!   (ticks, faults, hold/stop counts, plan and tick latency, frame counters) and the planner

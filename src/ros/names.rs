@@ -67,7 +67,7 @@ fn namespace_error(namespace: &str) -> Option<String> {
 
 /// What is wrong with `name` as a node name, or None (rcl's rules: letters, digits and '_',
 /// not starting with a digit).
-pub fn node_name_error(name: &str) -> Option<String> {
+fn node_name_error(name: &str) -> Option<String> {
     if name.is_empty() {
         return Some("the name is empty".into());
     }
@@ -130,16 +130,6 @@ pub struct TopicNames {
     namespace: String,
     node: String,
     remaps: Vec<Remap>,
-}
-
-impl Default for TopicNames {
-    fn default() -> Self {
-        Self {
-            namespace: "/".into(),
-            node: NODE_NAME.into(),
-            remaps: Vec::new(),
-        }
-    }
 }
 
 impl TopicNames {
