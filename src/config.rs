@@ -103,8 +103,8 @@ pub struct PlannerSection {
     pub guidance_form: GuidanceForm,
     /// DDIM η (default 0).
     pub eta: f64,
-    /// Replan every this many model steps (default 1); a plan that fails is retried once at
-    /// the next step, off the schedule.
+    /// Replan every this many model steps (default 1), at most a plan's length (horizon_tokens
+    /// × frame_stack); a plan that fails is retried once at the next step, off the schedule.
     pub replan_every: usize,
     /// Seed of the sampler's noise; replay is byte-identical for a seed (default 0).
     pub seed: u64,

@@ -31,7 +31,7 @@ pub enum NodeError {
 }
 
 /// The planner settings of a node config; MCG shares the tokens executed before the next plan.
-pub fn planner_settings(cfg: &NodeConfig, frame_stack: usize) -> PlannerSettings {
+pub fn planner_settings(cfg: &NodeConfig) -> PlannerSettings {
     let p = &cfg.planner;
     PlannerSettings {
         matrix: p.matrix,
@@ -45,13 +45,8 @@ pub fn planner_settings(cfg: &NodeConfig, frame_stack: usize) -> PlannerSettings
         guidance_scale: p.guidance_scale,
         guidance_form: p.guidance_form,
         eta: p.eta,
-        shared_tokens: p.replan_every.div_ceil(frame_stack),
+        replan_every: p.replan_every,
         warm_start_level: p.warm_start_level,
-        warm_shift_tokens: if p.replan_every.is_multiple_of(frame_stack) {
-            p.replan_every / frame_stack
-        } else {
-            0
-        },
         seed: p.seed,
     }
 }
@@ -153,7 +148,7 @@ pub fn planner(cfg: &NodeConfig) -> Result<DfPlanner, NodeError> {
     }
     state_intake(cfg, &contract)?;
     actions_within_the_training_data(cfg, &contract)?;
-    let settings = planner_settings(cfg, contract.layout.frame_stack);
+    let settings = planner_settings(cfg);
     Ok(DfPlanner::new(Box::new(model), contract, &settings)?)
 }
 

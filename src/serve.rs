@@ -162,7 +162,7 @@ impl Server {
             last_action: vec![0.0; l.action_dim],
             reward,
             serve,
-            replan_every: cfg.planner.replan_every.min(planner.plan_len()),
+            replan_every: cfg.planner.replan_every,
             action_min: cfg.safety.action_min.clone(),
             action_max: cfg.safety.action_max.clone(),
             since_plan: None,

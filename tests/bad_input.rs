@@ -257,6 +257,23 @@ fn a_guided_node_is_refused_at_start_on_a_model_without_a_vjp_graph() {
 }
 
 #[test]
+fn a_replan_interval_longer_than_the_plan_is_refused_at_start() {
+    let mut cfg = df_planner::config::NodeConfig::load(&common::repo().join("config/pointmass.yaml")).unwrap();
+    cfg.model.runtime = common::cpu();
+    cfg.planner.horizon_tokens = Some(3);
+    cfg.planner.replan_every = 13;
+    let err = df_planner::node::planner(&cfg).err().expect("refused").to_string();
+    assert_contains(
+        &err,
+        "planner.replan_every: expected 1..=12 (horizon_tokens 3 × frame_stack 4: a plan covers the steps until the next), got 13",
+    );
+    cfg.planner.replan_every = 12;
+    if let Err(e) = df_planner::node::planner(&cfg) {
+        panic!("a plan covering the interval plans: {e}");
+    }
+}
+
+#[test]
 fn sampler_settings_are_checked() {
     let ab = df_planner::diffusion::AlphaBar::new(vec![0.9, 0.5, 0.1]).unwrap();
     let bad = [

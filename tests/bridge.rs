@@ -320,6 +320,44 @@ fn a_maze_state_without_velocities_or_a_goal_in_a_wall_is_refused_by_name() {
     assert_eq!((&r["ok"], &r["replanned"]), (&json!(true), &json!(true)), "{r}");
 }
 
+#[test]
+fn a_sampling_that_fails_holds_the_planner_as_long_as_a_plan() {
+    // A network whose every output is NaN: each plan fails after the model ran, and is
+    // retried once at the next step.
+    let mut cfg = umaze();
+    cfg.model.path = common::repo().join("tests/fixtures/models/nan_output.onnx");
+    cfg.planner.horizon_tokens = Some(3);
+    cfg.planner.samples = 1;
+    cfg.planner.guidance_scale = 0.0;
+    cfg.planner.replan_every = 2;
+    let run = |plan_ms: Option<u64>| {
+        let mut b = Bridge::new(&cfg, plan_ms.map(std::time::Duration::from_millis)).unwrap();
+        b.handle(r#"{"op": "reset", "goal": [1.0, 1.0]}"#);
+        for _ in 0..100 {
+            let r = b.handle(r#"{"op": "step", "state": [3.0, 1.0], "velocity": [0.0, 0.0]}"#);
+            assert_eq!((&r["ok"], &r["replanned"]), (&json!(true), &json!(false)), "{r}");
+            assert!(
+                r["plan_error"].is_null() || r["plan_error"].as_str().unwrap().contains("not finite"),
+                "{r}"
+            );
+        }
+        let stats = b.handle(r#"{"op": "stats"}"#);
+        (
+            stats["diagnostics"]["plan_errors"].as_u64().unwrap(),
+            stats["steps_skipped"].as_u64().unwrap(),
+        )
+    };
+    // At once: a plan every 2 steps, and its retry at the step between.
+    assert_eq!(run(None), (100, 0));
+    // 30 ms, more than the replan interval (20 ms): each failure keeps the planner busy, so it
+    // falls behind and skips steps as after a slow plan.
+    let (errors, skipped) = run(Some(30));
+    assert!(
+        errors < 100 && skipped > 0,
+        "{errors} failed plans, {skipped} steps skipped"
+    );
+}
+
 /// The U-Maze episode of `the_node_loop_executes_what_serve_executed` for `steps` steps through
 /// the node's loop with plans taking `plan_ms` of the simulator's clock: each step's reply.
 fn timed_episode(plan_ms: Option<u64>, steps: usize) -> (Vec<Value>, Value) {

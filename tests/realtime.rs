@@ -714,7 +714,7 @@ fn a_warm_guided_mcg_plan_does_not_allocate() {
     assert!(cfg.planner.samples > 1, "the config plans with MCG");
     let model = common::load(&cfg.model.path);
     let contract = model.contract().clone();
-    let settings = planner_settings(&cfg, contract.layout.frame_stack);
+    let settings = planner_settings(&cfg);
     let mut planner = DfPlanner::new(Box::new(InsideRuntime(model)), contract, &settings).unwrap();
     let reward = GoalReward::new(cfg.planner.goal.clone().unwrap(), planner.contract(), [6.0, 6.0]).unwrap();
     let l = &planner.contract().layout;

@@ -5,6 +5,7 @@
 //! times the planner as the live planner thread runs (`live::spawn`): busy while it plans,
 //! the steps it missed run late as of their own time, further behind (a replan interval, or
 //! an input timeout) it skips them and plans cold, and each plan reaches the tick when done.
+//! A plan whose sampling failed costs the planner a plan's time too.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -262,10 +263,15 @@ impl OfflineLoop {
                 }
             },
             Ok(_) => self.spare = Some(plan),
-            Err(_) => {
+            Err(e) => {
                 // Logged by the task.
                 self.plan_errors += 1;
                 self.spare = Some(plan);
+                // On the robot a failed sampling held the planner thread too: charged a whole
+                // plan's time, the most it can take (a failure found at an early row stops sooner).
+                if let Some(time) = self.plan_time.as_mut().filter(|_| e.ran_the_model()) {
+                    time.busy_until_ns = start_ns + time.plan_ns;
+                }
             }
         }
     }

@@ -40,6 +40,17 @@ pub enum PlanError {
     NoImages { frames_ago: usize },
 }
 
+impl PlanError {
+    /// Whether the failure came from running the network (its output, or the runtime), so that
+    /// the planner was busy as for a plan; the others are found before the first call.
+    pub fn ran_the_model(&self) -> bool {
+        matches!(
+            self,
+            PlanError::Sample(SampleError::Denoise(_) | SampleError::NonFinite { .. })
+        )
+    }
+}
+
 /// A matrix the settings cannot build, named by the setting as the node config names it (the
 /// matrix's own names lack `planner.`).
 fn matrix_setting(e: MatrixError) -> PlanError {
@@ -83,14 +94,13 @@ pub struct PlannerSettings {
     pub guidance_scale: f64,
     pub guidance_form: GuidanceForm,
     pub eta: f64,
-    /// Planned tokens, after the context, that all samples share (MCG): those covering the
-    /// actions executed before the next replan.
-    pub shared_tokens: usize,
-    /// Warm start: begin from the previous plan shifted by `warm_shift_tokens` and re-noised
+    /// Model steps executed between plans, at most the plan's length. MCG's samples share the
+    /// planned tokens covering them; a warm start shifts the previous plan by them (whole
+    /// tokens only).
+    pub replan_every: usize,
+    /// Warm start: begin from the previous plan shifted by the executed tokens and re-noised
     /// to this matrix level (0..=S), instead of from pure noise. None: always cold.
     pub warm_start_level: Option<u32>,
-    /// Tokens executed between plans (replan_every / frame_stack, whole tokens only).
-    pub warm_shift_tokens: usize,
     pub seed: u64,
 }
 
@@ -201,6 +211,25 @@ impl DfPlanner {
                 s.sampling_steps,
             ));
         }
+        let fs = contract.layout.frame_stack;
+        if s.replan_every == 0 || s.replan_every > horizon * fs {
+            return Err(invalid(
+                "planner.replan_every",
+                format!(
+                    "1..={} (horizon_tokens {horizon} × frame_stack {fs}: a plan covers the steps until the next)",
+                    horizon * fs
+                ),
+                s.replan_every,
+            ));
+        }
+        // Planned tokens holding the actions executed before the next plan: MCG's shared
+        // tokens, and a warm start's shift when they are whole.
+        let executed_tokens = s.replan_every.div_ceil(fs);
+        let warm_shift = if s.replan_every.is_multiple_of(fs) {
+            executed_tokens
+        } else {
+            0
+        };
         let matrix = SchedulingMatrix::build(s.matrix, horizon, s.sampling_steps).map_err(matrix_setting)?;
         let warm_level = match s.warm_start_level {
             None => None,
@@ -211,14 +240,11 @@ impl DfPlanner {
                     level,
                 ));
             }
-            Some(_) if s.warm_shift_tokens == 0 || s.warm_shift_tokens >= horizon => {
+            Some(_) if warm_shift == 0 || warm_shift >= horizon => {
                 return Err(invalid(
                     "planner.replan_every",
-                    format!(
-                        "a whole number of tokens (frame_stack = {}) below the horizon",
-                        contract.layout.frame_stack
-                    ),
-                    format!("{} tokens", s.warm_shift_tokens),
+                    format!("a whole number of tokens (frame_stack = {fs}) below the horizon ({horizon} tokens)"),
+                    format!("{} steps", s.replan_every),
                 ));
             }
             Some(level) => Some(level),
@@ -229,7 +255,7 @@ impl DfPlanner {
         for context in 1..=s.context_tokens {
             let tokens = context + horizon;
             // The context and the tokens executed before the next replan.
-            let executed = (context + s.shared_tokens).min(tokens);
+            let executed = context + executed_tokens;
             let settings = SamplerSettings {
                 eta: s.eta,
                 stabilization_level: contract.diffusion.stabilization_level,
@@ -246,7 +272,7 @@ impl DfPlanner {
                 mcg_temperature: s.mcg_temperature.filter(|_| s.batch() > 1),
             };
             let warm = warm_level.map(|level| {
-                let carried = horizon - s.warm_shift_tokens;
+                let carried = horizon - warm_shift;
                 let t = crate::diffusion::level_to_timestep(level, timesteps, s.sampling_steps);
                 (matrix.capped(carried, level).to_timesteps(context, timesteps), t)
             });
@@ -293,7 +319,7 @@ impl DfPlanner {
         let mut planner = Self {
             model,
             windows,
-            warm_shift: s.warm_shift_tokens,
+            warm_shift,
             horizon,
             previous: Array3::zeros((s.batch(), horizon, d)),
             has_previous: false,
@@ -714,9 +740,8 @@ pub(super) mod tests {
             guidance_scale: 0.0,
             guidance_form: GuidanceForm::MeanShift,
             eta: 0.0,
-            shared_tokens: 0,
+            replan_every: 1,
             warm_start_level: None,
-            warm_shift_tokens: 0,
             seed: 0,
         }
     }
@@ -726,7 +751,7 @@ pub(super) mod tests {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let warm = PlannerSettings {
             warm_start_level: Some(1),
-            warm_shift_tokens: 1,
+            replan_every: 2,
             ..settings(1)
         };
         let model = Box::new(Recorder(seen.clone(), cameras));
