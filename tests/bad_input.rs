@@ -335,3 +335,82 @@ fn sampler_settings_are_checked() {
     let err = Sampler::new(redraws, ab.clone(), (2, 4, 12)).err().unwrap();
     assert_eq!(err.to_string(), "redraws: batch of samples: expected 1, got 2");
 }
+
+/// Planner settings drawn across their ranges, valid and not: each config is refused at start
+/// with the setting named, or runs episodes through the node's loop without a panic.
+#[test]
+fn planner_settings_across_their_ranges_are_refused_by_name_or_plan() {
+    use df_planner::bridge::Bridge;
+    use df_planner::diffusion::GuidanceForm;
+    use df_planner::planner::McgForm;
+
+    let mut base = df_planner::config::NodeConfig::load(&common::repo().join("config/pointmass_goals.yaml")).unwrap();
+    base.model.runtime = common::cpu();
+    // The simulator bridge ticks once per model step.
+    base.control.rate_hz = 1.0 / base.control.action_dt_s;
+    // A fixed LCG: the same draws every run, no dependency.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut pick = |n: usize| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 33) % n as u64) as usize
+    };
+    let (mut refused, mut ran) = (0, 0);
+    for _ in 0..300 {
+        let mut cfg = base.clone();
+        let p = &mut cfg.planner;
+        let u = [0.0, 0.5, 1.0][pick(3)];
+        p.matrix = [
+            MatrixKind::Pyramid { uncertainty: u },
+            MatrixKind::Autoregressive,
+            MatrixKind::FullSequence,
+            MatrixKind::Trapezoid { uncertainty: u },
+        ][pick(4)];
+        // Mostly values a config could hold, a few beyond the model or the plan.
+        p.sampling_steps = [1, 2, 5, 5, 1001][pick(5)];
+        p.context_tokens = [1, 1, 1, 2, 3, 0, 8][pick(7)];
+        p.horizon_tokens = [None, None, None, Some(1), Some(2), Some(0), Some(8)][pick(7)];
+        p.samples = [1, 1, 2, 3, 4, 0][pick(6)];
+        p.mcg = [McgForm::Futures, McgForm::PriorFutures, McgForm::Redraws][pick(3)];
+        p.mcg_temperature = [None, Some(0.05)][pick(2)];
+        p.guidance_form = [
+            GuidanceForm::MeanShift,
+            GuidanceForm::Score { max_gain: 100.0 },
+            GuidanceForm::NextState,
+        ][pick(3)];
+        p.eta = [0.0, 1.0][pick(2)];
+        p.replan_every = [1, 2, 3, 4, 4, 8, 0, 31][pick(8)];
+        p.warm_start_level = [None, None, Some(0), Some(1), Some(5), Some(6)][pick(6)];
+        let settings = format!("{:?}", cfg.planner);
+        let outcome = std::panic::catch_unwind(|| {
+            let mut b = match Bridge::new(&cfg, None) {
+                Ok(b) => b,
+                Err(e) => return Err(e),
+            };
+            for episode in 0..2 {
+                let r = b.handle(&format!(r#"{{"op": "reset", "goal": [0.5, -0.5], "seed": {episode}}}"#));
+                assert_eq!(r["ok"], serde_json::json!(true), "{r}");
+                for _ in 0..12 {
+                    let r = b.handle(r#"{"op": "step", "state": [0.0, 0.0], "velocity": [0.1, 0.0]}"#);
+                    assert_eq!(r["ok"], serde_json::json!(true), "{r}");
+                    assert!(r["plan_error"].is_null(), "{r}");
+                }
+            }
+            Ok(())
+        });
+        match outcome {
+            Ok(Ok(())) => ran += 1,
+            Ok(Err(e)) => {
+                assert!(
+                    e.contains("planner.") || e.contains("replan"),
+                    "{settings}: refused without naming the setting: {e}"
+                );
+                refused += 1;
+            }
+            Err(_) => panic!("{settings}: panicked"),
+        }
+    }
+    println!("{ran} configs planned, {refused} refused by name");
+    assert!(ran >= 10 && refused >= 10, "{ran} planned, {refused} refused");
+}
