@@ -392,7 +392,8 @@ const OPS: &str = r#"{"op": "reset" | "step" | "stats" | "score_path", ...}"#;
 /// protocol's request forms `ops`.
 pub(crate) fn parse_request<T: serde::de::DeserializeOwned>(line: &str, ops: &str) -> Result<T, Value> {
     let reject = |path: &str, e: &dyn std::fmt::Display| {
-        let at = if matches!(path, "" | ".") {
+        // `?`: a key not read yet (a line cut inside one) names no field.
+        let at = if matches!(path, "" | "." | "?") {
             String::new()
         } else {
             format!("{path}: ")

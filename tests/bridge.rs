@@ -321,6 +321,16 @@ fn a_maze_state_without_velocities_or_a_goal_in_a_wall_is_refused_by_name() {
 }
 
 #[test]
+fn mangled_request_lines_are_answered_and_the_node_loop_keeps_going() {
+    let cfg = umaze();
+    let mut b = Bridge::new(&cfg, None).unwrap();
+    let reset = json!({"op": "reset", "goal": [1.0, 1.0], "seed": 3}).to_string();
+    let step = json!({"op": "step", "state": [3.0, 1.0], "velocity": [0.1, 0.0]}).to_string();
+    let stats = [r#"{"op": "stats"}"#.to_string()];
+    common::survive_mangled_lines(|line| b.handle(line), [reset, step], &stats, &cfg.safety);
+}
+
+#[test]
 fn a_sampling_that_fails_holds_the_planner_as_long_as_a_plan() {
     // A network whose every output is NaN: each plan fails after the model ran, and is
     // retried once at the next step.

@@ -72,6 +72,11 @@ fn bad_requests_are_answered_and_the_server_keeps_going() {
             "malformed request: op: unknown variant `fly`",
         ),
         (json!({"goal": [1.0, 1.0]}).to_string(), "malformed request: op: "),
+        // Cut inside a key: no field to name.
+        (
+            r#"{"op": "stats", "ex"#.to_string(),
+            "malformed request: not JSON (EOF while parsing a string at line 1 column 19)",
+        ),
         // Steps first: after a refused reset a step is refused for that.
         (
             json!({"op": "step", "obs": [1.0]}).to_string(),
@@ -474,4 +479,17 @@ fn an_image_level_is_refused_for_a_model_without_cameras() {
     cfg.planner.image_level = 99;
     let e = df_planner::node::planner(&cfg).err().unwrap().to_string();
     assert!(e.starts_with("planner.image_level: expected 0.."), "{e}");
+}
+
+#[test]
+fn mangled_request_lines_are_answered_and_the_server_keeps_going() {
+    let cfg = config("");
+    let mut s = server(&cfg);
+    let reset = json!({"op": "reset", "goal": [1.0, -0.5], "seed": 3}).to_string();
+    let step = json!({"op": "step", "obs": [0.25, -0.5, 0.1, 0.0]}).to_string();
+    let others = [
+        r#"{"op": "stats"}"#.to_string(),
+        json!({"op": "score_path", "positions": [[0.0, 0.0], [0.5, 0.5]]}).to_string(),
+    ];
+    common::survive_mangled_lines(|line| s.handle(line), [reset, step], &others, &cfg.safety);
 }

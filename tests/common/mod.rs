@@ -68,3 +68,102 @@ pub fn write_mcap_bag<D: AsRef<[u8]>>(
     }
     w.finish().unwrap();
 }
+
+/// Mangled copies of the request lines `valid`, from a fixed seed: a character replaced, the
+/// line cut, a number swapped for a value JSON or the protocol refuses (out of f64's range,
+/// NaN, null, a string, an array) or for an extreme one, a field added or dropped.
+pub fn mangled_lines(valid: &[String], count: usize, seed: u64) -> Vec<String> {
+    let mut state = seed;
+    let mut pick = |n: usize| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 33) % n as u64) as usize
+    };
+    const CHARS: &[char] = &[
+        '{', '}', '[', ']', '"', ',', ':', '-', '.', 'e', '0', '9', ' ', 'x', '\u{e9}',
+    ];
+    const VALUES: &[&str] = &[
+        "1e309", "-1e309", "NaN", "null", "\"1\"", "[]", "{}", "1e300", "-1e300", "5e-324", "-0", "1e15", "true",
+    ];
+    (0..count)
+        .map(|_| {
+            let line: Vec<char> = valid[pick(valid.len())].chars().collect();
+            let at = pick(line.len());
+            match pick(5) {
+                0 => {
+                    let mut l = line.clone();
+                    l[at] = CHARS[pick(CHARS.len())];
+                    l.into_iter().collect()
+                }
+                1 => line[..at].iter().collect(),
+                2 | 3 => {
+                    // The number starting at or after `at`, replaced whole.
+                    let text: String = line.iter().collect();
+                    let number = |c: char| c.is_ascii_digit() || matches!(c, '-' | '.' | 'e' | 'E' | '+');
+                    let start = (at..line.len())
+                        .find(|&i| line[i].is_ascii_digit())
+                        .unwrap_or(line.len());
+                    let start = (0..start)
+                        .rev()
+                        .take_while(|&i| number(line[i]))
+                        .last()
+                        .unwrap_or(start);
+                    let end = (start..line.len()).find(|&i| !number(line[i])).unwrap_or(line.len());
+                    let (a, b): (String, String) = (line[..start].iter().collect(), line[end..].iter().collect());
+                    if start == line.len() {
+                        text
+                    } else {
+                        format!("{a}{}{b}", VALUES[pick(VALUES.len())])
+                    }
+                }
+                _ => {
+                    let text: String = line.iter().collect();
+                    match pick(2) {
+                        0 => text.replacen('{', "{\"extra\": 1, ", 1),
+                        _ => text.replacen(", \"", ", \"_", 1),
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
+/// Feeds `handle` (a protocol's request handler) 400 mangled copies of `episode` (a reset and a
+/// step) and `others`: every reply says ok or names an error, every action is finite and within
+/// `safety`'s limits, and every 50 lines the episode's own lines still work.
+pub fn survive_mangled_lines(
+    mut handle: impl FnMut(&str) -> serde_json::Value,
+    episode: [String; 2],
+    others: &[String],
+    safety: &df_planner::config::SafetySection,
+) {
+    let within_limits = |r: &serde_json::Value| {
+        let action = r["action"].as_array().map_or(&[][..], |a| a.as_slice());
+        let limits = safety.action_min.iter().zip(&safety.action_max);
+        action
+            .iter()
+            .zip(limits)
+            .all(|(a, (lo, hi))| a.as_f64().is_some_and(|a| a.is_finite() && *lo <= a && a <= *hi))
+    };
+    let valid: Vec<String> = episode.iter().chain(others).cloned().collect();
+    let mut refused = 0;
+    for (k, line) in mangled_lines(&valid, 400, 1).iter().enumerate() {
+        let r = handle(line);
+        match r["ok"].as_bool() {
+            Some(true) => assert!(within_limits(&r), "{line} -> {r}"),
+            Some(false) => {
+                assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "{line} -> {r}");
+                refused += 1;
+            }
+            None => panic!("{line} -> {r}: no ok"),
+        }
+        if k % 50 == 49 {
+            let [reset, step] = &episode;
+            assert_eq!(handle(reset)["ok"], true, "after {line}");
+            let r = handle(step);
+            assert!(r["ok"] == true && within_limits(&r), "after {line}: {r}");
+        }
+    }
+    assert!(refused > 100, "{refused} of 400 refused: the lines were hardly mangled");
+}
