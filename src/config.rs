@@ -538,9 +538,9 @@ impl NodeConfig {
         period("control.rate_hz", "a rate whose period is", rate, 1.0 / rate)?;
         positive("control.action_dt_s", dt)?;
         period("control.action_dt_s", "a period", dt, dt)?;
-        positive("safety.camera_timeout_s", self.safety.camera_timeout_s)?;
-        positive("safety.state_timeout_s", self.safety.state_timeout_s)?;
         for (field, v) in [
+            ("safety.camera_timeout_s", Some(self.safety.camera_timeout_s)),
+            ("safety.state_timeout_s", Some(self.safety.state_timeout_s)),
             ("safety.max_plan_age_s", self.safety.max_plan_age_s),
             ("control.hold_timeout_s", self.control.hold_timeout_s),
         ] {

@@ -334,12 +334,18 @@ impl ServeSection {
         observation_dim: usize,
         measured_action: &[usize],
     ) -> Result<Option<PdExecution>, String> {
-        if let Some(r) = self.hold_radius.filter(|r| r.is_nan() || *r <= 0.0) {
+        if let Some(r) = self.hold_radius.filter(|r| !(r.is_finite() && *r > 0.0)) {
             return Err(format!(
-                "serve.hold_radius: expected a positive distance or null, got {r}"
+                "serve.hold_radius: expected a finite distance > 0, or null, got {r}"
             ));
         }
         let drives_pd = self.drives_pd();
+        // A negative gain pushes away from the target.
+        for (field, gain) in [("serve.kp", self.kp), ("serve.kd", self.kd)] {
+            if drives_pd && !(gain.is_finite() && gain >= 0.0) {
+                return Err(format!("{field}: expected a finite gain >= 0, got {gain}"));
+            }
+        }
         // The PD controller commands one action per position dimension.
         if drives_pd && action_dim != self.position_dims.len() {
             return Err(format!(

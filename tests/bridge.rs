@@ -432,3 +432,84 @@ fn a_plan_that_takes_time_reaches_the_tick_when_done_and_a_slow_one_skips_steps(
     println!("150 ms plans: {skipped} steps skipped, {on_plan} of 100 ticks on a plan");
     assert!(on_plan >= 80, "{on_plan}");
 }
+
+/// The shipped U-Maze config with one or two of its numbers replaced (NaN, ±∞, negative, zero,
+/// huge, tiny): each is refused naming its field, at load or when the node starts, or the
+/// node runs an episode with finite actions within the safety limits.
+#[test]
+fn configs_with_odd_numbers_are_refused_by_name_or_run_safely() {
+    let path = common::repo().join("config/maze2d_umaze.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // `key: number` lines, the key's section path beside them (indentation tells the nesting).
+    let mut section: Vec<(usize, &str)> = Vec::new();
+    let mut numbers = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let indent = line.len() - line.trim_start().len();
+        let Some((key, value)) = line.trim().split_once(':') else {
+            continue;
+        };
+        section.retain(|&(depth, _)| depth < indent);
+        let value = value.split('#').next().unwrap().trim();
+        if value.is_empty() {
+            section.push((indent, key));
+        } else if value.parse::<f64>().is_ok() && !key.starts_with('-') {
+            let path: Vec<&str> = section.iter().map(|s| s.1).chain([key]).collect();
+            numbers.push((i, path.join(".")));
+        }
+    }
+    assert!(numbers.len() > 15, "{numbers:?}");
+    const ODD: &[&str] = &[".nan", ".inf", "-.inf", "-1", "0", "1e12", "1e-12", "0.5", "3"];
+    let mut state = 7u64;
+    let mut pick = |n: usize| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 33) % n as u64) as usize
+    };
+    let (mut refused, mut ran) = (0, 0);
+    for _ in 0..100 {
+        let mut changed = lines.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+        let mut fields = Vec::new();
+        for _ in 0..1 + pick(2) {
+            let (i, field) = &numbers[pick(numbers.len())];
+            let odd = ODD[pick(ODD.len())];
+            let (key, _) = changed[*i].split_once(':').unwrap();
+            changed[*i] = format!("{key}: {odd}");
+            fields.push((field.clone(), odd));
+        }
+        let started = NodeConfig::parse(&changed.join("\n"), &path)
+            .map_err(|e| e.to_string())
+            .and_then(|mut cfg| {
+                cfg.model.runtime = common::cpu();
+                Bridge::new(&cfg, None).map(|b| (cfg, b))
+            });
+        let (cfg, mut b) = match started {
+            Err(e) => {
+                let named = fields.iter().any(|(f, _)| e.contains(f.as_str()));
+                assert!(named, "{fields:?}: refused without naming the field: {e}");
+                refused += 1;
+                continue;
+            }
+            Ok(started) => started,
+        };
+        ran += 1;
+        b.handle(r#"{"op": "reset", "goal": [1.0, 1.0], "seed": 1}"#);
+        let mut obs = [3.0, 1.0, 0.0, 0.0];
+        for _ in 0..25 {
+            let r = b.handle(&json!({"op": "step", "state": &obs[..2], "velocity": &obs[2..]}).to_string());
+            assert_eq!(r["ok"], json!(true), "{fields:?}: {r}");
+            let a = actions(&r);
+            let limits = cfg.safety.action_min.iter().zip(&cfg.safety.action_max);
+            assert!(
+                a.iter()
+                    .zip(limits)
+                    .all(|(a, (lo, hi))| a.is_finite() && lo <= a && a <= hi),
+                "{fields:?}: {r}"
+            );
+            point_mass(&mut obs, &a);
+        }
+    }
+    println!("{ran} configs ran, {refused} refused by name");
+    assert!(ran >= 10 && refused >= 10, "{ran} ran, {refused} refused");
+}

@@ -291,15 +291,31 @@ fn hold_radius_holds_the_goal_at_rest_once_the_plan_arrives() {
         assert!((r["action"][i].as_f64().unwrap() - expected).abs() < 1e-9, "{r}");
     }
     assert_eq!(run(None)["holding"], false);
-    let mut cfg = config("");
-    cfg.serve = Some(df_planner::serve::ServeSection {
-        hold_radius: Some(-1.0),
-        ..Default::default()
-    });
-    let err = Server::new(&cfg, df_planner::node::planner(&cfg).unwrap())
-        .err()
-        .unwrap();
-    assert_eq!(err, "serve.hold_radius: expected a positive distance or null, got -1");
+    let refused = |serve: df_planner::serve::ServeSection| {
+        let mut cfg = config("");
+        cfg.serve = Some(serve);
+        Server::new(&cfg, df_planner::node::planner(&cfg).unwrap())
+            .err()
+            .unwrap()
+    };
+    for (radius, got) in [(-1.0, "-1"), (f64::INFINITY, "inf")] {
+        assert_eq!(
+            refused(df_planner::serve::ServeSection {
+                hold_radius: Some(radius),
+                ..Default::default()
+            }),
+            format!("serve.hold_radius: expected a finite distance > 0, or null, got {got}")
+        );
+    }
+    // The gains of the PD controller the hold puts in the loop.
+    assert_eq!(
+        refused(df_planner::serve::ServeSection {
+            hold_radius: Some(0.1),
+            kd: -4.0,
+            ..Default::default()
+        }),
+        "serve.kd: expected a finite gain >= 0, got -4"
+    );
 }
 
 #[test]

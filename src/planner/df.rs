@@ -66,6 +66,23 @@ fn matrix_setting(e: MatrixError) -> PlanError {
     }
 }
 
+/// A sampler setting the sampler refuses, named as the node config names it.
+fn sampler_setting(e: SampleError) -> PlanError {
+    match e {
+        SampleError::Mismatch { field, expected, got } => {
+            let field = match field {
+                "eta" => "planner.eta",
+                "guidance_scale" => "planner.guidance_scale",
+                "guidance_form.max_gain" => "planner.guidance_form.max_gain",
+                "mcg_temperature" => "planner.mcg_temperature",
+                other => other,
+            };
+            PlanError::Invalid { field, expected, got }
+        }
+        e => e.into(),
+    }
+}
+
 fn invalid(field: &'static str, expected: impl ToString, got: impl ToString) -> PlanError {
     PlanError::Invalid {
         field,
@@ -277,7 +294,8 @@ impl DfPlanner {
                 (matrix.capped(carried, level).to_timesteps(context, timesteps), t)
             });
             windows.push(Window {
-                sampler: Sampler::new(settings, contract.alpha_bar()?, (s.batch(), tokens, d))?,
+                sampler: Sampler::new(settings, contract.alpha_bar()?, (s.batch(), tokens, d))
+                    .map_err(sampler_setting)?,
                 rows: matrix.to_timesteps(context, timesteps),
                 warm,
                 x: Array3::zeros((s.batch(), tokens, d)),
