@@ -348,14 +348,8 @@ fn planner_settings_across_their_ranges_are_refused_by_name_or_plan() {
     base.model.runtime = common::cpu();
     // The simulator bridge ticks once per model step.
     base.control.rate_hz = 1.0 / base.control.action_dt_s;
-    // A fixed LCG: the same draws every run, no dependency.
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut pick = |n: usize| {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        ((state >> 33) % n as u64) as usize
-    };
+    let mut draws = common::Draws(0x2545_f491_4f6c_dd1d);
+    let mut pick = |n| draws.pick(n);
     let (mut refused, mut ran) = (0, 0);
     for _ in 0..300 {
         let mut cfg = base.clone();

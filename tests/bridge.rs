@@ -460,13 +460,8 @@ fn configs_with_odd_numbers_are_refused_by_name_or_run_safely() {
     }
     assert!(numbers.len() > 15, "{numbers:?}");
     const ODD: &[&str] = &[".nan", ".inf", "-.inf", "-1", "0", "1e12", "1e-12", "0.5", "3"];
-    let mut state = 7u64;
-    let mut pick = |n: usize| {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        ((state >> 33) % n as u64) as usize
-    };
+    let mut draws = common::Draws(7);
+    let mut pick = |n| draws.pick(n);
     let (mut refused, mut ran) = (0, 0);
     for _ in 0..100 {
         let mut changed = lines.iter().map(|l| l.to_string()).collect::<Vec<_>>();

@@ -69,17 +69,26 @@ pub fn write_mcap_bag<D: AsRef<[u8]>>(
     w.finish().unwrap();
 }
 
+/// Fixed pseudo-random draws (an LCG): the same every run, no dependency.
+pub struct Draws(pub u64);
+
+impl Draws {
+    /// A number in 0..n.
+    pub fn pick(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+}
+
 /// Mangled copies of the request lines `valid`, from a fixed seed: a character replaced, the
 /// line cut, a number swapped for a value JSON or the protocol refuses (out of f64's range,
 /// NaN, null, a string, an array) or for an extreme one, a field added or dropped.
 pub fn mangled_lines(valid: &[String], count: usize, seed: u64) -> Vec<String> {
-    let mut state = seed;
-    let mut pick = |n: usize| {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        ((state >> 33) % n as u64) as usize
-    };
+    let mut draws = Draws(seed);
+    let mut pick = |n| draws.pick(n);
     const CHARS: &[char] = &[
         '{', '}', '[', ']', '"', ',', ':', '-', '.', 'e', '0', '9', ' ', 'x', '\u{e9}',
     ];
