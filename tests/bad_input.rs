@@ -323,6 +323,13 @@ fn sampler_settings_are_checked() {
             },
             "mcg_temperature: expected a finite number > 0, got 0",
         ),
+        (
+            SamplerSettings {
+                guidance_scale: -1.0,
+                ..settings()
+            },
+            "guidance_scale: expected a finite number >= 0, got -1",
+        ),
     ];
     for (s, expected) in bad {
         let err = Sampler::new(s, ab.clone(), (1, 4, 12)).err().unwrap();

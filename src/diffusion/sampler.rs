@@ -149,8 +149,13 @@ impl Sampler {
                 return Err(mismatch("guidance_form.max_gain", "> 0", max_gain));
             }
         }
-        if !settings.guidance_scale.is_finite() {
-            return Err(mismatch("guidance_scale", "a finite number", settings.guidance_scale));
+        // A negative scale would push the plans away from the reward.
+        if !(settings.guidance_scale.is_finite() && settings.guidance_scale >= 0.0) {
+            return Err(mismatch(
+                "guidance_scale",
+                "a finite number >= 0",
+                settings.guidance_scale,
+            ));
         }
         if settings.shared_tokens > shape.1 {
             return Err(mismatch(

@@ -113,7 +113,10 @@ impl PlannerTask {
     pub fn receive_goal(&mut self, message: &GoalMessage) -> Result<(), String> {
         let result = match &mut self.goal {
             Some(goal) => goal.receive(message),
-            None => Err("no planner.goal: the node has no goal reward to aim".into()),
+            None => Err(format!(
+                "{:?}: the config has no planner.goal, so no goal reward to aim",
+                message.position
+            )),
         };
         match result {
             Ok(true) => {
