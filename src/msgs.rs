@@ -692,6 +692,50 @@ mod tests {
             .starts_with("CDR encapsulation [00, 07]"));
     }
 
+    #[test]
+    fn cut_or_corrupt_joint_states_and_poses_are_errors_not_panics() {
+        let js = to_cdr(&JointState {
+            header: Header::default(),
+            name: vec!["ee_x".into(), "ee_y".into()],
+            position: vec![0.5, -0.25],
+            velocity: vec![0.0, 0.1],
+            effort: vec![],
+        });
+        let pose = to_cdr(&PoseStamped {
+            header: Header {
+                frame_id: "map".into(),
+                ..Header::default()
+            },
+            pose: Pose {
+                position: Point { x: 1.0, y: 2.0, z: 0.0 },
+                orientation: Quaternion {
+                    x: 0.0,
+                    y: 0.0,
+                    z: 0.0,
+                    w: 1.0,
+                },
+            },
+        });
+        for (bytes, decode) in [
+            (&js, (|b: &[u8]| from_cdr::<JointState>(b).is_ok()) as fn(&[u8]) -> bool),
+            (&pose, |b: &[u8]| from_cdr::<PoseStamped>(b).is_ok()),
+        ] {
+            assert!(decode(bytes));
+            for cut in 0..bytes.len() {
+                assert!(!decode(&bytes[..cut]), "cut at {cut}");
+            }
+            // Every byte in turn made 0x00, 0x7f or 0xff (a length too long for the message
+            // among them): decoded or refused, never a panic or a huge allocation.
+            for at in 0..bytes.len() {
+                for value in [0x00, 0x7f, 0xff] {
+                    let mut corrupt = bytes.clone();
+                    corrupt[at] = value;
+                    decode(&corrupt);
+                }
+            }
+        }
+    }
+
     /// A report after `ticks` ticks, `no_plan` + `state_stale` of which fell back (holding).
     fn report(ticks: u64, no_plan: u64, state_stale: u64, plan_errors: u64) -> Diagnostics {
         let count = |f: Fault| match f {
