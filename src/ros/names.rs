@@ -110,7 +110,14 @@ impl Remap {
             return refuse("the node's namespace and name are --namespace and --node-name".into());
         }
         for (side, name) in [("FROM", from), ("TO", to)] {
-            if let Some(why) = topic_name_error(name) {
+            // rcl's rule lexer is stricter than its topic names: `~` only as `~/`, and `__`
+            // starts `__ns` or `__node` wherever it stands.
+            let why = match name {
+                "~" => Some("'~' alone: a rule names the node's own topics as ~/name".into()),
+                _ if name.contains("__") => Some("'__' in a rule: rcl reads it as __ns or __node".into()),
+                _ => topic_name_error(name),
+            };
+            if let Some(why) = why {
                 return refuse(format!("{side}: {why}"));
             }
         }
@@ -296,6 +303,10 @@ mod tests {
             ("/", NODE_NAME, "a=b", "remap \"a=b\": expected FROM:=TO"),
             ("/", NODE_NAME, "a:=", "remap \"a:=\": TO: the name is empty"),
             ("/", NODE_NAME, "__ns:=/arm1", "--namespace and --node-name"),
+            ("/", NODE_NAME, "~:=/arm", "remap \"~:=/arm\": FROM: '~' alone"),
+            ("/", NODE_NAME, "action:=~", "TO: '~' alone"),
+            ("/", NODE_NAME, "my__action:=a", "FROM: '__' in a rule"),
+            ("/", NODE_NAME, "action:=/a/__b", "TO: '__' in a rule"),
             (
                 "/",
                 NODE_NAME,
