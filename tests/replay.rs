@@ -1207,3 +1207,60 @@ fn the_shipped_goals_bag_replays_with_the_shipped_goals_config() {
     let actions = |name| messages(&out(name), "/df_planner/action");
     assert_ne!(actions("goals_shipped.mcap"), actions("goals_shipped_plain.mcap"));
 }
+
+#[test]
+fn mangled_messages_are_skipped_and_counted_and_the_rest_replays() {
+    // One message in four of the shipped bag cut short, emptied or with a byte made 0xff.
+    let bytes = shipped_mcap();
+    let mut draws = common::Draws(11);
+    let mut mangled = 0;
+    let messages_in: Vec<_> = mcap::MessageStream::new(&bytes)
+        .unwrap()
+        .map(|m| {
+            let mut m = m.unwrap();
+            if draws.pick(4) == 0 && !m.data.is_empty() {
+                mangled += 1;
+                let mut data = m.data.into_owned();
+                let at = draws.pick(data.len());
+                match draws.pick(3) {
+                    0 => data.truncate(at),
+                    1 => data.clear(),
+                    _ => data[at] = 0xff,
+                }
+                m.data = data.into();
+            }
+            m
+        })
+        .collect();
+    let path = out("mangled.mcap");
+    write_mcap(&path, messages_in);
+    let mut cfg = config();
+    cfg.model.runtime = common::cpu();
+    let s = replay(&cfg, &path, &out("mangled_out.mcap"), &ReplayOptions::default()).unwrap();
+    let mut skipped = 0;
+    for (topic, c) in &s.topics {
+        let n: u64 = c.skipped.values().sum();
+        assert_eq!(c.read, c.used + n, "{topic}: every message accounted for: {c:?}");
+        skipped += n;
+    }
+    println!("{mangled} mangled, {skipped} skipped: {:?}", s.topics);
+    assert!(
+        skipped > mangled / 2 && skipped <= mangled,
+        "{skipped} skipped of {mangled} mangled"
+    );
+    // What the node published is what it may: finite actions within the limits.
+    let actions = messages(&out("mangled_out.mcap"), "/df_planner/action");
+    assert!(actions.len() > 100, "{} actions", actions.len());
+    for (_, data) in actions {
+        let a: df_planner::msgs::Float64MultiArray = df_planner::msgs::from_cdr(&data).unwrap();
+        let limits = cfg.safety.action_min.iter().zip(&cfg.safety.action_max);
+        assert!(
+            a.data
+                .iter()
+                .zip(limits)
+                .all(|(v, (lo, hi))| v.is_finite() && lo <= v && v <= hi),
+            "{:?}",
+            a.data
+        );
+    }
+}

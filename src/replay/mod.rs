@@ -77,9 +77,15 @@ pub enum ReplayError {
 pub struct TopicCount {
     pub read: u64,
     pub used: u64,
-    /// Reason → count.
+    /// Reason → count: the first `MAX_SKIP_REASONS` distinct reasons, then `MORE_REASONS`.
     pub skipped: BTreeMap<String, u64>,
 }
+
+/// Distinct skip reasons listed per topic. Many name the message's own values (its stamp, its
+/// length): a camera with a broken clock would list every frame of a long bag.
+pub const MAX_SKIP_REASONS: usize = 16;
+/// Where the skips for reasons past the first `MAX_SKIP_REASONS` are counted.
+pub const MORE_REASONS: &str = "other reasons (only the first 16 distinct ones are listed)";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ReplaySummary {
@@ -432,7 +438,13 @@ struct Feed {
 
 impl TopicCount {
     fn skip(&mut self, reason: String) {
-        *self.skipped.entry(reason).or_default() += 1;
+        let listed = self.skipped.len() - usize::from(self.skipped.contains_key(MORE_REASONS));
+        let key = if listed >= MAX_SKIP_REASONS && !self.skipped.contains_key(&reason) {
+            MORE_REASONS.to_owned()
+        } else {
+            reason
+        };
+        *self.skipped.entry(key).or_default() += 1;
     }
 }
 
@@ -543,5 +555,25 @@ impl Feed {
         self.lp.ingest_executed_action(&a.data);
         self.sink.comparison.recorded(m.log_time_ns, a.data);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skip_reasons_past_the_first_sixteen_are_counted_together() {
+        assert!(MORE_REASONS.contains(&MAX_SKIP_REASONS.to_string()));
+        let mut c = TopicCount::default();
+        let reason = |i: u32| format!("image stamp {i} ns repeats the previous frame's");
+        for i in 0..40 {
+            c.skip(reason(i));
+        }
+        // A listed reason still counts as itself.
+        c.skip(reason(3));
+        assert_eq!(c.skipped.len(), MAX_SKIP_REASONS + 1);
+        assert_eq!((c.skipped[&reason(3)], c.skipped[MORE_REASONS]), (2, 24));
+        assert_eq!(c.skipped.values().sum::<u64>(), 41);
     }
 }
