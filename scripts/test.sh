@@ -10,5 +10,7 @@ cargo clippy --all-targets -- -D warnings
 cargo clippy --features ros,r2r/doc-only --all-targets -- -D warnings
 # The GPU execution-provider paths compile and lint without a GPU (they are only run on one).
 cargo clippy --features cuda,tensorrt --all-targets -- -D warnings
+# The API docs build without broken links.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 cargo test
 "$VENV/bin/python" -m pytest onnx/tests -q

@@ -40,7 +40,7 @@ pub trait Denoiser {
         eps: ArrayViewMut3<f32>,
     ) -> Result<(), DenoiseError>;
     /// Camera models only: the images the window's tokens see in the calls that follow,
-    /// `images` [T, cameras, H, W, 3] in [0, 1] and their image `levels` [T] (0 clean, higher
+    /// `images` `[T, cameras, H, W, 3]` in [0, 1] and their image `levels` `[T]` (0 clean, higher
     /// noisier; `cameras.image_levels` for a token without images: the future).
     fn set_images(&mut self, images: ArrayView5<f32>, levels: ArrayView1<i64>) -> Result<(), DenoiseError> {
         let _ = (images, levels);
