@@ -6,9 +6,8 @@
 # commit 2676c56, so that the test does not change under it while it runs across sessions. A
 # chunk's JSON lands there only once the chunk is complete; commit it, since nothing under runs/
 # outlives a fresh machine. When all 24 are in, merges them into
-# docs/results/mcg_fixed_test/seeds_110_349.json (the judged test); then runs seeds 20-109 (9
-# chunks, the earlier episodes lost with runs/, the same way) and merges all 33 into
-# seeds_20_349.json, the pooled figure reported beside the test, not judged.
+# docs/results/mcg_fixed_test/seeds_110_349.json, the judged test (judged on 2026-12-06; the
+# pooled figure with seeds 20-109 was computed from the two summaries, docs/maze2d.md).
 # Each chunk's printed summary goes to runs/mcg_fixed_test/seeds_N.log, unread until the test is
 # judged; its errors to seeds_N.err, which can be read.
 set -euo pipefail
@@ -33,7 +32,6 @@ df_train() { PYTHONPATH="$tree/onnx" "$VENV/bin/python" -m df_train.cli "$@"; }
 # Write $2 from $1 whole or not at all.
 land() { cp "$1" "$2.tmp" && mv "$2.tmp" "$2"; }
 judged=$(seq 110 10 340)
-earlier=$(seq 20 10 100)
 # Run each chunk, starting at these seeds, that has no JSON in $results yet.
 run_chunks() {
   for seed in "$@"; do
@@ -49,17 +47,14 @@ run_chunks() {
     land "$logs/seeds_$seed.json" "$out"
   done
 }
-# Merge the chunks starting at seeds $2... into $results/$1.
+# Merge the chunks starting at seeds $2... into $results/$1, its printed table beside it (.md).
 merge() {
   local name=$1
   shift
   df_train eval maze2d --merge $(for s in "$@"; do echo "$results/seeds_$s.json"; done) \
     --out "$logs/$name" > "$logs/merge_$name.log" 2> "$logs/merge_$name.err"
   land "$logs/$name" "$results/$name"
+  land "$logs/merge_$name.log" "$results/${name%.json}.md"
 }
 run_chunks $judged
-if [ ! -f "$results/seeds_110_349.json" ]; then
-  merge seeds_110_349.json $judged
-fi
-run_chunks $earlier
-merge seeds_20_349.json $judged $earlier
+merge seeds_110_349.json $judged
