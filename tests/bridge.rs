@@ -501,13 +501,7 @@ fn odd_numbers_are_refused_by_name_or_run_safely(
             let r = b.handle(&step(&state));
             assert_eq!(r["ok"], json!(true), "{fields:?}: {r}");
             let a = actions(&r);
-            let limits = cfg.safety.action_min.iter().zip(&cfg.safety.action_max);
-            assert!(
-                a.iter()
-                    .zip(limits)
-                    .all(|(a, (lo, hi))| a.is_finite() && lo <= a && a <= hi),
-                "{fields:?}: {r}"
-            );
+            assert!(common::finite_within_limits(&a, &cfg.safety), "{fields:?}: {r}");
             advance(&mut state, &a);
         }
     }

@@ -1253,14 +1253,6 @@ fn mangled_messages_are_skipped_and_counted_and_the_rest_replays() {
     assert!(actions.len() > 100, "{} actions", actions.len());
     for (_, data) in actions {
         let a: df_planner::msgs::Float64MultiArray = df_planner::msgs::from_cdr(&data).unwrap();
-        let limits = cfg.safety.action_min.iter().zip(&cfg.safety.action_max);
-        assert!(
-            a.data
-                .iter()
-                .zip(limits)
-                .all(|(v, (lo, hi))| v.is_finite() && lo <= v && v <= hi),
-            "{:?}",
-            a.data
-        );
+        assert!(common::finite_within_limits(&a.data, &cfg.safety), "{:?}", a.data);
     }
 }

@@ -69,6 +69,15 @@ pub fn write_mcap_bag<D: AsRef<[u8]>>(
     w.finish().unwrap();
 }
 
+/// Whether every value of `action` is finite and within `safety`'s action limits.
+pub fn finite_within_limits(action: &[f64], safety: &df_planner::config::SafetySection) -> bool {
+    let limits = safety.action_min.iter().zip(&safety.action_max);
+    action
+        .iter()
+        .zip(limits)
+        .all(|(a, (lo, hi))| a.is_finite() && lo <= a && a <= hi)
+}
+
 /// Fixed pseudo-random draws (an LCG): the same every run, no dependency.
 pub struct Draws(pub u64);
 
@@ -119,12 +128,11 @@ pub fn mangled_lines(valid: &[String], count: usize, seed: u64) -> Vec<String> {
                         .last()
                         .unwrap_or(start);
                     let end = (start..line.len()).find(|&i| !number(line[i])).unwrap_or(line.len());
-                    let (a, b): (String, String) = (line[..start].iter().collect(), line[end..].iter().collect());
                     if start == line.len() {
-                        text
-                    } else {
-                        format!("{a}{}{b}", VALUES[pick(VALUES.len())])
+                        return text;
                     }
+                    let (a, b): (String, String) = (line[..start].iter().collect(), line[end..].iter().collect());
+                    format!("{a}{}{b}", VALUES[pick(VALUES.len())])
                 }
                 _ => {
                     let text: String = line.iter().collect();
@@ -149,11 +157,8 @@ pub fn survive_mangled_lines(
 ) {
     let within_limits = |r: &serde_json::Value| {
         let action = r["action"].as_array().map_or(&[][..], |a| a.as_slice());
-        let limits = safety.action_min.iter().zip(&safety.action_max);
-        action
-            .iter()
-            .zip(limits)
-            .all(|(a, (lo, hi))| a.as_f64().is_some_and(|a| a.is_finite() && *lo <= a && a <= *hi))
+        let values: Option<Vec<f64>> = action.iter().map(serde_json::Value::as_f64).collect();
+        values.is_some_and(|a| finite_within_limits(&a, safety))
     };
     let valid: Vec<String> = episode.iter().chain(others).cloned().collect();
     let mut refused = 0;
