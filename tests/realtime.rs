@@ -284,14 +284,19 @@ fn a_pd_controller_in_the_tick_holds_the_goal_from_the_plans_arrival_without_all
     let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
     COUNTING.with(|c| c.set(false));
     assert_eq!(allocations, 0);
-    // kp·(goal − x) + kd·(0 − vx), kp·(goal − y) + kd·(0 − vy).
+    // kp·(goal − x) + kd·(0 − vx), kp·(goal − y) + kd·(0 − vy), with x carried the state's
+    // 10 ms forward at vx: 0.9 + 0.1·0.01.
     assert_eq!((source, faults), (Source::Plan, vec![]));
-    assert!((out[0] - 0.6).abs() < 1e-12 && out[1].abs() < 1e-12, "{out:?}");
+    assert!((out[0] - 0.59).abs() < 1e-12 && out[1].abs() < 1e-12, "{out:?}");
     assert_eq!(c.counters().goal_held, 1);
+    // Ticks between states act on where the robot is by now: 110 ms on, x = 0.911.
+    let (_, _, out) = tick(&mut c, 450 * MS, None, Some(340 * MS));
+    assert!((out[0] - 0.49).abs() < 1e-12, "{out:?}");
+    assert_eq!(c.counters().goal_held, 2);
     // A stale state is a fault as ever: the tick falls back rather than act on it.
     let (source, faults, _) = tick(&mut c, 600 * MS, None, Some(340 * MS));
     assert_eq!((source, faults), (Source::Hold, vec![Fault::StateStale]));
-    assert_eq!(c.counters().goal_held, 1);
+    assert_eq!(c.counters().goal_held, 2);
 }
 
 fn tick(

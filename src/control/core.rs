@@ -175,7 +175,11 @@ pub struct ControlCore {
 
 struct PdLoop {
     execution: PdExecution,
+    /// The latest state as an observation, and its stamp.
     observation: Vec<f64>,
+    observed_ns: Option<i64>,
+    /// That state carried forward to the tick's time: what the controller acts on.
+    predicted: Vec<f64>,
     target: Vec<f64>,
     action: Vec<f64>,
 }
@@ -222,11 +226,14 @@ impl ControlCore {
 
     /// Run the plans through a PD controller (`serve.execute: pd_controller`, or arrive-and-
     /// hold with `serve.hold_radius`) on the latest state, an observation of
-    /// `observation_dim` values (`observe_state`).
+    /// `observation_dim` values (`observe_state`), carried forward to each tick's time at its
+    /// velocities.
     pub fn with_execution(mut self, execution: PdExecution, observation_dim: usize) -> Self {
         self.pd = Some(PdLoop {
             execution,
             observation: vec![0.0; observation_dim],
+            observed_ns: None,
+            predicted: vec![0.0; observation_dim],
             target: vec![0.0; observation_dim],
             action: vec![0.0; self.last_output.len()],
         });
@@ -239,6 +246,7 @@ impl ControlCore {
         self.observe_positions(state.stamp_ns, &state.position[..state.joints]);
         if let Some(pd) = &mut self.pd {
             state.observation(&mut pd.observation);
+            pd.observed_ns = Some(state.stamp_ns);
         }
     }
 
@@ -324,9 +332,16 @@ impl ControlCore {
                     late_dropped = index.saturating_sub(next_unused) as u64;
                     self.last_index = Some(index);
                     if let Some(pd) = &mut self.pd {
+                        // No further than a state stays fresh; a stamp ahead of the clock is
+                        // used as it is.
+                        let age_ns = pd
+                            .observed_ns
+                            .map_or(0, |t| (now - t).clamp(0, self.params.state_timeout_ns));
+                        pd.execution
+                            .predict(&pd.observation, age_ns as f64 / 1e9, &mut pd.predicted);
                         holds_goal = pd
                             .execution
-                            .action(plan, index, &pd.observation, &mut pd.target, &mut pd.action);
+                            .action(plan, index, &pd.predicted, &mut pd.target, &mut pd.action);
                     }
                     if executed(self.pd.as_ref(), plan, index).iter().all(|v| v.is_finite()) {
                         chosen = Some(index);

@@ -46,6 +46,16 @@ impl PdExecution {
         }
     }
 
+    /// `obs` carried `age_s` seconds forward at its own velocities, into `out`: a state that
+    /// arrives slower than the ticks, or late, would otherwise have the PD act on where the
+    /// robot was. Velocities are kept.
+    pub fn predict(&self, obs: &[f64], age_s: f64, out: &mut [f64]) {
+        out.copy_from_slice(obs);
+        for &d in &self.position_dims {
+            out[d] += obs[d + self.velocity_offset] * age_s;
+        }
+    }
+
     /// action = kp·(p* − p) + kd·(v* − v) per position dim, toward the observation `target`.
     fn toward(&self, target: &[f64], obs: &[f64], out: &mut [f64]) {
         for (a, &d) in out.iter_mut().zip(&self.position_dims) {
@@ -106,6 +116,15 @@ mod tests {
         assert!(!pd.action(&plan(), 0, &[0.5, 0.1, 0.0, 0.0], &mut target, &mut out));
         let expected = [10.0 * 0.5 + 4.0 * 1.0, 10.0 * -0.1];
         assert!(out.iter().zip(expected).all(|(a, e)| (a - e).abs() < 1e-12), "{out:?}");
+    }
+
+    #[test]
+    fn a_state_is_carried_forward_at_its_velocity() {
+        let mut out = [0.0; 4];
+        pd(false).predict(&[1.0, 2.0, 0.5, -1.0], 0.1, &mut out);
+        assert_eq!(out, [1.05, 1.9, 0.5, -1.0]);
+        pd(false).predict(&[1.0, 2.0, 0.5, -1.0], 0.0, &mut out);
+        assert_eq!(out, [1.0, 2.0, 0.5, -1.0], "a fresh state is used as it is");
     }
 
     #[test]
