@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Closed-loop Maze2D results for the README: bash scripts/eval_maze2d.sh [episodes] [workers]
 # Needs the exported models (scripts/train_maze2d.sh) and writes runs/eval/<maze>{,_multigoal}.{json,md,png},
-# then runs/eval/medium_{long,episode,wide,wide_episode}.* for the Medium model variants (MCG against no MCG).
+# runs/eval/umaze_reach.*, then runs/eval/medium_{long,episode,wide,wide_episode}.* for the Medium model variants (MCG against no MCG).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 episodes="${1:-100}"; workers="${2:-2}"
@@ -14,6 +14,9 @@ for maze in umaze medium large; do
     --configs df_mcg,no_mcg --planner target/release/df_planner --config "config/maze2d_$maze.yaml" \
     --out "runs/eval/${maze}_multigoal.json"
 done
+# U-Maze with the reach-at-any-step reward (the one with which MCG beats no-MCG): every configuration
+"$VENV/bin/df-train" eval maze2d --maze umaze --episodes "$episodes" --workers "$workers" \
+  --planner target/release/df_planner --config config/maze2d_umaze_reach.yaml --out runs/eval/umaze_reach.json
 # The Medium model variants, MCG against no MCG (each trained by scripts/train_maze2d.sh with VARIANT=_name):
 #   long     32 tokens (plans 310 steps):  --tokens 32 --threads 2
 #   episode  61 tokens (the whole episode): --tokens 61 --steps 20000 --threads 2; its df_mcg replans take

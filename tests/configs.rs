@@ -389,3 +389,23 @@ fn the_medium_variants_are_the_medium_config_with_their_changes() {
         assert_eq!(load(&format!("maze2d_medium_{variant}.yaml")), expected, "{variant}");
     }
 }
+
+/// The U-Maze variant with which MCG beat no-MCG (docs/maze2d.md, "A powered test of the same
+/// reward") is the shipped U-Maze config with only the goal's aggregate changed, as it was
+/// tested: a later edit of the shipped config carries over, and nothing else may drift.
+#[test]
+fn the_umaze_reach_config_is_the_shipped_one_with_the_soft_max_aggregate() {
+    use df_planner::planner::Aggregate;
+
+    let load = |name: &str| NodeConfig::load(&common::repo().join("config").join(name)).unwrap();
+    let mut shipped = load("maze2d_umaze.yaml");
+    let reach = load("maze2d_umaze_reach.yaml");
+    let goal = shipped
+        .planner
+        .goal
+        .as_mut()
+        .expect("the U-Maze config guides to a goal");
+    assert_eq!(goal.aggregate, Aggregate::Mean);
+    goal.aggregate = Aggregate::SoftMax { temperature: 0.1 };
+    assert_eq!(reach, shipped);
+}
