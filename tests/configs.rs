@@ -409,3 +409,22 @@ fn the_umaze_reach_config_is_the_shipped_one_with_the_soft_max_aggregate() {
     goal.aggregate = Aggregate::SoftMax { temperature: 0.1 };
     assert_eq!(reach, shipped);
 }
+
+/// The PD-tracked whole-episode variant (docs/maze2d.md, "Tracking whole-episode plans with a
+/// PD controller") is the wide whole-episode config with only its execution and replan interval
+/// changed, as it was tested.
+#[test]
+fn the_wide_episode_pd_config_is_the_wide_episode_one_tracked_by_a_pd_controller() {
+    use df_planner::serve::Execute;
+
+    let load = |name: &str| NodeConfig::load(&common::repo().join("config").join(name)).unwrap();
+    let mut expected = load("maze2d_medium_wide_episode.yaml");
+    let serve = expected
+        .serve
+        .as_mut()
+        .expect("the Medium configs have a serve section");
+    assert_eq!(serve.execute, Execute::DiffusedActions);
+    serve.execute = Execute::PdController;
+    expected.planner.replan_every = 50;
+    assert_eq!(load("maze2d_medium_wide_episode_pd.yaml"), expected);
+}
