@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Closed-loop Maze2D results for the README: bash scripts/eval_maze2d.sh [episodes] [workers]
 # Needs the exported models (scripts/train_maze2d.sh) and writes runs/eval/<maze>{,_multigoal}.{json,md,png},
-# runs/eval/umaze_reach.*, then runs/eval/medium_{long,episode,wide,wide_episode}.* for the Medium model variants (MCG against no MCG).
+# runs/eval/umaze_reach.*, then runs/eval/medium_{long,episode,wide,wide_episode,wide_episode_pd}.* for the Medium model variants (MCG against no MCG).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 episodes="${1:-100}"; workers="${2:-2}"
@@ -24,7 +24,9 @@ done
 #   wide     width 256, guidance scale 10: --width 256 --steps 32000 --threads 2
 #   wide_episode  width 256, 61 tokens, guidance scale 10: --tokens 61 --width 256 --batch 256 --steps 22000
 #            --device cuda (a GPU); its df_mcg replans take ~4.4 s here, so 100 episodes take about 5.5 h
-for variant in long episode wide wide_episode; do
+#   wide_episode_pd  the same model, its plans tracked by a PD controller, a plan every 50 steps:
+#            100 episodes take about 50 min here
+for variant in long episode wide wide_episode wide_episode_pd; do
   "$VENV/bin/df-train" eval maze2d --maze medium --episodes "$episodes" --workers "$workers" --configs df_mcg,no_mcg \
     --planner target/release/df_planner --config "config/maze2d_medium_$variant.yaml" --out "runs/eval/medium_$variant.json"
 done

@@ -68,6 +68,12 @@ def test_the_medium_variants_are_the_medium_config_with_their_changes():
         "wide_episode": {("model", "path"): "onnx/models/maze2d_medium_wide_episode.onnx",
                          ("planner", "horizon_tokens"): 60, ("planner", "guidance_scale"): 10.0,
                          ("safety", "max_plan_age_s"): None},
+        # The same model, its plans tracked by a PD controller and made every 50 steps; its model
+        # path comes from its base, which resolves it against that base's package root.
+        "wide_episode_pd": {("model", "path"): str(ROOT / "onnx/models/maze2d_medium_wide_episode.onnx"),
+                            ("planner", "horizon_tokens"): 60, ("planner", "guidance_scale"): 10.0,
+                            ("safety", "max_plan_age_s"): None, ("planner", "replan_every"): 50,
+                            ("serve", "execute"): "pd_controller"},
     }
     for variant, fields in changes.items():
         expected = yaml.safe_load(yaml.safe_dump(medium))
