@@ -364,10 +364,14 @@ fn a_changed_variant_replaces_the_bases_and_a_bases_model_path_stays_its_own() {
     );
 }
 
+/// A config shipped in `config/`, loaded as the node loads it.
+fn shipped_config(name: &str) -> NodeConfig {
+    NodeConfig::load(&common::repo().join("config").join(name)).unwrap()
+}
+
 #[test]
 fn the_medium_variants_are_the_medium_config_with_their_changes() {
-    let load = |name: &str| NodeConfig::load(&common::repo().join("config").join(name)).unwrap();
-    let medium = load("maze2d_medium.yaml");
+    let medium = shipped_config("maze2d_medium.yaml");
     let models = common::repo().join("onnx/models");
     for (variant, horizon, scale, squash) in [
         ("episode", 60, 30.0, "linear"),
@@ -386,7 +390,11 @@ fn the_medium_variants_are_the_medium_config_with_their_changes() {
             "episode" | "wide_episode" => None,
             _ => Some(3.0),
         };
-        assert_eq!(load(&format!("maze2d_medium_{variant}.yaml")), expected, "{variant}");
+        assert_eq!(
+            shipped_config(&format!("maze2d_medium_{variant}.yaml")),
+            expected,
+            "{variant}"
+        );
     }
 }
 
@@ -397,9 +405,8 @@ fn the_medium_variants_are_the_medium_config_with_their_changes() {
 fn the_umaze_reach_config_is_the_shipped_one_with_the_soft_max_aggregate() {
     use df_planner::planner::Aggregate;
 
-    let load = |name: &str| NodeConfig::load(&common::repo().join("config").join(name)).unwrap();
-    let mut shipped = load("maze2d_umaze.yaml");
-    let reach = load("maze2d_umaze_reach.yaml");
+    let mut shipped = shipped_config("maze2d_umaze.yaml");
+    let reach = shipped_config("maze2d_umaze_reach.yaml");
     let goal = shipped
         .planner
         .goal
@@ -417,8 +424,7 @@ fn the_umaze_reach_config_is_the_shipped_one_with_the_soft_max_aggregate() {
 fn the_wide_episode_pd_config_is_the_wide_episode_one_tracked_by_a_pd_controller() {
     use df_planner::serve::Execute;
 
-    let load = |name: &str| NodeConfig::load(&common::repo().join("config").join(name)).unwrap();
-    let mut expected = load("maze2d_medium_wide_episode.yaml");
+    let mut expected = shipped_config("maze2d_medium_wide_episode.yaml");
     let serve = expected
         .serve
         .as_mut()
@@ -426,5 +432,5 @@ fn the_wide_episode_pd_config_is_the_wide_episode_one_tracked_by_a_pd_controller
     assert_eq!(serve.execute, Execute::DiffusedActions);
     serve.execute = Execute::PdController;
     expected.planner.replan_every = 50;
-    assert_eq!(load("maze2d_medium_wide_episode_pd.yaml"), expected);
+    assert_eq!(shipped_config("maze2d_medium_wide_episode_pd.yaml"), expected);
 }
