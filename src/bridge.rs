@@ -32,7 +32,7 @@
 //!   model observes, velocities where it observes them or a PD controller reads them, finite
 //!   values); one it refuses refuses the step, which then takes no time.
 //! - `{"op": "stats"}` → `{"ok": true, "diagnostics": {...}, "steps_skipped": n, "plans": n,
-//!   "replan_ms_p50": f, "replan_ms_p99": f, "replan_ms_max": f}`: the node's diagnostics
+//!   "replan_ms_p50": f, "replan_ms_p99": f, "replan_ms_max": f, "replan_ms_buckets": [[f, n], ...]}`: the node's diagnostics
 //!   (ticks, faults, hold/stop counts, plan and tick latency, frame counters) and the planner
 //!   steps skipped too far behind (`serve --plan-time-ms`) for the current episode,
 //!   and the plans and their latency since the process started, as `serve` reports them.
@@ -49,7 +49,7 @@ use crate::frames::ImageView;
 use crate::node::{offline_loop, state_intake};
 use crate::planner::{GoalMessage, Plan};
 use crate::replay::build_loop;
-use crate::serve::{error, parse_request};
+use crate::serve::{error, parse_request, replan_stats};
 
 /// The ops of this protocol, for error replies.
 const OPS: &str = r#"{"op": "reset" | "step" | "stats", ...}"#;
@@ -184,11 +184,12 @@ impl Bridge {
                 None => self.step(&state, &velocity, images.as_deref().unwrap_or(&[])),
             },
             Request::Stats {} => {
-                let s = self.sink.latency.summary_ms();
+                let mut reply = replan_stats(&self.sink.latency);
                 let lp = self.lp();
-                json!({"ok": true, "diagnostics": lp.diagnostics(), "steps_skipped": lp.steps_skipped(),
-                       "plans": s.count, "replan_ms_p50": s.p50_ms, "replan_ms_p99": s.p99_ms,
-                       "replan_ms_max": s.max_ms})
+                reply["ok"] = json!(true);
+                reply["diagnostics"] = json!(lp.diagnostics());
+                reply["steps_skipped"] = json!(lp.steps_skipped());
+                reply
             }
         }
     }

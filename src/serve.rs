@@ -16,7 +16,9 @@
 //!   plain guidance's strength; its square weighs plans when pooling them), "futures":
 //!   [[[x, y], ...], ...] (when replanned with MCG over futures: the planned positions of the
 //!   other N − 1 samples, the futures whose guidance the plan's shared tokens averaged)}`
-//! - `{"op": "stats"}` → `{"ok": true, "plans": n, "replan_ms_p50": f, "replan_ms_p99": f, "replan_ms_max": f}`
+//! - `{"op": "stats"}` → `{"ok": true, "plans": n, "replan_ms_p50": f, "replan_ms_p99": f, "replan_ms_max": f,
+//!   "replan_ms_buckets": [[f, n], ...]}`: the plans since the process started; the buckets
+//!   (upper edge in ms, plans) let several processes' latencies be pooled
 //! - `{"op": "score_path", "positions": [[x, y], ...]}` → `{"ok": true, "reward": f}`: the
 //!   goal reward the planner maximizes, of any path (one position per step, as planned
 //!   frames), for the current goal: what guidance prefers among paths it did not plan
@@ -194,8 +196,9 @@ impl Server {
             Request::Reset { goal, seed } => self.reset(goal, seed),
             Request::Step { obs } => self.step(&obs).unwrap_or_else(error),
             Request::Stats {} => {
-                let s = self.latency.summary_ms();
-                json!({"ok": true, "plans": s.count, "replan_ms_p50": s.p50_ms, "replan_ms_p99": s.p99_ms, "replan_ms_max": s.max_ms})
+                let mut reply = replan_stats(&self.latency);
+                reply["ok"] = json!(true);
+                reply
             }
             Request::ScorePath { positions } => self.score_path(&positions).unwrap_or_else(error),
         }
@@ -432,6 +435,14 @@ pub(crate) fn parse_request<T: serde::de::DeserializeOwned>(line: &str, ops: &st
 }
 
 /// An error reply, logged.
+/// The plans made and their latency, for `stats` replies (`serve`'s and the node bridge's):
+/// percentiles, and the occupied buckets so that an evaluation can pool several processes.
+pub(crate) fn replan_stats(latency: &Histogram) -> Value {
+    let s = latency.summary_ms();
+    json!({"plans": s.count, "replan_ms_p50": s.p50_ms, "replan_ms_p99": s.p99_ms, "replan_ms_max": s.max_ms,
+           "replan_ms_buckets": latency.buckets_ms()})
+}
+
 pub(crate) fn error(message: String) -> Value {
     tracing::warn!(%message, "serve: request rejected");
     json!({"ok": false, "error": message})

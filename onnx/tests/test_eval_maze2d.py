@@ -49,6 +49,8 @@ def test_results_have_every_key_for_every_configuration(setup, tmp_path):
         assert r["time_to_first_reach_censored_mean"] == pytest.approx(expected)
         assert r["replan_ms_p99"] >= r["replan_ms_p50"] > 0
         assert r["plans"] == 2 * (300 // 8 + 1), "one plan every 8 steps of each 300-step episode"
+        # Both workers' plans, pooled.
+        assert sum(plans for _, plans in r["replan_ms_buckets"]) == r["plans"]
     assert results["no_mcg"]["serve_args"] == ["--samples", "1"]
     # Which model was measured: the config's model file, hashed.
     import hashlib
@@ -170,6 +172,26 @@ def test_futures_apart_is_how_far_a_future_strays_from_the_plans_path():
     # Another way: up a cell and across; the farthest future counts.
     assert futures_apart(plan, [[[0.0, 0.0], [0.5, 0.0], [1.0, 0.0]],
                                 [[0.0, 0.0], [0.0, 1.0], [1.0, 1.5]]]) == pytest.approx(1.5)
+
+
+def test_replan_latency_is_pooled_over_processes_from_their_buckets():
+    from df_train.eval.maze2d import pooled_replan_ms
+
+    fast = {"replan_ms_p50": 39.0, "replan_ms_p99": 39.0, "replan_ms_max": 39.0, "replan_ms_buckets": [[40.0, 7]]}
+    slow = {"replan_ms_p50": 100.0, "replan_ms_p99": 130.0, "replan_ms_max": 125.0,
+            "replan_ms_buckets": [[100.0, 2], [130.0, 1]]}
+    pooled = pooled_replan_ms([fast, slow])
+    # 10 plans: the 5th is a fast one (its bucket's edge; not the slow process's 100), the 10th
+    # the slowest, capped at its time.
+    assert pooled == {"replan_ms_p50": 40.0, "replan_ms_p99": 125.0, "replan_ms_max": 125.0,
+                      "replan_ms_buckets": [[40.0, 7], [100.0, 2], [130.0, 1]]}
+    assert pooled_replan_ms([slow, {**fast, "replan_ms_buckets": [[100.0, 3]]}])["replan_ms_p50"] == 100.0
+    # A part written before buckets were reported: the worst part's percentiles, as before.
+    old = {k: v for k, v in fast.items() if k != "replan_ms_buckets"}
+    assert pooled_replan_ms([old, slow]) == {"replan_ms_p50": 100.0, "replan_ms_p99": 130.0, "replan_ms_max": 125.0,
+                                             "replan_ms_buckets": None}
+    assert pooled_replan_ms([{**slow, "plans": 0, "replan_ms_p50": 0.0, "replan_ms_p99": 0.0, "replan_ms_max": 0.0,
+                              "replan_ms_buckets": []}])["replan_ms_p50"] == 0.0
 
 
 def run_file(path, seed, per_config, multi_goal=False):

@@ -83,10 +83,24 @@ impl Histogram {
         for (i, &c) in self.counts.iter().enumerate() {
             seen += c;
             if seen >= rank {
-                return ((MIN_NS * GROWTH.powi(i as i32 + 1)) as u64).min(self.max_ns);
+                return Self::upper_edge_ns(i).min(self.max_ns);
             }
         }
         self.max_ns
+    }
+
+    /// The occupied buckets as (upper edge in ms, count), in order: enough to pool histograms
+    /// recorded in several processes and take their percentiles as `quantile_ns` would (the
+    /// edge capped at the pooled maximum). Allocates: for reports, not the hot path.
+    pub fn buckets_ms(&self) -> Vec<(f64, u64)> {
+        (self.counts.iter().enumerate())
+            .filter(|&(_, &c)| c > 0)
+            .map(|(i, &c)| (Self::upper_edge_ns(i) as f64 / 1e6, c))
+            .collect()
+    }
+
+    fn upper_edge_ns(bucket: usize) -> u64 {
+        (MIN_NS * GROWTH.powi(bucket as i32 + 1)) as u64
     }
 
     pub fn summary_ms(&self) -> LatencySummary {
@@ -127,6 +141,21 @@ mod tests {
         assert_eq!(h.max_ns(), 1_000_000);
         assert_eq!(h.count(), 1000);
         assert_eq!(Histogram::default().quantile_ns(0.5), 0);
+    }
+
+    #[test]
+    fn buckets_give_back_the_percentiles() {
+        let mut h = Histogram::default();
+        for us in [900u64, 1000, 1000, 5000, 80_000] {
+            h.record(us * 1000);
+        }
+        let buckets = h.buckets_ms();
+        assert_eq!(buckets.iter().map(|&(_, c)| c).sum::<u64>(), 5);
+        assert_eq!(buckets.len(), 4, "{buckets:?}");
+        assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0));
+        // The rank rule of quantile_ns over the listed buckets: the 3rd of 5 for p50.
+        assert_eq!(buckets[1].0, h.quantile_ns(0.5) as f64 / 1e6);
+        assert!(Histogram::default().buckets_ms().is_empty());
     }
 
     #[test]

@@ -210,8 +210,8 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
         "time_to_first_reach_mean": statistics.fmean(reaches) if reaches else None,
         "time_to_first_reach_censored_mean": censored_reach(maze, len(scores), reaches),
         "reached": [r["first_reach"] is not None for _, r in results],
-        # Worst worker's percentiles: conservative when episodes run in parallel processes.
-        **worst_replan_ms(stats),
+        # Over every worker's plans, pooled from the processes' latency buckets.
+        **pooled_replan_ms(stats),
         "plans": sum(s["plans"] for s in stats),
         # Through the node's own loop: its counters summed over the episodes (ticks that fell
         # back to hold or stop, actions the safety filter clipped or rate-limited, plan actions
@@ -424,7 +424,8 @@ def merge(paths: list, out) -> dict:
     `--seed 100 --episodes 200`, ...) into one results file, as if it had run in one go: the
     per-episode scores are concatenated in seed order and every statistic over episodes,
     paired differences included, is recomputed. Replan percentiles cannot be pooled from
-    percentiles, so the worst run's are kept (conservative, like the worst worker's in a run)."""
+    percentiles: they are pooled from the runs' latency buckets, or where a run has none
+    (written before they were reported) the worst run's are kept."""
     runs = [(str(p), read_results(p)) for p in paths]
     first_path, first = runs[0]
     results = {}
@@ -467,7 +468,7 @@ def merge(paths: list, out) -> dict:
             # Per episode, when every run has it (results written before it was added do not).
             **({"reached": [v for part in summaries for v in part["reached"]]}
                if all("reached" in part for part in summaries) else {}),
-            **worst_replan_ms(summaries),
+            **pooled_replan_ms(summaries),
             "plans": sum(part["plans"] for part in summaries),
             "node_loop": pooled_node_loop(summaries),
             **{k: pooled_per_plan(summaries, k) for k in MCG_MEANS},
@@ -496,12 +497,39 @@ def pooled_node_loop(summaries: list) -> dict | None:
                   if all(key in part["node_loop"] for part in summaries) else None) for key in NODE_COUNTERS}
 
 
-def worst_replan_ms(parts: list) -> dict:
-    """The worst part's replan percentiles; None for a baseline, which never plans."""
-    keys = ("replan_ms_p50", "replan_ms_p99", "replan_ms_max")
+REPLAN_PERCENTILES = {"replan_ms_p50": 0.5, "replan_ms_p99": 0.99}
+
+
+def pooled_replan_ms(parts: list) -> dict:
+    """Replan latency over the plans of several parts (a run's worker processes, or merged
+    runs): the parts' buckets (`replan_ms_buckets`: upper edge in ms, plans) summed, and the
+    percentiles taken by `df_planner serve`'s rule (the edge of the bucket holding the rank,
+    capped at the maximum). A part without buckets (written before they were reported) leaves
+    the worst part's percentiles, and no buckets. None for a baseline, which never plans."""
+    keys = (*REPLAN_PERCENTILES, "replan_ms_max")
     if any(part[k] is None for part in parts for k in keys):
-        return dict.fromkeys(keys)
-    return {k: max(part[k] for part in parts) for k in keys}
+        return dict.fromkeys((*keys, "replan_ms_buckets"))
+    if any(part.get("replan_ms_buckets") is None for part in parts):
+        return {**{k: max(part[k] for part in parts) for k in keys}, "replan_ms_buckets": None}
+    peak = max(part["replan_ms_max"] for part in parts)
+    counts = {}
+    for part in parts:
+        for edge, plans in part["replan_ms_buckets"]:
+            counts[edge] = counts.get(edge, 0) + plans
+    buckets = sorted(counts.items())
+    total = sum(counts.values())
+
+    def quantile(q: float) -> float:
+        rank = min(max(math.ceil(q * total), 1), total)
+        seen = 0
+        for edge, plans in buckets:
+            seen += plans
+            if seen >= rank:
+                return min(edge, peak)
+        return 0.0  # no plans, as serve reports it
+
+    return {**{k: quantile(q) for k, q in REPLAN_PERCENTILES.items()}, "replan_ms_max": peak,
+            "replan_ms_buckets": [list(b) for b in buckets]}
 
 
 def _ms(value) -> str:
