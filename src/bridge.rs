@@ -186,7 +186,6 @@ impl Bridge {
             Request::Stats {} => {
                 let mut reply = replan_stats(&self.sink.latency);
                 let lp = self.lp();
-                reply["ok"] = json!(true);
                 reply["diagnostics"] = json!(lp.diagnostics());
                 reply["steps_skipped"] = json!(lp.steps_skipped());
                 reply

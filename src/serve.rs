@@ -195,11 +195,7 @@ impl Server {
         match request {
             Request::Reset { goal, seed } => self.reset(goal, seed),
             Request::Step { obs } => self.step(&obs).unwrap_or_else(error),
-            Request::Stats {} => {
-                let mut reply = replan_stats(&self.latency);
-                reply["ok"] = json!(true);
-                reply
-            }
+            Request::Stats {} => replan_stats(&self.latency),
             Request::ScorePath { positions } => self.score_path(&positions).unwrap_or_else(error),
         }
     }
@@ -434,15 +430,15 @@ pub(crate) fn parse_request<T: serde::de::DeserializeOwned>(line: &str, ops: &st
     })
 }
 
-/// An error reply, logged.
-/// The plans made and their latency, for `stats` replies (`serve`'s and the node bridge's):
-/// percentiles, and the occupied buckets so that an evaluation can pool several processes.
+/// A `stats` reply (`serve`'s, and the node bridge's before its own fields): the plans made,
+/// their latency percentiles, and the occupied buckets so that an evaluation can pool processes.
 pub(crate) fn replan_stats(latency: &Histogram) -> Value {
     let s = latency.summary_ms();
-    json!({"plans": s.count, "replan_ms_p50": s.p50_ms, "replan_ms_p99": s.p99_ms, "replan_ms_max": s.max_ms,
-           "replan_ms_buckets": latency.buckets_ms()})
+    json!({"ok": true, "plans": s.count, "replan_ms_p50": s.p50_ms, "replan_ms_p99": s.p99_ms,
+           "replan_ms_max": s.max_ms, "replan_ms_buckets": latency.buckets_ms()})
 }
 
+/// An error reply, logged.
 pub(crate) fn error(message: String) -> Value {
     tracing::warn!(%message, "serve: request rejected");
     json!({"ok": false, "error": message})
