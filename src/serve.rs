@@ -507,4 +507,31 @@ mod tests {
         );
         assert_eq!(ServeSection::default().pd_execution(4, 4, &[0, 1, 2, 3]), Ok(None));
     }
+
+    /// tests/fixtures/replan_pooling.json holds two processes' plan latencies, the stats reply
+    /// each process gives, and the percentiles of one histogram over all of them. The Maze2D
+    /// evaluation pools the replies' buckets in Python (`pooled_replan_ms`, tested against the
+    /// same file), so the two sides cannot drift apart unnoticed.
+    #[test]
+    fn pooled_stats_replies_give_the_percentiles_of_one_histogram_over_every_plan() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/replan_pooling.json");
+        let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut every_plan = Histogram::default();
+        let mut replies = Vec::new();
+        for part in fixture["latencies_ns"].as_array().unwrap() {
+            let mut latency = Histogram::default();
+            for ns in part.as_array().unwrap() {
+                latency.record(ns.as_u64().unwrap());
+                every_plan.record(ns.as_u64().unwrap());
+            }
+            replies.push(replan_stats(&latency));
+        }
+        let pooled = replan_stats(&every_plan);
+        assert_eq!(Value::from(replies), fixture["parts"]);
+        assert_eq!(
+            json!({"replan_ms_p50": pooled["replan_ms_p50"], "replan_ms_p99": pooled["replan_ms_p99"],
+                   "replan_ms_max": pooled["replan_ms_max"]}),
+            fixture["pooled"]
+        );
+    }
 }

@@ -194,6 +194,17 @@ def test_replan_latency_is_pooled_over_processes_from_their_buckets():
                               "replan_ms_buckets": []}])["replan_ms_p50"] == 0.0
 
 
+def test_pooling_matches_df_planners_own_histogram_over_every_plan():
+    """tests/fixtures/replan_pooling.json: two serve processes' stats replies, and the
+    percentiles df_planner's histogram gives over all their plans (src/serve.rs checks its side)."""
+    from df_train.eval.maze2d import pooled_replan_ms
+
+    fixture = json.loads((ROOT / "tests/fixtures/replan_pooling.json").read_text())
+    pooled = pooled_replan_ms(fixture["parts"])
+    assert {k: pooled[k] for k in fixture["pooled"]} == fixture["pooled"]
+    # The median is a fast process's plan: neither process's own median.
+    assert pooled["replan_ms_p50"] not in {part["replan_ms_p50"] for part in fixture["parts"]}
+
 def run_file(path, seed, per_config, multi_goal=False):
     """A results.json as `evaluate` writes it: {config: (scores, first reaches or None)}."""
     results = {}
