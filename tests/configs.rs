@@ -417,20 +417,34 @@ fn the_umaze_reach_config_is_the_shipped_one_with_the_soft_max_aggregate() {
     assert_eq!(reach, shipped);
 }
 
-/// The PD-tracked whole-episode variant (docs/maze2d.md, "Tracking whole-episode plans with a
-/// PD controller") is the wide whole-episode config with only its execution and replan interval
-/// changed, as it was tested.
+/// The Large whole-episode config is the Large one with the whole-episode model, its horizon,
+/// Medium's whole-episode guidance scale and no plan age limit.
 #[test]
-fn the_wide_episode_pd_config_is_the_wide_episode_one_tracked_by_a_pd_controller() {
+fn the_large_episode_config_is_the_large_config_with_its_changes() {
+    let mut expected = shipped_config("maze2d_large.yaml");
+    expected.model.path = common::repo().join("onnx/models/maze2d_large_episode.onnx");
+    expected.planner.horizon_tokens = Some(80);
+    expected.planner.guidance_scale = 10.0;
+    expected.safety.max_plan_age_s = None;
+    assert_eq!(shipped_config("maze2d_large_episode.yaml"), expected);
+}
+
+/// The PD-tracked whole-episode variants (docs/maze2d.md, "Tracking whole-episode plans with a
+/// PD controller", "A whole-episode model for Large") are their whole-episode configs with only
+/// their execution and replan interval changed, as they were tested.
+#[test]
+fn the_pd_tracked_configs_are_their_whole_episode_ones_tracked_by_a_pd_controller() {
     use df_planner::serve::Execute;
 
-    let mut expected = shipped_config("maze2d_medium_wide_episode.yaml");
-    let serve = expected
-        .serve
-        .as_mut()
-        .expect("the Medium configs have a serve section");
-    assert_eq!(serve.execute, Execute::DiffusedActions);
-    serve.execute = Execute::PdController;
-    expected.planner.replan_every = 50;
-    assert_eq!(shipped_config("maze2d_medium_wide_episode_pd.yaml"), expected);
+    for episode in ["maze2d_medium_wide_episode", "maze2d_large_episode"] {
+        let mut expected = shipped_config(&format!("{episode}.yaml"));
+        let serve = expected
+            .serve
+            .as_mut()
+            .expect("the Maze2D configs have a serve section");
+        assert_eq!(serve.execute, Execute::DiffusedActions);
+        serve.execute = Execute::PdController;
+        expected.planner.replan_every = 50;
+        assert_eq!(shipped_config(&format!("{episode}_pd.yaml")), expected, "{episode}");
+    }
 }

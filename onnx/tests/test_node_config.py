@@ -55,9 +55,8 @@ def test_a_changed_variant_replaces_the_bases_and_a_bases_model_path_stays_its_o
         "planner": {"matrix": {"kind": "trapezoid"}, "guidance_form": {"form": "score", "max_gain": 7.0}}}
 
 
-def test_the_medium_variants_are_the_medium_config_with_their_changes():
-    medium = load_node_config(ROOT / "config/maze2d_medium.yaml")
-    changes = {
+def test_the_maze_variants_are_their_maze_config_with_their_changes():
+    medium = {
         # Whole-episode plans take over a second on CPU: no plan age limit.
         "episode": {("model", "path"): "onnx/models/maze2d_medium_episode.onnx", ("planner", "horizon_tokens"): 60,
                     ("safety", "max_plan_age_s"): None},
@@ -75,11 +74,23 @@ def test_the_medium_variants_are_the_medium_config_with_their_changes():
                             ("safety", "max_plan_age_s"): None, ("planner", "replan_every"): 50,
                             ("serve", "execute"): "pd_controller"},
     }
-    for variant, fields in changes.items():
-        expected = yaml.safe_load(yaml.safe_dump(medium))
-        for keys, value in fields.items():
-            node = expected
-            for key in keys[:-1]:
-                node = node[key]
-            node[keys[-1]] = value
-        assert load_node_config(ROOT / f"config/maze2d_medium_{variant}.yaml") == expected, variant
+    # Large's whole-episode model at Medium's whole-episode guidance scale, and tracked by a PD.
+    large_episode = {("model", "path"): "onnx/models/maze2d_large_episode.onnx", ("planner", "horizon_tokens"): 80,
+                     ("planner", "guidance_scale"): 10.0, ("safety", "max_plan_age_s"): None}
+    large = {"episode": large_episode,
+             "episode_pd": {**large_episode, ("model", "path"): str(ROOT / "onnx/models/maze2d_large_episode.onnx"),
+                            ("planner", "replan_every"): 50, ("serve", "execute"): "pd_controller"}}
+    for maze, changes in {"medium": medium, "large": large}.items():
+        for variant, fields in changes.items():
+            check_variant(maze, variant, fields)
+
+
+def check_variant(maze, variant, fields):
+    """config/maze2d_<maze>_<variant>.yaml is config/maze2d_<maze>.yaml with `fields` changed."""
+    expected = load_node_config(ROOT / f"config/maze2d_{maze}.yaml")
+    for keys, value in fields.items():
+        node = expected
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    assert load_node_config(ROOT / f"config/maze2d_{maze}_{variant}.yaml") == expected, (maze, variant)
