@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Closed-loop Maze2D results for the README: bash scripts/eval_maze2d.sh [episodes] [workers]
 # Needs the exported models (scripts/train_maze2d.sh) and writes runs/eval/<maze>{,_multigoal}.{json,md,png},
-# runs/eval/umaze_reach.*, then runs/eval/medium_{long,episode,wide,wide_episode,wide_episode_pd}.* for the Medium model variants (MCG against no MCG).
+# runs/eval/umaze_reach.*, then runs/eval/medium_{long,episode,wide,wide_episode,wide_episode_pd}.* for the Medium model variants (MCG against no MCG),
+# then runs/eval/large_episode_pd.* for Large's whole-episode model (no MCG).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 episodes="${1:-100}"; workers="${2:-2}"
@@ -30,4 +31,8 @@ for variant in long episode wide wide_episode wide_episode_pd; do
   "$VENV/bin/df-train" eval maze2d --maze medium --episodes "$episodes" --workers "$workers" --configs df_mcg,no_mcg \
     --planner target/release/df_planner --config "config/maze2d_medium_$variant.yaml" --out "runs/eval/medium_$variant.json"
 done
+# Large's whole-episode model (VARIANT=_episode, --tokens 81 --steps 20000 --threads 2), tracked by a PD controller,
+# without MCG (with it, ~2 h per 100 episodes here), on the README row's seeds 1000-: 100 episodes take about 10 min here
+"$VENV/bin/df-train" eval maze2d --maze large --episodes "$episodes" --seed 1000 --workers "$workers" --configs no_mcg \
+  --planner target/release/df_planner --config config/maze2d_large_episode_pd.yaml --out runs/eval/large_episode_pd.json
 cat runs/eval/*.md
