@@ -32,7 +32,7 @@ for variant in long episode wide wide_episode wide_episode_pd; do
     --planner target/release/df_planner --config "config/maze2d_medium_$variant.yaml" --out "runs/eval/medium_$variant.json"
 done
 # Large's whole-episode model (VARIANT=_episode, --tokens 81 --steps 20000 --threads 2), tracked by a PD controller,
-# without MCG (with it, ~2 h per 100 episodes here), on the README row's seeds 1000-: 100 episodes take about 10 min here
+# without MCG (with it, ~30 min per 100 episodes here; not measured), on the README row's seeds 1000-: 100 episodes take about 10 min here
 "$VENV/bin/df-train" eval maze2d --maze large --episodes "$episodes" --seed 1000 --workers "$workers" --configs no_mcg \
   --planner target/release/df_planner --config config/maze2d_large_episode_pd.yaml --out runs/eval/large_episode_pd.json
 cat runs/eval/*.md

@@ -205,6 +205,7 @@ def test_pooling_matches_df_planners_own_histogram_over_every_plan():
     # The median is a fast process's plan: neither process's own median.
     assert pooled["replan_ms_p50"] not in {part["replan_ms_p50"] for part in fixture["parts"]}
 
+
 def run_file(path, seed, per_config, multi_goal=False):
     """A results.json as `evaluate` writes it: {config: (scores, first reaches or None)}."""
     results = {}
