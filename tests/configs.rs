@@ -369,31 +369,31 @@ fn shipped_config(name: &str) -> NodeConfig {
     NodeConfig::load(&common::repo().join("config").join(name)).unwrap()
 }
 
+/// The model variants are their maze's shipped config with their model, horizon, guidance
+/// scale, goal squash and plan age limit changed, and nothing else.
 #[test]
-fn the_medium_variants_are_the_medium_config_with_their_changes() {
-    let medium = shipped_config("maze2d_medium.yaml");
+fn the_maze_variants_are_their_maze_config_with_their_changes() {
     let models = common::repo().join("onnx/models");
-    for (variant, horizon, scale, squash) in [
-        ("episode", 60, 30.0, "linear"),
-        ("long", 31, 30.0, "tanh"),
-        ("wide", 15, 10.0, "linear"),
-        ("wide_episode", 60, 10.0, "linear"),
+    for (maze, variant, horizon, scale, squash) in [
+        ("medium", "episode", 60, 30.0, "linear"),
+        ("medium", "long", 31, 30.0, "tanh"),
+        ("medium", "wide", 15, 10.0, "linear"),
+        ("medium", "wide_episode", 60, 10.0, "linear"),
+        ("large", "episode", 80, 10.0, "linear"),
     ] {
-        let mut expected = medium.clone();
-        expected.model.path = models.join(format!("maze2d_medium_{variant}.onnx"));
+        let mut expected = shipped_config(&format!("maze2d_{maze}.yaml"));
+        expected.model.path = models.join(format!("maze2d_{maze}_{variant}.onnx"));
         expected.planner.horizon_tokens = Some(horizon);
         expected.planner.guidance_scale = scale;
         let goal = expected.planner.goal.as_mut().unwrap();
         goal.squash = serde_yaml_ng::from_str(squash).unwrap();
-        // Their plans take longer than the 16-token model's on CPU.
-        expected.safety.max_plan_age_s = match variant {
-            "episode" | "wide_episode" => None,
-            _ => Some(3.0),
-        };
+        // Their plans take longer than the 16-token model's on CPU; a whole-episode plan runs to
+        // its end.
+        expected.safety.max_plan_age_s = if variant.ends_with("episode") { None } else { Some(3.0) };
         assert_eq!(
-            shipped_config(&format!("maze2d_medium_{variant}.yaml")),
+            shipped_config(&format!("maze2d_{maze}_{variant}.yaml")),
             expected,
-            "{variant}"
+            "{maze} {variant}"
         );
     }
 }
@@ -415,18 +415,6 @@ fn the_umaze_reach_config_is_the_shipped_one_with_the_soft_max_aggregate() {
     assert_eq!(goal.aggregate, Aggregate::Mean);
     goal.aggregate = Aggregate::SoftMax { temperature: 0.1 };
     assert_eq!(reach, shipped);
-}
-
-/// The Large whole-episode config is the Large one with the whole-episode model, its horizon,
-/// Medium's whole-episode guidance scale and no plan age limit.
-#[test]
-fn the_large_episode_config_is_the_large_config_with_its_changes() {
-    let mut expected = shipped_config("maze2d_large.yaml");
-    expected.model.path = common::repo().join("onnx/models/maze2d_large_episode.onnx");
-    expected.planner.horizon_tokens = Some(80);
-    expected.planner.guidance_scale = 10.0;
-    expected.safety.max_plan_age_s = None;
-    assert_eq!(shipped_config("maze2d_large_episode.yaml"), expected);
 }
 
 /// The PD-tracked whole-episode variants (docs/maze2d.md, "Tracking whole-episode plans with a
