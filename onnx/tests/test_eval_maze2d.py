@@ -232,6 +232,7 @@ def run_file(path, seed, per_config, multi_goal=False):
                                                        "mcg_along_weighted", "mcg_guidance_sumsq"))),
             "plans_through_walls_rate": 0.1 * len(scores),
             "plans_wall_depth_over": {"0.1": 0.05 * len(scores), "0.4": 0.0},
+            "plan_positions_in_walls_mean": 0.02 * len(scores),
             "env_seeds": [seed, seed + len(scores) - 1],
             "planner_seeds": [seed, seed + len(scores) - 1], "serve_args": [] if name == "df_mcg" else ["--samples", "1"],
             "config": "config/maze2d_medium.yaml", "paper": None, "wall_s": 1.0,
@@ -277,6 +278,7 @@ def test_runs_over_adjacent_seeds_merge_into_one_run_over_all_of_them(tmp_path):
     assert merged["no_mcg"]["mcg_pull_weighted"] is None
     assert merged["no_mcg"]["plans_through_walls_rate"] == pytest.approx(0.26)
     assert merged["no_mcg"]["plans_wall_depth_over"] == pytest.approx({"0.1": 0.13, "0.4": 0.0})
+    assert merged["no_mcg"]["plan_positions_in_walls_mean"] == pytest.approx(0.052)
     # A run written before the depths existed: unknown, not a guess; other depths: refused.
     older = json.loads(early.read_text())
     del older["no_mcg"]["plans_wall_depth_over"]
@@ -438,6 +440,7 @@ def test_straight_to_goal_reaches_the_goal_only_along_an_open_straight_line(setu
     assert against["reached_where_straight_did_not"] == sum(a and not b for a, b in both)
     assert len(both) == 2 and "against_straight_to_goal" not in r
     assert r["plans_through_walls_rate"] is None and r["plans_wall_depth_over"] is None
+    assert r["plan_positions_in_walls_mean"] is None and 0 <= planner["plan_positions_in_walls_mean"] <= 1
     assert list(planner["plans_wall_depth_over"]) == ["0.1", "0.25", "0.4"]
 
 
@@ -459,6 +462,8 @@ def test_plans_through_walls_are_counted():
     along = run_episode(FixedPlan([[1.0, 1.0], [1.0, 2.0], [1.0, 3.0]]), ReachFrom((3, 1)), 0)
     # The plan's (2, 1) is 0.3 inside the wall square [1.3, 2.3] x [0.3, 1.3] (0.3 from (3, 1)'s).
     assert through["plan_wall_depths"] == pytest.approx([0.3] * 300) and along["plan_wall_depths"] == [0.0] * 300
+    # One of the three positions is inside a wall.
+    assert through["plan_wall_shares"] == pytest.approx([1 / 3] * 300) and along["plan_wall_shares"] == [0.0] * 300
 
 
 def test_objective_check_scores_both_paths_from_every_start(setup, tmp_path):

@@ -147,10 +147,13 @@ def run_episode(planner: Planner | StraightToGoal, env: Maze2DEnv, planner_seed:
     planner.ask({"op": "reset", "goal": env.goal.tolist(), "seed": planner_seed})
     total, first_reach, trajectory, plans, mcg = 0.0, None, [obs[:2].tolist()], [], []
     wall_depths = []  # per plan, its deepest position inside a wall
+    wall_shares = []  # per plan, the share of its positions inside a wall
     for t in range(env.max_episode_steps):
         reply = planner.ask({"op": "step", "obs": obs.tolist()})
         if reply["replanned"]:
-            wall_depths.append(float(wall_depth(env.maze, np.asarray(reply["plan"])).max()))
+            depths = wall_depth(env.maze, np.asarray(reply["plan"]))
+            wall_depths.append(float(depths.max()))
+            wall_shares.append(float(np.mean(depths > 0)))
             if record:
                 plans.append((t, reply["plan"], reply.get("futures", [])))
         if "mcg_shift" in reply:
@@ -167,7 +170,7 @@ def run_episode(planner: Planner | StraightToGoal, env: Maze2DEnv, planner_seed:
             trajectory.append(obs[:2].tolist())
     return {"total_reward": total, "normalized_score": normalized_score(env.maze, total), "first_reach": first_reach,
             "goal": env.goal.tolist(), "trajectory": trajectory, "plans": plans, "mcg": mcg,
-            "plan_wall_depths": wall_depths}
+            "plan_wall_depths": wall_depths, "plan_wall_shares": wall_shares}
 
 
 def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, workers, record,
@@ -201,6 +204,7 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
     reaches = [r["first_reach"] for _, r in results if r["first_reach"] is not None]
     mcg = [v for _, r in results for v in r["mcg"]]
     wall_depths = np.array([d for _, r in results for d in r["plan_wall_depths"]])
+    wall_shares = [s for _, r in results for s in r["plan_wall_shares"]]
     stats = [s for _, s in parts]
     summary = {
         "maze": maze,
@@ -233,6 +237,9 @@ def evaluate_config(maze, episodes, binary, config, args, seed, multi_goal, work
         "plans_through_walls_rate": float(np.mean(wall_depths > 0)) if wall_depths.size else None,
         "plans_wall_depth_over": ({str(d): float(np.mean(wall_depths > d)) for d in WALL_DEPTHS}
                                   if wall_depths.size else None),
+        # The mean share of a plan's positions inside a wall: where nearly every long plan
+        # touches a wall somewhere, how much of it does (a prior learning the walls lowers it).
+        "plan_positions_in_walls_mean": statistics.fmean(wall_shares) if wall_shares else None,
         "env_seeds": [seed, seed + episodes - 1],
         "planner_seeds": [seed + planner_seed_offset, seed + planner_seed_offset + episodes - 1],
         "serve_args": args,
@@ -476,6 +483,7 @@ def merge(paths: list, out) -> dict:
             "mcg_by_futures_apart": pooled_by_futures_apart(summaries),
             "plans_through_walls_rate": pooled_per_plan(summaries, "plans_through_walls_rate"),
             "plans_wall_depth_over": pooled_wall_depth_over(summaries),
+            "plan_positions_in_walls_mean": pooled_per_plan(summaries, "plan_positions_in_walls_mean"),
             "env_seeds": [summaries[0]["env_seeds"][0], summaries[-1]["env_seeds"][1]],
             "planner_seeds": [summaries[0]["planner_seeds"][0], summaries[-1]["planner_seeds"][1]],
             **{k: first[name][k] for k in ("serve_args", "config", "paper")},
