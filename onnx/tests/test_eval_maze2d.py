@@ -616,6 +616,7 @@ def test_learning_curve_over_snapshots(setup, tmp_path, monkeypatch):
         assert list(p["configs"]) == list(snapshot) == ["df_mcg", "no_mcg"]
         for name, summary in p["configs"].items():
             assert summary["normalized_score_mean"] == snapshot[name]["normalized_score_mean"]
+            assert summary["plan_positions_in_walls_mean"] == snapshot[name]["plan_positions_in_walls_mean"] is not None
             assert summary["episodes"] == 2
         assert p["df_mcg_minus_no_mcg"] == paired_difference(snapshot["df_mcg"]["scores"], snapshot["no_mcg"]["scores"])
 
