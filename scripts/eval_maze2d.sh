@@ -2,7 +2,7 @@
 # Closed-loop Maze2D results for the README: bash scripts/eval_maze2d.sh [episodes] [workers]
 # Needs the exported models (scripts/train_maze2d.sh) and writes runs/eval/<maze>{,_multigoal}.{json,md,png},
 # runs/eval/umaze_reach.*, then runs/eval/medium_{long,episode,wide,wide_episode,wide_episode_pd}.* for the Medium model variants (MCG against no MCG),
-# then runs/eval/large_episode_pd.* for Large's whole-episode model (no MCG).
+# then runs/eval/large_episode{,_40k}_pd.* for Large's whole-episode model at 20k and 40k steps (no MCG).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 episodes="${1:-100}"; workers="${2:-2}"
@@ -35,4 +35,7 @@ done
 # without MCG (with it, ~30 min per 100 episodes here; not measured), on the README row's seeds 1000-: 100 episodes take about 10 min here
 "$VENV/bin/df-train" eval maze2d --maze large --episodes "$episodes" --seed 1000 --workers "$workers" --configs no_mcg \
   --planner target/release/df_planner --config config/maze2d_large_episode_pd.yaml --out runs/eval/large_episode_pd.json
+# the same model trained to 40k steps, on its README row's seeds 1100-
+"$VENV/bin/df-train" eval maze2d --maze large --episodes "$episodes" --seed 1100 --workers "$workers" --configs no_mcg \
+  --planner target/release/df_planner --config config/maze2d_large_episode_40k_pd.yaml --out runs/eval/large_episode_40k_pd.json
 cat runs/eval/*.md

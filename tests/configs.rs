@@ -436,3 +436,12 @@ fn the_pd_tracked_configs_are_their_whole_episode_ones_tracked_by_a_pd_controlle
         assert_eq!(shipped_config(&format!("{episode}_pd.yaml")), expected, "{episode}");
     }
 }
+
+/// The 40k-step Large model's config (docs/maze2d.md, "Trained twice as long (40k steps)") is
+/// the 20k one's PD-tracked config with only its model changed, as it was tested.
+#[test]
+fn the_large_40k_config_is_the_pd_tracked_one_with_its_model() {
+    let mut expected = shipped_config("maze2d_large_episode_pd.yaml");
+    expected.model.path = common::repo().join("onnx/models/maze2d_large_episode_40k.onnx");
+    assert_eq!(shipped_config("maze2d_large_episode_40k_pd.yaml"), expected);
+}

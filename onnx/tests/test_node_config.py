@@ -77,9 +77,11 @@ def test_the_maze_variants_are_their_maze_config_with_their_changes():
     # Large's whole-episode model at Medium's whole-episode guidance scale, and tracked by a PD.
     large_episode = {("model", "path"): "onnx/models/maze2d_large_episode.onnx", ("planner", "horizon_tokens"): 80,
                      ("planner", "guidance_scale"): 10.0, ("safety", "max_plan_age_s"): None}
-    large = {"episode": large_episode,
-             "episode_pd": {**large_episode, ("model", "path"): str(ROOT / "onnx/models/maze2d_large_episode.onnx"),
-                            ("planner", "replan_every"): 50, ("serve", "execute"): "pd_controller"}}
+    large_episode_pd = {**large_episode, ("model", "path"): str(ROOT / "onnx/models/maze2d_large_episode.onnx"),
+                        ("planner", "replan_every"): 50, ("serve", "execute"): "pd_controller"}
+    # The same, with the model trained twice as long.
+    large = {"episode": large_episode, "episode_pd": large_episode_pd,
+             "episode_40k_pd": {**large_episode_pd, ("model", "path"): "onnx/models/maze2d_large_episode_40k.onnx"}}
     for maze, changes in {"medium": medium, "large": large}.items():
         for variant, fields in changes.items():
             check_variant(maze, variant, fields)
