@@ -725,9 +725,10 @@ def learning_curve(maze, episodes, binary, config, run_dir, out, seed=0, workers
         # With how much of a plan lies inside walls: whether the prior learns the layout (None
         # from results written before it was measured).
         point = {"step": step,
-                 "configs": {name: {k: results[name].get(k) for k in (
-                     "normalized_score_mean", "normalized_score_std", "success_rate", "episodes",
-                     "plan_positions_in_walls_mean")} for name in configs}}
+                 "configs": {name: {**{k: results[name][k] for k in ("normalized_score_mean", "normalized_score_std",
+                                                                     "success_rate", "episodes")},
+                                    "plan_positions_in_walls_mean": results[name].get("plan_positions_in_walls_mean")}
+                             for name in configs}}
         if "df_mcg" in configs and "no_mcg" in configs:
             point["df_mcg_minus_no_mcg"] = paired_difference(results["df_mcg"]["scores"], results["no_mcg"]["scores"])
         points.append(point)
