@@ -77,6 +77,11 @@ pub struct ServeSection {
     /// robot had not moved; its velocities are still the state's, which the kd term trusts.
     pub kp: f64,
     pub kd: f64,
+    /// Run tracked plans this many times faster than planned (`execute: pd_controller`; default
+    /// 1, as planned): step k tracks the planned state at plan time tempo·(k + 1), at tempo
+    /// times its velocity. A plan that moves slower than the robot can (the maze models plan
+    /// at their data's speed) then arrives sooner along the same route.
+    pub tempo: f64,
     /// Goals outside [[x_min, y_min], [x_max, y_max]] are refused (default: no bounds).
     pub goal_bounds: Option<[[f64; 2]; 2]>,
     /// Goals inside any of these boxes [[x_min, y_min], [x_max, y_max]] are refused: places in
@@ -96,6 +101,7 @@ impl Default for ServeSection {
             position_dims: [0, 1],
             kp: 10.0,
             kd: 4.0,
+            tempo: 1.0,
             goal_bounds: None,
             goal_keepout: Vec::new(),
             hold_radius: None,
@@ -339,6 +345,17 @@ impl ServeSection {
             ));
         }
         let drives_pd = self.drives_pd();
+        if !(self.tempo.is_finite() && self.tempo > 0.0) {
+            return Err(format!("serve.tempo: expected a finite factor > 0, got {}", self.tempo));
+        }
+        if self.tempo != 1.0 && self.execute != Execute::PdController {
+            return Err(format!(
+                "serve.tempo: only a PD controller tracking the plan runs it faster or slower, expected \
+                 1.0 with execute {}, got {} (or set execute: pd_controller)",
+                self.execute.name(),
+                self.tempo
+            ));
+        }
         // A negative gain pushes away from the target.
         for (field, gain) in [("serve.kp", self.kp), ("serve.kd", self.kd)] {
             if drives_pd && !(gain.is_finite() && gain >= 0.0) {
@@ -385,6 +402,7 @@ impl ServeSection {
             kp: self.kp,
             kd: self.kd,
             track_plan: self.execute == Execute::PdController,
+            tempo: self.tempo,
         }))
     }
 }

@@ -445,3 +445,17 @@ fn the_large_40k_config_is_the_pd_tracked_one_with_its_model() {
     expected.model.path = common::repo().join("onnx/models/maze2d_large_episode_40k.onnx");
     assert_eq!(shipped_config("maze2d_large_episode_40k_pd.yaml"), expected);
 }
+
+/// The Medium variant that tracks its plans faster than planned (docs/maze2d.md, "Tracking the
+/// plans faster than planned") is the PD-tracked whole-episode config with only its tempo changed.
+#[test]
+fn the_medium_tempo_config_is_the_pd_tracked_one_run_faster() {
+    let mut expected = shipped_config("maze2d_medium_wide_episode_pd.yaml");
+    let serve = expected
+        .serve
+        .as_mut()
+        .expect("the Maze2D configs have a serve section");
+    assert_eq!(serve.tempo, 1.0);
+    serve.tempo = 1.3;
+    assert_eq!(shipped_config("maze2d_medium_wide_episode_pd_tempo.yaml"), expected);
+}

@@ -255,6 +255,7 @@ fn a_pd_controller_in_the_tick_holds_the_goal_from_the_plans_arrival_without_all
         kp: 10.0,
         kd: 4.0,
         track_plan: false,
+        tempo: 1.0,
     };
     let mut c = core(Fallback::Hold, false).with_execution(pd, 4);
     // An 8-step plan on [x, y, vx, vy] that comes within the hold radius at step 3.

@@ -270,6 +270,44 @@ fn pd_controller_tracks_the_planned_positions() {
 }
 
 #[test]
+fn a_faster_tempo_tracks_a_later_planned_position_and_is_refused_without_tracking() {
+    let serve = |execute, tempo| df_planner::serve::ServeSection {
+        execute,
+        tempo,
+        kd: 0.0,
+        ..Default::default()
+    };
+    let mut cfg = config("");
+    cfg.serve = Some(serve(df_planner::serve::Execute::PdController, 2.0));
+    let mut s = server(&cfg);
+    ask(&mut s, json!({"op": "reset", "goal": null}));
+    let obs = [0.3, -0.2, 0.05, 0.0];
+    let r = ask(&mut s, json!({"op": "step", "obs": obs}));
+    // Twice as fast, the first step tracks the state planned two steps on.
+    let target = &r["plan"][1];
+    for i in 0..2 {
+        let expected = (10.0 * (target[i].as_f64().unwrap() - obs[i])).clamp(-1.0, 1.0);
+        assert!((r["action"][i].as_f64().unwrap() - expected).abs() < 1e-9, "{r}");
+    }
+    let refused = |serve| {
+        let mut cfg = config("");
+        cfg.serve = Some(serve);
+        Server::new(&cfg, df_planner::node::planner(&cfg).unwrap())
+            .err()
+            .unwrap()
+    };
+    assert_eq!(
+        refused(serve(df_planner::serve::Execute::DiffusedActions, 2.0)),
+        "serve.tempo: only a PD controller tracking the plan runs it faster or slower, expected 1.0 \
+         with execute diffused_actions, got 2 (or set execute: pd_controller)"
+    );
+    assert_eq!(
+        refused(serve(df_planner::serve::Execute::PdController, 0.0)),
+        "serve.tempo: expected a finite factor > 0, got 0"
+    );
+}
+
+#[test]
 fn hold_radius_holds_the_goal_at_rest_once_the_plan_arrives() {
     let goal: [f64; 2] = [0.4, -0.3];
     let obs: [f64; 4] = [0.3, -0.2, 0.05, -0.02];

@@ -74,6 +74,8 @@ def test_the_maze_variants_are_their_maze_config_with_their_changes():
                             ("safety", "max_plan_age_s"): None, ("planner", "replan_every"): 50,
                             ("serve", "execute"): "pd_controller"},
     }
+    # The same, its plans tracked 1.3 times faster than planned.
+    medium["wide_episode_pd_tempo"] = {**medium["wide_episode_pd"], ("serve", "tempo"): 1.3}
     # Large's whole-episode model at Medium's whole-episode guidance scale, and tracked by a PD.
     large_episode = {("model", "path"): "onnx/models/maze2d_large_episode.onnx", ("planner", "horizon_tokens"): 80,
                      ("planner", "guidance_scale"): 10.0, ("safety", "max_plan_age_s"): None}

@@ -18,6 +18,9 @@ pub struct PdExecution {
     /// Track the planned state at every step (`execute: pd_controller`); otherwise the plan's
     /// own actions run until it holds the goal.
     pub track_plan: bool,
+    /// How many times faster than planned a tracked plan runs (`serve.tempo`, 1: as planned):
+    /// step k tracks the planned state at plan time tempo·(k + 1), its velocity scaled alike.
+    pub tempo: f64,
 }
 
 impl PdExecution {
@@ -26,7 +29,8 @@ impl PdExecution {
     /// state when tracking it, else the plan's own action. `target` is scratch of the
     /// observation's size. Returns whether it holds the goal.
     pub fn action(&self, plan: &Plan, index: usize, obs: &[f64], target: &mut [f64], out: &mut [f64]) -> bool {
-        match plan.hold.filter(|h| index >= h.from) {
+        let step = self.plan_step(index);
+        match plan.hold.filter(|h| step >= h.from as f64) {
             Some(hold) => {
                 target.fill(0.0);
                 for (&d, g) in self.position_dims.iter().zip(hold.goal) {
@@ -36,13 +40,40 @@ impl PdExecution {
                 true
             }
             None if self.track_plan => {
-                self.toward(plan.observation(index), obs, out);
+                self.planned_state(plan, step, target);
+                self.toward(target, obs, out);
                 false
             }
             None => {
                 out.copy_from_slice(plan.action(index));
                 false
             }
+        }
+    }
+
+    /// The plan step (fractional) that executed step `index` tracks: `index` itself as
+    /// planned, further on when the plan runs faster.
+    fn plan_step(&self, index: usize) -> f64 {
+        if self.track_plan {
+            self.tempo * (index + 1) as f64 - 1.0
+        } else {
+            index as f64
+        }
+    }
+
+    /// The planned state at plan step `step` into `target`: interpolated between the planned
+    /// states around it (the last one past the plan's end), velocities times `tempo`.
+    fn planned_state(&self, plan: &Plan, step: f64, target: &mut [f64]) {
+        let step = step.clamp(0.0, (plan.len() - 1) as f64);
+        let (before, frac) = (step.floor() as usize, step.fract());
+        target.copy_from_slice(plan.observation(before));
+        if frac > 0.0 {
+            for (t, &after) in target.iter_mut().zip(plan.observation(before + 1)) {
+                *t += frac * (after - *t);
+            }
+        }
+        for &d in &self.position_dims {
+            target[d + self.velocity_offset] *= self.tempo;
         }
     }
 
@@ -89,6 +120,7 @@ mod tests {
             kp: 10.0,
             kd: 4.0,
             track_plan,
+            tempo: 1.0,
         }
     }
 
@@ -116,6 +148,48 @@ mod tests {
         assert!(!pd.action(&plan(), 0, &[0.5, 0.1, 0.0, 0.0], &mut target, &mut out));
         let expected = [10.0 * 0.5 + 4.0 * 1.0, 10.0 * -0.1];
         assert!(out.iter().zip(expected).all(|(a, e)| (a - e).abs() < 1e-12), "{out:?}");
+    }
+
+    #[test]
+    fn a_faster_tempo_tracks_a_later_planned_state_at_a_scaled_velocity() {
+        let pd = PdExecution { tempo: 1.5, ..pd(true) };
+        let (mut target, mut out) = ([0.0; 4], [0.0; 2]);
+        let obs = [0.5, 0.1, 0.0, 0.0];
+        // Step 0 tracks plan time 1.5: halfway between planned states 0 and 1 (x 1.5), at 1.5× their speed.
+        assert!(!pd.action(&plan(), 0, &obs, &mut target, &mut out));
+        let expected = [10.0 * 1.0 + 4.0 * 1.5, 10.0 * -0.1];
+        assert!(out.iter().zip(expected).all(|(a, e)| (a - e).abs() < 1e-12), "{out:?}");
+        // Step 3 would be plan time 6, past the 3-step plan: its last state.
+        pd.action(&plan(), 3, &obs, &mut target, &mut out);
+        assert_eq!(target, [3.0, 0.0, 1.5, 0.0]);
+    }
+
+    #[test]
+    fn a_faster_tempo_reaches_the_hold_sooner() {
+        let as_planned = pd(true);
+        let faster = PdExecution {
+            tempo: 2.0,
+            ..as_planned
+        };
+        let mut p = plan();
+        p.hold = Some(PlanHold {
+            from: 2,
+            goal: [3.0, 0.0],
+        });
+        let (mut target, mut out) = ([0.0; 4], [0.0; 2]);
+        let obs = [2.5, 0.0, 0.0, 0.0];
+        assert!(
+            !faster.action(&p, 0, &obs, &mut target, &mut out),
+            "plan time 1 is before the hold"
+        );
+        assert!(
+            faster.action(&p, 1, &obs, &mut target, &mut out),
+            "plan time 3 is past it"
+        );
+        assert!(
+            !as_planned.action(&p, 1, &obs, &mut target, &mut out),
+            "as planned, step 1 is before it"
+        );
     }
 
     #[test]
