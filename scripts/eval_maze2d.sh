@@ -2,6 +2,7 @@
 # Closed-loop Maze2D results for the README: bash scripts/eval_maze2d.sh [episodes] [workers]
 # Needs the exported models (scripts/train_maze2d.sh) and writes runs/eval/<maze>{,_multigoal}.{json,md,png},
 # runs/eval/umaze_reach.*, then runs/eval/medium_{long,episode,wide,wide_episode,wide_episode_pd}.* for the Medium model variants (MCG against no MCG),
+# then runs/eval/medium_wide_episode_pd_tempo.* (those plans tracked 1.3 times faster, no MCG),
 # then runs/eval/large_episode{,_40k}_pd.* for Large's whole-episode model at 20k and 40k steps (no MCG).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,11 @@ for variant in long episode wide wide_episode wide_episode_pd; do
   "$VENV/bin/df-train" eval maze2d --maze medium --episodes "$episodes" --workers "$workers" --configs df_mcg,no_mcg \
     --planner target/release/df_planner --config "config/maze2d_medium_$variant.yaml" --out "runs/eval/medium_$variant.json"
 done
+# The wide whole-episode model's plans tracked 1.3 times faster than planned (serve.tempo), without MCG,
+# against the straight line, on its README row's seeds 1200-: 100 episodes take about 12 min here
+"$VENV/bin/df-train" eval maze2d --maze medium --episodes "$episodes" --seed 1200 --workers "$workers" \
+  --configs no_mcg,straight_to_goal --planner target/release/df_planner \
+  --config config/maze2d_medium_wide_episode_pd_tempo.yaml --out runs/eval/medium_wide_episode_pd_tempo.json
 # Large's whole-episode model (VARIANT=_episode, --tokens 81 --steps 20000 --threads 2), tracked by a PD controller,
 # without MCG (with it, ~30 min per 100 episodes here; not measured), on the README row's seeds 1000-: 100 episodes take about 10 min here
 "$VENV/bin/df-train" eval maze2d --maze large --episodes "$episodes" --seed 1000 --workers "$workers" --configs no_mcg \

@@ -1,8 +1,8 @@
 //! How a plan step becomes an action when a PD controller is in the loop (config `serve`:
-//! `execute: pd_controller`, `hold_radius`): tracking the planned state (Diffuser's way), and
-//! arrive-and-hold, where from the plan's first step within `hold_radius` of the goal the
-//! controller holds the goal at rest. The control tick and `serve` both execute plans here, so
-//! the node on a robot does what the evaluation measured.
+//! `execute: pd_controller`, `tempo`, `hold_radius`): tracking the planned state (Diffuser's
+//! way), as planned or faster, and arrive-and-hold, where from the plan's first step within
+//! `hold_radius` of the goal the controller holds the goal at rest. The control tick and
+//! `serve` both execute plans here, so the node on a robot does what the evaluation measured.
 
 use crate::planner::Plan;
 
@@ -64,7 +64,7 @@ impl PdExecution {
     /// The planned state at plan step `step` into `target`: interpolated between the planned
     /// states around it (the last one past the plan's end), velocities times `tempo`.
     fn planned_state(&self, plan: &Plan, step: f64, target: &mut [f64]) {
-        let step = step.clamp(0.0, (plan.len() - 1) as f64);
+        let step = step.clamp(0.0, plan.len().saturating_sub(1) as f64);
         let (before, frac) = (step.floor() as usize, step.fract());
         target.copy_from_slice(plan.observation(before));
         if frac > 0.0 {
