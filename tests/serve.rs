@@ -249,20 +249,26 @@ fn mcg_plans_report_their_shift_pull_and_futures() {
     }
 }
 
-#[test]
-fn pd_controller_tracks_the_planned_positions() {
+/// The first step's reply of a server whose PD controller tracks the plan at `tempo`, and the
+/// observation sent. kd is 0: the reply's plan carries positions only, so the position term is
+/// checked exactly.
+fn first_tracked_step(tempo: f64) -> (Value, [f64; 4]) {
     let mut cfg = config("");
     cfg.serve = Some(df_planner::serve::ServeSection {
         execute: df_planner::serve::Execute::PdController,
-        // The reply's plan carries positions only, so the position term is checked exactly.
+        tempo,
         kd: 0.0,
         ..Default::default()
     });
     let mut s = server(&cfg);
     ask(&mut s, json!({"op": "reset", "goal": null}));
     let obs = [0.3, -0.2, 0.05, 0.0];
-    let r = ask(&mut s, json!({"op": "step", "obs": obs}));
-    let target = &r["plan"][0];
+    (ask(&mut s, json!({"op": "step", "obs": obs})), obs)
+}
+
+/// The reply's action pulls (kp 10, clipped) toward the plan's position `k`.
+fn assert_tracks(r: &Value, k: usize, obs: &[f64; 4]) {
+    let target = &r["plan"][k];
     for i in 0..2 {
         let expected = (10.0 * (target[i].as_f64().unwrap() - obs[i])).clamp(-1.0, 1.0);
         assert!((r["action"][i].as_f64().unwrap() - expected).abs() < 1e-9, "{r}");
@@ -270,25 +276,21 @@ fn pd_controller_tracks_the_planned_positions() {
 }
 
 #[test]
+fn pd_controller_tracks_the_planned_positions() {
+    let (r, obs) = first_tracked_step(1.0);
+    assert_tracks(&r, 0, &obs);
+}
+
+#[test]
 fn a_faster_tempo_tracks_a_later_planned_position_and_is_refused_without_tracking() {
+    // Twice as fast, the first step tracks the state planned two steps on.
+    let (r, obs) = first_tracked_step(2.0);
+    assert_tracks(&r, 1, &obs);
     let serve = |execute, tempo| df_planner::serve::ServeSection {
         execute,
         tempo,
-        kd: 0.0,
         ..Default::default()
     };
-    let mut cfg = config("");
-    cfg.serve = Some(serve(df_planner::serve::Execute::PdController, 2.0));
-    let mut s = server(&cfg);
-    ask(&mut s, json!({"op": "reset", "goal": null}));
-    let obs = [0.3, -0.2, 0.05, 0.0];
-    let r = ask(&mut s, json!({"op": "step", "obs": obs}));
-    // Twice as fast, the first step tracks the state planned two steps on.
-    let target = &r["plan"][1];
-    for i in 0..2 {
-        let expected = (10.0 * (target[i].as_f64().unwrap() - obs[i])).clamp(-1.0, 1.0);
-        assert!((r["action"][i].as_f64().unwrap() - expected).abs() < 1e-9, "{r}");
-    }
     let refused = |serve| {
         let mut cfg = config("");
         cfg.serve = Some(serve);
