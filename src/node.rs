@@ -53,7 +53,8 @@ pub fn planner_settings(cfg: &NodeConfig) -> PlannerSettings {
 
 /// Control core parameters, safety filter and PD controller (when `serve.execute` or
 /// `serve.hold_radius` asks for one) from the config.
-pub fn control_core(cfg: &NodeConfig, contract: &ModelContract) -> Result<ControlCore, NodeError> {
+pub fn control_core(cfg: &NodeConfig, planner: &DfPlanner) -> Result<ControlCore, NodeError> {
+    let contract = planner.contract();
     let params = ControlParams {
         fallback: cfg.control.fallback,
         stop_action: cfg.control.stop_action.clone(),
@@ -65,19 +66,24 @@ pub fn control_core(cfg: &NodeConfig, contract: &ModelContract) -> Result<Contro
         measured_action: cfg.control.measured_action.clone(),
     };
     let core = ControlCore::new(params, safety_filter(cfg));
-    Ok(match pd_execution(cfg, contract)? {
+    Ok(match pd_execution(cfg, contract, planner.plan_len())? {
         Some(pd) => core.with_execution(pd, contract.layout.observation_dim),
         None => core,
     })
 }
 
-/// The PD controller `serve.execute` and `serve.hold_radius` put in the loop, if any.
-fn pd_execution(cfg: &NodeConfig, contract: &ModelContract) -> Result<Option<PdExecution>, NodeError> {
+/// The PD controller `serve.execute` and `serve.hold_radius` put in the loop, if any, for
+/// plans of `plan_len` steps.
+fn pd_execution(cfg: &NodeConfig, contract: &ModelContract, plan_len: usize) -> Result<Option<PdExecution>, NodeError> {
     let l = &contract.layout;
     let serve = cfg.serve.clone().unwrap_or_default();
     let pd = serve
         .pd_execution(l.action_dim, l.observation_dim, &cfg.control.measured_action)
         .map_err(NodeError::Execution)?;
+    if let Some(pd) = &pd {
+        pd.check_lasts(plan_len, cfg.planner.replan_every)
+            .map_err(NodeError::Execution)?;
+    }
     // It reads positions then velocities: joints named for positions alone would be read as
     // velocities.
     let joints = cfg.topics.state_joints.len();
@@ -228,7 +234,7 @@ pub fn state_intake(cfg: &NodeConfig, contract: &ModelContract) -> Result<StateI
 /// The planner task, planning toward the node's goal, and the control core.
 pub fn node_parts(cfg: &NodeConfig) -> Result<(PlannerTask, ControlCore), NodeError> {
     let planner = planner(cfg)?;
-    let core = control_core(cfg, planner.contract())?;
+    let core = control_core(cfg, &planner)?;
     Ok((planner_task(cfg, planner)?, core))
 }
 
@@ -290,7 +296,7 @@ pub fn node_goal(cfg: &NodeConfig, contract: &ModelContract) -> Result<Option<No
 /// The loop on a virtual clock (replay, the simulator bridge) around a loaded planner.
 pub fn offline_loop(cfg: &NodeConfig, planner: DfPlanner) -> Result<OfflineLoop, NodeError> {
     let cameras = camera_rings(cfg, planner.contract())?;
-    let core = control_core(cfg, planner.contract())?;
+    let core = control_core(cfg, &planner)?;
     let task = planner_task(cfg, planner)?;
     let step_ns = cfg.control.step().as_nanos() as i64;
     let tick_ns = cfg.control.tick().as_nanos() as i64;

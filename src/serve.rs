@@ -80,7 +80,9 @@ pub struct ServeSection {
     /// Run tracked plans this many times faster than planned (`execute: pd_controller`; default
     /// 1, as planned): step k tracks the planned state at plan time tempo·(k + 1), at tempo
     /// times its velocity. A plan that moves slower than the robot can (the maze models plan
-    /// at their data's speed) then arrives sooner along the same route.
+    /// at their data's speed) then arrives sooner along the same route. It also runs out
+    /// sooner: at plan time len − 1 (fault `plan_exhausted` in the node), so a plan must last
+    /// `planner.replan_every` steps at this tempo (checked at start).
     pub tempo: f64,
     /// Goals outside [[x_min, y_min], [x_max, y_max]] are refused (default: no bounds).
     pub goal_bounds: Option<[[f64; 2]; 2]>,
@@ -161,6 +163,9 @@ impl Server {
         }
         let serve = cfg.serve.clone().unwrap_or_default();
         let pd = serve.pd_execution(l.action_dim, l.observation_dim, &cfg.control.measured_action)?;
+        if let Some(pd) = &pd {
+            pd.check_lasts(planner.plan_len(), cfg.planner.replan_every)?;
+        }
         let reward = match &cfg.planner.goal {
             Some(goal) => Some(GoalReward::new(goal.clone(), c, [0.0, 0.0])?),
             None => None,

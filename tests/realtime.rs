@@ -247,17 +247,21 @@ fn a_running_control_tick_does_not_allocate() {
     );
 }
 
-#[test]
-fn a_pd_controller_in_the_tick_holds_the_goal_from_the_plans_arrival_without_allocating() {
-    let pd = PdExecution {
+/// D4RL's PD gains on [x, y, vx, vy].
+fn pd_execution(track_plan: bool, tempo: f64) -> PdExecution {
+    PdExecution {
         position_dims: [0, 1],
         velocity_offset: 2,
         kp: 10.0,
         kd: 4.0,
-        track_plan: false,
-        tempo: 1.0,
-    };
-    let mut c = core(Fallback::Hold, false).with_execution(pd, 4);
+        track_plan,
+        tempo,
+    }
+}
+
+#[test]
+fn a_pd_controller_in_the_tick_holds_the_goal_from_the_plans_arrival_without_allocating() {
+    let mut c = core(Fallback::Hold, false).with_execution(pd_execution(false, 1.0), 4);
     // An 8-step plan on [x, y, vx, vy] that comes within the hold radius at step 3.
     let mut p = Plan::with_capacity(8, 2, 4, 6);
     p.set_len(8);
@@ -298,6 +302,32 @@ fn a_pd_controller_in_the_tick_holds_the_goal_from_the_plans_arrival_without_all
     let (source, faults, _) = tick(&mut c, 600 * MS, None, Some(340 * MS));
     assert_eq!((source, faults), (Source::Hold, vec![Fault::StateStale]));
     assert_eq!(c.counters().goal_held, 2);
+}
+
+#[test]
+fn a_plan_tracked_twice_as_fast_runs_out_at_half_its_length() {
+    let mut c = core(Fallback::Hold, false).with_execution(pd_execution(true, 2.0), 4);
+    // An 8-step plan on [x, y, vx, vy] moving along x at speed 1.
+    let mut p = Plan::with_capacity(8, 2, 4, 6);
+    p.set_len(8);
+    p.dt_ns = 100 * MS;
+    for k in 0..8 {
+        p.observation_mut(k).copy_from_slice(&[k as f64, 0.0, 1.0, 0.0]);
+    }
+    c.install(Box::new(p));
+    let at = |t| StateSample::new(t, &[6.95, 0.0], &[2.0, 0.0]).unwrap();
+    c.observe_state(&at(300 * MS));
+    // Step 3 tracks the last planned state (plan time 7: x 7, at twice its speed 1).
+    let (source, faults, out) = tick(&mut c, 300 * MS, None, Some(300 * MS));
+    assert_eq!((source, faults), (Source::Plan, vec![]));
+    assert!(
+        (out[0] - 10.0 * 0.05).abs() < 1e-12,
+        "kp·(7 − 6.95) + kd·(2 − 2): {out:?}"
+    );
+    // Step 4 would be plan time 9: the plan has nothing to say, as at step 8 when run as planned.
+    c.observe_state(&at(400 * MS));
+    let (source, faults, _) = tick(&mut c, 400 * MS, None, Some(400 * MS));
+    assert_eq!((source, faults), (Source::Hold, vec![Fault::PlanExhausted]));
 }
 
 fn tick(

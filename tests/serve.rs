@@ -307,6 +307,21 @@ fn a_faster_tempo_tracks_a_later_planned_position_and_is_refused_without_trackin
         refused(serve(df_planner::serve::Execute::PdController, 0.0)),
         "serve.tempo: expected a finite factor > 0, got 0"
     );
+    // A plan of 7 tokens of 4 steps, 8 times faster, runs out before the next plan (every 4
+    // steps); the node refuses it alike (`node_parts`).
+    let too_fast = "serve.tempo: a plan of 28 steps tracked 8 times faster than planned lasts 3 steps, \
+                    expected at least planner.replan_every (4): a tempo <= 7 (or replan sooner)";
+    assert_eq!(refused(serve(df_planner::serve::Execute::PdController, 8.0)), too_fast);
+    let mut cfg = config("");
+    cfg.serve = Some(serve(df_planner::serve::Execute::PdController, 8.0));
+    let node_error = df_planner::node::node_parts(&cfg).err().unwrap().to_string();
+    assert!(node_error.contains(too_fast), "{node_error}");
+    let mut cfg = config("");
+    cfg.serve = Some(serve(df_planner::serve::Execute::PdController, 7.0));
+    assert!(
+        df_planner::node::node_parts(&cfg).is_ok(),
+        "7 times faster lasts the 4 steps"
+    );
 }
 
 #[test]

@@ -325,7 +325,11 @@ impl ControlCore {
                 let index = (age.max(0) / plan.dt_ns) as usize;
                 if self.params.max_plan_age_ns.is_some_and(|max| age > max) {
                     faults.insert(Fault::PlanTooOld);
-                } else if index >= plan.len() {
+                } else if !self
+                    .pd
+                    .as_ref()
+                    .map_or(index < plan.len(), |pd| pd.execution.covers(plan.len(), index))
+                {
                     faults.insert(Fault::PlanExhausted);
                 } else {
                     let next_unused = self.last_index.map_or(0, |i| i + 1);

@@ -51,6 +51,28 @@ impl PdExecution {
         }
     }
 
+    /// Whether a plan of `len` steps still says what executed step `index` does: tracked
+    /// faster than planned, it runs out sooner (as planned, while `index < len`).
+    pub fn covers(&self, len: usize, index: usize) -> bool {
+        // The tolerance keeps a tempo such as 1.2 from losing a step to rounding.
+        self.plan_step(index) <= len as f64 - 1.0 + 1e-9
+    }
+
+    /// A plan must last until the next one is due: `replan_every` executed steps of a plan of
+    /// `plan_len` steps, at this tempo.
+    pub fn check_lasts(&self, plan_len: usize, replan_every: usize) -> Result<(), String> {
+        if replan_every == 0 || self.covers(plan_len, replan_every - 1) {
+            return Ok(());
+        }
+        Err(format!(
+            "serve.tempo: a plan of {plan_len} steps tracked {} times faster than planned lasts {} steps, \
+             expected at least planner.replan_every ({replan_every}): a tempo <= {} (or replan sooner)",
+            self.tempo,
+            (0..plan_len).take_while(|&k| self.covers(plan_len, k)).count(),
+            plan_len as f64 / replan_every as f64,
+        ))
+    }
+
     /// The plan step (fractional) that executed step `index` tracks: `index` itself as
     /// planned, further on when the plan runs faster.
     fn plan_step(&self, index: usize) -> f64 {
@@ -162,6 +184,32 @@ mod tests {
         // Step 3 would be plan time 6, past the 3-step plan: its last state.
         pd.action(&plan(), 3, &obs, &mut target, &mut out);
         assert_eq!(target, [3.0, 0.0, 1.5, 0.0]);
+    }
+
+    #[test]
+    fn a_faster_tempo_runs_out_of_plan_sooner() {
+        let as_planned = pd(true);
+        assert!((0..3).all(|k| as_planned.covers(3, k)) && !as_planned.covers(3, 3));
+        assert!(!pd(false).covers(3, 3), "the plan's own actions run out as planned");
+        // 1.5 times faster: steps 0 and 1 track plan times 0.5 and 2; step 2 would be 3.5.
+        let faster = PdExecution {
+            tempo: 1.5,
+            ..as_planned
+        };
+        assert!(faster.covers(3, 1) && !faster.covers(3, 2));
+        assert!(!faster.covers(0, 0), "an empty plan covers nothing");
+        // Rounding does not cost a step: 1.2 × 500 is the plan's 600th step.
+        let tempo_1_2 = PdExecution {
+            tempo: 1.2,
+            ..as_planned
+        };
+        assert!(tempo_1_2.covers(600, 499) && !tempo_1_2.covers(600, 500));
+        assert_eq!(faster.check_lasts(3, 2), Ok(()));
+        assert_eq!(
+            faster.check_lasts(3, 3).unwrap_err(),
+            "serve.tempo: a plan of 3 steps tracked 1.5 times faster than planned lasts 2 steps, \
+             expected at least planner.replan_every (3): a tempo <= 1 (or replan sooner)"
+        );
     }
 
     #[test]
