@@ -198,6 +198,12 @@ mod tests {
         };
         assert!(faster.covers(3, 1) && !faster.covers(3, 2));
         assert!(!faster.covers(0, 0), "an empty plan covers nothing");
+        // Half as fast, it lasts twice as long: step 5 tracks plan time 2.
+        let slower = PdExecution {
+            tempo: 0.5,
+            ..as_planned
+        };
+        assert!(slower.covers(3, 5) && !slower.covers(3, 6));
         // Rounding does not cost a step: 1.2 × 500 is the plan's 600th step.
         let tempo_1_2 = PdExecution {
             tempo: 1.2,
