@@ -259,16 +259,22 @@ fn pd_execution(track_plan: bool, tempo: f64) -> PdExecution {
     }
 }
 
-#[test]
-fn a_pd_controller_in_the_tick_holds_the_goal_from_the_plans_arrival_without_allocating() {
-    let mut c = core(Fallback::Hold, false).with_execution(pd_execution(false, 1.0), 4);
-    // An 8-step plan on [x, y, vx, vy] that comes within the hold radius at step 3.
+/// An 8-step plan on [x, y, vx, vy], a step every 100 ms, its steps written by `step`.
+fn eight_step_plan(step: impl Fn(&mut Plan, usize)) -> Plan {
     let mut p = Plan::with_capacity(8, 2, 4, 6);
     p.set_len(8);
     p.dt_ns = 100 * MS;
     for k in 0..8 {
-        p.action_mut(k).copy_from_slice(&[0.1, 0.1]);
+        step(&mut p, k);
     }
+    p
+}
+
+#[test]
+fn a_pd_controller_in_the_tick_holds_the_goal_from_the_plans_arrival_without_allocating() {
+    let mut c = core(Fallback::Hold, false).with_execution(pd_execution(false, 1.0), 4);
+    // An 8-step plan on [x, y, vx, vy] that comes within the hold radius at step 3.
+    let mut p = eight_step_plan(|p, k| p.action_mut(k).copy_from_slice(&[0.1, 0.1]));
     p.hold = Some(PlanHold {
         from: 3,
         goal: [1.0, 0.5],
@@ -308,12 +314,7 @@ fn a_pd_controller_in_the_tick_holds_the_goal_from_the_plans_arrival_without_all
 fn a_plan_tracked_twice_as_fast_runs_out_at_half_its_length() {
     let mut c = core(Fallback::Hold, false).with_execution(pd_execution(true, 2.0), 4);
     // An 8-step plan on [x, y, vx, vy] moving along x at speed 1.
-    let mut p = Plan::with_capacity(8, 2, 4, 6);
-    p.set_len(8);
-    p.dt_ns = 100 * MS;
-    for k in 0..8 {
-        p.observation_mut(k).copy_from_slice(&[k as f64, 0.0, 1.0, 0.0]);
-    }
+    let p = eight_step_plan(|p, k| p.observation_mut(k).copy_from_slice(&[k as f64, 0.0, 1.0, 0.0]));
     c.install(Box::new(p));
     let at = |t| StateSample::new(t, &[6.95, 0.0], &[2.0, 0.0]).unwrap();
     c.observe_state(&at(300 * MS));
