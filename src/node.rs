@@ -78,12 +78,14 @@ fn pd_execution(cfg: &NodeConfig, contract: &ModelContract, plan_len: usize) -> 
     let l = &contract.layout;
     let serve = cfg.serve.clone().unwrap_or_default();
     let pd = serve
-        .pd_execution(l.action_dim, l.observation_dim, &cfg.control.measured_action)
+        .pd_execution(
+            l.action_dim,
+            l.observation_dim,
+            &cfg.control.measured_action,
+            plan_len,
+            cfg.planner.replan_every,
+        )
         .map_err(NodeError::Execution)?;
-    if let Some(pd) = &pd {
-        pd.check_lasts(plan_len, cfg.planner.replan_every)
-            .map_err(NodeError::Execution)?;
-    }
     // It reads positions then velocities: joints named for positions alone would be read as
     // velocities.
     let joints = cfg.topics.state_joints.len();

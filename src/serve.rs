@@ -162,10 +162,13 @@ impl Server {
             ));
         }
         let serve = cfg.serve.clone().unwrap_or_default();
-        let pd = serve.pd_execution(l.action_dim, l.observation_dim, &cfg.control.measured_action)?;
-        if let Some(pd) = &pd {
-            pd.check_lasts(planner.plan_len(), cfg.planner.replan_every)?;
-        }
+        let pd = serve.pd_execution(
+            l.action_dim,
+            l.observation_dim,
+            &cfg.control.measured_action,
+            planner.plan_len(),
+            cfg.planner.replan_every,
+        )?;
         let reward = match &cfg.planner.goal {
             Some(goal) => Some(GoalReward::new(goal.clone(), c, [0.0, 0.0])?),
             None => None,
@@ -337,12 +340,15 @@ impl ServeSection {
     /// The PD controller that `execute` and `hold_radius` put in the loop (None: the plan's
     /// own actions run as planned), checked against the model's layout and the actions' kind:
     /// it commands forces, so `measured_action` (the indices of positions that the actions
-    /// are targets for) must be empty.
+    /// are targets for) must be empty; and against the plans: one of `plan_len` steps must
+    /// last, at `tempo`, the `replan_every` steps until the next.
     pub fn pd_execution(
         &self,
         action_dim: usize,
         observation_dim: usize,
         measured_action: &[usize],
+        plan_len: usize,
+        replan_every: usize,
     ) -> Result<Option<PdExecution>, String> {
         if let Some(r) = self.hold_radius.filter(|r| !(r.is_finite() && *r > 0.0)) {
             return Err(format!(
@@ -401,14 +407,18 @@ impl ServeSection {
                 self.position_dims
             ));
         }
-        Ok(drives_pd.then_some(PdExecution {
+        let pd = drives_pd.then_some(PdExecution {
             position_dims: self.position_dims,
             velocity_offset: observation_dim / 2,
             kp: self.kp,
             kd: self.kd,
             track_plan: self.execute == Execute::PdController,
             tempo: self.tempo,
-        }))
+        });
+        if let Some(pd) = &pd {
+            pd.check_lasts(plan_len, replan_every)?;
+        }
+        Ok(pd)
     }
 }
 
@@ -522,13 +532,16 @@ mod tests {
             hold_radius: Some(0.3),
             ..Default::default()
         };
-        assert!(hold.pd_execution(2, 4, &[]).unwrap().is_some());
+        assert!(hold.pd_execution(2, 4, &[], 1, 1).unwrap().is_some());
         assert_eq!(
-            hold.pd_execution(2, 4, &[0, 1]).unwrap_err(),
+            hold.pd_execution(2, 4, &[0, 1], 1, 1).unwrap_err(),
             "serve.execute / serve.hold_radius: the PD controller commands forces, expected \
              control.measured_action [] (actions that are not positions), got [0, 1]"
         );
-        assert_eq!(ServeSection::default().pd_execution(4, 4, &[0, 1, 2, 3]), Ok(None));
+        assert_eq!(
+            ServeSection::default().pd_execution(4, 4, &[0, 1, 2, 3], 1, 1),
+            Ok(None)
+        );
     }
 
     /// tests/fixtures/replan_pooling.json holds two processes' plan latencies, the stats reply
