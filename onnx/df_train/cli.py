@@ -223,10 +223,30 @@ def check_inputs(planner: str, config: str, maze: str | None = None, multi_goal:
     if not (Path(planner).is_file() and os.access(planner, os.X_OK)):
         raise SystemExit(f"--planner: {planner} is not an executable file (build it: cargo build --release, "
                          "then --planner target/release/df_planner)")
+    check_planner_is_fresh(planner)
     if not Path(config).is_file():
         raise SystemExit(f"--config: {config}: no such file (the node configs are in config/)")
     if maze:
         check_maze_goals(config, maze, multi_goal)
+
+
+def check_planner_is_fresh(planner: str) -> None:
+    """Refuse a planner binary built before its crate's sources last changed: `eval` does not build,
+    and results from an old binary would be credited to the tree as it is now. Only a binary under
+    a crate's own `target/` is checked (one elsewhere has no sources to compare with)."""
+    binary = Path(planner).resolve()
+    crate = next((d.parent for d in binary.parents if d.name == "target" and (d.parent / "Cargo.toml").is_file()),
+                 None)
+    if crate is None:
+        return
+    sources = [crate / "Cargo.toml", crate / "Cargo.lock", *sorted((crate / "src").rglob("*.rs"))]
+    built = binary.stat().st_mtime
+    newer = [s for s in sources if s.is_file() and s.stat().st_mtime > built]
+    if newer:
+        changed = max(newer, key=lambda s: s.stat().st_mtime)
+        raise SystemExit(f"--planner: {planner} was built before {changed.relative_to(crate)} last changed "
+                         f"({len(newer)} source file(s) newer than the binary): rebuild it (cargo build --release) "
+                         "so the results are this tree's planner's")
 
 
 def check_maze_goals(config: str, maze: str, multi_goal: bool) -> None:

@@ -1,3 +1,5 @@
+import functools
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -5,6 +7,17 @@ import pytest
 from df_train.data import save_dataset
 from df_train.datagen import pointmass
 from df_train.train import TrainConfig
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@functools.cache
+def planner_binary() -> Path:
+    """The debug `df_planner` of this tree, built once per test session (cargo is a no-op when it is
+    fresh), so no test runs an older binary than the sources."""
+    subprocess.run(["cargo", "build", "--quiet"], cwd=ROOT, check=True)
+    return ROOT / "target" / "debug" / "df_planner"
 
 
 def tiny_config(tmp: Path, **overrides) -> TrainConfig:

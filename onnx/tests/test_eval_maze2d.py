@@ -18,15 +18,15 @@ from df_train.eval.guidance_rows import summarize  # noqa: E402
 from df_train.eval.maze2d import ABLATIONS, Planner, evaluate  # noqa: E402
 from df_train.envs.maze2d import Maze2DEnv  # noqa: E402
 
+from .conftest import planner_binary  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {"normalized_score_mean", "normalized_score_std", "success_rate", "episodes", "replan_ms_p50", "replan_ms_p99"}
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    binary = ROOT / "target" / "debug" / "df_planner"
-    if not binary.exists():
-        subprocess.run(["cargo", "build", "--quiet"], cwd=ROOT, check=True)
+    binary = planner_binary()
     text = (ROOT / "config/maze2d_umaze.yaml").read_text()
     text = text.replace("onnx/models/maze2d_umaze.onnx", str(ROOT / "onnx/models/pointmass.onnx"))
     text = text.replace("horizon_tokens: 15", "horizon_tokens: 7").replace("replan_every: 10 ", "replan_every: 8 ")
@@ -560,6 +560,31 @@ def test_missing_or_absent_inputs_are_named_before_any_episode(setup, tmp_path):
               "--curve", str(tmp_path), "--multi-goal"])
     with pytest.raises(SystemExit, match="datagen maze2d: --maze is required"):
         main(["datagen", "maze2d", "--out", str(tmp_path / "d.npz")])
+
+
+def test_a_planner_built_before_its_sources_changed_is_refused(tmp_path):
+    from df_train.cli import check_planner_is_fresh
+
+    crate = tmp_path / "crate"
+    (crate / "src" / "control").mkdir(parents=True)
+    (crate / "target" / "release").mkdir(parents=True)
+    (crate / "Cargo.toml").write_text("[package]\n")
+    source = crate / "src" / "control" / "core.rs"
+    source.write_text("fn main() {}\n")
+    binary = crate / "target" / "release" / "df_planner"
+    binary.write_text("#!/bin/sh\n")
+    for path, mtime in ((crate / "Cargo.toml", 1_000), (source, 2_000), (binary, 3_000)):
+        os.utime(path, (mtime, mtime))
+    check_planner_is_fresh(str(binary))
+    os.utime(source, (4_000, 4_000))
+    with pytest.raises(SystemExit, match=r"df_planner was built before src/control/core.rs last changed \(1 source "
+                                         r"file\(s\) newer than the binary\): rebuild it \(cargo build --release\)"):
+        check_planner_is_fresh(str(binary))
+    # A binary outside any crate's target/ has nothing to compare with.
+    elsewhere = tmp_path / "df_planner"
+    elsewhere.write_text("#!/bin/sh\n")
+    os.utime(elsewhere, (0, 0))
+    check_planner_is_fresh(str(elsewhere))
 
 
 def test_a_config_must_accept_every_goal_its_episodes_set(tmp_path):

@@ -293,12 +293,10 @@ def test_camera_model_exports_with_its_camera_contract(demos, tmp_path):
     assert meta["cameras"]["image_levels"] == 4
     # The Rust side loads the camera model and reports its cameras.
     import subprocess
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
-    binary = root / "target" / "debug" / "df_planner"
-    subprocess.run(["cargo", "build", "--quiet"], cwd=root, check=True)
-    run = subprocess.run([str(binary), "inspect", str(out)], capture_output=True, text=True)
+    from .conftest import planner_binary
+
+    run = subprocess.run([str(planner_binary()), "inspect", str(out)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "cameras      front /camera/front/image_raw rgb8 32x32, wrist /camera/wrist/image_raw rgb8 32x32; " \
            "image levels 0..3 observed, 4 absent" in run.stdout, run.stdout

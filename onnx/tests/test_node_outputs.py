@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import planner_binary
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def binary() -> Path:
-    path = ROOT / "target" / "debug" / "df_planner"
-    if not path.exists():
-        subprocess.run(["cargo", "build", "--quiet"], cwd=ROOT, check=True)
-    return path
 
 
 @pytest.mark.parametrize("bag", ["pointmass_mcap", "pointmass_sqlite3"])
@@ -25,7 +20,7 @@ def test_replay_output_opens_in_python_mcap_with_ros2_decoding(tmp_path, bag):
 
     out = tmp_path / "out.mcap"
     run = subprocess.run(
-        [binary(), "replay", "--bag", ROOT / "tests/fixtures/bags" / bag, "--config", ROOT / "config/pointmass.yaml",
+        [planner_binary(), "replay", "--bag", ROOT / "tests/fixtures/bags" / bag, "--config", ROOT / "config/pointmass.yaml",
          "--out", out, "--json"],
         capture_output=True, text=True, env={**os.environ, "RUST_LOG": "error"},
     )
