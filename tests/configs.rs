@@ -446,16 +446,30 @@ fn the_large_40k_config_is_the_pd_tracked_one_with_its_model() {
     assert_eq!(shipped_config("maze2d_large_episode_40k_pd.yaml"), expected);
 }
 
-/// The Medium variant that tracks its plans faster than planned (docs/maze2d.md, "Tracking the
-/// plans faster than planned") is the PD-tracked whole-episode config with only its tempo changed.
+/// The variants that track their plans faster than planned (docs/maze2d.md, "Tracking the plans
+/// faster than planned"; Large's wide CPU model, "A wide whole-episode model for Large, trained on
+/// this CPU") are PD-tracked whole-episode configs with only their tempo (and Large's model)
+/// changed, as they were tested.
 #[test]
-fn the_medium_tempo_config_is_the_pd_tracked_one_run_faster() {
-    let mut expected = shipped_config("maze2d_medium_wide_episode_pd.yaml");
-    let serve = expected
-        .serve
-        .as_mut()
-        .expect("the Maze2D configs have a serve section");
-    assert_eq!(serve.tempo, 1.0);
-    serve.tempo = 1.3;
-    assert_eq!(shipped_config("maze2d_medium_wide_episode_pd_tempo.yaml"), expected);
+fn the_tempo_configs_are_pd_tracked_ones_run_faster() {
+    for (tempo_config, base, model) in [
+        ("maze2d_medium_wide_episode_pd_tempo.yaml", "maze2d_medium_wide_episode_pd.yaml", None),
+        (
+            "maze2d_large_wide_episode_cpu_pd_tempo.yaml",
+            "maze2d_large_episode_pd.yaml",
+            Some("onnx/models/maze2d_large_wide_episode_cpu.onnx"),
+        ),
+    ] {
+        let mut expected = shipped_config(base);
+        if let Some(model) = model {
+            expected.model.path = common::repo().join(model);
+        }
+        let serve = expected
+            .serve
+            .as_mut()
+            .expect("the Maze2D configs have a serve section");
+        assert_eq!(serve.tempo, 1.0, "{base}");
+        serve.tempo = 1.3;
+        assert_eq!(shipped_config(tempo_config), expected, "{tempo_config}");
+    }
 }
