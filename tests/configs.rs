@@ -453,7 +453,11 @@ fn the_large_40k_config_is_the_pd_tracked_one_with_its_model() {
 #[test]
 fn the_tempo_configs_are_pd_tracked_ones_run_faster() {
     for (tempo_config, base, model) in [
-        ("maze2d_medium_wide_episode_pd_tempo.yaml", "maze2d_medium_wide_episode_pd.yaml", None),
+        (
+            "maze2d_medium_wide_episode_pd_tempo.yaml",
+            "maze2d_medium_wide_episode_pd.yaml",
+            None,
+        ),
         (
             "maze2d_large_wide_episode_cpu_pd_tempo.yaml",
             "maze2d_large_episode_pd.yaml",
