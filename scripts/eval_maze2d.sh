@@ -44,4 +44,9 @@ done
 # the same model trained to 40k steps, on its README row's seeds 1100-
 "$VENV/bin/df-train" eval maze2d --maze large --episodes "$episodes" --seed 1100 --workers "$workers" --configs no_mcg \
   --planner target/release/df_planner --config config/maze2d_large_episode_40k_pd.yaml --out runs/eval/large_episode_40k_pd.json
+# Large's wide whole-episode model trained on 2 CPU cores (VARIANT=_wide_episode_cpu, --tokens 81 --width 256
+# --steps 20000), its plans tracked 1.3 times faster, on its README row's seeds 1400-: 100 episodes take about 33 min here
+"$VENV/bin/df-train" eval maze2d --maze large --episodes "$episodes" --seed 1400 --workers "$workers" --configs no_mcg \
+  --planner target/release/df_planner --config config/maze2d_large_wide_episode_cpu_pd_tempo.yaml \
+  --out runs/eval/large_wide_episode_cpu_pd_tempo.json
 cat runs/eval/*.md
