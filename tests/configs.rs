@@ -477,3 +477,20 @@ fn the_tempo_configs_are_pd_tracked_ones_run_faster() {
         assert_eq!(shipped_config(tempo_config), expected, "{tempo_config}");
     }
 }
+
+/// Large's official-guidance-form config (docs/maze2d.md, "The official guidance form on the
+/// whole-episode models") is the wide CPU model's tempo config with only its guidance form and
+/// scale changed, as it was tested.
+#[test]
+fn the_large_next_state_config_is_the_tempo_one_guided_in_the_official_form() {
+    use df_planner::diffusion::GuidanceForm;
+
+    let mut expected = shipped_config("maze2d_large_wide_episode_cpu_pd_tempo.yaml");
+    assert_eq!(expected.planner.guidance_form, GuidanceForm::Score { max_gain: 100.0 });
+    expected.planner.guidance_form = GuidanceForm::NextState;
+    expected.planner.guidance_scale = 1000.0;
+    assert_eq!(
+        shipped_config("maze2d_large_wide_episode_cpu_next_state.yaml"),
+        expected
+    );
+}
