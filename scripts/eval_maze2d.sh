@@ -3,7 +3,8 @@
 # Needs the exported models (scripts/train_maze2d.sh) and writes runs/eval/<maze>{,_multigoal}.{json,md,png},
 # runs/eval/umaze_reach.*, then runs/eval/medium_{long,episode,wide,wide_episode,wide_episode_pd}.* for the Medium model variants (MCG against no MCG),
 # then runs/eval/medium_wide_episode_pd_tempo.* (those plans tracked 1.3 times faster, no MCG),
-# then runs/eval/large_episode{,_40k}_pd.* for Large's whole-episode model at 20k and 40k steps (no MCG).
+# then runs/eval/large_episode{,_40k}_pd.* for Large's whole-episode model at 20k and 40k steps, and
+# runs/eval/large_wide_episode_cpu_{pd_tempo,next_state}.* for its wide CPU-trained one (no MCG).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 episodes="${1:-100}"; workers="${2:-2}"
@@ -49,4 +50,8 @@ done
 "$VENV/bin/df-train" eval maze2d --maze large --episodes "$episodes" --seed 1400 --workers "$workers" --configs no_mcg \
   --planner target/release/df_planner --config config/maze2d_large_wide_episode_cpu_pd_tempo.yaml \
   --out runs/eval/large_wide_episode_cpu_pd_tempo.json
+# the same, guided in the official code's form (next_state, scale 1000), on the same seeds: about 24 min here
+"$VENV/bin/df-train" eval maze2d --maze large --episodes "$episodes" --seed 1400 --workers "$workers" --configs no_mcg \
+  --planner target/release/df_planner --config config/maze2d_large_wide_episode_cpu_next_state.yaml \
+  --out runs/eval/large_wide_episode_cpu_next_state.json
 cat runs/eval/*.md
