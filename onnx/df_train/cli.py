@@ -145,8 +145,8 @@ def cmd_export(a) -> None:
 
 def cmd_eval(a) -> None:
     if a.task == "fruit-swap":
-        if a.merge:
-            raise SystemExit("eval fruit-swap: --merge pools maze2d results only")
+        if a.merge or a.pair:
+            raise SystemExit("eval fruit-swap: --merge and --pair read maze2d results only")
         from .eval import fruit_swap
 
         configs = a.configs.split(",") if a.configs else None
@@ -166,6 +166,14 @@ def cmd_eval(a) -> None:
         if not a.out:
             raise SystemExit("eval fruit-swap: --out is required")
         fruit_swap.evaluate(Path(a.checkpoint), a.episodes, Path(a.out), configs, 10_000 + a.seed)
+        return
+    if a.pair:
+        from .eval.maze2d import pair, pair_line
+
+        try:
+            print(pair_line(pair(*a.pair)), end="")
+        except ValueError as e:
+            raise SystemExit(f"eval maze2d --pair: {e}") from None
         return
     if a.merge:
         if not a.out:
@@ -373,6 +381,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="planner processes running episodes in parallel (fruit-swap --checkpoint runs one)")
     p.add_argument("--merge", nargs="+", metavar="RESULTS", help="maze2d: pool results.json files of one evaluation "
                    "over adjacent env seed ranges into --out (scores concatenated, statistics recomputed)")
+    p.add_argument("--pair", nargs=2, metavar=("A", "B"), help="maze2d: A − B by seed between two results.json "
+                   "(RESULTS[:CONFIG]) over the env seeds both ran: paired mean ± standard error, t, wins, and "
+                   "where one reached the goal and the other did not")
     p.add_argument("--curve", metavar="RUN_DIR", help="learning curve instead: evaluate --configs (default df_mcg) "
                                                       "with every snapshot in RUN_DIR/snapshots (written by train "
                                                       "--snapshot-every); with df_mcg,no_mcg also their paired "

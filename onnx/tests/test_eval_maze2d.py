@@ -345,6 +345,49 @@ def test_merge_refuses_overlapping_seeds_gaps_and_different_evaluations(tmp_path
     assert not (tmp_path / "out.json").exists()
 
 
+def test_runs_written_apart_pair_by_seed_over_the_seeds_both_ran(tmp_path, capsys):
+    from df_train.eval.maze2d import pair, paired_difference
+
+    # A later df_mcg run on seeds 12-14 against a no_mcg run on 10-14: paired over 12-14 only.
+    mcg = run_file(tmp_path / "mcg.json", 12, {"df_mcg": ([250.0, 40.0, 3.0], [1, 300, None])})
+    plain = run_file(tmp_path / "plain.json", 10, {"no_mcg": ([90.0, 10.0, 240.0, 0.0, 5.0], [150, 400, 2, None, 7])})
+    paired = pair(str(mcg), str(plain))
+    assert paired["env_seeds"] == [12, 14] and paired["episodes"] == 3
+    assert paired["a_minus_b"] == pytest.approx(paired_difference([250.0, 40.0, 3.0], [240.0, 0.0, 5.0]))
+    assert (paired["a_mean"], paired["b_mean"]) == pytest.approx((293 / 3, 245 / 3))
+    assert (paired["a_wins"], paired["b_wins"]) == (2, 1)
+    assert (paired["a_reached_where_b_did_not"], paired["b_reached_where_a_did_not"]) == (1, 1)
+    # A file of several configurations needs the one named; the CLI prints one line.
+    both = run_file(tmp_path / "both.json", 10, {"df_mcg": ([1.0, 2.0], [None, 5]), "no_mcg": ([0.0, 4.0], [None, None])})
+    with pytest.raises(ValueError, match=r"both.json holds \['df_mcg', 'no_mcg'\]: name one as .*both.json:CONFIG"):
+        pair(str(both), str(plain))
+    with pytest.raises(ValueError, match=r"has no configuration 'pd_controller', only \['df_mcg', 'no_mcg'\]"):
+        pair(f"{both}:pd_controller", str(plain))
+    main(["eval", "maze2d", "--pair", f"{both}:df_mcg", f"{both}:no_mcg"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"{both}:df_mcg − {both}:no_mcg, env seeds 10–11 (2 episodes): -0.5 ± 1.5 (t -0.3); "
+                          "1.5 against 2.0; wins 1 to 1; reached where the other did not: 1 to 0"), out
+
+
+def test_pair_refuses_runs_that_are_not_the_same_episodes(tmp_path):
+    from df_train.eval.maze2d import pair
+
+    a = run_file(tmp_path / "a.json", 0, {"no_mcg": ([1.0, 2.0], [None, 5])})
+    later = run_file(tmp_path / "later.json", 2, {"no_mcg": ([1.0], [None])})
+    with pytest.raises(ValueError, match=r"env seeds \[0, 1\] .*a.json\) and \[2, 2\] .*later.json\) do not overlap"):
+        pair(str(a), str(later))
+    multi = run_file(tmp_path / "multi.json", 0, {"no_mcg": ([1.0, 2.0], [None, 5])}, multi_goal=True)
+    with pytest.raises(ValueError, match=r"multi_goal is False in .*a.json but True in .*multi.json"):
+        pair(str(a), str(multi))
+    reseeded = json.loads(a.read_text())
+    reseeded["no_mcg"]["planner_seeds"] = [1000, 1001]
+    (tmp_path / "reseeded.json").write_text(json.dumps(reseeded))
+    with pytest.raises(ValueError, match=r"planner seed offsets .*differ"):
+        pair(str(a), str(tmp_path / "reseeded.json"))
+    with pytest.raises(SystemExit, match=r"eval maze2d --pair: .*nope.json: cannot read a results.json"):
+        main(["eval", "maze2d", "--pair", str(a), str(tmp_path / "nope.json")])
+
+
 def test_eval_help_names_every_configuration(capsys):
     # The CLI imports the evaluation lazily (MuJoCo), so its help lists the names by hand.
     with pytest.raises(SystemExit):

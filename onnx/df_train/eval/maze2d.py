@@ -346,6 +346,63 @@ def paired_difference(reference: list[float], other: list[float]) -> dict:
     return {"mean": mean, "sem": sem, "t": mean / sem if sem > 0 else float("nan")}
 
 
+def pair(spec_a: str, spec_b: str) -> dict:
+    """A − B by seed between two runs written apart (`RESULTS[:CONFIG]`; CONFIG may be left
+    out where the file holds one): over the env seeds both ran, which must have had the same
+    planner seeds, the same maze and the same goals. A run paired with another that ran
+    before it, on seeds its own run did not cover, is paired this way."""
+    (path_a, name_a, a), (path_b, name_b, b) = (_one_config(spec) for spec in (spec_a, spec_b))
+    for field in ("maze", "multi_goal"):
+        if a[field] != b[field]:
+            raise ValueError(f"{field} is {a[field]!r} in {path_a} but {b[field]!r} in {path_b}: not the same episodes")
+    first, last = max(a["env_seeds"][0], b["env_seeds"][0]), min(a["env_seeds"][1], b["env_seeds"][1])
+    if first > last:
+        raise ValueError(f"env seeds {a['env_seeds']} ({path_a}) and {b['env_seeds']} ({path_b}) do not overlap")
+    offsets = {path: run["planner_seeds"][0] - run["env_seeds"][0] for path, run in ((path_a, a), (path_b, b))}
+    if len(set(offsets.values())) > 1:
+        raise ValueError(f"planner seed offsets {offsets} differ (--planner-seed-offset): the same starts under "
+                         f"other planner noise are not paired")
+
+    def overlap(run: dict, key: str) -> list:
+        start = first - run["env_seeds"][0]
+        return run[key][start:start + last - first + 1]
+
+    paired = {"a": f"{path_a}:{name_a}", "b": f"{path_b}:{name_b}", "env_seeds": [first, last],
+              "episodes": last - first + 1, "a_mean": statistics.fmean(overlap(a, "scores")),
+              "b_mean": statistics.fmean(overlap(b, "scores")),
+              "a_minus_b": paired_difference(overlap(a, "scores"), overlap(b, "scores"))}
+    diffs = [x - y for x, y in zip(overlap(a, "scores"), overlap(b, "scores"), strict=True)]
+    paired["a_wins"], paired["b_wins"] = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    if "reached" in a and "reached" in b:
+        both = list(zip(overlap(a, "reached"), overlap(b, "reached"), strict=True))
+        paired["a_reached_where_b_did_not"] = sum(x and not y for x, y in both)
+        paired["b_reached_where_a_did_not"] = sum(y and not x for x, y in both)
+    return paired
+
+
+def _one_config(spec: str) -> tuple[str, str, dict]:
+    path, _, name = str(spec).partition(":")
+    results = read_results(path)
+    if not name:
+        if len(results) != 1:
+            raise ValueError(f"{path} holds {list(results)}: name one as {path}:CONFIG")
+        name = next(iter(results))
+    if name not in results:
+        raise ValueError(f"{path} has no configuration {name!r}, only {list(results)}")
+    return path, name, results[name]
+
+
+def pair_line(paired: dict) -> str:
+    d = paired["a_minus_b"]
+    line = (f"{paired['a']} − {paired['b']}, env seeds {paired['env_seeds'][0]}–{paired['env_seeds'][1]} "
+            f"({paired['episodes']} episodes): {d['mean']:+.1f} ± {d['sem']:.1f} (t {d['t']:.1f}); "
+            f"{paired['a_mean']:.1f} against {paired['b_mean']:.1f}; wins {paired['a_wins']} to {paired['b_wins']}")
+    if "a_reached_where_b_did_not" in paired:
+        line += (f"; reached where the other did not: {paired['a_reached_where_b_did_not']} to "
+                 f"{paired['b_reached_where_a_did_not']}")
+    return line + "\n"
+
+
 def censored_reach(maze: str, episodes: int, reaches: list) -> float:
     """The mean first-reach step over every episode, one that never reached counted at the
     episode's length (a lower bound for it). The mean over the reached episodes alone favours a
