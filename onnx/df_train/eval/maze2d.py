@@ -348,9 +348,9 @@ def paired_difference(reference: list[float], other: list[float]) -> dict:
 
 def pair(spec_a: str, spec_b: str) -> dict:
     """A − B by seed between two runs written apart (`RESULTS[:CONFIG]`; CONFIG may be left
-    out where the file holds one): over the env seeds both ran, which must have had the same
-    planner seeds, the same maze and the same goals. A run paired with another that ran
-    before it, on seeds its own run did not cover, is paired this way."""
+    out where the file holds one), such as a configuration run later on some of another run's
+    seeds: over the env seeds both ran, which must have had the same planner seeds, maze and
+    goal mode. The models may differ: comparing them is what it is for."""
     (path_a, name_a, a), (path_b, name_b, b) = (_one_config(spec) for spec in (spec_a, spec_b))
     for field in ("maze", "multi_goal"):
         if a[field] != b[field]:
@@ -367,12 +367,12 @@ def pair(spec_a: str, spec_b: str) -> dict:
         start = first - run["env_seeds"][0]
         return run[key][start:start + last - first + 1]
 
+    scores_a, scores_b = overlap(a, "scores"), overlap(b, "scores")
+    diffs = [x - y for x, y in zip(scores_a, scores_b, strict=True)]
     paired = {"a": f"{path_a}:{name_a}", "b": f"{path_b}:{name_b}", "env_seeds": [first, last],
-              "episodes": last - first + 1, "a_mean": statistics.fmean(overlap(a, "scores")),
-              "b_mean": statistics.fmean(overlap(b, "scores")),
-              "a_minus_b": paired_difference(overlap(a, "scores"), overlap(b, "scores"))}
-    diffs = [x - y for x, y in zip(overlap(a, "scores"), overlap(b, "scores"), strict=True)]
-    paired["a_wins"], paired["b_wins"] = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+              "episodes": len(diffs), "a_mean": statistics.fmean(scores_a), "b_mean": statistics.fmean(scores_b),
+              "a_minus_b": paired_difference(scores_a, scores_b),
+              "a_wins": sum(d > 0 for d in diffs), "b_wins": sum(d < 0 for d in diffs)}
     if "reached" in a and "reached" in b:
         both = list(zip(overlap(a, "reached"), overlap(b, "reached"), strict=True))
         paired["a_reached_where_b_did_not"] = sum(x and not y for x, y in both)
