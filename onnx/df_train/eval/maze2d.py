@@ -329,12 +329,23 @@ def fill_paired_differences(results: dict) -> None:
         return
     for name, r in results.items():
         if name != "straight_to_goal" and "reached" in r:
-            pairs = list(zip(r["reached"], straight["reached"], strict=True))
+            this_only, straight_only = reached_apart(r["reached"], straight["reached"])
             r["against_straight_to_goal"] = {
                 "this_minus_straight": paired_difference(r["scores"], straight["scores"]),
-                "reached_where_straight_did_not": sum(a and not b for a, b in pairs),
-                "straight_reached_where_this_did_not": sum(b and not a for a, b in pairs),
+                "reached_where_straight_did_not": this_only,
+                "straight_reached_where_this_did_not": straight_only,
             }
+
+
+def reached_apart(reached_a: list[bool], reached_b: list[bool]) -> tuple[int, int]:
+    """Over the same episodes: in how many A reached the goal and B did not, and the reverse."""
+    pairs = list(zip(reached_a, reached_b, strict=True))
+    return sum(a and not b for a, b in pairs), sum(b and not a for a, b in pairs)
+
+
+def planner_seed_offset(summary: dict) -> int:
+    """A run's --planner-seed-offset: runs with different ones planned the same starts under other noise."""
+    return summary["planner_seeds"][0] - summary["env_seeds"][0]
 
 
 def paired_difference(reference: list[float], other: list[float]) -> dict:
@@ -358,7 +369,7 @@ def pair(spec_a: str, spec_b: str) -> dict:
     first, last = max(a["env_seeds"][0], b["env_seeds"][0]), min(a["env_seeds"][1], b["env_seeds"][1])
     if first > last:
         raise ValueError(f"env seeds {a['env_seeds']} ({path_a}) and {b['env_seeds']} ({path_b}) do not overlap")
-    offsets = {path: run["planner_seeds"][0] - run["env_seeds"][0] for path, run in ((path_a, a), (path_b, b))}
+    offsets = {path: planner_seed_offset(run) for path, run in ((path_a, a), (path_b, b))}
     if len(set(offsets.values())) > 1:
         raise ValueError(f"planner seed offsets {offsets} differ (--planner-seed-offset): the same starts under "
                          f"other planner noise are not paired")
@@ -374,9 +385,8 @@ def pair(spec_a: str, spec_b: str) -> dict:
               "a_minus_b": paired_difference(scores_a, scores_b),
               "a_wins": sum(d > 0 for d in diffs), "b_wins": sum(d < 0 for d in diffs)}
     if "reached" in a and "reached" in b:
-        both = list(zip(overlap(a, "reached"), overlap(b, "reached"), strict=True))
-        paired["a_reached_where_b_did_not"] = sum(x and not y for x, y in both)
-        paired["b_reached_where_a_did_not"] = sum(y and not x for x, y in both)
+        paired["a_reached_where_b_did_not"], paired["b_reached_where_a_did_not"] = reached_apart(
+            overlap(a, "reached"), overlap(b, "reached"))
     return paired
 
 
@@ -509,7 +519,7 @@ def merge(paths: list, out) -> dict:
         if len(models) > 1:
             raise ValueError(f"{name}: model_sha256 differs between {sorted(models.values())}: "
                              f"only runs of the same model can be pooled")
-        offsets = {part["planner_seeds"][0] - part["env_seeds"][0] for _, part in parts}
+        offsets = {planner_seed_offset(part) for _, part in parts}
         if len(offsets) > 1:
             raise ValueError(f"{name}: planner seed offsets {sorted(offsets)} differ between runs "
                              f"(--planner-seed-offset); only runs with the same one can be pooled")
