@@ -494,3 +494,20 @@ fn the_large_next_state_config_is_the_tempo_one_guided_in_the_official_form() {
         expected
     );
 }
+
+/// Large's faster-tracked official-form config (docs/maze2d.md, "Tempo 2.0 on Large, a test set
+/// beforehand") is the official-form config with only its tempo changed, as it was tested.
+#[test]
+fn the_large_tempo2_config_is_the_next_state_one_tracked_faster() {
+    let mut expected = shipped_config("maze2d_large_wide_episode_cpu_next_state.yaml");
+    let serve = expected
+        .serve
+        .as_mut()
+        .expect("the Maze2D configs have a serve section");
+    assert_eq!(serve.tempo, 1.3);
+    serve.tempo = 2.0;
+    assert_eq!(
+        shipped_config("maze2d_large_wide_episode_cpu_next_state_tempo2.yaml"),
+        expected
+    );
+}
