@@ -16,7 +16,7 @@ use serde_yaml_ng::Value;
 use thiserror::Error;
 
 use crate::control::JointSelection;
-use crate::diffusion::{GuidanceForm, MatrixKind};
+use crate::diffusion::{GuidanceForm, MatrixKind, NoiseStreams};
 use crate::frames::Resize;
 use crate::model::RuntimeConfig;
 use crate::planner::{GoalRewardConfig, McgForm};
@@ -108,6 +108,10 @@ pub struct PlannerSection {
     pub replan_every: usize,
     /// Seed of the sampler's noise; replay is byte-identical for a seed (default 0).
     pub seed: u64,
+    /// `shared` (default): the batch draws from one noise stream; `per_sample`: each sample
+    /// from its own, sample 0 drawing what the same planner without MCG draws, so that MCG
+    /// and no MCG compared on the same seeds differ only by MCG (common random numbers).
+    pub noise_streams: NoiseStreams,
     /// Warm start: re-noise the previous plan (shifted by the executed tokens) to this matrix
     /// level instead of starting from pure noise (default: none, always cold).
     pub warm_start_level: Option<u32>,
@@ -131,6 +135,7 @@ impl Default for PlannerSection {
             eta: 0.0,
             replan_every: 1,
             seed: 0,
+            noise_streams: NoiseStreams::Shared,
             warm_start_level: None,
             goal: None,
         }

@@ -48,6 +48,7 @@ pub fn planner_settings(cfg: &NodeConfig) -> PlannerSettings {
         replan_every: p.replan_every,
         warm_start_level: p.warm_start_level,
         seed: p.seed,
+        noise_streams: p.noise_streams,
     }
 }
 

@@ -511,3 +511,19 @@ fn the_large_tempo2_config_is_the_next_state_one_tracked_faster() {
         expected
     );
 }
+
+/// Medium's common-random-numbers config (docs/maze2d.md, "MCG with common random numbers, a
+/// test set beforehand") is the tempo config with only its noise streams changed, as it was
+/// tested.
+#[test]
+fn the_medium_per_sample_config_is_the_tempo_one_with_a_noise_stream_per_future() {
+    use df_planner::diffusion::NoiseStreams;
+
+    let mut expected = shipped_config("maze2d_medium_wide_episode_pd_tempo.yaml");
+    assert_eq!(expected.planner.noise_streams, NoiseStreams::Shared);
+    expected.planner.noise_streams = NoiseStreams::PerSample;
+    assert_eq!(
+        shipped_config("maze2d_medium_wide_episode_pd_tempo_per_sample.yaml"),
+        expected
+    );
+}

@@ -433,6 +433,40 @@ fn a_seeded_reset_makes_the_episode_independent_of_what_ran_before() {
     assert_eq!(episode(&mut fresh, reset(Some(7))), episode(&mut used, reset(Some(7))));
 }
 
+/// With a noise stream per sample, the point-mass model's unguided plans (where MCG has nothing
+/// to average) are the same with 4 samples as with 1, plan after plan, up to the batched
+/// inference's rounding: what MCG changes is then MCG's own doing. From one shared stream they
+/// are not.
+#[test]
+fn per_sample_noise_streams_keep_the_executed_plan_of_a_planner_without_mcg() {
+    use df_planner::diffusion::NoiseStreams;
+
+    let actions = |samples: usize, streams: NoiseStreams| {
+        let mut cfg = config("");
+        cfg.planner.samples = samples;
+        cfg.planner.noise_streams = streams;
+        // Unguided, and every step draws noise (η 1), not only the first.
+        cfg.planner.guidance_scale = 0.0;
+        cfg.planner.eta = 1.0;
+        let mut s = server(&cfg);
+        ask(&mut s, json!({"op": "reset", "goal": [1.0, 1.0], "seed": 5}));
+        (0..12)
+            .flat_map(|k| {
+                let r = ask(&mut s, json!({"op": "step", "obs": [0.1 * k as f64, 0.0, 0.0, 0.0]}));
+                assert_eq!(r["ok"], true, "{r}");
+                serde_json::from_value::<Vec<f64>>(r["action"].clone()).unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    let largest_gap = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let without_mcg = actions(1, NoiseStreams::Shared);
+    let per_sample = largest_gap(&actions(4, NoiseStreams::PerSample), &without_mcg);
+    let shared = largest_gap(&actions(4, NoiseStreams::Shared), &without_mcg);
+    println!("largest action gap to the plan without MCG: per-sample streams {per_sample:e}, shared {shared:e}");
+    assert!(per_sample < 1e-4, "{per_sample}");
+    assert!(shared > 1e-2, "{shared}");
+}
+
 #[test]
 fn score_path_scores_any_path_with_the_goal_reward() {
     let mut s = server(&config(""));

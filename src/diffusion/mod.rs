@@ -15,6 +15,6 @@ pub use ddim::{ddim_coefficients, DdimCoefficients};
 pub use denoiser::{DenoiseError, Denoiser};
 pub use guidance::{Guidance, GuidanceForm, QuadraticTarget};
 pub use matrix::{MatrixError, MatrixKind, SchedulingMatrix, TimestepRows};
-pub use noise::{NoiseSource, RecordedNoise, SeededNoise};
+pub use noise::{NoiseSource, NoiseStreams, RecordedNoise, SeededNoise, SeededStreams};
 pub use sampler::{McgReport, SampleError, Sampler, SamplerSettings};
 pub use schedule::{level_to_timestep, AlphaBar, ScheduleError};

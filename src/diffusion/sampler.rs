@@ -402,7 +402,7 @@ impl Sampler {
         noise: &mut dyn NoiseSource,
     ) -> Result<McgSums, SampleError> {
         let re = self.redraw.as_mut().expect("redraw buffers");
-        noise.fill(row, re.eps_draw.view_mut());
+        noise.fill_redraws(row, re.eps_draw.view_mut());
         let (draws, _, dim) = re.x_in.dim();
         for (token, &t) in cur.iter().enumerate() {
             re.k_in.column_mut(token).fill(self.k_in[[0, token]]);

@@ -9,14 +9,12 @@
 //! its last frame; planned tokens have none (their image level says so).
 
 use ndarray::{s, Array1, Array3, Array5};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use thiserror::Error;
 
 use crate::diffusion::{
-    Denoiser, Guidance, GuidanceForm, MatrixError, MatrixKind, SampleError, Sampler, SamplerSettings, ScheduleError,
-    SchedulingMatrix, SeededNoise, TimestepRows,
+    Denoiser, Guidance, GuidanceForm, MatrixError, MatrixKind, NoiseStreams, SampleError, Sampler, SamplerSettings,
+    ScheduleError, SchedulingMatrix, SeededNoise, SeededStreams, TimestepRows,
 };
 use crate::model::{Field, ModelContract, MAX_STANDARD_DEVIATIONS};
 
@@ -119,6 +117,9 @@ pub struct PlannerSettings {
     /// to this matrix level (0..=S), instead of from pure noise. None: always cold.
     pub warm_start_level: Option<u32>,
     pub seed: u64,
+    /// One noise stream for the batch, or one per sample (sample 0 then draws what a plan
+    /// without MCG draws).
+    pub noise_streams: NoiseStreams,
 }
 
 /// Monte Carlo Guidance: what its N samples are.
@@ -145,6 +146,14 @@ impl PlannerSettings {
         match self.mcg {
             McgForm::Futures | McgForm::PriorFutures => self.samples,
             McgForm::Redraws => 1,
+        }
+    }
+
+    /// Redrawn windows per row (MCG redraws).
+    fn redraws(&self) -> usize {
+        match self.mcg {
+            McgForm::Futures | McgForm::PriorFutures => 0,
+            McgForm::Redraws => self.samples - 1,
         }
     }
 }
@@ -183,7 +192,11 @@ pub struct DfPlanner {
     previous: Array3<f32>,
     has_previous: bool,
     noise: SeededNoise,
-    init_rng: ChaCha8Rng,
+    /// Draws for the tokens a plan starts from (pure noise, or a warm start's re-noising).
+    init: SeededStreams,
+    noise_streams: NoiseStreams,
+    /// Per-sample streams: the batch, then the redraws.
+    redraws: usize,
     /// Normalized frames of the last context_tokens × frame_stack steps, a ring: slot
     /// `(frames_seen - 1 - ago) % capacity` holds the frame `ago` steps back.
     history: Vec<f32>,
@@ -281,10 +294,7 @@ impl DfPlanner {
                 guidance_form: s.guidance_form,
                 context_tokens: context,
                 shared_tokens: if s.batch() > 1 { executed } else { 0 },
-                redraws: match s.mcg {
-                    McgForm::Futures | McgForm::PriorFutures => 0,
-                    McgForm::Redraws => s.samples - 1,
-                },
+                redraws: s.redraws(),
                 guided_tokens: (s.mcg == McgForm::PriorFutures).then_some(executed),
                 mcg_temperature: s.mcg_temperature.filter(|_| s.batch() > 1),
             };
@@ -342,7 +352,9 @@ impl DfPlanner {
             previous: Array3::zeros((s.batch(), horizon, d)),
             has_previous: false,
             noise: SeededNoise::new(0),
-            init_rng: ChaCha8Rng::seed_from_u64(0),
+            init: SeededStreams::new(0, 1),
+            noise_streams: s.noise_streams,
+            redraws: s.redraws(),
             history: vec![0.0; capacity * l.frame_dim],
             frames_seen: 0,
             frame: vec![0.0; l.frame_dim],
@@ -381,8 +393,15 @@ impl DfPlanner {
     /// Restart the noise streams, as a planner built with `seed` starts: episodes then sample
     /// the same whatever ran before them.
     pub fn reseed(&mut self, seed: u64) {
-        self.noise = SeededNoise::new(seed);
-        self.init_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+        let init_seed = seed ^ 0x9e37_79b9_7f4a_7c15;
+        let batch = self.samples();
+        (self.noise, self.init) = match self.noise_streams {
+            NoiseStreams::Shared => (SeededNoise::new(seed), SeededStreams::new(init_seed, 1)),
+            NoiseStreams::PerSample => (
+                SeededNoise::per_sample(seed, batch, self.redraws),
+                SeededStreams::new(init_seed, batch),
+            ),
+        };
     }
 
     /// History frames the ring holds.
@@ -553,11 +572,11 @@ impl DfPlanner {
             let prev = self.previous.slice(s![i, shift..shift + carried, ..]);
             let mut carried_part = window.x.slice_mut(s![i, context..context + carried, ..]);
             for (dst, &v) in carried_part.iter_mut().zip(prev.iter()) {
-                let eps: f32 = StandardNormal.sample(&mut self.init_rng);
+                let eps: f32 = StandardNormal.sample(self.init.rng(i));
                 *dst = a * v + b * eps;
             }
             for v in window.x.slice_mut(s![i, context + carried.., ..]).iter_mut() {
-                *v = StandardNormal.sample(&mut self.init_rng);
+                *v = StandardNormal.sample(self.init.rng(i));
             }
         }
         let window = &mut self.windows[context - 1];
@@ -761,6 +780,7 @@ pub(super) mod tests {
             replan_every: 1,
             warm_start_level: None,
             seed: 0,
+            noise_streams: NoiseStreams::Shared,
         }
     }
 
@@ -857,6 +877,40 @@ pub(super) mod tests {
         let image = seen.images.as_ref().unwrap();
         assert!((image[[0, 0, 0, 0, 0]] - 40.0 / 255.0).abs() < 1e-6);
         assert_eq!(seen.levels, vec![0, 4, 4]);
+    }
+
+    /// With a noise stream per sample, an MCG planner's plan (sample 0) draws what the same
+    /// planner without MCG draws, plan after plan: without guidance, MCG has nothing to average
+    /// and the plans are the same. From one shared stream, the other futures take draws that
+    /// the plan would have had.
+    #[test]
+    fn per_sample_noise_streams_give_the_plan_its_draws_without_mcg() {
+        let plans = |samples: usize, noise_streams: NoiseStreams| -> Vec<Plan> {
+            let s = PlannerSettings {
+                samples,
+                noise_streams,
+                eta: 1.0,
+                replan_every: 2,
+                seed: 3,
+                ..settings(1)
+            };
+            let seen = Arc::new(Mutex::new(Seen::default()));
+            let mut p = DfPlanner::new(Box::new(Recorder(seen, false)), contract(false), &s).unwrap();
+            let mut plan = Plan::with_capacity(p.plan_len(), 2, 4, 12);
+            (0..3)
+                .map(|k| {
+                    push(&mut p, 2 * k, false);
+                    push(&mut p, 2 * k + 1, false);
+                    p.plan(None, &mut plan).unwrap();
+                    plan.clone()
+                })
+                .collect()
+        };
+        let without_mcg = plans(1, NoiseStreams::Shared);
+        assert_eq!(plans(1, NoiseStreams::PerSample), without_mcg);
+        assert_eq!(plans(4, NoiseStreams::PerSample), without_mcg);
+        let shared = plans(4, NoiseStreams::Shared);
+        assert!(shared.iter().zip(&without_mcg).all(|(a, b)| a != b));
     }
 
     #[test]
