@@ -4,7 +4,7 @@
 # runs/eval/umaze_reach.*, then runs/eval/medium_{long,episode,wide,wide_episode,wide_episode_pd}.* for the Medium model variants (MCG against no MCG),
 # then runs/eval/medium_wide_episode_pd_tempo.* (those plans tracked 1.3 times faster, no MCG),
 # then runs/eval/large_episode{,_40k}_pd.* for Large's whole-episode model at 20k and 40k steps, and
-# runs/eval/large_wide_episode_cpu_{pd_tempo,next_state}.* for its wide CPU-trained one (no MCG).
+# runs/eval/large_wide_episode_cpu_{pd_tempo,next_state,next_state_tempo2}.* for its wide CPU-trained one (no MCG).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 episodes="${1:-100}"; workers="${2:-2}"
@@ -54,4 +54,8 @@ done
 "$VENV/bin/df-train" eval maze2d --maze large --episodes "$episodes" --seed 1400 --workers "$workers" --configs no_mcg \
   --planner target/release/df_planner --config config/maze2d_large_wide_episode_cpu_next_state.yaml \
   --out runs/eval/large_wide_episode_cpu_next_state.json
+# the same tracked 2.0 times faster (its README row: 200 episodes from seed 1400): about 30 min per 100 here
+"$VENV/bin/df-train" eval maze2d --maze large --episodes "$episodes" --seed 1400 --workers "$workers" --configs no_mcg \
+  --planner target/release/df_planner --config config/maze2d_large_wide_episode_cpu_next_state_tempo2.yaml \
+  --out runs/eval/large_wide_episode_cpu_next_state_tempo2.json
 cat runs/eval/*.md
