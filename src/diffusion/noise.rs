@@ -40,14 +40,19 @@ pub struct SeededStreams {
 impl SeededStreams {
     /// `count` streams (at least one); one is shared by every index.
     pub fn new(seed: u64, count: usize) -> Self {
-        let rngs = (0..count.max(1) as u64)
-            .map(|stream| {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                rng.set_stream(stream);
-                rng
-            })
-            .collect();
-        Self { rngs }
+        let mut streams = Self {
+            rngs: vec![ChaCha8Rng::seed_from_u64(seed); count.max(1)],
+        };
+        streams.reseed(seed);
+        streams
+    }
+
+    /// Restart every stream from `seed`, as `new` starts them (no allocation).
+    pub fn reseed(&mut self, seed: u64) {
+        for (stream, rng) in self.rngs.iter_mut().enumerate() {
+            *rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(stream as u64);
+        }
     }
 
     /// The generator of index `b` (the shared one when there is one).
@@ -78,6 +83,11 @@ impl SeededNoise {
             streams: SeededStreams::new(seed, batch + redraws),
             batch,
         }
+    }
+
+    /// Restart the streams from `seed`, as the constructors start them.
+    pub fn reseed(&mut self, seed: u64) {
+        self.streams.reseed(seed);
     }
 
     fn fill_from(&mut self, first_stream: usize, mut out: ArrayViewMut3<f32>) {

@@ -194,9 +194,6 @@ pub struct DfPlanner {
     noise: SeededNoise,
     /// Draws for the tokens a plan starts from (pure noise, or a warm start's re-noising).
     init: SeededStreams,
-    noise_streams: NoiseStreams,
-    /// Per-sample streams: the batch, then the redraws.
-    redraws: usize,
     /// Normalized frames of the last context_tokens × frame_stack steps, a ring: slot
     /// `(frames_seen - 1 - ago) % capacity` holds the frame `ago` steps back.
     history: Vec<f32>,
@@ -344,6 +341,14 @@ impl DfPlanner {
             }
             _ => {}
         }
+        // Streams are made here, once; `reseed` restarts them for each episode.
+        let (noise, init) = match s.noise_streams {
+            NoiseStreams::Shared => (SeededNoise::new(0), SeededStreams::new(0, 1)),
+            NoiseStreams::PerSample => (
+                SeededNoise::per_sample(0, s.batch(), s.redraws()),
+                SeededStreams::new(0, s.batch()),
+            ),
+        };
         let mut planner = Self {
             model,
             windows,
@@ -351,10 +356,8 @@ impl DfPlanner {
             horizon,
             previous: Array3::zeros((s.batch(), horizon, d)),
             has_previous: false,
-            noise: SeededNoise::new(0),
-            init: SeededStreams::new(0, 1),
-            noise_streams: s.noise_streams,
-            redraws: s.redraws(),
+            noise,
+            init,
             history: vec![0.0; capacity * l.frame_dim],
             frames_seen: 0,
             frame: vec![0.0; l.frame_dim],
@@ -393,15 +396,8 @@ impl DfPlanner {
     /// Restart the noise streams, as a planner built with `seed` starts: episodes then sample
     /// the same whatever ran before them.
     pub fn reseed(&mut self, seed: u64) {
-        let init_seed = seed ^ 0x9e37_79b9_7f4a_7c15;
-        let batch = self.samples();
-        (self.noise, self.init) = match self.noise_streams {
-            NoiseStreams::Shared => (SeededNoise::new(seed), SeededStreams::new(init_seed, 1)),
-            NoiseStreams::PerSample => (
-                SeededNoise::per_sample(seed, batch, self.redraws),
-                SeededStreams::new(init_seed, batch),
-            ),
-        };
+        self.noise.reseed(seed);
+        self.init.reseed(seed ^ 0x9e37_79b9_7f4a_7c15);
     }
 
     /// History frames the ring holds.
