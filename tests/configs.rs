@@ -527,3 +527,24 @@ fn the_medium_per_sample_config_is_the_tempo_one_with_a_noise_stream_per_future(
         expected
     );
 }
+
+/// Medium's reach-at-any-step config (docs/maze2d.md, "MCG with the reach-at-any-step reward on
+/// Medium, a test set beforehand") is the per-sample config with only the goal's aggregate
+/// changed, as it was tested.
+#[test]
+fn the_medium_reach_config_is_the_per_sample_one_with_the_soft_max_aggregate() {
+    use df_planner::planner::Aggregate;
+
+    let mut expected = shipped_config("maze2d_medium_wide_episode_pd_tempo_per_sample.yaml");
+    let goal = expected
+        .planner
+        .goal
+        .as_mut()
+        .expect("the Medium config guides to a goal");
+    assert_eq!(goal.aggregate, Aggregate::Mean);
+    goal.aggregate = Aggregate::SoftMax { temperature: 0.1 };
+    assert_eq!(
+        shipped_config("maze2d_medium_wide_episode_pd_tempo_reach.yaml"),
+        expected
+    );
+}
