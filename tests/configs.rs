@@ -403,18 +403,23 @@ fn the_maze_variants_are_their_maze_config_with_their_changes() {
 /// tested: a later edit of the shipped config carries over, and nothing else may drift.
 #[test]
 fn the_umaze_reach_config_is_the_shipped_one_with_the_soft_max_aggregate() {
+    assert_reach_variant("maze2d_umaze.yaml", "maze2d_umaze_reach.yaml");
+}
+
+/// `reach` is `base` with only the goal's aggregate moved from the plan's average to the
+/// reach-at-any-step soft maximum (τ 0.1) with which the reach configs were tested.
+fn assert_reach_variant(base: &str, reach: &str) {
     use df_planner::planner::Aggregate;
 
-    let mut shipped = shipped_config("maze2d_umaze.yaml");
-    let reach = shipped_config("maze2d_umaze_reach.yaml");
-    let goal = shipped
+    let mut expected = shipped_config(base);
+    let goal = expected
         .planner
         .goal
         .as_mut()
-        .expect("the U-Maze config guides to a goal");
-    assert_eq!(goal.aggregate, Aggregate::Mean);
+        .unwrap_or_else(|| panic!("{base} guides to a goal"));
+    assert_eq!(goal.aggregate, Aggregate::Mean, "{base}");
     goal.aggregate = Aggregate::SoftMax { temperature: 0.1 };
-    assert_eq!(reach, shipped);
+    assert_eq!(shipped_config(reach), expected, "{reach}");
 }
 
 /// The PD-tracked whole-episode variants (docs/maze2d.md, "Tracking whole-episode plans with a
@@ -533,18 +538,8 @@ fn the_medium_per_sample_config_is_the_tempo_one_with_a_noise_stream_per_future(
 /// changed, as it was tested.
 #[test]
 fn the_medium_reach_config_is_the_per_sample_one_with_the_soft_max_aggregate() {
-    use df_planner::planner::Aggregate;
-
-    let mut expected = shipped_config("maze2d_medium_wide_episode_pd_tempo_per_sample.yaml");
-    let goal = expected
-        .planner
-        .goal
-        .as_mut()
-        .expect("the Medium config guides to a goal");
-    assert_eq!(goal.aggregate, Aggregate::Mean);
-    goal.aggregate = Aggregate::SoftMax { temperature: 0.1 };
-    assert_eq!(
-        shipped_config("maze2d_medium_wide_episode_pd_tempo_reach.yaml"),
-        expected
+    assert_reach_variant(
+        "maze2d_medium_wide_episode_pd_tempo_per_sample.yaml",
+        "maze2d_medium_wide_episode_pd_tempo_reach.yaml",
     );
 }
