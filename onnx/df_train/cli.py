@@ -382,8 +382,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", nargs="+", metavar="RESULTS", help="maze2d: pool results.json files of one evaluation "
                    "over adjacent env seed ranges into --out (scores concatenated, statistics recomputed)")
     p.add_argument("--pair", nargs=2, metavar=("A", "B"), help="maze2d: A − B by seed between two results.json "
-                   "(RESULTS[:CONFIG]) over the env seeds both ran: paired mean ± standard error, t, wins, and "
-                   "where one reached the goal and the other did not")
+                   "(RESULTS[:CONFIG]) over the env seeds both ran: paired mean ± standard error, t, wins, "
+                   "where one reached the goal and the other did not, and the same difference by the start's "
+                   "route length to its goal (cells along the corridors)")
     p.add_argument("--curve", metavar="RUN_DIR", help="learning curve instead: evaluate --configs (default df_mcg) "
                                                       "with every snapshot in RUN_DIR/snapshots (written by train "
                                                       "--snapshot-every); with df_mcg,no_mcg also their paired "

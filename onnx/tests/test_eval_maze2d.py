@@ -357,6 +357,9 @@ def test_runs_written_apart_pair_by_seed_over_the_seeds_both_ran(tmp_path, capsy
     assert (paired["a_mean"], paired["b_mean"]) == pytest.approx((293 / 3, 245 / 3))
     assert (paired["a_wins"], paired["b_wins"]) == (2, 1)
     assert (paired["a_reached_where_b_did_not"], paired["b_reached_where_a_did_not"]) == (1, 1)
+    # Seeds 12-14 start 3, 7 and 9 cells from Medium's goal: one episode in each of three bands.
+    assert [(band["cells"], band["episodes"], band["a_minus_b"]["mean"]) for band in paired["by_route_length"]] == [
+        ([0, 3], 1, 10.0), ([4, 7], 1, 40.0), ([8, 11], 1, -2.0)]
     # A file of several configurations needs the one named; the CLI prints one line.
     both = run_file(tmp_path / "both.json", 10, {"df_mcg": ([1.0, 2.0], [None, 5]), "no_mcg": ([0.0, 4.0], [None, None])})
     with pytest.raises(ValueError, match=r"both.json holds \['df_mcg', 'no_mcg'\]: name one as .*both.json:CONFIG"):
@@ -366,7 +369,9 @@ def test_runs_written_apart_pair_by_seed_over_the_seeds_both_ran(tmp_path, capsy
     main(["eval", "maze2d", "--pair", f"{both}:df_mcg", f"{both}:no_mcg"])
     out = capsys.readouterr().out
     assert out.startswith(f"{both}:df_mcg − {both}:no_mcg, env seeds 10–11 (2 episodes): -0.5 ± 1.5 (t -0.3); "
-                          "1.5 against 2.0; wins 1 to 1; reached where the other did not: 1 to 0"), out
+                          "1.5 against 2.0; wins 1 to 1; reached where the other did not: 1 to 0\n"
+                          "  by the start's route length to the goal: 0–3 cells: +1.0 (1.0 against 0.0, 1 episode); "
+                          "8–11 cells: -2.0 (2.0 against 4.0, 1 episode)\n"), out
 
 
 def test_pair_refuses_runs_that_are_not_the_same_episodes(tmp_path):

@@ -12,7 +12,8 @@ from df_train import cli  # noqa: E402
 from df_train.datagen import maze2d as gen  # noqa: E402
 from df_train.envs import maze2d as env_mod  # noqa: E402
 from df_train.envs.maze2d import (  # noqa: E402
-    MAZES, Maze2DEnv, cell_to_xy, empty_cells, goal_cell, in_free_space, normalized_score, wall_depth, wall_grid, xy_to_cell)
+    MAZES, Maze2DEnv, cell_to_xy, empty_cells, goal_cell, in_free_space, normalized_score, route_length, wall_depth, wall_grid,
+    xy_to_cell)
 
 DIRECTIONS = [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1)]
 
@@ -43,6 +44,20 @@ def test_cell_xy_round_trip():
     # Vectorized, with the 0.2 shift: the ball's centre reaches [i - 0.6, i + 0.2] in an open row.
     np.testing.assert_array_equal(in_free_space("umaze", [[1.0, 0.41], [1.0, 0.39], [1.0, 3.19], [1.0, 3.21]], 0.1),
                                   [True, False, True, False])
+
+
+def test_route_length_keeps_to_the_corridors():
+    # U-Maze: (3, 1) is 2 from the goal (1, 1) in a straight line, but 6 cells round the U.
+    assert route_length("umaze", (3.0, 1.0), goal_cell("umaze")) == 6
+    assert route_length("umaze", (3.15, 0.85), (1.05, 1.1)) == 6  # points count by the cell holding them
+    assert route_length("umaze", (1.0, 3.0), (1.0, 3.0)) == 0
+    assert route_length("medium", (1.0, 6.0), goal_cell("medium")) == 9
+    assert route_length("medium", (6.0, 6.0), (1.0, 6.0)) == 9  # the same route back
+    # Medium's farthest cells are 10 moves from the goal, Large's 18.
+    assert max(route_length("medium", c, goal_cell("medium")) for c in empty_cells("medium")) == 10
+    assert max(route_length("large", c, goal_cell("large")) for c in empty_cells("large")) == 18
+    with pytest.raises(ValueError, match=r"no route in maze umaze from cell \(0, 0\) to cell \(1, 1\)"):
+        route_length("umaze", (0.0, 0.0), (1.0, 1.0))  # a wall cell boxed in by walls
 
 
 def test_wall_depth_is_the_distance_to_the_nearest_open_square():

@@ -121,6 +121,24 @@ def xy_to_cell(xy) -> tuple[int, int]:
     return int(i), int(j)
 
 
+def route_length(maze: str, a_xy, b_xy) -> int:
+    """Cells moved on a shortest route (up, down, left, right) from the cell holding a to the one
+    holding b: how far apart two points are for a ball that must keep to the corridors."""
+    walls = wall_grid(maze)
+    start, target = xy_to_cell(a_xy), xy_to_cell(b_xy)
+    steps, frontier = {start: 0}, [start]
+    while frontier and target not in steps:
+        nearer, frontier = frontier, []
+        for i, j in nearer:
+            for cell in ((i + 1, j), (i - 1, j), (i, j + 1), (i, j - 1)):
+                if cell not in steps and not walls[cell]:
+                    steps[cell] = steps[(i, j)] + 1
+                    frontier.append(cell)
+    if target not in steps:
+        raise ValueError(f"no route in maze {maze} from cell {start} to cell {target}")
+    return steps[target]
+
+
 def _neighbour_squares(maze: str, xy):
     """For points xy [..., 2], the 3 x 3 cells around each point's cell: whether each is wall
     (outside the layout counts as wall) and the point's distance to its square, each [9, ...]."""

@@ -16,8 +16,8 @@ import numpy as np
 
 from .planner_process import Planner, PlannerError
 from ..node_config import load_node_config
-from ..envs.maze2d import (MAX_EPISODE_STEPS, Maze2DEnv, in_free_space, normalized_score, wall_depth, wall_grid,
-                           CELL_SHIFT)
+from ..envs.maze2d import (MAX_EPISODE_STEPS, Maze2DEnv, in_free_space, normalized_score, route_length, wall_depth,
+                           wall_grid, CELL_SHIFT)
 
 # Chen et al. 2024, Table 1 (normalized score, mean ± std): for the README's comparison. The
 # paper's "Diffuser*" row (Diffuser planning, PD controller executing) is set beside our
@@ -387,7 +387,30 @@ def pair(spec_a: str, spec_b: str) -> dict:
     if "reached" in a and "reached" in b:
         paired["a_reached_where_b_did_not"], paired["b_reached_where_a_did_not"] = reached_apart(
             overlap(a, "reached"), overlap(b, "reached"))
+    routes = start_route_lengths(a["maze"], a["multi_goal"], first, last)
+    paired["by_route_length"] = []
+    for low, high in ROUTE_BANDS:
+        band = [i for i, cells in enumerate(routes) if low <= cells and (high is None or cells <= high)]
+        if band:
+            band_a, band_b = [scores_a[i] for i in band], [scores_b[i] for i in band]
+            paired["by_route_length"].append({"cells": [low, high], "episodes": len(band),
+                                              "a_mean": statistics.fmean(band_a), "b_mean": statistics.fmean(band_b),
+                                              "a_minus_b": paired_difference(band_a, band_b)})
     return paired
+
+
+# Bands of the start's route length to the goal (cells), for where in the maze two runs differ.
+ROUTE_BANDS = ((0, 3), (4, 7), (8, 11), (12, 15), (16, None))
+
+
+def start_route_lengths(maze: str, multi_goal: bool, first: int, last: int) -> list[int]:
+    """Per env seed first..last, the route length from the episode's start to its goal (the
+    episode's own environment reset again: the same draw as when it ran)."""
+    lengths = []
+    for seed in range(first, last + 1):
+        env = Maze2DEnv(maze, seed=seed, multi_goal=multi_goal)
+        lengths.append(route_length(maze, env.reset()[:2], env.goal))
+    return lengths
 
 
 def _one_config(spec: str) -> tuple[str, str, dict]:
@@ -410,7 +433,15 @@ def pair_line(paired: dict) -> str:
     if "a_reached_where_b_did_not" in paired:
         line += (f"; reached where the other did not: {paired['a_reached_where_b_did_not']} to "
                  f"{paired['b_reached_where_a_did_not']}")
-    return line + "\n"
+    bands = []
+    for band in paired["by_route_length"]:
+        low, high = band["cells"]
+        d = band["a_minus_b"]
+        spread = f" ± {d['sem']:.1f}" if band["episodes"] > 1 else ""
+        bands.append(f"{low}{f'–{high}' if high is not None else '+'} cells: {d['mean']:+.1f}{spread} "
+                     f"({band['a_mean']:.1f} against {band['b_mean']:.1f}, {band['episodes']} "
+                     f"episode{'s' if band['episodes'] > 1 else ''})")
+    return line + "\n  by the start's route length to the goal: " + "; ".join(bands) + "\n"
 
 
 def censored_reach(maze: str, episodes: int, reaches: list) -> float:
