@@ -357,6 +357,20 @@ def paired_difference(reference: list[float], other: list[float]) -> dict:
     return {"mean": mean, "sem": sem, "t": mean / sem if sem > 0 else float("nan")}
 
 
+# Bands of the start's route length to the goal (cells), for where in the maze two runs differ.
+ROUTE_BANDS = ((0, 3), (4, 7), (8, 11), (12, 15), (16, None))
+
+
+def start_route_lengths(maze: str, multi_goal: bool, first: int, last: int) -> list[int]:
+    """Per env seed first..last, the route length from the episode's start to its goal (the
+    episode's own environment reset again: the same draw as when it ran)."""
+    lengths = []
+    for seed in range(first, last + 1):
+        env = Maze2DEnv(maze, seed=seed, multi_goal=multi_goal)
+        lengths.append(route_length(maze, env.reset()[:2], env.goal))
+    return lengths
+
+
 def pair(spec_a: str, spec_b: str) -> dict:
     """A − B by seed between two runs written apart (`RESULTS[:CONFIG]`; CONFIG may be left
     out where the file holds one), such as a configuration run later on some of another run's
@@ -397,20 +411,6 @@ def pair(spec_a: str, spec_b: str) -> dict:
                                               "a_mean": statistics.fmean(band_a), "b_mean": statistics.fmean(band_b),
                                               "a_minus_b": paired_difference(band_a, band_b)})
     return paired
-
-
-# Bands of the start's route length to the goal (cells), for where in the maze two runs differ.
-ROUTE_BANDS = ((0, 3), (4, 7), (8, 11), (12, 15), (16, None))
-
-
-def start_route_lengths(maze: str, multi_goal: bool, first: int, last: int) -> list[int]:
-    """Per env seed first..last, the route length from the episode's start to its goal (the
-    episode's own environment reset again: the same draw as when it ran)."""
-    lengths = []
-    for seed in range(first, last + 1):
-        env = Maze2DEnv(maze, seed=seed, multi_goal=multi_goal)
-        lengths.append(route_length(maze, env.reset()[:2], env.goal))
-    return lengths
 
 
 def _one_config(spec: str) -> tuple[str, str, dict]:
