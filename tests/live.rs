@@ -300,3 +300,32 @@ fn a_planner_behind_its_clock_plans_each_step_as_of_its_slot() {
     assert!(t0.len() >= 9, "{t0:?}");
     assert_eq!(t0, expected);
 }
+
+/// A planner further behind its clock than it may plan late (a replan interval here): the
+/// steps it missed still enter its memory, each as of its slot, without a plan; the plan they
+/// were due for is made at the first step within the slack, and the schedule goes on.
+#[test]
+fn a_planner_far_behind_records_the_missed_steps_and_plans_once_back_within_its_slack() {
+    let cfg = pointmass_config("pointmass"); // replans every 2 steps of 100 ms: a slack of 200 ms
+    let (_frames_in, frames) = camera_rings(&[]);
+    let state = Arc::new(StateCell::default());
+    let clock = Arc::new(SimClock::default());
+    let ms = 1_000_000;
+    let publish = |t_ns: i64| state.publish(StateSample::new(t_ns, &[0.0, -0.1], &[0.1, 0.0]).unwrap());
+    publish(1_000 * ms);
+    clock.0.store(1_000 * ms, std::sync::atomic::Ordering::SeqCst);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let sink = Box::new(Recorder(seen.clone()));
+    let node = spawn_on(&cfg, frames, state.clone(), sink, Default::default(), clock.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    // One jump of 1 s: the steps at 1100..1700 are more than 200 ms behind (recorded only,
+    // though 1200..1600 were due for plans), 1800 plans the due plan, 1900 records, 2000 is due.
+    for k in 1..=10 {
+        publish(1_000 * ms + k * 100 * ms);
+    }
+    clock.0.store(2_000 * ms, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(500));
+    node.stop();
+    let t0: Vec<i64> = seen.lock().unwrap().plan_t0_ns.iter().map(|t| t / ms).collect();
+    assert_eq!(t0, [1_000, 1_800, 2_000]);
+}

@@ -189,15 +189,16 @@ def cmd_eval(a) -> None:
     if missing:
         raise SystemExit(f"eval maze2d: missing {', '.join(missing)} (--maze, --planner, --config and --out are all required)")
     check_inputs(a.planner, a.config, a.maze, a.multi_goal)
-    from .eval.maze2d import ABLATIONS, DEFAULT_CONFIGS, evaluate, learning_curve
+    from .eval.maze2d import DEFAULT_CONFIGS, evaluate, learning_curve, serve_args
 
     if a.planner_seed_offset and (a.curve or a.objective_check or a.action_spread is not None):
         raise SystemExit("--planner-seed-offset: only for an evaluation, not with --curve, --objective-check or "
                          "--action-spread")
     configs = a.configs.split(",") if a.configs else None
-    unknown = [c for c in configs or [] if c not in ABLATIONS]
-    if unknown:
-        raise SystemExit(f"--configs: unknown {unknown}, expected some of {list(ABLATIONS)}")
+    try:
+        [serve_args(c) for c in configs or []]
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     if a.objective_check:
         from .eval.objective import objective_check
 
@@ -366,9 +367,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", help="comma-separated subset of: df_mcg, no_mcg, mcg_redraws, no_guidance, "
                                      "full_sequence, warm_start, pd_controller, no_hold, straight_to_goal (no planner: PD "
                                      "straight at the goal) (default: these), the probe mcg_prior, "
-                                     "no_mcg_prior, node_loop (df_mcg through the robot node's own loop) and "
-                                     "node_loop_100ms (the same, plans taking 100 ms of sim time), "
-                                     "node_loop_no_mcg_40ms (no_mcg so, 40 ms); "
+                                     "no_mcg_prior, node_loop (df_mcg through the robot node's own loop), "
+                                     "node_loop_<T>ms (the same, each plan taking T ms of sim time, e.g. "
+                                     "node_loop_100ms) and node_loop_no_mcg_<T>ms (no_mcg so); "
                                      "fruit-swap: memory, memoryless, distractor, distractor_k2")
     p.add_argument("--probe", action="store_true", help="fruit-swap: the first planned move for each of the six "
                                                           "arrangements (does the policy read its cameras?)")

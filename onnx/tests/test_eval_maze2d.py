@@ -4,6 +4,7 @@ action layout), so this checks the plumbing and the results format, not the scor
 
 import json
 import os
+import re
 import statistics
 import subprocess
 from pathlib import Path
@@ -401,6 +402,25 @@ def test_eval_help_names_every_configuration(capsys):
     assert all(name in help_text for name in ABLATIONS), help_text
 
 
+def test_a_node_loop_configuration_names_its_plan_time():
+    from df_train.eval.maze2d import serve_args
+
+    assert serve_args("node_loop_100ms") == ["--node-loop", "--plan-time-ms", "100"]
+    assert serve_args("node_loop_no_mcg_1200ms") == ["--samples", "1", "--node-loop", "--plan-time-ms", "1200"]
+    assert serve_args("no_mcg") == ["--samples", "1"]
+    for name in ("node_loop_ms", "node_loop_1.5ms", "node_loop_100", "no_mcg_100ms"):
+        with pytest.raises(ValueError, match=rf"--configs: unknown '{re.escape(name)}', expected one of .*node_loop_<T>ms"):
+            serve_args(name)
+
+
+def test_eval_refuses_an_unknown_configuration_before_any_episode(setup, tmp_path):
+    binary, config = setup
+    with pytest.raises(SystemExit, match=r"--configs: unknown 'node_loop_fast', expected one of \['df_mcg'"):
+        main(["eval", "maze2d", "--maze", "umaze", "--episodes", "1", "--planner", binary, "--config", config,
+              "--configs", "no_mcg,node_loop_fast", "--out", str(tmp_path / "r.json")])
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_paired_difference_cancels_the_shared_spread():
     from df_train.eval.maze2d import paired_difference
 
@@ -424,10 +444,11 @@ def test_the_planner_refuses_a_goal_outside_the_maze_and_keeps_serving(setup):
 
 
 def test_serve_takes_every_configuration_s_overrides(setup):
-    from df_train.eval.maze2d import open_planner
+    from df_train.eval.maze2d import open_planner, serve_args
 
     binary, config = setup
-    for name, args in ABLATIONS.items():
+    for name in [*ABLATIONS, "node_loop_100ms", "node_loop_no_mcg_40ms"]:
+        args = serve_args(name)
         if args is None:
             continue  # a baseline without the planner
         planner = open_planner(binary, config, args)
@@ -453,7 +474,8 @@ def test_the_node_loop_runs_the_same_episodes_and_counts_what_the_node_did(setup
     assert node["replan_ms_p99"] >= node["replan_ms_p50"] > 0
     counters = node["node_loop"]
     assert counters["ticks"] == 600 and counters["plan_errors"] == 0 and counters["stop"] == 0
-    assert counters["steps_skipped"] == 0 and counters["late_actions_dropped"] == 0, "plans land at once"
+    assert counters["steps_skipped"] == counters["steps_recorded_late"] == counters["late_actions_dropped"] == 0, \
+        "plans land at once"
     assert 0 <= counters["goal_held"] <= 600 and served["node_loop"] is None
     assert "df_mcg_minus_this" in node and len(node["scores"]) == 2
     assert 0 <= node["plans_through_walls_rate"] <= 1, "the node's plans come back as serve's do"

@@ -50,9 +50,22 @@ pub const MAX_ACTION_DIM: usize = 16;
 /// The actions of the latest ticks, stamped with the tick's time.
 pub type ExecutedLog = Recent<[f64; MAX_ACTION_DIM]>;
 
-/// Ticks whose actions are kept for a planner step that runs late: 2.56 s at 100 Hz, more than
-/// a replan interval behind (beyond that the planner skips the steps).
+/// Ticks whose actions are kept for a planner step that runs late: 2.56 s at 100 Hz, so that a
+/// planner slower than its replan interval still enters every missed step into its memory.
 const TICKS_KEPT: usize = 256;
+
+/// How far behind its clock the planner still enters a missed step into its memory, without
+/// planning from it (`PlannerTask::record_late`): for a state model, as far back as the ticks'
+/// executed actions are kept; a camera model's rings hold only the newest frames, so it goes no
+/// further back than it may plan late (`PlannerTask::max_lateness_ns`). Steps further behind are
+/// skipped, a gap in the memory. The offline loop keeps the same reach.
+pub fn memory_reach_ns(task: &PlannerTask, tick_ns: i64) -> i64 {
+    let lateness = task.max_lateness_ns();
+    if task.planner().has_cameras() {
+        return lateness;
+    }
+    lateness.max((TICKS_KEPT as i64 - 1) * tick_ns)
+}
 
 /// One tick's result on its way to the publisher.
 #[derive(Debug, Clone, Copy)]
@@ -128,13 +141,15 @@ impl SourceLog {
 /// When the planner's steps are due: at slots one model step apart on the node's clock, so
 /// that under sim time a paused, slow or fast simulator gives the memory one frame per step of
 /// its clock, as the model was trained. After a slow plan the due steps run back to back, each
-/// as of its slot (the state and executed action then: `StateCell::read_at`, `ExecutedLog`); a
-/// clock further behind than the slack skips whole steps (a gap in the memory), keeping the
-/// cadence; a clock gone back by a clock reset (`CLOCK_RESET_NS`, as the state intake and the
-/// frame rings count one: a simulator reset) starts it again; back by less, steps wait.
+/// as of its slot (the state and executed action then: `StateCell::read_at`, `ExecutedLog`):
+/// those within the slack may plan, those further behind only enter the memory (`late`); a
+/// clock further behind than the memory's reach skips whole steps (a gap in the memory), keeping
+/// the cadence; a clock gone back by a clock reset (`CLOCK_RESET_NS`, as the state intake and
+/// the frame rings count one: a simulator reset) starts it again; back by less, steps wait.
 struct StepPacer {
     step_ns: i64,
     slack_ns: i64,
+    reach_ns: i64,
     /// The node's time the next step is due.
     slot_ns: Option<i64>,
     last_reading_ns: i64,
@@ -145,15 +160,24 @@ enum Due {
     /// Not yet: this many ns of the node's clock to go (0: its clock has not started).
     Wait(i64),
     /// The step due at `slot_ns` (at most the clock's reading), after `skipped` missed ones;
-    /// `reset` when the clock went back.
-    Step { slot_ns: i64, skipped: u64, reset: bool },
+    /// `late` when it runs further behind than the slack (record it, do not plan); `reset`
+    /// when the clock went back.
+    Step {
+        slot_ns: i64,
+        skipped: u64,
+        late: bool,
+        reset: bool,
+    },
 }
 
 impl StepPacer {
-    fn new(step: Duration, slack: Duration) -> Self {
+    /// `slack`: how late a step may still plan; `reach`: how late it still enters the memory
+    /// (at least the slack).
+    fn new(step: Duration, slack: Duration, reach: Duration) -> Self {
         Self {
             step_ns: step.as_nanos() as i64,
             slack_ns: slack.as_nanos() as i64,
+            reach_ns: reach.max(slack).as_nanos() as i64,
             slot_ns: None,
             last_reading_ns: 0,
         }
@@ -172,6 +196,7 @@ impl StepPacer {
                 return Due::Step {
                     slot_ns: clock_ns,
                     skipped: 0,
+                    late: false,
                     reset: went_back,
                 };
             }
@@ -180,12 +205,13 @@ impl StepPacer {
         if lag < 0 {
             return Due::Wait(-lag);
         }
-        let skipped = if lag > self.slack_ns { lag / self.step_ns } else { 0 };
+        let skipped = if lag > self.reach_ns { lag / self.step_ns } else { 0 };
         let slot_ns = slot + skipped * self.step_ns;
         self.slot_ns = Some(slot_ns + self.step_ns);
         Due::Step {
             slot_ns,
             skipped: skipped as u64,
+            late: clock_ns - slot_ns > self.slack_ns,
             reset: false,
         }
     }
@@ -571,18 +597,20 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
     let (mut task, mut frames, state, clock) = (p.task, p.frames, p.state, p.clock);
     let (latency, errors) = (plan_latency.clone(), plan_errors.clone());
     let (goals, goal_out) = (p.goals, goal_status.clone());
-    // A plan may take several steps (the steps after it catch up), but no more than
-    // `max_lateness_ns`.
+    // A plan may take several steps (the steps after it catch up): those no more than
+    // `max_lateness_ns` behind may plan, those further behind only enter the memory, as far
+    // back as it reaches.
     let plan_slack = Duration::from_nanos(task.max_lateness_ns() as u64);
+    let memory_reach = Duration::from_nanos(memory_reach_ns(&task, tick.as_nanos() as i64) as u64);
     threads.push(std::thread::Builder::new().name("df_planner".into()).spawn(move || {
         let mut buffers = PlanBuffers::new(recycle_rx);
         let mut executed_now = vec![0.0; action_dim];
-        let (mut skipped_unsaid, mut last_skip_said) = (0u64, None);
-        let mut pacer = StepPacer::new(step, plan_slack);
+        let (mut skipped_said, mut late_said) = (EverySecond::default(), EverySecond::default());
+        let mut pacer = StepPacer::new(step, plan_slack, memory_reach);
         let mut napper = Napper::new(step);
         while !s.load(Ordering::Acquire) {
             let now_ns = clock.now_ns();
-            let (slot_ns, skipped, reset) = match pacer.due(now_ns) {
+            let (slot_ns, skipped, late, reset) = match pacer.due(now_ns) {
                 Due::Wait(ns) => {
                     std::thread::sleep(napper.nap(Instant::now(), now_ns, ns));
                     continue;
@@ -590,26 +618,39 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
                 Due::Step {
                     slot_ns,
                     skipped,
+                    late,
                     reset,
-                } => (slot_ns, skipped, reset),
+                } => (slot_ns, skipped, late, reset),
             };
             if reset {
                 tracing::info!("the node's clock went back (a simulator reset?): the planner's memory starts anew");
                 task.clock_reset();
             }
+            // A state stream faster than the ticks may keep less than the reach.
+            let unreachable = late && !state.reaches(slot_ns);
+            let skipped = skipped + u64::from(unreachable);
             if skipped > 0 {
-                // A planner slower than its replan interval falls behind at every plan: say so
-                // at most once a second, with what was skipped since.
-                skipped_unsaid += skipped;
-                if last_skip_said.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1)) {
+                // A planner much slower than its replan interval falls behind at every plan:
+                // say so at most once a second, with what was skipped since.
+                if let Some(skipped) = skipped_said.add(skipped) {
                     tracing::warn!(
-                        skipped = skipped_unsaid,
-                        "the planner fell a replan interval behind; skipping the missed steps"
+                        skipped,
+                        "the planner fell further behind than its memory reaches; skipping the missed steps"
                     );
-                    skipped_unsaid = 0;
-                    last_skip_said = Some(Instant::now());
                 }
                 task.steps_skipped();
+            }
+            if unreachable {
+                continue;
+            }
+            if late {
+                if let Some(late) = late_said.add(1) {
+                    tracing::info!(
+                        late,
+                        "the planner fell more than a replan interval or an input timeout behind; \
+                         the missed steps enter its memory without planning"
+                    );
+                }
             }
             while let Some(message) = goals.take() {
                 let _ = task.receive_goal(&message); // logged there, counted in its status
@@ -624,7 +665,11 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
             executed_now.copy_from_slice(&executed_then.unwrap_or_default()[..action_dim]);
             let mut plan = buffers.take(|| task.new_plan());
             let sample = state.read_at(slot_ns);
-            match task.step(slot_ns, sample.as_ref(), &executed_now, images, &mut plan) {
+            let outcome = match late {
+                true => task.record_late(slot_ns, sample.as_ref(), &executed_now),
+                false => task.step(slot_ns, sample.as_ref(), &executed_now, images, &mut plan),
+            };
+            match outcome {
                 Ok(StepOutcome::Planned) => {
                     latency.lock().clone_from(task.latency());
                     let _ = copy_tx.try_send(plan.clone());
@@ -670,6 +715,24 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
         shared,
         plan_latency,
     })
+}
+
+/// A count said at most once a second: what accumulated since it was last said.
+#[derive(Default)]
+struct EverySecond {
+    unsaid: u64,
+    said_at: Option<Instant>,
+}
+
+impl EverySecond {
+    fn add(&mut self, n: u64) -> Option<u64> {
+        self.unsaid += n;
+        if self.said_at.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            return None;
+        }
+        self.said_at = Some(Instant::now());
+        Some(std::mem::take(&mut self.unsaid))
+    }
 }
 
 /// After a stall of `slack` or more past `deadline`, move it past the whole periods missed, so
@@ -785,10 +848,11 @@ mod tests {
         let step = |slot_ms: i64, skipped| Due::Step {
             slot_ns: slot_ms * ms,
             skipped,
+            late: false,
             reset: false,
         };
-        // Steps of 100 ms, a slack of two.
-        let pacer = || StepPacer::new(Duration::from_millis(100), Duration::from_millis(200));
+        // Steps of 100 ms, a slack of two, and a memory that reaches no further (a camera model).
+        let pacer = || StepPacer::new(Duration::from_millis(100), Duration::from_millis(200), Duration::ZERO);
         let dues =
             |p: &mut StepPacer, clock_ms: &[i64]| -> Vec<Due> { clock_ms.iter().map(|&c| p.due(c * ms)).collect() };
         // ROS time before the first /clock reads 0: no step yet. Then a step at once.
@@ -827,10 +891,45 @@ mod tests {
             Due::Step {
                 slot_ns: 5 * ms,
                 skipped: 0,
+                late: false,
                 reset: true
             }
         );
         assert_eq!(p.due(105 * ms), step(105, 0));
+    }
+
+    #[test]
+    fn steps_too_late_to_plan_from_still_enter_the_memory_as_far_back_as_it_reaches() {
+        let ms = 1_000_000;
+        let step = |slot_ms: i64, skipped, late| Due::Step {
+            slot_ns: slot_ms * ms,
+            skipped,
+            late,
+            reset: false,
+        };
+        // Steps of 100 ms, a slack of two, a memory that reaches back 1 s.
+        let mut p = StepPacer::new(
+            Duration::from_millis(100),
+            Duration::from_millis(200),
+            Duration::from_secs(1),
+        );
+        assert_eq!(p.due(30 * ms), step(30, 0, false));
+        // A plan of 560 ms: the steps due at 130..330 are more than the slack behind, so they
+        // only enter the memory; 430 and 530 may plan.
+        let dues: Vec<Due> = (0..6).map(|_| p.due(590 * ms)).collect();
+        assert_eq!(
+            dues,
+            [
+                step(130, 0, true),
+                step(230, 0, true),
+                step(330, 0, true),
+                step(430, 0, false),
+                step(530, 0, false),
+                Due::Wait(40 * ms)
+            ]
+        );
+        // A stall of 1.5 s, beyond the reach: a gap, as without it.
+        assert_eq!(p.due(2130 * ms), step(2130, 15, false));
     }
 
     /// The node clock's readings at each planner step, as the planner thread paces them with a
@@ -848,7 +947,7 @@ mod tests {
     /// the node clock `clock_at(wall time)` and steps that take `step_cost_ms` of wall time.
     fn paced_steps_on(clock_at: impl Fn(Duration) -> i64, step_cost_ms: u64) -> Vec<i64> {
         let step = Duration::from_millis(100);
-        let (mut pacer, mut napper) = (StepPacer::new(step, 2 * step), Napper::new(step));
+        let (mut pacer, mut napper) = (StepPacer::new(step, 2 * step, 2 * step), Napper::new(step));
         let start = Instant::now();
         let mut wall = Duration::ZERO;
         let mut steps = Vec::new();

@@ -2,9 +2,11 @@
 //! every model step and the control tick at every control period, in time order, between
 //! the inputs fed in. Replay and the simulator bridge drive the robot's code through this.
 //! A plan lands at once, unless `with_plan_time` says how long planning takes: then the loop
-//! times the planner as the live planner thread runs (`live::spawn`): busy while it plans,
+//! times the planner as the live planner thread runs it (`live::spawn`): busy while it plans,
 //! the steps it missed run late as of their own time, further behind (a replan interval, or
-//! an input timeout) it skips them and plans cold, and each plan reaches the tick when done.
+//! an input timeout) they only enter the memory, further than the memory reaches
+//! (`live::memory_reach_ns`) they are skipped and the next plan starts cold, and each plan
+//! reaches the tick when done.
 //! A plan whose sampling failed costs the planner a plan's time too.
 
 use std::collections::VecDeque;
@@ -18,6 +20,7 @@ use crate::planner::{GoalMessage, Plan, PlannerTask, StepOutcome};
 use super::core::{ControlCore, TickInputs};
 use super::diagnostics::{ActionSink, DiagnosticInputs, Diagnostics};
 use super::histogram::Histogram;
+use super::live::memory_reach_ns;
 use super::state::StateSample;
 
 #[derive(Debug, Error)]
@@ -54,8 +57,11 @@ pub struct OfflineLoop {
 /// How long each plan takes on the virtual clock, and where the planner is in its work.
 struct PlanTime {
     plan_ns: i64,
-    /// How far behind the planner runs late steps; further, it skips them (the live slack).
+    /// How far behind the planner runs late steps; further, they only enter the memory (the
+    /// live slack).
     slack_ns: i64,
+    /// How far behind a step still enters the memory; further, it is skipped.
+    reach_ns: i64,
     busy_until_ns: i64,
     /// Steps before this are skipped; the step at it runs, cold.
     skip_until_ns: Option<i64>,
@@ -63,6 +69,16 @@ struct PlanTime {
     /// is done before the tick has taken the one before it.
     in_flight: VecDeque<(i64, Box<Plan>)>,
     steps_skipped: u64,
+    steps_recorded_late: u64,
+}
+
+/// What the planner does with a step (`with_plan_time`).
+enum Turn {
+    /// Runs it, from this time on: it may plan.
+    Run(i64),
+    /// Enters it into the memory without planning (`PlannerTask::record_late`).
+    Late,
+    Skip,
 }
 
 impl OfflineLoop {
@@ -97,17 +113,21 @@ impl OfflineLoop {
     }
 
     /// Each plan takes `plan_ns` of the virtual clock (see the module's doc; None: a plan lands
-    /// at the step that made it); the planner skips steps when further behind than
-    /// `PlannerTask::max_lateness_ns`, as the live thread.
+    /// at the step that made it); further behind than `PlannerTask::max_lateness_ns` the
+    /// planner only records steps, and further than `live::memory_reach_ns` it skips them, as
+    /// the live thread.
     pub fn with_plan_time(mut self, plan_ns: Option<i64>) -> Self {
         let slack_ns = self.task.max_lateness_ns();
+        let reach_ns = memory_reach_ns(&self.task, self.tick_ns).max(slack_ns);
         self.plan_time = plan_ns.map(|plan_ns| PlanTime {
             plan_ns,
             slack_ns,
+            reach_ns,
             busy_until_ns: i64::MIN,
             skip_until_ns: None,
             in_flight: VecDeque::new(),
             steps_skipped: 0,
+            steps_recorded_late: 0,
         });
         self
     }
@@ -115,6 +135,12 @@ impl OfflineLoop {
     /// Planner steps skipped because the planner was too far behind (`with_plan_time`).
     pub fn steps_skipped(&self) -> u64 {
         self.plan_time.as_ref().map_or(0, |p| p.steps_skipped)
+    }
+
+    /// Planner steps entered into the memory without planning, run too late to plan from
+    /// (`with_plan_time`).
+    pub fn steps_recorded_late(&self) -> u64 {
+        self.plan_time.as_ref().map_or(0, |p| p.steps_recorded_late)
     }
 
     /// The planner task back, the loop's other state dropped (a new episode reuses the model).
@@ -215,14 +241,14 @@ impl OfflineLoop {
         }
     }
 
-    /// Whether the planner runs the step at `t_ns`, as the live thread paces it; and when it
-    /// gets to it.
-    fn planner_free(&mut self, t_ns: i64) -> Option<i64> {
+    /// What the planner does with the step at `t_ns`, as the live thread paces it, and when
+    /// it gets to it.
+    fn planner_turn(&mut self, t_ns: i64) -> Turn {
         let Some(time) = &mut self.plan_time else {
-            return Some(t_ns);
+            return Turn::Run(t_ns);
         };
         match time.skip_until_ns {
-            Some(until) if t_ns < until => return None,
+            Some(until) if t_ns < until => return Turn::Skip,
             Some(_) => {
                 time.skip_until_ns = None;
                 self.task.steps_skipped();
@@ -230,27 +256,39 @@ impl OfflineLoop {
             None => {}
         }
         let lag = time.busy_until_ns.saturating_sub(t_ns);
-        if lag > time.slack_ns {
+        if lag > time.reach_ns {
             let skipped = lag / self.step_ns;
             time.steps_skipped += skipped as u64;
             time.skip_until_ns = Some(t_ns + skipped * self.step_ns);
-            return None;
+            return Turn::Skip;
+        }
+        if lag > time.slack_ns {
+            time.steps_recorded_late += 1;
+            return Turn::Late;
         }
         let start = t_ns.max(time.busy_until_ns);
         time.busy_until_ns = start;
-        Some(start)
+        Turn::Run(start)
     }
 
     fn planner_step(&mut self, t_ns: i64, sink: &mut dyn ActionSink) {
         let _span = tracing::trace_span!("plan", t_ns).entered();
         self.land_plan(t_ns, sink);
-        let Some(start_ns) = self.planner_free(t_ns) else {
-            return;
+        let turn = self.planner_turn(t_ns);
+        let executed = self.executed_override.as_deref().unwrap_or(&self.executed);
+        let start_ns = match turn {
+            Turn::Run(start_ns) => start_ns,
+            Turn::Late => {
+                if self.task.record_late(t_ns, self.state.as_ref(), executed).is_err() {
+                    self.plan_errors += 1; // logged by the task
+                }
+                return;
+            }
+            Turn::Skip => return,
         };
         let (mut rgb, mut stamps) = ([&[][..]; MAX_CAMERAS], [0; MAX_CAMERAS]);
         let images = self.frames.latest(&mut rgb, &mut stamps);
         let mut plan = self.spare.take().unwrap_or_else(|| Box::new(self.task.new_plan()));
-        let executed = self.executed_override.as_deref().unwrap_or(&self.executed);
         match self.task.step(t_ns, self.state.as_ref(), executed, images, &mut plan) {
             Ok(StepOutcome::Planned) => match &mut self.plan_time {
                 Some(time) => {

@@ -308,6 +308,12 @@ impl<T: Copy> Recent<T> {
         self.newest_first().next().map(|&(_, v)| v)
     }
 
+    /// Whether a value stamped at or before `t_ns` is still kept: `at(t_ns)` reads the one
+    /// current then, not the oldest kept.
+    pub fn reaches(&self, t_ns: i64) -> bool {
+        self.newest_first().any(|&(stamp, _)| stamp <= t_ns)
+    }
+
     /// The newest value stamped at or before `t_ns`; if every value kept is newer, the oldest
     /// kept, the nearest to `t_ns`. Values from before a clock reset (a stamp that went back
     /// by `CLOCK_RESET_NS`) are not read once one on the new clock exists. None when empty.
@@ -366,6 +372,11 @@ impl StateCell {
 
     pub fn rejected(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Whether the state at `t_ns` is still kept (`Recent::reaches`).
+    pub fn reaches(&self, t_ns: i64) -> bool {
+        self.inner.lock().reaches(t_ns)
     }
 
     /// The state at `t_ns` (`Recent::at`): for a planner step that runs late.

@@ -537,7 +537,9 @@ impl DfPlanner {
                 format!("{} of {}", plan.capacity(), plan.action_dim),
             ));
         }
-        // Whole tokens of history, the first frame padding the first token (as in training).
+        // Whole tokens of history, the first frame padding the first token (as the fruit-swap
+        // demonstrations are trained; Maze2D's continuous data has no padded token, and replanning
+        // once a whole token is real changed nothing measurable: docs/maze2d.md, "The first plan").
         let context = self.frames_seen.div_ceil(fs).min(self.windows.len());
         self.window_images(context)?;
         let warm = had_previous && self.windows[context - 1].warm.is_some();
@@ -690,7 +692,8 @@ pub(super) mod tests {
     /// What the planner handed the model on its first call.
     #[derive(Default)]
     pub(in crate::planner) struct Seen {
-        x_t: Option<Array3<f32>>,
+        /// The window of the first denoise call since this was None.
+        pub(in crate::planner) x_t: Option<Array3<f32>>,
         images: Option<Array5<f32>>,
         levels: Vec<i64>,
         pub(in crate::planner) calls: usize,

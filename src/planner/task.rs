@@ -209,6 +209,31 @@ impl PlannerTask {
         images: Option<CameraFrames<'_>>,
         plan: &mut Plan,
     ) -> Result<StepOutcome, PlanError> {
+        self.run_step(now_ns, state, executed_action, images, Some(plan))
+    }
+
+    /// A step that runs too late to plan from (the planner was busy for longer than
+    /// `max_lateness_ns`): its frame still goes into the memory, as of its own time, so that a
+    /// planner slower than its replan interval keeps every step of its history; a plan it was
+    /// due for is made at the first step on time instead. State models only: a camera's ring
+    /// holds its newest frames, not this step's.
+    pub fn record_late(
+        &mut self,
+        now_ns: i64,
+        state: Option<&StateSample>,
+        executed_action: &[f64],
+    ) -> Result<StepOutcome, PlanError> {
+        self.run_step(now_ns, state, executed_action, None, None)
+    }
+
+    fn run_step(
+        &mut self,
+        now_ns: i64,
+        state: Option<&StateSample>,
+        executed_action: &[f64],
+        images: Option<CameraFrames<'_>>,
+        plan: Option<&mut Plan>,
+    ) -> Result<StepOutcome, PlanError> {
         let outcome = self.attempt_step(now_ns, state, executed_action, images, plan);
         match &outcome {
             Ok(StepOutcome::Planned) => {
@@ -226,13 +251,14 @@ impl PlannerTask {
         outcome
     }
 
+    /// `plan`: None records the step without planning (`record_late`).
     fn attempt_step(
         &mut self,
         now_ns: i64,
         state: Option<&StateSample>,
         executed_action: &[f64],
         images: Option<CameraFrames<'_>>,
-        plan: &mut Plan,
+        plan: Option<&mut Plan>,
     ) -> Result<StepOutcome, PlanError> {
         let Some(state) = state else {
             return Ok(StepOutcome::NoState);
@@ -286,6 +312,10 @@ impl PlannerTask {
         }
         let scheduled = self.steps.is_multiple_of(self.replan_every);
         self.steps += 1;
+        let Some(plan) = plan else {
+            self.plan_next |= scheduled;
+            return Ok(StepOutcome::Recorded);
+        };
         // A scheduled plan serves as the extra one too.
         let extra = std::mem::take(&mut self.plan_next);
         if !(scheduled || extra) {
@@ -497,6 +527,39 @@ mod tests {
         seen.lock().nan = false;
         for expected in [Planned, Recorded, Planned, Recorded, Recorded, Planned] {
             assert_eq!(step(&mut task).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn a_late_step_enters_the_memory_without_planning_and_its_due_plan_waits_for_a_step_on_time() {
+        use StepOutcome::{Planned, Recorded};
+
+        // frame_stack 2, 3 context tokens, a plan every 4 steps.
+        let (p, seen) = planner(false, 3);
+        let mut task = PlannerTask::new(p, 4, 100_000_000);
+        let mut plan = task.new_plan();
+        let state = |k: usize| StateSample::new(k as i64 * 100_000_000, &[0.1 * k as f64, 0.5], &[0.0, 0.0]).unwrap();
+        assert!(model_calls(&mut task, &seen, &state(0), &mut plan).unwrap() > 0);
+        // Steps 1-4 run late: recorded, no model call, though step 4 was due for a plan.
+        for k in 1..5 {
+            let before = seen.lock().calls;
+            let outcome = task.record_late(k as i64 * 100_000_000, Some(&state(k)), &[0.0, 0.0]);
+            assert_eq!((outcome.unwrap(), seen.lock().calls), (Recorded, before), "step {k}");
+        }
+        // The first step on time makes the plan, from all six frames: three whole tokens of
+        // context (two frames each) before the two planned ones; with the late steps lost it
+        // would have had one.
+        seen.lock().x_t = None;
+        assert_eq!(
+            task.step(500_000_000, Some(&state(5)), &[0.0, 0.0], None, &mut plan)
+                .unwrap(),
+            Planned
+        );
+        assert_eq!(seen.lock().x_t.as_ref().unwrap().dim(), (1, 5, 12));
+        // The schedule keeps its phase: the next plan is step 8's.
+        for (k, expected) in [(6, Recorded), (7, Recorded), (8, Planned)] {
+            let outcome = task.step(k * 100_000_000, Some(&state(k as usize)), &[0.0, 0.0], None, &mut plan);
+            assert_eq!(outcome.unwrap(), expected, "step {k}");
         }
     }
 

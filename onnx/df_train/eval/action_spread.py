@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .maze2d import ABLATIONS
+from .maze2d import serve_args
 from ..node_config import load_node_config
 from .planner_process import Planner
 from ..envs.maze2d import Maze2DEnv
@@ -55,7 +55,7 @@ def executed_actions(planner: Planner, obs: list, goal: list, seeds: int, steps:
 def action_spread(maze, episodes, binary, config, configs, seeds, out, seed=0) -> dict:
     if seeds < 2:
         raise ValueError(f"--action-spread: expected at least 2 planner seeds, got {seeds}")
-    if any(ABLATIONS[name] is None for name in configs):
+    if any(serve_args(name) is None for name in configs):
         raise ValueError("--action-spread: straight_to_goal has no planner")
     steps = load_node_config(config)["planner"]["replan_every"]
     starts = []
@@ -65,7 +65,7 @@ def action_spread(maze, episodes, binary, config, configs, seeds, out, seed=0) -
         starts.append(([float(v) for v in env.observation()], [float(v) for v in env.goal]))
     actions = {}
     for name in configs:
-        planner = Planner(binary, config, ABLATIONS[name])
+        planner = Planner(binary, config, serve_args(name))
         try:
             actions[name] = np.array([executed_actions(planner, obs, goal, seeds, steps) for obs, goal in starts])
         finally:

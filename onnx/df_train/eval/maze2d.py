@@ -5,6 +5,7 @@ Table 1 run side by side, normalized as D4RL does.
 
 import json
 import math
+import re
 import statistics
 import threading
 import time
@@ -41,11 +42,6 @@ ABLATIONS = {
     # df_mcg executed by the robot node's own loop (planner task, control tick with its safety
     # filter, on a virtual clock) instead of serve's: what the node itself would score.
     "node_loop": ["--node-loop"],
-    # The same with each plan taking 100 ms of the simulator's clock (about MCG's on 2 CPU
-    # cores), as the live planner thread would run beside a point mass in real time.
-    "node_loop_100ms": ["--node-loop", "--plan-time-ms", "100"],
-    # no_mcg so: its plans take about 40 ms on 2 CPU cores (p99 42 in the U-Maze table).
-    "node_loop_no_mcg_40ms": ["--samples", "1", "--node-loop", "--plan-time-ms", "40"],
     # A probe of why MCG does not help here (docs/maze2d.md): only the executed tokens are
     # guided, so each sample's far tokens are the model's own, unguided future.
     "mcg_prior": ["--mcg", "prior_futures"],
@@ -57,6 +53,22 @@ ABLATIONS = {
 # (checks of the node, not ablations).
 DEFAULT_CONFIGS = [name for name in ABLATIONS
                    if name not in ("mcg_prior", "no_mcg_prior") and not name.startswith("node_loop")]
+# df_mcg (or no_mcg) through the node's loop with each plan taking T ms of the simulator's clock,
+# as the live planner thread would run beside the point mass in real time on a machine where a
+# plan takes that long: node_loop_100ms (about MCG's on 2 CPU cores), node_loop_no_mcg_40ms.
+NODE_LOOP_TIMED = re.compile(r"node_loop(_no_mcg)?_(\d+)ms")
+
+
+def serve_args(name: str) -> list[str] | None:
+    """The `df_planner serve` overrides of configuration `name` (None: no planner), or a
+    ValueError naming the configurations there are."""
+    if name in ABLATIONS:
+        return ABLATIONS[name]
+    timed = NODE_LOOP_TIMED.fullmatch(name)
+    if timed:
+        return (["--samples", "1"] if timed[1] else []) + ["--node-loop", "--plan-time-ms", timed[2]]
+    raise ValueError(f"--configs: unknown {name!r}, expected one of {list(ABLATIONS)} or "
+                     f"node_loop_<T>ms / node_loop_no_mcg_<T>ms (plans taking T ms of the simulator's clock)")
 
 
 class StraightToGoal:
@@ -87,9 +99,10 @@ class StraightToGoal:
 
 
 # The node's per-episode counters (`stats` of the node loop: its diagnostics, and the planner
-# steps skipped too far behind) that a run sums over its episodes.
+# steps skipped too far behind or recorded without planning, too late to plan from) that a run
+# sums over its episodes.
 NODE_COUNTERS = ("ticks", "hold", "stop", "clipped", "rate_limited", "late_actions_dropped", "goal_held",
-                 "plan_errors", "steps_skipped")
+                 "plan_errors", "steps_skipped", "steps_recorded_late")
 
 
 class NodeLoop(Planner):
@@ -126,7 +139,8 @@ class NodeLoop(Planner):
     def _count(self, stats: dict) -> None:
         """Add the current episode's counters, once."""
         if self.stepped:
-            counts = {**stats["diagnostics"], "steps_skipped": stats["steps_skipped"]}
+            counts = {**stats["diagnostics"], "steps_skipped": stats["steps_skipped"],
+                      "steps_recorded_late": stats["steps_recorded_late"]}
             for key in NODE_COUNTERS:
                 self.counters[key] += counts[key]
             self.stepped = False
@@ -480,7 +494,7 @@ def evaluate(maze, episodes, binary, config, out, configs=None, seed=0, multi_go
     configs = configs or DEFAULT_CONFIGS
     for name in configs:
         start = time.perf_counter()
-        summary, recorded = evaluate_config(maze, episodes, binary, config, ABLATIONS[name], seed, multi_goal, workers,
+        summary, recorded = evaluate_config(maze, episodes, binary, config, serve_args(name), seed, multi_goal, workers,
                                             record=(name == configs[0]), planner_seed_offset=planner_seed_offset)
         summary["wall_s"] = time.perf_counter() - start
         # The paper reports multi-goal for DF with MCG only.
@@ -775,7 +789,7 @@ def _earlier_results(path: Path, maze, episodes, seed, configs, model_sha256) ->
     for name in configs:
         r = results.get(name)
         if (r is None or r["maze"] != maze or r["multi_goal"] or r["episodes"] != episodes
-                or r["env_seeds"] != [seed, seed + episodes - 1] or r["serve_args"] != ABLATIONS[name]
+                or r["env_seeds"] != [seed, seed + episodes - 1] or r["serve_args"] != serve_args(name)
                 # Results written before they named their model are taken as they are.
                 or r.get("model_sha256", model_sha256) != model_sha256):
             return None
