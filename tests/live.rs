@@ -264,26 +264,37 @@ fn a_paused_sim_clock_gives_the_planner_no_steps() {
     );
 }
 
+/// The point-mass node (a plan every 2 steps of 100 ms) on a sim clock reading 1 s, with the
+/// state `publish` makes for then, after its first step: the node, its state cell, the clock and
+/// what reached the sink.
+fn pointmass_on_sim_clock(
+    publish: impl Fn(&StateCell, i64),
+) -> (LiveNode, Arc<StateCell>, Arc<SimClock>, Arc<Mutex<Seen>>) {
+    let cfg = pointmass_config("pointmass");
+    let (_frames_in, frames) = camera_rings(&[]);
+    let state = Arc::new(StateCell::default());
+    let clock = Arc::new(SimClock::default());
+    publish(&state, 1_000_000_000);
+    clock.0.store(1_000_000_000, std::sync::atomic::Ordering::SeqCst);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let sink = Box::new(Recorder(seen.clone()));
+    let node = spawn_on(&cfg, frames, state.clone(), sink, Default::default(), clock.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    (node, state, clock, seen)
+}
+
 /// A planner step that runs late (its slot passed while the planner was busy, here a sim clock
 /// that jumps three steps at a time) is still its slot's step: it reads the state stamped at
 /// the slot, and its plan starts there, as a planner on time would have planned.
 #[test]
 fn a_planner_behind_its_clock_plans_each_step_as_of_its_slot() {
-    let cfg = pointmass_config("pointmass"); // replans every 2 steps of 100 ms
-    let (_frames_in, frames) = camera_rings(&[]);
-    let state = Arc::new(StateCell::default());
-    let clock = Arc::new(SimClock::default());
     let ms = 1_000_000;
-    let publish = |t_ns: i64| {
+    let publish = |state: &StateCell, t_ns: i64| {
         let x = t_ns as f64 * 1e-10; // a state that moves: 0.1 per 1 s
         state.publish(StateSample::new(t_ns, &[x, -0.1], &[0.1, 0.0]).unwrap());
     };
-    publish(1_000 * ms);
-    clock.0.store(1_000 * ms, std::sync::atomic::Ordering::SeqCst);
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let sink = Box::new(Recorder(seen.clone()));
-    let node = spawn_on(&cfg, frames, state.clone(), sink, Default::default(), clock.clone());
-    std::thread::sleep(Duration::from_millis(200));
+    let (node, state, clock, seen) = pointmass_on_sim_clock(publish);
+    let publish = |t_ns: i64| publish(&state, t_ns);
     // Every 300 ms of sim time at once: the steps at +100 and +200 run late, back to back.
     for jump in 1..=6 {
         let base = 1_000 * ms + (jump - 1) * 300 * ms;
@@ -306,18 +317,13 @@ fn a_planner_behind_its_clock_plans_each_step_as_of_its_slot() {
 /// were due for is made at the first step within the slack, and the schedule goes on.
 #[test]
 fn a_planner_far_behind_records_the_missed_steps_and_plans_once_back_within_its_slack() {
-    let cfg = pointmass_config("pointmass"); // replans every 2 steps of 100 ms: a slack of 200 ms
-    let (_frames_in, frames) = camera_rings(&[]);
-    let state = Arc::new(StateCell::default());
-    let clock = Arc::new(SimClock::default());
     let ms = 1_000_000;
-    let publish = |t_ns: i64| state.publish(StateSample::new(t_ns, &[0.0, -0.1], &[0.1, 0.0]).unwrap());
-    publish(1_000 * ms);
-    clock.0.store(1_000 * ms, std::sync::atomic::Ordering::SeqCst);
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let sink = Box::new(Recorder(seen.clone()));
-    let node = spawn_on(&cfg, frames, state.clone(), sink, Default::default(), clock.clone());
-    std::thread::sleep(Duration::from_millis(200));
+    let publish = |state: &StateCell, t_ns: i64| {
+        state.publish(StateSample::new(t_ns, &[0.0, -0.1], &[0.1, 0.0]).unwrap());
+    };
+    // Replans every 2 steps of 100 ms: a slack of 200 ms.
+    let (node, state, clock, seen) = pointmass_on_sim_clock(publish);
+    let publish = |t_ns: i64| publish(&state, t_ns);
     // One jump of 1 s: the steps at 1100..1700 are more than 200 ms behind (recorded only,
     // though 1200..1600 were due for plans), 1800 plans the due plan, 1900 records, 2000 is due.
     for k in 1..=10 {

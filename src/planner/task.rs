@@ -209,7 +209,8 @@ impl PlannerTask {
         images: Option<CameraFrames<'_>>,
         plan: &mut Plan,
     ) -> Result<StepOutcome, PlanError> {
-        self.run_step(now_ns, state, executed_action, images, Some(plan))
+        let outcome = self.attempt_step(now_ns, state, executed_action, images, Some(plan));
+        self.told(outcome)
     }
 
     /// A step that runs too late to plan from (the planner was busy for longer than
@@ -223,18 +224,12 @@ impl PlannerTask {
         state: Option<&StateSample>,
         executed_action: &[f64],
     ) -> Result<StepOutcome, PlanError> {
-        self.run_step(now_ns, state, executed_action, None, None)
+        let outcome = self.attempt_step(now_ns, state, executed_action, None, None);
+        self.told(outcome)
     }
 
-    fn run_step(
-        &mut self,
-        now_ns: i64,
-        state: Option<&StateSample>,
-        executed_action: &[f64],
-        images: Option<CameraFrames<'_>>,
-        plan: Option<&mut Plan>,
-    ) -> Result<StepOutcome, PlanError> {
-        let outcome = self.attempt_step(now_ns, state, executed_action, images, plan);
+    /// A step's outcome, its failure or recovery logged when it is news.
+    fn told(&mut self, outcome: Result<StepOutcome, PlanError>) -> Result<StepOutcome, PlanError> {
         match &outcome {
             Ok(StepOutcome::Planned) => {
                 if self.failures.planned() {
