@@ -196,7 +196,8 @@ def cmd_eval(a) -> None:
                          "--action-spread")
     configs = a.configs.split(",") if a.configs else None
     try:
-        [serve_args(c) for c in configs or []]
+        for name in configs or []:
+            serve_args(name)
     except ValueError as e:
         raise SystemExit(str(e)) from None
     if a.objective_check:

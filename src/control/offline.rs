@@ -118,7 +118,7 @@ impl OfflineLoop {
     /// the live thread.
     pub fn with_plan_time(mut self, plan_ns: Option<i64>) -> Self {
         let slack_ns = self.task.max_lateness_ns();
-        let reach_ns = memory_reach_ns(&self.task, self.tick_ns).max(slack_ns);
+        let reach_ns = memory_reach_ns(&self.task, self.tick_ns);
         self.plan_time = plan_ns.map(|plan_ns| PlanTime {
             plan_ns,
             slack_ns,
