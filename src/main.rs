@@ -211,6 +211,10 @@ struct RuntimeArgs {
     /// ORT intra-op threads (0 = ORT default; capped at this machine's cores).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Let ORT's intra-op threads spin-wait between operators (ORT's default) instead of
+    /// sleeping, which leaves the cores to other threads.
+    #[arg(long)]
+    intra_spinning: bool,
 }
 
 impl RuntimeArgs {
@@ -220,6 +224,7 @@ impl RuntimeArgs {
             providers: self.providers.clone(),
             require_providers: self.require_providers,
             intra_threads: self.threads,
+            intra_spinning: self.intra_spinning,
         }
     }
 }
@@ -614,7 +619,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     };
     emit(&format!(
         "{}\n",
-        json!({"backend": "onnxruntime", "model": model_path, "threads": a.runtime.config().intra_threads_capped(), "batch": a.batch, "tokens": t,
+        json!({"backend": "onnxruntime", "model": model_path, "threads": a.runtime.config().intra_threads_capped(), "intra_spinning": a.runtime.intra_spinning, "batch": a.batch, "tokens": t,
                "denoise": denoise, "denoise_vjp": vjp})
     ))
 }

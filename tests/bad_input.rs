@@ -128,6 +128,31 @@ fn intra_threads_beyond_the_cores_are_capped() {
     }
 }
 
+#[test]
+fn intra_op_spinning_either_way_loads_and_gives_the_same_outputs() {
+    use df_planner::diffusion::Denoiser;
+    let model = common::repo().join("onnx/models/pointmass.onnx");
+    let outputs = |intra_spinning: bool| {
+        let runtime = RuntimeConfig {
+            intra_threads: 2,
+            intra_spinning,
+            ..common::cpu()
+        };
+        let mut denoiser = OnnxDenoiser::load(&model, &runtime).unwrap();
+        let (t, d) = (denoiser.contract().max_tokens, denoiser.contract().layout.token_dim);
+        let x = Array3::from_shape_fn((4, t, d), |(b, i, j)| ((b * 31 + i * 7 + j) as f32 * 0.37).sin());
+        let k = ndarray::Array2::from_shape_fn((4, t), |(b, i)| ((b + 3 * i) % 10) as i64);
+        let (mut x0, mut eps) = (Array3::zeros((4, t, d)), Array3::zeros((4, t, d)));
+        denoiser
+            .denoise(x.view(), k.view(), x0.view_mut(), eps.view_mut())
+            .unwrap();
+        (x0, eps)
+    };
+    let (sleeping, spinning) = (outputs(false), outputs(true));
+    assert!(sleeping.0.iter().any(|v| *v != 0.0));
+    assert_eq!(sleeping, spinning);
+}
+
 fn settings() -> SamplerSettings {
     SamplerSettings {
         eta: 0.0,

@@ -69,6 +69,10 @@ pub struct RuntimeConfig {
     pub require_providers: bool,
     /// ORT intra-op threads (0 = ORT's default).
     pub intra_threads: usize,
+    /// Let the intra-op worker threads spin-wait between operators (ORT's own default) rather
+    /// than sleep. Off by default: on a robot they share the cores with the control tick, and
+    /// with 2 threads on 2 cores spinning doubled the live plan time (README, "Measured").
+    pub intra_spinning: bool,
 }
 
 impl RuntimeConfig {
@@ -88,6 +92,7 @@ impl Default for RuntimeConfig {
             providers: vec![Provider::Tensorrt, Provider::Cuda, Provider::Cpu],
             require_providers: false,
             intra_threads: 1,
+            intra_spinning: false,
         }
     }
 }

@@ -258,6 +258,8 @@ impl OnnxDenoiser {
                 .map_err(|e| ort_err(e.to_string()))?
                 .with_intra_threads(threads)
                 .map_err(|e| ort_err(e.to_string()))?
+                .with_intra_op_spinning(runtime.intra_spinning)
+                .map_err(|e| ort_err(e.to_string()))?
                 .with_execution_providers(providers.clone())
                 .map_err(|e| ort_err(e.to_string()))?
                 .commit_from_file(p)
