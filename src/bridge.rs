@@ -31,12 +31,12 @@
 //!   taken as the node's state intake takes a JointState (`StateIntake`: as many joints as the
 //!   model observes, velocities where it observes them or a PD controller reads them, finite
 //!   values); one it refuses refuses the step, which then takes no time.
-//! - `{"op": "stats"}` → `{"ok": true, "diagnostics": {...}, "steps_skipped": n, "steps_recorded_late": n,
-//!   "plans": n, "replan_ms_p50": f, "replan_ms_p99": f, "replan_ms_max": f, "replan_ms_buckets": [[f, n], ...]}`:
-//!   the node's diagnostics (ticks, faults, hold/stop counts, plan and tick latency, frame
-//!   counters), the planner steps skipped too far behind and those entered into its memory
-//!   without planning, too late to plan from (`serve --plan-time-ms`), for the current episode,
-//!   and the plans and their latency since the process started, as `serve` reports them.
+//! - `{"op": "stats"}` → `{"ok": true, "diagnostics": {...}, "plans": n, "replan_ms_p50": f,
+//!   "replan_ms_p99": f, "replan_ms_max": f, "replan_ms_buckets": [[f, n], ...]}`: the node's
+//!   diagnostics for the current episode (ticks, faults, hold/stop counts, plan and tick
+//!   latency, frame counters, and with `serve --plan-time-ms` the planner steps skipped too far
+//!   behind and those entered into its memory without planning, too late to plan from), and the
+//!   plans and their latency since the process started, as `serve` reports them.
 //!
 //! A malformed line or a bad request is answered `{"ok": false, "error": "..."}` and logged.
 
@@ -188,8 +188,6 @@ impl Bridge {
                 let mut reply = replan_stats(&self.sink.latency);
                 let lp = self.lp();
                 reply["diagnostics"] = json!(lp.diagnostics());
-                reply["steps_skipped"] = json!(lp.steps_skipped());
-                reply["steps_recorded_late"] = json!(lp.steps_recorded_late());
                 reply
             }
         }

@@ -475,6 +475,7 @@ fn status_since(d: &Diagnostics, previous: Option<&Diagnostics>) -> (u8, String)
     };
     let others: Vec<String> = [
         ("plan_errors", since(|d| d.plan_errors)),
+        ("steps_skipped", since(|d| d.steps_skipped)),
         ("deadline_misses", since(|d| d.deadline_misses)),
         ("records_dropped", since(|d| d.records_dropped)),
         ("states_rejected", since(|d| d.states_rejected)),
@@ -497,6 +498,8 @@ fn diagnostic_array(header: Header, d: &Diagnostics, previous: Option<&Diagnosti
         kv("ticks", d.ticks.to_string()),
         kv("plans", d.plans.to_string()),
         kv("plan_errors", d.plan_errors.to_string()),
+        kv("steps_recorded_late", d.steps_recorded_late.to_string()),
+        kv("steps_skipped", d.steps_skipped.to_string()),
         kv("states_rejected", d.states_rejected.to_string()),
         kv("hold", d.hold.to_string()),
         kv("stop", d.stop.to_string()),
@@ -756,6 +759,8 @@ mod tests {
             goal_held: 0,
             plans: 0,
             plan_errors,
+            steps_recorded_late: 0,
+            steps_skipped: 0,
             states_rejected: 0,
             deadline_misses: 0,
             records_dropped: 0,
@@ -800,12 +805,14 @@ mod tests {
         );
         let mut late = report(500, 20, 100, 3);
         (late.deadline_misses, late.records_dropped, late.states_rejected) = (2, 1, 4);
+        (late.steps_recorded_late, late.steps_skipped) = (30, 7);
         assert_eq!(
             status(late),
             (
                 1,
-                "deadline_misses 2, records_dropped 1, states_rejected 4 since the last report".into()
-            )
+                "steps_skipped 7, deadline_misses 2, records_dropped 1, states_rejected 4 since the last report".into()
+            ),
+            "a gap in the planner's memory warns; steps it recorded late do not"
         );
         let first = DiagnosticReports::default().array(Header::default(), &report(0, 0, 0, 0));
         assert_eq!(first.status[0].level, 2, "a first report without ticks is an error too");

@@ -354,7 +354,7 @@ fn a_sampling_that_fails_holds_the_planner_as_long_as_a_plan() {
         let stats = b.handle(r#"{"op": "stats"}"#);
         (
             stats["diagnostics"]["plan_errors"].as_u64().unwrap(),
-            stats["steps_recorded_late"].as_u64().unwrap(),
+            stats["diagnostics"]["steps_recorded_late"].as_u64().unwrap(),
         )
     };
     // At once: a plan every 2 steps, and its retry at the step between.
@@ -414,7 +414,7 @@ fn a_plan_that_takes_time_reaches_the_tick_when_done_and_a_slow_one_records_miss
     // Six plans, each landing at +35 ms: the actions for +0 to +30 ms are past.
     let d = &stats["diagnostics"];
     assert_eq!(
-        (&d["late_actions_dropped"], &stats["steps_skipped"]),
+        (&d["late_actions_dropped"], &d["steps_skipped"]),
         (&json!(24), &json!(0)),
         "{stats}"
     );
@@ -428,15 +428,16 @@ fn a_plan_that_takes_time_reaches_the_tick_when_done_and_a_slow_one_records_miss
     // too late to plan from enter its memory without a plan, as the live planner thread does,
     // none is skipped, and the arm keeps a plan.
     let (replies, stats) = timed_episode(Some(150), 100);
-    let late = stats["steps_recorded_late"].as_u64().unwrap();
-    assert!(late > 0 && stats["steps_skipped"] == json!(0), "{stats}");
+    let d = &stats["diagnostics"];
+    let late = d["steps_recorded_late"].as_u64().unwrap();
+    assert!(late > 0 && d["steps_skipped"] == json!(0), "{stats}");
     let on_plan = replies.iter().filter(|r| r["source"] == json!("plan")).count();
     println!("150 ms plans: {late} steps recorded late, {on_plan} of 100 ticks on a plan");
     assert!(on_plan >= 80, "{on_plan}");
     // 3 s, further behind than the ticks' executed actions are kept (2.56 s here): the steps
     // beyond that are skipped, a gap in the memory, and the next plan starts cold.
     let (_, stats) = timed_episode(Some(3000), 400);
-    assert!(stats["steps_skipped"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["diagnostics"]["steps_skipped"].as_u64().unwrap() > 0, "{stats}");
 }
 
 /// A shipped config with one or two of its numbers replaced (NaN, ±∞, negative, zero, huge,

@@ -33,6 +33,12 @@ pub struct Diagnostics {
     pub goal_held: u64,
     pub plans: u64,
     pub plan_errors: u64,
+    /// Planner steps that ran more than a replan interval (or an input timeout) behind the
+    /// clock: entered into the memory without planning.
+    pub steps_recorded_late: u64,
+    /// Planner steps further behind than the memory reaches: skipped, a gap in the memory
+    /// (the next plan starts cold).
+    pub steps_skipped: u64,
     /// Robot state messages refused (`StateIntake`: joints, non-finite values, stamps out of
     /// order); the state goes stale while they last.
     pub states_rejected: u64,
@@ -51,6 +57,8 @@ pub struct Diagnostics {
 pub(crate) struct DiagnosticInputs<'a> {
     pub counters: &'a Counters,
     pub plan_errors: u64,
+    pub steps_recorded_late: u64,
+    pub steps_skipped: u64,
     pub states_rejected: u64,
     pub deadline_misses: u64,
     pub records_dropped: u64,
@@ -76,6 +84,8 @@ impl Diagnostics {
             goal_held: c.goal_held,
             plans: c.plans_installed,
             plan_errors: i.plan_errors,
+            steps_recorded_late: i.steps_recorded_late,
+            steps_skipped: i.steps_skipped,
             states_rejected: i.states_rejected,
             deadline_misses: i.deadline_misses,
             records_dropped: i.records_dropped,

@@ -551,7 +551,7 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
     let stop = Arc::new(AtomicBool::new(false));
     let (copy_tx, copy_rx) = bounded::<Box<Plan>>(4);
     let plan_latency = Arc::new(Mutex::new(Histogram::default()));
-    let plan_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let planner_counts = Arc::new(PlannerCounts::default());
     let goal_status = Arc::new(Mutex::new(p.task.goal_status()));
     let state_counts = p.state.clone();
     let action_dim = p.task.planner().contract().layout.action_dim;
@@ -595,7 +595,7 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
 
     let s = stop.clone();
     let (mut task, mut frames, state, clock) = (p.task, p.frames, p.state, p.clock);
-    let (latency, errors) = (plan_latency.clone(), plan_errors.clone());
+    let (latency, counts) = (plan_latency.clone(), planner_counts.clone());
     let (goals, goal_out) = (p.goals, goal_status.clone());
     // A plan may take several steps (the steps after it catch up): those no more than
     // `max_lateness_ns` behind may plan, those further behind only enter the memory, as far
@@ -639,11 +639,13 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
                     );
                 }
                 task.steps_skipped();
+                counts.steps_skipped.fetch_add(skipped, Ordering::Relaxed);
             }
             if unreachable {
                 continue;
             }
             if late {
+                counts.steps_recorded_late.fetch_add(1, Ordering::Relaxed);
                 if let Some(late) = late_said.add(1) {
                     tracing::info!(
                         late,
@@ -681,7 +683,7 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
                 Err(_) => {
                     // Logged by the task.
                     buffers.keep(plan);
-                    errors.fetch_add(1, Ordering::Relaxed);
+                    counts.plan_errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
             // The goal and the distance to it, for the diagnostics (the next step retries a
@@ -700,7 +702,7 @@ pub fn spawn(p: LiveParts) -> std::io::Result<LiveNode> {
         let sources = StatSources {
             stats: &stats,
             plan_latency: &latency,
-            plan_errors: &plan_errors,
+            planner: &planner_counts,
             frames: &frame_stats,
             goal: &goal_status,
             state: &state_counts,
@@ -747,10 +749,18 @@ fn skip_missed(deadline: &mut Instant, period: Duration, slack: Duration) -> u32
     missed
 }
 
+/// What the planner thread counts for the diagnostics.
+#[derive(Default)]
+struct PlannerCounts {
+    plan_errors: AtomicU64,
+    steps_recorded_late: AtomicU64,
+    steps_skipped: AtomicU64,
+}
+
 struct StatSources<'a> {
     stats: &'a Mutex<LiveStats>,
     plan_latency: &'a Mutex<Histogram>,
-    plan_errors: &'a std::sync::atomic::AtomicU64,
+    planner: &'a PlannerCounts,
     frames: &'a CameraStats,
     goal: &'a Mutex<Option<GoalStatus>>,
     state: &'a StateCell,
@@ -790,7 +800,9 @@ fn publisher(
             let s = sources.stats.lock().clone();
             let diag = Diagnostics::collect(DiagnosticInputs {
                 counters: &s.counters,
-                plan_errors: sources.plan_errors.load(Ordering::Relaxed),
+                plan_errors: sources.planner.plan_errors.load(Ordering::Relaxed),
+                steps_recorded_late: sources.planner.steps_recorded_late.load(Ordering::Relaxed),
+                steps_skipped: sources.planner.steps_skipped.load(Ordering::Relaxed),
                 states_rejected: sources.state.rejected(),
                 deadline_misses: s.deadline_misses,
                 records_dropped: s.records_dropped,

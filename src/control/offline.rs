@@ -340,6 +340,8 @@ impl OfflineLoop {
         Diagnostics::collect(DiagnosticInputs {
             counters: self.core.counters(),
             plan_errors: self.plan_errors,
+            steps_recorded_late: self.steps_recorded_late(),
+            steps_skipped: self.steps_skipped(),
             states_rejected: self.states_rejected,
             deadline_misses: 0,
             records_dropped: 0,

@@ -276,7 +276,9 @@ impl StateIntake {
 /// runs a step late reads what was current at the step's time, not what is current now.
 #[derive(Debug, Clone)]
 pub struct Recent<T: Copy> {
-    entries: Vec<(i64, T)>,
+    /// Apart from the values, so that a search by time reads 8 bytes an entry, not a state.
+    stamps: Vec<i64>,
+    values: Vec<T>,
     /// Where the next entry goes.
     next: usize,
     len: usize,
@@ -285,7 +287,8 @@ pub struct Recent<T: Copy> {
 impl<T: Copy> Recent<T> {
     pub fn new(capacity: usize, fill: T) -> Self {
         Self {
-            entries: vec![(i64::MIN, fill); capacity.max(1)],
+            stamps: vec![i64::MIN; capacity.max(1)],
+            values: vec![fill; capacity.max(1)],
             next: 0,
             len: 0,
         }
@@ -293,49 +296,50 @@ impl<T: Copy> Recent<T> {
 
     /// Keep `value`, stamped `stamp_ns`; the oldest goes when the ring is full.
     pub fn push(&mut self, stamp_ns: i64, value: T) {
-        self.entries[self.next] = (stamp_ns, value);
-        self.next = (self.next + 1) % self.entries.len();
-        self.len = (self.len + 1).min(self.entries.len());
+        (self.stamps[self.next], self.values[self.next]) = (stamp_ns, value);
+        self.next = (self.next + 1) % self.stamps.len();
+        self.len = (self.len + 1).min(self.stamps.len());
     }
 
-    /// Newest first.
-    fn newest_first(&self) -> impl Iterator<Item = &(i64, T)> {
-        let n = self.entries.len();
-        (1..=self.len).map(move |k| &self.entries[(self.next + n - k) % n])
+    /// Indices, newest first.
+    fn newest_first(&self) -> impl Iterator<Item = usize> {
+        let (n, next) = (self.stamps.len(), self.next);
+        (1..=self.len).map(move |k| (next + n - k) % n)
     }
 
     pub fn latest(&self) -> Option<T> {
-        self.newest_first().next().map(|&(_, v)| v)
+        self.newest_first().next().map(|i| self.values[i])
     }
 
     /// Whether a value stamped at or before `t_ns` is still kept: `at(t_ns)` reads the one
     /// current then, not the oldest kept.
     pub fn reaches(&self, t_ns: i64) -> bool {
-        self.newest_first().any(|&(stamp, _)| stamp <= t_ns)
+        self.newest_first().any(|i| self.stamps[i] <= t_ns)
     }
 
     /// The newest value stamped at or before `t_ns`; if every value kept is newer, the oldest
     /// kept, the nearest to `t_ns`. Values from before a clock reset (a stamp that went back
     /// by `CLOCK_RESET_NS`) are not read once one on the new clock exists. None when empty.
     pub fn at(&self, t_ns: i64) -> Option<T> {
-        let mut oldest: Option<(i64, T)> = None;
-        for &(stamp, v) in self.newest_first() {
-            if oldest.is_some_and(|(newer, _)| clock_reset(stamp, newer)) {
+        let mut oldest: Option<usize> = None;
+        for i in self.newest_first() {
+            let stamp = self.stamps[i];
+            if oldest.is_some_and(|newer| clock_reset(stamp, self.stamps[newer])) {
                 break;
             }
             if stamp <= t_ns {
-                return Some(v);
+                return Some(self.values[i]);
             }
-            oldest = Some((stamp, v));
+            oldest = Some(i);
         }
-        oldest.map(|(_, v)| v)
+        oldest.map(|i| self.values[i])
     }
 }
 
-/// Robot states kept: at 1 kHz the last 0.5 s. A planner step runs at most a replan interval
-/// or a state timeout late (`PlannerTask::max_lateness_ns`); the shipped configs' timeouts are
-/// 0.3 s or less.
-const STATES_KEPT: usize = 512;
+/// Robot states kept: at 1 kHz (a Franka's joint states) the last 4.1 s, further back than a
+/// late planner step reads (`live::memory_reach_ns`: 2.55 s at 100 Hz ticks), so a fast
+/// driver does not cut the planner's memory short. 1.1 MB.
+const STATES_KEPT: usize = 4096;
 
 /// The robot's recent states: writers push, readers copy. The control tick uses `try_read`
 /// so it never waits; a contended read returns None and the tick keeps its previous sample.

@@ -98,9 +98,9 @@ class StraightToGoal:
         pass
 
 
-# The node's per-episode counters (`stats` of the node loop: its diagnostics, and the planner
-# steps skipped too far behind or recorded without planning, too late to plan from) that a run
-# sums over its episodes.
+# The node's per-episode counters (its diagnostics in `stats` of the node loop, among them the
+# planner steps skipped too far behind or recorded without planning, too late to plan from)
+# that a run sums over its episodes.
 NODE_COUNTERS = ("ticks", "hold", "stop", "clipped", "rate_limited", "late_actions_dropped", "goal_held",
                  "plan_errors", "steps_skipped", "steps_recorded_late")
 
@@ -139,10 +139,8 @@ class NodeLoop(Planner):
     def _count(self, stats: dict) -> None:
         """Add the current episode's counters, once."""
         if self.stepped:
-            counts = {**stats["diagnostics"], "steps_skipped": stats["steps_skipped"],
-                      "steps_recorded_late": stats["steps_recorded_late"]}
             for key in NODE_COUNTERS:
-                self.counters[key] += counts[key]
+                self.counters[key] += stats["diagnostics"][key]
             self.stepped = False
 
 
