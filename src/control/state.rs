@@ -336,9 +336,9 @@ impl<T: Copy> Recent<T> {
     }
 }
 
-/// Robot states kept: at 1 kHz (a Franka's joint states) the last 4.1 s, further back than a
-/// late planner step reads (`live::memory_reach_ns`: 2.55 s at 100 Hz ticks), so a fast
-/// driver does not cut the planner's memory short. 1.1 MB.
+/// Robot states kept: at 1 kHz the last 4.1 s, further back than a late planner step reads
+/// (`live::memory_reach_ns`: 2.55 s at 100 Hz ticks), so a fast driver does not cut the
+/// planner's memory short. 1.1 MB.
 const STATES_KEPT: usize = 4096;
 
 /// The robot's recent states: writers push, readers copy. The control tick uses `try_read`
