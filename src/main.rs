@@ -738,6 +738,8 @@ fn replay(a: ReplayArgs) -> Result<()> {
 /// Output port that only counts: the benchmark measures the loop, not a transport.
 struct CountingSink {
     actions: u64,
+    /// The latest report: the last comes when the node stops.
+    diagnostics: Arc<parking_lot::Mutex<Option<Diagnostics>>>,
 }
 
 impl ActionSink for CountingSink {
@@ -745,7 +747,9 @@ impl ActionSink for CountingSink {
         self.actions += 1;
     }
     fn plan(&mut self, _: &Plan) {}
-    fn diagnostics(&mut self, _: i64, _: &Diagnostics) {}
+    fn diagnostics(&mut self, _: i64, d: &Diagnostics) {
+        *self.diagnostics.lock() = Some(d.clone());
+    }
 }
 
 /// The live loop with its real planner, fed synthetic state (100 Hz) and camera frames (30 Hz).
@@ -765,12 +769,16 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
     let (mut frames_in, frames) = df_planner::frames::camera_rings(&rings);
     let state = Arc::new(StateCell::default());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let diagnostics = Arc::new(parking_lot::Mutex::new(None));
     let parts = LiveParts {
         task,
         core,
         frames,
         state: state.clone(),
-        sink: Box::new(CountingSink { actions: 0 }),
+        sink: Box::new(CountingSink {
+            actions: 0,
+            diagnostics: diagnostics.clone(),
+        }),
         clock: clock.clone(),
         goals: Default::default(),
         tick: cfg.control.tick(),
@@ -808,6 +816,10 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
     }
     let (stats, plan_latency) = node.stop();
     let c = &stats.counters;
+    let planner = diagnostics
+        .lock()
+        .as_ref()
+        .map(|d| json!({"plan_errors": d.plan_errors, "steps_recorded_late": d.steps_recorded_late, "steps_skipped": d.steps_skipped}));
     emit(&format!(
         "{}\n",
         json!({
@@ -818,7 +830,7 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
             // A plan still on its way to the tick when the run ends is timed but not installed.
             "plan_latency": plan_latency.summary_ms(), "plans": c.plans_installed, "hold": c.hold, "stop": c.stop,
             "waiting": c.waiting, "clipped": c.clipped, "rate_limited": c.rate_limited,
-            "late_actions_dropped": c.late_dropped, "goal_held": c.goal_held,
+            "late_actions_dropped": c.late_dropped, "goal_held": c.goal_held, "planner": planner,
             "camera_size": sizes, "frame_write_latency": frame_writes.summary_ms(),
             "faults": Fault::ALL.iter().map(|f| (f.name(), c.faults[*f as usize])).collect::<std::collections::BTreeMap<_, _>>(),
         })

@@ -270,6 +270,10 @@ fn bench_config_runs_the_live_loop_and_says_what_it_planned() {
     ] {
         assert!(!report[key].is_null(), "{key} missing: {report}");
     }
+    // The planner's own counts, from the node's last diagnostics report (made when it stops).
+    for key in ["plan_errors", "steps_recorded_late", "steps_skipped"] {
+        assert!(report["planner"][key].is_u64(), "planner.{key} missing: {report}");
+    }
 }
 
 #[test]

@@ -332,8 +332,8 @@ fn a_planner_far_behind_records_the_missed_steps_and_plans_once_back_within_its_
         publish(1_000 * ms + k * ms);
     }
     clock.0.store(2_000 * ms, std::sync::atomic::Ordering::SeqCst);
-    // Past the publisher's first diagnostics, a second after it started.
-    std::thread::sleep(Duration::from_millis(1100));
+    std::thread::sleep(Duration::from_millis(500));
+    // The publisher's last report, at the stop, has the counts to the end.
     node.stop();
     let seen = seen.lock().unwrap();
     let t0: Vec<i64> = seen.plan_t0_ns.iter().map(|t| t / ms).collect();

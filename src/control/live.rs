@@ -793,7 +793,8 @@ fn publisher(
             source_log.record(&r.report, Instant::now());
         }
         let now = Instant::now();
-        if now >= next_diag {
+        // A last report when stopping: the counts to the end.
+        if now >= next_diag || stopping {
             // 1 s from now, not from when this one was due: after a stall, a burst of reports a
             // few ms apart would each see no new tick.
             next_diag = now + Duration::from_secs(1);
