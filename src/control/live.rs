@@ -172,12 +172,12 @@ enum Due {
 
 impl StepPacer {
     /// `slack`: how late a step may still plan; `reach`: how late it still enters the memory
-    /// (at least the slack).
+    /// (at least the slack: `memory_reach_ns`).
     fn new(step: Duration, slack: Duration, reach: Duration) -> Self {
         Self {
             step_ns: step.as_nanos() as i64,
             slack_ns: slack.as_nanos() as i64,
-            reach_ns: reach.max(slack).as_nanos() as i64,
+            reach_ns: reach.as_nanos() as i64,
             slot_ns: None,
             last_reading_ns: 0,
         }
@@ -865,7 +865,13 @@ mod tests {
             reset: false,
         };
         // Steps of 100 ms, a slack of two, and a memory that reaches no further (a camera model).
-        let pacer = || StepPacer::new(Duration::from_millis(100), Duration::from_millis(200), Duration::ZERO);
+        let pacer = || {
+            StepPacer::new(
+                Duration::from_millis(100),
+                Duration::from_millis(200),
+                Duration::from_millis(200),
+            )
+        };
         let dues =
             |p: &mut StepPacer, clock_ms: &[i64]| -> Vec<Due> { clock_ms.iter().map(|&c| p.due(c * ms)).collect() };
         // ROS time before the first /clock reads 0: no step yet. Then a step at once.
