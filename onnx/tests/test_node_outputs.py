@@ -57,6 +57,17 @@ def test_launch_file_documents_every_argument(launch, arguments):
     assert set(declared) == arguments
 
 
+def test_every_maze_the_launch_offers_has_its_config():
+    """`maze:=X` loads config/maze2d_X.yaml: each choice, and the default among them, must exist."""
+    tree = ast.parse((ROOT / "launch/maze2d.launch.py").read_text())
+    maze = next(node for node in ast.walk(tree) if isinstance(node, ast.Call)
+                and getattr(node.func, "id", "") == "DeclareLaunchArgument" and node.args[0].value == "maze")
+    kwargs = {k.arg: ast.literal_eval(k.value) for k in maze.keywords if k.arg in ("choices", "default_value")}
+    assert kwargs["default_value"] in kwargs["choices"]
+    missing = [c for c in kwargs["choices"] if not (ROOT / "config" / f"maze2d_{c}.yaml").is_file()]
+    assert not missing, missing
+
+
 def test_fruit_swap_launch_remaps_the_config_topics():
     """Every topic the launch file remaps is one config/fruit_swap.yaml or the model uses."""
     from df_train.node_config import load_node_config
