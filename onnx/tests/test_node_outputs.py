@@ -41,28 +41,29 @@ def test_replay_output_opens_in_python_mcap_with_ros2_decoding(tmp_path, bag):
     assert counts["/diagnostics"] >= 1
 
 
+def declared_launch_arguments(launch):
+    """Each `DeclareLaunchArgument` in launch/`launch`: (name, its keyword arguments' nodes)."""
+    tree = ast.parse((ROOT / "launch" / launch).read_text())
+    return [(node.args[0].value, {k.arg: k.value for k in node.keywords}) for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument"]
+
+
 @pytest.mark.parametrize("launch, arguments", [
     ("maze2d.launch.py", {"maze", "config", "use_sim_time", "onnxruntime_library", "log_level", "namespace"}),
     ("fruit_swap.launch.py", {"config", "front_camera", "wrist_camera", "ee_state", "action", "use_sim_time",
                               "onnxruntime_library", "log_level", "namespace"}),
 ])
 def test_launch_file_documents_every_argument(launch, arguments):
-    tree = ast.parse((ROOT / "launch" / launch).read_text())
-    declared = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument":
-            kwargs = {k.arg: k.value for k in node.keywords}
-            assert "description" in kwargs, ast.unparse(node)
-            declared.append(node.args[0].value)
-    assert set(declared) == arguments
+    declared = declared_launch_arguments(launch)
+    for name, kwargs in declared:
+        assert "description" in kwargs, name
+    assert {name for name, _ in declared} == arguments
 
 
 def test_every_maze_the_launch_offers_has_its_config():
     """`maze:=X` loads config/maze2d_X.yaml: each choice, and the default among them, must exist."""
-    tree = ast.parse((ROOT / "launch/maze2d.launch.py").read_text())
-    maze = next(node for node in ast.walk(tree) if isinstance(node, ast.Call)
-                and getattr(node.func, "id", "") == "DeclareLaunchArgument" and node.args[0].value == "maze")
-    kwargs = {k.arg: ast.literal_eval(k.value) for k in maze.keywords if k.arg in ("choices", "default_value")}
+    maze = dict(declared_launch_arguments("maze2d.launch.py"))["maze"]
+    kwargs = {k: ast.literal_eval(maze[k]) for k in ("choices", "default_value")}
     assert kwargs["default_value"] in kwargs["choices"]
     missing = [c for c in kwargs["choices"] if not (ROOT / "config" / f"maze2d_{c}.yaml").is_file()]
     assert not missing, missing
