@@ -211,25 +211,25 @@ fn actions(reply: &Value) -> Vec<f64> {
     action.iter().map(|a| a.as_f64().unwrap()).collect()
 }
 
-/// The robot node's loop executes what `serve` executed: an episode (U-Maze from its
-/// lower-right corridor toward D4RL's goal, one seed, MCG, arrive-and-hold) closed around the
-/// point mass through `serve` and fed through the bridge as the robot's states gives the same
-/// plans, actions and goal holds at every step, once the node's rate limit (which serve does
-/// not have) is out of the way: with U-Maze's own `safety.max_rate` it changes an action at
-/// step 60, and from there the node's own history, and so its plans, differ (`df-train eval
-/// maze2d --configs df_mcg,node_loop` measures what that does to the score).
-#[test]
-fn the_node_loop_executes_what_serve_executed() {
-    let mut cfg = umaze();
-    cfg.safety.max_rate = vec![1e6, 1e6];
+/// Closes an episode from `start` toward `goal` around the point mass through `serve` and feeds
+/// the same states through the bridge as the robot's, with the node's rate limit (which serve
+/// does not have) out of the way, and asserts the same plans, actions and goal holds at every
+/// step. Returns how many steps held the goal and the final state.
+fn assert_node_loop_executes_what_serve_executed(
+    mut cfg: NodeConfig,
+    goal: [f64; 2],
+    start: [f64; 4],
+    steps: usize,
+) -> (u64, [f64; 4]) {
+    cfg.safety.max_rate = vec![1e6; cfg.safety.max_rate.len()];
     let mut server = Server::new(&cfg, df_planner::node::planner(&cfg).unwrap()).unwrap();
     let mut bridge = Bridge::new(&cfg, None).unwrap();
-    let reset = json!({"op": "reset", "goal": [1.0, 1.0], "seed": 7}).to_string();
+    let reset = json!({"op": "reset", "goal": goal, "seed": 7}).to_string();
     assert_eq!(server.handle(&reset), json!({"ok": true}));
     assert_eq!(bridge.handle(&reset), json!({"ok": true}));
-    let mut obs = [3.0, 1.0, 0.0, 0.0];
+    let mut obs = start;
     let (mut held, mut plans) = (0, 0);
-    for k in 0..300 {
+    for k in 0..steps {
         let served = server.handle(&json!({"op": "step", "obs": obs}).to_string());
         let node = bridge.handle(&json!({"op": "step", "state": &obs[..2], "velocity": &obs[2..]}).to_string());
         assert_eq!(node["source"], json!("plan"), "step {k}: {node}");
@@ -248,14 +248,41 @@ fn the_node_loop_executes_what_serve_executed() {
         point_mass(&mut obs, &a);
     }
     let stats = bridge.handle(r#"{"op": "stats"}"#);
-    println!("300 steps alike, {held} held the goal; final state {obs:?}");
-    assert!(held > 100, "{held}");
     assert_eq!(
         (&stats["plans"], &stats["diagnostics"]["plans"]),
         (&json!(plans), &json!(plans)),
         "{stats}"
     );
     assert_eq!(stats["diagnostics"]["goal_held"], json!(held), "{stats}");
+    (held, obs)
+}
+
+/// The robot node's loop executes what `serve` executed: U-Maze from its lower-right corridor
+/// toward D4RL's goal, one seed, MCG, the diffused actions, arrive-and-hold. With U-Maze's own
+/// `safety.max_rate` the rate limit changes an action at step 60, and from there the node's own
+/// history, and so its plans, differ (`df-train eval maze2d --configs df_mcg,node_loop`
+/// measures what that does to the score).
+#[test]
+fn the_node_loop_executes_what_serve_executed() {
+    let (held, obs) = assert_node_loop_executes_what_serve_executed(umaze(), [1.0, 1.0], [3.0, 1.0, 0.0, 0.0], 300);
+    println!("300 steps alike, {held} held the goal; final state {obs:?}");
+    assert!(held > 100, "{held}");
+}
+
+/// The same for the planner a CPU robot runs on Medium (`config/maze2d_medium_realtime.yaml`):
+/// the whole-episode model with the `full_sequence` matrix, its plans tracked by the PD
+/// controller 1.3 times faster than planned, a plan every 50 steps; from the lower-left corner
+/// toward D4RL's goal, four plans.
+#[test]
+fn the_node_loop_tracks_what_serve_tracked_with_the_realtime_config() {
+    let mut cfg = NodeConfig::load(&common::repo().join("config/maze2d_medium_realtime.yaml")).unwrap();
+    cfg.model.runtime = common::cpu();
+    let (_, obs) = assert_node_loop_executes_what_serve_executed(cfg, [6.0, 6.0], [1.0, 1.0, 0.0, 0.0], 200);
+    println!("200 steps alike; final state {obs:?}");
+    assert!(
+        obs[0] > 1.5 || obs[1] > 1.5,
+        "the tracked plans moved the robot: {obs:?}"
+    );
 }
 
 #[test]
