@@ -4,9 +4,11 @@
 //! clock (`OfflineLoop`), one simulator step per request. What the robot would have been sent
 //! is what comes back. Camera models are always served this way; a state model with
 //! `serve --node-loop` (the Maze2D evaluation's `node_loop`: the node's own score). Plans land
-//! at the step that made them, unless `serve --plan-time-ms T` says how long one takes: then
-//! the planner runs beside the simulator's clock as the live planner thread would at that
-//! speed (the ticks meanwhile run the previous plan; `OfflineLoop::with_plan_time`).
+//! at the step that made them, unless `serve --plan-time-ms T` says how long one takes (or
+//! `serve --plan-times FILE`: each plan as long as one drawn from the plan latencies `bench
+//! --config` measured, seeded by the episode's seed): then the planner runs beside the
+//! simulator's clock as the live planner thread would at that speed (the ticks meanwhile run
+//! the previous plan; `OfflineLoop::with_plan_time`).
 //!
 //! One JSON object per line in, one per line out:
 //! - `{"op": "reset", "goal": [x, y], "seed": n}` (both optional) → `{"ok": true}`: a new
@@ -34,7 +36,7 @@
 //! - `{"op": "stats"}` → `{"ok": true, "diagnostics": {...}, "plans": n, "replan_ms_p50": f,
 //!   "replan_ms_p99": f, "replan_ms_max": f, "replan_ms_buckets": [[f, n], ...]}`: the node's
 //!   diagnostics for the current episode (ticks, faults, hold/stop counts, plan and tick
-//!   latency, frame counters, and with `serve --plan-time-ms` the planner steps skipped too far
+//!   latency, frame counters, and with a plan time (`--plan-time-ms`, `--plan-times`) the planner steps skipped too far
 //!   behind and those entered into its memory without planning, too late to plan from), and the
 //!   plans and their latency since the process started, as `serve` reports them.
 //!
@@ -44,7 +46,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::NodeConfig;
-use crate::control::{ActionSink, Diagnostics, Histogram, OfflineLoop, Source, StateIntake, StateRejected, TickReport};
+use crate::control::{
+    ActionSink, Diagnostics, Histogram, OfflineLoop, PlanTimes, Source, StateIntake, StateRejected, TickReport,
+};
 use crate::diffusion::McgReport;
 use crate::frames::ImageView;
 use crate::node::{offline_loop, state_intake};
@@ -126,15 +130,16 @@ pub struct Bridge {
     /// rather than go on toward the goal before it.
     refused_reset: Option<String>,
     /// How long a plan takes on the loop's clock (`OfflineLoop::with_plan_time`); None: at once.
-    plan_time_ns: Option<i64>,
+    plan_times: Option<PlanTimes>,
 }
 
 impl Bridge {
-    /// `plan_time`: how long each plan takes on the simulator's clock, as if the planner ran
+    /// `plan_times`: how long each plan takes on the simulator's clock, as if the planner ran
     /// in real time beside it at that speed (None: a plan lands at the step that made it).
-    pub fn new(cfg: &NodeConfig, plan_time: Option<std::time::Duration>) -> Result<Self, String> {
-        let plan_time_ns = plan_time.map(|d| d.as_nanos() as i64);
-        let lp = build_loop(cfg).map_err(|e| e.to_string())?.with_plan_time(plan_time_ns);
+    pub fn new(cfg: &NodeConfig, plan_times: Option<PlanTimes>) -> Result<Self, String> {
+        let lp = build_loop(cfg)
+            .map_err(|e| e.to_string())?
+            .with_plan_time(plan_times.clone(), cfg.planner.seed);
         if (cfg.control.rate_hz * cfg.control.action_dt_s - 1.0).abs() > 1e-9 {
             return Err(format!(
                 "control.rate_hz: expected 1 / action_dt_s = {} (one tick per simulator step), got {}",
@@ -162,7 +167,7 @@ impl Bridge {
             cameras,
             states,
             refused_reset: None,
-            plan_time_ns,
+            plan_times,
         })
     }
 
@@ -204,9 +209,10 @@ impl Bridge {
             .into_task()
             .into_planner();
         planner.reset();
-        planner.reseed(seed.unwrap_or(self.cfg.planner.seed));
+        let seed = seed.unwrap_or(self.cfg.planner.seed);
+        planner.reseed(seed);
         let mut lp = match offline_loop(&self.cfg, planner) {
-            Ok(lp) => lp.with_plan_time(self.plan_time_ns),
+            Ok(lp) => lp.with_plan_time(self.plan_times.clone(), seed),
             Err(e) => return error(e.to_string()),
         };
         // As a goal message in the goal topic's frame would arrive.

@@ -14,7 +14,9 @@ use std::time::Duration;
 use df_planner::bridge::Bridge;
 use df_planner::config::NodeConfig;
 use df_planner::control::live::{self, Clock, LiveParts, SystemClock};
-use df_planner::control::{ActionSink, Diagnostics, Fault, Histogram, StateCell, StateSample, TickReport};
+use df_planner::control::{
+    ActionSink, Diagnostics, Fault, Histogram, MeasuredPlanTimes, PlanTimes, StateCell, StateSample, TickReport,
+};
 use df_planner::diffusion::{
     Denoiser, MatrixError, MatrixKind, Sampler, SamplerSettings, SchedulingMatrix, SeededNoise,
 };
@@ -156,8 +158,14 @@ struct ServeArgs {
     /// planner that slow would in real time (the ticks run the previous plan meanwhile, late
     /// steps run as of their time, a replan interval or an input timeout behind the planner
     /// skips steps); default: a plan lands at the step that made it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "plan_times")]
     plan_time_ms: Option<f64>,
+    /// Through the node's loop: each plan takes a time drawn from the plan latencies measured
+    /// by `df_planner bench --config C` (its JSON report saved to this file: the
+    /// `plan_latency_buckets`), by a generator seeded with the episode's seed, so the spread
+    /// and the tail of the live planner's times are met, not one figure.
+    #[arg(long)]
+    plan_times: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -828,7 +836,9 @@ fn bench_control(a: &BenchArgs) -> Result<()> {
             "deadline_misses": stats.deadline_misses, "records_dropped": stats.records_dropped,
             "tick_latency": stats.tick_latency.summary_ms(), "tick_jitter": stats.tick_jitter.summary_ms(),
             // A plan still on its way to the tick when the run ends is timed but not installed.
-            "plan_latency": plan_latency.summary_ms(), "plans": c.plans_installed, "hold": c.hold, "stop": c.stop,
+            "plan_latency": plan_latency.summary_ms(), "plans": c.plans_installed,
+            // The whole distribution: `serve --plan-times` draws each plan's time from it.
+            "plan_latency_buckets": plan_latency.buckets_ms(), "hold": c.hold, "stop": c.stop,
             "waiting": c.waiting, "clipped": c.clipped, "rate_limited": c.rate_limited,
             "late_actions_dropped": c.late_dropped, "goal_held": c.goal_held, "planner": planner,
             "camera_size": sizes, "frame_write_latency": frame_writes.summary_ms(),
@@ -900,6 +910,23 @@ fn variant<T: serde::de::DeserializeOwned>(flag: &str, expected: &str, text: &st
     serde_json::from_value(json!(text)).with_context(|| format!("{flag}: expected {expected}, got {text}"))
 }
 
+/// How long each plan takes through the node's loop (`--plan-time-ms`, `--plan-times`).
+fn plan_times(a: &ServeArgs) -> Result<Option<PlanTimes>> {
+    if let Some(ms) = a.plan_time_ms {
+        let d = Duration::try_from_secs_f64(ms / 1e3)
+            .map_err(|_| anyhow::anyhow!("--plan-time-ms: expected a duration >= 0, got {ms}"))?;
+        return Ok(Some(PlanTimes::Fixed(d.as_nanos() as i64)));
+    }
+    let Some(path) = &a.plan_times else { return Ok(None) };
+    let origin = || format!("--plan-times {}", path.display());
+    let text = std::fs::read_to_string(path).with_context(origin)?;
+    let report: serde_json::Value = serde_json::from_str(&text).with_context(origin)?;
+    let measured = MeasuredPlanTimes::from_bench_report(&report)
+        .map_err(anyhow::Error::msg)
+        .with_context(origin)?;
+    Ok(Some(PlanTimes::Measured(measured)))
+}
+
 fn serve(a: ServeArgs) -> Result<()> {
     let mut cfg = NodeConfig::load(&a.config)?;
     // A bad value given by a flag is reported by the config key it sets: name the flags too.
@@ -962,21 +989,15 @@ fn serve(a: ServeArgs) -> Result<()> {
     }
     let planner = df_planner::node::planner(&cfg).context(origin.clone())?;
     let stdin = std::io::stdin();
-    let plan_time = a
-        .plan_time_ms
-        .map(|ms| {
-            std::time::Duration::try_from_secs_f64(ms / 1e3)
-                .map_err(|_| anyhow::anyhow!("--plan-time-ms: expected a duration >= 0, got {ms}"))
-        })
-        .transpose()?;
+    let plan_times = plan_times(&a)?;
     if planner.has_cameras() || a.node_loop {
         drop(planner);
-        let mut bridge = Bridge::new(&cfg, plan_time)
+        let mut bridge = Bridge::new(&cfg, plan_times)
             .map_err(anyhow::Error::msg)
             .context(origin)?;
         df_planner::serve::run(|line| bridge.handle(line), stdin.lock(), std::io::stdout().lock())?;
-    } else if plan_time.is_some() {
-        anyhow::bail!("--plan-time-ms: only through the node's loop (--node-loop, or a camera model)");
+    } else if plan_times.is_some() {
+        anyhow::bail!("--plan-time-ms / --plan-times: only through the node's loop (--node-loop, or a camera model)");
     } else {
         let mut server = Server::new(&cfg, planner).map_err(anyhow::Error::msg).context(origin)?;
         df_planner::serve::run(|line| server.handle(line), stdin.lock(), std::io::stdout().lock())?;

@@ -6,6 +6,7 @@ mod common;
 
 use df_planner::bridge::Bridge;
 use df_planner::config::NodeConfig;
+use df_planner::control::{MeasuredPlanTimes, PlanTimes};
 use df_planner::serve::Server;
 use serde_json::{json, Value};
 
@@ -368,7 +369,7 @@ fn a_sampling_that_fails_holds_the_planner_as_long_as_a_plan() {
     cfg.planner.guidance_scale = 0.0;
     cfg.planner.replan_every = 2;
     let run = |plan_ms: Option<u64>| {
-        let mut b = Bridge::new(&cfg, plan_ms.map(std::time::Duration::from_millis)).unwrap();
+        let mut b = Bridge::new(&cfg, plan_ms.and_then(ms)).unwrap();
         b.handle(r#"{"op": "reset", "goal": [1.0, 1.0]}"#);
         for _ in 0..100 {
             let r = b.handle(r#"{"op": "step", "state": [3.0, 1.0], "velocity": [0.0, 0.0]}"#);
@@ -396,10 +397,15 @@ fn a_sampling_that_fails_holds_the_planner_as_long_as_a_plan() {
     );
 }
 
+/// Each plan taking `plan_ms` of the simulator's clock.
+fn ms(plan_ms: u64) -> Option<PlanTimes> {
+    Some(PlanTimes::Fixed(plan_ms as i64 * 1_000_000))
+}
+
 /// The U-Maze episode of `the_node_loop_executes_what_serve_executed` for `steps` steps through
-/// the node's loop with plans taking `plan_ms` of the simulator's clock: each step's reply.
-fn timed_episode(plan_ms: Option<u64>, steps: usize) -> (Vec<Value>, Value) {
-    let mut b = Bridge::new(&umaze(), plan_ms.map(std::time::Duration::from_millis)).unwrap();
+/// the node's loop with plans taking `plan_times` of the simulator's clock: each step's reply.
+fn timed_episode(plan_times: Option<PlanTimes>, steps: usize) -> (Vec<Value>, Value) {
+    let mut b = Bridge::new(&umaze(), plan_times).unwrap();
     b.handle(&json!({"op": "reset", "goal": [1.0, 1.0], "seed": 7}).to_string());
     let mut obs = [3.0, 1.0, 0.0, 0.0];
     let replies = (0..steps)
@@ -422,12 +428,12 @@ fn a_plan_that_takes_time_reaches_the_tick_when_done_and_a_slow_one_records_miss
             .collect()
     };
     let (untimed, _) = timed_episode(None, 30);
-    let (instant, _) = timed_episode(Some(0), 30);
+    let (instant, _) = timed_episode(ms(0), 30);
     assert_eq!(acted(untimed), acted(instant));
     // 35 ms (steps of 10 ms, a plan every 10): the first plan, made at the first step, reaches
     // the tick at the fifth; the ticks before it have no plan and hold. Each plan starts at
     // its step's time, so the tick drops the actions already past.
-    let (replies, stats) = timed_episode(Some(35), 60);
+    let (replies, stats) = timed_episode(ms(35), 60);
     let sources: Vec<&str> = replies.iter().map(|r| r["source"].as_str().unwrap()).collect();
     assert_eq!(
         sources[..5],
@@ -447,14 +453,14 @@ fn a_plan_that_takes_time_reaches_the_tick_when_done_and_a_slow_one_records_miss
     );
     // 105 ms, a little more than the replan interval: each scheduled step runs late, and every
     // plan reaches the tick (the one made last may still be under way).
-    let (replies, stats) = timed_episode(Some(105), 100);
+    let (replies, stats) = timed_episode(ms(105), 100);
     let landed = replies.iter().filter(|r| r["replanned"] == json!(true)).count() as u64;
     let made = stats["diagnostics"]["plan_latency"]["count"].as_u64().unwrap();
     assert!(landed >= 6 && made - landed <= 1, "{landed} of {made} plans landed");
     // 150 ms, more than the replan interval (100 ms): the planner falls behind; the steps it is
     // too late to plan from enter its memory without a plan, as the live planner thread does,
     // none is skipped, and the arm keeps a plan.
-    let (replies, stats) = timed_episode(Some(150), 100);
+    let (replies, stats) = timed_episode(ms(150), 100);
     let d = &stats["diagnostics"];
     let late = d["steps_recorded_late"].as_u64().unwrap();
     assert!(late > 0 && d["steps_skipped"] == json!(0), "{stats}");
@@ -463,8 +469,40 @@ fn a_plan_that_takes_time_reaches_the_tick_when_done_and_a_slow_one_records_miss
     assert!(on_plan >= 80, "{on_plan}");
     // 3 s, further behind than the ticks' executed actions are kept (2.56 s here): the steps
     // beyond that are skipped, a gap in the memory, and the next plan starts cold.
-    let (_, stats) = timed_episode(Some(3000), 400);
+    let (_, stats) = timed_episode(ms(3000), 400);
     assert!(stats["diagnostics"]["steps_skipped"].as_u64().unwrap() > 0, "{stats}");
+}
+
+/// Plan times drawn from measured ones (`serve --plan-times`): a single bucket is that fixed
+/// time; a spread lands each plan at its own drawn time, the same again for the same episode.
+#[test]
+fn measured_plan_times_land_each_plan_at_a_drawn_time() {
+    let measured = |buckets: &[(f64, u64)]| {
+        Some(PlanTimes::Measured(
+            MeasuredPlanTimes::from_buckets_ms(buckets, "buckets").unwrap(),
+        ))
+    };
+    // What the arm was sent and when plans landed (the replies' plan_ms is the real time).
+    let acted = |replies: &[Value]| -> Vec<String> {
+        let line = |r: &Value| format!("{} {} {}", r["action"], r["source"], r["replanned"]);
+        replies.iter().map(line).collect()
+    };
+    let landed = |replies: &[Value]| -> Vec<usize> {
+        (0..replies.len())
+            .filter(|&k| replies[k]["replanned"] == json!(true))
+            .collect()
+    };
+    let (fixed, _) = timed_episode(ms(35), 60);
+    let (one_bucket, _) = timed_episode(measured(&[(35.0, 4)]), 60);
+    assert_eq!(acted(&fixed), acted(&one_bucket));
+    // Plans made every 10 steps of 10 ms, taking 35 or 75 ms: each lands at the 4th or the 8th
+    // step after the one that made it, and both times are drawn.
+    let (spread, _) = timed_episode(measured(&[(35.0, 1), (75.0, 1)]), 200);
+    let after: Vec<usize> = landed(&spread).iter().map(|k| k % 10).collect();
+    assert!(after.iter().all(|&a| a == 4 || a == 8), "{:?}", landed(&spread));
+    assert!(after.contains(&4) && after.contains(&8), "{:?}", landed(&spread));
+    let (again, _) = timed_episode(measured(&[(35.0, 1), (75.0, 1)]), 200);
+    assert_eq!(acted(&spread), acted(&again));
 }
 
 /// A shipped config with one or two of its numbers replaced (NaN, ±∞, negative, zero, huge,

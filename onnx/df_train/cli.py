@@ -197,9 +197,18 @@ def cmd_eval(a) -> None:
     configs = a.configs.split(",") if a.configs else None
     try:
         for name in configs or []:
-            serve_args(name)
+            serve_args(name, a.plan_times)
     except ValueError as e:
         raise SystemExit(str(e)) from None
+    if a.plan_times:
+        if not any(name.endswith("_measured") for name in configs or []):
+            raise SystemExit("--plan-times: only with --configs node_loop_measured or node_loop_no_mcg_measured")
+        if a.curve or a.objective_check or a.action_spread is not None:
+            raise SystemExit("--plan-times: only for an evaluation, not with --curve, --objective-check or "
+                             "--action-spread")
+        if not Path(a.plan_times).is_file():
+            raise SystemExit(f"--plan-times: {a.plan_times}: no such file (save what `df_planner bench --config C` "
+                             "prints to it)")
     if a.objective_check:
         from .eval.objective import objective_check
 
@@ -224,7 +233,7 @@ def cmd_eval(a) -> None:
                        configs or ["df_mcg"], a.curve_every)
         return
     evaluate(a.maze, a.episodes, a.planner, a.config, a.out, configs or DEFAULT_CONFIGS, a.seed, a.multi_goal,
-             a.workers, a.planner_seed_offset)
+             a.workers, a.planner_seed_offset, a.plan_times)
 
 
 def check_inputs(planner: str, config: str, maze: str | None = None, multi_goal: bool = False) -> None:
@@ -370,7 +379,9 @@ def _parser() -> argparse.ArgumentParser:
                                      "straight at the goal) (default: these), the probe mcg_prior, "
                                      "no_mcg_prior, node_loop (df_mcg through the robot node's own loop), "
                                      "node_loop_<T>ms (the same, each plan taking T ms of sim time, e.g. "
-                                     "node_loop_100ms) and node_loop_no_mcg_<T>ms (no_mcg so); "
+                                     "node_loop_100ms) and node_loop_no_mcg_<T>ms (no_mcg so), "
+                                     "node_loop_measured and node_loop_no_mcg_measured (plan times drawn from "
+                                     "--plan-times); "
                                      "fruit-swap: memory, memoryless, distractor, distractor_k2")
     p.add_argument("--probe", action="store_true", help="fruit-swap: the first planned move for each of the six "
                                                           "arrangements (does the policy read its cameras?)")
@@ -380,6 +391,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--planner-seed-offset", type=int, default=0, metavar="N", help="maze2d: episode i's planner "
                    "seed is seed + i + N instead of seed + i: the same episodes under other planner noise, to see "
                    "how many outcomes the planner's noise alone changes")
+    p.add_argument("--plan-times", metavar="FILE", help="maze2d, with --configs node_loop_measured or "
+                   "node_loop_no_mcg_measured: the JSON line `df_planner bench --config C` printed (its "
+                   "plan_latency_buckets); each plan takes a time drawn from them, seeded by the episode's "
+                   "planner seed")
     p.add_argument("--workers", type=int, default=1, help="planner processes running episodes in parallel (fruit-swap --checkpoint runs one)")
     p.add_argument("--merge", nargs="+", metavar="RESULTS", help="maze2d: pool results.json files of one evaluation "
                    "over adjacent env seed ranges into --out (scores concatenated, statistics recomputed)")

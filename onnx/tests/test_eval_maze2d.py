@@ -413,6 +413,51 @@ def test_a_node_loop_configuration_names_its_plan_time():
             serve_args(name)
 
 
+def test_a_measured_node_loop_configuration_draws_from_the_bench_report_it_is_given():
+    from df_train.eval.maze2d import serve_args
+
+    assert serve_args("node_loop_no_mcg_measured", "b.json") == ["--samples", "1", "--node-loop", "--plan-times",
+                                                                  "b.json"]
+    assert serve_args("node_loop_measured", "b.json") == ["--node-loop", "--plan-times", "b.json"]
+    with pytest.raises(ValueError, match=r"--configs node_loop_measured: needs --plan-times FILE"):
+        serve_args("node_loop_measured")
+
+
+def test_eval_refuses_plan_times_it_cannot_use_before_any_episode(setup, tmp_path):
+    binary, config = setup
+    base = ["eval", "maze2d", "--maze", "umaze", "--episodes", "1", "--planner", binary, "--config", config,
+            "--out", str(tmp_path / "r.json")]
+    with pytest.raises(SystemExit, match=r"--configs node_loop_no_mcg_measured: needs --plan-times FILE"):
+        main([*base, "--configs", "node_loop_no_mcg_measured"])
+    with pytest.raises(SystemExit, match=r"--plan-times: only with --configs node_loop_measured"):
+        main([*base, "--configs", "no_mcg", "--plan-times", str(tmp_path / "b.json")])
+    with pytest.raises(SystemExit, match=r"--plan-times: .*b.json: no such file"):
+        main([*base, "--configs", "node_loop_measured", "--plan-times", str(tmp_path / "b.json")])
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_measured_plan_times_land_plans_at_the_drawn_times_and_bad_reports_are_named(setup, tmp_path):
+    from df_train.eval.maze2d import open_planner, serve_args
+
+    binary, config = setup
+    report = tmp_path / "bench.json"
+    # As `df_planner bench --config C` prints it: every plan 35 ms (steps of 10 ms: lands at the 4th).
+    report.write_text(json.dumps({"plan_latency": {"p50_ms": 35.0}, "plan_latency_buckets": [[35.0, 20]]}))
+    planner = open_planner(binary, config, serve_args("node_loop_no_mcg_measured", str(report)))
+    try:
+        planner.ask({"op": "reset", "goal": [1.0, 1.0], "seed": 3})
+        replanned = [planner.ask({"op": "step", "obs": [1.0, 2.0, 0.0, 0.0]})["replanned"]
+                     for _ in range(6)]
+        assert replanned.index(True) == 4
+    finally:
+        planner.close()
+    report.write_text(json.dumps({"plan_latency_buckets": [[35.0, 0]]}))
+    bad = subprocess.run([binary, "serve", "--config", config, *serve_args("node_loop_measured", str(report))],
+                         input="", capture_output=True, text=True)
+    assert bad.returncode != 0
+    assert "plan_latency_buckets[0]: expected a count > 0, got 0" in bad.stderr, bad.stderr
+
+
 def test_eval_refuses_an_unknown_configuration_before_any_episode(setup, tmp_path):
     binary, config = setup
     with pytest.raises(SystemExit, match=r"--configs: unknown 'node_loop_fast', expected one of \['df_mcg'"):

@@ -9,6 +9,7 @@ mod histogram;
 pub mod live;
 mod offline;
 mod output;
+mod plan_time;
 mod safety;
 mod state;
 
@@ -20,6 +21,7 @@ pub use execute::PdExecution;
 pub use histogram::{Histogram, LatencySummary};
 pub use offline::{OfflineError, OfflineLoop};
 pub use output::{trajectory_chunk, TrajectoryPoint};
+pub use plan_time::{MeasuredPlanTimes, PlanTimes};
 pub use safety::{Safety, SafetyEvents};
 pub use state::{
     InvalidJointList, JointSelection, Recent, StateCell, StateIntake, StateRejected, StateSample, MAX_JOINTS,

@@ -1,7 +1,8 @@
 //! The loop on a virtual clock, single-threaded and deterministic: the planner task runs at
 //! every model step and the control tick at every control period, in time order, between
 //! the inputs fed in. Replay and the simulator bridge drive the robot's code through this.
-//! A plan lands at once, unless `with_plan_time` says how long planning takes: then the loop
+//! A plan lands at once, unless `with_plan_time` says how long planning takes (one fixed time
+//! or times drawn from measured ones, `plan_time`): then the loop
 //! times the planner as the live planner thread runs it (`live::spawn`): busy while it plans,
 //! the steps it missed run late as of their own time, further behind (a replan interval, or
 //! an input timeout) they only enter the memory, further than the memory reaches
@@ -21,6 +22,7 @@ use super::core::{ControlCore, TickInputs};
 use super::diagnostics::{ActionSink, DiagnosticInputs, Diagnostics};
 use super::histogram::Histogram;
 use super::live::memory_reach_ns;
+use super::plan_time::{PlanClock, PlanTimes};
 use super::state::StateSample;
 
 #[derive(Debug, Error)]
@@ -56,7 +58,7 @@ pub struct OfflineLoop {
 
 /// How long each plan takes on the virtual clock, and where the planner is in its work.
 struct PlanTime {
-    plan_ns: i64,
+    clock: PlanClock,
     /// How far behind the planner runs late steps; further, they only enter the memory (the
     /// live slack).
     slack_ns: i64,
@@ -112,15 +114,15 @@ impl OfflineLoop {
         }
     }
 
-    /// Each plan takes `plan_ns` of the virtual clock (see the module's doc; None: a plan lands
-    /// at the step that made it); further behind than `PlannerTask::max_lateness_ns` the
-    /// planner only records steps, and further than `live::memory_reach_ns` it skips them, as
-    /// the live thread.
-    pub fn with_plan_time(mut self, plan_ns: Option<i64>) -> Self {
+    /// Each plan takes `times` of the virtual clock (see the module's doc; None: a plan lands
+    /// at the step that made it), drawn by a generator seeded with `seed` where measured;
+    /// further behind than `PlannerTask::max_lateness_ns` the planner only records steps, and
+    /// further than `live::memory_reach_ns` it skips them, as the live thread.
+    pub fn with_plan_time(mut self, times: Option<PlanTimes>, seed: u64) -> Self {
         let slack_ns = self.task.max_lateness_ns();
         let reach_ns = memory_reach_ns(&self.task, self.tick_ns);
-        self.plan_time = plan_ns.map(|plan_ns| PlanTime {
-            plan_ns,
+        self.plan_time = times.map(|times| PlanTime {
+            clock: PlanClock::new(times, seed),
             slack_ns,
             reach_ns,
             busy_until_ns: i64::MIN,
@@ -292,7 +294,7 @@ impl OfflineLoop {
         match self.task.step(t_ns, self.state.as_ref(), executed, images, &mut plan) {
             Ok(StepOutcome::Planned) => match &mut self.plan_time {
                 Some(time) => {
-                    time.busy_until_ns = start_ns + time.plan_ns;
+                    time.busy_until_ns = start_ns + time.clock.next_plan_ns();
                     time.in_flight.push_back((time.busy_until_ns, plan));
                 }
                 None => {
@@ -308,7 +310,7 @@ impl OfflineLoop {
                 // On the robot a failed sampling held the planner thread too: charged a whole
                 // plan's time, the most it can take (a failure found at an early row stops sooner).
                 if let Some(time) = self.plan_time.as_mut().filter(|_| e.ran_the_model()) {
-                    time.busy_until_ns = start_ns + time.plan_ns;
+                    time.busy_until_ns = start_ns + time.clock.next_plan_ns();
                 }
             }
         }

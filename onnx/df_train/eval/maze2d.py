@@ -57,18 +57,30 @@ DEFAULT_CONFIGS = [name for name in ABLATIONS
 # as the live planner thread would run beside the point mass in real time on a machine where a
 # plan takes that long: node_loop_100ms (about MCG's on 2 CPU cores), node_loop_no_mcg_40ms.
 NODE_LOOP_TIMED = re.compile(r"node_loop(_no_mcg)?_(\d+)ms")
+# The same with each plan's time drawn from measured plan latencies (--plan-times: the JSON line
+# `df_planner bench --config C` prints), seeded by the episode's planner seed: the spread and the
+# tail of the live thread's plan times, not one figure.
+NODE_LOOP_MEASURED = re.compile(r"node_loop(_no_mcg)?_measured")
 
 
-def serve_args(name: str) -> list[str] | None:
+def serve_args(name: str, plan_times: str | None = None) -> list[str] | None:
     """The `df_planner serve` overrides of configuration `name` (None: no planner), or a
-    ValueError naming the configurations there are."""
+    ValueError naming the configurations there are; `plan_times`: the bench report the
+    *_measured configurations draw plan times from."""
     if name in ABLATIONS:
         return ABLATIONS[name]
     timed = NODE_LOOP_TIMED.fullmatch(name)
     if timed:
         return (["--samples", "1"] if timed[1] else []) + ["--node-loop", "--plan-time-ms", timed[2]]
+    measured = NODE_LOOP_MEASURED.fullmatch(name)
+    if measured:
+        if plan_times is None:
+            raise ValueError(f"--configs {name}: needs --plan-times FILE (the JSON line "
+                             f"`df_planner bench --config C` prints, saved to FILE)")
+        return (["--samples", "1"] if measured[1] else []) + ["--node-loop", "--plan-times", str(plan_times)]
     raise ValueError(f"--configs: unknown {name!r}, expected one of {list(ABLATIONS)} or "
-                     f"node_loop_<T>ms / node_loop_no_mcg_<T>ms (plans taking T ms of the simulator's clock)")
+                     f"node_loop_<T>ms / node_loop_no_mcg_<T>ms (plans taking T ms of the simulator's clock) or "
+                     f"node_loop_measured / node_loop_no_mcg_measured (plan times drawn from --plan-times)")
 
 
 class StraightToGoal:
@@ -487,12 +499,13 @@ def table(results: dict) -> str:
 
 
 def evaluate(maze, episodes, binary, config, out, configs=None, seed=0, multi_goal=False, workers=1,
-             planner_seed_offset=0) -> dict:
+             planner_seed_offset=0, plan_times=None) -> dict:
     results = {}
     configs = configs or DEFAULT_CONFIGS
     for name in configs:
         start = time.perf_counter()
-        summary, recorded = evaluate_config(maze, episodes, binary, config, serve_args(name), seed, multi_goal, workers,
+        summary, recorded = evaluate_config(maze, episodes, binary, config, serve_args(name, plan_times), seed,
+                                            multi_goal, workers,
                                             record=(name == configs[0]), planner_seed_offset=planner_seed_offset)
         summary["wall_s"] = time.perf_counter() - start
         # The paper reports multi-goal for DF with MCG only.
