@@ -274,6 +274,11 @@ fn bench_config_runs_the_live_loop_and_says_what_it_planned() {
     for key in ["plan_errors", "steps_recorded_late", "steps_skipped"] {
         assert!(report["planner"][key].is_u64(), "planner.{key} missing: {report}");
     }
+    // Every timed plan is in the histogram `serve --plan-times` draws from, which takes the report as it is.
+    let buckets = report["plan_latency_buckets"].as_array().expect("plan_latency_buckets");
+    let counted: u64 = buckets.iter().map(|b| b[1].as_u64().unwrap()).sum();
+    assert_eq!(counted, report["plan_latency"]["count"].as_u64().unwrap(), "{report}");
+    df_planner::control::MeasuredPlanTimes::from_bench_report(&report).unwrap();
 }
 
 #[test]
