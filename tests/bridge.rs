@@ -418,18 +418,26 @@ fn timed_episode(plan_times: Option<PlanTimes>, steps: usize) -> (Vec<Value>, Va
     (replies, b.handle(r#"{"op": "stats"}"#))
 }
 
+/// What the arm was sent at each step and whether a plan landed then (not the replies' plan_ms,
+/// the real time a plan took).
+fn acted(replies: &[Value]) -> Vec<String> {
+    let line = |r: &Value| format!("{} {} {}", r["action"], r["source"], r["replanned"]);
+    replies.iter().map(line).collect()
+}
+
+/// The steps at which a plan landed.
+fn landed(replies: &[Value]) -> Vec<usize> {
+    (0..replies.len())
+        .filter(|&k| replies[k]["replanned"] == json!(true))
+        .collect()
+}
+
 #[test]
 fn a_plan_that_takes_time_reaches_the_tick_when_done_and_a_slow_one_records_missed_steps_late() {
     // No time at all is the untimed loop.
-    let acted = |replies: Vec<Value>| -> Vec<String> {
-        replies
-            .iter()
-            .map(|r| format!("{} {} {}", r["action"], r["source"], r["replanned"]))
-            .collect()
-    };
     let (untimed, _) = timed_episode(None, 30);
     let (instant, _) = timed_episode(ms(0), 30);
-    assert_eq!(acted(untimed), acted(instant));
+    assert_eq!(acted(&untimed), acted(&instant));
     // 35 ms (steps of 10 ms, a plan every 10): the first plan, made at the first step, reaches
     // the tick at the fifth; the ticks before it have no plan and hold. Each plan starts at
     // its step's time, so the tick drops the actions already past.
@@ -442,8 +450,7 @@ fn a_plan_that_takes_time_reaches_the_tick_when_done_and_a_slow_one_records_miss
         &replies[..5]
     );
     assert!(sources[5..].iter().all(|&s| s == "plan"), "{sources:?}");
-    let landed: Vec<usize> = (0..60).filter(|&k| replies[k]["replanned"] == json!(true)).collect();
-    assert_eq!(landed, [4, 14, 24, 34, 44, 54]);
+    assert_eq!(landed(&replies), [4, 14, 24, 34, 44, 54]);
     // Six plans, each landing at +35 ms: the actions for +0 to +30 ms are past.
     let d = &stats["diagnostics"];
     assert_eq!(
@@ -481,16 +488,6 @@ fn measured_plan_times_land_each_plan_at_a_drawn_time() {
         Some(PlanTimes::Measured(
             MeasuredPlanTimes::from_buckets_ms(buckets, "buckets").unwrap(),
         ))
-    };
-    // What the arm was sent and when plans landed (the replies' plan_ms is the real time).
-    let acted = |replies: &[Value]| -> Vec<String> {
-        let line = |r: &Value| format!("{} {} {}", r["action"], r["source"], r["replanned"]);
-        replies.iter().map(line).collect()
-    };
-    let landed = |replies: &[Value]| -> Vec<usize> {
-        (0..replies.len())
-            .filter(|&k| replies[k]["replanned"] == json!(true))
-            .collect()
     };
     let (fixed, _) = timed_episode(ms(35), 60);
     let (one_bucket, _) = timed_episode(measured(&[(35.0, 4)]), 60);

@@ -189,7 +189,7 @@ def cmd_eval(a) -> None:
     if missing:
         raise SystemExit(f"eval maze2d: missing {', '.join(missing)} (--maze, --planner, --config and --out are all required)")
     check_inputs(a.planner, a.config, a.maze, a.multi_goal)
-    from .eval.maze2d import DEFAULT_CONFIGS, evaluate, learning_curve, serve_args
+    from .eval.maze2d import DEFAULT_CONFIGS, NODE_LOOP_MEASURED, evaluate, learning_curve, serve_args
 
     if a.planner_seed_offset and (a.curve or a.objective_check or a.action_spread is not None):
         raise SystemExit("--planner-seed-offset: only for an evaluation, not with --curve, --objective-check or "
@@ -201,7 +201,7 @@ def cmd_eval(a) -> None:
     except ValueError as e:
         raise SystemExit(str(e)) from None
     if a.plan_times:
-        if not any(name.endswith("_measured") for name in configs or []):
+        if not any(NODE_LOOP_MEASURED.fullmatch(name) for name in configs or []):
             raise SystemExit("--plan-times: only with --configs node_loop_measured or node_loop_no_mcg_measured")
         if a.curve or a.objective_check or a.action_spread is not None:
             raise SystemExit("--plan-times: only for an evaluation, not with --curve, --objective-check or "

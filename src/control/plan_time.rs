@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::Deserialize;
 
 /// The ChaCha stream the draws take, apart from the planner noise's streams of the same seed.
 const DRAW_STREAM: u64 = u64::MAX;
@@ -60,7 +61,7 @@ impl MeasuredPlanTimes {
         let buckets = report
             .get(FIELD)
             .ok_or_else(|| format!("{FIELD}: missing; expected the JSON line `df_planner bench --config C` prints"))?;
-        let buckets: Vec<(f64, u64)> = serde_json::from_value(buckets.clone())
+        let buckets = Vec::<(f64, u64)>::deserialize(buckets)
             .map_err(|e| format!("{FIELD}: expected [[ms, count], ...], {e}"))?;
         Self::from_buckets_ms(&buckets, FIELD)
     }
